@@ -1,0 +1,210 @@
+"""Pulse's configuration: every setting, its environment variable, its default and its check.
+
+This module is the one place configuration is documented; ``docs/configuration.md`` is generated
+from :data:`VARIABLES` (``pulse config``) and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from tables.windows import WindowSpec, WindowSpecError, parse_windows
+
+
+class SettingsError(ValueError):
+    """A configuration value that stops startup; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str], Any] = field(repr=False)
+
+
+def _number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = "greater than" if strict else "at least"
+            raise ValueError(f"must be a number {bound} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"must be a whole number of at least {minimum}")
+        return value
+
+    return parse
+
+
+def _broker(text: str) -> str:
+    for part in text.split(","):
+        url = urlparse(part if "://" in part else f"kafka://{part}")
+        if url.scheme != "kafka" or not url.hostname or url.port is None:
+            raise ValueError("must be kafka://HOST:PORT[,HOST:PORT...]")
+    return text
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        url = urlparse(text)
+        if url.scheme not in schemes or not url.hostname:
+            raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}")
+        return text
+
+    return parse
+
+
+def _name(text: str) -> str:
+    if not text or any(c.isspace() or c in "/:," for c in text):
+        raise ValueError("must be a non-empty name without spaces, '/', ':' or ','")
+    return text
+
+
+def _windows(text: str) -> tuple[WindowSpec, ...]:
+    try:
+        return parse_windows(text)
+    except WindowSpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _text(text: str) -> str:
+    return text
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PULSE_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers.", _broker),
+    Variable("PULSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for live state.",
+             _url("redis", "rediss", "unix")),
+    Variable("PULSE_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2.x (or a server that "
+             "accepts its /api/v2/write) for closed windows.", _url("http", "https")),
+    Variable("PULSE_INFLUX_TOKEN", "pulse-dev-token", "InfluxDB API token.", _text),
+    Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
+    Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
+    Variable("PULSE_APP_ID", "pulse", "Application id: the readings consumer group, and the "
+             "prefix of Pulse's internal topics.", _name),
+    Variable("PULSE_WINDOWS", "10s,1m", "Comma-separated window specs: tumbling `10s`, hopping "
+             "`5m/1m` (size/step), sliding `sliding:1m`. Units ms, s, m, h, d.", _windows),
+    Variable("PULSE_GRACE", "5", "Seconds of event time a window stays open after its end for "
+             "out-of-order readings.", _number(0)),
+    Variable("PULSE_IDLE_CLOSE", "10", "Seconds without a new record after which a caught-up "
+             "partition's watermark advances to wall-clock time minus the grace.",
+             _number(0, strict=True)),
+    Variable("PULSE_TOPIC_READINGS", "readings", "Input topic.", _name),
+    Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
+    Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
+    Variable("PULSE_REDIS_PREFIX", "pulse", "Prefix of every Redis key Pulse writes.", _name),
+    Variable("PULSE_STATE_TTL", "86400", "TTL in seconds of every Redis key Pulse writes.",
+             _integer(1)),
+    Variable("PULSE_FLUSH_INTERVAL", "0.25", "Seconds between flushes of state to Redis, "
+             "InfluxDB, the output topics and the changelog.", _number(0.001)),
+    Variable("PULSE_MAX_MESSAGE_BYTES", "65536", "Largest accepted reading; larger records go "
+             "to the dead-letter topic as `too_large`.", _integer(1)),
+    Variable("PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.",
+             _integer(1)),
+    Variable("PULSE_PARTITIONS", "8", "Partitions of the topics Pulse creates when they do not "
+             "exist (readings, aggregates, dead letters, changelog).", _integer(1)),
+    Variable("PULSE_SESSION_TIMEOUT", "6", "Consumer group session timeout in seconds; heartbeats "
+             "go every sixth of it. See docs/operations.md for production values.",
+             _number(1)),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Build with :meth:`from_env`; immutable afterwards."""
+
+    broker: str
+    redis_url: str
+    influx_url: str
+    influx_token: str
+    influx_org: str
+    influx_bucket: str
+    app_id: str
+    windows: tuple[WindowSpec, ...]
+    grace: float
+    idle_close: float
+    topic_readings: str
+    topic_aggregates: str
+    topic_dlq: str
+    redis_prefix: str
+    state_ttl: int
+    flush_interval: float
+    max_message_bytes: int
+    web_port: int
+    partitions: int
+    session_timeout: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``PULSE_*`` variable; raise :class:`SettingsError` naming a bad one."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = source.get(var.name, var.default)
+            try:
+                values[_attr(var)] = var.parse(raw.strip())
+            except ValueError as exc:
+                reason = str(exc) if not str(exc).startswith("could not convert") else (
+                    "is not a number")
+                if str(exc).startswith("invalid literal"):
+                    reason = "is not a whole number"
+                raise SettingsError(f"{var.name}={raw!r}: {reason}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``kafka://a:1,kafka://b:2`` -> ``a:1,b:2`` for Kafka clients."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker.split(","))
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.app_id}-readings-state"
+
+    @property
+    def grace_us(self) -> int:
+        return round(self.grace * 1_000_000)
+
+    def env(self) -> dict[str, str]:
+        """The ``PULSE_*`` environment that reproduces these settings."""
+        out = {}
+        for var in VARIABLES:
+            value = getattr(self, _attr(var))
+            if var.name == "PULSE_WINDOWS":
+                value = ",".join(spec.label for spec in value)
+            out[var.name] = str(value)
+        return out
+
+
+def _attr(var: Variable) -> str:
+    return var.name.removeprefix("PULSE_").lower()
+
+
+def configuration_markdown() -> str:
+    """The configuration reference (docs/configuration.md)."""
+    lines = [
+        "# Configuration",
+        "",
+        "Pulse reads its configuration from environment variables. A bad value stops startup "
+        "with a message naming the variable. Generated from `pulse/settings.py` by "
+        "`pulse config --markdown`.",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for var in VARIABLES:
+        lines.append(f"| `{var.name}` | `{var.default}` | {var.help} |")
+    return "\n".join(lines) + "\n"
