@@ -86,39 +86,81 @@ def _text(text: str) -> str:
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers.", _broker),
-    Variable("PULSE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for live state.",
-             _url("redis", "rediss", "unix")),
-    Variable("PULSE_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2.x (or a server that "
-             "accepts its /api/v2/write) for closed windows.", _url("http", "https")),
+    Variable(
+        "PULSE_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis for live state.",
+        _url("redis", "rediss", "unix"),
+    ),
+    Variable(
+        "PULSE_INFLUX_URL",
+        "http://127.0.0.1:8086",
+        "InfluxDB 2.x (or a server that accepts its /api/v2/write) for closed windows.",
+        _url("http", "https"),
+    ),
     Variable("PULSE_INFLUX_TOKEN", "pulse-dev-token", "InfluxDB API token.", _text),
     Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
     Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
-    Variable("PULSE_APP_ID", "pulse", "Application id: the readings consumer group, and the "
-             "prefix of Pulse's internal topics.", _name),
-    Variable("PULSE_WINDOWS", "10s,1m", "Comma-separated window specs: tumbling `10s`, hopping "
-             "`5m/1m` (size/step), sliding `sliding:1m`. Units ms, s, m, h, d.", _windows),
-    Variable("PULSE_GRACE", "5", "Seconds of event time a window stays open after its end for "
-             "out-of-order readings.", _number(0)),
-    Variable("PULSE_IDLE_CLOSE", "10", "Seconds without a new record after which a caught-up "
-             "partition's watermark advances to wall-clock time minus the grace.",
-             _number(0, strict=True)),
+    Variable(
+        "PULSE_APP_ID",
+        "pulse",
+        "Application id: the readings consumer group, and the prefix of Pulse's internal topics.",
+        _name,
+    ),
+    Variable(
+        "PULSE_WINDOWS",
+        "10s,1m",
+        "Comma-separated window specs: tumbling `10s`, hopping "
+        "`5m/1m` (size/step), sliding `sliding:1m`. Units ms, s, m, h, d.",
+        _windows,
+    ),
+    Variable(
+        "PULSE_GRACE",
+        "5",
+        "Seconds of event time a window stays open after its end for out-of-order readings.",
+        _number(0),
+    ),
+    Variable(
+        "PULSE_IDLE_CLOSE",
+        "10",
+        "Seconds without a new record after which a caught-up "
+        "partition's watermark advances to wall-clock time minus the grace.",
+        _number(0, strict=True),
+    ),
     Variable("PULSE_TOPIC_READINGS", "readings", "Input topic.", _name),
     Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
     Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
     Variable("PULSE_REDIS_PREFIX", "pulse", "Prefix of every Redis key Pulse writes.", _name),
-    Variable("PULSE_STATE_TTL", "86400", "TTL in seconds of every Redis key Pulse writes.",
-             _integer(1)),
-    Variable("PULSE_FLUSH_INTERVAL", "0.25", "Seconds between flushes of state to Redis, "
-             "InfluxDB, the output topics and the changelog.", _number(0.001)),
-    Variable("PULSE_MAX_MESSAGE_BYTES", "65536", "Largest accepted reading; larger records go "
-             "to the dead-letter topic as `too_large`.", _integer(1)),
-    Variable("PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.",
-             _integer(1)),
-    Variable("PULSE_PARTITIONS", "8", "Partitions of the topics Pulse creates when they do not "
-             "exist (readings, aggregates, dead letters, changelog).", _integer(1)),
-    Variable("PULSE_SESSION_TIMEOUT", "6", "Consumer group session timeout in seconds; heartbeats "
-             "go every sixth of it. See docs/operations.md for production values.",
-             _number(1)),
+    Variable(
+        "PULSE_STATE_TTL", "86400", "TTL in seconds of every Redis key Pulse writes.", _integer(1)
+    ),
+    Variable(
+        "PULSE_FLUSH_INTERVAL",
+        "0.25",
+        "Seconds between flushes of state to Redis, InfluxDB, the output topics and the changelog.",
+        _number(0.001),
+    ),
+    Variable(
+        "PULSE_MAX_MESSAGE_BYTES",
+        "65536",
+        "Largest accepted reading; larger records go to the dead-letter topic as `too_large`.",
+        _integer(1),
+    ),
+    Variable("PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1)),
+    Variable(
+        "PULSE_PARTITIONS",
+        "8",
+        "Partitions of the topics Pulse creates when they do not "
+        "exist (readings, aggregates, dead letters, changelog).",
+        _integer(1),
+    ),
+    Variable(
+        "PULSE_SESSION_TIMEOUT",
+        "6",
+        "Consumer group session timeout in seconds; heartbeats "
+        "go every sixth of it. See docs/operations.md for production values.",
+        _number(1),
+    ),
 )
 
 
@@ -157,8 +199,11 @@ class Settings:
             try:
                 values[_attr(var)] = var.parse(raw.strip())
             except ValueError as exc:
-                reason = str(exc) if not str(exc).startswith("could not convert") else (
-                    "is not a number")
+                reason = (
+                    str(exc)
+                    if not str(exc).startswith("could not convert")
+                    else ("is not a number")
+                )
                 if str(exc).startswith("invalid literal"):
                     reason = "is not a whole number"
                 raise SettingsError(f"{var.name}={raw!r}: {reason}") from None

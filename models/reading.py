@@ -1,0 +1,206 @@
+"""The reading: the input contract of topic ``readings``, and its validation.
+
+Pure: bytes in, an immutable :class:`Reading` or a :class:`Rejected` error out. The hot path
+calls :func:`parse_reading` once per record, so it avoids per-record allocations it does not
+need (validated names are remembered; tags are checked only when present).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Final, NamedTuple
+
+import orjson
+
+NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+TAG_KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TAGS: Final = 16
+MAX_TAG_VALUE_CHARS: Final = 256
+MAX_ABS_VALUE: Final = 1e300
+"""Values beyond this could overflow a window's sum to infinity, which no sink can store."""
+
+AGGREGATE_FIELDS: Final = frozenset(
+    {"count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99"}
+)
+RESERVED_TAG_KEYS: Final = frozenset({"device", "window", "time"}) | AGGREGATE_FIELDS
+"""``device`` and ``window`` are Pulse's own tags; ``time`` and the field names would make
+InfluxDB queries ambiguous. Keys starting with ``_`` are InfluxDB's own and rejected too."""
+
+MAX_EVENT_TIME_US: Final = 9_223_372_036_854_775
+"""The last microsecond InfluxDB can store (int64 nanoseconds, year 2262)."""
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+
+
+class Reading(NamedTuple):
+    """A validated reading. ``t_us`` is the event time in integer microseconds since the epoch."""
+
+    device: str
+    metric: str
+    value: float
+    t_us: int
+    tags: dict[str, str] | None
+
+
+class Rejected(Exception):
+    """A record that is not a valid reading. ``reason`` is one of the dead-letter reasons."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# Names seen valid before; bounded so that a flood of distinct bad-but-valid names cannot grow it.
+_valid_names: set[str] = set()
+_VALID_NAMES_MAX: Final = 200_000
+
+
+def _check_name(field: str, name: object) -> str:
+    if name.__class__ is str and name in _valid_names:
+        return name  # type: ignore[return-value]
+    if not isinstance(name, str):
+        raise Rejected("invalid_reading", f"'{field}' must be a string, got {_kind(name)}")
+    if NAME_PATTERN.match(name) is None or name.endswith("\n"):
+        raise Rejected(
+            "invalid_reading",
+            f"'{field}' must match [A-Za-z0-9_.-]{{1,128}}, got {_clip(name)!r}",
+        )
+    if len(_valid_names) >= _VALID_NAMES_MAX:
+        _valid_names.clear()
+    _valid_names.add(name)
+    return name
+
+
+def parse_reading(
+    key: bytes | None, value: bytes | None, record_ts_ms: int | None, max_bytes: int
+) -> Reading:
+    """Validate one record of topic ``readings``.
+
+    ``record_ts_ms`` is the Kafka record timestamp, used when the reading has no ``ts``.
+    Raises :class:`Rejected` with reason ``too_large``, ``invalid_json`` or ``invalid_reading``.
+    """
+    if value is None:
+        raise Rejected("invalid_json", "the record has no value (a tombstone)")
+    if len(value) > max_bytes:
+        raise Rejected(
+            "too_large", f"the value is {len(value)} bytes, more than the limit of {max_bytes}"
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("invalid_json", f"not valid JSON: {exc}") from None
+    if doc.__class__ is not dict:
+        raise Rejected("invalid_reading", f"the value must be a JSON object, got {_kind(doc)}")
+
+    device = _check_name("device", doc.get("device"))
+    metric = _check_name("metric", doc.get("metric"))
+    if key is None:
+        raise Rejected("invalid_reading", "the record has no key: the key must be the device id")
+    if key != device.encode():
+        raise Rejected(
+            "invalid_reading",
+            f"the record key {_clip(key.decode('utf-8', 'replace'))!r} is not the device id "
+            f"{device!r}: Pulse keeps each device in one partition",
+        )
+
+    number = doc.get("value")
+    if number.__class__ is not float:
+        if number.__class__ is not int:
+            raise Rejected("invalid_reading", f"'value' must be a number, got {_kind(number)}")
+        number = float(number)
+    if not -MAX_ABS_VALUE <= number <= MAX_ABS_VALUE:
+        raise Rejected("invalid_reading", f"'value' {number!r} is beyond +-{MAX_ABS_VALUE:g}")
+
+    ts = doc.get("ts")
+    if ts is None:
+        if record_ts_ms is None or record_ts_ms < 0:
+            raise Rejected("invalid_reading", "no 'ts' and the record has no timestamp")
+        t_us = record_ts_ms * 1000
+    else:
+        t_us = _event_time_us(ts)
+    if not 0 <= t_us <= MAX_EVENT_TIME_US:
+        raise Rejected(
+            "invalid_reading", "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)"
+        )
+
+    tags = doc.get("tags")
+    if tags is not None:
+        tags = _check_tags(tags)
+    return Reading(device, metric, number, t_us, tags)
+
+
+def _event_time_us(ts: object) -> int:
+    if ts.__class__ is float or ts.__class__ is int:
+        if not math.isfinite(ts):  # type: ignore[arg-type]
+            raise Rejected("invalid_reading", "'ts' must be finite")
+        # Round, not truncate: 1795315444.3 is stored as 1795315444.2999999523 and means .3.
+        return round(ts * 1_000_000)  # type: ignore[operator]
+    if isinstance(ts, str):
+        try:
+            moment = datetime.fromisoformat(ts)
+        except ValueError:
+            raise Rejected(
+                "invalid_reading", f"'ts' {_clip(ts)!r} is not an ISO-8601 time"
+            ) from None
+        if moment.tzinfo is None:
+            raise Rejected(
+                "invalid_reading",
+                f"'ts' {_clip(ts)!r} has no time zone: add Z or an offset such as +02:00",
+            )
+        return (moment - _EPOCH) // _ONE_US
+    raise Rejected(
+        "invalid_reading",
+        f"'ts' must be epoch seconds or an ISO-8601 string, got {_kind(ts)}",
+    )
+
+
+def _check_tags(tags: object) -> dict[str, str] | None:
+    if tags.__class__ is not dict:
+        raise Rejected("invalid_reading", f"'tags' must be an object, got {_kind(tags)}")
+    assert isinstance(tags, dict)
+    if len(tags) > MAX_TAGS:
+        raise Rejected("invalid_reading", f"'tags' has {len(tags)} entries, at most {MAX_TAGS}")
+    for tag_key, tag_value in tags.items():
+        if TAG_KEY_PATTERN.match(tag_key) is None or tag_key.endswith("\n"):
+            raise Rejected(
+                "invalid_reading",
+                f"tag key {_clip(tag_key)!r} must match [A-Za-z0-9_.-]{{1,64}}",
+            )
+        if tag_key in RESERVED_TAG_KEYS or tag_key.startswith("_"):
+            raise Rejected("invalid_reading", f"tag key {tag_key!r} is reserved")
+        if not isinstance(tag_value, str):
+            raise Rejected(
+                "invalid_reading", f"tag {tag_key!r} must be a string, got {_kind(tag_value)}"
+            )
+        if len(tag_value) > MAX_TAG_VALUE_CHARS:
+            raise Rejected(
+                "invalid_reading",
+                f"tag {tag_key!r} is {len(tag_value)} characters, at most {MAX_TAG_VALUE_CHARS}",
+            )
+        if any(ch < " " or ch == "\x7f" for ch in tag_value):
+            raise Rejected("invalid_reading", f"tag {tag_key!r} contains a control character")
+    return tags or None
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

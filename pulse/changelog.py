@@ -1,0 +1,235 @@
+"""Pulse's changelog: window state of each input partition, recoverable exactly after a crash.
+
+Topic ``{app_id}-readings-state`` has as many partitions as ``readings``; changelog partition
+``p`` holds the state of input partition ``p`` as a sequence of *deltas* (see
+:mod:`tables.partition_state`), with a full *snapshot* now and then so recovery never replays
+the whole history.
+
+A delta may be larger than one Kafka record, so it is written as ``parts`` records sharing an
+``id``; recovery applies a delta only once it has seen all its parts, so a delta cut short by a
+crash is ignored (its input records are processed again). Every record carries ``base``: the
+changelog offset where the writer's latest complete snapshot starts. Recovery reads the last
+record, jumps to its ``base`` and reads forward to the high watermark reported by *fetch*
+responses (``ListOffsets`` under-reports the end on the local broker and is only used as a
+starting hint).
+
+Why this is exact without transactions: a delta holds full values, and applying it is
+idempotent on any state between its ``from`` and ``to`` offsets, so a delta written twice, or
+by a worker that had already lost the partition, cannot double-count; the input offset to
+resume from is stored with the state, not taken from the consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from tables.partition_state import Delta, PartitionState
+from tables.windows import WindowSpec
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_RECORD = 2_000
+MAX_RECORD_BYTES = 512 << 10
+"""A part larger than this (long tag values) is split again, to stay under Kafka's 1 MB."""
+SNAPSHOT_MIN_BYTES = 4 << 20
+"""Write a snapshot once the deltas since the last one exceed this and twice its size."""
+
+_ROW_LISTS = ("windows", "removed", "latest", "latest_removed")
+
+
+def encode_parts(delta: Delta, delta_id: str, base: int) -> list[bytes]:
+    """Split a delta into record values of at most :data:`ROWS_PER_RECORD` rows and
+    :data:`MAX_RECORD_BYTES` bytes each (a single row is never split)."""
+    doc = delta.to_json()
+    header = {k: v for k, v in doc.items() if k not in _ROW_LISTS}
+    header.update(id=delta_id, base=base)
+    rows = [(name, row) for name in _ROW_LISTS for row in doc[name]]
+    pending = [rows[i : i + ROWS_PER_RECORD] for i in range(0, len(rows), ROWS_PER_RECORD)]
+    pending = pending[::-1] or [[]]
+    encoded: list[bytes] = []
+    while pending:
+        chunk = pending.pop()
+        part = dict(header)
+        for name in _ROW_LISTS:
+            part[name] = [row for list_name, row in chunk if list_name == name]
+        value = orjson.dumps(part)
+        if len(value) > MAX_RECORD_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            pending += [chunk[half:], chunk[:half]]
+            continue
+        encoded.append(value)
+    # Part numbers are added last, as a suffix the assembler reads back as fields.
+    total = len(encoded)
+    return [
+        value[:-1] + b',"part":%d,"parts":%d}' % (number, total)
+        for number, value in enumerate(encoded)
+    ]
+
+
+class DeltaAssembler:
+    """Joins the parts of deltas read back in log order; yields each complete delta once."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, value: bytes) -> Delta | None:
+        part = orjson.loads(value)
+        if part["parts"] == 1:
+            return Delta.from_json(part)
+        parts = self._pending.setdefault(part["id"], [])
+        parts.append(part)
+        if len(parts) < part["parts"]:
+            return None
+        del self._pending[part["id"]]
+        parts.sort(key=lambda p: p["part"])
+        whole = dict(parts[0])
+        for name in _ROW_LISTS:
+            whole[name] = [row for p in parts for row in p[name]]
+        return Delta.from_json(whole)
+
+
+class ChangelogWriter:
+    """Writes one worker's deltas; remembers per partition where the last snapshot starts."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._writer_id = uuid.uuid4().hex[:12]
+        self._sequence = 0
+        self._base: dict[int, int] = {}
+        self._bytes_since_snapshot: dict[int, int] = {}
+        self._snapshot_bytes: dict[int, int] = {}
+
+    def adopt(self, partition: int, base: int) -> None:
+        """Continue from a recovered partition whose latest snapshot starts at ``base``."""
+        self._base[partition] = base
+        self._bytes_since_snapshot[partition] = 0
+        self._snapshot_bytes.setdefault(partition, 0)
+
+    def forget(self, partition: int) -> None:
+        self._base.pop(partition, None)
+        self._bytes_since_snapshot.pop(partition, None)
+        self._snapshot_bytes.pop(partition, None)
+
+    def snapshot_due(self, partition: int) -> bool:
+        written = self._bytes_since_snapshot.get(partition, 0)
+        return written > max(SNAPSHOT_MIN_BYTES, 2 * self._snapshot_bytes.get(partition, 0))
+
+    async def send(self, partition: int, delta: Delta) -> list[asyncio.Future]:
+        """Queue a delta's records; await the returned futures for the broker's acks."""
+        self._sequence += 1
+        delta_id = f"{self._writer_id}-{self._sequence}"
+        values = encode_parts(delta, delta_id, self._base.get(partition, -1))
+        futures = [
+            await self.producer.send(self.topic, value=value, partition=partition)
+            for value in values
+        ]
+        size = sum(len(v) for v in values)
+        if delta.snapshot:
+            self._snapshot_bytes[partition] = size
+            self._bytes_since_snapshot[partition] = 0
+            futures[0].add_done_callback(lambda fut: self._snapshot_written(partition, fut))
+        else:
+            self._bytes_since_snapshot[partition] = (
+                self._bytes_since_snapshot.get(partition, 0) + size
+            )
+        return futures
+
+    def _snapshot_written(self, partition: int, future: asyncio.Future) -> None:
+        # Only later records point at the snapshot, and only once its first part is stored;
+        # recovery then also needs the rest of its parts, which come before any later delta.
+        if not future.cancelled() and future.exception() is None and partition in self._base:
+            self._base[partition] = future.result().offset
+
+
+async def recover_partition(
+    bootstrap_servers: str,
+    topic: str,
+    partition: int,
+    specs: tuple[WindowSpec, ...],
+    grace_us: int,
+    progress_every: float = 2.0,
+) -> tuple[PartitionState | None, int]:
+    """Rebuild one partition's state from the changelog, up to the fetch high watermark.
+
+    Returns ``(state, base)``: ``state`` is None when the changelog partition is empty (the
+    partition was never processed); ``base`` is where its latest snapshot starts (-1: none).
+    """
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end_hint = (await consumer.end_offsets([tp]))[tp]
+        if end_hint <= start:
+            return None, -1
+        # The hint may stop at the first record of the last batch + 1: read from there on.
+        consumer.seek(tp, end_hint - 1)
+        last_value = None
+        async for record in _read_to_end(consumer, tp):
+            last_value = record.value
+        if last_value is None:
+            return None, -1
+        base = orjson.loads(last_value)["base"]
+        consumer.seek(tp, max(base, start))
+        state = PartitionState(specs, grace_us)
+        assembler = DeltaAssembler()
+        began = last_report = time.monotonic()
+        records = applied = 0
+        async for record in _read_to_end(consumer, tp):
+            records += 1
+            delta = assembler.add(record.value)
+            if delta is not None and state.apply_delta(delta):
+                applied += 1
+            now = time.monotonic()
+            if now - last_report >= progress_every:
+                last_report = now
+                log.info(
+                    "recovering %s[%d]: %d records read, at offset %d of %s",
+                    topic,
+                    partition,
+                    records,
+                    record.offset,
+                    consumer.highwater(tp),
+                )
+        state.finish_recovery()
+        log.info(
+            "recovered %s[%d] in %.2fs: %d records, %d deltas applied, %d open windows, "
+            "resuming input at offset %d",
+            topic,
+            partition,
+            time.monotonic() - began,
+            records,
+            applied,
+            state.open_windows,
+            state.next_offset,
+        )
+        return state, base
+    finally:
+        await consumer.stop()
+
+
+async def _read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIterator[Any]:
+    """Yield records until the position reaches the high watermark of a fetch response."""
+    while True:
+        batches = await consumer.getmany(tp, timeout_ms=500)
+        for record in batches.get(tp, ()):
+            yield record
+        highwater = consumer.highwater(tp)
+        if highwater is not None and await consumer.position(tp) >= highwater:
+            return

@@ -1,0 +1,159 @@
+"""The ``pulse`` command: worker, produce, state, config, and the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+import orjson
+
+from pulse.settings import Settings, SettingsError, configuration_markdown
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+@click.group()
+def main() -> None:
+    """Pulse: exact event-time windows over sensor readings (Kafka -> Redis, InfluxDB)."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the worker (Faust's worker; its options pass through, e.g. ``-l info``)."""
+    _settings()  # fail here, naming the variable, before Faust starts
+    from faust.cli.faust import cli as faust_cli
+
+    faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
+
+
+@main.command()
+@click.option("--devices", default=100, show_default=True, help="Number of devices.")
+@click.option(
+    "--metrics",
+    default="temperature,humidity",
+    show_default=True,
+    help="Comma-separated metric names.",
+)
+@click.option("--count", default=10_000, show_default=True, help="Readings to produce.")
+@click.option(
+    "--rate",
+    default=1000.0,
+    show_default=True,
+    help="Readings per second (0: as fast as possible).",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the random walk.")
+@click.option(
+    "--start-ts",
+    type=float,
+    default=None,
+    help="Event time of the first reading (epoch s); default: the wall clock.",
+)
+@click.option(
+    "--step",
+    default=0.001,
+    show_default=True,
+    help="Event-time seconds between readings when --start-ts is given.",
+)
+def produce(
+    devices: int,
+    metrics: str,
+    count: int,
+    rate: float,
+    seed: int,
+    start_ts: float | None,
+    step: float,
+) -> None:
+    """Produce synthetic readings to the readings topic, with a progress bar."""
+    from tqdm import tqdm
+
+    from pulse.producer import SyntheticReadings
+    from pulse.producer import produce as produce_readings
+
+    settings = _settings()
+    readings = SyntheticReadings(
+        devices=devices,
+        metrics=tuple(m for m in metrics.split(",") if m),
+        count=count,
+        seed=seed,
+        start_ts=start_ts,
+        step=step,
+    )
+    with tqdm(total=count, unit="readings", file=sys.stderr) as bar:
+
+        def progress(sent: int) -> None:
+            bar.update(sent - bar.n)
+
+        sent = asyncio.run(
+            produce_readings(
+                settings.bootstrap_servers, settings.topic_readings, readings, rate, progress
+            )
+        )
+    click.echo(f"produced {sent} readings to {settings.topic_readings}", err=True)
+
+
+@main.command()
+@click.argument("device")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def state(device: str, as_json: bool) -> None:
+    """Show DEVICE's latest values, open and last closed windows (from Redis)."""
+    import redis.asyncio as aioredis
+
+    from pulse.live_state import device_state
+
+    settings = _settings()
+
+    async def read() -> dict:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            return await device_state(client, settings, device)
+        finally:
+            await client.aclose()
+
+    found = asyncio.run(read())
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not found["latest"]:
+        raise click.ClickException(f"no live state for device {device!r} in Redis")
+    click.echo(f"device {device}")
+    for metric, latest in found["latest"].items():
+        click.echo(f"  {metric:<16} latest {latest['value']!r} at ts {latest['ts']!r}")
+    for kind in ("open", "closed"):
+        for label, metrics in found[kind].items():
+            for metric, fields in metrics.items():
+                numbers = " ".join(
+                    f"{name}={fields[name]!r}"
+                    for name in ("count", "mean", "min", "max", "first", "last")
+                    if name in fields
+                )
+                click.echo(
+                    f"  {kind:<6} {label:<6} {metric:<16} [{fields['start']!r}, "
+                    f"{fields['end']!r}) {numbers}"
+                )
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the configuration reference.")
+def config(markdown: bool) -> None:
+    """Print the effective configuration (or, with --markdown, its reference)."""
+    if markdown:
+        click.echo(configuration_markdown(), nl=False)
+        return
+    for name, value in _settings().env().items():
+        click.echo(f"{name}={value}")
+
+
+def _add_stack() -> None:
+    from pulse.cli_stack import stack
+
+    main.add_command(stack)
+
+
+_add_stack()

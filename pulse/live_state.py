@@ -1,0 +1,66 @@
+"""Reading Pulse's live state back from Redis (for ``pulse state`` and the HTTP API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from pulse.settings import Settings
+from pulse.sinks.redis import RedisKeys
+
+
+def _number(raw: bytes) -> int | float:
+    text = raw.decode()
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _numbers(mapping: dict[bytes, bytes]) -> dict[str, int | float]:
+    return {key.decode(): _number(value) for key, value in mapping.items()}
+
+
+async def device_state(client: aioredis.Redis, settings: Settings, device: str) -> dict[str, Any]:
+    """``{"device", "latest": {metric: {"value", "ts"}}, "open": {...}, "closed": {...}}``.
+
+    ``open`` and ``closed`` map ``window -> metric -> fields``; windows with no data are left
+    out. Everything comes from one pipelined round trip after reading the device hash.
+    """
+    keys = RedisKeys(settings.redis_prefix)
+    raw = await client.hgetall(keys.device(device))
+    fields = _numbers(raw)
+    metrics = sorted(name for name in fields if not name.endswith(":ts"))
+    latest = {m: {"value": fields[m], "ts": fields.get(f"{m}:ts")} for m in metrics}
+    labels = [spec.label for spec in settings.windows if spec.kind != "sliding"]
+    pipe = client.pipeline(transaction=False)
+    wanted = [
+        (kind, label, metric)
+        for kind in ("open", "closed")
+        for label in labels
+        for metric in metrics
+    ]
+    for kind, label, metric in wanted:
+        key = (
+            keys.open(label, device, metric)
+            if kind == "open"
+            else keys.closed(label, device, metric)
+        )
+        pipe.hgetall(key)
+    results = await pipe.execute() if wanted else []
+    out: dict[str, Any] = {"device": device, "latest": latest, "open": {}, "closed": {}}
+    for (kind, label, metric), mapping in zip(wanted, results, strict=True):
+        if mapping:
+            out[kind].setdefault(label, {})[metric] = _numbers(mapping)
+    return out
+
+
+async def top_devices(
+    client: aioredis.Redis, settings: Settings, window: str, metric: str, limit: int = 10
+) -> list[tuple[str, float]]:
+    """Devices with the highest mean in their latest closed ``window`` of ``metric``."""
+    rows = await client.zrevrange(
+        RedisKeys(settings.redis_prefix).top(window, metric), 0, limit - 1, withscores=True
+    )
+    return [(member.decode(), score) for member, score in rows]

@@ -1,0 +1,85 @@
+"""Synthetic readings for demos, tests and benchmarks: deterministic for a given seed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+
+@dataclass(frozen=True)
+class SyntheticReadings:
+    """``count`` readings over ``devices`` x ``metrics``, a random walk per series.
+
+    Event time: ``start_ts + i * step`` seconds for reading ``i`` when ``start_ts`` is given
+    (deterministic), else the wall clock when the reading is produced.
+    """
+
+    devices: int = 100
+    metrics: tuple[str, ...] = ("temperature", "humidity")
+    count: int = 10_000
+    seed: int = 1
+    start_ts: float | None = None
+    step: float = 0.001
+    sites: int = 4
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        rng = random.Random(self.seed)
+        levels: dict[tuple[int, int], float] = {}
+        width = max(4, len(str(self.devices - 1)))
+        names = [f"dev-{i:0{width}d}" for i in range(self.devices)]
+        for i in range(self.count):
+            d = rng.randrange(self.devices)
+            m = rng.randrange(len(self.metrics))
+            level = levels.get((d, m), 20.0 + 10.0 * m) + rng.uniform(-0.5, 0.5)
+            levels[(d, m)] = level
+            ts = time.time() if self.start_ts is None else self.start_ts + i * self.step
+            doc = {
+                "device": names[d],
+                "metric": self.metrics[m],
+                "value": round(level, 3),
+                "ts": round(ts, 6),
+                "tags": {"site": f"site-{d % self.sites}"},
+            }
+            yield names[d].encode(), orjson.dumps(doc)
+
+
+async def produce(
+    bootstrap_servers: str,
+    topic: str,
+    readings: SyntheticReadings,
+    rate: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Produce the readings (``rate`` per second, 0 = as fast as possible); returns the count."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, linger_ms=5, max_batch_size=64 << 10, acks="all"
+    )
+    await producer.start()
+    sent = 0
+    began = time.monotonic()
+    pending = []
+    try:
+        for key, value in readings:
+            pending.append(await producer.send(topic, value=value, key=key))
+            sent += 1
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - began)
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+            if len(pending) >= 5_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                if progress:
+                    progress(sent)
+        await asyncio.gather(*pending)
+        if progress:
+            progress(sent)
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,58 @@
+"""The sink contract: one flush's outputs in, written durably out."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from models.outputs import DeadLetter
+from tables.partition_state import ClosedWindow, Latest, OpenView
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    """What one flush hands to every sink.
+
+    ``closed``: windows that closed since the last flush, in close order per partition.
+    ``open_views``: the newest open window of each series that changed (``state=None``:
+    the series has no open window any more). ``latest``: changed latest values.
+    ``dead_letters``: records rejected since the last flush.
+    """
+
+    closed: Sequence[ClosedWindow] = ()
+    open_views: Sequence[OpenView] = ()
+    latest: Sequence[Latest] = ()
+    dead_letters: Sequence[DeadLetter] = field(default_factory=tuple)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.closed or self.open_views or self.latest or self.dead_letters)
+
+
+class Sink(abc.ABC):
+    """Where flushed outputs go. A connector implements :meth:`write`; start/stop are optional.
+
+    Guarantees a sink must give:
+
+    * ``write`` returns only once the batch is durable in the target; it raises only for a
+      programming error, never for a target that is slow, full or away. Backpressure
+      (HTTP 429, ``Retry-After``, connection refused) is a reason to wait and retry, never to
+      drop: the processor stops consuming while a write is pending.
+    * ``write`` is idempotent: after a crash the same windows are flushed again with identical
+      content, and the target must end up as if they were written once (overwrite by key, or
+      identical repeats).
+    * Batches arrive one at a time, in order; a sink needs no locking of its own.
+    """
+
+    name: str = "sink"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect. Called once before the first write."""
+
+    @abc.abstractmethod
+    async def write(self, batch: FlushBatch) -> None:
+        """Write one flush's outputs durably (see the class docstring)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once after the last write."""

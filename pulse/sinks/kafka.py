@@ -1,0 +1,71 @@
+"""Closed windows to topic ``aggregates`` and rejected records to the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from models.outputs import closed_window_document
+from pulse.sinks._base import FlushBatch, Sink
+
+
+class KafkaSink(Sink):
+    """Produces with the processor's producer, keyed by device (Kafka's default partitioning).
+
+    Aggregates go in per-partition batches (``send_batch``), which costs a fraction of one
+    ``send`` per record; a flush returns once the broker has acknowledged every record.
+    """
+
+    name = "kafka"
+
+    def __init__(self, producer: AIOKafkaProducer, aggregates_topic: str, dlq_topic: str):
+        self.producer = producer
+        self.aggregates_topic = aggregates_topic
+        self.dlq_topic = dlq_topic
+        self._partitioner = DefaultPartitioner()
+
+    async def write(self, batch: FlushBatch) -> None:
+        sends = []
+        if batch.closed:
+            sends += await self._send_aggregates(batch)
+        for letter in batch.dead_letters:
+            sends.append(
+                await self.producer.send(
+                    self.dlq_topic, value=orjson.dumps(letter.document()), key=letter.key
+                )
+            )
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def _send_aggregates(self, batch: FlushBatch) -> list[asyncio.Future]:
+        partitions = sorted(await self.producer.partitions_for(self.aggregates_topic))
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for window in batch.closed:
+            key = window.device.encode()
+            partition = self._partitioner(key, partitions, partitions)
+            by_partition.setdefault(partition, []).append(
+                (key, orjson.dumps(closed_window_document(window)))
+            )
+        futures = []
+        for partition, records in by_partition.items():
+            pending = records
+            while pending:
+                kafka_batch = self.producer.create_batch()
+                taken = 0
+                for key, value in pending:
+                    if kafka_batch.append(key=key, value=value, timestamp=None) is None:
+                        break
+                    taken += 1
+                if taken == 0:
+                    raise ValueError("an aggregate record is larger than the producer's batch")
+                kafka_batch.close()
+                futures.append(
+                    await self.producer.send_batch(
+                        kafka_batch, self.aggregates_topic, partition=partition
+                    )
+                )
+                pending = pending[taken:]
+        return futures

@@ -1,0 +1,68 @@
+"""Creating Pulse's topics when they do not exist yet."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pulse.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WEEK_MS = str(7 * 24 * 3600 * 1000)
+
+
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create the readings, aggregates, dead-letter and changelog topics that are missing.
+
+    Configs are set explicitly (some brokers report only explicit configs). The changelog gets
+    exactly as many partitions as ``readings`` (its partition p holds input partition p's
+    state) and no time-based retention: old records are only dropped once a snapshot
+    supersedes them. Returns the partition count of each topic.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = await _partition_counts(admin)
+        readings_partitions = existing.get(settings.topic_readings, settings.partitions)
+        wanted = {
+            settings.topic_readings: (readings_partitions, {"retention.ms": WEEK_MS}),
+            settings.topic_aggregates: (settings.partitions, {"retention.ms": WEEK_MS}),
+            settings.topic_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
+            settings.changelog_topic: (
+                readings_partitions,
+                {"retention.ms": "-1", "cleanup.policy": "delete"},
+            ),
+        }
+        missing = [
+            NewTopic(name, partitions, 1, topic_configs=configs)
+            for name, (partitions, configs) in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker created them at the same moment
+            log.info("created topics %s", [t.name for t in missing])
+        counts = await _partition_counts(admin)
+        changelog = counts.get(settings.changelog_topic)
+        if changelog != counts.get(settings.topic_readings):
+            raise RuntimeError(
+                f"topic {settings.changelog_topic} has {changelog} partitions but "
+                f"{settings.topic_readings} has {counts.get(settings.topic_readings)}: "
+                "they must match (changelog partition p keeps input partition p's state)"
+            )
+        return counts
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    names = await admin.list_topics()
+    if not names:
+        return {}
+    described = await admin.describe_topics(list(names))
+    return {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}

@@ -1,0 +1,408 @@
+"""The event-time window state of one input partition, and the rules that close windows.
+
+Pure: records in, closed windows and state deltas out; no clocks, no I/O. The processor feeds
+it records in partition offset order, so every output is determined by the data alone.
+
+Watermark::
+
+    W = max(largest event time applied so far - grace, idle floor)
+
+    event time ─────────[ window )──────────────────────▶
+                        start  end
+                                 ▲ the window closes when W >= end;
+                                   a reading for it after that is late
+
+A reading is applied to each of its windows that is still open; if every one has closed it is
+late and is not applied at all. Closed windows leave the state at once, so the state holds
+only open windows (and the latest value of keys that have one).
+
+Changelog deltas carry *full values* of the keys that changed (or their removal) plus the
+input offsets they cover, ``[from_offset, to_offset)``. A delta made from a correct state at
+``from_offset`` and applied to a state at any offset in ``[from_offset, to_offset]`` gives the
+correct state at ``to_offset``; that is what makes recovery exact even when a batch of deltas
+was written twice or only partly (see :meth:`PartitionState.apply_delta`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from models.reading import Reading
+from tables.aggregators import Summary, SummaryState
+from tables.windows import WindowSpec
+
+WindowKey = tuple[str, str, int, int]
+"""(device, metric, index of the window spec, window start in microseconds)."""
+
+SeriesKey = tuple[str, str, int]
+"""(device, metric, index of the window spec): one series of windows."""
+
+NO_WATERMARK = -(2**63)
+
+
+class ClosedWindow(NamedTuple):
+    """A window's final aggregates, emitted once when the watermark passes its end."""
+
+    device: str
+    metric: str
+    window: str
+    start_us: int
+    end_us: int
+    state: SummaryState
+
+
+class OpenView(NamedTuple):
+    """The newest open window of a series, or ``state=None`` when none is open any more."""
+
+    device: str
+    metric: str
+    window: str
+    start_us: int
+    end_us: int
+    state: SummaryState | None
+
+
+class Latest(NamedTuple):
+    """The applied reading with the latest event time of a (device, metric)."""
+
+    device: str
+    metric: str
+    t_us: int
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What changed in one partition's state over input offsets ``[from_offset, to_offset)``.
+
+    ``windows``: full state of each changed window as ``[device, metric, label, start, state]``;
+    ``removed``: ``[device, metric, label, start]`` of windows that closed;
+    ``latest``: ``[device, metric, t_us, value]``; ``latest_removed``: ``[device, metric]``;
+    ``max_t`` and ``idle_floor``: the watermark inputs after the delta.
+    A snapshot is a delta with ``snapshot=True`` that holds the whole state.
+    """
+
+    from_offset: int
+    to_offset: int
+    max_t: int
+    idle_floor: int
+    windows: list[list[Any]]
+    removed: list[list[Any]]
+    latest: list[list[Any]]
+    latest_removed: list[list[Any]]
+    snapshot: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_offset,
+            "to": self.to_offset,
+            "max_t": self.max_t,
+            "idle_floor": self.idle_floor,
+            "windows": self.windows,
+            "removed": self.removed,
+            "latest": self.latest,
+            "latest_removed": self.latest_removed,
+            "snapshot": self.snapshot,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Delta:
+        return cls(
+            from_offset=doc["from"],
+            to_offset=doc["to"],
+            max_t=doc["max_t"],
+            idle_floor=doc["idle_floor"],
+            windows=doc["windows"],
+            removed=doc["removed"],
+            latest=doc["latest"],
+            latest_removed=doc["latest_removed"],
+            snapshot=doc["snapshot"],
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.windows or self.removed or self.latest or self.latest_removed)
+
+
+class Drained(NamedTuple):
+    """Everything a flush takes from one partition's state."""
+
+    closed: list[ClosedWindow]
+    open_views: list[OpenView]
+    latest: list[Latest]
+    delta: Delta
+
+
+class PartitionState:
+    """Open windows of one input partition. Feed :meth:`apply` records in offset order."""
+
+    def __init__(self, specs: tuple[WindowSpec, ...], grace_us: int, next_offset: int = 0):
+        self.specs = specs
+        self.grace_us = grace_us
+        self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
+        # (index, size, step, is_tumbling) per spec, unpacked once for the hot loop.
+        self._spec_math = tuple(
+            (i, s.size_us, s.step_us, s.size_us == s.step_us) for i, s in enumerate(specs)
+        )
+        self.next_offset = next_offset
+        """The first input offset not yet applied."""
+        self.max_t = NO_WATERMARK
+        self.idle_floor = NO_WATERMARK
+        self.watermark = NO_WATERMARK
+        self.windows: dict[WindowKey, SummaryState] = {}
+        self.latest: dict[tuple[str, str], tuple[int, float]] = {}
+        self._ends: list[int] = []  # heap of distinct window ends
+        self._by_end: dict[int, list[WindowKey]] = {}
+        self._newest: dict[SeriesKey, int] = {}  # newest open window start per series
+        self._open_per_key: dict[tuple[str, str], int] = {}
+        self._changed: set[WindowKey] = set()
+        self._removed: set[WindowKey] = set()
+        self._latest_changed: set[tuple[str, str]] = set()
+        self._views_changed: set[SeriesKey] = set()
+        self._closed: list[ClosedWindow] = []
+        self._drained_offset = next_offset
+
+    # -- processing ----------------------------------------------------------------------
+
+    def apply(self, reading: Reading, offset: int) -> bool:
+        """Apply a valid reading at input ``offset``; False if it is late for every window.
+
+        Records at offsets already applied are ignored (returns True): after a restart the
+        consumer may hand back records the recovered state already holds.
+        """
+        if offset < self.next_offset:
+            return True
+        self.next_offset = offset + 1
+        device, metric, value, t, tags = reading
+        watermark = self.watermark
+        windows = self.windows
+        applied = False
+        for index, size, step, tumbling in self._spec_math:
+            if tumbling:
+                start = t - t % size
+                starts: Iterable[int] = (start,)
+            else:
+                starts = range((t - size) // step * step + step, t - t % step + 1, step)
+            for start in starts:
+                end = start + size
+                if end <= watermark:
+                    continue  # this window has closed: the reading is late for it
+                key = (device, metric, index, start)
+                state = windows.get(key)
+                if state is None:
+                    windows[key] = Summary.initialize(t, value, tags)
+                    self._open(key, end)
+                else:
+                    Summary.add(state, t, value, tags)
+                self._changed.add(key)
+                applied = True
+        if not applied:
+            return False
+        latest_key = (device, metric)
+        previous = self.latest.get(latest_key)
+        if previous is None or t >= previous[0]:
+            self.latest[latest_key] = (t, value)
+            self._latest_changed.add(latest_key)
+        if t > self.max_t:
+            self.max_t = t
+            if t - self.grace_us > watermark:
+                self.watermark = t - self.grace_us
+        return True
+
+    def skip(self, offset: int) -> None:
+        """Record that the record at ``offset`` was handled without applying it (rejected)."""
+        if offset >= self.next_offset:
+            self.next_offset = offset + 1
+
+    def advance_idle(self, floor_us: int) -> None:
+        """Raise the watermark to at least ``floor_us`` (idle close); never lowers it."""
+        if floor_us > self.idle_floor:
+            self.idle_floor = floor_us
+            if floor_us > self.watermark:
+                self.watermark = floor_us
+
+    def _open(self, key: WindowKey, end: int) -> None:
+        keys = self._by_end.get(end)
+        if keys is None:
+            self._by_end[end] = [key]
+            heapq.heappush(self._ends, end)
+        else:
+            keys.append(key)
+        device, metric, index, start = key
+        series = (device, metric, index)
+        if self._newest.get(series, NO_WATERMARK) < start:
+            self._newest[series] = start
+            self._views_changed.add(series)
+        pair = (device, metric)
+        self._open_per_key[pair] = self._open_per_key.get(pair, 0) + 1
+
+    def close_ready(self) -> None:
+        """Close every window whose end the watermark has reached; they wait in the drain."""
+        watermark = self.watermark
+        ends = self._ends
+        while ends and ends[0] <= watermark:
+            end = heapq.heappop(ends)
+            for key in self._by_end.pop(end):
+                state = self.windows.pop(key)
+                device, metric, index, start = key
+                self._closed.append(
+                    ClosedWindow(device, metric, self.specs[index].label, start, end, state)
+                )
+                self._changed.discard(key)
+                self._removed.add(key)
+                series = (device, metric, index)
+                if self._newest.get(series) == start:
+                    del self._newest[series]
+                    self._views_changed.add(series)
+                pair = (device, metric)
+                remaining = self._open_per_key[pair] - 1
+                if remaining:
+                    self._open_per_key[pair] = remaining
+                else:
+                    # No open window is left, so any reading applied later is newer than this
+                    # one (see module doc): the latest value need not be kept.
+                    del self._open_per_key[pair]
+                    del self.latest[pair]
+                    self._latest_changed.add(pair)
+
+    # -- flushing ------------------------------------------------------------------------
+
+    def drain(self, snapshot: bool = False) -> Drained:
+        """Take the closed windows, changed views and the changelog delta since the last drain.
+
+        With ``snapshot=True`` the delta holds the whole state instead of the changes.
+        """
+        self.close_ready()
+        labels = [spec.label for spec in self.specs]
+        windows = self.windows
+        views = []
+        for series in self._views_changed:
+            device, metric, index = series
+            spec = self.specs[index]
+            start = self._newest.get(series)
+            if start is None:
+                views.append(OpenView(device, metric, spec.label, 0, 0, None))
+            else:
+                views.append(
+                    OpenView(
+                        device,
+                        metric,
+                        spec.label,
+                        start,
+                        start + spec.size_us,
+                        windows[(device, metric, index, start)],
+                    )
+                )
+        # Every changed window is also a changed view when it is its series' newest.
+        for device, metric, index, start in self._changed:
+            series = (device, metric, index)
+            if self._newest.get(series) == start and series not in self._views_changed:
+                spec = self.specs[index]
+                views.append(
+                    OpenView(
+                        device,
+                        metric,
+                        spec.label,
+                        start,
+                        start + spec.size_us,
+                        windows[(device, metric, index, start)],
+                    )
+                )
+        latest = [
+            Latest(device, metric, *self.latest[(device, metric)])
+            for device, metric in self._latest_changed
+            if (device, metric) in self.latest
+        ]
+        if snapshot:
+            changed: Iterable[WindowKey] = windows.keys()
+            removed: list[list[Any]] = []
+            latest_rows = [[d, m, t, v] for (d, m), (t, v) in self.latest.items()]
+            latest_removed: list[list[Any]] = []
+        else:
+            changed = self._changed
+            removed = [[d, m, labels[i], s] for d, m, i, s in self._removed]
+            latest_rows = [[row.device, row.metric, row.t_us, row.value] for row in latest]
+            latest_removed = [[d, m] for d, m in self._latest_changed if (d, m) not in self.latest]
+        delta = Delta(
+            from_offset=self._drained_offset,
+            to_offset=self.next_offset,
+            max_t=self.max_t,
+            idle_floor=self.idle_floor,
+            windows=[[d, m, labels[i], s, windows[(d, m, i, s)]] for d, m, i, s in changed],
+            removed=removed,
+            latest=latest_rows,
+            latest_removed=latest_removed,
+            snapshot=snapshot,
+        )
+        drained = Drained(self._closed, views, latest, delta)
+        self._closed = []
+        self._changed = set()
+        self._removed = set()
+        self._latest_changed = set()
+        self._views_changed = set()
+        self._drained_offset = self.next_offset
+        return drained
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def apply_delta(self, delta: Delta) -> bool:
+        """Apply a changelog delta during recovery; False if it does not fit and was ignored.
+
+        A delta covers ``[from, to)``. It fits a state at offset ``x`` when
+        ``from <= x <= to``: the keys it names get their values at ``to``, and every other key
+        did not change between ``from`` and ``to``, so the result is the state at ``to``.
+        A snapshot fits whenever ``to >= x``. A delta with ``to < x`` is older than the state
+        (written twice, or by a worker that lost the partition) and is ignored; one with
+        ``from > x`` would leave a gap and is ignored too (it cannot happen without data loss).
+        """
+        x = self.next_offset
+        if delta.snapshot:
+            if delta.to_offset < x:
+                return False
+            self._reset()
+        elif not delta.from_offset <= x <= delta.to_offset:
+            return False
+        index_of = self._spec_index
+        for device, metric, label, start in delta.removed:
+            index = index_of.get(label)
+            if index is not None:
+                self.windows.pop((device, metric, index, start), None)
+        for device, metric, label, start, state in delta.windows:
+            index = index_of.get(label)
+            if index is not None:  # a window spec no longer configured is dropped
+                self.windows[(device, metric, index, start)] = state
+        for device, metric in delta.latest_removed:
+            self.latest.pop((device, metric), None)
+        for device, metric, t, value in delta.latest:
+            self.latest[(device, metric)] = (t, value)
+        self.next_offset = delta.to_offset
+        self.max_t = delta.max_t
+        self.idle_floor = delta.idle_floor
+        return True
+
+    def _reset(self) -> None:
+        self.windows = {}
+        self.latest = {}
+
+    def finish_recovery(self) -> None:
+        """Rebuild the indexes derived from the recovered windows; call once after recovery."""
+        self.watermark = max(self.max_t - self.grace_us, self.idle_floor, NO_WATERMARK)
+        self._ends = []
+        self._by_end = {}
+        self._newest = {}
+        self._open_per_key = {}
+        for key in sorted(self.windows, key=lambda k: k[3]):
+            _, _, index, start = key
+            self._open(key, start + self.specs[index].size_us)
+        # Keys whose windows were all dropped (spec removed) keep no latest value.
+        for pair in [p for p in self.latest if p not in self._open_per_key]:
+            del self.latest[pair]
+        self._views_changed = set()
+        self._drained_offset = self.next_offset
+
+    @property
+    def open_windows(self) -> int:
+        return len(self.windows)
