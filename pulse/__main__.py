@@ -1,0 +1,5 @@
+"""``python -m pulse`` is the ``pulse`` command."""
+
+from pulse.cli import main
+
+main()

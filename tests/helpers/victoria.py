@@ -1,0 +1,46 @@
+"""Reading points back from VictoriaMetrics, the InfluxDB stand-in (see shared notes).
+
+It names a series ``<measurement>_<field>`` with the tags as labels, keeps values as float64
+rounded to 12 significant digits, and shows a new series only after up to ~10 s: callers poll.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+def export(influx_url: str, match: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"match[]": match, "start": "0", "nocache": "1"})
+    with urllib.request.urlopen(f"{influx_url}/api/v1/export?{query}", timeout=10) as response:
+        return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+
+def points(influx_url: str, match: str) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:
+    """``{sorted labels incl. __name__: {timestamp_ms: value}}`` (repeats of a point must agree)."""
+    out: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
+    for series in export(influx_url, match):
+        labels = tuple(sorted(series["metric"].items()))
+        values = out.setdefault(labels, {})
+        for ts, value in zip(series["timestamps"], series["values"], strict=True):
+            assert values.get(ts, value) == value, f"{labels} at {ts}: {values[ts]} != {value}"
+            values[ts] = value
+    return out
+
+
+def wait_for_points(
+    influx_url: str, match: str, expected: int, timeout: float = 30.0
+) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:
+    """Poll until ``match`` holds ``expected`` distinct points (or fail with what it holds)."""
+    deadline = time.monotonic() + timeout
+    found: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
+    while time.monotonic() < deadline:
+        found = points(influx_url, match)
+        if sum(len(v) for v in found.values()) >= expected:
+            return found
+        time.sleep(0.5)
+    count = sum(len(v) for v in found.values())
+    raise AssertionError(f"{match}: {count} points after {timeout}s, expected {expected}")

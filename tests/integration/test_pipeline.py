@@ -1,0 +1,209 @@
+"""The core pipeline end to end on real servers: readings -> aggregates, DLQ, Redis, InfluxDB.
+
+A real ``pulse worker`` process consumes a pre-produced dataset from a 4-partition topic; its
+outputs are compared exactly with an independent reference computation (tests/reference.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from tests.helpers import kafka, victoria
+from tests.helpers.worker import WorkerProcess
+from tests.integration import dataset
+from tests.reference import Expected, Record, compute
+
+pytestmark = pytest.mark.integration
+
+WINDOWS_US = {"10s": 10_000_000, "1m": 60_000_000}
+GRACE_US = 5_000_000
+STATE_TTL = 3600
+FIELDS = ("count", "sum", "min", "max", "mean", "first", "last")
+
+
+def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> dict[str, str]:
+    return {
+        "PULSE_BROKER": broker,
+        "PULSE_REDIS_URL": redis_url,
+        "PULSE_INFLUX_URL": influx_url,
+        "PULSE_APP_ID": f"{prefix}app",
+        "PULSE_TOPIC_READINGS": f"{prefix}-readings",
+        "PULSE_TOPIC_AGGREGATES": f"{prefix}-aggregates",
+        "PULSE_TOPIC_DLQ": f"{prefix}-dlq",
+        "PULSE_REDIS_PREFIX": prefix,
+        "PULSE_WINDOWS": "10s,1m",
+        "PULSE_GRACE": "5",
+        "PULSE_IDLE_CLOSE": "2",
+        "PULSE_STATE_TTL": str(STATE_TTL),
+        "PULSE_FLUSH_INTERVAL": "0.1",
+        "PULSE_MAX_MESSAGE_BYTES": str(dataset.MAX_MESSAGE_BYTES),
+        "PULSE_PARTITIONS": "4",
+        "PULSE_SESSION_TIMEOUT": "2",
+    }
+
+
+def produce_dataset(broker: str, topic: str, prefix: str) -> tuple[list[Record], dict[int, int]]:
+    entries = dataset.build(prefix)
+    asyncio.run(kafka.create_topics(broker, {topic: 4}))
+    stored = asyncio.run(
+        kafka.produce(
+            broker, topic, [(e.partition, e.key, e.value, e.timestamp_ms) for e in entries]
+        )
+    )
+    records = [
+        Record(s.partition, s.offset, e.meaning) for s, e in zip(stored, entries, strict=True)
+    ]
+    ends: dict[int, int] = {}
+    for s in stored:
+        ends[s.partition] = max(ends.get(s.partition, 0), s.offset + 1)
+    return records, ends
+
+
+def wait_for_all_closed(
+    client: redis.Redis, prefix: str, expected_closed: int, timeout: float = 40.0
+) -> None:
+    """Idle close ends every window: wait until no open window is left in Redis."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        open_keys = list(client.scan_iter(f"{prefix}:open:*"))
+        closed_keys = list(client.scan_iter(f"{prefix}:closed:*"))
+        if not open_keys and len(closed_keys) == expected_closed:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"open windows left: {open_keys[:5]}, closed keys {len(closed_keys)}")
+
+
+def test_pipeline_outputs_equal_the_reference(
+    broker: str, redis_url: str, influx_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    env = pipeline_env(topic_prefix, broker, redis_url, influx_url)
+    records, ends = produce_dataset(broker, env["PULSE_TOPIC_READINGS"], topic_prefix)
+    expected = compute(records, WINDOWS_US, GRACE_US)
+    # The dataset must exercise every rule it is meant to.
+    reasons = set(expected.dead_letters.values())
+    assert reasons == {"invalid_json", "invalid_reading", "too_large", "late"}
+    assert expected.late_for_some > 0
+    assert len(expected.windows) > 100
+
+    worker = WorkerProcess(env, tmp_path).start()
+    try:
+        worker.wait_ready()
+        worker.wait_caught_up(ends)
+        client = redis.Redis.from_url(redis_url)
+        series = {(d, m, label) for d, m, label, _ in expected.windows}
+        wait_for_all_closed(client, topic_prefix, len(series))
+        assert_aggregates_topic(broker, env, expected)
+        assert_dead_letters(broker, env, expected, records)
+        assert_redis(client, topic_prefix, expected)
+        assert_influx(influx_url, topic_prefix, expected)
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+
+def assert_aggregates_topic(broker: str, env: dict[str, str], expected: Expected) -> None:
+    stored = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_AGGREGATES"]))
+    docs = [json.dumps(orjson.loads(r.value), sort_keys=True) for r in stored]
+    # Once per window; a repeat is allowed only with identical content.
+    assert set(docs) == expected.aggregate_documents(WINDOWS_US)
+    for record in stored:
+        assert record.key == orjson.loads(record.value)["device"].encode()
+
+
+def assert_dead_letters(
+    broker: str, env: dict[str, str], expected: Expected, records: list[Record]
+) -> None:
+    stored = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_DLQ"]))
+    letters = [orjson.loads(r.value) for r in stored]
+    found = {(d["partition"], d["offset"]): d["reason"] for d in letters}
+    assert found == expected.dead_letters
+    assert len(letters) == len(found), "a record was dead-lettered twice"
+    originals = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_READINGS"]))
+    by_position = {(r.partition, r.offset): r for r in originals}
+    for letter in letters:
+        original = by_position[(letter["partition"], letter["offset"])]
+        assert letter["topic"] == env["PULSE_TOPIC_READINGS"]
+        assert letter["key"] == (original.key.decode() if original.key is not None else None)
+        assert letter["detail"]
+        if original.value is None:
+            assert letter["value"] is None
+        elif letter.get("value_encoding") == "base64":
+            assert base64.b64decode(letter["value"]) == original.value
+            assert letter["reason"] == "invalid_json"
+        elif letter["reason"] == "too_large":
+            assert letter["value_truncated"] is True
+            assert letter["value_size"] == len(original.value)
+            assert original.value.startswith(letter["value"].encode())
+        else:
+            assert letter["value"].encode() == original.value
+
+
+def _number(raw: bytes) -> float:
+    return float(raw)
+
+
+def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
+    devices: dict[str, dict[str, tuple[int, float]]] = {}
+    for (device, metric), (t_us, value) in expected.latest.items():
+        devices.setdefault(device, {})[metric] = (t_us, value)
+    for device, metrics in devices.items():
+        key = f"{prefix}:device:{device}"
+        stored = client.hgetall(key)
+        want = {}
+        for metric, (t_us, value) in metrics.items():
+            want[metric.encode()] = repr(value).encode()
+            seconds = t_us // 1_000_000 if t_us % 1_000_000 == 0 else t_us / 1_000_000
+            want[f"{metric}:ts".encode()] = repr(seconds).encode()
+        assert stored == want, device
+        assert 0 < client.ttl(key) <= STATE_TTL
+
+    newest: dict[tuple[str, str, str], int] = {}
+    for device, metric, label, start in expected.windows:
+        newest[(label, device, metric)] = max(newest.get((label, device, metric), start), start)
+    tops: dict[tuple[str, str], dict[str, float]] = {}
+    for (label, device, metric), start in newest.items():
+        agg = expected.windows[(device, metric, label, start)]
+        key = f"{prefix}:closed:{label}:{device}:{metric}"
+        stored = client.hgetall(key)
+        end = start + WINDOWS_US[label]
+        want = {name.encode(): repr(agg[name]).encode() for name in FIELDS}
+        want[b"start"] = str(start // 1_000_000).encode()
+        want[b"end"] = str(end // 1_000_000).encode()
+        assert stored == want, key
+        assert 0 < client.ttl(key) <= STATE_TTL
+        tops.setdefault((label, metric), {})[device] = agg["mean"]
+    for (label, metric), scores in tops.items():
+        key = f"{prefix}:top:{label}:{metric}"
+        assert dict(client.zrange(key, 0, -1, withscores=True)) == {
+            d.encode(): s for d, s in scores.items()
+        }
+        assert 0 < client.ttl(key) <= STATE_TTL
+    assert list(client.scan_iter(f"{prefix}:open:*")) == []
+
+
+def assert_influx(influx_url: str, prefix: str, expected: Expected) -> None:
+    wanted: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
+    for (device, metric, label, start), agg in expected.windows.items():
+        for name in FIELDS:
+            labels = {
+                "__name__": f"{metric}_{name}",
+                "device": device,
+                "window": label,
+                **agg["tags"],
+            }
+            wanted.setdefault(tuple(sorted(labels.items())), {})[start // 1000] = float(agg[name])
+    match = f'{{__name__=~"(temperature|humidity)_.*",device=~"{prefix}-.*"}}'
+    found = victoria.wait_for_points(influx_url, match, sum(len(v) for v in wanted.values()))
+    assert set(found) == set(wanted)
+    for labels, points in wanted.items():
+        assert set(found[labels]) == set(points), labels
+        for ts, value in points.items():
+            # VictoriaMetrics keeps 12 significant digits; the exact text sent is unit-tested.
+            assert found[labels][ts] == pytest.approx(value, rel=1e-11, abs=1e-11), (labels, ts)

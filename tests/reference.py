@@ -1,0 +1,119 @@
+"""An independent reference computation of Pulse's outputs, written from the contract alone.
+
+It shares no code with ``tables/``: brute force over the records in partition offset order,
+keeping every applied reading of every window in a list, and computing the aggregates at the
+end. Tests compare the real pipeline's outputs with it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Valid:
+    """What a record means when it is a valid reading (the generator knows)."""
+
+    device: str
+    metric: str
+    value: float
+    t_us: int
+    tags: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    meaning: Valid | Invalid
+
+
+@dataclass
+class Expected:
+    windows: dict[tuple[str, str, str, int], dict[str, Any]] = field(default_factory=dict)
+    """(device, metric, label, start_us) -> aggregates + tags, for every window (all closed)."""
+    dead_letters: dict[tuple[int, int], str] = field(default_factory=dict)
+    """(partition, offset) -> reason."""
+    latest: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    late_for_some: int = 0
+    """Readings applied to some windows but late for others."""
+
+    def aggregate_documents(self, labels_us: dict[str, int]) -> set[str]:
+        """The ``aggregates`` topic content, as canonical JSON strings."""
+        import json
+
+        docs = set()
+        for (device, metric, label, start), agg in self.windows.items():
+            doc = {
+                "device": device,
+                "metric": metric,
+                "window": label,
+                "start": _seconds(start),
+                "end": _seconds(start + labels_us[label]),
+                **agg,
+            }
+            docs.add(json.dumps(doc, sort_keys=True))
+        return docs
+
+
+def _seconds(t_us: int) -> int | float:
+    return t_us // 1_000_000 if t_us % 1_000_000 == 0 else t_us / 1_000_000
+
+
+def compute(records: list[Record], windows_us: dict[str, int], grace_us: int) -> Expected:
+    """Tumbling windows ``label -> size``; every window ends closed (idle close)."""
+    expected = Expected()
+    applied: dict[tuple[str, str, str, int], list[tuple[int, float, dict[str, str] | None]]] = {}
+    by_partition: dict[int, list[Record]] = {}
+    for record in records:
+        by_partition.setdefault(record.partition, []).append(record)
+    for partition, rows in by_partition.items():
+        max_t: int | None = None
+        for record in sorted(rows, key=lambda r: r.offset):
+            meaning = record.meaning
+            if isinstance(meaning, Invalid):
+                expected.dead_letters[(partition, record.offset)] = meaning.reason
+                continue
+            watermark = None if max_t is None else max_t - grace_us
+            hits = 0
+            for label, size in windows_us.items():
+                start = meaning.t_us - meaning.t_us % size
+                if watermark is not None and start + size <= watermark:
+                    continue  # that window closed before this reading arrived
+                applied.setdefault((meaning.device, meaning.metric, label, start), []).append(
+                    (meaning.t_us, meaning.value, meaning.tags)
+                )
+                hits += 1
+            if hits == 0:
+                expected.dead_letters[(partition, record.offset)] = "late"
+                continue
+            if hits < len(windows_us):
+                expected.late_for_some += 1
+            pair = (meaning.device, meaning.metric)
+            if pair not in expected.latest or meaning.t_us >= expected.latest[pair][0]:
+                expected.latest[pair] = (meaning.t_us, meaning.value)
+            max_t = meaning.t_us if max_t is None else max(max_t, meaning.t_us)
+    for key, readings in applied.items():
+        total = 0.0
+        for _, value, _ in readings:
+            total += value
+        first = min(readings, key=lambda r: r[0])  # min keeps the earliest processed on ties
+        last_t = max(r[0] for r in readings)
+        last = [r for r in readings if r[0] == last_t][-1]  # ties: the one processed last
+        expected.windows[key] = {
+            "count": len(readings),
+            "sum": total,
+            "min": min(r[1] for r in readings),
+            "max": max(r[1] for r in readings),
+            "mean": total / len(readings),
+            "first": first[1],
+            "last": last[1],
+            "tags": last[2] or {},
+        }
+    return expected
