@@ -80,7 +80,7 @@ async def read_all(broker: str, topic: str, idle_ms: int = 1500) -> list[StoredR
         deadline = loop.time() + 30
         while len(done) < len(tps) and loop.time() < deadline:
             batches = await consumer.getmany(timeout_ms=idle_ms)
-            for tp, records in batches.items():
+            for records in batches.values():
                 out += [
                     StoredRecord(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
                     for r in records
