@@ -1,0 +1,24 @@
+# The Pulse worker image: `docker compose up` builds it as the `worker` service.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Only what the package needs: the build context also holds .venv and test state.
+# README.md* copies the readme when it exists (pyproject names it) without failing when not.
+COPY pyproject.toml README.md* ./
+COPY pulse ./pulse
+COPY agents ./agents
+COPY models ./models
+COPY tables ./tables
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /app pulse
+
+USER pulse
+# The worker's HTTP API and live page (PULSE_WEB_PORT).
+EXPOSE 6066
+CMD ["pulse", "worker", "-l", "info"]

@@ -1,0 +1,93 @@
+"""``pulse stack up|down|status``: the embedded local stack from the command line.
+
+``up`` prints only ``export PULSE_...=...`` lines on stdout (messages go to stderr), so
+``eval "$(pulse stack up)"`` points the current shell at the stack.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pulse.stack import SERVER_NAMES, LocalStack, StackError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_STATE_DIR = Path(".pulse") / "stack"
+
+
+def _state_dir_option(command: F) -> F:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="PULSE_STATE_DIR",
+        default=DEFAULT_STATE_DIR,
+        show_default=True,
+        help="Directory of the servers' data, logs and stack.json (env PULSE_STATE_DIR).",
+    )(command)
+
+
+@click.group()
+def stack() -> None:
+    """Run Kafka (tansu), Redis and VictoriaMetrics on loopback for local development."""
+
+
+@stack.command()
+@_state_dir_option
+@click.option(
+    "--free-ports",
+    is_flag=True,
+    help="Use free ports instead of the defaults (broker 9092, redis 6390, influx 8428).",
+)
+def up(state_dir: Path, free_ports: bool) -> None:
+    """Start the stack (or reuse a running one) and print its PULSE_* exports."""
+    local = LocalStack(state_dir, default_ports=not free_ports)
+    try:
+        endpoints = local.up()
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name, info in local.status().items():
+        click.echo(f"{name}: {info['url']} (pid {info['pid']})", err=True)
+    click.echo(f"state in {state_dir}; stop with: pulse stack down", err=True)
+    for variable, value in endpoints.env().items():
+        click.echo(f"export {variable}={shlex.quote(value)}")
+
+
+@stack.command()
+@_state_dir_option
+def down(state_dir: Path) -> None:
+    """Stop the servers of the stack in STATE_DIR."""
+    local = LocalStack(state_dir)
+    running = [name for name, info in local.status().items() if info["pid"] is not None]
+    try:
+        local.down()
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if running:
+        click.echo(f"stopped: {', '.join(running)}", err=True)
+    else:
+        click.echo(f"no stack recorded in {state_dir}", err=True)
+
+
+@stack.command()
+@_state_dir_option
+def status(state_dir: Path) -> None:
+    """One line per server: name, state, pid, URL. Exits 1 unless all answer."""
+    info = LocalStack(state_dir).status()
+    for name in SERVER_NAMES:
+        server = info[name]
+        if server["answering"]:
+            state = "up"
+        elif server["alive"]:
+            state = "not-answering"
+        else:
+            state = "stopped"
+        pid = server["pid"] if server["pid"] is not None else "-"
+        url = server["url"] or "-"
+        click.echo(f"{name:<7} {state:<13} pid={pid} {url}")
+    if not all(server["answering"] for server in info.values()):
+        raise SystemExit(1)

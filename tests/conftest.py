@@ -1,0 +1,59 @@
+"""Shared fixtures: real servers on free loopback ports, started only when a test asks.
+
+- ``broker``: ``"kafka://127.0.0.1:PORT"`` of a tansu broker (memory storage).
+- ``redis_url``: ``"redis://127.0.0.1:PORT/0"`` of a redis-server without persistence.
+- ``influx_url``: ``"http://127.0.0.1:PORT"`` of VictoriaMetrics (InfluxDB v2 write API).
+- ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
+
+The servers live for the whole session. A server that cannot start makes the test ERROR with
+the server's log tail; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import SessionServers
+
+_topic_numbers = itertools.count(1)
+# Also unique across sessions, should a prefix ever reach a broker that outlives one.
+_session_token = secrets.token_hex(2)
+
+
+@pytest.fixture(scope="session")
+def _session_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionServers]:
+    servers = SessionServers(tmp_path_factory.mktemp("servers"))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="session")
+def broker(_session_servers: SessionServers) -> str:
+    """``kafka://127.0.0.1:PORT`` of the session's tansu broker."""
+    return _session_servers.get("broker").url
+
+
+@pytest.fixture(scope="session")
+def redis_url(_session_servers: SessionServers) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the session's redis-server."""
+    return _session_servers.get("redis").url
+
+
+@pytest.fixture(scope="session")
+def influx_url(_session_servers: SessionServers) -> str:
+    """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics (the InfluxDB stand-in)."""
+    return _session_servers.get("influx").url
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A short prefix no other test uses, e.g. ``t7x3fa2``.
+
+    The broker is shared by the session and keeps a consumer group's first session timeout
+    for its whole life, so each test needs its own topic and group names.
+    """
+    return f"t{next(_topic_numbers)}x{_session_token}"
