@@ -7,6 +7,8 @@ with a message naming it.
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from pulse.settings import Settings
@@ -18,6 +20,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
     from pulse import web
 
     settings = settings or Settings.from_env()
+    # Every recovery consumer would log its (manual) subscription at INFO.
+    logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
@@ -34,11 +38,9 @@ def create_app(settings: Settings | None = None) -> faust.App:
     app.pulse_settings = settings  # type: ignore[attr-defined]
     app.pulse_processor = processor  # type: ignore[attr-defined]
 
-    @app.service
-    class _Readings(faust.Service):  # the processor is started and stopped with the app
-        async def on_start(self) -> None:
-            await self.add_runtime_dependency(processor)
-
+    # A child of the app, not an @app.service: those start only after Faust's own consumer
+    # group has formed, and two group joins in a row would double the start-up time.
+    app.add_dependency(processor)
     dead_letters.register(app, settings)
     web.register(app, settings, processor)
     return app
