@@ -302,7 +302,7 @@ class ReadingsProcessor(Service):
         self.ready.set()
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, processor: ReadingsProcessor) -> None:
         self.processor = processor
 

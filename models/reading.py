@@ -61,7 +61,9 @@ _VALID_NAMES_MAX: Final = 200_000
 
 def _check_name(field: str, name: object) -> str:
     if name.__class__ is str and name in _valid_names:
-        return name  # type: ignore[return-value]
+        return name
+    if name is None:
+        raise Rejected("invalid_reading", f"'{field}' is missing")
     if not isinstance(name, str):
         raise Rejected("invalid_reading", f"'{field}' must be a string, got {_kind(name)}")
     if NAME_PATTERN.match(name) is None or name.endswith("\n"):
@@ -135,10 +137,10 @@ def parse_reading(
 
 def _event_time_us(ts: object) -> int:
     if ts.__class__ is float or ts.__class__ is int:
-        if not math.isfinite(ts):  # type: ignore[arg-type]
+        if not math.isfinite(ts):
             raise Rejected("invalid_reading", "'ts' must be finite")
         # Round, not truncate: 1795315444.3 is stored as 1795315444.2999999523 and means .3.
-        return round(ts * 1_000_000)  # type: ignore[operator]
+        return round(ts * 1_000_000)
     if isinstance(ts, str):
         try:
             moment = datetime.fromisoformat(ts)

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
 def __getattr__(name: str) -> faust.App:
     # ``pulse.app:app`` is built on first use, not at import, so tests can import this module.
     if name == "app":
-        global app
-        app = create_app()
-        return app
+        built = create_app()
+        globals()["app"] = built
+        return built
     raise AttributeError(name)

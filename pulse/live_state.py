@@ -10,16 +10,20 @@ from pulse.settings import Settings
 from pulse.sinks.redis import RedisKeys
 
 
-def _number(raw: bytes) -> int | float:
-    text = raw.decode()
+def _number(raw: Any) -> int | float:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
     try:
         return int(text)
     except ValueError:
         return float(text)
 
 
-def _numbers(mapping: dict[bytes, bytes]) -> dict[str, int | float]:
-    return {key.decode(): _number(value) for key, value in mapping.items()}
+def _numbers(mapping: Any) -> dict[str, int | float]:
+    return {_text(key): _number(value) for key, value in mapping.items()}
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 async def device_state(client: aioredis.Redis, settings: Settings, device: str) -> dict[str, Any]:
@@ -60,7 +64,7 @@ async def top_devices(
     client: aioredis.Redis, settings: Settings, window: str, metric: str, limit: int = 10
 ) -> list[tuple[str, float]]:
     """Devices with the highest mean in their latest closed ``window`` of ``metric``."""
-    rows = await client.zrevrange(
+    rows: Any = await client.zrevrange(
         RedisKeys(settings.redis_prefix).top(window, metric), 0, limit - 1, withscores=True
     )
-    return [(member.decode(), score) for member, score in rows]
+    return [(_text(member), float(score)) for member, score in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,10 +43,9 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             if name not in existing
         ]
         if missing:
-            try:
+            # Another worker may create them at the same moment.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another worker created them at the same moment
             log.info("created topics %s", [t.name for t in missing])
         counts = await _partition_counts(admin)
         changelog = counts.get(settings.changelog_topic)

@@ -38,7 +38,7 @@ async def retry_forever(
     while True:
         try:
             return await attempt()
-        except (RetryLater, *retryable) as exc:
+        except (RetryLater, *retryable) as exc:  # type: ignore[misc]
             failures += 1
             wait = delay
             if isinstance(exc, RetryLater) and exc.retry_after is not None:

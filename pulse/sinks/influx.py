@@ -9,6 +9,7 @@ directly (the client's ``Point`` objects cost more than the rest of the pipeline
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -80,12 +81,15 @@ class InfluxSink(Sink):
         assert self.client is not None, "start() the sink first"
         try:
             await self.client.write_api().write(
-                bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.MS
+                bucket=self.bucket,
+                org=self.org,
+                record=body,
+                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             # Nothing is dropped: 429/503 are backpressure; any other refusal (bad token,
             # missing bucket, type conflict) is an operator's problem, retried until fixed.
-            headers = exc.headers or {}
+            headers: Any = exc.headers or {}
             raise RetryLater(
                 f"HTTP {exc.status} {exc.reason}: {(exc.body or '')[:200]}",
                 parse_retry_after(headers.get("Retry-After")),

@@ -121,10 +121,10 @@ class RedisSink(Sink):
         tops: dict[tuple[str, str], list[Any]] = {}
         for (label, device, metric), window in newest.items():
             key = keys.closed(label, device, metric)
-            fields = window_fields(window.state, window.start_us, window.end_us)
-            out.append(("HSET", key, *_flat(fields)))
+            aggregates = window_fields(window.state, window.start_us, window.end_us)
+            out.append(("HSET", key, *_flat(aggregates)))
             out.append(("EXPIRE", key, ttl))
-            tops.setdefault((label, metric), []).extend((fields["mean"], device))
+            tops.setdefault((label, metric), []).extend((aggregates["mean"], device))
         for (label, metric), members in tops.items():
             key = keys.top(label, metric)
             out.append(("ZADD", key, *members))
