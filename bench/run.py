@@ -1,0 +1,313 @@
+"""One command for the whole benchmark: ``python -m bench.run``.
+
+Starts its own broker, Redis and VictoriaMetrics on free ports (``pulse.stack``), produces the
+dataset once, runs each system one after another in its own subprocess, prints the table and
+writes it to ``bench/results/latest.json``. See bench/README.md for what each system does.
+
+The dataset is produced once into one topic and every system reads it with its own fresh
+consumer group (and its own state and internal topics): the input is byte-for-byte the same
+for all of them and producing 1,000,000 readings is paid once. Textbook Faust reads a second
+topic holding a prefix of the same sequence, because it is too slow for the whole dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.dataset import DatasetSpec, produce
+from bench.measure import RunResult, run_measured_subprocess
+from bench.pulse_run import run_pulse
+from pulse.stack import start_broker, start_redis, start_victoria
+
+SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "latest.json"
+TOPIC = "bench-readings"
+TEXTBOOK_TOPIC = "bench-readings-textbook"
+DEFAULT_TEXTBOOK_LIMIT = 50_000
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """Everything a system's run needs: where the servers are and what the input is."""
+
+    bootstrap: str
+    broker_url: str
+    redis_url: str
+    influx_url: str
+    topic: str
+    readings: int
+    partitions: int
+    windows: str
+    grace_seconds: float
+    work_dir: Path
+    run_id: str
+
+
+def run_ceiling(context: BenchContext) -> RunResult:
+    return run_measured_subprocess(
+        "bench.ceiling",
+        ["--bootstrap", context.bootstrap, "--topic", context.topic,
+         "--expected", str(context.readings)],
+        context.work_dir / "result.json",
+        log_path=context.work_dir / "output.log",
+    )  # fmt: skip
+
+
+def run_quix(context: BenchContext) -> RunResult:
+    return run_measured_subprocess(
+        "bench.quix",
+        ["--bootstrap", context.bootstrap, "--topic", context.topic,
+         "--group", f"bench-quix-{context.run_id}", "--expected", str(context.readings),
+         "--state-dir", str(context.work_dir / "state"),
+         "--grace-ms", str(round(context.grace_seconds * 1000))],
+        context.work_dir / "result.json",
+        log_path=context.work_dir / "output.log",
+    )  # fmt: skip
+
+
+def run_textbook(context: BenchContext) -> RunResult:
+    return run_measured_subprocess(
+        "bench.textbook_faust",
+        ["--bootstrap", context.bootstrap, "--topic", context.topic,
+         "--app-id", f"bench-textbook-{context.run_id}",
+         "--partitions", str(context.partitions), "--expected", str(context.readings),
+         "--redis-url", context.redis_url, "--influx-url", context.influx_url,
+         "--state-dir", str(context.work_dir / "state")],
+        context.work_dir / "result.json",
+        log_path=context.work_dir / "output.log",
+    )  # fmt: skip
+
+
+RUNNERS: dict[str, Callable[[BenchContext], RunResult]] = {
+    "ceiling": run_ceiling,
+    "quix": run_quix,
+    "textbook": run_textbook,
+    "pulse": run_pulse,
+}
+
+
+def machine_description() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+
+
+def ratios(results: dict[str, RunResult]) -> dict[str, float | None]:
+    """Pulse's readings/s over each other system's; None when either side is missing."""
+    pulse = results.get("pulse")
+    out: dict[str, float | None] = {}
+    for other in ("quix", "textbook", "ceiling"):
+        base = results.get(other)
+        if pulse is None or base is None or base.readings_per_second == 0:
+            out[f"pulse/{other}"] = None
+        else:
+            out[f"pulse/{other}"] = round(pulse.readings_per_second / base.readings_per_second, 3)
+    return out
+
+
+def format_table(
+    results: dict[str, RunResult], failures: dict[str, str], selected: tuple[str, ...]
+) -> str:
+    header = (
+        "system",
+        "readings",
+        "seconds",
+        "readings/s",
+        "CPU s",
+        "readings/CPU-s",
+        "process CPU s",
+        "peak RSS MiB",
+        "windows out",
+    )
+    rows = []
+    for system in selected:
+        result = results.get(system)
+        if result is None:
+            reason = failures.get(system, "not run")
+            rows.append((system, "-", "-", "-", "-", "-", "-", "-", "-", reason))
+            continue
+        per_cpu = result.readings / result.cpu_seconds if result.cpu_seconds > 0 else 0.0
+        rows.append((
+            system,
+            f"{result.readings:,}",
+            f"{result.seconds:.2f}",
+            f"{result.readings_per_second:,.0f}",
+            f"{result.cpu_seconds:.2f}",
+            f"{per_cpu:,.0f}",
+            "-" if result.process_cpu_seconds is None else f"{result.process_cpu_seconds:.2f}",
+            "-" if result.peak_rss_bytes is None else f"{result.peak_rss_bytes / 2**20:,.0f}",
+            "-" if result.windows_emitted is None else f"{result.windows_emitted:,}",
+            result.note,
+        ))  # fmt: skip
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(name.ljust(widths[i]) for i, name in enumerate(header)),
+        "  ".join("-" * width for width in widths),
+    ]
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i else cell.ljust(widths[i])
+            for i, cell in enumerate(row[: len(header)])
+        ]
+        lines.append("  ".join(cells) + ("  " + row[-1] if row[-1] else ""))
+    lines.append("")
+    for name, value in ratios(results).items():
+        lines.append(f"{name}: {'n/a' if value is None else f'{value:.2f}x'}")
+    return "\n".join(lines)
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    selected = tuple(system for system in SYSTEMS if system in args.only)
+    spec = DatasetSpec(
+        readings=args.readings,
+        devices=args.devices,
+        partitions=args.partitions,
+        span_seconds=args.span_seconds,
+    )
+    textbook_readings = min(args.textbook_limit or args.readings, args.readings)
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="pulse-bench-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"bench: work directory {work_dir}", flush=True)
+
+    servers = []
+    results: dict[str, RunResult] = {}
+    failures: dict[str, str] = {}
+    try:
+        broker = start_broker(work_dir / "stack")
+        servers.append(broker)
+        redis = start_redis(work_dir / "stack")
+        servers.append(redis)
+        victoria = start_victoria(work_dir / "stack")
+        servers.append(victoria)
+        bootstrap = f"127.0.0.1:{broker.port}"
+
+        started = time.perf_counter()
+        produced = asyncio.run(produce(bootstrap, TOPIC, spec))
+        print(
+            f"bench: produced {produced:,} readings to {TOPIC} "
+            f"in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        if "textbook" in selected and textbook_readings < produced:
+            asyncio.run(produce(bootstrap, TEXTBOOK_TOPIC, spec, limit=textbook_readings))
+            print(
+                f"bench: produced the first {textbook_readings:,} of them to "
+                f"{TEXTBOOK_TOPIC} for textbook Faust",
+                flush=True,
+            )
+
+        for system in selected:
+            system_dir = work_dir / system
+            system_dir.mkdir(exist_ok=True)
+            subset = system == "textbook" and textbook_readings < produced
+            context = BenchContext(
+                bootstrap=bootstrap,
+                broker_url=broker.url,
+                redis_url=redis.url,
+                influx_url=victoria.url,
+                topic=TEXTBOOK_TOPIC if subset else TOPIC,
+                readings=textbook_readings if subset else produced,
+                partitions=spec.partitions,
+                windows="10s,1m",
+                grace_seconds=5.0,
+                work_dir=system_dir,
+                run_id=run_id,
+            )
+            print(f"bench: running {system} on {context.readings:,} readings ...", flush=True)
+            started = time.perf_counter()
+            try:
+                results[system] = RUNNERS[system](context)
+            except NotImplementedError as exc:
+                failures[system] = f"not run: {exc}"
+            except Exception as exc:
+                failures[system] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                traceback.print_exc()
+            status = "done" if system in results else failures[system]
+            print(
+                f"bench: {system} {status} ({time.perf_counter() - started:.1f} s wall)", flush=True
+            )
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        if not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    print()
+    print(format_table(results, failures, selected))
+    return {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_description(),
+        "command": shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]),
+        "dataset": {**asdict(spec), "textbook_readings": textbook_readings},
+        "results": {system: result.to_json() for system, result in results.items()},
+        "failures": failures,
+        "ratios": ratios(results),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--readings", type=int, default=DatasetSpec.readings)
+    parser.add_argument("--devices", type=int, default=DatasetSpec.devices)
+    parser.add_argument("--partitions", type=int, default=DatasetSpec.partitions)
+    parser.add_argument(
+        "--span-seconds",
+        type=float,
+        default=DatasetSpec.span_seconds,
+        help="event time the dataset covers",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SYSTEMS),
+        type=lambda text: {part.strip() for part in text.split(",")},
+        help=f"comma-separated subset of {','.join(SYSTEMS)}",
+    )
+    parser.add_argument(
+        "--textbook-limit",
+        type=int,
+        default=DEFAULT_TEXTBOOK_LIMIT,
+        help="readings textbook Faust processes (0: all); it is ~1,000/s",
+    )
+    parser.add_argument("--work-dir", help="state and logs (default: a new temporary dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--results", type=Path, default=RESULTS_PATH)
+    args = parser.parse_args(argv)
+    unknown = args.only - set(SYSTEMS)
+    if unknown:
+        parser.error(f"--only: unknown system(s) {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = run_benchmark(args)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nbench: results written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
