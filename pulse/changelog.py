@@ -60,7 +60,7 @@ def encode_parts(delta: Delta, delta_id: str, base: int) -> list[bytes]:
         part = dict(header)
         for name in _ROW_LISTS:
             part[name] = [row for list_name, row in chunk if list_name == name]
-        value = orjson.dumps(part)
+        value = orjson.dumps(part, option=orjson.OPT_NON_STR_KEYS)
         if len(value) > MAX_RECORD_BYTES and len(chunk) > 1:
             half = len(chunk) // 2
             pending += [chunk[half:], chunk[:half]]

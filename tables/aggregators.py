@@ -7,12 +7,116 @@ windows: the caller decides which state a reading goes to.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # Summary state layout, by index.
-COUNT, SUM, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, LAST_TAGS = range(9)
+COUNT, SUM, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, LAST_TAGS, SKETCH = range(10)
 
 SummaryState = list[Any]
+Sketch = dict[int, int]
+
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+class QuantileSketch:
+    """A mergeable quantile sketch with relative accuracy :data:`RELATIVE_ACCURACY` (DDSketch).
+
+    A value ``v > 0`` counts in bucket ``k = ceil(log_gamma(v))``, which holds the values in
+    ``(gamma^(k-1), gamma^k]``; the bucket's representative ``2 gamma^k / (gamma + 1)`` is
+    within 1 % of every value in it. Negative values use the same buckets on ``-v`` (keys
+    offset by :data:`NEGATIVE`); magnitudes below :data:`MIN_MAGNITUDE` count as zero.
+    The estimate of quantile ``q`` is the representative of the bucket holding the value of
+    rank ``floor(q * (n - 1))`` in sorted order, so it is within 1 % of that value.
+    At most :data:`MAX_BUCKETS` buckets are kept; beyond that the lowest ones are merged
+    (only the lowest quantiles lose accuracy, as in DDSketch).
+
+    State is a plain ``dict`` bucket key -> count, so sketches merge by adding counts.
+    """
+
+    RELATIVE_ACCURACY = 0.01
+    GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+    INV_LOG_GAMMA = 1 / math.log(GAMMA)
+    MIN_MAGNITUDE = 1e-9
+    NEGATIVE = 1 << 20
+    """Offset of negative values' keys; keys of magnitudes stay within +-2**19."""
+    ZERO = 1 << 21
+    _LAST_POSITIVE = (1 << 19) - 1
+    MAX_BUCKETS = 2048
+
+    @staticmethod
+    def key(value: float) -> int:
+        if value > QuantileSketch.MIN_MAGNITUDE:
+            return math.ceil(math.log(value) * QuantileSketch.INV_LOG_GAMMA)
+        if value < -QuantileSketch.MIN_MAGNITUDE:
+            return (
+                math.ceil(math.log(-value) * QuantileSketch.INV_LOG_GAMMA) + QuantileSketch.NEGATIVE
+            )
+        return QuantileSketch.ZERO
+
+    @staticmethod
+    def initialize(value: float) -> Sketch:
+        return {QuantileSketch.key(value): 1}
+
+    @staticmethod
+    def add(sketch: Sketch, value: float) -> None:
+        key = QuantileSketch.key(value)
+        sketch[key] = sketch.get(key, 0) + 1
+        if len(sketch) > QuantileSketch.MAX_BUCKETS:
+            QuantileSketch._collapse(sketch)
+
+    @staticmethod
+    def merge(into: Sketch, other: Sketch) -> None:
+        for key, count in other.items():
+            into[key] = into.get(key, 0) + count
+        while len(into) > QuantileSketch.MAX_BUCKETS:
+            QuantileSketch._collapse(into)
+
+    @staticmethod
+    def _ordered(sketch: Sketch) -> list[int]:
+        """Bucket keys from the lowest value to the highest."""
+        last_positive = QuantileSketch._LAST_POSITIVE
+        negative = sorted(
+            (k for k in sketch if last_positive < k < QuantileSketch.ZERO), reverse=True
+        )
+        positive = sorted(k for k in sketch if k <= last_positive)
+        zero = [QuantileSketch.ZERO] if QuantileSketch.ZERO in sketch else []
+        return negative + zero + positive
+
+    @staticmethod
+    def _collapse(sketch: Sketch) -> None:
+        lowest, second = QuantileSketch._ordered(sketch)[:2]
+        sketch[second] += sketch.pop(lowest)
+
+    @staticmethod
+    def value(key: int) -> float:
+        """The representative value of a bucket."""
+        gamma = QuantileSketch.GAMMA
+        if key == QuantileSketch.ZERO:
+            return 0.0
+        if key > QuantileSketch._LAST_POSITIVE:
+            return -2 * gamma ** (key - QuantileSketch.NEGATIVE) / (gamma + 1)
+        return 2 * gamma**key / (gamma + 1)
+
+    @staticmethod
+    def quantiles(sketch: Sketch, qs: tuple[float, ...]) -> list[float]:
+        """Estimates of the quantiles ``qs`` (ascending) of the values added."""
+        count = sum(sketch.values())
+        ranks = [q * (count - 1) for q in qs]
+        out: list[float] = []
+        seen = 0
+        for key in QuantileSketch._ordered(sketch):
+            seen += sketch[key]
+            while len(out) < len(ranks) and seen > ranks[len(out)]:
+                out.append(QuantileSketch.value(key))
+            if len(out) == len(ranks):
+                break
+        return out
+
+    @staticmethod
+    def decode(raw: dict[Any, int]) -> Sketch:
+        """A sketch read back from JSON, whose object keys are strings."""
+        return {int(key): count for key, count in raw.items()}
 
 
 class Summary:
@@ -22,11 +126,12 @@ class Summary:
     and the one processed last for ``last``, so the result is determined by the processing
     order (partition offset order). ``last_tags`` are the tags of the reading that gives
     ``last``. The sum is accumulated in processing order, so it is reproducible bit for bit.
+    ``p50``, ``p95`` and ``p99`` come from a :class:`QuantileSketch` (1 % relative accuracy).
     """
 
     @staticmethod
     def initialize(t_us: int, value: float, tags: dict[str, str] | None) -> SummaryState:
-        return [1, value, value, value, t_us, value, t_us, value, tags]
+        return [1, value, value, value, t_us, value, t_us, value, tags, {_sketch_key(value): 1}]
 
     @staticmethod
     def add(state: SummaryState, t_us: int, value: float, tags: dict[str, str] | None) -> None:
@@ -43,12 +148,17 @@ class Summary:
             state[LAST_T] = t_us
             state[LAST_V] = value
             state[LAST_TAGS] = tags
+        sketch = state[SKETCH]
+        key = _sketch_key(value)
+        sketch[key] = sketch.get(key, 0) + 1
+        if len(sketch) > QuantileSketch.MAX_BUCKETS:
+            QuantileSketch._collapse(sketch)
 
     @staticmethod
     def result(state: SummaryState) -> dict[str, Any]:
         """The aggregates: ``count`` an int, the others floats."""
         count = state[COUNT]
-        return {
+        result = {
             "count": count,
             "sum": state[SUM],
             "min": state[MIN],
@@ -57,7 +167,21 @@ class Summary:
             "first": state[FIRST_V],
             "last": state[LAST_V],
         }
+        estimates = QuantileSketch.quantiles(state[SKETCH], tuple(q for _, q in QUANTILES))
+        for (name, _), estimate in zip(QUANTILES, estimates, strict=True):
+            # The sketch's estimate, kept inside [min, max] where the true quantile lies.
+            result[name] = min(max(estimate, state[MIN]), state[MAX])
+        return result
+
+    @staticmethod
+    def decode(state: SummaryState) -> SummaryState:
+        """A state read back from the changelog's JSON (sketch keys come back as strings)."""
+        state[SKETCH] = QuantileSketch.decode(state[SKETCH])
+        return state
 
     @staticmethod
     def tags(state: SummaryState) -> dict[str, str]:
         return state[LAST_TAGS] or {}
+
+
+_sketch_key = QuantileSketch.key

@@ -373,7 +373,7 @@ class PartitionState:
         for device, metric, label, start, state in delta.windows:
             index = index_of.get(label)
             if index is not None:  # a window spec no longer configured is dropped
-                self.windows[(device, metric, index, start)] = state
+                self.windows[(device, metric, index, start)] = Summary.decode(state)
         for device, metric in delta.latest_removed:
             self.latest.pop((device, metric), None)
         for device, metric, t, value in delta.latest:

@@ -10,6 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+QUANTILE_ACCURACY = 0.01
+"""The documented relative accuracy of Pulse's percentiles."""
+
+
+def assert_window_fields(found: dict[str, Any], want: dict[str, Any], where: object) -> None:
+    """Exact equality, except percentiles: within the documented relative accuracy."""
+    assert set(found) == set(want), where
+    for name, value in want.items():
+        if name in dict(QUANTILES):
+            tolerance = QUANTILE_ACCURACY * abs(value) + 1e-9
+            assert abs(found[name] - value) <= tolerance, (where, name, found[name], value)
+        else:
+            assert found[name] == value, (where, name, found[name], value)
+
 
 @dataclass(frozen=True)
 class Valid:
@@ -44,13 +59,13 @@ class Expected:
     late_for_some: int = 0
     """Readings applied to some windows but late for others."""
 
-    def aggregate_documents(self, labels_us: dict[str, int]) -> set[str]:
-        """The ``aggregates`` topic content, as canonical JSON strings."""
-        import json
-
-        docs = set()
+    def aggregate_documents(
+        self, labels_us: dict[str, int]
+    ) -> dict[tuple[str, str, str, int | float], dict[str, Any]]:
+        """The ``aggregates`` topic content by (device, metric, window, start seconds)."""
+        docs = {}
         for (device, metric, label, start), agg in self.windows.items():
-            doc = {
+            docs[(device, metric, label, _seconds(start))] = {
                 "device": device,
                 "metric": metric,
                 "window": label,
@@ -58,7 +73,6 @@ class Expected:
                 "end": _seconds(start + labels_us[label]),
                 **agg,
             }
-            docs.add(json.dumps(doc, sort_keys=True))
         return docs
 
 
@@ -106,6 +120,7 @@ def compute(records: list[Record], windows_us: dict[str, int], grace_us: int) ->
         first = min(readings, key=lambda r: r[0])  # min keeps the earliest processed on ties
         last_t = max(r[0] for r in readings)
         last = [r for r in readings if r[0] == last_t][-1]  # ties: the one processed last
+        ordered = sorted(r[1] for r in readings)
         expected.windows[key] = {
             "count": len(readings),
             "sum": total,
@@ -114,6 +129,9 @@ def compute(records: list[Record], windows_us: dict[str, int], grace_us: int) ->
             "mean": total / len(readings),
             "first": first[1],
             "last": last[1],
+            # Exact quantiles: the value of rank floor(q * (n - 1)). Pulse's are estimates
+            # within QUANTILE_ACCURACY of these.
+            **{name: ordered[int(q * (len(ordered) - 1))] for name, q in QUANTILES},
             "tags": last[2] or {},
         }
     return expected

@@ -2,8 +2,8 @@
 
 One point per closed window: measurement = metric; tags ``device``, ``window`` and the tags
 of the reading that gave ``last``; fields ``count`` (integer) and ``sum, min, max, mean,
-first, last`` (floats); timestamp = window start in milliseconds. Line protocol is built
-directly (the client's ``Point`` objects cost more than the rest of the pipeline).
+first, last, p50, p95, p99`` (floats); timestamp = window start in milliseconds. Line
+protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
-FLOAT_FIELDS = ("sum", "min", "max", "mean", "first", "last")
+FLOAT_FIELDS = ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
 
 _TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
