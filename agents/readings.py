@@ -194,16 +194,18 @@ class ReadingsProcessor(Service):
         closed: list[ClosedWindow] = []
         views: list[OpenView] = []
         latest: list[Latest] = []
+        sliding: list[OpenView] = []
         deltas = []
         for partition, state in chosen.items():
             drained = state.drain(snapshot=self.writer.snapshot_due(partition))
             closed += drained.closed
             views += drained.open_views
             latest += drained.latest
+            sliding += drained.sliding_views
             delta = drained.delta
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
                 deltas.append((partition, delta))
-        batch = FlushBatch(closed, views, latest, self._dead_letters)
+        batch = FlushBatch(closed, views, latest, self._dead_letters, sliding)
         self._dead_letters = []
         if not batch.empty:
             await asyncio.gather(*(sink.write(batch) for sink in self.sinks))

@@ -42,7 +42,7 @@ MAX_RECORD_BYTES = 512 << 10
 SNAPSHOT_MIN_BYTES = 4 << 20
 """Write a snapshot once the deltas since the last one exceed this and twice its size."""
 
-_ROW_LISTS = ("windows", "removed", "latest", "latest_removed")
+_ROW_LISTS = ("windows", "removed", "latest", "latest_removed", "sliding", "sliding_removed")
 
 
 def encode_parts(delta: Delta, delta_id: str, base: int) -> list[bytes]:

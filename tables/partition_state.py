@@ -13,8 +13,19 @@ Watermark::
                                    a reading for it after that is late
 
 A reading is applied to each of its windows that is still open; if every one has closed it is
-late and is not applied at all. Closed windows leave the state at once, so the state holds
-only open windows (and the latest value of keys that have one).
+late and is not applied at all.
+
+Sliding window SIZE of a (device, metric): the readings with event time in ``(t - SIZE, t]``
+where ``t`` is the latest event time seen for the key. Its readings are kept (sorted by event
+time, then offset) so min and max stay exact as readings leave. A reading enters it only if
+``event time > W - SIZE``; the key's sliding state is dropped once ``W >= t + 2 * SIZE``, after
+which no reading that could share a window with the old ones can be applied::
+
+    ────(────────────────]─────────────── event time
+     t - SIZE            t = latest for the key
+
+Closed windows leave the state at once, so the state holds only open windows (and the latest
+value of keys that have one).
 
 Changelog deltas carry *full values* of the keys that changed (or their removal) plus the
 input offsets they cover, ``[from_offset, to_offset)``. A delta made from a correct state at
@@ -25,6 +36,7 @@ was written twice or only partly (see :meth:`PartitionState.apply_delta`).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,6 +86,10 @@ class Latest(NamedTuple):
     value: float
 
 
+SlidingState = list[Any]
+"""``[latest event time, entries]``; entries ``[t_us, offset, value, tags]`` sorted."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delta:
     """What changed in one partition's state over input offsets ``[from_offset, to_offset)``.
@@ -81,6 +97,8 @@ class Delta:
     ``windows``: full state of each changed window as ``[device, metric, label, start, state]``;
     ``removed``: ``[device, metric, label, start]`` of windows that closed;
     ``latest``: ``[device, metric, t_us, value]``; ``latest_removed``: ``[device, metric]``;
+    ``sliding``: ``[device, metric, label, latest, entries]`` of changed sliding windows;
+    ``sliding_removed``: ``[device, metric, label]`` of expired ones;
     ``max_t`` and ``idle_floor``: the watermark inputs after the delta.
     A snapshot is a delta with ``snapshot=True`` that holds the whole state.
     """
@@ -93,6 +111,8 @@ class Delta:
     removed: list[list[Any]]
     latest: list[list[Any]]
     latest_removed: list[list[Any]]
+    sliding: list[list[Any]]
+    sliding_removed: list[list[Any]]
     snapshot: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +125,8 @@ class Delta:
             "removed": self.removed,
             "latest": self.latest,
             "latest_removed": self.latest_removed,
+            "sliding": self.sliding,
+            "sliding_removed": self.sliding_removed,
             "snapshot": self.snapshot,
         }
 
@@ -119,12 +141,21 @@ class Delta:
             removed=doc["removed"],
             latest=doc["latest"],
             latest_removed=doc["latest_removed"],
+            sliding=doc["sliding"],
+            sliding_removed=doc["sliding_removed"],
             snapshot=doc["snapshot"],
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.windows or self.removed or self.latest or self.latest_removed)
+        return not (
+            self.windows
+            or self.removed
+            or self.latest
+            or self.latest_removed
+            or self.sliding
+            or self.sliding_removed
+        )
 
 
 class Drained(NamedTuple):
@@ -133,6 +164,7 @@ class Drained(NamedTuple):
     closed: list[ClosedWindow]
     open_views: list[OpenView]
     latest: list[Latest]
+    sliding_views: list[OpenView]
     delta: Delta
 
 
@@ -145,7 +177,12 @@ class PartitionState:
         self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
         # (index, size, step, is_tumbling) per spec, unpacked once for the hot loop.
         self._spec_math = tuple(
-            (i, s.size_us, s.step_us, s.size_us == s.step_us) for i, s in enumerate(specs)
+            (i, s.size_us, s.step_us, s.size_us == s.step_us)
+            for i, s in enumerate(specs)
+            if s.kind != "sliding"
+        )
+        self._sliding_math = tuple(
+            (i, s.size_us) for i, s in enumerate(specs) if s.kind == "sliding"
         )
         self.next_offset = next_offset
         """The first input offset not yet applied."""
@@ -164,6 +201,10 @@ class PartitionState:
         self._views_changed: set[SeriesKey] = set()
         self._closed: list[ClosedWindow] = []
         self._drained_offset = next_offset
+        self.sliding: dict[SeriesKey, SlidingState] = {}
+        self._sliding_expiry: list[tuple[int, SeriesKey]] = []  # heap, lazily checked
+        self._sliding_changed: set[SeriesKey] = set()
+        self._sliding_removed: set[SeriesKey] = set()
 
     # -- processing ----------------------------------------------------------------------
 
@@ -199,6 +240,30 @@ class PartitionState:
                     Summary.add(state, t, value, tags)
                 self._changed.add(key)
                 applied = True
+        for index, size in self._sliding_math:
+            if t <= watermark - size:
+                continue
+            series = (device, metric, index)
+            sliding = self.sliding.get(series)
+            if sliding is None:
+                sliding = self.sliding[series] = [t, [[t, offset, value, tags]]]
+                heapq.heappush(self._sliding_expiry, (t + 2 * size, series))
+            elif t <= sliding[0] - size:
+                continue  # older than the key's window
+            else:
+                entries = sliding[1]
+                bisect.insort(entries, [t, offset, value, tags])
+                if t > sliding[0]:
+                    sliding[0] = t
+                    cutoff = t - size
+                    drop = 0
+                    while entries[drop][0] <= cutoff:
+                        drop += 1
+                    if drop:
+                        del entries[:drop]
+                    heapq.heappush(self._sliding_expiry, (t + 2 * size, series))
+            self._sliding_changed.add(series)
+            applied = True
         if not applied:
             return False
         latest_key = (device, metric)
@@ -242,6 +307,16 @@ class PartitionState:
     def close_ready(self) -> None:
         """Close every window whose end the watermark has reached; they wait in the drain."""
         watermark = self.watermark
+        expiry = self._sliding_expiry
+        while expiry and expiry[0][0] <= watermark:
+            _, series = heapq.heappop(expiry)
+            sliding = self.sliding.get(series)
+            size = self.specs[series[2]].size_us
+            if sliding is not None and sliding[0] + 2 * size <= watermark:
+                del self.sliding[series]
+                self._sliding_changed.discard(series)
+                self._sliding_removed.add(series)
+                self._forget_latest_if_unused((series[0], series[1]))
         ends = self._ends
         while ends and ends[0] <= watermark:
             end = heapq.heappop(ends)
@@ -262,11 +337,19 @@ class PartitionState:
                 if remaining:
                     self._open_per_key[pair] = remaining
                 else:
-                    # No open window is left, so any reading applied later is newer than this
-                    # one (see module doc): the latest value need not be kept.
                     del self._open_per_key[pair]
-                    del self.latest[pair]
-                    self._latest_changed.add(pair)
+                    self._forget_latest_if_unused(pair)
+
+    def _forget_latest_if_unused(self, pair: tuple[str, str]) -> None:
+        # With no open window and no sliding state left, any reading applied later is newer
+        # than this one (see the module doc), so the latest value need not be kept.
+        if pair in self._open_per_key or pair not in self.latest:
+            return
+        device, metric = pair
+        if any((device, metric, index) in self.sliding for index, _ in self._sliding_math):
+            return
+        del self.latest[pair]
+        self._latest_changed.add(pair)
 
     # -- flushing ------------------------------------------------------------------------
 
@@ -316,6 +399,28 @@ class PartitionState:
             for device, metric in self._latest_changed
             if (device, metric) in self.latest
         ]
+        sliding_views = []
+        for key in self._sliding_changed:
+            device, metric, index = key
+            latest_t, entries = self.sliding[key]
+            spec = self.specs[index]
+            sliding_views.append(
+                OpenView(
+                    device,
+                    metric,
+                    spec.label,
+                    latest_t - spec.size_us,
+                    latest_t,
+                    _summarize(entries),
+                )
+            )
+        sliding_keys: Iterable[SeriesKey] = (
+            self.sliding.keys() if snapshot else self._sliding_changed
+        )
+        sliding_rows = [[d, m, labels[i], *self.sliding[(d, m, i)]] for d, m, i in sliding_keys]
+        sliding_removed = (
+            [] if snapshot else [[d, m, labels[i]] for d, m, i in self._sliding_removed]
+        )
         if snapshot:
             changed: Iterable[WindowKey] = windows.keys()
             removed: list[list[Any]] = []
@@ -335,14 +440,18 @@ class PartitionState:
             removed=removed,
             latest=latest_rows,
             latest_removed=latest_removed,
+            sliding=sliding_rows,
+            sliding_removed=sliding_removed,
             snapshot=snapshot,
         )
-        drained = Drained(self._closed, views, latest, delta)
+        drained = Drained(self._closed, views, latest, sliding_views, delta)
         self._closed = []
         self._changed = set()
         self._removed = set()
         self._latest_changed = set()
         self._views_changed = set()
+        self._sliding_changed = set()
+        self._sliding_removed = set()
         self._drained_offset = self.next_offset
         return drained
 
@@ -374,6 +483,14 @@ class PartitionState:
             index = index_of.get(label)
             if index is not None:  # a window spec no longer configured is dropped
                 self.windows[(device, metric, index, start)] = Summary.decode(state)
+        for device, metric, label in delta.sliding_removed:
+            index = index_of.get(label)
+            if index is not None:
+                self.sliding.pop((device, metric, index), None)
+        for device, metric, label, latest_t, entries in delta.sliding:
+            index = index_of.get(label)
+            if index is not None:
+                self.sliding[(device, metric, index)] = [latest_t, entries]
         for device, metric in delta.latest_removed:
             self.latest.pop((device, metric), None)
         for device, metric, t, value in delta.latest:
@@ -386,6 +503,7 @@ class PartitionState:
     def _reset(self) -> None:
         self.windows = {}
         self.latest = {}
+        self.sliding = {}
 
     def finish_recovery(self) -> None:
         """Rebuild the indexes derived from the recovered windows; call once after recovery."""
@@ -397,8 +515,16 @@ class PartitionState:
         for key in sorted(self.windows, key=lambda k: k[3]):
             _, _, index, start = key
             self._open(key, start + self.specs[index].size_us)
+        self._sliding_expiry = [
+            (latest_t + 2 * self.specs[key[2]].size_us, key)
+            for key, (latest_t, _) in self.sliding.items()
+        ]
+        heapq.heapify(self._sliding_expiry)
         # Keys whose windows were all dropped (spec removed) keep no latest value.
-        for pair in [p for p in self.latest if p not in self._open_per_key]:
+        sliding_pairs = {(d, m) for d, m, _ in self.sliding}
+        for pair in [
+            p for p in self.latest if p not in self._open_per_key and p not in sliding_pairs
+        ]:
             del self.latest[pair]
         self._views_changed = set()
         self._drained_offset = self.next_offset
@@ -406,3 +532,13 @@ class PartitionState:
     @property
     def open_windows(self) -> int:
         return len(self.windows)
+
+
+def _summarize(entries: list[list[Any]]) -> SummaryState:
+    """The aggregates of a sliding window's entries, added in processing (offset) order."""
+    ordered = sorted(entries, key=lambda entry: entry[1])
+    t, _, value, tags = ordered[0]
+    state = Summary.initialize(t, value, tags)
+    for t, _, value, tags in ordered[1:]:
+        Summary.add(state, t, value, tags)
+    return state

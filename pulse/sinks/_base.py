@@ -17,17 +17,21 @@ class FlushBatch:
     ``closed``: windows that closed since the last flush, in close order per partition.
     ``open_views``: the newest open window of each series that changed (``state=None``:
     the series has no open window any more). ``latest``: changed latest values.
-    ``dead_letters``: records rejected since the last flush.
+    ``dead_letters``: records rejected since the last flush. ``sliding``: changed sliding
+    windows (``start`` exclusive, ``end`` inclusive: the key's latest event time).
     """
 
     closed: Sequence[ClosedWindow] = ()
     open_views: Sequence[OpenView] = ()
     latest: Sequence[Latest] = ()
     dead_letters: Sequence[DeadLetter] = field(default_factory=tuple)
+    sliding: Sequence[OpenView] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.closed or self.open_views or self.latest or self.dead_letters)
+        return not (
+            self.closed or self.open_views or self.latest or self.dead_letters or self.sliding
+        )
 
 
 class Sink(abc.ABC):

@@ -7,6 +7,9 @@ Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STA
   plus ``start``, ``end``; deleted when it closes and no newer window is open.
 * ``P:closed:{window}:{device}:{metric}`` hash: the most recent closed window.
 * ``P:top:{window}:{metric}`` sorted set: device scored by its latest closed window's mean.
+* ``P:sliding:{size}:{device}:{metric}`` hash: a sliding window's aggregates plus ``start``
+  (exclusive) and ``end`` (inclusive, the key's latest event time); ``{size}`` as written
+  after ``sliding:`` in ``PULSE_WINDOWS``.
 
 One flush is one pipelined round trip per chunk of commands, never one per reading; each
 key is written once per flush with its latest content.
@@ -46,6 +49,10 @@ class RedisKeys:
 
     def top(self, window: str, metric: str) -> str:
         return f"{self.prefix}:top:{window}:{metric}"
+
+    def sliding(self, window: str, device: str, metric: str) -> str:
+        size = window.removeprefix("sliding:")
+        return f"{self.prefix}:sliding:{size}:{device}:{metric}"
 
 
 def window_fields(state: list[Any], start_us: int, end_us: int) -> dict[str, Any]:
@@ -111,6 +118,14 @@ class RedisSink(Sink):
                     ("HSET", key, *_flat(window_fields(view.state, view.start_us, view.end_us)))
                 )
                 out.append(("EXPIRE", key, ttl))
+
+        for view in batch.sliding:
+            assert view.state is not None
+            key = keys.sliding(view.window, view.device, view.metric)
+            sliding_fields = window_fields(view.state, view.start_us, view.end_us)
+            out.append(("DEL", key))  # a shorter window must not keep stale fields
+            out.append(("HSET", key, *_flat(sliding_fields)))
+            out.append(("EXPIRE", key, ttl))
 
         newest: dict[tuple[str, str, str], ClosedWindow] = {}
         for window in batch.closed:
