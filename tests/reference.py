@@ -58,11 +58,16 @@ class Expected:
     latest: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     late_for_some: int = 0
     """Readings applied to some windows but late for others."""
+    window_sizes: dict[str, int] = field(default_factory=dict)
+    """label -> size in microseconds of the (tumbling and hopping) windows."""
+    sliding: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """(device, metric, label) -> the sliding window as last shown: aggregates, start, end."""
 
     def aggregate_documents(
-        self, labels_us: dict[str, int]
+        self, labels_us: dict[str, int] | None = None
     ) -> dict[tuple[str, str, str, int | float], dict[str, Any]]:
         """The ``aggregates`` topic content by (device, metric, window, start seconds)."""
+        labels_us = labels_us or self.window_sizes
         docs = {}
         for (device, metric, label, start), agg in self.windows.items():
             docs[(device, metric, label, _seconds(start))] = {
@@ -80,9 +85,31 @@ def _seconds(t_us: int) -> int | float:
     return t_us // 1_000_000 if t_us % 1_000_000 == 0 else t_us / 1_000_000
 
 
-def compute(records: list[Record], windows_us: dict[str, int], grace_us: int) -> Expected:
-    """Tumbling windows ``label -> size``; every window ends closed (idle close)."""
+def _starts(t: int, size: int, step: int) -> list[int]:
+    """Every window start k*step with start <= t < start + size, by brute force."""
+    starts = []
+    start = t - t % step
+    while start > t - size:
+        starts.append(start)
+        start -= step
+    return starts
+
+
+def compute(
+    records: list[Record],
+    windows_us: dict[str, int | tuple[int, int]],
+    grace_us: int,
+    sliding_us: dict[str, int] | None = None,
+) -> Expected:
+    """Windows ``label -> size`` (tumbling) or ``label -> (size, step)`` (hopping), and sliding
+    windows ``label -> size``; every window ends closed (idle close)."""
     expected = Expected()
+    sliding_us = sliding_us or {}
+    shapes = {
+        label: (spec, spec) if isinstance(spec, int) else spec for label, spec in windows_us.items()
+    }
+    sliding: dict[tuple[str, str, str], tuple[int, list[tuple[int, int, float, Any]]]] = {}
+    expected.window_sizes = {label: size for label, (size, _) in shapes.items()}
     applied: dict[tuple[str, str, str, int], list[tuple[int, float, dict[str, str] | None]]] = {}
     by_partition: dict[int, list[Record]] = {}
     for record in records:
@@ -95,43 +122,81 @@ def compute(records: list[Record], windows_us: dict[str, int], grace_us: int) ->
                 expected.dead_letters[(partition, record.offset)] = meaning.reason
                 continue
             watermark = None if max_t is None else max_t - grace_us
-            hits = 0
-            for label, size in windows_us.items():
-                start = meaning.t_us - meaning.t_us % size
-                if watermark is not None and start + size <= watermark:
-                    continue  # that window closed before this reading arrived
-                applied.setdefault((meaning.device, meaning.metric, label, start), []).append(
-                    (meaning.t_us, meaning.value, meaning.tags)
-                )
+            hits = belongs = 0
+            t = meaning.t_us
+            for label, (size, step) in shapes.items():
+                for start in _starts(t, size, step):
+                    belongs += 1
+                    if watermark is not None and start + size <= watermark:
+                        continue  # that window closed before this reading arrived
+                    applied.setdefault((meaning.device, meaning.metric, label, start), []).append(
+                        (t, meaning.value, meaning.tags)
+                    )
+                    hits += 1
+            for label, size in sliding_us.items():
+                belongs += 1
+                key = (meaning.device, meaning.metric, label)
+                if watermark is not None:  # keys whose window is long past are dropped
+                    for old in [
+                        k
+                        for k, (latest, _) in sliding.items()
+                        if watermark >= latest + 2 * sliding_us[k[2]]
+                    ]:
+                        del sliding[old]
+                    if t <= watermark - size:
+                        continue
+                latest, entries = sliding.get(key, (t, []))
+                if t <= latest - size:
+                    continue
+                latest = max(latest, t)
+                entries = [
+                    e
+                    for e in [*entries, (t, record.offset, meaning.value, meaning.tags)]
+                    if e[0] > latest - size
+                ]
+                sliding[key] = (latest, entries)
+                in_order = sorted(entries, key=lambda e: e[1])
+                shown = _aggregate([(e[0], e[2], e[3]) for e in in_order])
+                shown.pop("tags")
+                expected.sliding[key] = {
+                    **shown,
+                    "start": _seconds(latest - size),
+                    "end": _seconds(latest),
+                }
                 hits += 1
             if hits == 0:
                 expected.dead_letters[(partition, record.offset)] = "late"
                 continue
-            if hits < len(windows_us):
+            if hits < belongs:
                 expected.late_for_some += 1
             pair = (meaning.device, meaning.metric)
             if pair not in expected.latest or meaning.t_us >= expected.latest[pair][0]:
                 expected.latest[pair] = (meaning.t_us, meaning.value)
             max_t = meaning.t_us if max_t is None else max(max_t, meaning.t_us)
     for key, readings in applied.items():
-        total = 0.0
-        for _, value, _ in readings:
-            total += value
-        first = min(readings, key=lambda r: r[0])  # min keeps the earliest processed on ties
-        last_t = max(r[0] for r in readings)
-        last = [r for r in readings if r[0] == last_t][-1]  # ties: the one processed last
-        ordered = sorted(r[1] for r in readings)
-        expected.windows[key] = {
-            "count": len(readings),
-            "sum": total,
-            "min": min(r[1] for r in readings),
-            "max": max(r[1] for r in readings),
-            "mean": total / len(readings),
-            "first": first[1],
-            "last": last[1],
-            # Exact quantiles: the value of rank floor(q * (n - 1)). Pulse's are estimates
-            # within QUANTILE_ACCURACY of these.
-            **{name: ordered[int(q * (len(ordered) - 1))] for name, q in QUANTILES},
-            "tags": last[2] or {},
-        }
+        expected.windows[key] = _aggregate(readings)
     return expected
+
+
+def _aggregate(readings: list[tuple[int, float, Any]]) -> dict[str, Any]:
+    """The aggregates of (t, value, tags) readings given in processing order."""
+    total = 0.0
+    for _, value, _ in readings:
+        total += value
+    first = min(readings, key=lambda r: r[0])  # min keeps the earliest processed on ties
+    last_t = max(r[0] for r in readings)
+    last = [r for r in readings if r[0] == last_t][-1]  # ties: the one processed last
+    ordered = sorted(r[1] for r in readings)
+    return {
+        "count": len(readings),
+        "sum": total,
+        "min": min(r[1] for r in readings),
+        "max": max(r[1] for r in readings),
+        "mean": total / len(readings),
+        "first": first[1],
+        "last": last[1],
+        # Exact quantiles: the value of rank floor(q * (n - 1)). Pulse's are estimates
+        # within QUANTILE_ACCURACY of these.
+        **{name: ordered[int(q * (len(ordered) - 1))] for name, q in QUANTILES},
+        "tags": last[2] or {},
+    }

@@ -24,6 +24,14 @@ from tests.reference import QUANTILE_ACCURACY, Expected, Record, assert_window_f
 pytestmark = pytest.mark.integration
 
 WINDOWS_US = {"10s": 10_000_000, "1m": 60_000_000}
+WINDOW_SETS = {
+    "tumbling": ("10s,1m", WINDOWS_US, {}),
+    "hopping+sliding": (
+        "10s,30s/10s,sliding:20s",
+        {"10s": 10_000_000, "30s/10s": (30_000_000, 10_000_000)},
+        {"sliding:20s": 20_000_000},
+    ),
+}
 GRACE_US = 5_000_000
 STATE_TTL = 3600
 FIELDS = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
@@ -81,17 +89,27 @@ def wait_for_all_closed(
     raise AssertionError(f"open windows left: {open_keys[:5]}, closed keys {len(closed_keys)}")
 
 
+@pytest.mark.parametrize("window_set", sorted(WINDOW_SETS))
 def test_pipeline_outputs_equal_the_reference(
-    broker: str, redis_url: str, influx_url: str, topic_prefix: str, tmp_path: Path
+    broker: str,
+    redis_url: str,
+    influx_url: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    window_set: str,
 ) -> None:
+    spec, windows, sliding = WINDOW_SETS[window_set]
     env = pipeline_env(topic_prefix, broker, redis_url, influx_url)
+    env["PULSE_WINDOWS"] = spec
     records, ends = produce_dataset(broker, env["PULSE_TOPIC_READINGS"], topic_prefix)
-    expected = compute(records, WINDOWS_US, GRACE_US)
+    expected = compute(records, windows, GRACE_US, sliding)
     # The dataset must exercise every rule it is meant to.
     reasons = set(expected.dead_letters.values())
     assert reasons == {"invalid_json", "invalid_reading", "too_large", "late"}
     assert expected.late_for_some > 0
     assert len(expected.windows) > 100
+    assert {label for _, _, label, _ in expected.windows} == set(windows)
+    assert {label for _, _, label in expected.sliding} == set(sliding)
 
     worker = WorkerProcess(env, tmp_path).start()
     try:
@@ -103,6 +121,7 @@ def test_pipeline_outputs_equal_the_reference(
         assert_aggregates_topic(broker, env, expected)
         assert_dead_letters(broker, env, expected, records)
         assert_redis(client, topic_prefix, expected)
+        assert_sliding(client, topic_prefix, expected)
         assert_influx(influx_url, topic_prefix, expected)
     finally:
         assert worker.stop() == 0, worker.log_tail()
@@ -120,7 +139,7 @@ def assert_aggregates_topic(broker: str, env: dict[str, str], expected: Expected
         found[key] = doc
     # Once per window; a repeat is allowed only with identical content.
     assert {k: len(v) for k, v in versions.items() if len(v) > 1} == {}
-    wanted = expected.aggregate_documents(WINDOWS_US)
+    wanted = expected.aggregate_documents()
     assert set(found) == set(wanted)
     for key, doc in wanted.items():
         assert_window_fields(found[key], doc, key)
@@ -181,7 +200,7 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
         agg = expected.windows[(device, metric, label, start)]
         key = f"{prefix}:closed:{label}:{device}:{metric}"
         stored = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
-        end = start + WINDOWS_US[label]
+        end = start + expected.window_sizes[label]
         want = {name: agg[name] for name in FIELDS}
         want["start"] = start // 1_000_000
         want["end"] = end // 1_000_000
@@ -198,6 +217,20 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
         }
         assert 0 < client.ttl(key) <= STATE_TTL
     assert list(client.scan_iter(f"{prefix}:open:*")) == []
+
+
+def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None:
+    """Sliding windows as last shown; the state behind them expired (idle close)."""
+    found = {k.decode() for k in client.scan_iter(f"{prefix}:sliding:*")}
+    wanted = {
+        f"{prefix}:sliding:{label.removeprefix('sliding:')}:{device}:{metric}": fields
+        for (device, metric, label), fields in expected.sliding.items()
+    }
+    assert found == set(wanted)
+    for key, fields in wanted.items():
+        stored = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+        assert_window_fields(stored, fields, key)
+        assert 0 < client.ttl(key) <= STATE_TTL
 
 
 def assert_influx(influx_url: str, prefix: str, expected: Expected) -> None:
