@@ -7,7 +7,7 @@ fetches (``getmany``) and updates state per batch.
 One flush (every ``PULSE_FLUSH_INTERVAL``), under one lock with processing:
 
 1. drain each partition's state: closed windows, changed views and latest values, and the
-   changelog delta;
+   changelog delta (serialised at once); the loop goes on processing while 2-4 run;
 2. write the outputs to every sink (aggregates + dead letters to Kafka, Redis, InfluxDB) and
    wait until they are durable;
 3. write the deltas to the changelog and wait for the acks;
@@ -33,7 +33,7 @@ from mode import Service
 
 from models.outputs import DeadLetter
 from models.reading import Rejected, parse_reading
-from pulse.changelog import ChangelogWriter, recover_partition
+from pulse.changelog import ChangelogWriter, EncodedDelta, recover_partition
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks.influx import InfluxSink
@@ -62,6 +62,7 @@ class ReadingsProcessor(Service):
         self._dead_letters: list[DeadLetter] = []
         self._last_record: dict[int, float] = {}
         self._last_flush = time.monotonic()
+        self._flush_task: asyncio.Future[None] | None = None
         self.ready = asyncio.Event()
         """Set once the first assignment has been recovered (for tests and health checks)."""
         self.flushes = 0
@@ -111,7 +112,7 @@ class ReadingsProcessor(Service):
     async def on_stop(self) -> None:
         if self.consumer is not None:
             async with self._lock:
-                await self._flush_locked()
+                await self._flush_now()
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
@@ -138,7 +139,7 @@ class ReadingsProcessor(Service):
                             self._last_record[tp.partition] = now
             if now - self._last_flush >= interval:
                 async with self._lock:
-                    await self._flush_locked()
+                    await self._start_flush()
 
     def _process(self, tp: TopicPartition, state: PartitionState, records: list[Any]) -> None:
         max_bytes = self.settings.max_message_bytes
@@ -177,26 +178,48 @@ class ReadingsProcessor(Service):
         )
 
     # -- flushing ------------------------------------------------------------------------
+    #
+    # A flush is prepared synchronously (drain the states, compute every output, serialise
+    # the deltas) and then written in the background while the loop goes on processing the
+    # next records: the sinks' servers and the broker work on the other core meanwhile.
+    # At most one flush is in flight, so the targets see flushes in order.
 
     async def flush(self) -> None:
         """Flush now (outputs, changelog, offsets); returns when all are durable."""
         async with self._lock:
-            await self._flush_locked()
+            await self._flush_now()
 
-    async def _flush_locked(self, partitions: set[int] | None = None) -> None:
-        assert self.writer is not None and self.consumer is not None
+    async def _flush_now(self, partitions: set[int] | None = None) -> None:
+        await self._finish_flush()
+        prepared = self._prepare_flush(partitions)
+        if prepared is not None:
+            await self._write_flush(*prepared)
+
+    async def _finish_flush(self) -> None:
+        """Wait for the flush in flight, if any (and raise what it raised)."""
+        task, self._flush_task = self._flush_task, None
+        if task is not None:
+            await task
+
+    async def _start_flush(self) -> None:
+        await self._finish_flush()
+        prepared = self._prepare_flush()
+        if prepared is not None:
+            self._flush_task = asyncio.ensure_future(self._write_flush(*prepared))
+
+    def _prepare_flush(
+        self, partitions: set[int] | None = None
+    ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
+        assert self.writer is not None
         self._last_flush = time.monotonic()
-        chosen = (
-            self.states
-            if partitions is None
-            else {p: s for p, s in self.states.items() if p in partitions}
-        )
         closed: list[ClosedWindow] = []
         views: list[OpenView] = []
         latest: list[Latest] = []
         sliding: list[OpenView] = []
-        deltas = []
-        for partition, state in chosen.items():
+        deltas: list[EncodedDelta] = []
+        for partition, state in self.states.items():
+            if partitions is not None and partition not in partitions:
+                continue
             drained = state.drain(snapshot=self.writer.snapshot_due(partition))
             closed += drained.closed
             views += drained.open_views
@@ -204,20 +227,26 @@ class ReadingsProcessor(Service):
             sliding += drained.sliding_views
             delta = drained.delta
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
-                deltas.append((partition, delta))
+                deltas.append(self.writer.encode(partition, delta))
         batch = FlushBatch(closed, views, latest, self._dead_letters, sliding)
         self._dead_letters = []
+        if batch.empty and not deltas:
+            return None
+        return batch, deltas
+
+    async def _write_flush(self, batch: FlushBatch, deltas: list[EncodedDelta]) -> None:
+        assert self.writer is not None and self.consumer is not None
         if not batch.empty:
             await asyncio.gather(*(sink.write(batch) for sink in self.sinks))
         if not deltas:
             return
         acks = []
-        for partition, delta in deltas:
-            acks += await self.writer.send(partition, delta)
+        for delta in deltas:
+            acks += await self.writer.send(delta)
         await asyncio.gather(*acks)
         self.flushes += 1
         topic = self.settings.topic_readings
-        offsets = {TopicPartition(topic, p): d.to_offset for p, d in deltas}
+        offsets = {TopicPartition(topic, d.partition): d.to_offset for d in deltas}
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
@@ -259,7 +288,7 @@ class ReadingsProcessor(Service):
         if not partitions:
             return
         async with self._lock:
-            await self._flush_locked(partitions)
+            await self._flush_now(partitions)
             for partition in partitions:
                 del self.states[partition]
                 self._last_record.pop(partition, None)

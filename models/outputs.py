@@ -32,7 +32,7 @@ def closed_window_document(window: ClosedWindow) -> dict[str, Any]:
         "start": seconds(window.start_us),
         "end": seconds(window.end_us),
     }
-    doc.update(Summary.result(window.state))
+    doc.update(window.result())
     doc["tags"] = Summary.tags(window.state)
     return doc
 

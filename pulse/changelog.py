@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -96,6 +97,16 @@ class DeltaAssembler:
         return Delta.from_json(whole)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedDelta:
+    """A delta serialised into its record values, ready to send."""
+
+    partition: int
+    to_offset: int
+    snapshot: bool
+    values: list[bytes]
+
+
 class ChangelogWriter:
     """Writes one worker's deltas; remembers per partition where the last snapshot starts."""
 
@@ -123,24 +134,33 @@ class ChangelogWriter:
         written = self._bytes_since_snapshot.get(partition, 0)
         return written > max(SNAPSHOT_MIN_BYTES, 2 * self._snapshot_bytes.get(partition, 0))
 
-    async def send(self, partition: int, delta: Delta) -> list[asyncio.Future]:
-        """Queue a delta's records; await the returned futures for the broker's acks."""
+    def encode(self, partition: int, delta: Delta) -> EncodedDelta:
+        """Serialise a delta now (the state it refers to may change right after)."""
         self._sequence += 1
         delta_id = f"{self._writer_id}-{self._sequence}"
         values = encode_parts(delta, delta_id, self._base.get(partition, -1))
-        futures = [
-            await self.producer.send(self.topic, value=value, partition=partition)
-            for value in values
-        ]
         size = sum(len(v) for v in values)
         if delta.snapshot:
             self._snapshot_bytes[partition] = size
             self._bytes_since_snapshot[partition] = 0
-            futures[0].add_done_callback(lambda fut: self._snapshot_written(partition, fut))
         else:
             self._bytes_since_snapshot[partition] = (
                 self._bytes_since_snapshot.get(partition, 0) + size
             )
+        return EncodedDelta(partition, delta.to_offset, delta.snapshot, values)
+
+    async def send(self, encoded: EncodedDelta) -> list[asyncio.Future]:
+        """Queue an encoded delta's records; await the returned futures for the broker's acks.
+
+        Deltas of one partition must be sent in the order they were encoded.
+        """
+        partition = encoded.partition
+        futures = [
+            await self.producer.send(self.topic, value=value, partition=partition)
+            for value in encoded.values
+        ]
+        if encoded.snapshot:
+            futures[0].add_done_callback(lambda fut: self._snapshot_written(partition, fut))
         return futures
 
     def _snapshot_written(self, partition: int, future: asyncio.Future) -> None:

@@ -17,6 +17,7 @@ SummaryState = list[Any]
 Sketch = dict[int, int]
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+_QUANTILE_LEVELS = tuple(level for _, level in QUANTILES)
 
 
 class QuantileSketch:
@@ -73,15 +74,18 @@ class QuantileSketch:
             QuantileSketch._collapse(into)
 
     @staticmethod
+    def _order(key: int) -> int:
+        """Sort key putting bucket keys in the order of their values."""
+        if key <= QuantileSketch._LAST_POSITIVE:
+            return key  # positive values: magnitude keys within +-2**19
+        if key == QuantileSketch.ZERO:
+            return -(1 << 20)  # below every positive key, above every negative one
+        return -(1 << 21) - (key - QuantileSketch.NEGATIVE)  # larger magnitude, lower value
+
+    @staticmethod
     def _ordered(sketch: Sketch) -> list[int]:
         """Bucket keys from the lowest value to the highest."""
-        last_positive = QuantileSketch._LAST_POSITIVE
-        negative = sorted(
-            (k for k in sketch if last_positive < k < QuantileSketch.ZERO), reverse=True
-        )
-        positive = sorted(k for k in sketch if k <= last_positive)
-        zero = [QuantileSketch.ZERO] if QuantileSketch.ZERO in sketch else []
-        return negative + zero + positive
+        return sorted(sketch, key=QuantileSketch._order)
 
     @staticmethod
     def _collapse(sketch: Sketch) -> None:
@@ -101,17 +105,20 @@ class QuantileSketch:
     @staticmethod
     def quantiles(sketch: Sketch, qs: tuple[float, ...]) -> list[float]:
         """Estimates of the quantiles ``qs`` (ascending) of the values added."""
+        if len(sketch) == 1:  # the common case of small windows: one bucket
+            (key,) = sketch
+            return [QuantileSketch.value(key)] * len(qs)
         count = sum(sketch.values())
         ranks = [q * (count - 1) for q in qs]
         out: list[float] = []
         seen = 0
-        for key in QuantileSketch._ordered(sketch):
+        for key in sorted(sketch, key=QuantileSketch._order):
             seen += sketch[key]
-            while len(out) < len(ranks) and seen > ranks[len(out)]:
+            while seen > ranks[len(out)]:
                 out.append(QuantileSketch.value(key))
-            if len(out) == len(ranks):
-                break
-        return out
+                if len(out) == len(ranks):
+                    return out
+        raise AssertionError("quantile ranks beyond the count")  # unreachable: q <= 1
 
     @staticmethod
     def decode(raw: dict[Any, int]) -> Sketch:
@@ -157,21 +164,21 @@ class Summary:
     @staticmethod
     def result(state: SummaryState) -> dict[str, Any]:
         """The aggregates: ``count`` an int, the others floats."""
-        count = state[COUNT]
-        result = {
+        count, total, low, high = state[COUNT], state[SUM], state[MIN], state[MAX]
+        p50, p95, p99 = QuantileSketch.quantiles(state[SKETCH], _QUANTILE_LEVELS)
+        # Each estimate is kept inside [min, max], where the true quantile lies.
+        return {
             "count": count,
-            "sum": state[SUM],
-            "min": state[MIN],
-            "max": state[MAX],
-            "mean": state[SUM] / count,
+            "sum": total,
+            "min": low,
+            "max": high,
+            "mean": total / count,
             "first": state[FIRST_V],
             "last": state[LAST_V],
+            "p50": low if p50 < low else high if p50 > high else p50,
+            "p95": low if p95 < low else high if p95 > high else p95,
+            "p99": low if p99 < low else high if p99 > high else p99,
         }
-        estimates = QuantileSketch.quantiles(state[SKETCH], tuple(q for _, q in QUANTILES))
-        for (name, _), estimate in zip(QUANTILES, estimates, strict=True):
-            # The sketch's estimate, kept inside [min, max] where the true quantile lies.
-            result[name] = min(max(estimate, state[MIN]), state[MAX])
-        return result
 
     @staticmethod
     def decode(state: SummaryState) -> SummaryState:

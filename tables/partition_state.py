@@ -64,6 +64,11 @@ class ClosedWindow(NamedTuple):
     start_us: int
     end_us: int
     state: SummaryState
+    aggregates: dict[str, Any] | None = None
+    """``Summary.result(state)``, computed once by :meth:`PartitionState.drain` for all sinks."""
+
+    def result(self) -> dict[str, Any]:
+        return self.aggregates if self.aggregates is not None else Summary.result(self.state)
 
 
 class OpenView(NamedTuple):
@@ -75,6 +80,14 @@ class OpenView(NamedTuple):
     start_us: int
     end_us: int
     state: SummaryState | None
+    aggregates: dict[str, Any] | None = None
+    """``Summary.result(state)`` when the view was drained: a snapshot, unlike ``state``."""
+
+    def result(self) -> dict[str, Any]:
+        if self.aggregates is not None:
+            return self.aggregates
+        assert self.state is not None, "no open window"
+        return Summary.result(self.state)
 
 
 class Latest(NamedTuple):
@@ -198,6 +211,8 @@ class PartitionState:
         self._changed: set[WindowKey] = set()
         self._removed: set[WindowKey] = set()
         self._latest_changed: set[tuple[str, str]] = set()
+        # Latest values forgotten before a drain emitted them: the drain still must.
+        self._latest_unsent: dict[tuple[str, str], tuple[int, float]] = {}
         self._views_changed: set[SeriesKey] = set()
         self._closed: list[ClosedWindow] = []
         self._drained_offset = next_offset
@@ -348,7 +363,9 @@ class PartitionState:
         device, metric = pair
         if any((device, metric, index) in self.sliding for index, _ in self._sliding_math):
             return
-        del self.latest[pair]
+        forgotten = self.latest.pop(pair)
+        if pair in self._latest_changed:
+            self._latest_unsent[pair] = forgotten
         self._latest_changed.add(pair)
 
     # -- flushing ------------------------------------------------------------------------
@@ -359,16 +376,26 @@ class PartitionState:
         With ``snapshot=True`` the delta holds the whole state instead of the changes.
         """
         self.close_ready()
+        result = Summary.result
+        closed = [window._replace(aggregates=result(window.state)) for window in self._closed]
         labels = [spec.label for spec in self.specs]
         windows = self.windows
+        newest = self._newest
+        # A series' view changed when its newest window changed, opened or closed.
+        series_changed = set(self._views_changed)
+        for device, metric, index, start in self._changed:
+            if newest.get((device, metric, index)) == start:
+                series_changed.add((device, metric, index))
         views = []
-        for series in self._views_changed:
+        for series in series_changed:
             device, metric, index = series
             spec = self.specs[index]
-            start = self._newest.get(series)
-            if start is None:
+            newest_start = newest.get(series)
+            if newest_start is None:
                 views.append(OpenView(device, metric, spec.label, 0, 0, None))
             else:
+                start = newest_start
+                state = windows[(device, metric, index, start)]
                 views.append(
                     OpenView(
                         device,
@@ -376,28 +403,15 @@ class PartitionState:
                         spec.label,
                         start,
                         start + spec.size_us,
-                        windows[(device, metric, index, start)],
+                        state,
+                        result(state),
                     )
                 )
-        # Every changed window is also a changed view when it is its series' newest.
-        for device, metric, index, start in self._changed:
-            series = (device, metric, index)
-            if self._newest.get(series) == start and series not in self._views_changed:
-                spec = self.specs[index]
-                views.append(
-                    OpenView(
-                        device,
-                        metric,
-                        spec.label,
-                        start,
-                        start + spec.size_us,
-                        windows[(device, metric, index, start)],
-                    )
-                )
+        unsent = self._latest_unsent
         latest = [
-            Latest(device, metric, *self.latest[(device, metric)])
+            Latest(device, metric, *self.latest.get((device, metric)) or unsent[(device, metric)])
             for device, metric in self._latest_changed
-            if (device, metric) in self.latest
+            if (device, metric) in self.latest or (device, metric) in unsent
         ]
         sliding_views = []
         for key in self._sliding_changed:
@@ -444,11 +458,12 @@ class PartitionState:
             sliding_removed=sliding_removed,
             snapshot=snapshot,
         )
-        drained = Drained(self._closed, views, latest, sliding_views, delta)
+        drained = Drained(closed, views, latest, sliding_views, delta)
         self._closed = []
         self._changed = set()
         self._removed = set()
         self._latest_changed = set()
+        self._latest_unsent = {}
         self._views_changed = set()
         self._sliding_changed = set()
         self._sliding_removed = set()

@@ -38,7 +38,7 @@ def line_protocol(window: ClosedWindow) -> str:
         for key, value in sorted(tags.items())
         if value  # InfluxDB has no empty tag values: an empty tag is no tag
     )
-    result = Summary.result(window.state)
+    result = window.result()
     fields = f"count={result['count']}i," + ",".join(
         f"{name}={result[name]!r}" for name in FLOAT_FIELDS
     )

@@ -26,7 +26,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.outputs import seconds
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import retry_forever
-from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 COMMANDS_PER_ROUND_TRIP = 20_000
@@ -55,8 +54,8 @@ class RedisKeys:
         return f"{self.prefix}:sliding:{size}:{device}:{metric}"
 
 
-def window_fields(state: list[Any], start_us: int, end_us: int) -> dict[str, Any]:
-    fields = Summary.result(state)
+def window_fields(aggregates: dict[str, Any], start_us: int, end_us: int) -> dict[str, Any]:
+    fields = dict(aggregates)
     fields["start"] = seconds(start_us)
     fields["end"] = seconds(end_us)
     return fields
@@ -115,14 +114,14 @@ class RedisSink(Sink):
                 out.append(("DEL", key))
             else:
                 out.append(
-                    ("HSET", key, *_flat(window_fields(view.state, view.start_us, view.end_us)))
+                    ("HSET", key, *_flat(window_fields(view.result(), view.start_us, view.end_us)))
                 )
                 out.append(("EXPIRE", key, ttl))
 
         for view in batch.sliding:
             assert view.state is not None
             key = keys.sliding(view.window, view.device, view.metric)
-            sliding_fields = window_fields(view.state, view.start_us, view.end_us)
+            sliding_fields = window_fields(view.result(), view.start_us, view.end_us)
             out.append(("DEL", key))  # a shorter window must not keep stale fields
             out.append(("HSET", key, *_flat(sliding_fields)))
             out.append(("EXPIRE", key, ttl))
@@ -136,7 +135,7 @@ class RedisSink(Sink):
         tops: dict[tuple[str, str], list[Any]] = {}
         for (label, device, metric), window in newest.items():
             key = keys.closed(label, device, metric)
-            aggregates = window_fields(window.state, window.start_us, window.end_us)
+            aggregates = window_fields(window.result(), window.start_us, window.end_us)
             out.append(("HSET", key, *_flat(aggregates)))
             out.append(("EXPIRE", key, ttl))
             tops.setdefault((label, metric), []).extend((aggregates["mean"], device))
