@@ -9,7 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -122,6 +127,8 @@ def test_pipeline_outputs_equal_the_reference(
         assert_dead_letters(broker, env, expected, records)
         assert_redis(client, topic_prefix, expected)
         assert_sliding(client, topic_prefix, expected)
+        assert_api_and_cli(worker, env, expected)
+        assert_dead_letter_counts(client, topic_prefix, expected)
         assert_influx(influx_url, topic_prefix, expected)
     finally:
         assert worker.stop() == 0, worker.log_tail()
@@ -231,6 +238,54 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
         stored = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
         assert_window_fields(stored, fields, key)
         assert 0 < client.ttl(key) <= STATE_TTL
+
+
+def assert_api_and_cli(worker: WorkerProcess, env: dict[str, str], expected: Expected) -> None:
+    """``GET /state/{device}`` and ``pulse state --json`` show what Redis holds."""
+    device, metric = sorted(expected.latest)[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/state/{device}") as response:
+        via_http = json.loads(response.read())
+    cli = subprocess.run(
+        [sys.executable, "-m", "pulse", "state", device, "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(cli.stdout) == via_http
+    t_us, value = expected.latest[(device, metric)]
+    assert via_http["latest"][metric] == {"value": value, "ts": t_us / 1_000_000}
+    assert via_http["open"] == {}
+    for label, size in expected.window_sizes.items():
+        start = max(
+            s for d, m, lab, s in expected.windows if (d, m, lab) == (device, metric, label)
+        )
+        shown = via_http["closed"][label][metric]
+        assert (shown["start"], shown["end"]) == (start / 1_000_000, (start + size) / 1_000_000)
+        assert shown["count"] == expected.windows[(device, metric, label, start)]["count"]
+    label = sorted(expected.window_sizes)[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/top/{label}/{metric}") as resp:
+        top = json.loads(resp.read())
+    means = {}
+    for (d, m, lab, start), agg in expected.windows.items():
+        if (m, lab) == (metric, label) and start >= means.get(d, (-1, 0))[0]:
+            means[d] = (start, agg["mean"])
+    ranked = sorted(((mean, d) for d, (_, mean) in means.items()), reverse=True)
+    assert [(row["device"], row["mean"]) for row in top] == [(d, m) for m, d in ranked][:10]
+
+
+def assert_dead_letter_counts(client: redis.Redis, prefix: str, expected: Expected) -> None:
+    """The dead-letter monitor agent (a Faust agent) counts the DLQ by reason."""
+    wanted = dict(Counter(expected.dead_letters.values()))
+    deadline = time.monotonic() + 30
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        raw = client.hgetall(f"{prefix}:dlq:counts")
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        if counts == wanted:
+            return
+        time.sleep(0.3)
+    assert counts == wanted
 
 
 def assert_influx(influx_url: str, prefix: str, expected: Expected) -> None:
