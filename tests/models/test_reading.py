@@ -1,0 +1,388 @@
+"""parse_reading: every accept and reject rule of the input contract (issue 2, "Input")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from models.reading import Reading, Rejected, parse_reading
+
+MAX_BYTES = 65_536
+RECORD_TS_MS = 1_795_315_000_123
+
+
+def encode(**fields: Any) -> bytes:
+    doc: dict[str, Any] = {"device": "dev-0042", "metric": "temperature", "value": 21.5}
+    doc.update(fields)
+    return orjson.dumps({k: v for k, v in doc.items() if v is not _DROP})
+
+
+_DROP = object()
+
+
+def parse(value: bytes | None, key: bytes | None = b"dev-0042", ts_ms: int | None = RECORD_TS_MS):
+    return parse_reading(key, value, ts_ms, MAX_BYTES)
+
+
+def rejected(
+    value: bytes | None, key: bytes | None = b"dev-0042", ts_ms: int | None = RECORD_TS_MS
+) -> Rejected:
+    with pytest.raises(Rejected) as info:
+        parse(value, key, ts_ms)
+    return info.value
+
+
+# -- accepted ---------------------------------------------------------------------------------
+
+
+def test_the_example_of_the_contract() -> None:
+    value = (
+        b'{"device": "dev-0042", "metric": "temperature", "value": 21.5, '
+        b'"ts": 1795315444.25, "tags": {"site": "plant-a"}}'
+    )
+    assert parse(value) == Reading(
+        "dev-0042", "temperature", 21.5, 1_795_315_444_250_000, {"site": "plant-a"}
+    )
+
+
+def test_other_fields_are_ignored() -> None:
+    assert parse(encode(unit="C", extra={"a": [1, 2]})) == Reading(
+        "dev-0042", "temperature", 21.5, RECORD_TS_MS * 1000, None
+    )
+
+
+def test_integer_value_becomes_float() -> None:
+    reading = parse(encode(value=7))
+    assert reading.value == 7.0
+    assert type(reading.value) is float
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 0.0, -0.0, 5e-324])
+def test_values_at_the_limits_are_accepted(value: float) -> None:
+    assert parse(encode(value=value)).value == value
+
+
+@pytest.mark.parametrize("name", ["a", "A-z_0.9", "x" * 128, "dev.0042", "-", "_", "..."], ids=str)
+def test_names_matching_the_pattern(name: str) -> None:
+    reading = parse(encode(device=name, metric=name), key=name.encode())
+    assert (reading.device, reading.metric) == (name, name)
+
+
+# -- event time -------------------------------------------------------------------------------
+
+
+def test_absent_ts_uses_the_record_timestamp() -> None:
+    assert parse(encode(), ts_ms=1_795_315_444_250).t_us == 1_795_315_444_250_000
+
+
+def test_null_ts_uses_the_record_timestamp() -> None:
+    assert parse(encode(ts=None), ts_ms=12).t_us == 12_000
+
+
+def test_absent_ts_without_record_timestamp_is_rejected() -> None:
+    for ts_ms in (None, -1):
+        error = rejected(encode(), ts_ms=ts_ms)
+        assert error.reason == "invalid_reading"
+        assert error.detail == "no 'ts' and the record has no timestamp"
+
+
+@pytest.mark.parametrize(
+    ("ts", "t_us"),
+    [
+        (1795315444.3, 1_795_315_444_300_000),  # stored as ...444.2999999523: must not truncate
+        (1795315444.25, 1_795_315_444_250_000),
+        (1795315444, 1_795_315_444_000_000),
+        (0, 0),
+        (0.000001, 1),
+        (1.0000004, 1_000_000),  # rounds to the nearest microsecond
+        (1.0000006, 1_000_001),
+        (1700000000.123456, 1_700_000_000_123_456),
+    ],
+)
+def test_epoch_seconds(ts: float, t_us: int) -> None:
+    assert parse(encode(ts=ts)).t_us == t_us
+
+
+@pytest.mark.parametrize(
+    ("ts", "t_us"),
+    [
+        ("2026-11-22T10:04:04.3+00:00", 1_795_341_844_300_000),
+        ("2026-11-22T10:04:04.3Z", 1_795_341_844_300_000),
+        ("2026-11-22T12:04:04.300+02:00", 1_795_341_844_300_000),
+        ("2026-11-22T05:04:04.3-05:00", 1_795_341_844_300_000),
+        ("1970-01-01T00:00:00Z", 0),
+        ("2026-01-01T00:00:00.000001Z", 1_767_225_600_000_001),
+    ],
+)
+def test_iso_time_with_zone(ts: str, t_us: int) -> None:
+    assert parse(encode(ts=ts)).t_us == t_us
+
+
+@pytest.mark.parametrize("ts", ["2026-11-22T10:04:04", "2026-11-22", "2026-11-22T10:04:04.3"])
+def test_iso_time_without_zone_is_rejected(ts: str) -> None:
+    error = rejected(encode(ts=ts))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'ts' {ts!r} has no time zone: add Z or an offset such as +02:00"
+
+
+@pytest.mark.parametrize("ts", ["", "yesterday", "1795315444", "2026-13-01T00:00:00Z"])
+def test_unparseable_ts_string(ts: str) -> None:
+    error = rejected(encode(ts=ts))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'ts' {ts!r} is not an ISO-8601 time"
+
+
+@pytest.mark.parametrize(
+    ("ts", "kind"),
+    [(True, "a boolean"), (False, "a boolean"), ([1], "an array"), ({}, "an object")],
+)
+def test_ts_of_other_types(ts: object, kind: str) -> None:
+    error = rejected(encode(ts=ts))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'ts' must be epoch seconds or an ISO-8601 string, got {kind}"
+
+
+@pytest.mark.parametrize(
+    "ts", [-1, -0.5, 1e300, 9_223_372_037, "1969-12-31T23:59:59Z", "2263-01-01T00:00:00Z"]
+)
+def test_ts_outside_influx_range(ts: object) -> None:
+    error = rejected(encode(ts=ts))
+    assert error.reason == "invalid_reading"
+    assert error.detail == "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)"
+
+
+def test_record_timestamp_outside_influx_range() -> None:
+    error = rejected(encode(), ts_ms=9_223_372_036_855)
+    assert error.reason == "invalid_reading"
+    assert "outside 1970-01-01 .. 2262-04-11" in error.detail
+
+
+# -- device, metric and key -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["device", "metric"])
+def test_missing_name(field: str) -> None:
+    error = rejected(encode(**{field: _DROP}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'{field}' is missing"
+
+
+@pytest.mark.parametrize("field", ["device", "metric"])
+@pytest.mark.parametrize(
+    ("name", "kind"), [(42, "a number"), (True, "a boolean"), (["a"], "an array")]
+)
+def test_name_of_wrong_type(field: str, name: object, kind: str) -> None:
+    error = rejected(encode(**{field: name}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'{field}' must be a string, got {kind}"
+
+
+@pytest.mark.parametrize("field", ["device", "metric"])
+@pytest.mark.parametrize(
+    "name", ["", "x" * 129, "dev 42", "dev/42", "dév", "dev\n", "a:b", "a,b"], ids=repr
+)
+def test_name_not_matching_the_pattern(field: str, name: str) -> None:
+    key = name.encode() if field == "device" else b"dev-0042"
+    error = rejected(encode(**{field: name}), key=key)
+    assert error.reason == "invalid_reading"
+    assert error.detail.startswith(f"'{field}' must match [A-Za-z0-9_.-]{{1,128}}, got ")
+
+
+def test_key_must_equal_the_device() -> None:
+    error = rejected(encode(), key=b"dev-0043")
+    assert error.reason == "invalid_reading"
+    assert error.detail == (
+        "the record key 'dev-0043' is not the device id 'dev-0042': "
+        "Pulse keeps each device in one partition"
+    )
+
+
+def test_key_missing() -> None:
+    error = rejected(encode(), key=None)
+    assert error.reason == "invalid_reading"
+    assert error.detail == "the record has no key: the key must be the device id"
+
+
+def test_key_differing_only_by_whitespace_is_rejected() -> None:
+    assert rejected(encode(), key=b"dev-0042 ").reason == "invalid_reading"
+
+
+# -- value ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (True, "a boolean"),
+        (False, "a boolean"),
+        ("21.5", "a string"),
+        ([1], "an array"),
+        ({"v": 1}, "an object"),
+    ],
+)
+def test_value_not_a_number(value: object, kind: str) -> None:
+    error = rejected(encode(value=value))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'value' must be a number, got {kind}"
+
+
+def test_value_missing_or_null() -> None:
+    for value in (_DROP, None):
+        error = rejected(encode(value=value))
+        assert error.reason == "invalid_reading"
+        assert error.detail == "'value' must be a number, got null"
+
+
+@pytest.mark.parametrize("value", [1.0000001e300, -2e300, 1e308])
+def test_value_beyond_the_magnitude_limit(value: float) -> None:
+    error = rejected(encode(value=value))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'value' {value!r} is beyond +-1e+300"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_value_is_not_json(literal: bytes) -> None:
+    value = b'{"device": "dev-0042", "metric": "m", "value": ' + literal + b"}"
+    assert rejected(value).reason == "invalid_json"
+
+
+# -- tags -------------------------------------------------------------------------------------
+
+
+def test_sixteen_tags_accepted_seventeen_rejected() -> None:
+    tags = {f"k{i}": f"v{i}" for i in range(16)}
+    assert parse(encode(tags=tags)).tags == tags
+    tags["k16"] = "v16"
+    error = rejected(encode(tags=tags))
+    assert error.reason == "invalid_reading"
+    assert error.detail == "'tags' has 17 entries, at most 16"
+
+
+def test_empty_tags_are_none() -> None:
+    assert parse(encode(tags={})).tags is None
+    assert parse(encode(tags=None)).tags is None
+
+
+@pytest.mark.parametrize(
+    ("tags", "kind"), [([], "an array"), ("site", "a string"), (1, "a number")]
+)
+def test_tags_not_an_object(tags: object, kind: str) -> None:
+    error = rejected(encode(tags=tags))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"'tags' must be an object, got {kind}"
+
+
+@pytest.mark.parametrize("key", ["", "x" * 65, "a b", "a=b", "ü", "a\n"], ids=repr)
+def test_tag_key_pattern(key: str) -> None:
+    error = rejected(encode(tags={key: "v"}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"tag key {key!r} must match [A-Za-z0-9_.-]{{1,64}}"
+
+
+def test_tag_key_of_64_chars_accepted() -> None:
+    assert parse(encode(tags={"k" * 64: "v"})).tags == {"k" * 64: "v"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "device",
+        "window",
+        "time",
+        "count",
+        "sum",
+        "min",
+        "max",
+        "mean",
+        "first",
+        "last",
+        "p50",
+        "p95",
+        "p99",
+        "_measurement",
+        "_field",
+        "_",
+    ],
+)
+def test_reserved_tag_keys(key: str) -> None:
+    error = rejected(encode(tags={key: "v"}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"tag key {key!r} is reserved"
+
+
+@pytest.mark.parametrize(("value", "kind"), [(1, "a number"), (None, "null"), (True, "a boolean")])
+def test_tag_value_must_be_a_string(value: object, kind: str) -> None:
+    error = rejected(encode(tags={"site": value}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"tag 'site' must be a string, got {kind}"
+
+
+def test_tag_value_length() -> None:
+    assert parse(encode(tags={"site": "é" * 256})).tags == {"site": "é" * 256}
+    error = rejected(encode(tags={"site": "x" * 257}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == "tag 'site' is 257 characters, at most 256"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\t", "\x1f", "\x7f"], ids=repr)
+def test_tag_value_control_characters(char: str) -> None:
+    error = rejected(encode(tags={"site": f"plant{char}a"}))
+    assert error.reason == "invalid_reading"
+    assert error.detail == "tag 'site' contains a control character"
+
+
+def test_tag_values_with_spaces_commas_and_unicode_are_kept() -> None:
+    tags = {"site": "plant a, hall=2 \\ ü", "empty": ""}
+    assert parse(encode(tags=tags)).tags == tags
+
+
+# -- whole-record errors ----------------------------------------------------------------------
+
+
+def test_too_large_is_checked_first() -> None:
+    value = encode(tags={"site": "x" * 200})
+    assert parse_reading(b"dev-0042", value, RECORD_TS_MS, len(value)).tags == {"site": "x" * 200}
+    with pytest.raises(Rejected) as info:
+        parse_reading(b"other", value, RECORD_TS_MS, len(value) - 1)
+    assert info.value.reason == "too_large"
+    assert info.value.detail == (
+        f"the value is {len(value)} bytes, more than the limit of {len(value) - 1}"
+    )
+
+
+@pytest.mark.parametrize("value", [b"", b"{", b"not json", b'{"device": }', b"\xff\xfe"])
+def test_invalid_json(value: bytes) -> None:
+    error = rejected(value)
+    assert error.reason == "invalid_json"
+    assert error.detail.startswith("not valid JSON: ")
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (b"[1, 2]", "an array"),
+        (b'"text"', "a string"),
+        (b"42", "a number"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+    ],
+)
+def test_non_object_json(value: bytes, kind: str) -> None:
+    error = rejected(value)
+    assert error.reason == "invalid_reading"
+    assert error.detail == f"the value must be a JSON object, got {kind}"
+
+
+def test_tombstone() -> None:
+    error = rejected(None)
+    assert error.reason == "invalid_json"
+    assert error.detail == "the record has no value (a tombstone)"
+    assert str(error) == "invalid_json: the record has no value (a tombstone)"
+
+
+def test_long_bad_names_are_clipped_in_the_detail() -> None:
+    name = "bad name " * 20
+    error = rejected(encode(device=name), key=name.encode())
+    assert error.detail == f"'device' must match [A-Za-z0-9_.-]{{1,128}}, got {name[:80] + '...'!r}"

@@ -1,0 +1,85 @@
+"""line_protocol: one InfluxDB line per closed window."""
+
+from __future__ import annotations
+
+from models.outputs import closed_window_document
+from pulse.sinks.influx import line_protocol
+from tables.aggregators import Summary
+from tables.partition_state import ClosedWindow
+
+S = 1_000_000
+
+
+def closed(
+    tags: dict[str, str] | None,
+    metric: str = "temperature",
+    window: str = "10s",
+    start_us: int = 1_795_315_440 * S,
+    values: tuple[float, ...] = (21.5, 22.0),
+) -> ClosedWindow:
+    state = Summary.initialize(start_us, values[0], tags)
+    for i, value in enumerate(values[1:], 1):
+        Summary.add(state, start_us + i, value, tags)
+    return ClosedWindow("dev-0042", metric, window, start_us, start_us + 10 * S, state)
+
+
+def fields_of(window: ClosedWindow) -> str:
+    doc = closed_window_document(window)
+    return f"count={doc['count']}i," + ",".join(
+        f"{name}={doc[name]!r}"
+        for name in ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
+    )
+
+
+def test_line() -> None:
+    window = closed({"site": "plant-a"})
+    doc = closed_window_document(window)
+    assert line_protocol(window) == (
+        "temperature,device=dev-0042,site=plant-a,window=10s "
+        f"count=2i,sum=43.5,min=21.5,max=22.0,mean=21.75,first=21.5,last=22.0,"
+        f"p50={doc['p50']!r},p95={doc['p95']!r},p99={doc['p99']!r} 1795315440000"
+    )
+
+
+def test_tags_sorted_and_escaped() -> None:
+    window = closed({"zone": "a b", "area": "x,y=z", "b": "back\\slash"}, window="5m/1m")
+    assert line_protocol(window) == (
+        r"temperature,area=x\,y\=z,b=back\\slash,device=dev-0042,window=5m/1m,zone=a\ b "
+        + fields_of(window)
+        + " 1795315440000"
+    )
+
+
+def test_empty_tag_values_are_omitted() -> None:
+    window = closed({"site": "", "line": "2"})
+    assert line_protocol(window).split(" ")[0] == "temperature,device=dev-0042,line=2,window=10s"
+
+
+def test_no_tags() -> None:
+    window = closed(None, window="sliding:1m")
+    assert line_protocol(window).split(" ")[0] == "temperature,device=dev-0042,window=sliding:1m"
+
+
+def test_integer_count_and_float_fields() -> None:
+    window = closed(None, values=(1.0, 2.0, 3.0, 1e300, -0.5))
+    line = line_protocol(window)
+    field_text = line.split(" ")[1]
+    fields = dict(part.split("=") for part in field_text.split(","))
+    assert fields["count"] == "5i"
+    assert fields["sum"] == repr(1.0 + 2.0 + 3.0 + 1e300 + -0.5) == "1e+300"
+    assert fields["min"] == "-0.5"
+    assert fields["first"] == "1.0"
+    assert fields["last"] == "-0.5"
+    for name in ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99"):
+        float(fields[name])  # every float field parses back
+        assert not fields[name].endswith("i")
+
+
+def test_timestamp_is_window_start_in_milliseconds() -> None:
+    assert line_protocol(closed(None, start_us=1_795_315_444_250_000)).endswith(" 1795315444250")
+    assert line_protocol(closed(None, start_us=1_999)).endswith(" 1")
+    assert line_protocol(closed(None, start_us=-20 * S)).endswith(" -20000")
+
+
+def test_measurement_is_the_metric() -> None:
+    assert line_protocol(closed(None, metric="power.kW-1_a")).startswith("power.kW-1_a,device=")

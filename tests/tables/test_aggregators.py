@@ -1,0 +1,148 @@
+"""Summary: count, sum, min, max, mean, first, last (+ tags of last) and percentile estimates."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tables.aggregators import Summary
+
+
+def run(readings: list[tuple[int, float, dict[str, str] | None]]) -> list[Any]:
+    t, value, tags = readings[0]
+    state = Summary.initialize(t, value, tags)
+    for t, value, tags in readings[1:]:
+        Summary.add(state, t, value, tags)
+    return state
+
+
+def exact(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in {"p50", "p95", "p99"}}
+
+
+def test_single_reading() -> None:
+    state = Summary.initialize(5, 2.5, {"site": "a"})
+    assert Summary.result(state) == {
+        "count": 1,
+        "sum": 2.5,
+        "min": 2.5,
+        "max": 2.5,
+        "mean": 2.5,
+        "first": 2.5,
+        "last": 2.5,
+        "p50": 2.5,
+        "p95": 2.5,
+        "p99": 2.5,
+    }
+    assert Summary.tags(state) == {"site": "a"}
+
+
+def test_no_tags_gives_empty_dict() -> None:
+    assert Summary.tags(Summary.initialize(5, 2.5, None)) == {}
+
+
+def test_out_of_order_readings() -> None:
+    state = run(
+        [(20, 3.0, {"n": "1"}), (10, -1.0, {"n": "2"}), (30, 7.5, {"n": "3"}), (25, 2.0, None)]
+    )
+    result = Summary.result(state)
+    assert type(result["count"]) is int
+    assert exact(result) == {
+        "count": 4,
+        "sum": 11.5,
+        "min": -1.0,
+        "max": 7.5,
+        "mean": 2.875,
+        "first": -1.0,
+        "last": 7.5,
+    }
+    assert Summary.tags(state) == {"n": "3"}
+
+
+def test_first_tie_keeps_the_reading_processed_first() -> None:
+    state = run([(10, 1.0, None), (10, 2.0, None), (10, 3.0, None)])
+    assert Summary.result(state)["first"] == 1.0
+
+
+def test_last_tie_takes_the_reading_processed_last_with_its_tags() -> None:
+    state = run(
+        [(10, 1.0, {"n": "1"}), (10, 2.0, {"n": "2"}), (5, 9.0, {"n": "3"}), (10, 3.0, None)]
+    )
+    result = Summary.result(state)
+    assert (result["first"], result["last"]) == (9.0, 3.0)
+    assert Summary.tags(state) == {}
+
+
+def test_first_moves_to_an_earlier_reading_and_last_stays() -> None:
+    state = run([(10, 1.0, {"a": "x"}), (5, 2.0, {"a": "y"}), (5, 3.0, {"a": "z"})])
+    result = Summary.result(state)
+    assert (result["first"], result["last"]) == (2.0, 1.0)
+    assert Summary.tags(state) == {"a": "x"}
+
+
+def test_sum_is_accumulated_in_processing_order() -> None:
+    values = [1e16, 1.0, -1e16, 1.0]
+    state = run([(i, v, None) for i, v in enumerate(values)])
+    expected = 0.0
+    expected = values[0]
+    for v in values[1:]:
+        expected += v
+    assert Summary.result(state)["sum"] == expected == 1.0
+    assert Summary.result(state)["mean"] == 0.25
+
+
+def test_state_survives_a_json_round_trip() -> None:
+    import orjson
+
+    readings = [(i * 7 % 5, float(i) - 3.5, {"i": str(i)}) for i in range(20)]
+    state = run(readings[:10])
+    restored = Summary.decode(orjson.loads(orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS)))
+    for t, value, tags in readings[10:]:
+        Summary.add(state, t, value, tags)
+        Summary.add(restored, t, value, tags)
+    assert Summary.result(restored) == Summary.result(state)
+    assert Summary.tags(restored) == Summary.tags(state)
+
+
+readings_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 20),
+        st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, -0.0, 1e-12, 1.5]),
+        st.none() | st.dictionaries(st.sampled_from("ab"), st.sampled_from(["x", "y"])),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(readings=readings_strategy)
+def test_summary_equals_brute_force(readings: list[tuple[int, float, Any]]) -> None:
+    state = run(readings)
+    result = Summary.result(state)
+    values = [v for _, v, _ in readings]
+    total = values[0]
+    for v in values[1:]:
+        total += v
+    first_t = min(t for t, _, _ in readings)
+    last_t = max(t for t, _, _ in readings)
+    first = next(r for r in readings if r[0] == first_t)
+    last = [r for r in readings if r[0] == last_t][-1]
+    assert exact(result) == {
+        "count": len(values),
+        "sum": total,
+        "min": min(values),
+        "max": max(values),
+        "mean": total / len(values),
+        "first": first[1],
+        "last": last[1],
+    }
+    assert Summary.tags(state) == (last[2] or {})
+    ordered = sorted(values)
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        want = ordered[math.floor(q * (len(values) - 1))]
+        assert abs(result[name] - want) <= 0.01 * abs(want) + 1e-9, (name, result[name], want)
+        assert min(values) <= result[name] <= max(values)
