@@ -79,21 +79,22 @@ class DeltaAssembler:
     """Joins the parts of deltas read back in log order; yields each complete delta once."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending: dict[str, dict[int, dict[str, Any]]] = {}
 
     def add(self, value: bytes) -> Delta | None:
         part = orjson.loads(value)
         if part["parts"] == 1:
             return Delta.from_json(part)
-        parts = self._pending.setdefault(part["id"], [])
-        parts.append(part)
+        # By part number: a part stored twice (a producer retry) must not stand in for another.
+        parts = self._pending.setdefault(part["id"], {})
+        parts[part["part"]] = part
         if len(parts) < part["parts"]:
             return None
         del self._pending[part["id"]]
-        parts.sort(key=lambda p: p["part"])
-        whole = dict(parts[0])
+        ordered = [parts[number] for number in sorted(parts)]
+        whole = dict(ordered[0])
         for name in _ROW_LISTS:
-            whole[name] = [row for p in parts for row in p[name]]
+            whole[name] = [row for p in ordered for row in p[name]]
         return Delta.from_json(whole)
 
 

@@ -39,11 +39,12 @@ def _number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
     return parse
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
-        if value < minimum:
-            raise ValueError(f"must be a whole number of at least {minimum}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"of at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise ValueError(f"must be a whole number {bounds}")
         return value
 
     return parse
@@ -146,7 +147,9 @@ VARIABLES: tuple[Variable, ...] = (
         "Largest accepted reading; larger records go to the dead-letter topic as `too_large`.",
         _integer(1),
     ),
-    Variable("PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1)),
+    Variable(
+        "PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1, 65535)
+    ),
     Variable(
         "PULSE_PARTITIONS",
         "8",

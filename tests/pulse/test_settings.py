@@ -114,7 +114,7 @@ def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.Monkey
         ("PULSE_FLUSH_INTERVAL", "0", "must be a number at least 0.001"),
         ("PULSE_MAX_MESSAGE_BYTES", "0", "must be a whole number of at least 1"),
         ("PULSE_MAX_MESSAGE_BYTES", "64k", "is not a whole number"),
-        ("PULSE_WEB_PORT", "0", "must be a whole number of at least 1"),
+        ("PULSE_WEB_PORT", "0", "must be a whole number from 1 to 65535"),
         ("PULSE_WEB_PORT", "http", "is not a whole number"),
         ("PULSE_PARTITIONS", "0", "must be a whole number of at least 1"),
         ("PULSE_SESSION_TIMEOUT", "0.5", "must be a number at least 1"),

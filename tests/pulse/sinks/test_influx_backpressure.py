@@ -1,0 +1,82 @@
+"""InfluxSink waits out backpressure (HTTP 429 / 503 with Retry-After) and drops nothing.
+
+A small HTTP proxy in front of the real VictoriaMetrics answers the first writes with 429
+and 503, then forwards; the points must arrive exactly once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+from pulse.sinks._base import FlushBatch
+from pulse.sinks.influx import InfluxSink
+from pulse.stack import free_port
+from tables.aggregators import Summary
+from tables.partition_state import ClosedWindow
+from tests.helpers import victoria
+
+
+async def _run_through_refusing_proxy(influx_url: str, windows: list[ClosedWindow]) -> list[int]:
+    answers = [(429, "0.2"), (503, "0.1"), (429, None)]
+    seen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        if answers:
+            status, retry_after = answers.pop(0)
+            seen.append(status)
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return web.Response(status=status, headers=headers, text="slow down")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{influx_url}{request.path_qs}",
+                data=body,
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            ) as upstream,
+        ):
+            seen.append(upstream.status)
+            return web.Response(status=upstream.status, body=await upstream.read())
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sink = InfluxSink(f"http://127.0.0.1:{port}", "token", "org", "bucket")
+    await sink.start()
+    try:
+        await sink.write(FlushBatch(closed=windows))
+    finally:
+        await sink.stop()
+        await runner.cleanup()
+    return seen
+
+
+def test_backpressure_is_waited_out_and_nothing_is_dropped(
+    influx_url: str, topic_prefix: str
+) -> None:
+    start = 1_700_000_000 * 1_000_000
+    windows = []
+    for i in range(3):
+        state = Summary.initialize(start + i, float(i), {"site": "x"})
+        Summary.add(state, start + i + 1, float(i) + 0.5, {"site": "x"})
+        windows.append(
+            ClosedWindow(f"{topic_prefix}-d{i}", "bp", "10s", start, start + 10_000_000, state)
+        )
+    began = time.monotonic()
+    seen = asyncio.run(_run_through_refusing_proxy(influx_url, windows))
+    assert seen == [429, 503, 429, 204]
+    # It honoured Retry-After (0.2 s + 0.1 s) before the third try.
+    assert time.monotonic() - began >= 0.3
+    found = victoria.wait_for_points(
+        influx_url, f'{{__name__="bp_count",device=~"{topic_prefix}-.*"}}', 3
+    )
+    assert {dict(labels)["device"]: points for labels, points in found.items()} == {
+        f"{topic_prefix}-d{i}": {start // 1000: 2.0} for i in range(3)
+    }
