@@ -42,6 +42,9 @@ MAX_RECORD_BYTES = 512 << 10
 """A part larger than this (long tag values) is split again, to stay under Kafka's 1 MB."""
 SNAPSHOT_MIN_BYTES = 4 << 20
 """Write a snapshot once the deltas since the last one exceed this and twice its size."""
+SNAPSHOT_MAX_AGE_SECONDS = 24 * 3600
+"""...and at least this often, so the latest snapshot is always well inside the changelog's
+retention (:data:`pulse.topics.CHANGELOG_RETENTION_MS`); also once after each assignment."""
 
 _ROW_LISTS = ("windows", "removed", "latest", "latest_removed", "sliding", "sliding_removed")
 
@@ -119,19 +122,24 @@ class ChangelogWriter:
         self._base: dict[int, int] = {}
         self._bytes_since_snapshot: dict[int, int] = {}
         self._snapshot_bytes: dict[int, int] = {}
+        self._snapshot_at: dict[int, float] = {}
 
     def adopt(self, partition: int, base: int) -> None:
         """Continue from a recovered partition whose latest snapshot starts at ``base``."""
         self._base[partition] = base
         self._bytes_since_snapshot[partition] = 0
         self._snapshot_bytes.setdefault(partition, 0)
+        self._snapshot_at[partition] = float("-inf")  # the recovered snapshot's age is unknown
 
     def forget(self, partition: int) -> None:
         self._base.pop(partition, None)
         self._bytes_since_snapshot.pop(partition, None)
         self._snapshot_bytes.pop(partition, None)
+        self._snapshot_at.pop(partition, None)
 
     def snapshot_due(self, partition: int) -> bool:
+        if time.monotonic() - self._snapshot_at.get(partition, 0.0) > SNAPSHOT_MAX_AGE_SECONDS:
+            return True
         written = self._bytes_since_snapshot.get(partition, 0)
         return written > max(SNAPSHOT_MIN_BYTES, 2 * self._snapshot_bytes.get(partition, 0))
 
@@ -144,6 +152,7 @@ class ChangelogWriter:
         if delta.snapshot:
             self._snapshot_bytes[partition] = size
             self._bytes_since_snapshot[partition] = 0
+            self._snapshot_at[partition] = time.monotonic()
         else:
             self._bytes_since_snapshot[partition] = (
                 self._bytes_since_snapshot.get(partition, 0) + size

@@ -13,6 +13,9 @@ from pulse.settings import Settings
 log = logging.getLogger(__name__)
 
 WEEK_MS = str(7 * 24 * 3600 * 1000)
+CHANGELOG_RETENTION_MS = WEEK_MS
+"""Each partition writes a full snapshot at least daily (pulse.changelog), so a week keeps
+the latest snapshot and every delta after it with room to spare."""
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
@@ -20,8 +23,8 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 
     Configs are set explicitly (some brokers report only explicit configs). The changelog gets
     exactly as many partitions as ``readings`` (its partition p holds input partition p's
-    state) and no time-based retention: old records are only dropped once a snapshot
-    supersedes them. Returns the partition count of each topic.
+    state) and a week's retention, well beyond the daily snapshot that supersedes older
+    records. Returns the partition count of each topic.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
@@ -34,7 +37,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             settings.topic_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.changelog_topic: (
                 readings_partitions,
-                {"retention.ms": "-1", "cleanup.policy": "delete"},
+                {"retention.ms": CHANGELOG_RETENTION_MS, "cleanup.policy": "delete"},
             ),
         }
         missing = [
