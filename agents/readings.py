@@ -127,7 +127,7 @@ class ReadingsProcessor(Service):
         interval = self.settings.flush_interval
         while not self.should_stop:
             batches = await consumer.getmany(
-                timeout_ms=int(interval * 1000), max_records=MAX_RECORDS_PER_FETCH
+                timeout_ms=int(interval * 200), max_records=MAX_RECORDS_PER_FETCH
             )
             now = time.monotonic()
             if batches:
@@ -137,7 +137,11 @@ class ReadingsProcessor(Service):
                         if state is not None:
                             self._process(tp, state, records)
                             self._last_record[tp.partition] = now
-            if now - self._last_flush >= interval:
+            since = now - self._last_flush
+            idle = self._flush_task is None or self._flush_task.done()
+            # At least every interval; sooner (up to 5x) while the previous flush is done,
+            # which keeps the delay from a reading to Redis low when the load allows it.
+            if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
                     await self._start_flush()
 

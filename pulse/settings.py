@@ -138,7 +138,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PULSE_FLUSH_INTERVAL",
         "0.25",
-        "Seconds between flushes of state to Redis, InfluxDB, the output topics and the changelog.",
+        "Longest time between flushes of state to Redis, InfluxDB, the output topics and the "
+        "changelog; flushes come up to five times as often while the previous one is done.",
         _number(0.001),
     ),
     Variable(
