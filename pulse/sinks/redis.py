@@ -17,14 +17,12 @@ key is written once per flush with its latest content.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.outputs import seconds
 from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._resp import RespPipeline
 from pulse.sinks._retry import retry_forever
 from tables.partition_state import ClosedWindow
 
@@ -68,15 +66,10 @@ class RedisSink(Sink):
         self.url = url
         self.keys = RedisKeys(prefix)
         self.ttl = ttl_seconds
-        self.client: aioredis.Redis | None = None
-
-    async def start(self) -> None:
-        self.client = aioredis.Redis.from_url(self.url, socket_timeout=30)
+        self.connection = RespPipeline(url)
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        await self.connection.close()
 
     async def write(self, batch: FlushBatch) -> None:
         commands = self._commands(batch)
@@ -84,16 +77,9 @@ class RedisSink(Sink):
             chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
             await retry_forever(
                 "redis write",
-                lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
-                (RedisConnectionError, RedisTimeoutError, OSError),
+                lambda chunk=chunk: self.connection.execute(chunk),  # type: ignore[misc]
+                (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
             )
-
-    async def _execute(self, commands: list[tuple[Any, ...]]) -> None:
-        assert self.client is not None, "start() the sink first"
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        await pipe.execute()
 
     def _commands(self, batch: FlushBatch) -> list[tuple[Any, ...]]:
         keys, ttl = self.keys, self.ttl

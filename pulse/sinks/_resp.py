@@ -1,0 +1,106 @@
+"""A minimal Redis connection for pipelined bulk writes: hiredis packs and parses.
+
+redis-py spends about 50 us per command of a large pipeline in Python (packing every argument
+and parsing every reply one at a time); the Redis sink sends tens of thousands of commands per
+flush. Here commands are packed by ``hiredis.pack_command`` and all replies parsed by one
+``hiredis.Reader``, about a tenth of the cost. Reads (CLI, HTTP API) keep using redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error (a bug or a misconfigured server)."""
+
+
+class RespPipeline:
+    """One connection to the server of a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.options: dict[str, Any] = dict(parse_url(url))
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        options = self.options
+        if "path" in options:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(options["path"]), self.timeout
+            )
+        else:
+            tls = (
+                ssl.create_default_context()
+                if options.get("connection_class")
+                and (options["connection_class"].__name__ == "SSLConnection")
+                else None
+            )
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    options.get("host", "localhost"), options.get("port", 6379), ssl=tls
+                ),
+                self.timeout,
+            )
+        setup: list[tuple[Any, ...]] = []
+        if options.get("password"):
+            username = options.get("username")
+            setup.append(
+                ("AUTH", username, options["password"])
+                if username
+                else ("AUTH", options["password"])
+            )
+        if options.get("db"):
+            setup.append(("SELECT", options["db"]))
+        if setup:
+            await self._round_trip(setup)
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> None:
+        """Send every command, then read every reply; raise if any reply is an error.
+
+        A connection error closes the connection (the next call reconnects) and propagates,
+        so a caller can retry: the sink's commands are idempotent.
+        """
+        if self._writer is None:
+            await self._connect()
+        try:
+            await self._round_trip(commands)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            await self.close()
+            raise
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> None:
+        assert self._reader is not None and self._writer is not None
+        pack = hiredis.pack_command
+        self._writer.writelines([pack(command) for command in commands])
+        await asyncio.wait_for(self._writer.drain(), self.timeout)
+        parser = hiredis.Reader()
+        wanted = len(commands)
+        errors = []
+        while wanted:
+            data = await asyncio.wait_for(self._reader.read(1 << 16), self.timeout)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    errors.append(str(reply))
+                wanted -= 1
+                reply = parser.gets()
+        if errors:
+            raise RedisReplyError(f"{len(errors)} commands failed, first: {errors[0]}")
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -1,0 +1,104 @@
+"""The Redis sink's connection: pipelined writes, errors, auth, and waiting out an outage."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+
+from pulse.sinks._base import FlushBatch
+from pulse.sinks._resp import RedisReplyError, RespPipeline
+from pulse.sinks.redis import RedisSink
+from pulse.stack import start_redis
+from tables.partition_state import Latest
+
+
+def test_pipeline_writes_every_command_and_values_round_trip(
+    redis_url: str, topic_prefix: str
+) -> None:
+    values = [0.1, 1e-300, 21.123456789012345, -0.0, 3]
+    commands = [("HSET", f"{topic_prefix}:h", f"f{i}", v) for i, v in enumerate(values)]
+    commands.append(("EXPIRE", f"{topic_prefix}:h", 100))
+
+    async def run() -> None:
+        pipeline = RespPipeline(redis_url)
+        try:
+            await pipeline.execute(commands)
+        finally:
+            await pipeline.close()
+
+    asyncio.run(run())
+    stored = redis.Redis.from_url(redis_url).hgetall(f"{topic_prefix}:h")
+    assert stored == {f"f{i}".encode(): repr(v).encode() for i, v in enumerate(values)}
+
+
+def test_an_error_reply_is_raised_after_all_replies_are_read(
+    redis_url: str, topic_prefix: str
+) -> None:
+    async def run() -> None:
+        pipeline = RespPipeline(redis_url)
+        try:
+            with pytest.raises(RedisReplyError, match="1 commands failed"):
+                await pipeline.execute(
+                    [
+                        ("SET", f"{topic_prefix}:s", "x"),
+                        ("HSET", f"{topic_prefix}:s", "a", 1),
+                        ("SET", f"{topic_prefix}:t", "y"),
+                    ]
+                )
+            await pipeline.execute([("SET", f"{topic_prefix}:u", "z")])  # still in step
+        finally:
+            await pipeline.close()
+
+    asyncio.run(run())
+    client = redis.Redis.from_url(redis_url)
+    assert (client.get(f"{topic_prefix}:t"), client.get(f"{topic_prefix}:u")) == (b"y", b"z")
+
+
+def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    server = start_redis(tmp_path, stop_with_parent=True)
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", "s3cret")
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+
+        async def run() -> None:
+            pipeline = RespPipeline(url)
+            try:
+                await pipeline.execute([("SET", "k", "v")])
+            finally:
+                await pipeline.close()
+
+        asyncio.run(run())
+        assert redis.Redis(port=server.port, password="s3cret", db=3).get("k") == b"v"
+        assert redis.Redis(port=server.port, password="s3cret", db=0).get("k") is None
+    finally:
+        server.stop()
+
+
+def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "a", stop_with_parent=True)
+    port = server.port
+    sink = RedisSink(f"redis://127.0.0.1:{port}/0", "p", 60)
+    batch = FlushBatch(latest=[Latest("dev-1", "temp", 1_700_000_000_500_000, 21.5)])
+
+    async def run() -> None:
+        await sink.start()
+        await sink.write(batch)  # connected
+        server.stop()
+        pending = asyncio.ensure_future(sink.write(batch))
+        await asyncio.sleep(1.0)
+        assert not pending.done()  # waiting, not dropped, not failed
+        # Started from a worker thread: not tied to the thread's life (see pulse.stack).
+        restarted = await asyncio.to_thread(start_redis, tmp_path / "b", port)
+        try:
+            await asyncio.wait_for(pending, 30)
+            stored = redis.Redis(port=port).hgetall("p:device:dev-1")
+            assert stored == {b"temp": b"21.5", b"temp:ts": b"1700000000.5"}
+            assert 0 < redis.Redis(port=port).ttl("p:device:dev-1") <= 60
+        finally:
+            await sink.stop()
+            restarted.stop()
+
+    asyncio.run(run())
