@@ -1,36 +1,133 @@
-"""The Pulse run of the benchmark: the real worker with its real sinks (Redis, VictoriaMetrics).
+"""The Pulse run of the benchmark: the real worker with its real sinks.
 
-Not wired yet: the Pulse engineer fills in :func:`run_pulse`. ``bench.run`` calls it after the
-other systems with a :class:`~bench.run.BenchContext` and prints whatever it returns.
+:func:`run_pulse` starts ``python -m bench.pulse_worker`` (Faust's worker CLI on
+``pulse.app:app``, exactly what ``pulse worker`` runs, with an observing subclass of the
+readings processor; see that module for what is timed) through
+:func:`bench.measure.run_measured_subprocess`, with its own app id (so its own consumer groups,
+changelog, aggregates and dead-letter topics) and Redis prefix. Sinks are Pulse's: Redis,
+VictoriaMetrics (InfluxDB's write API) and the aggregates topic, plus the changelog.
+
+Afterwards, outside the measured interval, it checks the output: the records on the
+aggregates topic must equal the windows the worker emitted, and (when the runner passes the
+dataset) the number of distinct (device, metric, window) windows in the dataset.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import TYPE_CHECKING
 
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.dataset import DatasetSpec, generate
+from bench.measure import RunResult, run_measured_subprocess
+from pulse.stack import free_port
+
 if TYPE_CHECKING:
-    from bench.measure import RunResult
     from bench.run import BenchContext
+
+IDLE_CLOSE_SECONDS = 10.0
+"""PULSE_IDLE_CLOSE for the run: the last windows close this long after a partition's last
+record. Small, and left out of the measured interval anyway (see bench.pulse_worker)."""
+
+SESSION_TIMEOUT_SECONDS = 6.0
+"""PULSE_SESSION_TIMEOUT: the local broker holds each JoinGroup for half of it (startup only)."""
+
+
+def pulse_env(context: BenchContext, app_id: str, idle_close: float = IDLE_CLOSE_SECONDS) -> dict:
+    """The environment of a Pulse worker on the bench stack, with its own names."""
+    return {
+        **os.environ,
+        "PULSE_BROKER": context.broker_url,
+        "PULSE_REDIS_URL": context.redis_url,
+        "PULSE_INFLUX_URL": context.influx_url,
+        "PULSE_APP_ID": app_id,
+        "PULSE_WINDOWS": context.windows,
+        "PULSE_GRACE": str(context.grace_seconds),
+        "PULSE_IDLE_CLOSE": str(idle_close),
+        "PULSE_TOPIC_READINGS": context.topic,
+        "PULSE_TOPIC_AGGREGATES": f"{app_id}-aggregates",
+        "PULSE_TOPIC_DLQ": f"{app_id}-dlq",
+        "PULSE_REDIS_PREFIX": app_id,
+        "PULSE_PARTITIONS": str(context.partitions),
+        "PULSE_SESSION_TIMEOUT": str(SESSION_TIMEOUT_SECONDS),
+        "PULSE_WEB_PORT": str(free_port()),
+    }
 
 
 def run_pulse(context: BenchContext) -> RunResult:
     """Run the Pulse worker over ``context.topic`` and measure it; return its RunResult.
 
-    What the runner provides (see :class:`bench.run.BenchContext`): the broker
-    (``context.bootstrap`` as HOST:PORT, ``context.broker_url`` as kafka://HOST:PORT),
-    ``context.redis_url``, ``context.influx_url`` (VictoriaMetrics), the input ``context.topic``
-    already holding ``context.readings`` readings in ``context.partitions`` partitions,
-    ``context.windows`` (e.g. "10s,1m"), ``context.grace_seconds``, a fresh
-    ``context.work_dir`` for state and logs, and ``context.run_id`` to make the app id (and so
-    the consumer group and internal topics) unique on this broker.
-
-    What it must return: a :class:`bench.measure.RunResult` with ``system="pulse"``,
-    ``readings`` = readings processed, ``seconds`` = first reading consumed to last window
-    emitted (all readings' effects flushed to Redis and every closable window written),
-    ``cpu_seconds`` = the worker's user+sys CPU over that interval, and ``windows_emitted``.
-    Run the worker in a subprocess through :func:`bench.measure.run_measured_subprocess`,
-    which also fills ``process_cpu_seconds`` and ``peak_rss_bytes``; inside the subprocess
-    time it with :class:`bench.measure.Stopwatch` and write it with
-    :func:`bench.measure.write_result`.
+    ``seconds``: first reading consumed to the flush after the last reading (every effect
+    durable in Redis, VictoriaMetrics, the aggregates topic and the changelog), plus the busy
+    time of the flushes that emit the windows the idle close closes afterwards; the
+    ``PULSE_IDLE_CLOSE`` wait itself is not counted. ``cpu_seconds`` over the same intervals.
     """
-    raise NotImplementedError("Pulse worker not yet wired")
+    app_id = f"bench-pulse-{context.run_id}"
+    result = run_measured_subprocess(
+        "bench.pulse_worker",
+        ["--expected", str(context.readings), "--work-dir", str(context.work_dir)],
+        context.work_dir / "result.json",
+        log_path=context.work_dir / "output.log",
+        env=pulse_env(context, app_id),
+    )
+    on_topic = asyncio.run(count_records(context.bootstrap, f"{app_id}-aggregates"))
+    checks = [f"{on_topic:,} records on the aggregates topic"]
+    if on_topic != result.windows_emitted:
+        checks[0] += " (MISMATCH with windows emitted)"
+    spec = getattr(context, "dataset", None)
+    if spec is not None and spec.readings == context.readings:
+        expected = distinct_windows(spec)
+        checks.append(
+            f"{expected:,} distinct windows in the dataset"
+            + ("" if expected == result.windows_emitted else " (MISMATCH)")
+        )
+    result.note = f"{result.note}; {'; '.join(checks)}"
+    return result
+
+
+async def count_records(bootstrap: str, topic: str) -> int:
+    """Records in ``topic``, read to the high watermark of every partition (no group)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the metadata of every topic
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        count = 0
+        quiet = 0
+        # The fetch high watermark, not ListOffsets (which the local broker under-reports).
+        while quiet < 3:
+            batches = await consumer.getmany(timeout_ms=500, max_records=100_000)
+            got = sum(len(records) for records in batches.values())
+            count += got
+            done = True
+            for tp in partitions:
+                highwater = consumer.highwater(tp)
+                done = done and highwater is not None and await consumer.position(tp) >= highwater
+            quiet = quiet + 1 if done and not got else 0
+        return count
+    finally:
+        await consumer.stop()
+
+
+def distinct_windows(spec: DatasetSpec, sizes_s: tuple[int, ...] = (10, 60)) -> int:
+    """Distinct (device, metric, window size, window start) in the dataset: what an exact
+    processor that closes every window emits (no reading is late: jitter < grace)."""
+    sizes_us = [size * 1_000_000 for size in sizes_s]
+    seen: set[tuple[str, str, int, int]] = set()
+    add = seen.add
+    for _key, value, _timestamp_ms in generate(spec):
+        doc = orjson.loads(value)
+        device, metric = doc["device"], doc["metric"]
+        t_us = round(doc["ts"] * 1_000_000)  # as Pulse reads "ts"
+        for size in sizes_us:
+            add((device, metric, size, t_us - t_us % size))
+    return len(seen)

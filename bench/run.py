@@ -55,6 +55,8 @@ class BenchContext:
     grace_seconds: float
     work_dir: Path
     run_id: str
+    dataset: DatasetSpec | None = None
+    """The dataset in ``topic`` (None for a subset topic)."""
 
 
 def run_ceiling(context: BenchContext) -> RunResult:
@@ -233,6 +235,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 grace_seconds=5.0,
                 work_dir=system_dir,
                 run_id=run_id,
+                dataset=None if subset else spec,
             )
             print(f"bench: running {system} on {context.readings:,} readings ...", flush=True)
             started = time.perf_counter()
