@@ -19,6 +19,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.dataset import DatasetSpec, produce
+from bench.latency import LatencyResult, measure_latency
 from bench.measure import RunResult, run_measured_subprocess
-from bench.pulse_run import run_pulse
+from bench.pulse_run import pulse_env, run_pulse
 from pulse.stack import start_broker, start_redis, start_victoria
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
+EXTRAS = ("latency", "memory")
+"""Measured after the systems: Pulse's delay to Redis at a steady rate, and its state's RSS."""
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "latest.json"
 TOPIC = "bench-readings"
 TEXTBOOK_TOPIC = "bench-readings-textbook"
+LATENCY_TOPIC = "bench-readings-live"
 DEFAULT_TEXTBOOK_LIMIT = 50_000
 
 
@@ -178,8 +183,60 @@ def format_table(
     return "\n".join(lines)
 
 
+def run_latency(context: BenchContext, rate: float, seconds: float) -> LatencyResult:
+    """A plain ``python -m pulse worker`` on a fresh topic while readings arrive at ``rate``."""
+    app_id = f"bench-latency-{context.run_id}"
+    env = pulse_env(context, app_id)
+    # Production's idle close: the topic is live, so it never needs to close anything.
+    env.pop("PULSE_IDLE_CLOSE")
+    return measure_latency(
+        env,
+        context.bootstrap,
+        context.topic,
+        context.partitions,
+        context.redis_url,
+        app_id,
+        context.work_dir,
+        rate=rate,
+        seconds=seconds,
+    )
+
+
+def run_memory(keys: int) -> list[dict[str, Any]]:
+    """``bench.memory`` in a fresh process per filling (RSS does not shrink after a free)."""
+    out = []
+    for per_key in (1, 4):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.memory", "--keys", str(keys),
+             "--readings-per-key", str(per_key)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def format_extras(latency: LatencyResult | None, memory: list[dict[str, Any]]) -> str:
+    lines = []
+    if latency is not None:
+        lines.append(
+            f"latency: {latency.achieved_rate:,.0f} readings/s for {latency.seconds:.0f} s, "
+            f"production to Redis over {latency.seen}/{latency.probes} probes: "
+            f"p50 {latency.p50_ms} ms, p90 {latency.p90_ms} ms, p99 {latency.p99_ms} ms, "
+            f"max {latency.max_ms} ms"
+        )
+    for row in memory:
+        lines.append(
+            f"memory: {row['mib_per_100k_keys']:.1f} MiB RSS per 100,000 open keys "
+            f"({row['keys']:,} keys, {row['readings_per_key']} reading(s) per key, "
+            f"{row['bytes_per_key']} bytes per key)"
+        )
+    return "\n".join(lines)
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     selected = tuple(system for system in SYSTEMS if system in args.only)
+    latency: LatencyResult | None = None
+    memory: list[dict[str, Any]] = []
     spec = DatasetSpec(
         readings=args.readings,
         devices=args.devices,
@@ -205,12 +262,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         bootstrap = f"127.0.0.1:{broker.port}"
 
         started = time.perf_counter()
-        produced = asyncio.run(produce(bootstrap, TOPIC, spec))
-        print(
-            f"bench: produced {produced:,} readings to {TOPIC} "
-            f"in {time.perf_counter() - started:.1f} s",
-            flush=True,
-        )
+        produced = asyncio.run(produce(bootstrap, TOPIC, spec)) if selected else 0
+        if selected:
+            print(
+                f"bench: produced {produced:,} readings to {TOPIC} "
+                f"in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
         if "textbook" in selected and textbook_readings < produced:
             asyncio.run(produce(bootstrap, TEXTBOOK_TOPIC, spec, limit=textbook_readings))
             print(
@@ -250,14 +308,56 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"bench: {system} {status} ({time.perf_counter() - started:.1f} s wall)", flush=True
             )
+
+        if "latency" in args.only and args.latency_seconds > 0:
+            latency_dir = work_dir / "latency"
+            latency_dir.mkdir(exist_ok=True)
+            context = BenchContext(
+                bootstrap=bootstrap,
+                broker_url=broker.url,
+                redis_url=redis.url,
+                influx_url=victoria.url,
+                topic=LATENCY_TOPIC,
+                readings=0,
+                partitions=spec.partitions,
+                windows="10s,1m",
+                grace_seconds=5.0,
+                work_dir=latency_dir,
+                run_id=run_id,
+            )
+            print(
+                f"bench: latency: pulse worker, {args.latency_rate:,.0f} readings/s for "
+                f"{args.latency_seconds:.0f} s ...",
+                flush=True,
+            )
+            try:
+                latency = run_latency(context, args.latency_rate, args.latency_seconds)
+            except Exception as exc:
+                failures["latency"] = f"failed: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
     finally:
         for server in reversed(servers):
             server.stop()
         if not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
 
+    if "memory" in args.only and args.memory_keys > 0:
+        print(f"bench: memory: {args.memory_keys:,} open keys in PartitionState ...", flush=True)
+        try:
+            memory = run_memory(args.memory_keys)
+        except Exception as exc:
+            failures["memory"] = f"failed: {type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
     print()
-    print(format_table(results, failures, selected))
+    if selected:
+        print(format_table(results, failures, selected))
+    extras = format_extras(latency, memory)
+    if extras:
+        print(extras)
+    for extra in EXTRAS:
+        if extra in failures:
+            print(f"{extra}: {failures[extra]}")
     return {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_description(),
@@ -266,6 +366,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": {system: result.to_json() for system, result in results.items()},
         "failures": failures,
         "ratios": ratios(results),
+        "latency": None if latency is None else asdict(latency),
+        "memory": memory,
     }
 
 
@@ -284,9 +386,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(SYSTEMS),
+        default=",".join(SYSTEMS + EXTRAS),
         type=lambda text: {part.strip() for part in text.split(",")},
-        help=f"comma-separated subset of {','.join(SYSTEMS)}",
+        help=f"comma-separated subset of {','.join(SYSTEMS + EXTRAS)}",
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=10_000.0, help="readings/s of the latency run"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="length of the latency run (0: skip)"
+    )
+    parser.add_argument(
+        "--memory-keys",
+        type=int,
+        default=200_000,
+        help="open (device, metric, window) keys of the memory measurement (0: skip)",
     )
     parser.add_argument(
         "--textbook-limit",
@@ -298,7 +412,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
-    unknown = args.only - set(SYSTEMS)
+    unknown = args.only - set(SYSTEMS + EXTRAS)
     if unknown:
         parser.error(f"--only: unknown system(s) {', '.join(sorted(unknown))}")
     return args
