@@ -15,6 +15,7 @@ COUNT, SUM, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, LAST_TAGS, SKETCH = rang
 
 SummaryState = list[Any]
 Sketch = dict[int, int]
+_REPRESENTATIVES: dict[int, float] = {}
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _QUANTILE_LEVELS = tuple(level for _, level in QUANTILES)
@@ -94,21 +95,29 @@ class QuantileSketch:
 
     @staticmethod
     def value(key: int) -> float:
-        """The representative value of a bucket."""
+        """The representative value of a bucket (memoised: the same buckets recur)."""
+        found = _REPRESENTATIVES.get(key)
+        if found is not None:
+            return found
         gamma = QuantileSketch.GAMMA
         if key == QuantileSketch.ZERO:
-            return 0.0
-        if key > QuantileSketch._LAST_POSITIVE:
-            return -2 * gamma ** (key - QuantileSketch.NEGATIVE) / (gamma + 1)
-        return 2 * gamma**key / (gamma + 1)
+            found = 0.0
+        elif key > QuantileSketch._LAST_POSITIVE:
+            found = -2 * gamma ** (key - QuantileSketch.NEGATIVE) / (gamma + 1)
+        else:
+            found = 2 * gamma**key / (gamma + 1)
+        if len(_REPRESENTATIVES) < 100_000:
+            _REPRESENTATIVES[key] = found
+        return found
 
     @staticmethod
-    def quantiles(sketch: Sketch, qs: tuple[float, ...]) -> list[float]:
-        """Estimates of the quantiles ``qs`` (ascending) of the values added."""
+    def quantiles(sketch: Sketch, qs: tuple[float, ...], count: int | None = None) -> list[float]:
+        """Estimates of the quantiles ``qs`` (ascending) of the ``count`` values added."""
         if len(sketch) == 1:  # the common case of small windows: one bucket
-            (key,) = sketch
-            return [QuantileSketch.value(key)] * len(qs)
-        count = sum(sketch.values())
+            for key in sketch:
+                return [QuantileSketch.value(key)] * len(qs)
+        if count is None:
+            count = sum(sketch.values())
         ranks = [q * (count - 1) for q in qs]
         out: list[float] = []
         seen = 0
@@ -165,7 +174,7 @@ class Summary:
     def result(state: SummaryState) -> dict[str, Any]:
         """The aggregates: ``count`` an int, the others floats."""
         count, total, low, high = state[COUNT], state[SUM], state[MIN], state[MAX]
-        p50, p95, p99 = QuantileSketch.quantiles(state[SKETCH], _QUANTILE_LEVELS)
+        p50, p95, p99 = QuantileSketch.quantiles(state[SKETCH], _QUANTILE_LEVELS, count)
         # Each estimate is kept inside [min, max], where the true quantile lies.
         return {
             "count": count,

@@ -339,7 +339,15 @@ class PartitionState:
                 state = self.windows.pop(key)
                 device, metric, index, start = key
                 self._closed.append(
-                    ClosedWindow(device, metric, self.specs[index].label, start, end, state)
+                    ClosedWindow(
+                        device,
+                        metric,
+                        self.specs[index].label,
+                        start,
+                        end,
+                        state,
+                        Summary.result(state),
+                    )
                 )
                 self._changed.discard(key)
                 self._removed.add(key)
@@ -377,7 +385,7 @@ class PartitionState:
         """
         self.close_ready()
         result = Summary.result
-        closed = [window._replace(aggregates=result(window.state)) for window in self._closed]
+        closed = self._closed
         labels = [spec.label for spec in self.specs]
         windows = self.windows
         newest = self._newest
