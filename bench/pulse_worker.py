@@ -217,7 +217,7 @@ def main() -> None:
 
     from pulse.cli import main as pulse_cli
 
-    pulse_cli(["worker", "-l", "warn"])
+    pulse_cli(["worker", "-l", os.environ.get("BENCH_PULSE_LOGLEVEL", "warn")])
 
 
 if __name__ == "__main__":
