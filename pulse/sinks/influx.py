@@ -22,29 +22,30 @@ from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
-FLOAT_FIELDS = ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
 
 _TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
-_MEASUREMENT_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
 
 
 def line_protocol(window: ClosedWindow) -> str:
-    """The line-protocol line of one closed window (tags sorted, as InfluxDB prefers)."""
+    """The line-protocol line of one closed window (tags sorted, as InfluxDB prefers).
+
+    Device, metric, window label and tag keys are validated names that need no escaping
+    (see models/reading.py and tables/windows.py); tag values are escaped.
+    """
     tags = dict(Summary.tags(window.state))
     tags["device"] = window.device
     tags["window"] = window.window
     tag_text = ",".join(
-        f"{key.translate(_TAG_ESCAPES)}={value.translate(_TAG_ESCAPES)}"
+        f"{key}={value.translate(_TAG_ESCAPES)}"
         for key, value in sorted(tags.items())
         if value  # InfluxDB has no empty tag values: an empty tag is no tag
     )
-    result = window.result()
-    fields = f"count={result['count']}i," + ",".join(
-        f"{name}={result[name]!r}" for name in FLOAT_FIELDS
-    )
+    r = window.result()
     return (
-        f"{window.metric.translate(_MEASUREMENT_ESCAPES)},{tag_text} {fields} "
-        f"{window.start_us // 1000}"
+        f"{window.metric},{tag_text} "
+        f"count={r['count']}i,sum={r['sum']!r},min={r['min']!r},max={r['max']!r},"
+        f"mean={r['mean']!r},first={r['first']!r},last={r['last']!r},p50={r['p50']!r},"
+        f"p95={r['p95']!r},p99={r['p99']!r} {window.start_us // 1000}"
     )
 
 

@@ -26,6 +26,10 @@ class KafkaSink(Sink):
         self.aggregates_topic = aggregates_topic
         self.dlq_topic = dlq_topic
         self._partitioner = DefaultPartitioner()
+        # murmur2 in pure Python costs microseconds per record: remember each device's
+        # partition (bounded; cleared when the partition count changes or it grows too big).
+        self._partition_of: dict[bytes, int] = {}
+        self._partition_count = 0
 
     async def write(self, batch: FlushBatch) -> None:
         sends = []
@@ -42,10 +46,16 @@ class KafkaSink(Sink):
 
     async def _send_aggregates(self, batch: FlushBatch) -> list[asyncio.Future]:
         partitions = sorted(await self.producer.partitions_for(self.aggregates_topic))
+        known = self._partition_of
+        if len(partitions) != self._partition_count or len(known) > 1_000_000:
+            known.clear()
+            self._partition_count = len(partitions)
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for window in batch.closed:
             key = window.device.encode()
-            partition = self._partitioner(key, partitions, partitions)
+            partition = known.get(key)
+            if partition is None:
+                partition = known[key] = self._partitioner(key, partitions, partitions)
             by_partition.setdefault(partition, []).append(
                 (key, orjson.dumps(closed_window_document(window)))
             )
