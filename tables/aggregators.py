@@ -147,7 +147,18 @@ class Summary:
 
     @staticmethod
     def initialize(t_us: int, value: float, tags: dict[str, str] | None) -> SummaryState:
-        return [1, value, value, value, t_us, value, t_us, value, tags, {_sketch_key(value): 1}]
+        return [
+            1,
+            value,
+            value,
+            value,
+            t_us,
+            value,
+            t_us,
+            value,
+            tags,
+            QuantileSketch.initialize(value),
+        ]
 
     @staticmethod
     def add(state: SummaryState, t_us: int, value: float, tags: dict[str, str] | None) -> None:
@@ -164,11 +175,7 @@ class Summary:
             state[LAST_T] = t_us
             state[LAST_V] = value
             state[LAST_TAGS] = tags
-        sketch = state[SKETCH]
-        key = _sketch_key(value)
-        sketch[key] = sketch.get(key, 0) + 1
-        if len(sketch) > QuantileSketch.MAX_BUCKETS:
-            QuantileSketch._collapse(sketch)
+        QuantileSketch.add(state[SKETCH], value)
 
     @staticmethod
     def result(state: SummaryState) -> dict[str, Any]:
@@ -198,6 +205,3 @@ class Summary:
     @staticmethod
     def tags(state: SummaryState) -> dict[str, str]:
         return state[LAST_TAGS] or {}
-
-
-_sketch_key = QuantileSketch.key

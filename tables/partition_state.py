@@ -188,9 +188,10 @@ class PartitionState:
         self.specs = specs
         self.grace_us = grace_us
         self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
-        # (index, size, step, is_tumbling) per spec, unpacked once for the hot loop.
+        # (index, size, window starts of t, is_tumbling) per spec, unpacked once for the hot
+        # loop, which computes a tumbling window's start inline.
         self._spec_math = tuple(
-            (i, s.size_us, s.step_us, s.size_us == s.step_us)
+            (i, s.size_us, s.starts_containing, s.size_us == s.step_us)
             for i, s in enumerate(specs)
             if s.kind != "sliding"
         )
@@ -236,12 +237,12 @@ class PartitionState:
         watermark = self.watermark
         windows = self.windows
         applied = False
-        for index, size, step, tumbling in self._spec_math:
+        for index, size, starts_of, tumbling in self._spec_math:
             if tumbling:
                 start = t - t % size
                 starts: Iterable[int] = (start,)
             else:
-                starts = range((t - size) // step * step + step, t - t % step + 1, step)
+                starts = starts_of(t)
             for start in starts:
                 end = start + size
                 if end <= watermark:

@@ -61,15 +61,16 @@ class KafkaSink(Sink):
             )
         futures = []
         for partition, records in by_partition.items():
-            pending = records
-            while pending:
+            done = 0
+            while done < len(records):
                 kafka_batch = self.producer.create_batch()
-                taken = 0
-                for key, value in pending:
+                first = done
+                while done < len(records):
+                    key, value = records[done]
                     if kafka_batch.append(key=key, value=value, timestamp=None) is None:
                         break
-                    taken += 1
-                if taken == 0:
+                    done += 1
+                if done == first:
                     raise ValueError("an aggregate record is larger than the producer's batch")
                 kafka_batch.close()
                 futures.append(
@@ -77,5 +78,4 @@ class KafkaSink(Sink):
                         kafka_batch, self.aggregates_topic, partition=partition
                     )
                 )
-                pending = pending[taken:]
         return futures
