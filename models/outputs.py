@@ -11,7 +11,9 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from tables.aggregators import Summary
+import orjson
+
+from tables.aggregators import LAST_TAGS
 from tables.partition_state import ClosedWindow
 
 US_PER_SECOND = 1_000_000
@@ -23,18 +25,45 @@ def seconds(t_us: int) -> int | float:
     return whole if rest == 0 else t_us / US_PER_SECOND
 
 
-def closed_window_document(window: ClosedWindow) -> dict[str, Any]:
-    """The value of an ``aggregates`` record (and of ``pulse:closed:*`` without ``tags``)."""
-    doc: dict[str, Any] = {
-        "device": window.device,
-        "metric": window.metric,
-        "window": window.window,
-        "start": seconds(window.start_us),
-        "end": seconds(window.end_us),
-    }
-    doc.update(window.result())
-    doc["tags"] = Summary.tags(window.state)
-    return doc
+def seconds_text(t_us: int) -> str:
+    """:func:`seconds` as text (an integer when whole, else the float's shortest repr)."""
+    # Memoised: window bounds repeat (every series' windows share them) and every window
+    # output writes two.
+    text = _SECONDS_TEXT.get(t_us)
+    if text is None:
+        whole, rest = divmod(t_us, US_PER_SECOND)
+        text = str(whole) if rest == 0 else repr(t_us / US_PER_SECOND)
+        if len(_SECONDS_TEXT) >= 100_000:
+            _SECONDS_TEXT.clear()
+        _SECONDS_TEXT[t_us] = text
+    return text
+
+
+_SECONDS_TEXT: dict[int, str] = {}
+
+
+def tags_json(tags: dict[str, str] | None) -> str:
+    return "{}" if not tags else orjson.dumps(tags).decode()
+
+
+def closed_window_json(window: ClosedWindow) -> bytes:
+    """The value of an ``aggregates`` record: one JSON object, keys in this order::
+
+        {"device", "metric", "window", "start", "end",
+         "count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99", "tags"}
+
+    Written from :meth:`ClosedWindow.aggregate_text` (the numbers every sink shares) rather
+    than through a dict: device, metric and window label are validated names that JSON
+    strings hold as they are (see models/reading.py and tables/windows.py).
+    """
+    count, total, low, high, mean, first, last, p50, p95, p99 = window.aggregate_text()
+    return (
+        f'{{"device":"{window.device}","metric":"{window.metric}","window":"{window.window}",'
+        f'"start":{seconds_text(window.start_us)},"end":{seconds_text(window.end_us)},'
+        f'"count":{count},"sum":{total},"min":{low},"max":{high},"mean":{mean},'
+        f'"first":{first},"last":{last},"p50":{p50},"p95":{p95},"p99":{p99},'
+        f'"tags":{tags_json(window.state[LAST_TAGS])}}}'
+    ).encode()
 
 
 @dataclass(frozen=True, slots=True)

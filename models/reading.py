@@ -14,6 +14,8 @@ from typing import Final, NamedTuple
 
 import orjson
 
+from tables.aggregators import AGGREGATES
+
 NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 TAG_KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TAGS: Final = 16
@@ -21,10 +23,7 @@ MAX_TAG_VALUE_CHARS: Final = 256
 MAX_ABS_VALUE: Final = 1e300
 """Values beyond this could overflow a window's sum to infinity, which no sink can store."""
 
-AGGREGATE_FIELDS: Final = frozenset(
-    {"count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99"}
-)
-RESERVED_TAG_KEYS: Final = frozenset({"device", "window", "time"}) | AGGREGATE_FIELDS
+RESERVED_TAG_KEYS: Final = frozenset({"device", "window", "time", *AGGREGATES})
 """``device`` and ``window`` are Pulse's own tags; ``time`` and the field names would make
 InfluxDB queries ambiguous. Keys starting with ``_`` are InfluxDB's own and rejected too."""
 

@@ -8,6 +8,8 @@ windows: the caller decides which state a reading goes to.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Any
 
 # Summary state layout, by index.
@@ -19,6 +21,10 @@ _REPRESENTATIVES: dict[int, float] = {}
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _QUANTILE_LEVELS = tuple(level for _, level in QUANTILES)
+AGGREGATES = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
+"""The names of :meth:`Summary.values`, in order: every output writes them in this order."""
+AggregateText = tuple[str, ...]
+"""The text of each aggregate, in the order of :data:`AGGREGATES` (see :meth:`Summary.text`)."""
 
 
 class QuantileSketch:
@@ -118,21 +124,34 @@ class QuantileSketch:
                 return [QuantileSketch.value(key)] * len(qs)
         if count is None:
             count = sum(sketch.values())
-        ranks = [q * (count - 1) for q in qs]
-        out: list[float] = []
-        seen = 0
-        for key in sorted(sketch, key=QuantileSketch._order):
-            seen += sketch[key]
-            while seen > ranks[len(out)]:
-                out.append(QuantileSketch.value(key))
-                if len(out) == len(ranks):
-                    return out
-        raise AssertionError("quantile ranks beyond the count")  # unreachable: q <= 1
+        ordered = sorted(sketch)
+        if ordered[-1] > QuantileSketch._LAST_POSITIVE:
+            # Negative values or zero: their keys do not sort as their values do.
+            ordered.sort(key=QuantileSketch._order)
+        # cumulative[i]: values in the buckets up to ordered[i]; the value of rank r lies in
+        # the first bucket whose cumulative count exceeds r.
+        cumulative = list(accumulate(map(sketch.__getitem__, ordered)))
+        value = QuantileSketch.value
+        last = len(ordered) - 1
+        return [value(ordered[min(bisect_right(cumulative, q * (count - 1)), last)]) for q in qs]
 
     @staticmethod
     def decode(raw: dict[Any, int]) -> Sketch:
         """A sketch read back from JSON, whose object keys are strings."""
         return {int(key): count for key, count in raw.items()}
+
+
+_TEXT: dict[float, str] = {}
+"""repr of values seen, bounded; zero is never stored (0.0 == -0.0, but not as text)."""
+
+
+def _remember(value: float) -> str:
+    text = repr(value)
+    if value:
+        if len(_TEXT) >= 200_000:
+            _TEXT.clear()
+        _TEXT[value] = text
+    return text
 
 
 class Summary:
@@ -178,23 +197,63 @@ class Summary:
         QuantileSketch.add(state[SKETCH], value)
 
     @staticmethod
-    def result(state: SummaryState) -> dict[str, Any]:
-        """The aggregates: ``count`` an int, the others floats."""
+    def values(state: SummaryState) -> tuple[Any, ...]:
+        """The aggregates in the order of :data:`AGGREGATES`: ``count`` an int, the rest floats."""
         count, total, low, high = state[COUNT], state[SUM], state[MIN], state[MAX]
         p50, p95, p99 = QuantileSketch.quantiles(state[SKETCH], _QUANTILE_LEVELS, count)
         # Each estimate is kept inside [min, max], where the true quantile lies.
-        return {
-            "count": count,
-            "sum": total,
-            "min": low,
-            "max": high,
-            "mean": total / count,
-            "first": state[FIRST_V],
-            "last": state[LAST_V],
-            "p50": low if p50 < low else high if p50 > high else p50,
-            "p95": low if p95 < low else high if p95 > high else p95,
-            "p99": low if p99 < low else high if p99 > high else p99,
-        }
+        return (
+            count,
+            total,
+            low,
+            high,
+            total / count,
+            state[FIRST_V],
+            state[LAST_V],
+            low if p50 < low else high if p50 > high else p50,
+            low if p95 < low else high if p95 > high else p95,
+            low if p99 < low else high if p99 > high else p99,
+        )
+
+    @staticmethod
+    def result(state: SummaryState) -> dict[str, Any]:
+        """The aggregates by name (see :meth:`values`)."""
+        return dict(zip(AGGREGATES, Summary.values(state), strict=True))
+
+    @staticmethod
+    def text(state: SummaryState) -> AggregateText:
+        """The aggregates as every output writes them, formatted once for all of them.
+
+        ``count`` in decimal, the others as ``repr`` (the shortest text that reads back as the
+        same float, valid in JSON, line protocol and Redis alike). Only ``sum`` and ``mean``
+        can be non-finite (a sum beyond 1.8e308): they are then ``null``, as JSON has no
+        infinity.
+        """
+        if state[COUNT] == 1 and state[SUM]:
+            # The common small window: every aggregate is its one value (but for -0.0, whose
+            # percentiles are the zero bucket's 0.0).
+            one = repr(state[SUM])
+            return ("1", one, one, one, one, one, one, one, one, one)
+        values = Summary.values(state)
+        count, total, low, high, mean, first, last, p50, p95, p99 = values
+        if math.isinf(total):
+            text = tuple(map(repr, values))
+            return (text[0], "null", *text[2:4], "null", *text[5:])
+        # Every value but the sum and mean is an input value or a bucket's representative:
+        # those recur, and their text is remembered (repr costs most of this function).
+        known = _TEXT.get
+        return (
+            str(count),
+            repr(total),
+            known(low) or _remember(low),
+            known(high) or _remember(high),
+            repr(mean),
+            known(first) or _remember(first),
+            known(last) or _remember(last),
+            known(p50) or _remember(p50),
+            known(p95) or _remember(p95),
+            known(p99) or _remember(p99),
+        )
 
     @staticmethod
     def decode(state: SummaryState) -> SummaryState:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from models.reading import Reading
-from tables.aggregators import Summary, SummaryState
+from tables.aggregators import AggregateText, Summary, SummaryState
 from tables.windows import WindowSpec
 
 WindowKey = tuple[str, str, int, int]
@@ -64,11 +64,14 @@ class ClosedWindow(NamedTuple):
     start_us: int
     end_us: int
     state: SummaryState
-    aggregates: dict[str, Any] | None = None
-    """``Summary.result(state)``, computed once by :meth:`PartitionState.drain` for all sinks."""
+    text: AggregateText | None = None
+    """``Summary.text(state)``, computed once by :meth:`PartitionState.drain` for all sinks."""
 
     def result(self) -> dict[str, Any]:
-        return self.aggregates if self.aggregates is not None else Summary.result(self.state)
+        return Summary.result(self.state)
+
+    def aggregate_text(self) -> AggregateText:
+        return self.text if self.text is not None else Summary.text(self.state)
 
 
 class OpenView(NamedTuple):
@@ -80,14 +83,18 @@ class OpenView(NamedTuple):
     start_us: int
     end_us: int
     state: SummaryState | None
-    aggregates: dict[str, Any] | None = None
-    """``Summary.result(state)`` when the view was drained: a snapshot, unlike ``state``."""
+    text: AggregateText | None = None
+    """``Summary.text(state)`` when the view was drained: a snapshot, unlike ``state``."""
 
     def result(self) -> dict[str, Any]:
-        if self.aggregates is not None:
-            return self.aggregates
         assert self.state is not None, "no open window"
         return Summary.result(self.state)
+
+    def aggregate_text(self) -> AggregateText:
+        if self.text is not None:
+            return self.text
+        assert self.state is not None, "no open window"
+        return Summary.text(self.state)
 
 
 class Latest(NamedTuple):
@@ -347,7 +354,7 @@ class PartitionState:
                         start,
                         end,
                         state,
-                        Summary.result(state),
+                        Summary.text(state),
                     )
                 )
                 self._changed.discard(key)
@@ -385,7 +392,7 @@ class PartitionState:
         With ``snapshot=True`` the delta holds the whole state instead of the changes.
         """
         self.close_ready()
-        result = Summary.result
+        text = Summary.text
         closed = self._closed
         labels = [spec.label for spec in self.specs]
         windows = self.windows
@@ -413,7 +420,7 @@ class PartitionState:
                         start,
                         start + spec.size_us,
                         state,
-                        result(state),
+                        text(state),
                     )
                 )
         unsent = self._latest_unsent

@@ -18,7 +18,7 @@ from influxdb_client.rest import ApiException
 
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
-from tables.aggregators import Summary
+from tables.aggregators import LAST_TAGS
 from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
@@ -32,20 +32,23 @@ def line_protocol(window: ClosedWindow) -> str:
     Device, metric, window label and tag keys are validated names that need no escaping
     (see models/reading.py and tables/windows.py); tag values are escaped.
     """
-    tags = dict(Summary.tags(window.state))
-    tags["device"] = window.device
-    tags["window"] = window.window
-    tag_text = ",".join(
-        f"{key}={value.translate(_TAG_ESCAPES)}"
-        for key, value in sorted(tags.items())
-        if value  # InfluxDB has no empty tag values: an empty tag is no tag
-    )
-    r = window.result()
+    tags = window.state[LAST_TAGS]
+    if tags:
+        tags = dict(tags)
+        tags["device"] = window.device
+        tags["window"] = window.window
+        tag_text = ",".join(
+            f"{key}={value.translate(_TAG_ESCAPES)}"
+            for key, value in sorted(tags.items())
+            if value  # InfluxDB has no empty tag values: an empty tag is no tag
+        )
+    else:
+        tag_text = f"device={window.device},window={window.window}"
+    count, total, low, high, mean, first, last, p50, p95, p99 = window.aggregate_text()
     return (
-        f"{window.metric},{tag_text} "
-        f"count={r['count']}i,sum={r['sum']!r},min={r['min']!r},max={r['max']!r},"
-        f"mean={r['mean']!r},first={r['first']!r},last={r['last']!r},p50={r['p50']!r},"
-        f"p95={r['p95']!r},p99={r['p99']!r} {window.start_us // 1000}"
+        f"{window.metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
+        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} "
+        f"{window.start_us // 1000}"
     )
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from models.outputs import closed_window_document
+from models.outputs import closed_window_json
 from pulse.sinks._base import FlushBatch, Sink
+from tables.partition_state import ClosedWindow
+
+
+def aggregate_records(closed: Sequence[ClosedWindow]) -> list[tuple[bytes, bytes]]:
+    """(key, value) of the ``aggregates`` record of each closed window, in order."""
+    return [(window.device.encode(), closed_window_json(window)) for window in closed]
 
 
 class KafkaSink(Sink):
@@ -51,14 +58,11 @@ class KafkaSink(Sink):
             known.clear()
             self._partition_count = len(partitions)
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for window in batch.closed:
-            key = window.device.encode()
+        for key, value in aggregate_records(batch.closed):
             partition = known.get(key)
             if partition is None:
                 partition = known[key] = self._partitioner(key, partitions, partitions)
-            by_partition.setdefault(partition, []).append(
-                (key, orjson.dumps(closed_window_document(window)))
-            )
+            by_partition.setdefault(partition, []).append((key, value))
         futures = []
         for partition, records in by_partition.items():
             done = 0

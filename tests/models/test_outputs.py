@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from models.outputs import DeadLetter, closed_window_document, seconds
+from models.outputs import DeadLetter, closed_window_json, seconds, seconds_text
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
@@ -31,6 +31,11 @@ def test_seconds(t_us: int, expected: float) -> None:
     value = seconds(t_us)
     assert value == expected
     assert type(value) is type(expected)
+    assert seconds_text(t_us) == repr(expected)
+
+
+def closed_window_document(window: ClosedWindow) -> dict:
+    return orjson.loads(closed_window_json(window))
 
 
 def window(tags_last: dict[str, str] | None = None) -> ClosedWindow:

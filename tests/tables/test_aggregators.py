@@ -141,8 +141,26 @@ def test_summary_equals_brute_force(readings: list[tuple[int, float, Any]]) -> N
         "last": last[1],
     }
     assert Summary.tags(state) == (last[2] or {})
+    # The text every output writes is the exact repr of each value (memoised or not).
+    assert Summary.text(state) == tuple(repr(v) for v in Summary.values(state))
+    assert Summary.text(state) == tuple(repr(v) for v in Summary.values(state))
     ordered = sorted(values)
     for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
         want = ordered[math.floor(q * (len(values) - 1))]
         assert abs(result[name] - want) <= 0.01 * abs(want) + 1e-9, (name, result[name], want)
         assert min(values) <= result[name] <= max(values)
+
+
+def test_text_keeps_the_sign_of_zero_whatever_was_formatted_before() -> None:
+    assert Summary.text(run([(1, 0.0, None), (2, 0.0, None)]))[2] == "0.0"
+    assert Summary.text(run([(1, -0.0, None), (2, -0.0, None)]))[2:4] == ("-0.0", "-0.0")
+    assert Summary.text(run([(1, -0.0, None)])) == ("1", *["-0.0"] * 6, "0.0", "0.0", "0.0")
+
+
+def test_text_of_an_overflowing_sum_is_null() -> None:
+    state = run([(1, 1e300, None)])
+    state[1] = math.inf  # as if 1.8e8 readings of 1e300 had been added
+    state[0] = 2
+    text = Summary.text(state)
+    assert (text[1], text[4]) == ("null", "null")
+    assert text[2] == repr(1e300)

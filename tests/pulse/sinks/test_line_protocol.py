@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from models.outputs import closed_window_document
+import orjson
+
+from models.outputs import closed_window_json
 from pulse.sinks.influx import line_protocol
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
@@ -24,7 +26,7 @@ def closed(
 
 
 def fields_of(window: ClosedWindow) -> str:
-    doc = closed_window_document(window)
+    doc = orjson.loads(closed_window_json(window))
     return f"count={doc['count']}i," + ",".join(
         f"{name}={doc[name]!r}"
         for name in ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
@@ -33,7 +35,7 @@ def fields_of(window: ClosedWindow) -> str:
 
 def test_line() -> None:
     window = closed({"site": "plant-a"})
-    doc = closed_window_document(window)
+    doc = orjson.loads(closed_window_json(window))
     assert line_protocol(window) == (
         "temperature,device=dev-0042,site=plant-a,window=10s "
         f"count=2i,sum=43.5,min=21.5,max=22.0,mean=21.75,first=21.5,last=22.0,"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import hiredis
 import pytest
 import redis
 
 from pulse.sinks._base import FlushBatch
-from pulse.sinks._resp import RedisReplyError, RespPipeline
-from pulse.sinks.redis import RedisSink
+from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
+from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
 from pulse.stack import start_redis
 from tables.partition_state import Latest
 
@@ -19,8 +20,8 @@ def test_pipeline_writes_every_command_and_values_round_trip(
     redis_url: str, topic_prefix: str
 ) -> None:
     values = [0.1, 1e-300, 21.123456789012345, -0.0, 3]
-    commands = [("HSET", f"{topic_prefix}:h", f"f{i}", v) for i, v in enumerate(values)]
-    commands.append(("EXPIRE", f"{topic_prefix}:h", 100))
+    commands = [pack("HSET", f"{topic_prefix}:h", f"f{i}", v) for i, v in enumerate(values)]
+    commands.append(pack("EXPIRE", f"{topic_prefix}:h", 100))
 
     async def run() -> None:
         pipeline = RespPipeline(redis_url)
@@ -34,6 +35,19 @@ def test_pipeline_writes_every_command_and_values_round_trip(
     assert stored == {f"f{i}".encode(): repr(v).encode() for i, v in enumerate(values)}
 
 
+def test_window_hset_packs_like_hiredis() -> None:
+    text = ("3", "7.5", "1.0", "4.5", "2.5", "1.0", "4.5", "2.0", "4.49", "-0.0")
+    for key in ("p:closed:10s:dev-1:temperature", "pülse:open:1m:dev-1:t"):
+        fields = [
+            item
+            for pair in zip(WINDOW_FIELDS, (*text, "0.001", "10"), strict=True)
+            for item in pair
+        ]
+        assert window_hset(key, text, 1_000, 10_000_000) == hiredis.pack_command(
+            ("HSET", key, *fields)
+        )
+
+
 def test_an_error_reply_is_raised_after_all_replies_are_read(
     redis_url: str, topic_prefix: str
 ) -> None:
@@ -43,12 +57,12 @@ def test_an_error_reply_is_raised_after_all_replies_are_read(
             with pytest.raises(RedisReplyError, match="1 commands failed"):
                 await pipeline.execute(
                     [
-                        ("SET", f"{topic_prefix}:s", "x"),
-                        ("HSET", f"{topic_prefix}:s", "a", 1),
-                        ("SET", f"{topic_prefix}:t", "y"),
+                        pack("SET", f"{topic_prefix}:s", "x"),
+                        pack("HSET", f"{topic_prefix}:s", "a", 1),
+                        pack("SET", f"{topic_prefix}:t", "y"),
                     ]
                 )
-            await pipeline.execute([("SET", f"{topic_prefix}:u", "z")])  # still in step
+            await pipeline.execute([pack("SET", f"{topic_prefix}:u", "z")])  # still in step
         finally:
             await pipeline.close()
 
@@ -66,7 +80,7 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
         async def run() -> None:
             pipeline = RespPipeline(url)
             try:
-                await pipeline.execute([("SET", "k", "v")])
+                await pipeline.execute([pack("SET", "k", "v")])
             finally:
                 await pipeline.close()
 

@@ -1,0 +1,150 @@
+"""The worker's CPU work per reading, without servers: ``python -m bench.hot_path``.
+
+Runs the benchmark dataset (bench.dataset) through exactly the pure steps a flush cycle of
+the worker runs, in the same order and with the same code, and times each step:
+
+* ``process``: ``ReadingsProcessor._process``'s per-record work (parse_reading + apply);
+* ``drain``: ``PartitionState.drain`` (closed windows, open views, changelog delta);
+* ``kafka``, ``redis``, ``influx``: what each sink builds from a flush before any I/O
+  (aggregates records, RESP commands packed by hiredis, line-protocol text);
+* ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas.
+
+Records are fed per partition in chunks of ``--fetch`` records (like ``getmany``), with a
+drain after every ``--flush-every`` chunks. Nothing is sent: this isolates the Python cost
+that limits the worker, for profiling and for comparing changes. It is not the benchmark of
+the issue (bench.run is); it is the tool to find where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+from bench.dataset import DatasetSpec, generate, partition_for
+from models.reading import Rejected, parse_reading
+from pulse.changelog import encode_parts
+from pulse.sinks._base import FlushBatch
+from pulse.sinks.influx import line_protocol
+from pulse.sinks.kafka import aggregate_records
+from pulse.sinks.redis import RedisSink
+from tables.partition_state import PartitionState
+from tables.windows import parse_windows
+
+MAX_MESSAGE_BYTES = 65_536
+"""PULSE_MAX_MESSAGE_BYTES's default."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=300_000)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--span-seconds", type=float, default=DatasetSpec.span_seconds)
+    parser.add_argument("--windows", default="10s,1m")
+    parser.add_argument("--fetch", type=int, default=2_500, help="records per partition chunk")
+    parser.add_argument("--flush-every", type=int, default=1, help="chunks between drains")
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed part")
+    args = parser.parse_args()
+
+    spec = DatasetSpec(
+        readings=args.readings,
+        devices=args.devices,
+        partitions=args.partitions,
+        span_seconds=args.span_seconds,
+    )
+    by_partition: dict[int, list[tuple[bytes, bytes, int, int]]] = defaultdict(list)
+    for key, value, ts_ms in generate(spec):
+        partition = partition_for(key, spec.partitions)
+        records = by_partition[partition]
+        records.append((key, value, ts_ms, len(records)))
+    specs = parse_windows(args.windows)
+    states = {p: PartitionState(specs, 5_000_000) for p in by_partition}
+    redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
+    times: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    clock = time.perf_counter
+
+    def flush() -> None:
+        t0 = clock()
+        drained = [state.drain() for state in states.values()]
+        t1 = clock()
+        batch = FlushBatch(
+            [w for d in drained for w in d.closed],
+            [v for d in drained for v in d.open_views],
+            [x for d in drained for x in d.latest],
+            [],
+            [v for d in drained for v in d.sliding_views],
+        )
+        aggregate_records(batch.closed)
+        t2 = clock()
+        packed = redis._commands(batch)
+        t3 = clock()
+        "\n".join(line_protocol(window) for window in batch.closed)
+        t4 = clock()
+        for d in drained:
+            encode_parts(d.delta, "bench", 0)
+        t5 = clock()
+        times["drain"] += t1 - t0
+        times["kafka"] += t2 - t1
+        times["redis"] += t3 - t2
+        times["influx"] += t4 - t3
+        times["changelog"] += t5 - t4
+        counts["closed"] += len(batch.closed)
+        counts["views"] += len(batch.open_views)
+        counts["redis commands"] += len(packed)
+
+    def run() -> None:
+        position = dict.fromkeys(by_partition, 0)
+        chunks = 0
+        while True:
+            progressed = False
+            for partition, records in by_partition.items():
+                begin = position[partition]
+                chunk = records[begin : begin + args.fetch]
+                if not chunk:
+                    continue
+                progressed = True
+                position[partition] = begin + len(chunk)
+                state = states[partition]
+                t0 = clock()
+                apply = state.apply
+                for key, value, ts_ms, offset in chunk:
+                    try:
+                        reading = parse_reading(key, value, ts_ms, MAX_MESSAGE_BYTES)
+                    except Rejected:
+                        state.skip(offset)
+                        continue
+                    apply(reading, offset)
+                times["process"] += clock() - t0
+                chunks += 1
+                if chunks % args.flush_every == 0:
+                    flush()
+            if not progressed:
+                break
+        for state in states.values():
+            state.advance_idle(2**62)
+        flush()
+
+    started = clock()
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(run)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    else:
+        run()
+    total = clock() - started
+    n = args.readings
+    print(f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views")
+    for name in ("process", "drain", "kafka", "redis", "influx", "changelog"):
+        print(f"  {name:<10} {times[name]:6.2f} s  {times[name] / n * 1e6:6.2f} us/reading")
+    print(
+        f"  {'total':<10} {total:6.2f} s  {total / n * 1e6:6.2f} us/reading  ({n / total:,.0f}/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
