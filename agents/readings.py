@@ -4,7 +4,8 @@ It runs inside the Faust worker as a service, with its own aiokafka consumer: Fa
 per-event stream machinery tops out near 10,000 events/s here, while this loop takes whole
 fetches (``getmany``) and updates state per batch.
 
-One flush (every ``PULSE_FLUSH_INTERVAL``), under one lock with processing:
+One flush (every ``PULSE_FLUSH_INTERVAL``, or ``PULSE_CATCH_UP_FLUSH_INTERVAL`` while a backlog
+waits), under one lock with processing:
 
 1. drain each partition's state: closed windows, changed views and latest values, and the
    changelog delta (serialised at once); the loop goes on processing while 2-4 run;
@@ -127,6 +128,7 @@ class ReadingsProcessor(Service):
         consumer = self.consumer
         assert consumer is not None
         interval = self.settings.flush_interval
+        catch_up_interval = max(interval, self.settings.catch_up_flush_interval)
         while not self.should_stop:
             batches = await consumer.getmany(
                 timeout_ms=int(interval * 200), max_records=MAX_RECORDS_PER_FETCH
@@ -140,12 +142,36 @@ class ReadingsProcessor(Service):
                             self._process(tp, state, records)
                             self._last_record[tp.partition] = now
             since = now - self._last_flush
+            if self._catching_up():
+                # A backlog: Redis is behind by the backlog anyway, and a longer flush writes
+                # each key once for all its readings in it (open windows, latest values,
+                # changelog rows), which is most of a flush's cost.
+                if since >= catch_up_interval:
+                    async with self._lock:
+                        await self._start_flush()
+                continue
             idle = self._flush_task is None or self._flush_task.done()
             # At least every interval; sooner (up to 5x) while the previous flush is done,
             # which keeps the delay from a reading to Redis low when the load allows it.
             if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
                     await self._start_flush()
+
+    def _catching_up(self) -> bool:
+        """More than one fetch's worth of records waits in the assigned partitions."""
+        consumer = self.consumer
+        assert consumer is not None
+        waiting = 0
+        for partition, state in self.states.items():
+            try:
+                highwater = consumer.highwater(
+                    TopicPartition(self.settings.topic_readings, partition)
+                )
+            except (AssertionError, IllegalStateError):
+                continue  # revoked meanwhile
+            if highwater is not None:
+                waiting += max(highwater - state.next_offset, 0)
+        return waiting > MAX_RECORDS_PER_FETCH
 
     def _process(self, tp: TopicPartition, state: PartitionState, records: list[Any]) -> None:
         max_bytes = self.settings.max_message_bytes

@@ -143,6 +143,15 @@ VARIABLES: tuple[Variable, ...] = (
         _number(0.001),
     ),
     Variable(
+        "PULSE_CATCH_UP_FLUSH_INTERVAL",
+        "2",
+        "Flush interval while the worker is catching up (more than a fetch's worth of records "
+        "waiting): each key is then written once per this interval instead of once per "
+        "`PULSE_FLUSH_INTERVAL`, as Kafka Streams' record cache does; never below "
+        "`PULSE_FLUSH_INTERVAL`.",
+        _number(0.001),
+    ),
+    Variable(
         "PULSE_MAX_MESSAGE_BYTES",
         "65536",
         "Largest accepted reading; larger records go to the dead-letter topic as `too_large`.",
@@ -188,6 +197,7 @@ class Settings:
     redis_prefix: str
     state_ttl: int
     flush_interval: float
+    catch_up_flush_interval: float
     max_message_bytes: int
     web_port: int
     partitions: int

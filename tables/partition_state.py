@@ -67,9 +67,6 @@ class ClosedWindow(NamedTuple):
     text: AggregateText | None = None
     """``Summary.text(state)``, computed once by :meth:`PartitionState.drain` for all sinks."""
 
-    def result(self) -> dict[str, Any]:
-        return Summary.result(self.state)
-
     def aggregate_text(self) -> AggregateText:
         return self.text if self.text is not None else Summary.text(self.state)
 
@@ -85,10 +82,6 @@ class OpenView(NamedTuple):
     state: SummaryState | None
     text: AggregateText | None = None
     """``Summary.text(state)`` when the view was drained: a snapshot, unlike ``state``."""
-
-    def result(self) -> dict[str, Any]:
-        assert self.state is not None, "no open window"
-        return Summary.result(self.state)
 
     def aggregate_text(self) -> AggregateText:
         if self.text is not None:
