@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tables.aggregators import LAST_TAGS
+from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 US_PER_SECOND = 1_000_000
@@ -42,8 +42,8 @@ def seconds_text(t_us: int) -> str:
 _SECONDS_TEXT: dict[int, str] = {}
 
 
-def tags_json(tags: dict[str, str] | None) -> str:
-    return "{}" if not tags else orjson.dumps(tags).decode()
+def tags_json(tags: dict[str, str]) -> str:
+    return orjson.dumps(tags).decode() if tags else "{}"
 
 
 def closed_window_json(window: ClosedWindow) -> bytes:
@@ -62,7 +62,7 @@ def closed_window_json(window: ClosedWindow) -> bytes:
         f'"start":{seconds_text(window.start_us)},"end":{seconds_text(window.end_us)},'
         f'"count":{count},"sum":{total},"min":{low},"max":{high},"mean":{mean},'
         f'"first":{first},"last":{last},"p50":{p50},"p95":{p95},"p99":{p99},'
-        f'"tags":{tags_json(window.state[LAST_TAGS])}}}'
+        f'"tags":{tags_json(Summary.tags(window.state))}}}'
     ).encode()
 
 

@@ -18,7 +18,7 @@ from influxdb_client.rest import ApiException
 
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
-from tables.aggregators import LAST_TAGS
+from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
@@ -32,7 +32,7 @@ def line_protocol(window: ClosedWindow) -> str:
     Device, metric, window label and tag keys are validated names that need no escaping
     (see models/reading.py and tables/windows.py); tag values are escaped.
     """
-    tags = window.state[LAST_TAGS]
+    tags = Summary.tags(window.state)
     if tags:
         tags = dict(tags)
         tags["device"] = window.device
