@@ -15,7 +15,12 @@ COPY pulse ./pulse
 COPY agents ./agents
 COPY models ./models
 COPY tables ./tables
-RUN pip install . \
+# gcc builds Pulse's C speedups (tables/_speedups.c); it is removed again after the build.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install . \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app pulse
 
 USER pulse

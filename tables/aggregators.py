@@ -12,6 +12,8 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any
 
+from tables import _speedups
+
 # Summary state layout, by index.
 COUNT, SUM, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, LAST_TAGS, SKETCH = range(10)
 
@@ -141,17 +143,12 @@ class QuantileSketch:
         return {int(key): count for key, count in raw.items()}
 
 
-_TEXT: dict[float, str] = {}
-"""repr of values seen, bounded; zero is never stored (0.0 == -0.0, but not as text)."""
-
-
-def _remember(value: float) -> str:
-    text = repr(value)
-    if value:
-        if len(_TEXT) >= 200_000:
-            _TEXT.clear()
-        _TEXT[value] = text
-    return text
+_speedups.configure(
+    QuantileSketch.GAMMA,
+    QuantileSketch.ZERO,
+    QuantileSketch.NEGATIVE,
+    QuantileSketch._LAST_POSITIVE,
+)
 
 
 class Summary:
@@ -220,40 +217,15 @@ class Summary:
         """The aggregates by name (see :meth:`values`)."""
         return dict(zip(AGGREGATES, Summary.values(state), strict=True))
 
-    @staticmethod
-    def text(state: SummaryState) -> AggregateText:
-        """The aggregates as every output writes them, formatted once for all of them.
+    text = staticmethod(_speedups.summary_text)
+    """``text(state)``: the aggregates as every output writes them, formatted once for all.
 
-        ``count`` in decimal, the others as ``repr`` (the shortest text that reads back as the
-        same float, valid in JSON, line protocol and Redis alike). Only ``sum`` and ``mean``
-        can be non-finite (a sum beyond 1.8e308): they are then ``null``, as JSON has no
-        infinity.
-        """
-        if state[COUNT] == 1 and state[SUM]:
-            # The common small window: every aggregate is its one value (but for -0.0, whose
-            # percentiles are the zero bucket's 0.0).
-            one = repr(state[SUM])
-            return ("1", one, one, one, one, one, one, one, one, one)
-        values = Summary.values(state)
-        count, total, low, high, mean, first, last, p50, p95, p99 = values
-        if math.isinf(total):
-            text = tuple(map(repr, values))
-            return (text[0], "null", *text[2:4], "null", *text[5:])
-        # Every value but the sum and mean is an input value or a bucket's representative:
-        # those recur, and their text is remembered (repr costs most of this function).
-        known = _TEXT.get
-        return (
-            str(count),
-            repr(total),
-            known(low) or _remember(low),
-            known(high) or _remember(high),
-            repr(mean),
-            known(first) or _remember(first),
-            known(last) or _remember(last),
-            known(p50) or _remember(p50),
-            known(p95) or _remember(p95),
-            known(p99) or _remember(p99),
-        )
+    ``count`` in decimal, the others as ``repr`` of :meth:`values` (the shortest text that
+    reads back as the same float, valid in JSON, line protocol and Redis alike). Only ``sum``
+    and ``mean`` can be non-finite (a sum beyond 1.8e308): they are then ``null``, as JSON has
+    no infinity. In C (tables/_speedups.c): formatting every open window at every flush was
+    the worker's largest cost; a test holds it equal to :meth:`values` and ``repr``.
+    """
 
     @staticmethod
     def decode(state: SummaryState) -> SummaryState:

@@ -23,11 +23,6 @@ def pack(*args: Any) -> bytes:
     return hiredis.pack_command(args)
 
 
-def ascii_len(text: str) -> int:
-    """The UTF-8 length of ``text`` (its length when ASCII, the common case)."""
-    return len(text) if text.isascii() else len(text.encode())
-
-
 class RedisReplyError(Exception):
     """Redis answered a command with an error (a bug or a misconfigured server)."""
 
