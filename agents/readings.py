@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,18 @@ from tables.partition_state import ClosedWindow, Latest, OpenView, PartitionStat
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 20_000
+MAX_FLUSHES_IN_FLIGHT = 64
+MAX_WINDOWS_IN_FLIGHT = 200_000
+"""Bounds on flushes written but not complete: memory, and how far a slow sink may lag."""
+
+
+async def _write_after(
+    previous: asyncio.Future[None] | None, sink: Sink, batch: FlushBatch
+) -> None:
+    """One sink's write of a flush, after its write of the previous flush (in order)."""
+    if previous is not None:
+        await previous
+    await sink.write(batch)
 
 
 class ReadingsProcessor(Service):
@@ -63,7 +76,12 @@ class ReadingsProcessor(Service):
         self._dead_letters: list[DeadLetter] = []
         self._last_record: dict[int, float] = {}
         self._last_flush = time.monotonic()
-        self._flush_task: asyncio.Future[None] | None = None
+        self._in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
+        """Flushes not yet complete (sinks, changelog, offsets), oldest first, with their
+        closed-window counts."""
+        self._windows_in_flight = 0
+        self._flush_tail: asyncio.Future[None] | None = None
+        self._sink_tails: dict[int, asyncio.Future[None]] = {}
         self.ready = asyncio.Event()
         """Set once the first assignment has been recovered (for tests and health checks)."""
         self.flushes = 0
@@ -150,9 +168,10 @@ class ReadingsProcessor(Service):
                     async with self._lock:
                         await self._start_flush()
                 continue
-            idle = self._flush_task is None or self._flush_task.done()
-            # At least every interval; sooner (up to 5x) while the previous flush is done,
-            # which keeps the delay from a reading to Redis low when the load allows it.
+            idle = all(tail.done() for tail in self._sink_tails.values())
+            # At least every interval; sooner (up to 5x) while the sinks have written the
+            # previous flushes, which keeps the delay from a reading to Redis low when the
+            # load allows it.
             if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
                     await self._start_flush()
@@ -214,7 +233,14 @@ class ReadingsProcessor(Service):
     # A flush is prepared synchronously (drain the states, compute every output, serialise
     # the deltas) and then written in the background while the loop goes on processing the
     # next records: the sinks' servers and the broker work on the other core meanwhile.
-    # At most one flush is in flight, so the targets see flushes in order.
+    #
+    # Each sink writes its batches one at a time, in flush order, on its own chain of tasks,
+    # so a slow sink (InfluxDB indexing new series, a 429) does not hold back the others:
+    # Redis stays fresh while InfluxDB catches up. A flush's changelog deltas are written
+    # once every sink has its outputs, and after the previous flush's deltas, so the state
+    # never runs ahead of any output. At most MAX_FLUSHES_IN_FLIGHT flushes (and
+    # MAX_WINDOWS_IN_FLIGHT closed windows) wait; beyond that processing waits for the
+    # oldest, which is how a stalled sink holds back consumption (backpressure, not loss).
 
     async def flush(self) -> None:
         """Flush now (outputs, changelog, offsets); returns when all are durable."""
@@ -222,22 +248,43 @@ class ReadingsProcessor(Service):
             await self._flush_now()
 
     async def _flush_now(self, partitions: set[int] | None = None) -> None:
-        await self._finish_flush()
         prepared = self._prepare_flush(partitions)
         if prepared is not None:
-            await self._write_flush(*prepared)
-
-    async def _finish_flush(self) -> None:
-        """Wait for the flush in flight, if any (and raise what it raised)."""
-        task, self._flush_task = self._flush_task, None
-        if task is not None:
-            await task
+            self._submit_flush(*prepared)
+        await self._settle(0)
 
     async def _start_flush(self) -> None:
-        await self._finish_flush()
+        await self._settle(MAX_FLUSHES_IN_FLIGHT - 1, MAX_WINDOWS_IN_FLIGHT)
         prepared = self._prepare_flush()
         if prepared is not None:
-            self._flush_task = asyncio.ensure_future(self._write_flush(*prepared))
+            self._submit_flush(*prepared)
+
+    async def _settle(self, flushes: int, windows: int | None = None) -> None:
+        """Wait for the oldest flushes until at most ``flushes`` (and ``windows`` closed
+        windows) are in flight; raise what a finished flush raised."""
+        in_flight = self._in_flight
+        while in_flight and (
+            len(in_flight) > flushes
+            or in_flight[0][0].done()
+            or (windows is not None and self._windows_in_flight > windows)
+        ):
+            finished, closed = in_flight[0]
+            await finished
+            in_flight.popleft()
+            self._windows_in_flight -= closed
+
+    def _submit_flush(self, batch: FlushBatch, deltas: list[EncodedDelta]) -> None:
+        written: list[asyncio.Future[None]] = []
+        if not batch.empty:
+            for index, sink in enumerate(self.sinks):
+                previous = self._sink_tails.get(index)
+                tail = asyncio.ensure_future(_write_after(previous, sink, batch))
+                self._sink_tails[index] = tail
+                written.append(tail)
+        finished = asyncio.ensure_future(self._complete_flush(self._flush_tail, written, deltas))
+        self._flush_tail = finished
+        self._in_flight.append((finished, len(batch.closed)))
+        self._windows_in_flight += len(batch.closed)
 
     def _prepare_flush(
         self, partitions: set[int] | None = None
@@ -266,12 +313,21 @@ class ReadingsProcessor(Service):
             return None
         return batch, deltas
 
-    async def _write_flush(self, batch: FlushBatch, deltas: list[EncodedDelta]) -> None:
-        assert self.writer is not None and self.consumer is not None
-        if not batch.empty:
-            await asyncio.gather(*(sink.write(batch) for sink in self.sinks))
+    async def _complete_flush(
+        self,
+        previous: asyncio.Future[None] | None,
+        written: list[asyncio.Future[None]],
+        deltas: list[EncodedDelta],
+    ) -> None:
+        """After every sink wrote this flush and the previous flush completed: the changelog
+        deltas (acked), then the input offsets."""
+        if written:
+            await asyncio.gather(*written)
+        if previous is not None:
+            await previous
         if not deltas:
             return
+        assert self.writer is not None and self.consumer is not None
         acks = []
         for delta in deltas:
             acks += await self.writer.send(delta)

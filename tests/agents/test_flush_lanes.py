@@ -1,0 +1,97 @@
+"""Flushes in flight: each sink writes in flush order on its own, a slow sink holds back only
+itself until the in-flight bound, and a flush completes only when every sink has it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents import readings
+from agents.readings import ReadingsProcessor
+from models.outputs import DeadLetter
+from pulse.changelog import ChangelogWriter
+from pulse.settings import Settings
+from pulse.sinks._base import FlushBatch, Sink
+
+
+class RecordingSink(Sink):
+    """Keeps the batches it wrote; writes only while ``open`` is set."""
+
+    def __init__(self, open_now: bool) -> None:
+        self.open = asyncio.Event()
+        if open_now:
+            self.open.set()
+        self.written: list[FlushBatch] = []
+
+    async def write(self, batch: FlushBatch) -> None:
+        await self.open.wait()
+        self.written.append(batch)
+
+
+def batch(number: int) -> FlushBatch:
+    letter = DeadLetter("late", f"flush {number}", "readings", 0, number, b"d", b"{}", 100)
+    return FlushBatch(dead_letters=[letter])
+
+
+def numbers(sink: RecordingSink) -> list[int]:
+    return [b.dead_letters[0].offset for b in sink.written]
+
+
+def test_a_slow_sink_does_not_hold_back_the_others() -> None:
+    async def run() -> None:
+        processor = ReadingsProcessor(Settings.from_env({}))
+        slow, fast = RecordingSink(open_now=False), RecordingSink(open_now=True)
+        processor.sinks = [slow, fast]
+        for number in range(5):
+            processor._submit_flush(batch(number), [])
+        await asyncio.sleep(0.05)
+        assert numbers(fast) == [0, 1, 2, 3, 4]  # all written, in order
+        assert numbers(slow) == []
+        # No flush is complete while one sink lacks it: waiting for them times out.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(processor._settle(4)), 0.2)
+        slow.open.set()
+        await processor._settle(0)
+        assert numbers(slow) == [0, 1, 2, 3, 4]
+        assert not processor._in_flight
+
+    asyncio.run(run())
+
+
+def test_processing_waits_when_the_bound_is_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readings, "MAX_FLUSHES_IN_FLIGHT", 3)
+
+    async def run() -> None:
+        processor = ReadingsProcessor(Settings.from_env({}))
+        stalled = RecordingSink(open_now=False)
+        processor.sinks = [stalled]
+        # No partitions are assigned: the next flush has nothing to drain or encode.
+        processor.writer = ChangelogWriter(None, "unused")  # type: ignore[arg-type]
+        for number in range(3):
+            processor._submit_flush(batch(number), [])
+        # A fourth flush has to wait for the oldest: the stalled sink holds consumption.
+        fourth = asyncio.ensure_future(processor._start_flush())
+        await asyncio.sleep(0.2)
+        assert not fourth.done()
+        stalled.open.set()
+        await asyncio.wait_for(fourth, 5)
+        await processor._settle(0)
+        assert numbers(stalled) == [0, 1, 2]
+
+    asyncio.run(run())
+
+
+def test_a_failed_write_is_raised_to_the_processor() -> None:
+    class BrokenSink(Sink):
+        async def write(self, batch: FlushBatch) -> None:
+            raise RuntimeError("a bug in a sink")
+
+    async def run() -> None:
+        processor = ReadingsProcessor(Settings.from_env({}))
+        processor.sinks = [BrokenSink()]
+        processor._submit_flush(batch(0), [])
+        with pytest.raises(RuntimeError, match="a bug in a sink"):
+            await processor._settle(0)
+
+    asyncio.run(run())
