@@ -47,6 +47,11 @@ from tables.partition_state import ClosedWindow, Latest, OpenView, PartitionStat
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 20_000
+MAX_CLOSED_PER_DRAIN = 500
+"""Windows a partition closes per flush while not catching up: the epoch-aligned windows
+of every series end together, and closing them all in one flush held up the fresh values
+(latest readings, open windows) of that flush by up to a second; the rest close in the next
+flushes, a few tens of milliseconds later."""
 MAX_FLUSHES_IN_FLIGHT = 64
 MAX_WINDOWS_IN_FLIGHT = 200_000
 """Bounds on flushes written but not complete: memory, and how far a slow sink may lag."""
@@ -166,7 +171,7 @@ class ReadingsProcessor(Service):
                 # changelog rows), which is most of a flush's cost.
                 if since >= catch_up_interval:
                     async with self._lock:
-                        await self._start_flush()
+                        await self._start_flush(max_closed=None)
                 continue
             idle = all(tail.done() for tail in self._sink_tails.values())
             # At least every interval; sooner (up to 5x) while the sinks have written the
@@ -174,7 +179,7 @@ class ReadingsProcessor(Service):
             # load allows it.
             if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
-                    await self._start_flush()
+                    await self._start_flush(max_closed=MAX_CLOSED_PER_DRAIN)
 
     def _catching_up(self) -> bool:
         """More than one fetch's worth of records waits in the assigned partitions."""
@@ -253,9 +258,9 @@ class ReadingsProcessor(Service):
             self._submit_flush(*prepared)
         await self._settle(0)
 
-    async def _start_flush(self) -> None:
+    async def _start_flush(self, max_closed: int | None) -> None:
         await self._settle(MAX_FLUSHES_IN_FLIGHT - 1, MAX_WINDOWS_IN_FLIGHT)
-        prepared = self._prepare_flush()
+        prepared = self._prepare_flush(max_closed=max_closed)
         if prepared is not None:
             self._submit_flush(*prepared)
 
@@ -287,7 +292,7 @@ class ReadingsProcessor(Service):
         self._windows_in_flight += len(batch.closed)
 
     def _prepare_flush(
-        self, partitions: set[int] | None = None
+        self, partitions: set[int] | None = None, max_closed: int | None = None
     ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
         assert self.writer is not None
         self._last_flush = time.monotonic()
@@ -299,7 +304,7 @@ class ReadingsProcessor(Service):
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
-            drained = state.drain(snapshot=self.writer.snapshot_due(partition))
+            drained = state.drain(self.writer.snapshot_due(partition), max_closed)
             closed += drained.closed
             views += drained.open_views
             latest += drained.latest

@@ -19,12 +19,14 @@ offsets committed), the processor's sink list and ``PartitionState.advance_idle`
   first fetch does, as for the ceiling).
 * **caught up** C: the first offset commit that covers every fetched reading, once all ``N``
   were fetched: every reading's effect is in Redis, VictoriaMetrics, the aggregates topic and
-  the changelog, and every window the data itself closes has been emitted.
+  the changelog, and every window the data itself closes has been emitted (no partition has
+  windows waiting to be closed: a flush closes at most ``MAX_CLOSED_PER_DRAIN`` per
+  partition outside catch-up, so a burst of closes may span flushes).
 * The windows still open then (the last 10 s and 1 m window of each series, and those within
   the grace) close only when ``PULSE_IDLE_CLOSE`` finds a partition quiet. That wait is
   configured idleness, not work, so it is left out: after C, each stretch from an idle close
   that raised a watermark (of a partition with open windows) to the commit of the flush that
-  emitted its windows is added instead.
+  emitted the last of its windows is added instead.
 
 ``seconds = (C - S) + the idle-close stretches after C``; ``cpu_seconds`` the same in CPU time.
 The raw interval from S to the last window, idle wait included, is in the note. The process
@@ -142,12 +144,20 @@ class BenchProcessor(readings.ReadingsProcessor):
         if self._finished or not self.expected or self.consumed < self.expected:
             return
         now = _clock()
+        # Windows the watermark passed but a drain has not closed yet are still to emit.
+        closing = any(state.closing for state in self.states.values())
         if self._caught_up is None:
-            if any(self._committed_to.get(p, -1) < end for p, end in self._fetched_to.items()):
+            if closing or any(
+                self._committed_to.get(p, -1) < end for p, end in self._fetched_to.items()
+            ):
                 return
             self._caught_up = now
             self._last_emit = now
-        elif self._idle_since is not None and self.windows_emitted > self._windows_at_idle:
+        elif (
+            self._idle_since is not None
+            and self.windows_emitted > self._windows_at_idle
+            and not closing
+        ):
             self._tail_wall += now[0] - self._idle_since[0]
             self._tail_cpu += now[1] - self._idle_since[1]
             self._idle_since = None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -320,8 +321,15 @@ class PartitionState:
         pair = (device, metric)
         self._open_per_key[pair] = self._open_per_key.get(pair, 0) + 1
 
-    def close_ready(self) -> None:
-        """Close every window whose end the watermark has reached; they wait in the drain."""
+    def close_ready(self, limit: int | None = None) -> None:
+        """Close the windows whose end the watermark has reached (at most ``limit`` of them,
+        earliest ends first); they wait in the drain.
+
+        A window the watermark has passed takes no more readings whether or not it has
+        closed here, so closing it later emits the same aggregates: the limit only spreads
+        the work of a burst (epoch-aligned windows of every series end together) over
+        several drains.
+        """
         watermark = self.watermark
         expiry = self._sliding_expiry
         while expiry and expiry[0][0] <= watermark:
@@ -334,9 +342,17 @@ class PartitionState:
                 self._sliding_removed.add(series)
                 self._forget_latest_if_unused((series[0], series[1]))
         ends = self._ends
-        while ends and ends[0] <= watermark:
-            end = heapq.heappop(ends)
-            for key in self._by_end.pop(end):
+        budget = sys.maxsize if limit is None else limit
+        while ends and ends[0] <= watermark and budget > 0:
+            end = ends[0]
+            keys = self._by_end[end]
+            if len(keys) > budget:
+                keys, self._by_end[end] = keys[:budget], keys[budget:]
+            else:
+                heapq.heappop(ends)
+                del self._by_end[end]
+            budget -= len(keys)
+            for key in keys:
                 state = self.windows.pop(key)
                 device, metric, index, start = key
                 self._closed.append(
@@ -379,12 +395,13 @@ class PartitionState:
 
     # -- flushing ------------------------------------------------------------------------
 
-    def drain(self, snapshot: bool = False) -> Drained:
+    def drain(self, snapshot: bool = False, max_closed: int | None = None) -> Drained:
         """Take the closed windows, changed views and the changelog delta since the last drain.
 
         With ``snapshot=True`` the delta holds the whole state instead of the changes.
+        ``max_closed`` limits the windows closed by this drain (see :meth:`close_ready`).
         """
-        self.close_ready()
+        self.close_ready(max_closed)
         text = Summary.text
         closed = self._closed
         labels = [spec.label for spec in self.specs]
@@ -556,6 +573,11 @@ class PartitionState:
     @property
     def open_windows(self) -> int:
         return len(self.windows)
+
+    @property
+    def closing(self) -> bool:
+        """Whether windows the watermark has passed wait to be closed by a drain."""
+        return bool(self._ends) and self._ends[0] <= self.watermark
 
 
 def _summarize(entries: list[list[Any]]) -> SummaryState:

@@ -71,7 +71,7 @@ def test_processing_waits_when_the_bound_is_reached(monkeypatch: pytest.MonkeyPa
         for number in range(3):
             processor._submit_flush(batch(number), [])
         # A fourth flush has to wait for the oldest: the stalled sink holds consumption.
-        fourth = asyncio.ensure_future(processor._start_flush())
+        fourth = asyncio.ensure_future(processor._start_flush(max_closed=None))
         await asyncio.sleep(0.2)
         assert not fourth.done()
         stalled.open.set()

@@ -659,3 +659,38 @@ def test_many_windows_state_stays_bounded(grace_s: int) -> None:
             peak = max(peak, feed.state.open_windows)
     # per device: 1s windows within grace + the 5 hopping windows, grace included
     assert peak <= 3 * ((grace_s + 2) + (grace_s + 6))
+
+
+def test_a_close_limit_spreads_a_burst_without_changing_any_window() -> None:
+    # Every series' window [0, 10s) ends together; limited drains emit them over several
+    # drains, earliest ends first, with the same aggregates as one unlimited drain.
+    def fill(state: PartitionState) -> None:
+        offset = 0
+        for device in range(25):
+            for t_s, value in ((1, 1.0), (3, 2.5), (12, 4.0)):
+                state.apply(Reading(f"d{device}", "m", value + device, t_s * S, None), offset)
+                offset += 1
+        state.apply(Reading("d0", "m", 9.0, 40 * S, None), offset)  # W = 35 s: 10 s closes
+
+    def key(window: ClosedWindow) -> tuple[Any, ...]:
+        return (window.device, window.window, window.start_us, window.aggregate_text())
+
+    whole = PartitionState(parse_windows("10s,20s"), 5 * S)
+    fill(whole)
+    expected = [key(w) for w in whole.drain().closed]
+    assert len(expected) == 25 * 3  # [0,10) and [10,20) of 10s, [0,20) of 20s
+
+    limited = PartitionState(parse_windows("10s,20s"), 5 * S)
+    fill(limited)
+    sizes, got = [], []
+    while limited.closing:
+        closed = limited.drain(max_closed=20).closed
+        sizes.append(len(closed))
+        got += [key(w) for w in closed]
+    assert sizes == [20, 20, 20, 15]
+    assert sorted(got) == sorted(expected)
+    ends = [start for _, _, start, _ in got]
+    assert ends[:25] == [0] * 25  # the windows ending at 10 s first (10s and 20s specs)
+    assert limited.drain(max_closed=20).closed == []
+    # Readings for a passed window are late even before it is closed.
+    assert not limited.apply(Reading("d1", "m", 1.0, 2 * S, None), 10_000)
