@@ -1,5 +1,8 @@
-/* Pulse's C speedups for the two hottest pure steps of a flush (see tables/speedups.py).
+/* Pulse's C speedups for the hottest pure steps: applying readings and formatting windows.
  *
+ * apply_windows(...)         PartitionState.apply for tumbling and hopping windows
+ * summary_initialize/add     Summary.initialize / Summary.add
+ * sketch_key / sketch_add    QuantileSketch.key / QuantileSketch.add
  * summary_text(state)        the text of a window's aggregates (Summary.text)
  * hset(key, names, values)   "HSET key name value ..." packed in RESP, from str arguments
  *
@@ -7,8 +10,10 @@
  * same order (C doubles are Python floats), floats written by PyOS_double_to_string(..., 'r')
  * (which is float.__repr__), and the quantile buckets of tables.aggregators.QuantileSketch,
  * whose constants are handed over by configure() so they are defined once, in Python.
- * tests/tables/test_aggregators.py checks summary_text against Summary.values + repr, and
- * tests/pulse/sinks/test_redis_sink.py checks hset against hiredis.
+ * The state they build is the Python lists and dicts tables/ documents, so recovery, snapshots
+ * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
+ * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
+ * hiredis.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,17 +24,257 @@
 /* Summary state layout (tables/aggregators.py). */
 enum { COUNT = 0, SUM = 1, MIN = 2, MAX = 3, FIRST_V = 5, LAST_V = 7, SKETCH = 9, STATE_LEN = 10 };
 
+enum { FIRST_T = 4, LAST_T = 6, LAST_TAGS = 8 };
+
 static double gamma_ = 0.0;          /* QuantileSketch.GAMMA */
+static double inv_log_gamma = 0.0;   /* QuantileSketch.INV_LOG_GAMMA */
+static double min_magnitude = 0.0;   /* QuantileSketch.MIN_MAGNITUDE */
 static long long zero_key = 0;       /* QuantileSketch.ZERO */
 static long long negative_key = 0;   /* QuantileSketch.NEGATIVE */
 static long long last_positive = 0;  /* QuantileSketch._LAST_POSITIVE */
+static Py_ssize_t max_buckets = 0;   /* QuantileSketch.MAX_BUCKETS */
+static PyObject *collapse = NULL;    /* QuantileSketch._collapse (rare: stays in Python) */
+static PyObject *one = NULL;         /* the int 1 */
 static int configured = 0;
 
 static PyObject *configure(PyObject *self, PyObject *args) {
-    if (!PyArg_ParseTuple(args, "dLLL", &gamma_, &zero_key, &negative_key, &last_positive))
+    PyObject *collapse_;
+    if (!PyArg_ParseTuple(args, "dddLLLnO", &gamma_, &inv_log_gamma, &min_magnitude, &zero_key,
+                          &negative_key, &last_positive, &max_buckets, &collapse_))
         return NULL;
+    Py_XDECREF(collapse);
+    Py_INCREF(collapse_);
+    collapse = collapse_;
     configured = 1;
     Py_RETURN_NONE;
+}
+
+#define NEED_CONFIGURED()                                              \
+    do {                                                               \
+        if (!configured) {                                             \
+            PyErr_SetString(PyExc_RuntimeError, "configure() first");  \
+            return NULL;                                               \
+        }                                                              \
+    } while (0)
+
+/* QuantileSketch.key: the bucket of a value. */
+static long long bucket_of(double value) {
+    if (value > min_magnitude) return (long long)ceil(log(value) * inv_log_gamma);
+    if (value < -min_magnitude) return (long long)ceil(log(-value) * inv_log_gamma) + negative_key;
+    return zero_key;
+}
+
+/* QuantileSketch.add: count a value in a sketch dict. 0 on success, -1 with an exception. */
+static int sketch_count(PyObject *sketch, double value) {
+    PyObject *key = PyLong_FromLongLong(bucket_of(value));
+    if (key == NULL) return -1;
+    PyObject *count = PyDict_GetItemWithError(sketch, key);
+    PyObject *updated;
+    if (count == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return -1;
+        }
+        updated = Py_NewRef(one);
+    } else {
+        updated = PyNumber_Add(count, one);
+        if (updated == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+    }
+    int failed = PyDict_SetItem(sketch, key, updated);
+    Py_DECREF(key);
+    Py_DECREF(updated);
+    if (failed < 0) return -1;
+    if (PyDict_GET_SIZE(sketch) > max_buckets) {
+        PyObject *done = PyObject_CallOneArg(collapse, sketch);
+        if (done == NULL) return -1;
+        Py_DECREF(done);
+    }
+    return 0;
+}
+
+static PyObject *sketch_key(PyObject *self, PyObject *value) {
+    NEED_CONFIGURED();
+    double v = PyFloat_AsDouble(value);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    return PyLong_FromLongLong(bucket_of(v));
+}
+
+static PyObject *sketch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 2 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "sketch_add(sketch: dict, value: float)");
+        return NULL;
+    }
+    double v = PyFloat_AsDouble(args[1]);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    if (sketch_count(args[0], v) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Summary.initialize: the state of a window holding one reading. */
+static PyObject *new_state(PyObject *t, PyObject *value, PyObject *tags) {
+    double v = PyFloat_AsDouble(value);
+    if (v == -1.0 && PyErr_Occurred()) return NULL;
+    PyObject *sketch = PyDict_New();
+    if (sketch == NULL) return NULL;
+    if (sketch_count(sketch, v) < 0) {
+        Py_DECREF(sketch);
+        return NULL;
+    }
+    PyObject *state = PyList_New(STATE_LEN);
+    if (state == NULL) {
+        Py_DECREF(sketch);
+        return NULL;
+    }
+    PyObject *items[STATE_LEN] = {one, value, value, value, t, value, t, value, tags, sketch};
+    for (int i = 0; i < STATE_LEN; i++) {
+        if (i != SKETCH) Py_INCREF(items[i]);
+        PyList_SET_ITEM(state, i, items[i]);
+    }
+    return state;
+}
+
+static PyObject *summary_initialize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "summary_initialize(t_us, value, tags)");
+        return NULL;
+    }
+    return new_state(args[0], args[1], args[2]);
+}
+
+static int set_item(PyObject *list, Py_ssize_t i, PyObject *value) {
+    Py_INCREF(value);
+    return PyList_SetItem(list, i, value);
+}
+
+/* Summary.add: one more reading in a window's state. 0 on success, -1 with an exception. */
+static int add_reading(PyObject *state, PyObject *t, PyObject *value, PyObject *tags) {
+    if (!PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a Summary state (list) is expected");
+        return -1;
+    }
+    double v = PyFloat_AsDouble(value);
+    double total = PyFloat_AsDouble(PyList_GET_ITEM(state, SUM));
+    double low = PyFloat_AsDouble(PyList_GET_ITEM(state, MIN));
+    double high = PyFloat_AsDouble(PyList_GET_ITEM(state, MAX));
+    long long t_us = PyLong_AsLongLong(t);
+    long long first_t = PyLong_AsLongLong(PyList_GET_ITEM(state, FIRST_T));
+    long long last_t = PyLong_AsLongLong(PyList_GET_ITEM(state, LAST_T));
+    if (PyErr_Occurred()) return -1;
+    PyObject *count = PyNumber_Add(PyList_GET_ITEM(state, COUNT), one);
+    if (count == NULL) return -1;
+    PyList_SetItem(state, COUNT, count);  /* steals */
+    PyObject *sum = PyFloat_FromDouble(total + v);
+    if (sum == NULL) return -1;
+    PyList_SetItem(state, SUM, sum);
+    if (v < low && set_item(state, MIN, value) < 0) return -1;
+    if (v > high && set_item(state, MAX, value) < 0) return -1;
+    if (t_us < first_t) {
+        if (set_item(state, FIRST_T, t) < 0 || set_item(state, FIRST_V, value) < 0) return -1;
+    }
+    if (t_us >= last_t) {
+        if (set_item(state, LAST_T, t) < 0 || set_item(state, LAST_V, value) < 0 ||
+            set_item(state, LAST_TAGS, tags) < 0)
+            return -1;
+    }
+    PyObject *sketch = PyList_GET_ITEM(state, SKETCH);
+    if (!PyDict_Check(sketch)) {
+        PyErr_SetString(PyExc_TypeError, "the sketch must be a dict");
+        return -1;
+    }
+    return sketch_count(sketch, v);
+}
+
+static PyObject *summary_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "summary_add(state, t_us, value, tags)");
+        return NULL;
+    }
+    if (add_reading(args[0], args[1], args[2], args[3]) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Python's floor division of a by b > 0. */
+static long long floor_div(long long a, long long b) {
+    long long q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* PartitionState.apply's window part: the reading at event time t into every open window of
+ * the tumbling and hopping specs ((index, size, step) each). Returns None when every window
+ * it belongs to has closed (late), else the list of (key, end) of the windows it opened;
+ * adds every window it changed to ``changed``. */
+static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "apply_windows(windows, changed, specs, device, metric, value, t, "
+                        "tags, watermark)");
+        return NULL;
+    }
+    PyObject *windows = args[0], *changed = args[1], *specs = args[2];
+    PyObject *device = args[3], *metric = args[4], *value = args[5], *t = args[6];
+    PyObject *tags = args[7];
+    if (!PyDict_Check(windows) || !PySet_Check(changed) || !PyTuple_Check(specs)) {
+        PyErr_SetString(PyExc_TypeError, "windows: dict, changed: set, specs: tuple");
+        return NULL;
+    }
+    long long t_us = PyLong_AsLongLong(t);
+    long long watermark = PyLong_AsLongLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *opened = NULL;
+    int applied = 0;
+    for (Py_ssize_t s = 0; s < PyTuple_GET_SIZE(specs); s++) {
+        PyObject *spec = PyTuple_GET_ITEM(specs, s);
+        PyObject *index;
+        long long size, step;
+        if (!PyArg_ParseTuple(spec, "OLL", &index, &size, &step)) goto fail;
+        long long last = floor_div(t_us, step) * step;
+        long long first = step == size ? last : floor_div(t_us - size, step) * step + step;
+        for (long long start = first; start <= last; start += step) {
+            long long end = start + size;
+            if (end <= watermark) continue;  /* this window has closed: late for it */
+            PyObject *start_obj = PyLong_FromLongLong(start);
+            if (start_obj == NULL) goto fail;
+            PyObject *key = PyTuple_Pack(4, device, metric, index, start_obj);
+            Py_DECREF(start_obj);
+            if (key == NULL) goto fail;
+            PyObject *state = PyDict_GetItemWithError(windows, key);
+            int failed = 0;
+            if (state == NULL) {
+                if (PyErr_Occurred()) failed = 1;
+                PyObject *fresh = failed ? NULL : new_state(t, value, tags);
+                if (fresh == NULL || PyDict_SetItem(windows, key, fresh) < 0) failed = 1;
+                Py_XDECREF(fresh);
+                if (!failed && opened == NULL && (opened = PyList_New(0)) == NULL) failed = 1;
+                if (!failed) {
+                    PyObject *pair = Py_BuildValue("(OL)", key, end);
+                    if (pair == NULL || PyList_Append(opened, pair) < 0) failed = 1;
+                    Py_XDECREF(pair);
+                }
+            } else if (add_reading(state, t, value, tags) < 0) {
+                failed = 1;
+            }
+            if (!failed && PySet_Add(changed, key) < 0) failed = 1;
+            Py_DECREF(key);
+            if (failed) goto fail;
+            applied = 1;
+        }
+    }
+    if (!applied) {
+        Py_XDECREF(opened);
+        Py_RETURN_NONE;
+    }
+    if (opened == NULL) opened = PyList_New(0);
+    return opened;
+fail:
+    Py_XDECREF(opened);
+    return NULL;
 }
 
 /* QuantileSketch._order: a sort key putting bucket keys in the order of their values. */
@@ -158,10 +403,7 @@ static double clamp(double p, double low, double high) {
 }
 
 static PyObject *summary_text(PyObject *self, PyObject *state) {
-    if (!configured) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() first");
-        return NULL;
-    }
+    NEED_CONFIGURED();
     if (!PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN) {
         PyErr_SetString(PyExc_TypeError, "a Summary state (list) is expected");
         return NULL;
@@ -291,7 +533,17 @@ static PyObject *hset(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(gamma, zero_key, negative_key, last_positive): the sketch's constants."},
+     "configure(gamma, inv_log_gamma, min_magnitude, zero, negative, last_positive, "
+     "max_buckets, collapse): QuantileSketch's constants."},
+    {"sketch_key", sketch_key, METH_O, "sketch_key(value) -> QuantileSketch.key."},
+    {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
+     "sketch_add(sketch, value): QuantileSketch.add."},
+    {"summary_initialize", (PyCFunction)(void (*)(void))summary_initialize, METH_FASTCALL,
+     "summary_initialize(t_us, value, tags) -> Summary.initialize."},
+    {"summary_add", (PyCFunction)(void (*)(void))summary_add, METH_FASTCALL,
+     "summary_add(state, t_us, value, tags): Summary.add."},
+    {"apply_windows", (PyCFunction)(void (*)(void))apply_windows, METH_FASTCALL,
+     "apply_windows(...): PartitionState.apply's tumbling and hopping windows."},
     {"summary_text", summary_text, METH_O, "summary_text(state) -> the aggregates' text."},
     {"hset", hset, METH_VARARGS, "hset(key, names, values) -> HSET packed in RESP."},
     {NULL, NULL, 0, NULL},
@@ -301,6 +553,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     text_cache = PyDict_New();
-    if (text_cache == NULL) return NULL;
+    one = PyLong_FromLong(1);
+    if (text_cache == NULL || one == NULL) return NULL;
     return PyModule_Create(&module);
 }

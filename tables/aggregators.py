@@ -54,26 +54,21 @@ class QuantileSketch:
     _LAST_POSITIVE = (1 << 19) - 1
     MAX_BUCKETS = 2048
 
-    @staticmethod
-    def key(value: float) -> int:
-        if value > QuantileSketch.MIN_MAGNITUDE:
-            return math.ceil(math.log(value) * QuantileSketch.INV_LOG_GAMMA)
-        if value < -QuantileSketch.MIN_MAGNITUDE:
-            return (
-                math.ceil(math.log(-value) * QuantileSketch.INV_LOG_GAMMA) + QuantileSketch.NEGATIVE
-            )
-        return QuantileSketch.ZERO
+    key = staticmethod(_speedups.sketch_key)
+    """``key(value)``: the bucket of a value (in C with :meth:`add`, see tables/_speedups.c)::
+
+        ceil(log(value) / log(GAMMA))                     value > MIN_MAGNITUDE
+        ceil(log(-value) / log(GAMMA)) + NEGATIVE         value < -MIN_MAGNITUDE
+        ZERO                                              otherwise
+    """
 
     @staticmethod
     def initialize(value: float) -> Sketch:
         return {QuantileSketch.key(value): 1}
 
-    @staticmethod
-    def add(sketch: Sketch, value: float) -> None:
-        key = QuantileSketch.key(value)
-        sketch[key] = sketch.get(key, 0) + 1
-        if len(sketch) > QuantileSketch.MAX_BUCKETS:
-            QuantileSketch._collapse(sketch)
+    add = staticmethod(_speedups.sketch_add)
+    """``add(sketch, value)``: count a value; collapses the lowest buckets beyond
+    :data:`MAX_BUCKETS` (with :meth:`_collapse`)."""
 
     @staticmethod
     def merge(into: Sketch, other: Sketch) -> None:
@@ -145,9 +140,13 @@ class QuantileSketch:
 
 _speedups.configure(
     QuantileSketch.GAMMA,
+    QuantileSketch.INV_LOG_GAMMA,
+    QuantileSketch.MIN_MAGNITUDE,
     QuantileSketch.ZERO,
     QuantileSketch.NEGATIVE,
     QuantileSketch._LAST_POSITIVE,
+    QuantileSketch.MAX_BUCKETS,
+    QuantileSketch._collapse,
 )
 
 
@@ -161,37 +160,15 @@ class Summary:
     ``p50``, ``p95`` and ``p99`` come from a :class:`QuantileSketch` (1 % relative accuracy).
     """
 
-    @staticmethod
-    def initialize(t_us: int, value: float, tags: dict[str, str] | None) -> SummaryState:
-        return [
-            1,
-            value,
-            value,
-            value,
-            t_us,
-            value,
-            t_us,
-            value,
-            tags,
-            QuantileSketch.initialize(value),
-        ]
-
-    @staticmethod
-    def add(state: SummaryState, t_us: int, value: float, tags: dict[str, str] | None) -> None:
-        state[COUNT] += 1
-        state[SUM] += value
-        if value < state[MIN]:
-            state[MIN] = value
-        if value > state[MAX]:
-            state[MAX] = value
-        if t_us < state[FIRST_T]:
-            state[FIRST_T] = t_us
-            state[FIRST_V] = value
-        if t_us >= state[LAST_T]:
-            state[LAST_T] = t_us
-            state[LAST_V] = value
-            state[LAST_TAGS] = tags
-        QuantileSketch.add(state[SKETCH], value)
+    # In C (tables/_speedups.c), as PartitionState.apply calls them for every reading and
+    # window; the state stays the plain list described above. What they compute:
+    #
+    #   initialize(t_us, value, tags) -> [1, value, value, value, t_us, value, t_us, value,
+    #                                     tags, QuantileSketch.initialize(value)]
+    #   add(state, t_us, value, tags):  count += 1; sum += value; min/max; first if t_us is
+    #       earlier than FIRST_T; last (with its tags) if t_us >= LAST_T; QuantileSketch.add
+    initialize = staticmethod(_speedups.summary_initialize)
+    add = staticmethod(_speedups.summary_add)
 
     @staticmethod
     def values(state: SummaryState) -> tuple[Any, ...]:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from models.reading import Reading
+from tables._speedups import apply_windows
 from tables.aggregators import AggregateText, Summary, SummaryState
 from tables.windows import WindowSpec
 
@@ -189,12 +190,9 @@ class PartitionState:
         self.specs = specs
         self.grace_us = grace_us
         self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
-        # (index, size, window starts of t, is_tumbling) per spec, unpacked once for the hot
-        # loop, which computes a tumbling window's start inline.
+        # (index, size, step) of the tumbling and hopping specs, for apply_windows.
         self._spec_math = tuple(
-            (i, s.size_us, s.starts_containing, s.size_us == s.step_us)
-            for i, s in enumerate(specs)
-            if s.kind != "sliding"
+            (i, s.size_us, s.step_us) for i, s in enumerate(specs) if s.kind != "sliding"
         )
         self._sliding_math = tuple(
             (i, s.size_us) for i, s in enumerate(specs) if s.kind == "sliding"
@@ -236,27 +234,15 @@ class PartitionState:
         self.next_offset = offset + 1
         device, metric, value, t, tags = reading
         watermark = self.watermark
-        windows = self.windows
-        applied = False
-        for index, size, starts_of, tumbling in self._spec_math:
-            if tumbling:
-                start = t - t % size
-                starts: Iterable[int] = (start,)
-            else:
-                starts = starts_of(t)
-            for start in starts:
-                end = start + size
-                if end <= watermark:
-                    continue  # this window has closed: the reading is late for it
-                key = (device, metric, index, start)
-                state = windows.get(key)
-                if state is None:
-                    windows[key] = Summary.initialize(t, value, tags)
-                    self._open(key, end)
-                else:
-                    Summary.add(state, t, value, tags)
-                self._changed.add(key)
-                applied = True
+        # Each window of WindowSpec.starts_containing(t) that is still open (end > W) gets
+        # the reading (Summary.initialize or Summary.add) and goes into _changed; in C.
+        opened = apply_windows(
+            self.windows, self._changed, self._spec_math, device, metric, value, t, tags, watermark
+        )
+        applied = opened is not None
+        if opened:
+            for key, end in opened:
+                self._open(key, end)
         for index, size in self._sliding_math:
             if t <= watermark - size:
                 continue

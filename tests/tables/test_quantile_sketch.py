@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,3 +67,22 @@ def test_buckets_stay_bounded() -> None:
     # The top quantiles keep their accuracy when the lowest buckets are merged.
     (p99,) = QuantileSketch.quantiles(sketch, (0.99,))
     assert p99 > 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.floats(-1e300, 1e300, allow_nan=False)
+    | st.sampled_from([0.0, -0.0, 1e-9, -1e-9, 2e-9, 1.0, 21.5])
+)
+def test_bucket_key_is_the_documented_formula(value: float) -> None:
+    magnitude = QuantileSketch.MIN_MAGNITUDE
+    if value > magnitude:
+        want = math.ceil(math.log(value) * QuantileSketch.INV_LOG_GAMMA)
+    elif value < -magnitude:
+        want = math.ceil(math.log(-value) * QuantileSketch.INV_LOG_GAMMA) + QuantileSketch.NEGATIVE
+    else:
+        want = QuantileSketch.ZERO
+    assert QuantileSketch.key(value) == want
+    sketch = QuantileSketch.initialize(value)
+    QuantileSketch.add(sketch, value)
+    assert sketch == {want: 2}
