@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.reading import Reading
+from tables.partition_state import PartitionState
 from tables.windows import WindowSpec, WindowSpecError, parse_duration_us, parse_windows
 
 S = 1_000_000
@@ -241,3 +243,12 @@ def test_parsed_specs_equal_brute_force(size_s: int, step_s: int, t: int) -> Non
         return
     spec = parse_windows(f"{size_s}s/{step_s}s")[0]
     assert list(spec.starts_containing(t)) == brute_force_starts(t, size_s * S, step_s * S)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=specs(), t=st.integers(-1_000, 1_000) | st.integers(0, 2**62))
+def test_a_reading_opens_exactly_the_windows_containing_it(spec: WindowSpec, t: int) -> None:
+    # PartitionState.apply computes the starts itself (in C): they must be these.
+    state = PartitionState((spec,), grace_us=0)
+    assert state.apply(Reading("d", "m", 1.0, t, None), 0)
+    assert sorted(start for _, _, _, start in state.windows) == list(spec.starts_containing(t))
