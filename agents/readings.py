@@ -57,13 +57,48 @@ MAX_WINDOWS_IN_FLIGHT = 200_000
 """Bounds on flushes written but not complete: memory, and how far a slow sink may lag."""
 
 
-async def _write_after(
-    previous: asyncio.Future[None] | None, sink: Sink, batch: FlushBatch
-) -> None:
-    """One sink's write of a flush, after its write of the previous flush (in order)."""
-    if previous is not None:
-        await previous
-    await sink.write(batch)
+class _SinkLane:
+    """One sink's writes, one at a time and in flush order.
+
+    Batches submitted while a write is under way wait; the next write takes all of them as
+    one merged batch (:meth:`FlushBatch.merge`), so a sink that fell behind catches up with
+    fewer, larger writes (Redis then writes each key once, with its newest value).
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._waiting: list[tuple[FlushBatch, asyncio.Future[None]]] = []
+        self._task: asyncio.Future[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and (self._task is None or self._task.done())
+
+    def submit(self, batch: FlushBatch) -> asyncio.Future[None]:
+        """Queue a batch; the future is done once the sink has written it durably."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((batch, written))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._write_waiting())
+        return written
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            taken, self._waiting = self._waiting, []
+            batches = [batch for batch, _ in taken]
+            try:
+                await self.sink.write(
+                    batches[0] if len(batches) == 1 else FlushBatch.merge(batches)
+                )
+            except Exception as exc:  # a bug in a sink: every flush waiting on it fails
+                for _, written in taken + self._waiting:
+                    if not written.done():
+                        written.set_exception(exc)
+                self._waiting = []
+                return
+            for _, written in taken:
+                if not written.done():
+                    written.set_result(None)
 
 
 class ReadingsProcessor(Service):
@@ -86,7 +121,7 @@ class ReadingsProcessor(Service):
         closed-window counts."""
         self._windows_in_flight = 0
         self._flush_tail: asyncio.Future[None] | None = None
-        self._sink_tails: dict[int, asyncio.Future[None]] = {}
+        self._lanes: dict[int, _SinkLane] = {}
         self.ready = asyncio.Event()
         """Set once the first assignment has been recovered (for tests and health checks)."""
         self.flushes = 0
@@ -173,7 +208,7 @@ class ReadingsProcessor(Service):
                     async with self._lock:
                         await self._start_flush(max_closed=None)
                 continue
-            idle = all(tail.done() for tail in self._sink_tails.values())
+            idle = all(lane.idle for lane in self._lanes.values())
             # At least every interval; sooner (up to 5x) while the sinks have written the
             # previous flushes, which keeps the delay from a reading to Redis low when the
             # load allows it.
@@ -239,13 +274,14 @@ class ReadingsProcessor(Service):
     # the deltas) and then written in the background while the loop goes on processing the
     # next records: the sinks' servers and the broker work on the other core meanwhile.
     #
-    # Each sink writes its batches one at a time, in flush order, on its own chain of tasks,
-    # so a slow sink (InfluxDB indexing new series, a 429) does not hold back the others:
-    # Redis stays fresh while InfluxDB catches up. A flush's changelog deltas are written
-    # once every sink has its outputs, and after the previous flush's deltas, so the state
-    # never runs ahead of any output. At most MAX_FLUSHES_IN_FLIGHT flushes (and
-    # MAX_WINDOWS_IN_FLIGHT closed windows) wait; beyond that processing waits for the
-    # oldest, which is how a stalled sink holds back consumption (backpressure, not loss).
+    # Each sink writes its batches one at a time, in flush order, on its own lane, so a slow
+    # sink (InfluxDB indexing new series, a 429) does not hold back the others: Redis stays
+    # fresh while InfluxDB catches up, and a lane that fell behind merges what waits. A
+    # flush's changelog deltas are written once every sink has its outputs, and after the
+    # previous flush's deltas, so the state never runs ahead of any output. At most
+    # MAX_FLUSHES_IN_FLIGHT flushes (and MAX_WINDOWS_IN_FLIGHT closed windows) wait; beyond
+    # that processing waits for the oldest, which is how a stalled sink holds back
+    # consumption (backpressure, not loss).
 
     async def flush(self) -> None:
         """Flush now (outputs, changelog, offsets); returns when all are durable."""
@@ -282,10 +318,10 @@ class ReadingsProcessor(Service):
         written: list[asyncio.Future[None]] = []
         if not batch.empty:
             for index, sink in enumerate(self.sinks):
-                previous = self._sink_tails.get(index)
-                tail = asyncio.ensure_future(_write_after(previous, sink, batch))
-                self._sink_tails[index] = tail
-                written.append(tail)
+                lane = self._lanes.get(index)
+                if lane is None or lane.sink is not sink:
+                    lane = self._lanes[index] = _SinkLane(sink)
+                written.append(lane.submit(batch))
         finished = asyncio.ensure_future(self._complete_flush(self._flush_tail, written, deltas))
         self._flush_tail = finished
         self._in_flight.append((finished, len(batch.closed)))

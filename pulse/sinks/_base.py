@@ -27,6 +27,22 @@ class FlushBatch:
     dead_letters: Sequence[DeadLetter] = field(default_factory=tuple)
     sliding: Sequence[OpenView] = ()
 
+    @classmethod
+    def merge(cls, batches: Sequence[FlushBatch]) -> FlushBatch:
+        """Consecutive batches as one, in order (a sink that fell behind writes them so).
+
+        Closed windows and dead letters are all kept; for the live state (open views,
+        latest values, sliding views) a later entry for the same key supersedes an earlier
+        one, which a sink writing by key resolves by writing the last (see RedisSink).
+        """
+        return cls(
+            [window for batch in batches for window in batch.closed],
+            [view for batch in batches for view in batch.open_views],
+            [latest for batch in batches for latest in batch.latest],
+            [letter for batch in batches for letter in batch.dead_letters],
+            [view for batch in batches for view in batch.sliding],
+        )
+
     @property
     def empty(self) -> bool:
         return not (
@@ -46,7 +62,9 @@ class Sink(abc.ABC):
     * ``write`` is idempotent: after a crash the same windows are flushed again with identical
       content, and the target must end up as if they were written once (overwrite by key, or
       identical repeats).
-    * Batches arrive one at a time, in order; a sink needs no locking of its own.
+    * Batches arrive one at a time, in order; a sink needs no locking of its own. A sink that
+      fell behind gets the batches that waited as one (:meth:`FlushBatch.merge`): entries for
+      the same key may then repeat, and the last one is the newest.
     """
 
     name: str = "sink"

@@ -98,8 +98,11 @@ class RedisSink(Sink):
         keys, ttl = self.keys, self.ttl
         out: list[bytes] = []
 
+        # A merged batch (a lane that fell behind) may name a key more than once: the last
+        # entry is the newest, and each key is written once.
+        newest_latest = {(latest.device, latest.metric): latest for latest in batch.latest}
         devices: dict[str, list[Any]] = {}
-        for latest in batch.latest:
+        for latest in newest_latest.values():
             fields = devices.setdefault(latest.device, [])
             fields += (latest.metric, latest.value, f"{latest.metric}:ts", seconds(latest.t_us))
         for device, fields in devices.items():
@@ -109,7 +112,8 @@ class RedisSink(Sink):
 
         ttl_set = self._open_ttl_set
         now = time.monotonic()
-        for view in batch.open_views:
+        open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
+        for view in open_views.values():
             key = keys.open(view.window, view.device, view.metric)
             if view.state is None:
                 out.append(pack("DEL", key))
@@ -121,7 +125,7 @@ class RedisSink(Sink):
                     out.append(pack("EXPIRE", key, ttl))
                     ttl_set[key] = (view.start_us, now)
 
-        for view in batch.sliding:
+        for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():
             assert view.state is not None
             key = keys.sliding(view.window, view.device, view.metric)
             out.append(pack("DEL", key))  # a shorter window must not keep stale fields

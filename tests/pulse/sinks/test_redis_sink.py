@@ -13,7 +13,10 @@ from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
 from pulse.stack import start_redis
-from tables.partition_state import Latest
+from tables.aggregators import Summary
+from tables.partition_state import Latest, OpenView
+
+S = 1_000_000
 
 
 def test_pipeline_writes_every_command_and_values_round_trip(
@@ -116,3 +119,34 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
             restarted.stop()
 
     asyncio.run(run())
+
+
+def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
+    redis_url: str, topic_prefix: str
+) -> None:
+    def view(value: float, start_us: int) -> OpenView:
+        state = Summary.initialize(start_us, value, None)
+        return OpenView("dev-1", "temp", "10s", start_us, start_us + 10 * S, state)
+
+    older = FlushBatch(open_views=[view(1.0, 0)], latest=[Latest("dev-1", "temp", 1 * S, 1.0)])
+    newer = FlushBatch(
+        open_views=[view(2.0, 10 * S)], latest=[Latest("dev-1", "temp", 12 * S, 2.0)]
+    )
+    sink = RedisSink(redis_url, topic_prefix, 60)
+    merged = FlushBatch.merge([older, newer])
+    commands = sink._commands(merged)
+    hsets = [c for c in commands if c.startswith(b"*") and b"HSET" in c[:20]]
+    assert len(hsets) == 2  # one per key: the device hash and the open window
+
+    async def run() -> None:
+        await sink.start()
+        try:
+            await sink.write(merged)
+        finally:
+            await sink.stop()
+
+    asyncio.run(run())
+    client = redis.Redis.from_url(redis_url)
+    assert client.hgetall(f"{topic_prefix}:device:dev-1") == {b"temp": b"2.0", b"temp:ts": b"12"}
+    opened = client.hgetall(f"{topic_prefix}:open:10s:dev-1:temp")
+    assert (opened[b"count"], opened[b"sum"], opened[b"start"]) == (b"1", b"2.0", b"10")
