@@ -19,14 +19,9 @@ from tables.partition_state import ClosedWindow
 US_PER_SECOND = 1_000_000
 
 
-def seconds(t_us: int) -> int | float:
-    """Epoch microseconds as epoch seconds: an int when whole, else the nearest float."""
-    whole, rest = divmod(t_us, US_PER_SECOND)
-    return whole if rest == 0 else t_us / US_PER_SECOND
-
-
 def seconds_text(t_us: int) -> str:
-    """:func:`seconds` as text (an integer when whole, else the float's shortest repr)."""
+    """Epoch microseconds as epoch seconds in text: an integer when whole, else the shortest
+    repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)."""
     # Memoised: window bounds repeat (every series' windows share them) and every window
     # output writes two.
     text = _SECONDS_TEXT.get(t_us)

@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from models.outputs import seconds, seconds_text
+from models.outputs import seconds_text
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._retry import retry_forever
@@ -104,7 +104,12 @@ class RedisSink(Sink):
         devices: dict[str, list[Any]] = {}
         for latest in newest_latest.values():
             fields = devices.setdefault(latest.device, [])
-            fields += (latest.metric, latest.value, f"{latest.metric}:ts", seconds(latest.t_us))
+            fields += (
+                latest.metric,
+                latest.value,
+                f"{latest.metric}:ts",
+                seconds_text(latest.t_us),
+            )
         for device, fields in devices.items():
             key = keys.device(device)
             out.append(pack("HSET", key, *fields))

@@ -7,7 +7,7 @@ import base64
 import orjson
 import pytest
 
-from models.outputs import DeadLetter, closed_window_json, seconds, seconds_text
+from models.outputs import DeadLetter, closed_window_json, seconds_text
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
@@ -27,11 +27,11 @@ S = 1_000_000
         (-500_000, -0.5),
     ],
 )
-def test_seconds(t_us: int, expected: float) -> None:
-    value = seconds(t_us)
-    assert value == expected
-    assert type(value) is type(expected)
-    assert seconds_text(t_us) == repr(expected)
+def test_seconds_text(t_us: int, expected: float) -> None:
+    text = seconds_text(t_us)
+    assert text == repr(expected)
+    assert seconds_text(t_us) == text  # memoised
+    assert float(text) == t_us / 1_000_000
 
 
 def closed_window_document(window: ClosedWindow) -> dict:
