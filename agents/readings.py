@@ -9,9 +9,10 @@ waits), under one lock with processing:
 
 1. drain each partition's state: closed windows, changed views and latest values, and the
    changelog delta (serialised at once); the loop goes on processing while 2-4 run;
-2. write the outputs to every sink (aggregates + dead letters to Kafka, Redis, InfluxDB) and
-   wait until they are durable;
-3. write the deltas to the changelog and wait for the acks;
+2. write the outputs to every sink (aggregates + dead letters to Kafka, Redis, InfluxDB),
+   each sink on its own lane in flush order, and wait until every sink has them durably;
+3. after the previous flush's deltas, write this flush's deltas to the changelog and wait
+   for the acks;
 4. commit the input offsets (for lag monitoring; recovery uses the offsets in the changelog).
 
 A crash between 2 and 3 makes the next owner process the same records again from the last
@@ -42,7 +43,7 @@ from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
 from pulse.sinks.redis import RedisSink
 from pulse.topics import ensure_topics
-from tables.partition_state import ClosedWindow, Latest, OpenView, PartitionState
+from tables.partition_state import Drained, PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -332,23 +333,17 @@ class ReadingsProcessor(Service):
     ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
         assert self.writer is not None
         self._last_flush = time.monotonic()
-        closed: list[ClosedWindow] = []
-        views: list[OpenView] = []
-        latest: list[Latest] = []
-        sliding: list[OpenView] = []
+        drains: list[Drained] = []
         deltas: list[EncodedDelta] = []
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
             drained = state.drain(self.writer.snapshot_due(partition), max_closed)
-            closed += drained.closed
-            views += drained.open_views
-            latest += drained.latest
-            sliding += drained.sliding_views
+            drains.append(drained)
             delta = drained.delta
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
                 deltas.append(self.writer.encode(partition, delta))
-        batch = FlushBatch(closed, views, latest, self._dead_letters, sliding)
+        batch = FlushBatch.of(drains, self._dead_letters)
         self._dead_letters = []
         if batch.empty and not deltas:
             return None

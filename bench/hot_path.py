@@ -69,13 +69,7 @@ def main() -> None:
         t0 = clock()
         drained = [state.drain() for state in states.values()]
         t1 = clock()
-        batch = FlushBatch(
-            [w for d in drained for w in d.closed],
-            [v for d in drained for v in d.open_views],
-            [x for d in drained for x in d.latest],
-            [],
-            [v for d in drained for v in d.sliding_views],
-        )
+        batch = FlushBatch.of(drained, [])
         aggregate_records(batch.closed)
         t2 = clock()
         packed = redis._commands(batch)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from models.outputs import DeadLetter
-from tables.partition_state import ClosedWindow, Latest, OpenView
+from tables.partition_state import ClosedWindow, Drained, Latest, OpenView
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,17 @@ class FlushBatch:
     latest: Sequence[Latest] = ()
     dead_letters: Sequence[DeadLetter] = field(default_factory=tuple)
     sliding: Sequence[OpenView] = ()
+
+    @classmethod
+    def of(cls, drains: Sequence[Drained], dead_letters: Sequence[DeadLetter]) -> FlushBatch:
+        """One flush's outputs from the drains of its partitions and its rejected records."""
+        return cls(
+            [window for drained in drains for window in drained.closed],
+            [view for drained in drains for view in drained.open_views],
+            [latest for drained in drains for latest in drained.latest],
+            dead_letters,
+            [view for drained in drains for view in drained.sliding_views],
+        )
 
     @classmethod
     def merge(cls, batches: Sequence[FlushBatch]) -> FlushBatch:
