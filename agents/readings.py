@@ -164,6 +164,12 @@ class ReadingsProcessor(Service):
             rebalance_timeout_ms=max(session_ms, 10_000),
             max_poll_interval_ms=300_000,
             fetch_max_bytes=64 << 20,
+            # A fetch that finds no new record waits up to this long for one. The local
+            # broker answers such a fetch only when the wait ends, even if records arrive
+            # meanwhile: with the default 500 ms, records waited ~0.4 s before the worker saw
+            # them (measured). A fifth of the flush interval keeps that wait within the
+            # freshness a flush promises; idle fetches cost little.
+            fetch_max_wait_ms=max(int(s.flush_interval * 200), 10),
             max_partition_fetch_bytes=8 << 20,
         )
         self.consumer.subscribe([s.topic_readings], listener=_Rebalance(self))

@@ -50,6 +50,8 @@ class LatencyResult:
     p90_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    worst_by_second: list[float | None]
+    """The largest delay of the probes produced in each second of the run, in ms."""
     note: str = ""
 
 
@@ -168,9 +170,12 @@ async def produce_and_poll(
         poller.cancel()
         await producer.stop()
         await client.aclose()
-    delays = sorted(
-        (seen_at[n] - produced_at[n]) * 1000 for n in seen_at if n in produced_at
-    )  # fmt: skip
+    delay_of = {n: (seen_at[n] - produced_at[n]) * 1000 for n in seen_at if n in produced_at}
+    delays = sorted(delay_of.values())
+    worst: list[float | None] = [None] * (int(elapsed) + 1)
+    for n, delay in delay_of.items():
+        second = min(int(produced_at[n] - started), len(worst) - 1)
+        worst[second] = max(delay, worst[second] or 0.0)
     return LatencyResult(
         rate=rate,
         seconds=round(elapsed, 2),
@@ -182,6 +187,7 @@ async def produce_and_poll(
         p90_ms=_round(percentile(delays, 0.90)),
         p99_ms=_round(percentile(delays, 0.99)),
         max_ms=_round(delays[-1] if delays else None),
+        worst_by_second=[_round(delay) for delay in worst],
     )
 
 

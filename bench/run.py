@@ -224,6 +224,8 @@ def format_extras(latency: LatencyResult | None, memory: list[dict[str, Any]]) -
             f"p50 {latency.p50_ms} ms, p90 {latency.p90_ms} ms, p99 {latency.p99_ms} ms, "
             f"max {latency.max_ms} ms"
         )
+        worst = ", ".join("-" if ms is None else f"{ms:.0f}" for ms in latency.worst_by_second)
+        lines.append(f"latency: worst delay (ms) of the probes of each second: {worst}")
     for row in memory:
         lines.append(
             f"memory: {row['mib_per_100k_keys']:.1f} MiB RSS per 100,000 open keys "

@@ -7,6 +7,7 @@ with a message naming it.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import faust
@@ -46,10 +47,32 @@ def create_app(settings: Settings | None = None) -> faust.App:
     return app
 
 
+GC_THRESHOLDS = (20_000, 20, 100)
+"""The worker's cyclic-GC thresholds (Python's defaults: 700, 10, 10); see tune_gc."""
+
+
+def tune_gc() -> None:
+    """Set the worker process's cyclic garbage collector for a large, long-lived state.
+
+    The window state (lists and dicts, millions of objects) is acyclic and freed by reference
+    counting, but every full collection walks all of it, and each flush's outputs live long
+    enough to be promoted, which triggers full collections often. Measured on the latency
+    run (10,000 readings/s, 30 s): with Python's defaults, 38 full collections took 4.4 s
+    (up to 284 ms each, the loop stalled meanwhile) and young ones 1.7 s more; with these
+    thresholds and the start-up objects frozen, 0.6 s in all. Cycles (asyncio tasks and
+    exceptions) are still collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()  # what start-up built lives as long as the process: never scan it again
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def __getattr__(name: str) -> faust.App:
     # ``pulse.app:app`` is built on first use, not at import, so tests can import this module.
+    # It is the worker's app (``pulse worker``, ``faust -A pulse.app:app worker``).
     if name == "app":
         built = create_app()
+        tune_gc()
         globals()["app"] = built
         return built
     raise AttributeError(name)
