@@ -23,6 +23,7 @@ from collections import defaultdict
 
 from bench.dataset import DatasetSpec, generate, partition_for
 from models.reading import Rejected, parse_reading
+from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import line_protocol
@@ -60,6 +61,7 @@ def main() -> None:
         records.append((key, value, ts_ms, len(records)))
     specs = parse_windows(args.windows)
     states = {p: PartitionState(specs, 5_000_000) for p in by_partition}
+    tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
     times: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)

@@ -99,3 +99,13 @@ def test_a_failed_write_is_raised_to_the_processor() -> None:
             await processor._settle(0)
 
     asyncio.run(run())
+
+
+def test_closes_are_spread_only_while_readings_arrive() -> None:
+    processor = ReadingsProcessor(Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.25"}))
+    processor._last_records_at = 100.0  # a fetch returned records then
+    assert processor.close_limit(100.0) == readings.MAX_CLOSED_PER_DRAIN == 500
+    assert processor.close_limit(100.24) == 500
+    # No record for a whole flush interval: the windows waiting to close close at once.
+    assert processor.close_limit(100.25) is None
+    assert processor.close_limit(160.0) is None
