@@ -5,8 +5,9 @@
  * sketch_key / sketch_add    QuantileSketch.key / QuantileSketch.add
  * summary_text(state)        the text of a window's aggregates (Summary.text)
  * hset(key, names, values)   "HSET key name value ..." packed in RESP, from str arguments
+ * open_view_commands(...)    RedisSink's commands for open views (HSET, EXPIRE, DEL)
  *
- * Both compute exactly what the Python definitions compute: the same float operations in the
+ * They compute exactly what the Python definitions compute: the same float operations in the
  * same order (C doubles are Python floats), floats written by PyOS_double_to_string(..., 'r')
  * (which is float.__repr__), and the quantile buckets of tables.aggregators.QuantileSketch,
  * whose constants are handed over by configure() so they are defined once, in Python.
@@ -483,42 +484,10 @@ static char *put_bulk(char *at, const char *text, Py_ssize_t size) {
     return at;
 }
 
-static PyObject *hset(PyObject *self, PyObject *args) {
-    PyObject *key, *names, *values;
-    if (!PyArg_ParseTuple(args, "UO!O!", &key, &PyTuple_Type, &names, &PyTuple_Type, &values))
-        return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(names);
-    if (PyTuple_GET_SIZE(values) != n) {
-        PyErr_SetString(PyExc_ValueError, "names and values differ in length");
-        return NULL;
-    }
-    Py_ssize_t argc = 2 + 2 * n;
-    PyObject *items[2 + 2 * 64];
-    if (n > 64) {
-        PyErr_SetString(PyExc_ValueError, "at most 64 fields");
-        return NULL;
-    }
-    items[1] = key;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        items[2 + 2 * i] = PyTuple_GET_ITEM(names, i);
-        items[3 + 2 * i] = PyTuple_GET_ITEM(values, i);
-    }
-    const char *texts[2 + 2 * 64];
-    Py_ssize_t sizes[2 + 2 * 64];
-    texts[0] = "HSET";
-    sizes[0] = 4;
-    Py_ssize_t total = 32;  /* "*<argc>\r\n" */
-    for (Py_ssize_t i = 0; i < argc; i++) {
-        if (i > 0) {
-            if (!PyUnicode_Check(items[i])) {
-                PyErr_SetString(PyExc_TypeError, "hset takes str arguments");
-                return NULL;
-            }
-            texts[i] = PyUnicode_AsUTF8AndSize(items[i], &sizes[i]);
-            if (texts[i] == NULL) return NULL;
-        }
-        total += sizes[i] + 24;  /* "$<len>\r\n" + "\r\n" */
-    }
+/* A command of argc bulk strings packed in RESP. */
+static PyObject *pack_texts(Py_ssize_t argc, const char *const *texts, const Py_ssize_t *sizes) {
+    Py_ssize_t total = 32; /* "*<argc>\r\n" */
+    for (Py_ssize_t i = 0; i < argc; i++) total += sizes[i] + 24; /* "$<len>\r\n" + "\r\n" */
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL) return NULL;
     char *start = PyBytes_AS_STRING(out), *at = start;
@@ -529,6 +498,186 @@ static PyObject *hset(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < argc; i++) at = put_bulk(at, texts[i], sizes[i]);
     if (_PyBytes_Resize(&out, at - start) < 0) return NULL;
     return out;
+}
+
+#define MAX_FIELDS 64
+
+/* "HSET key name value ..." from UTF-8 key and str names and values; NULL with an exception. */
+static PyObject *pack_hset(const char *key, Py_ssize_t key_size, PyObject *names,
+                           PyObject *const *values, Py_ssize_t n) {
+    if (n > MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "at most 64 fields");
+        return NULL;
+    }
+    const char *texts[2 + 2 * MAX_FIELDS];
+    Py_ssize_t sizes[2 + 2 * MAX_FIELDS];
+    texts[0] = "HSET";
+    sizes[0] = 4;
+    texts[1] = key;
+    sizes[1] = key_size;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i), *value = values[i];
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "hset takes str arguments");
+            return NULL;
+        }
+        texts[2 + 2 * i] = PyUnicode_AsUTF8AndSize(name, &sizes[2 + 2 * i]);
+        texts[3 + 2 * i] = PyUnicode_AsUTF8AndSize(value, &sizes[3 + 2 * i]);
+        if (texts[2 + 2 * i] == NULL || texts[3 + 2 * i] == NULL) return NULL;
+    }
+    return pack_texts(2 + 2 * n, texts, sizes);
+}
+
+static PyObject *hset(PyObject *self, PyObject *args) {
+    PyObject *key, *names, *values;
+    if (!PyArg_ParseTuple(args, "UO!O!", &key, &PyTuple_Type, &names, &PyTuple_Type, &values))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "names and values differ in length");
+        return NULL;
+    }
+    Py_ssize_t key_size;
+    const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
+    if (key_text == NULL) return NULL;
+    return pack_hset(key_text, key_size, names, &PyTuple_GET_ITEM(values, 0), n);
+}
+
+/* OpenView's fields (tables/partition_state.py). */
+enum { VIEW_DEVICE = 0, VIEW_METRIC, VIEW_WINDOW, VIEW_START, VIEW_END, VIEW_STATE, VIEW_TEXT,
+       VIEW_LEN };
+
+/* Appends a str's UTF-8 to buf (of room bytes); the new end, or NULL when it does not fit. */
+static char *put_str(char *at, char *end, PyObject *text) {
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
+    if (utf8 == NULL || at + size > end) return NULL;
+    memcpy(at, utf8, (size_t)size);
+    return at + size;
+}
+
+/* The RedisSink's commands for open views; see open_view_commands in tables/_speedups.pyi. */
+static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 7 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyTuple_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, "
+                        "ttl: int, fields: tuple, seconds_text)");
+        return NULL;
+    }
+    PyObject *views = args[0], *prefix = args[1], *ttl_set = args[2], *fields = args[5];
+    PyObject *seconds_text = args[6];
+    double now = PyFloat_AsDouble(args[3]);
+    long long ttl = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n_fields = PyTuple_GET_SIZE(fields);
+    if (n_fields != 12) {
+        PyErr_SetString(PyExc_ValueError, "fields: the 10 aggregates, start and end");
+        return NULL;
+    }
+    char ttl_text[24];
+    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    PyObject *out = PyList_New(0);
+    PyObject *iterator = PyObject_GetIter(views);
+    if (out == NULL || iterator == NULL) goto fail;
+    PyObject *view;
+    while ((view = PyIter_Next(iterator)) != NULL) {
+        PyObject *key = NULL, *text = NULL, *start_text = NULL, *end_text = NULL;
+        PyObject *command = NULL;
+        int failed = 1;
+        if (!PyTuple_Check(view) || PyTuple_GET_SIZE(view) < VIEW_LEN) {
+            PyErr_SetString(PyExc_TypeError, "an OpenView is expected");
+            goto view_done;
+        }
+        char buffer[1024], *at = buffer, *end = buffer + sizeof buffer;
+        if ((at = put_str(at, end, prefix)) == NULL ||
+            (at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_WINDOW))) == NULL || at >= end)
+            goto too_long;
+        *at++ = ':';
+        if ((at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_DEVICE))) == NULL || at >= end)
+            goto too_long;
+        *at++ = ':';
+        if ((at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_METRIC))) == NULL) goto too_long;
+        Py_ssize_t key_size = at - buffer;
+        key = PyUnicode_DecodeUTF8(buffer, key_size, NULL);
+        if (key == NULL) goto view_done;
+        PyObject *state = PyTuple_GET_ITEM(view, VIEW_STATE);
+        PyObject *start = PyTuple_GET_ITEM(view, VIEW_START);
+        if (state == Py_None) {
+            /* DEL key: the series has no open window any more. */
+            const char *texts[2] = {"DEL", buffer};
+            Py_ssize_t sizes[2] = {3, key_size};
+            command = pack_texts(2, texts, sizes);
+            if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+            if (PyDict_DelItem(ttl_set, key) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto view_done;
+                PyErr_Clear();
+            }
+            failed = 0;
+            goto view_done;
+        }
+        text = PyTuple_GET_ITEM(view, VIEW_TEXT);
+        if (text == Py_None) text = summary_text(NULL, state); /* not drained: format now */
+        else Py_INCREF(text);
+        if (text == NULL) goto view_done;
+        if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
+            PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
+            goto view_done;
+        }
+        start_text = PyObject_CallOneArg(seconds_text, start);
+        end_text = start_text ? PyObject_CallOneArg(seconds_text, PyTuple_GET_ITEM(view, VIEW_END))
+                              : NULL;
+        if (end_text == NULL) goto view_done;
+        PyObject *values[12];
+        for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
+        values[10] = start_text;
+        values[11] = end_text;
+        command = pack_hset(buffer, key_size, fields, values, 12);
+        if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+        Py_CLEAR(command);
+        /* EXPIRE only when a new window starts at the key, or half a TTL after the last. */
+        PyObject *known = PyDict_GetItemWithError(ttl_set, key);
+        if (known == NULL && PyErr_Occurred()) goto view_done;
+        int refresh = 1;
+        if (known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2) {
+            int same_start = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, 0), start, Py_EQ);
+            if (same_start < 0) goto view_done;
+            double set_at = PyFloat_AsDouble(PyTuple_GET_ITEM(known, 1));
+            if (set_at == -1.0 && PyErr_Occurred()) goto view_done;
+            refresh = !same_start || now - set_at > (double)ttl / 2;
+        }
+        if (refresh) {
+            const char *texts[3] = {"EXPIRE", buffer, ttl_text};
+            Py_ssize_t sizes[3] = {6, key_size, ttl_size};
+            command = pack_texts(3, texts, sizes);
+            if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+            PyObject *entry = Py_BuildValue("(Od)", start, now);
+            if (entry == NULL) goto view_done;
+            int stored = PyDict_SetItem(ttl_set, key, entry);
+            Py_DECREF(entry);
+            if (stored < 0) goto view_done;
+        }
+        failed = 0;
+        goto view_done;
+    too_long:
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "key longer than 1023 bytes");
+    view_done:
+        Py_XDECREF(command);
+        Py_XDECREF(start_text);
+        Py_XDECREF(end_text);
+        Py_XDECREF(text);
+        Py_XDECREF(key);
+        Py_DECREF(view);
+        if (failed) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_DECREF(iterator);
+    return out;
+fail:
+    Py_XDECREF(iterator);
+    Py_XDECREF(out);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -546,6 +695,9 @@ static PyMethodDef methods[] = {
      "apply_windows(...): PartitionState.apply's tumbling and hopping windows."},
     {"summary_text", summary_text, METH_O, "summary_text(state) -> the aggregates' text."},
     {"hset", hset, METH_VARARGS, "hset(key, names, values) -> HSET packed in RESP."},
+    {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
+     "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields, seconds_text) -> "
+     "RedisSink's commands for open views."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 def configure(
@@ -28,3 +28,12 @@ def apply_windows(
 ) -> list[tuple[Any, int]] | None: ...
 def summary_text(state: list[Any]) -> tuple[str, ...]: ...
 def hset(key: str, names: tuple[str, ...], values: tuple[str, ...]) -> bytes: ...
+def open_view_commands(
+    views: Iterable[tuple[Any, ...]],
+    key_prefix: str,
+    ttl_set: dict[str, tuple[int, float]],
+    now: float,
+    ttl: int,
+    fields: tuple[str, ...],
+    seconds_text: Callable[[int], str],
+) -> list[bytes]: ...

@@ -41,8 +41,12 @@ class RedisKeys:
     def device(self, device: str) -> str:
         return f"{self.prefix}:device:{device}"
 
+    @property
+    def open_prefix(self) -> str:
+        return f"{self.prefix}:open:"
+
     def open(self, window: str, device: str, metric: str) -> str:
-        return f"{self.prefix}:open:{window}:{device}:{metric}"
+        return f"{self.open_prefix}{window}:{device}:{metric}"
 
     def closed(self, window: str, device: str, metric: str) -> str:
         return f"{self.prefix}:closed:{window}:{device}:{metric}"
@@ -115,20 +119,22 @@ class RedisSink(Sink):
             out.append(pack("HSET", key, *fields))
             out.append(pack("EXPIRE", key, ttl))
 
-        ttl_set = self._open_ttl_set
-        now = time.monotonic()
+        # Per open view (in C: a view per series per flush, the sink's most frequent case):
+        #   key = keys.open(window, device, metric)
+        #   no open window:  DEL key, and forget the key's TTL
+        #   otherwise:       window_hset(key, ...), then EXPIRE key ttl if no TTL was set
+        #                    for this window start, or more than ttl / 2 ago; remember when
+        # tests/pulse/sinks/test_redis_sink.py holds it to that definition.
         open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
-        for view in open_views.values():
-            key = keys.open(view.window, view.device, view.metric)
-            if view.state is None:
-                out.append(pack("DEL", key))
-                ttl_set.pop(key, None)
-            else:
-                out.append(window_hset(key, view.aggregate_text(), view.start_us, view.end_us))
-                known = ttl_set.get(key)
-                if known is None or known[0] != view.start_us or now - known[1] > ttl / 2:
-                    out.append(pack("EXPIRE", key, ttl))
-                    ttl_set[key] = (view.start_us, now)
+        out += _speedups.open_view_commands(
+            open_views.values(),
+            keys.open_prefix,
+            self._open_ttl_set,
+            time.monotonic(),
+            ttl,
+            WINDOW_FIELDS,
+            seconds_text,
+        )
 
         for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():
             assert view.state is not None

@@ -9,10 +9,12 @@ import hiredis
 import pytest
 import redis
 
+from models.outputs import seconds_text
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
 from pulse.stack import start_redis
+from tables import _speedups
 from tables.aggregators import Summary
 from tables.partition_state import Latest, OpenView
 
@@ -49,6 +51,61 @@ def test_window_hset_packs_like_hiredis() -> None:
         assert window_hset(key, text, 1_000, 10_000_000) == hiredis.pack_command(
             ("HSET", key, *fields)
         )
+
+
+def open_view_commands_reference(sink: RedisSink, views: list[OpenView], now: float) -> list[bytes]:
+    """RedisSink's open-view commands as the sink documents them (the C is held to this)."""
+    out: list[bytes] = []
+    ttl_set, ttl = sink._open_ttl_set, sink.ttl
+    for view in views:
+        key = sink.keys.open(view.window, view.device, view.metric)
+        if view.state is None:
+            out.append(pack("DEL", key))
+            ttl_set.pop(key, None)
+        else:
+            out.append(window_hset(key, view.aggregate_text(), view.start_us, view.end_us))
+            known = ttl_set.get(key)
+            if known is None or known[0] != view.start_us or now - known[1] > ttl / 2:
+                out.append(pack("EXPIRE", key, ttl))
+                ttl_set[key] = (view.start_us, now)
+    return out
+
+
+def test_open_view_commands_are_the_documented_ones() -> None:
+    state = Summary.initialize(1_000_000, 21.5, None)
+    Summary.add(state, 2_500_000, -3.25, {"room": "a b"})
+    single = Summary.initialize(4_000_000, 7.0, None)
+
+    def view(device: str, start: int, state: list | None, drained: bool = True) -> OpenView:
+        if state is None:
+            return OpenView(device, "temperature", "10s", 0, 0, None)
+        text = Summary.text(state) if drained else None
+        return OpenView(device, "temperature", "10s", start, start + 10_000_000, state, text)
+
+    rounds = [
+        # first writes: every key gets its TTL; a view not drained is formatted on the spot
+        (100.0, [view("dev-1", 0, state), view("dév-2", 1_500_000, single, drained=False)]),
+        # same windows soon after: no EXPIRE; a series without open window: DEL
+        (101.0, [view("dev-1", 0, single), view("dév-2", 0, None)]),
+        # a new window at dev-1, and dév-2 again (its TTL was forgotten with the DEL)
+        (102.0, [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)]),
+        # more than half a TTL (60 s) later: EXPIRE again for the same window
+        (132.5, [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)]),
+    ]
+    fast = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    slow = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    expected_counts = [4, 2, 4, 4]
+    for (now, views), count in zip(rounds, expected_counts, strict=True):
+        made = _speedups.open_view_commands(
+            views, fast.keys.open_prefix, fast._open_ttl_set, now, 60, WINDOW_FIELDS, seconds_text
+        )
+        assert made == open_view_commands_reference(slow, views, now)
+        assert len(made) == count
+        assert fast._open_ttl_set == slow._open_ttl_set
+    assert fast._open_ttl_set == {
+        "pülse:open:10s:dev-1:temperature": (10_000_000, 132.5),
+        "pülse:open:10s:dév-2:temperature": (1_500_000, 132.5),
+    }
 
 
 def test_an_error_reply_is_raised_after_all_replies_are_read(
