@@ -139,7 +139,8 @@ VARIABLES: tuple[Variable, ...] = (
         "PULSE_FLUSH_INTERVAL",
         "0.25",
         "Longest time between flushes of state to Redis, InfluxDB, the output topics and the "
-        "changelog; flushes come up to five times as often while the previous one is done.",
+        "changelog; flushes come up to five times as often while the previous one is done. "
+        "A fetch that finds no new record waits at most a fifth of it.",
         _number(0.001),
     ),
     Variable(
