@@ -547,7 +547,7 @@ static PyObject *hset(PyObject *self, PyObject *args) {
 enum { VIEW_DEVICE = 0, VIEW_METRIC, VIEW_WINDOW, VIEW_START, VIEW_END, VIEW_STATE, VIEW_TEXT,
        VIEW_LEN };
 
-/* Appends a str's UTF-8 to buf (of room bytes); the new end, or NULL when it does not fit. */
+/* Appends a str's UTF-8 at "at" (room up to "end"); the new end, or NULL if it does not fit. */
 static char *put_str(char *at, char *end, PyObject *text) {
     Py_ssize_t size;
     const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
