@@ -48,13 +48,6 @@ from tables.partition_state import Drained, PartitionState
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 20_000
-MAX_CLOSED_PER_DRAIN = 500
-"""Windows a partition closes per flush while readings arrive (and no backlog waits): the
-epoch-aligned windows of every series end together, and closing them all in one flush held
-up the fresh values (latest readings, open windows) of that flush by up to a second; the
-rest close in the next flushes, a few tens of milliseconds later. With no reading arriving
-there is nothing to keep fresh, and windows waiting to close all close in the next flush
-(see ReadingsProcessor.close_limit)."""
 MAX_FLUSHES_IN_FLIGHT = 64
 MAX_WINDOWS_IN_FLIGHT = 200_000
 """Bounds on flushes written but not complete: memory, and how far a slow sink may lag."""
@@ -118,8 +111,9 @@ class ReadingsProcessor(Service):
         self._lock = asyncio.Lock()
         self._dead_letters: list[DeadLetter] = []
         self._last_record: dict[int, float] = {}
-        self._last_records_at = 0.0
-        """When a fetch last returned records (of any partition)."""
+        self._empty_since: float | None = 0.0
+        """When the loop began the first of the fetches in a row that returned no record
+        (None: the last fetch returned records)."""
         self._last_flush = time.monotonic()
         self._in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
         """Flushes not yet complete (sinks, changelog, offsets), oldest first, with their
@@ -199,12 +193,13 @@ class ReadingsProcessor(Service):
         interval = self.settings.flush_interval
         catch_up_interval = max(interval, self.settings.catch_up_flush_interval)
         while not self.should_stop:
+            began = time.monotonic()
             batches = await consumer.getmany(
                 timeout_ms=int(interval * 200), max_records=MAX_RECORDS_PER_FETCH
             )
             now = time.monotonic()
+            self.note_fetch(began, bool(batches))
             if batches:
-                self._last_records_at = now
                 async with self._lock:
                     for tp, records in batches.items():
                         state = self.states.get(tp.partition)
@@ -218,7 +213,7 @@ class ReadingsProcessor(Service):
                 # changelog rows), which is most of a flush's cost.
                 if since >= catch_up_interval:
                     async with self._lock:
-                        await self._start_flush(max_closed=None)
+                        await self._start_flush(spread_closes=False)
                 continue
             idle = all(lane.idle for lane in self._lanes.values())
             # At least every interval; sooner (up to 5x) while the sinks have written the
@@ -226,20 +221,36 @@ class ReadingsProcessor(Service):
             # load allows it.
             if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
-                    await self._start_flush(max_closed=self.close_limit(now))
+                    await self._start_flush(spread_closes=True)
 
-    def close_limit(self, now: float) -> int | None:
-        """The windows a partition may close in a flush outside catch-up (None: all).
+    def note_fetch(self, began: float, got_records: bool) -> None:
+        """Record a fetch that the loop began at ``began`` (monotonic seconds)."""
+        if got_records:
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = began
 
-        Spreading a burst of closes protects the freshness of the readings arriving
-        meanwhile; when none has arrived for a flush interval (the input has paused or
-        ended), holding windows back protects nothing and only delays their results:
-        measured at the end of the 1M benchmark, the limit kept closing for 6 s after the
-        last record.
+    def close_spread_us(self, now: float) -> int:
+        """Event time over which a flush outside catch-up spreads windows that end together
+        (``PULSE_CLOSE_SPREAD``; see PartitionState.close_ready).
+
+        The epoch-aligned windows of every series end together. Closed at once, such a burst
+        (the outputs of 20,000 windows to Kafka, Redis and InfluxDB, and the stand-in's
+        indexing of them) saturated both cores of the test machine for seconds, and the
+        fresh values of the flushes behind it waited (measured in bench/README.md).
+
+        No spreading (0) once fetches have found no record for a flush interval: with the
+        input paused or ended there is nothing to keep fresh, and holding windows back only
+        delays their results. That interval counts from the first of the empty fetches in a
+        row: the loop's own work (a long flush in a burst) is no pause in the input, and
+        after it the next fetch may find nothing prefetched yet. (Wall time since the last
+        records, counted before, made one such empty fetch close a whole burst at once:
+        14,379 windows, then a 1.1 s Redis write ahead of the fresh values.)
         """
-        if now - self._last_records_at < self.settings.flush_interval:
-            return MAX_CLOSED_PER_DRAIN
-        return None
+        empty_since = self._empty_since
+        if empty_since is not None and now - empty_since >= self.settings.flush_interval:
+            return 0
+        return self.settings.close_spread_us
 
     def _catching_up(self) -> bool:
         """More than one fetch's worth of records waits in the assigned partitions."""
@@ -319,9 +330,9 @@ class ReadingsProcessor(Service):
             self._submit_flush(*prepared)
         await self._settle(0)
 
-    async def _start_flush(self, max_closed: int | None) -> None:
+    async def _start_flush(self, spread_closes: bool) -> None:
         await self._settle(MAX_FLUSHES_IN_FLIGHT - 1, MAX_WINDOWS_IN_FLIGHT)
-        prepared = self._prepare_flush(max_closed=max_closed)
+        prepared = self._prepare_flush(spread_closes=spread_closes)
         if prepared is not None:
             self._submit_flush(*prepared)
 
@@ -353,16 +364,17 @@ class ReadingsProcessor(Service):
         self._windows_in_flight += len(batch.closed)
 
     def _prepare_flush(
-        self, partitions: set[int] | None = None, max_closed: int | None = None
+        self, partitions: set[int] | None = None, spread_closes: bool = False
     ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
         assert self.writer is not None
         self._last_flush = time.monotonic()
+        spread_us = self.close_spread_us(self._last_flush) if spread_closes else 0
         drains: list[Drained] = []
         deltas: list[EncodedDelta] = []
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
-            drained = state.drain(self.writer.snapshot_due(partition), max_closed)
+            drained = state.drain(self.writer.snapshot_due(partition), spread_us)
             drains.append(drained)
             delta = drained.delta
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:

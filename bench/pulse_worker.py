@@ -20,8 +20,8 @@ offsets committed), the processor's sink list and ``PartitionState.advance_idle`
 * **caught up** C: the first offset commit that covers every fetched reading, once all ``N``
   were fetched: every reading's effect is in Redis, VictoriaMetrics, the aggregates topic and
   the changelog, and every window the data itself closes has been emitted (no partition has
-  windows waiting to be closed: a flush closes at most ``MAX_CLOSED_PER_DRAIN`` per
-  partition outside catch-up, so a burst of closes may span flushes).
+  windows waiting to be closed: while readings arrive outside catch-up, windows that end
+  together close spread over ``PULSE_CLOSE_SPREAD`` of event time, so over several flushes).
 * The windows still open then (the last 10 s and 1 m window of each series, and those within
   the grace) close only when ``PULSE_IDLE_CLOSE`` finds a partition quiet. That wait is
   configured idleness, not work, so it is left out: after C, each stretch from an idle close

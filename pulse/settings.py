@@ -122,6 +122,15 @@ VARIABLES: tuple[Variable, ...] = (
         _number(0),
     ),
     Variable(
+        "PULSE_CLOSE_SPREAD",
+        "5",
+        "Seconds of event time over which windows that end together (every series' "
+        "epoch-aligned window) are closed while readings arrive, instead of all at once: "
+        "smooths the burst of outputs, and delays final results by up to this much. "
+        "0 closes them at once.",
+        _number(0),
+    ),
+    Variable(
         "PULSE_IDLE_CLOSE",
         "10",
         "Seconds without a new record after which a caught-up "
@@ -191,6 +200,7 @@ class Settings:
     app_id: str
     windows: tuple[WindowSpec, ...]
     grace: float
+    close_spread: float
     idle_close: float
     topic_readings: str
     topic_aggregates: str
@@ -237,6 +247,10 @@ class Settings:
     @property
     def grace_us(self) -> int:
         return round(self.grace * 1_000_000)
+
+    @property
+    def close_spread_us(self) -> int:
+        return round(self.close_spread * 1_000_000)
 
     def env(self) -> dict[str, str]:
         """The ``PULSE_*`` environment that reproduces these settings."""

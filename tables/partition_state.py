@@ -206,6 +206,7 @@ class PartitionState:
         self.latest: dict[tuple[str, str], tuple[int, float]] = {}
         self._ends: list[int] = []  # heap of distinct window ends
         self._by_end: dict[int, list[WindowKey]] = {}
+        self._closed_of_first_end = 0  # of the earliest end's windows, closed so far
         self._newest: dict[SeriesKey, int] = {}  # newest open window start per series
         self._open_per_key: dict[tuple[str, str], int] = {}
         self._changed: set[WindowKey] = set()
@@ -307,14 +308,21 @@ class PartitionState:
         pair = (device, metric)
         self._open_per_key[pair] = self._open_per_key.get(pair, 0) + 1
 
-    def close_ready(self, limit: int | None = None) -> None:
-        """Close the windows whose end the watermark has reached (at most ``limit`` of them,
-        earliest ends first); they wait in the drain.
+    def close_ready(self, spread_us: int = 0) -> None:
+        """Close the windows whose end the watermark W has reached; they wait in the drain.
 
-        A window the watermark has passed takes no more readings whether or not it has
-        closed here, so closing it later emits the same aggregates: the limit only spreads
-        the work of a burst (epoch-aligned windows of every series end together) over
-        several drains.
+        With ``spread_us`` > 0 the windows that end together close over that much event time
+        instead of at once: of the n windows ending at E, about n * (W - E) / spread_us
+        have closed at W, all of them once W >= E + spread_us::
+
+            W       E ──────────── E + spread/2 ──────────── E + spread
+            closed  0                  n / 2                     n
+
+        Windows still close in order of their end (the earlier end's all before any of the
+        later's), so each series' windows come out in order. A window W has passed takes no
+        more readings whether or not it has closed, so closing it later emits the same
+        aggregates: spreading only smooths the work of a burst (the epoch-aligned windows of
+        every series end together) over several drains.
         """
         watermark = self.watermark
         expiry = self._sliding_expiry
@@ -328,15 +336,17 @@ class PartitionState:
                 self._sliding_removed.add(series)
                 self._forget_latest_if_unused((series[0], series[1]))
         ends = self._ends
-        budget = sys.maxsize if limit is None else limit
+        budget = self._close_budget(spread_us) if spread_us > 0 else sys.maxsize
         while ends and ends[0] <= watermark and budget > 0:
             end = ends[0]
             keys = self._by_end[end]
             if len(keys) > budget:
                 keys, self._by_end[end] = keys[:budget], keys[budget:]
+                self._closed_of_first_end += budget
             else:
                 heapq.heappop(ends)
                 del self._by_end[end]
+                self._closed_of_first_end = 0
             budget -= len(keys)
             for key in keys:
                 state = self.windows.pop(key)
@@ -366,6 +376,19 @@ class PartitionState:
                     del self._open_per_key[pair]
                     self._forget_latest_if_unused(pair)
 
+    def _close_budget(self, spread_us: int) -> int:
+        """How many more windows may close now when each end's are spread over spread_us."""
+        watermark = self.watermark
+        first = self._ends[0] if self._ends else None
+        allowed = -self._closed_of_first_end
+        for end, keys in self._by_end.items():
+            if end > watermark:
+                continue
+            n = len(keys) + (self._closed_of_first_end if end == first else 0)
+            passed = watermark - end
+            allowed += n if passed >= spread_us else -(-n * passed // spread_us)
+        return allowed
+
     def _forget_latest_if_unused(self, pair: tuple[str, str]) -> None:
         # With no open window and no sliding state left, any reading applied later is newer
         # than this one (see the module doc), so the latest value need not be kept.
@@ -381,13 +404,14 @@ class PartitionState:
 
     # -- flushing ------------------------------------------------------------------------
 
-    def drain(self, snapshot: bool = False, max_closed: int | None = None) -> Drained:
+    def drain(self, snapshot: bool = False, spread_us: int = 0) -> Drained:
         """Take the closed windows, changed views and the changelog delta since the last drain.
 
         With ``snapshot=True`` the delta holds the whole state instead of the changes.
-        ``max_closed`` limits the windows closed by this drain (see :meth:`close_ready`).
+        ``spread_us`` spreads the closing of windows that end together (see
+        :meth:`close_ready`).
         """
-        self.close_ready(max_closed)
+        self.close_ready(spread_us)
         text = Summary.text
         closed = self._closed
         labels = [spec.label for spec in self.specs]
@@ -537,6 +561,7 @@ class PartitionState:
         self.watermark = max(self.max_t - self.grace_us, self.idle_floor, NO_WATERMARK)
         self._ends = []
         self._by_end = {}
+        self._closed_of_first_end = 0
         self._newest = {}
         self._open_per_key = {}
         for key in sorted(self.windows, key=lambda k: k[3]):

@@ -4,6 +4,7 @@ itself until the in-flight bound, and a flush completes only when every sink has
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_processing_waits_when_the_bound_is_reached(monkeypatch: pytest.MonkeyPa
         for number in range(3):
             processor._submit_flush(batch(number), [])
         # A fourth flush has to wait for the oldest: the stalled sink holds consumption.
-        fourth = asyncio.ensure_future(processor._start_flush(max_closed=None))
+        fourth = asyncio.ensure_future(processor._start_flush(spread_closes=False))
         await asyncio.sleep(0.2)
         assert not fourth.done()
         stalled.open.set()
@@ -102,10 +103,30 @@ def test_a_failed_write_is_raised_to_the_processor() -> None:
 
 
 def test_closes_are_spread_only_while_readings_arrive() -> None:
+    processor = ReadingsProcessor(
+        Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.25", "PULSE_CLOSE_SPREAD": "5"})
+    )
+    spread = 5_000_000
+    processor.note_fetch(99.0, got_records=True)
+    assert processor.close_spread_us(100.0) == spread
+    # The loop was busy until 100.0 (a long flush), then fetched nothing: not yet a pause.
+    processor.note_fetch(100.0, got_records=False)
+    processor.note_fetch(100.05, got_records=False)
+    assert processor.close_spread_us(100.24) == spread
+    # Fetches found nothing for a whole flush interval: waiting windows close at once.
+    assert processor.close_spread_us(100.25) == 0
+    assert processor.close_spread_us(160.0) == 0
+    # Records again: spread again.
+    processor.note_fetch(160.0, got_records=True)
+    assert processor.close_spread_us(160.5) == spread
+
+
+def test_a_fresh_processor_closes_at_once_until_records_arrive() -> None:
     processor = ReadingsProcessor(Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.25"}))
-    processor._last_records_at = 100.0  # a fetch returned records then
-    assert processor.close_limit(100.0) == readings.MAX_CLOSED_PER_DRAIN == 500
-    assert processor.close_limit(100.24) == 500
-    # No record for a whole flush interval: the windows waiting to close close at once.
-    assert processor.close_limit(100.25) is None
-    assert processor.close_limit(160.0) is None
+    assert processor.close_spread_us(time.monotonic()) == 0
+
+
+def test_a_zero_close_spread_closes_at_once() -> None:
+    processor = ReadingsProcessor(Settings.from_env({"PULSE_CLOSE_SPREAD": "0"}))
+    processor.note_fetch(1.0, got_records=True)
+    assert processor.close_spread_us(1.1) == 0

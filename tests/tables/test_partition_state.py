@@ -661,36 +661,61 @@ def test_many_windows_state_stays_bounded(grace_s: int) -> None:
     assert peak <= 3 * ((grace_s + 2) + (grace_s + 6))
 
 
-def test_a_close_limit_spreads_a_burst_without_changing_any_window() -> None:
-    # Every series' window [0, 10s) ends together; limited drains emit them over several
-    # drains, earliest ends first, with the same aggregates as one unlimited drain.
-    def fill(state: PartitionState) -> None:
-        offset = 0
-        for device in range(25):
-            for t_s, value in ((1, 1.0), (3, 2.5), (12, 4.0)):
-                state.apply(Reading(f"d{device}", "m", value + device, t_s * S, None), offset)
-                offset += 1
-        state.apply(Reading("d0", "m", 9.0, 40 * S, None), offset)  # W = 35 s: 10 s closes
+def test_windows_ending_together_close_spread_over_event_time() -> None:
+    # 40 series, each with a window [0, 10s) of the 10s spec; grace 5 s, spread 4 s.
+    # Readings of d0 move the watermark W = max_t - 5 s:
+    #
+    #   W (s)    10   11   12  12.5  14
+    #   closed    0   10   20   25    40     (of the 40 ending at 10 s: 40 * (W - 10) / 4)
+    def fill(state: PartitionState) -> int:
+        for device in range(40):
+            state.apply(Reading(f"d{device}", "m", float(device), 1 * S, None), device)
+        return 40
 
     def key(window: ClosedWindow) -> tuple[Any, ...]:
         return (window.device, window.window, window.start_us, window.aggregate_text())
 
-    whole = PartitionState(parse_windows("10s,20s"), 5 * S)
-    fill(whole)
-    expected = [key(w) for w in whole.drain().closed]
-    assert len(expected) == 25 * 3  # [0,10) and [10,20) of 10s, [0,20) of 20s
+    spread = PartitionState(parse_windows("10s"), 5 * S)
+    offset = fill(spread)
+    closed_so_far, got = [], []
+    for t_ms in (15_000, 16_000, 17_000, 17_500, 19_000):
+        assert spread.apply(Reading("d0", "m", 0.5, t_ms * 1000, None), offset)
+        offset += 1
+        closed = spread.drain(spread_us=4 * S).closed
+        got += [key(w) for w in closed if w.start_us == 0]
+        closed_so_far.append(len(got))
+    assert closed_so_far == [0, 10, 20, 25, 40]
 
-    limited = PartitionState(parse_windows("10s,20s"), 5 * S)
-    fill(limited)
-    sizes, got = [], []
-    while limited.closing:
-        closed = limited.drain(max_closed=20).closed
-        sizes.append(len(closed))
-        got += [key(w) for w in closed]
-    assert sizes == [20, 20, 20, 15]
-    assert sorted(got) == sorted(expected)
-    ends = [start for _, _, start, _ in got]
-    assert ends[:25] == [0] * 25  # the windows ending at 10 s first (10s and 20s specs)
-    assert limited.drain(max_closed=20).closed == []
-    # Readings for a passed window are late even before it is closed.
-    assert not limited.apply(Reading("d1", "m", 1.0, 2 * S, None), 10_000)
+    at_once = PartitionState(parse_windows("10s"), 5 * S)
+    offset = fill(at_once)
+    at_once.apply(Reading("d0", "m", 0.5, 15 * S, None), offset)
+    at_once.apply(Reading("d0", "m", 0.5, 16 * S, None), offset + 1)
+    expected = [key(w) for w in at_once.drain().closed]
+    assert len(expected) == 40
+    assert sorted(got) == sorted(expected)  # the same windows, the same aggregates
+    # A reading for a window W has passed is late even before the window closes.
+    late = PartitionState(parse_windows("10s"), 5 * S)
+    offset = fill(late)
+    late.apply(Reading("d0", "m", 0.5, 16 * S, None), offset)
+    assert len(late.drain(spread_us=4 * S).closed) == 10
+    assert not late.apply(Reading("d1", "m", 1.0, 2 * S, None), offset + 1)
+
+
+def test_spread_closes_keep_the_order_of_window_ends() -> None:
+    # Every series has [0, 10s) and [10s, 20s); at W = 21 s all 40 of the first end are due
+    # and a quarter of the second (1 s of a 4 s spread): the first end's close first.
+    state = PartitionState(parse_windows("10s"), 5 * S)
+    offset = 0
+    for device in range(40):
+        for t_s in (1, 12):
+            state.apply(Reading(f"d{device}", "m", 1.0, t_s * S, None), offset)
+            offset += 1
+    state.apply(Reading("d0", "m", 1.0, 26 * S, None), offset)
+    starts = [w.start_us for w in state.drain(spread_us=4 * S).closed]
+    assert starts == [0] * 40 + [10 * S] * 10
+    state.apply(Reading("d0", "m", 1.0, 28 * S, None), offset + 1)  # W = 23 s: 3/4 of 40
+    assert [w.start_us for w in state.drain(spread_us=4 * S).closed] == [10 * S] * 20
+    state.apply(Reading("d0", "m", 1.0, 40 * S, None), offset + 2)  # W = 35 s: the rest
+    closed = state.drain(spread_us=4 * S).closed
+    assert [w.start_us for w in closed] == [10 * S] * 10 + [20 * S]
+    assert not state.closing
