@@ -35,6 +35,8 @@ class RespPipeline:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.connections = 0
+        """Connections made so far: a new one may reach a restarted server that lost keys."""
 
     async def _connect(self) -> None:
         options = self.options
@@ -55,6 +57,7 @@ class RespPipeline:
                 ),
                 self.timeout,
             )
+        self.connections += 1
         setup: list[tuple[Any, ...]] = []
         if options.get("password"):
             username = options.get("username")

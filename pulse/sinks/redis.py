@@ -12,7 +12,10 @@ Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STA
   after ``sliding:`` in ``PULSE_WINDOWS``.
 
 One flush is one pipelined round trip per chunk of commands, never one per reading; each
-key is written once per flush with its latest content.
+key is written once per flush with its latest content. A TTL is set when the sink first
+writes a key (for an open window: when a new window starts in it), again once half a TTL
+has passed, and again after every reconnection (a restarted server may have lost it), not
+on every write.
 """
 
 from __future__ import annotations
@@ -84,19 +87,32 @@ class RedisSink(Sink):
         # rewritten on every flush that changes it, but its TTL needs setting only when a new
         # window starts there (or half a TTL later), which halves the commands on that path.
         self._open_ttl_set: dict[str, tuple[int, float]] = {}
+        # Device keys whose TTL was set, and when: likewise, a device's hash is rewritten on
+        # every flush with a new reading of it; entries older than half a TTL are pruned.
+        self._device_ttl_set: dict[str, float] = {}
+        self._prune_device_ttls_at = 0.0
 
     async def stop(self) -> None:
         await self.connection.close()
 
     async def write(self, batch: FlushBatch) -> None:
-        commands = self._commands(batch)
-        for begin in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
-            chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
-            await retry_forever(
-                "redis write",
-                lambda chunk=chunk: self.connection.execute(chunk),  # type: ignore[misc]
-                (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
-            )
+        while True:
+            connections = self.connection.connections
+            commands = self._commands(batch)
+            for begin in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
+                chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
+                await retry_forever(
+                    "redis write",
+                    lambda chunk=chunk: self.connection.execute(chunk),  # type: ignore[misc]
+                    (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
+                )
+            if self.connection.connections <= max(connections, 1):
+                return
+            # Reconnected meanwhile: the server may be a restarted one that lost keys, and
+            # with them the TTLs remembered as set. Forget those and write the batch again
+            # (its commands are idempotent), so that no key is left without a TTL.
+            self._open_ttl_set.clear()
+            self._device_ttl_set.clear()
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         keys, ttl = self.keys, self.ttl
@@ -114,10 +130,20 @@ class RedisSink(Sink):
                 f"{latest.metric}:ts",
                 seconds_text(latest.t_us),
             )
+        now = time.monotonic()
+        ttl_set = self._device_ttl_set
+        if now >= self._prune_device_ttls_at:  # forget devices not seen for half a TTL
+            self._device_ttl_set = ttl_set = {
+                device: at for device, at in ttl_set.items() if now - at <= ttl / 2
+            }
+            self._prune_device_ttls_at = now + ttl / 2
         for device, fields in devices.items():
             key = keys.device(device)
             out.append(pack("HSET", key, *fields))
-            out.append(pack("EXPIRE", key, ttl))
+            at = ttl_set.get(device)
+            if at is None or now - at > ttl / 2:
+                out.append(pack("EXPIRE", key, ttl))
+                ttl_set[device] = now
 
         # Per open view (in C: a view per series per flush, the sink's most frequent case):
         #   key = keys.open(window, device, metric)
@@ -130,7 +156,7 @@ class RedisSink(Sink):
             open_views.values(),
             keys.open_prefix,
             self._open_ttl_set,
-            time.monotonic(),
+            now,
             ttl,
             WINDOW_FIELDS,
             seconds_text,

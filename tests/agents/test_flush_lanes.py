@@ -107,18 +107,27 @@ def test_closes_are_spread_only_while_readings_arrive() -> None:
         Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.25", "PULSE_CLOSE_SPREAD": "5"})
     )
     spread = 5_000_000
+    assert readings.INPUT_PAUSE == 1.0
     processor.note_fetch(99.0, got_records=True)
     assert processor.close_spread_us(100.0) == spread
     # The loop was busy until 100.0 (a long flush), then fetched nothing: not yet a pause.
     processor.note_fetch(100.0, got_records=False)
     processor.note_fetch(100.05, got_records=False)
-    assert processor.close_spread_us(100.24) == spread
-    # Fetches found nothing for a whole flush interval: waiting windows close at once.
-    assert processor.close_spread_us(100.25) == 0
+    assert processor.close_spread_us(100.99) == spread
+    # Fetches found nothing for a second: waiting windows close at once.
+    assert processor.close_spread_us(101.0) == 0
     assert processor.close_spread_us(160.0) == 0
     # Records again: spread again.
     processor.note_fetch(160.0, got_records=True)
     assert processor.close_spread_us(160.5) == spread
+
+
+def test_a_long_flush_interval_is_the_pause() -> None:
+    processor = ReadingsProcessor(Settings.from_env({"PULSE_FLUSH_INTERVAL": "3"}))
+    processor.note_fetch(9.0, got_records=True)
+    processor.note_fetch(10.0, got_records=False)
+    assert processor.close_spread_us(12.9) == 5_000_000
+    assert processor.close_spread_us(13.0) == 0
 
 
 def test_a_fresh_processor_closes_at_once_until_records_arrive() -> None:

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from models.outputs import seconds_text
+from pulse.sinks import redis as redis_sink
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
@@ -155,7 +156,11 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
     server = start_redis(tmp_path / "a", stop_with_parent=True)
     port = server.port
     sink = RedisSink(f"redis://127.0.0.1:{port}/0", "p", 60)
-    batch = FlushBatch(latest=[Latest("dev-1", "temp", 1_700_000_000_500_000, 21.5)])
+    state = Summary.initialize(1_700_000_000_500_000, 21.5, None)
+    batch = FlushBatch(
+        latest=[Latest("dev-1", "temp", 1_700_000_000_500_000, 21.5)],
+        open_views=[OpenView("dev-1", "temp", "10s", 1_700_000_000 * S, 1_700_000_010 * S, state)],
+    )
 
     async def run() -> None:
         await sink.start()
@@ -170,7 +175,10 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
             await asyncio.wait_for(pending, 30)
             stored = redis.Redis(port=port).hgetall("p:device:dev-1")
             assert stored == {b"temp": b"21.5", b"temp:ts": b"1700000000.5"}
+            # The restarted server lost every key: they are back with their TTLs, although
+            # the sink had already set those TTLs on the first server.
             assert 0 < redis.Redis(port=port).ttl("p:device:dev-1") <= 60
+            assert 0 < redis.Redis(port=port).ttl("p:open:10s:dev-1:temp") <= 60
         finally:
             await sink.stop()
             restarted.stop()
@@ -207,3 +215,24 @@ def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
     assert client.hgetall(f"{topic_prefix}:device:dev-1") == {b"temp": b"2.0", b"temp:ts": b"12"}
     opened = client.hgetall(f"{topic_prefix}:open:10s:dev-1:temp")
     assert (opened[b"count"], opened[b"sum"], opened[b"start"]) == (b"1", b"2.0", b"10")
+
+
+def test_a_device_key_gets_its_ttl_once_per_half_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(redis_sink.time, "monotonic", lambda: clock[0])
+    sink = RedisSink("redis://127.0.0.1:1", "p", ttl_seconds=60)
+
+    def flush(*devices: str) -> list[bytes]:
+        batch = FlushBatch(latest=[Latest(device, "temp", 1 * S, 1.0) for device in devices])
+        return [c for c in sink._commands(batch) if b"EXPIRE" in c]
+
+    expire = [pack("EXPIRE", f"p:device:dev-{n}", 60) for n in range(3)]
+    assert flush("dev-0", "dev-1") == expire[:2]
+    clock[0] += 29.0
+    assert flush("dev-0", "dev-1", "dev-2") == [expire[2]]  # only the new device
+    clock[0] += 2.0  # dev-0 and dev-1's TTLs were set 31 s ago: more than half of 60
+    assert flush("dev-0", "dev-1", "dev-2") == expire[:2]
+    # Devices not seen for more than half a TTL are forgotten (the memory stays bounded).
+    clock[0] += 100.0
+    assert flush("dev-2") == [expire[2]]
+    assert set(sink._device_ttl_set) == {"dev-2"}
