@@ -106,6 +106,7 @@ class RedisSink(Sink):
                     lambda chunk=chunk: self.connection.execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                 )
+            # The first connection ever is no reconnection: nothing was remembered before it.
             if self.connection.connections <= max(connections, 1):
                 return
             # Reconnected meanwhile: the server may be a restarted one that lost keys, and
