@@ -3,16 +3,27 @@
 A real ``python -m pulse worker`` (unmodified, production defaults except names and ports)
 reads a fresh topic while this process produces readings at a steady rate (default 10,000/s
 for 20 s) with event time = the wall clock: 10,000 devices x 2 metrics as in the dataset.
-Every ``--probe-every`` seconds one of those readings is a probe: a reading of its own device
-``probe-NNNNNN`` (keyed, partitioned and parsed like any other). Its production time is read
-just before its batch is handed to the producer (``send_batch``); it is visible when Redis
-hash ``{prefix}:device:probe-NNNNNN`` holds its ``temperature:ts``. A poller asks Redis for
-all outstanding probes in one pipeline every ``--poll-ms`` and takes the time the answer
-arrived, so each delay is an upper bound by at most one poll period and one Redis round trip.
+Every ``--probe-every`` seconds one of those readings is a probe: a reading of a probe device
+(keyed, partitioned and parsed like any other), one device per partition, taken in turn, whose
+value is the probe's number. Its production time is read just before its batch is handed to
+the producer (``send_batch``); it is visible once Redis hash ``{prefix}:device:{probe device}``
+holds its number or a later one (the worker applies a partition's records in offset order,
+and a device's latest value only moves forward in event time). A poller reads the latest
+value of every probe device in one pipelined round trip every ``--poll-ms`` and takes the time
+the answer arrived, so each delay is an upper bound by at most one poll period and one Redis
+round trip.
 
-The producer fills one batch per partition per 10 ms tick (the rate is kept against the
-clock: a late tick produces the readings it owes), so producing costs little CPU beside the
-worker. Reports p50, p90, p99 and max over the probes, and probes never seen.
+The poll costs the same however many probes are outstanding: asking for each outstanding
+probe's own key, as before, made the poll cost more the further the worker fell behind (a
+third of this process's CPU in a backlog), on the cores the worker uses.
+
+The producer fills one batch per partition per 50 ms tick, as a producer with
+``linger.ms=50`` would (the rate is kept against the clock: a late tick produces the readings
+it owes). Why not smaller batches: the local broker's cost of a fetch grows with the number of
+batches in the partition (real Kafka finds the offset through an index). With 10 ms ticks it
+took 20 % of a core after 10 s and 57 % after 75 s, and the measurement said more about the
+broker than about Pulse; with 50 ms ticks, 7-11 % (bench/README.md). Reports p50, p90, p99
+and max over the probes, and probes never seen.
 """
 
 from __future__ import annotations
@@ -29,13 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from redis.asyncio.connection import parse_url
 
 from bench.dataset import create_topic, device_id, partition_for
+from pulse.sinks._resp import pack
 
-TICK_SECONDS = 0.01
+TICK_SECONDS = 0.05
+"""One batch per partition per tick (see the module doc)."""
 
 
 @dataclass
@@ -77,38 +91,47 @@ async def produce_and_poll(
     drain_seconds: float = 10.0,
 ) -> LatencyResult:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    client = aioredis.Redis.from_url(redis_url)
     await producer.start()
     rng = random.Random(7)
     produced_at: dict[int, float] = {}
     seen_at: dict[int, float] = {}
-    outstanding: dict[int, str] = {}  # probe number -> Redis key
+    probe_devices = probe_device_names(partitions)
+    # Per partition, the probes not seen yet, oldest first.
+    outstanding: list[list[int]] = [[] for _ in range(partitions)]
     # The partition of each key, computed once: murmur2 in Python per reading was a tenth
     # of this process's CPU (py-spy), which the worker's two cores share.
     partition_of: dict[bytes, int] = {}
     producing = True
+    poll_deadline = float("inf")
+    latest_values = LatestValues(redis_url, [f"{prefix}:device:{d}" for d in probe_devices])
+    await latest_values.connect()
 
     async def poll() -> None:
-        while producing or (outstanding and time.perf_counter() < poll_deadline):
-            if outstanding:
-                numbers = list(outstanding)
-                pipe = client.pipeline(transaction=False)
-                for number in numbers:
-                    pipe.hexists(outstanding[number], "temperature:ts")
-                answers = await pipe.execute()
+        while producing or (any(outstanding) and time.perf_counter() < poll_deadline):
+            if any(outstanding):
+                values = await latest_values.read()
                 now = time.perf_counter()
-                for number, present in zip(numbers, answers, strict=True):
-                    if present:
-                        seen_at[number] = now
-                        del outstanding[number]
+                for partition, value in enumerate(values):
+                    waiting = outstanding[partition]
+                    while waiting and value is not None and waiting[0] <= value:
+                        seen_at[waiting.pop(0)] = now
             await asyncio.sleep(poll_ms / 1000)
 
-    poll_deadline = float("inf")
     poller = asyncio.ensure_future(poll())
     pending = []
     produced = 0
     probes = 0
     next_probe = 0.0
+
+    async def send(batch: Any, partition: int, numbers: list[int]) -> None:
+        batch.close()
+        if numbers:
+            sent = time.perf_counter()
+            for number in numbers:
+                produced_at[number] = sent
+            outstanding[partition] += numbers
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
+
     try:
         started = time.perf_counter()
         end = started + seconds
@@ -119,17 +142,24 @@ async def produce_and_poll(
                 break
             owed = int((now - started) * rate) - produced
             batches: dict[int, Any] = {}
-            probe_partition: int | None = None
-            probe_number = -1
+            # The probes in each partition's open batch: their production time is read just
+            # before that batch is sent.
+            probes_in: dict[int, list[int]] = {}
+            due = 0
+            while now - started >= next_probe and due < partitions:
+                next_probe += probe_every
+                due += 1
+            next_probe = max(next_probe, now - started)
             for _ in range(owed):
                 wall = time.time()
-                if probe_number < 0 and now - started >= next_probe:
-                    next_probe = max(next_probe + probe_every, now - started)
+                if due:
+                    due -= 1
                     probe_number = probes
                     probes += 1
-                    device = f"probe-{probe_number:06d}"
-                    metric, value = "temperature", 20.0
+                    device = probe_devices[probe_number % partitions]
+                    metric, value = "temperature", float(probe_number)
                 else:
+                    probe_number = -1
                     device = device_id(rng.randrange(devices))
                     metric = "temperature" if rng.random() < 0.5 else "humidity"
                     value = round(rng.gauss(30.0, 5.0), 2)
@@ -137,8 +167,6 @@ async def produce_and_poll(
                 partition = partition_of.get(key)
                 if partition is None:
                     partition = partition_of[key] = partition_for(key, partitions)
-                if device.startswith("probe-"):
-                    probe_partition = partition
                 payload = orjson.dumps(
                     {"device": device, "metric": metric, "value": value, "ts": round(wall, 6)}
                 )
@@ -146,20 +174,15 @@ async def produce_and_poll(
                 if batch is None:
                     batch = batches[partition] = producer.create_batch()
                 if batch.append(key=key, value=payload, timestamp=None) is None:
-                    batch.close()
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    await send(batch, partition, probes_in.pop(partition, []))
                     batch = batches[partition] = producer.create_batch()
                     batch.append(key=key, value=payload, timestamp=None)
+                if probe_number >= 0:
+                    probes_in.setdefault(partition, []).append(probe_number)
                 produced += 1
-            # The probe's batch goes first; its production time is taken just before.
-            order = sorted(batches, key=lambda p: p != probe_partition)
-            for partition in order:
-                batch = batches[partition]
-                batch.close()
-                if partition == probe_partition:
-                    produced_at[probe_number] = time.perf_counter()
-                    outstanding[probe_number] = f"{prefix}:device:probe-{probe_number:06d}"
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
+            # Batches with probes go first.
+            for partition in sorted(batches, key=lambda p: p not in probes_in):
+                await send(batches[partition], partition, probes_in.get(partition, []))
             if len(pending) > 1000:
                 await asyncio.gather(*pending)
                 pending = []
@@ -174,7 +197,7 @@ async def produce_and_poll(
         producing = False
         poller.cancel()
         await producer.stop()
-        await client.aclose()
+        await latest_values.close()
     delay_of = {n: (seen_at[n] - produced_at[n]) * 1000 for n in seen_at if n in produced_at}
     delays = sorted(delay_of.values())
     worst: list[float | None] = [None] * (int(elapsed) + 1)
@@ -194,6 +217,66 @@ async def produce_and_poll(
         max_ms=_round(delays[-1] if delays else None),
         worst_by_second=[_round(delay) for delay in worst],
     )
+
+
+def probe_device_names(partitions: int) -> list[str]:
+    """One probe device per partition: ``probe-N`` with the smallest N that hashes there."""
+    names: list[str | None] = [None] * partitions
+    number = 0
+    while None in names:
+        name = f"probe-{number:06d}"
+        partition = partition_for(name.encode(), partitions)
+        if names[partition] is None:
+            names[partition] = name
+        number += 1
+    return [name for name in names if name is not None]
+
+
+class LatestValues:
+    """The ``temperature`` field of some hashes, read in one pipelined round trip.
+
+    The commands are packed once and the replies parsed by hiredis: the poll runs every few
+    milliseconds on the cores the measured worker uses.
+    """
+
+    def __init__(self, redis_url: str, keys: list[str]) -> None:
+        self.options = parse_url(redis_url)
+        self.request = b"".join(pack("HGET", key, "temperature") for key in keys)
+        self.count = len(keys)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(
+            self.options.get("host", "localhost"), self.options.get("port", 6379)
+        )
+        if self.options.get("db"):
+            self._writer.write(pack("SELECT", self.options["db"]))
+            await self._reader.readline()
+
+    async def read(self) -> list[float | None]:
+        """Each hash's value (None: not there yet)."""
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(self.request)
+        parser = hiredis.Reader()
+        values: list[float | None] = []
+        while len(values) < self.count:
+            data = await self._reader.read(1 << 16)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            parser.feed(data)
+            reply = parser.gets()
+            while reply is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RuntimeError(f"Redis: {reply}")
+                values.append(None if reply is None else float(reply))
+                reply = parser.gets()
+        return values
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            await self._writer.wait_closed()
 
 
 def _round(value: float | None) -> float | None:
