@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from redis.asyncio.connection import parse_url
 
 from bench.dataset import create_topic, device_id, partition_for
 from pulse.sinks._resp import pack
+from pulse.stack import free_port
 
 TICK_SECONDS = 0.05
 """One batch per partition per tick (see the module doc)."""
@@ -66,6 +68,13 @@ class LatencyResult:
     max_ms: float | None
     worst_by_second: list[float | None]
     """The largest delay of the probes produced in each second of the run, in ms."""
+    workers: int = 1
+    warmup_seconds: float = 0.0
+    """Production before the measured part (see WarmUp); its probes are reported apart."""
+    warmup_probes: int = 0
+    warmup_p99_ms: float | None = None
+    warmup_max_ms: float | None = None
+    warmup_worst_by_second: list[float | None] = field(default_factory=list)
     note: str = ""
 
 
@@ -89,7 +98,10 @@ async def produce_and_poll(
     probe_every: float = 0.02,
     poll_ms: float = 2.0,
     drain_seconds: float = 10.0,
+    warmup: WarmUp | None = None,
 ) -> LatencyResult:
+    """Produce for ``warmup`` and then ``seconds`` more; the delays of the probes produced
+    after the warm-up are the result (those before are reported apart)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
     rng = random.Random(7)
@@ -134,7 +146,9 @@ async def produce_and_poll(
 
     try:
         started = time.perf_counter()
-        end = started + seconds
+        warmup_seconds = warmup.seconds_from(time.time()) if warmup is not None else 0.0
+        measured_from = started + warmup_seconds
+        end = measured_from + seconds
         tick = started
         while True:
             now = time.perf_counter()
@@ -199,24 +213,64 @@ async def produce_and_poll(
         await producer.stop()
         await latest_values.close()
     delay_of = {n: (seen_at[n] - produced_at[n]) * 1000 for n in seen_at if n in produced_at}
-    delays = sorted(delay_of.values())
-    worst: list[float | None] = [None] * (int(elapsed) + 1)
-    for n, delay in delay_of.items():
-        second = min(int(produced_at[n] - started), len(worst) - 1)
-        worst[second] = max(delay, worst[second] or 0.0)
+    measured = {n for n, at in produced_at.items() if at >= measured_from}
+    delays = sorted(delay for n, delay in delay_of.items() if n in measured)
+    warmup_delays = sorted(delay for n, delay in delay_of.items() if n not in measured)
+
+    def worst_by_second(begin: float, length: float, numbers: set[int]) -> list[float | None]:
+        worst: list[float | None] = [None] * (int(length) + 1)
+        for n in numbers:
+            if n in delay_of:
+                second = min(max(int(produced_at[n] - begin), 0), len(worst) - 1)
+                worst[second] = max(delay_of[n], worst[second] or 0.0)
+        return [_round(delay) for delay in worst]
+
+    measured_seconds = elapsed - warmup_seconds
     return LatencyResult(
         rate=rate,
-        seconds=round(elapsed, 2),
+        seconds=round(measured_seconds, 2),
         produced=produced,
         achieved_rate=round(produced / elapsed, 1),
-        probes=len(produced_at),
+        probes=len(measured),
         seen=len(delays),
         p50_ms=_round(percentile(delays, 0.50)),
         p90_ms=_round(percentile(delays, 0.90)),
         p99_ms=_round(percentile(delays, 0.99)),
         max_ms=_round(delays[-1] if delays else None),
-        worst_by_second=[_round(delay) for delay in worst],
+        worst_by_second=worst_by_second(measured_from, measured_seconds, measured),
+        warmup_seconds=round(warmup_seconds, 2),
+        warmup_probes=len(produced_at) - len(measured),
+        warmup_p99_ms=_round(percentile(warmup_delays, 0.99)),
+        warmup_max_ms=_round(warmup_delays[-1] if warmup_delays else None),
+        warmup_worst_by_second=worst_by_second(started, warmup_seconds, set(produced_at) - measured)
+        if warmup_seconds
+        else [],
     )
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """Production before the measured part: until every series' windows of every size have
+    closed once and their outputs have been written.
+
+    Until then the run measures a system that is starting: the first close of each window
+    size makes the InfluxDB stand-in index every series it has not seen (about 2 CPU s for
+    20,000 windows of 10 fields, a tenth of that for the same series later; bench/README.md),
+    on the cores the worker uses. The warm-up ends ``settle`` seconds after the first end of
+    the longest window that is at least ``lead`` seconds after the start (by then every
+    series has readings), so the measured part sees each kind of close as a running service
+    does, including the minute's joint close of both window sizes when it lasts a minute.
+    """
+
+    longest: float
+    """The longest window size, seconds (windows are epoch-aligned)."""
+    settle: float
+    """Seconds after that end: grace + close spread + time to write the outputs."""
+    lead: float = 20.0
+
+    def seconds_from(self, now: float) -> float:
+        first_end = math.ceil((now + self.lead) / self.longest) * self.longest
+        return first_end + self.settle - now
 
 
 def probe_device_names(partitions: int) -> list[str]:
@@ -283,19 +337,34 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def wait_ready(port: int, worker: subprocess.Popen, log_path: Path, timeout: float = 90.0) -> None:
+def wait_ready(
+    workers: list[tuple[int, subprocess.Popen, Path]], partitions: int, timeout: float = 90.0
+) -> None:
+    """Until every worker (web port, process, log) is ready and together they own each of the
+    ``partitions`` exactly once (a group of several is past its rebalances)."""
     deadline = time.monotonic() + timeout
+    owned: list[int] = []
     while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"pulse worker exited with {worker.returncode}; log {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if json.loads(answer.read()).get("ready"):
-                    return
-        except OSError:
-            pass
+        owned = []
+        ready = True
+        for port, worker, log_path in workers:
+            if worker.poll() is not None:
+                raise RuntimeError(f"pulse worker exited with {worker.returncode}; log {log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    health = json.loads(r.read())
+            except OSError:
+                ready = False
+                continue
+            ready = ready and bool(health.get("ready"))
+            owned += health.get("partitions", [])
+        if ready and sorted(owned) == list(range(partitions)):
+            return
         time.sleep(0.2)
-    raise RuntimeError(f"pulse worker not ready after {timeout:.0f} s; log {log_path}")
+    raise RuntimeError(
+        f"pulse workers not ready after {timeout:.0f} s (partitions owned: {sorted(owned)}); "
+        f"logs {[str(log_path) for _, _, log_path in workers]}"
+    )
 
 
 def measure_latency(
@@ -308,28 +377,42 @@ def measure_latency(
     work_dir: Path,
     rate: float = 10_000.0,
     seconds: float = 20.0,
+    workers: int = 1,
+    warmup: WarmUp | None = None,
 ) -> LatencyResult:
-    """Start ``python -m pulse worker`` with ``env`` on a fresh ``topic``, produce, measure."""
+    """Start ``workers`` x ``python -m pulse worker`` with ``env`` (one consumer group) on a
+    fresh ``topic``, produce, measure."""
     asyncio.run(create_topic(bootstrap, topic, partitions))
-    log_path = work_dir / "worker.log"
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "worker", "-l", "warn"],
-            cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    started: list[tuple[int, subprocess.Popen, Path]] = []
     try:
-        wait_ready(int(env["PULSE_WEB_PORT"]), worker, log_path)
+        for number in range(workers):
+            worker_dir = work_dir / f"worker-{number}"
+            worker_dir.mkdir(exist_ok=True)
+            port = int(env["PULSE_WEB_PORT"]) if number == 0 else free_port()
+            log_path = worker_dir / "worker.log"
+            with log_path.open("wb") as log:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "pulse", "worker", "-l", "warn"],
+                    cwd=worker_dir, env={**env, "PULSE_WEB_PORT": str(port)},
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            started.append((port, worker, log_path))
+        wait_ready(started, partitions)
         result = asyncio.run(
-            produce_and_poll(bootstrap, topic, partitions, redis_url, prefix, rate, seconds)
+            produce_and_poll(
+                bootstrap, topic, partitions, redis_url, prefix, rate, seconds, warmup=warmup
+            )
         )
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+        for _, worker, _ in started:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for _, worker, _ in started:
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-    result.note = "python -m pulse worker"
+    result.workers = workers
+    result.note = f"{workers} x python -m pulse worker"
     return result

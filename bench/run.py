@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.dataset import DatasetSpec, produce
-from bench.latency import LatencyResult, measure_latency
+from bench.latency import LatencyResult, WarmUp, measure_latency
 from bench.measure import RunResult, run_measured_subprocess
 from bench.pulse_run import pulse_env, run_pulse
+from pulse.settings import Settings
 from pulse.stack import start_broker, start_redis, start_victoria
+from tables.windows import parse_windows
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
 EXTRAS = ("latency", "memory")
@@ -183,8 +185,10 @@ def format_table(
     return "\n".join(lines)
 
 
-def run_latency(context: BenchContext, rate: float, seconds: float) -> LatencyResult:
-    """A plain ``python -m pulse worker`` on a fresh topic while readings arrive at ``rate``."""
+def run_latency(
+    context: BenchContext, rate: float, seconds: float, workers: int, warm_up: bool
+) -> LatencyResult:
+    """Plain ``python -m pulse worker``s on a fresh topic while readings arrive at ``rate``."""
     app_id = f"bench-latency-{context.run_id}"
     env = pulse_env(context, app_id)
     # Production's idle close: the topic is live, so it never needs to close anything.
@@ -199,6 +203,13 @@ def run_latency(context: BenchContext, rate: float, seconds: float) -> LatencyRe
         context.work_dir,
         rate=rate,
         seconds=seconds,
+        workers=workers,
+        warmup=WarmUp(
+            longest=max(spec.size_us for spec in parse_windows(context.windows)) / 1e6,
+            settle=context.grace_seconds + Settings.from_env({}).close_spread_us / 1e6 + 5.0,
+        )
+        if warm_up
+        else None,
     )
 
 
@@ -215,17 +226,28 @@ def run_memory(keys: int) -> list[dict[str, Any]]:
     return out
 
 
-def format_extras(latency: LatencyResult | None, memory: list[dict[str, Any]]) -> str:
+def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) -> str:
     lines = []
-    if latency is not None:
+    for latency in latencies:
+        workers = f"{latency.workers} worker{'s' if latency.workers > 1 else ''}"
         lines.append(
-            f"latency: {latency.achieved_rate:,.0f} readings/s for {latency.seconds:.0f} s, "
-            f"production to Redis over {latency.seen}/{latency.probes} probes: "
-            f"p50 {latency.p50_ms} ms, p90 {latency.p90_ms} ms, p99 {latency.p99_ms} ms, "
+            f"latency ({workers}): {latency.achieved_rate:,.0f} readings/s for "
+            f"{latency.seconds:.0f} s, production to Redis over {latency.seen}/{latency.probes} "
+            f"probes: p50 {latency.p50_ms} ms, p90 {latency.p90_ms} ms, p99 {latency.p99_ms} ms, "
             f"max {latency.max_ms} ms"
         )
         worst = ", ".join("-" if ms is None else f"{ms:.0f}" for ms in latency.worst_by_second)
-        lines.append(f"latency: worst delay (ms) of the probes of each second: {worst}")
+        lines.append(f"latency ({workers}): worst delay (ms) of the probes of each second: {worst}")
+        if latency.warmup_seconds:
+            worst = ", ".join(
+                "-" if ms is None else f"{ms:.0f}" for ms in latency.warmup_worst_by_second
+            )
+            lines.append(
+                f"latency ({workers}): warm-up of {latency.warmup_seconds:.0f} s before that "
+                f"(not in the figures above), {latency.warmup_probes} probes: p99 "
+                f"{latency.warmup_p99_ms} ms, max {latency.warmup_max_ms} ms; worst delay (ms) "
+                f"of each second: {worst}"
+            )
     for row in memory:
         lines.append(
             f"memory: {row['mib_per_100k_keys']:.1f} MiB RSS per 100,000 open keys "
@@ -237,7 +259,7 @@ def format_extras(latency: LatencyResult | None, memory: list[dict[str, Any]]) -
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     selected = tuple(system for system in SYSTEMS if system in args.only)
-    latency: LatencyResult | None = None
+    latencies: list[LatencyResult] = []
     memory: list[dict[str, Any]] = []
     spec = DatasetSpec(
         readings=args.readings,
@@ -312,31 +334,40 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             )
 
         if "latency" in args.only and args.latency_seconds > 0:
-            latency_dir = work_dir / "latency"
-            latency_dir.mkdir(exist_ok=True)
-            context = BenchContext(
-                bootstrap=bootstrap,
-                broker_url=broker.url,
-                redis_url=redis.url,
-                influx_url=victoria.url,
-                topic=LATENCY_TOPIC,
-                readings=0,
-                partitions=spec.partitions,
-                windows="10s,1m",
-                grace_seconds=5.0,
-                work_dir=latency_dir,
-                run_id=run_id,
-            )
-            print(
-                f"bench: latency: pulse worker, {args.latency_rate:,.0f} readings/s for "
-                f"{args.latency_seconds:.0f} s ...",
-                flush=True,
-            )
-            try:
-                latency = run_latency(context, args.latency_rate, args.latency_seconds)
-            except Exception as exc:
-                failures["latency"] = f"failed: {type(exc).__name__}: {exc}"
-                traceback.print_exc()
+            for workers in args.latency_workers:
+                latency_dir = work_dir / f"latency-{workers}"
+                latency_dir.mkdir(exist_ok=True)
+                context = BenchContext(
+                    bootstrap=bootstrap,
+                    broker_url=broker.url,
+                    redis_url=redis.url,
+                    influx_url=victoria.url,
+                    topic=f"{LATENCY_TOPIC}-{workers}",
+                    readings=0,
+                    partitions=spec.partitions,
+                    windows="10s,1m",
+                    grace_seconds=5.0,
+                    work_dir=latency_dir,
+                    run_id=f"{run_id}-{workers}",
+                )
+                print(
+                    f"bench: latency: {workers} pulse worker(s), {args.latency_rate:,.0f} "
+                    f"readings/s for {args.latency_seconds:.0f} s ...",
+                    flush=True,
+                )
+                try:
+                    latencies.append(
+                        run_latency(
+                            context,
+                            args.latency_rate,
+                            args.latency_seconds,
+                            workers,
+                            not args.latency_cold,
+                        )
+                    )
+                except Exception as exc:
+                    failures["latency"] = f"failed: {type(exc).__name__}: {exc}"
+                    traceback.print_exc()
     finally:
         for server in reversed(servers):
             server.stop()
@@ -354,7 +385,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print()
     if selected:
         print(format_table(results, failures, selected))
-    extras = format_extras(latency, memory)
+    extras = format_extras(latencies, memory)
     if extras:
         print(extras)
     for extra in EXTRAS:
@@ -368,7 +399,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": {system: result.to_json() for system, result in results.items()},
         "failures": failures,
         "ratios": ratios(results),
-        "latency": None if latency is None else asdict(latency),
+        "latency": [asdict(latency) for latency in latencies],
         "memory": memory,
     }
 
@@ -396,7 +427,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latency-rate", type=float, default=10_000.0, help="readings/s of the latency run"
     )
     parser.add_argument(
-        "--latency-seconds", type=float, default=20.0, help="length of the latency run (0: skip)"
+        "--latency-seconds",
+        type=float,
+        default=60.0,
+        help="measured length of the latency run, after its warm-up (0: skip)",
+    )
+    parser.add_argument(
+        "--latency-cold",
+        action="store_true",
+        help="no warm-up: measure from the worker's first reading (bench.latency.WarmUp)",
+    )
+    parser.add_argument(
+        "--latency-workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[2],
+        help="worker processes of each latency run, in turn, e.g. 1,2 (default 2: one per core)",
     )
     parser.add_argument(
         "--memory-keys",
