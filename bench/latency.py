@@ -1,8 +1,10 @@
 """Freshness: delay from a reading's production to its effect being visible in Redis.
 
-A real ``python -m pulse worker`` (unmodified, production defaults except names and ports)
-reads a fresh topic while this process produces readings at a steady rate (default 10,000/s
-for 20 s) with event time = the wall clock: 10,000 devices x 2 metrics as in the dataset.
+Real ``python -m pulse worker`` processes (unmodified, production defaults except names and
+ports; one consumer group) read a fresh topic while this process produces readings at a
+steady rate with event time = the wall clock: 10,000 devices x 2 metrics as in the dataset.
+The production runs through a warm-up (:class:`WarmUp`) and then ``seconds`` more; the
+probes of the warm-up are reported apart.
 Every ``--probe-every`` seconds one of those readings is a probe: a reading of a probe device
 (keyed, partitioned and parsed like any other), one device per partition, taken in turn, whose
 value is the probe's number. Its production time is read just before its batch is handed to
