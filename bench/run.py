@@ -35,7 +35,6 @@ from bench.measure import RunResult, run_measured_subprocess
 from bench.pulse_run import pulse_env, run_pulse
 from pulse.settings import Settings
 from pulse.stack import start_broker, start_redis, start_victoria
-from tables.windows import parse_windows
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
 EXTRAS = ("latency", "memory")
@@ -193,6 +192,7 @@ def run_latency(
     env = pulse_env(context, app_id)
     # Production's idle close: the topic is live, so it never needs to close anything.
     env.pop("PULSE_IDLE_CLOSE")
+    settings = Settings.from_env(env)  # what the workers will run with
     return measure_latency(
         env,
         context.bootstrap,
@@ -205,8 +205,8 @@ def run_latency(
         seconds=seconds,
         workers=workers,
         warmup=WarmUp(
-            longest=max(spec.size_us for spec in parse_windows(context.windows)) / 1e6,
-            settle=context.grace_seconds + Settings.from_env({}).close_spread_us / 1e6 + 5.0,
+            longest=max(spec.size_us for spec in settings.windows) / 1e6,
+            settle=(settings.grace_us + settings.close_spread_us) / 1e6 + 5.0,
         )
         if warm_up
         else None,

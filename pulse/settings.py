@@ -123,10 +123,12 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "PULSE_CLOSE_SPREAD",
-        "5",
+        "9",
         "Seconds of event time over which windows that end together (every series' "
         "epoch-aligned window) are closed while readings arrive, instead of all at once: "
         "smooths the burst of outputs, and delays final results by up to this much. "
+        "Up to the smallest window step (the default suits `10s` windows: each burst is "
+        "spread until the next) a longer spread lowers the peak; beyond it, it only delays. "
         "0 closes them at once.",
         _number(0),
     ),

@@ -123,7 +123,9 @@ def test_closes_are_spread_only_while_readings_arrive() -> None:
 
 
 def test_a_long_flush_interval_is_the_pause() -> None:
-    processor = ReadingsProcessor(Settings.from_env({"PULSE_FLUSH_INTERVAL": "3"}))
+    processor = ReadingsProcessor(
+        Settings.from_env({"PULSE_FLUSH_INTERVAL": "3", "PULSE_CLOSE_SPREAD": "5"})
+    )
     processor.note_fetch(9.0, got_records=True)
     processor.note_fetch(10.0, got_records=False)
     assert processor.close_spread_us(12.9) == 5_000_000
