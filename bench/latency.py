@@ -43,13 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio.connection import parse_url
 
 from bench.dataset import create_topic, device_id, partition_for
-from pulse.sinks._resp import pack
+from pulse.sinks._resp import RespPipeline, pack
 from pulse.stack import free_port
 
 TICK_SECONDS = 0.05
@@ -118,7 +116,6 @@ async def produce_and_poll(
     producing = True
     poll_deadline = float("inf")
     latest_values = LatestValues(redis_url, [f"{prefix}:device:{d}" for d in probe_devices])
-    await latest_values.connect()
 
     async def poll() -> None:
         while producing or (any(outstanding) and time.perf_counter() < poll_deadline):
@@ -291,48 +288,21 @@ def probe_device_names(partitions: int) -> list[str]:
 class LatestValues:
     """The ``temperature`` field of some hashes, read in one pipelined round trip.
 
-    The commands are packed once and the replies parsed by hiredis: the poll runs every few
-    milliseconds on the cores the measured worker uses.
+    The commands are packed once (the poll runs every few milliseconds on the cores the
+    measured worker uses), on the Redis sink's own connection class.
     """
 
     def __init__(self, redis_url: str, keys: list[str]) -> None:
-        self.options = parse_url(redis_url)
-        self.request = b"".join(pack("HGET", key, "temperature") for key in keys)
-        self.count = len(keys)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(
-            self.options.get("host", "localhost"), self.options.get("port", 6379)
-        )
-        if self.options.get("db"):
-            self._writer.write(pack("SELECT", self.options["db"]))
-            await self._reader.readline()
+        self.connection = RespPipeline(redis_url)
+        self.commands = [pack("HGET", key, "temperature") for key in keys]
 
     async def read(self) -> list[float | None]:
         """Each hash's value (None: not there yet)."""
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(self.request)
-        parser = hiredis.Reader()
-        values: list[float | None] = []
-        while len(values) < self.count:
-            data = await self._reader.read(1 << 16)
-            if not data:
-                raise ConnectionResetError("Redis closed the connection")
-            parser.feed(data)
-            reply = parser.gets()
-            while reply is not False:
-                if isinstance(reply, hiredis.ReplyError):
-                    raise RuntimeError(f"Redis: {reply}")
-                values.append(None if reply is None else float(reply))
-                reply = parser.gets()
-        return values
+        replies = await self.connection.execute(self.commands)
+        return [None if reply is None else float(reply) for reply in replies]
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            await self._writer.wait_closed()
+        await self.connection.close()
 
 
 def _round(value: float | None) -> float | None:

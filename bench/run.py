@@ -236,12 +236,10 @@ def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) 
             f"probes: p50 {latency.p50_ms} ms, p90 {latency.p90_ms} ms, p99 {latency.p99_ms} ms, "
             f"max {latency.max_ms} ms"
         )
-        worst = ", ".join("-" if ms is None else f"{ms:.0f}" for ms in latency.worst_by_second)
+        worst = _milliseconds(latency.worst_by_second)
         lines.append(f"latency ({workers}): worst delay (ms) of the probes of each second: {worst}")
         if latency.warmup_seconds:
-            worst = ", ".join(
-                "-" if ms is None else f"{ms:.0f}" for ms in latency.warmup_worst_by_second
-            )
+            worst = _milliseconds(latency.warmup_worst_by_second)
             lines.append(
                 f"latency ({workers}): warm-up of {latency.warmup_seconds:.0f} s before that "
                 f"(not in the figures above), {latency.warmup_probes} probes: p99 "
@@ -255,6 +253,10 @@ def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) 
             f"{row['bytes_per_key']} bytes per key)"
         )
     return "\n".join(lines)
+
+
+def _milliseconds(values: list[float | None]) -> str:
+    return ", ".join("-" if ms is None else f"{ms:.0f}" for ms in values)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:

@@ -71,9 +71,9 @@ class RespPipeline:
         if setup:
             await self._round_trip([pack(*command) for command in setup])
 
-    async def execute(self, commands: list[bytes]) -> None:
-        """Send every packed command (:func:`pack`), then read every reply; raise if any
-        reply is an error.
+    async def execute(self, commands: list[bytes]) -> list[Any]:
+        """Send every packed command (:func:`pack`), then read every reply; return the
+        replies in order, or raise if any reply is an error.
 
         A connection error closes the connection (the next call reconnects) and propagates,
         so a caller can retry: the sink's commands are idempotent.
@@ -81,19 +81,20 @@ class RespPipeline:
         if self._writer is None:
             await self._connect()
         try:
-            await self._round_trip(commands)
+            return await self._round_trip(commands)
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             await self.close()
             raise
 
-    async def _round_trip(self, commands: list[bytes]) -> None:
+    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
         assert self._reader is not None and self._writer is not None
         self._writer.writelines(commands)
         await asyncio.wait_for(self._writer.drain(), self.timeout)
         parser = hiredis.Reader()
+        replies: list[Any] = []
         wanted = len(commands)
         errors = []
-        while wanted:
+        while len(replies) < wanted:
             data = await asyncio.wait_for(self._reader.read(1 << 16), self.timeout)
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
@@ -102,10 +103,11 @@ class RespPipeline:
             while reply is not False:
                 if isinstance(reply, hiredis.ReplyError):
                     errors.append(str(reply))
-                wanted -= 1
+                replies.append(reply)
                 reply = parser.gets()
         if errors:
             raise RedisReplyError(f"{len(errors)} commands failed, first: {errors[0]}")
+        return replies
 
     async def close(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

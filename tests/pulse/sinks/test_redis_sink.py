@@ -29,16 +29,23 @@ def test_pipeline_writes_every_command_and_values_round_trip(
     commands = [pack("HSET", f"{topic_prefix}:h", f"f{i}", v) for i, v in enumerate(values)]
     commands.append(pack("EXPIRE", f"{topic_prefix}:h", 100))
 
-    async def run() -> None:
+    async def run() -> tuple[list[object], list[object]]:
         pipeline = RespPipeline(redis_url)
         try:
-            await pipeline.execute(commands)
+            written = await pipeline.execute(commands)
+            read = await pipeline.execute(
+                [pack("HGET", f"{topic_prefix}:h", "f2"), pack("HGET", f"{topic_prefix}:h", "no")]
+            )
+            return written, read
         finally:
             await pipeline.close()
 
-    asyncio.run(run())
+    written, read = asyncio.run(run())
     stored = redis.Redis.from_url(redis_url).hgetall(f"{topic_prefix}:h")
     assert stored == {f"f{i}".encode(): repr(v).encode() for i, v in enumerate(values)}
+    # Every reply, in order: HSET counts the new fields, EXPIRE answers 1, a missing field nil.
+    assert written == [1, 1, 1, 1, 1, 1]
+    assert read == [repr(values[2]).encode(), None]
 
 
 def test_window_hset_packs_like_hiredis() -> None:
