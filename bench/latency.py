@@ -5,13 +5,13 @@ ports; one consumer group) read a fresh topic while this process produces readin
 steady rate with event time = the wall clock: 10,000 devices x 2 metrics as in the dataset.
 The production runs through a warm-up (:class:`WarmUp`) and then ``seconds`` more; the
 probes of the warm-up are reported apart.
-Every ``--probe-every`` seconds one of those readings is a probe: a reading of a probe device
+Every ``probe_every`` seconds one of those readings is a probe: a reading of a probe device
 (keyed, partitioned and parsed like any other), one device per partition, taken in turn, whose
 value is the probe's number. Its production time is read just before its batch is handed to
 the producer (``send_batch``); it is visible once Redis hash ``{prefix}:device:{probe device}``
 holds its number or a later one (the worker applies a partition's records in offset order,
 and a device's latest value only moves forward in event time). A poller reads the latest
-value of every probe device in one pipelined round trip every ``--poll-ms`` and takes the time
+value of every probe device in one pipelined round trip every ``poll_ms`` and takes the time
 the answer arrived, so each delay is an upper bound by at most one poll period and one Redis
 round trip.
 
@@ -258,7 +258,7 @@ class WarmUp:
     on the cores the worker uses. The warm-up ends ``settle`` seconds after the first end of
     the longest window that is at least ``lead`` seconds after the start (by then every
     series has readings), so the measured part sees each kind of close as a running service
-    does, including the minute's joint close of both window sizes when it lasts a minute.
+    does: a measured minute includes the joint close of both window sizes.
     """
 
     longest: float
