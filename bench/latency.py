@@ -68,6 +68,10 @@ class LatencyResult:
     max_ms: float | None
     worst_by_second: list[float | None]
     """The largest delay of the probes produced in each second of the run, in ms."""
+    measured_from_epoch: float = 0.0
+    """Wall-clock time (Unix seconds) at which the measured part began: with the readings'
+    event time equal to their production time, it lines ``worst_by_second`` up with the
+    windows' ends."""
     workers: int = 1
     warmup_seconds: float = 0.0
     """Production before the measured part (see WarmUp); its probes are reported apart."""
@@ -144,8 +148,8 @@ async def produce_and_poll(
         pending.append(await producer.send_batch(batch, topic, partition=partition))
 
     try:
-        started = time.perf_counter()
-        warmup_seconds = warmup.seconds_from(time.time()) if warmup is not None else 0.0
+        started, started_epoch = time.perf_counter(), time.time()
+        warmup_seconds = warmup.seconds_from(started_epoch) if warmup is not None else 0.0
         measured_from = started + warmup_seconds
         end = measured_from + seconds
         tick = started
@@ -237,6 +241,7 @@ async def produce_and_poll(
         p99_ms=_round(percentile(delays, 0.99)),
         max_ms=_round(delays[-1] if delays else None),
         worst_by_second=worst_by_second(measured_from, measured_seconds, measured),
+        measured_from_epoch=round(started_epoch + warmup_seconds, 3),
         warmup_seconds=round(warmup_seconds, 2),
         warmup_probes=len(produced_at) - len(measured),
         warmup_p99_ms=_round(percentile(warmup_delays, 0.99)),

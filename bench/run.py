@@ -237,7 +237,12 @@ def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) 
             f"max {latency.max_ms} ms"
         )
         worst = _milliseconds(latency.worst_by_second)
-        lines.append(f"latency ({workers}): worst delay (ms) of the probes of each second: {worst}")
+        # Event time is production time, so this says which seconds hold the windows' closes.
+        first = int(latency.measured_from_epoch) % 60
+        lines.append(
+            f"latency ({workers}): worst delay (ms) of the probes of each second, from "
+            f":{first:02d} past a minute: {worst}"
+        )
         if latency.warmup_seconds:
             worst = _milliseconds(latency.warmup_worst_by_second)
             lines.append(

@@ -22,6 +22,12 @@ from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
+"""InfluxDB's recommended batch size."""
+CONCURRENT_REQUESTS = 4
+"""Requests of one write in flight together. One at a time, each round trip waited for the
+worker's event loop, which answers between fetches of up to 20,000 records: the lane wrote
+a few requests per second while the server sat idle between them (measured in
+bench/README.md)."""
 
 _TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
 
@@ -73,13 +79,21 @@ class InfluxSink(Sink):
         if not batch.closed:
             return
         lines = [line_protocol(window) for window in batch.closed]
-        for begin in range(0, len(lines), LINES_PER_REQUEST):
-            body = "\n".join(lines[begin : begin + LINES_PER_REQUEST])
-            await retry_forever(
-                "influx write",
-                lambda body=body: self._post(body),  # type: ignore[misc]
-                (aiohttp.ClientError, asyncio.TimeoutError, OSError),
-            )
+        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
+
+        async def post(body: str) -> None:
+            async with slots:
+                await retry_forever(
+                    "influx write",
+                    lambda: self._post(body),
+                    (aiohttp.ClientError, asyncio.TimeoutError, OSError),
+                )
+
+        # Each request is retried on its own until it is written (points are idempotent, so
+        # their order does not matter); a bug in one cancels the others and propagates.
+        async with asyncio.TaskGroup() as requests:
+            for begin in range(0, len(lines), LINES_PER_REQUEST):
+                requests.create_task(post("\n".join(lines[begin : begin + LINES_PER_REQUEST])))
 
     async def _post(self, body: str) -> None:
         assert self.client is not None, "start() the sink first"

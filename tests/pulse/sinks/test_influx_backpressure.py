@@ -7,11 +7,14 @@ and 503, then forwards; the points must arrive exactly once each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from pulse.sinks import influx
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import InfluxSink
 from pulse.stack import free_port
@@ -79,4 +82,87 @@ def test_backpressure_is_waited_out_and_nothing_is_dropped(
     )
     assert {dict(labels)["device"]: points for labels, points in found.items()} == {
         f"{topic_prefix}-d{i}": {start // 1000: 2.0} for i in range(3)
+    }
+
+
+async def _run_through_gathering_proxy(
+    influx_url: str, windows: list[ClosedWindow], refuse: int
+) -> tuple[int, list[int]]:
+    """Write through a proxy that holds each request until CONCURRENT_REQUESTS are in flight
+    (at most 5 s) and answers the first ``refuse`` of them 429; returns the most requests
+    seen in flight together, and the statuses answered."""
+    in_flight = 0
+    most = 0
+    gathered = asyncio.Event()
+    statuses: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal in_flight, most, refuse
+        body = await request.read()
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight >= influx.CONCURRENT_REQUESTS:
+            gathered.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gathered.wait(), 5.0)
+        try:
+            if refuse:
+                refuse -= 1
+                statuses.append(429)
+                return web.Response(status=429, headers={"Retry-After": "0.1"}, text="wait")
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{influx_url}{request.path_qs}",
+                    data=body,
+                    headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+                ) as upstream,
+            ):
+                statuses.append(upstream.status)
+                return web.Response(status=upstream.status, body=await upstream.read())
+        finally:
+            in_flight -= 1
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sink = InfluxSink(f"http://127.0.0.1:{port}", "token", "org", "bucket")
+    await sink.start()
+    try:
+        await sink.write(FlushBatch(closed=windows))
+    finally:
+        await sink.stop()
+        await runner.cleanup()
+    return most, statuses
+
+
+def test_a_large_write_goes_out_in_concurrent_requests_and_each_is_retried_alone(
+    influx_url: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 11 windows at 2 lines per request: 6 requests, at most 4 of them in flight together;
+    # the first two answered 429 and written on their own retry.
+    monkeypatch.setattr(influx, "LINES_PER_REQUEST", 2)
+    start = 1_700_000_000 * 1_000_000
+    windows = [
+        ClosedWindow(
+            f"{topic_prefix}-c{i}",
+            "conc",
+            "10s",
+            start,
+            start + 10_000_000,
+            Summary.initialize(start + i, float(i), None),
+        )
+        for i in range(11)
+    ]
+    most, statuses = asyncio.run(_run_through_gathering_proxy(influx_url, windows, refuse=2))
+    assert most == influx.CONCURRENT_REQUESTS == 4
+    assert sorted(statuses) == [204] * 6 + [429] * 2
+    found = victoria.wait_for_points(
+        influx_url, f'{{__name__="conc_first",device=~"{topic_prefix}-.*"}}', 11
+    )
+    assert {dict(labels)["device"]: points for labels, points in found.items()} == {
+        f"{topic_prefix}-c{i}": {start // 1000: float(i)} for i in range(11)
     }
