@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -107,7 +108,7 @@ async def produce(bootstrap: str, topic: str, spec: DatasetSpec, limit: int | No
     try:
         # Batches are filled per partition here and handed over whole: much cheaper than one
         # send() per record, which would make producing the slowest part of the benchmark.
-        open_batches = {}
+        open_batches: dict[int, Any] = {}
         pending = []
         for key, value, timestamp_ms in generate(spec, limit):
             partition = partition_for(key, spec.partitions)

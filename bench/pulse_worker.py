@@ -126,8 +126,8 @@ class BenchProcessor(readings.ReadingsProcessor):
                     self._committed_to[tp.partition] = offset
                 self._after_commit()
 
-        consumer.getmany = timed_getmany  # type: ignore[method-assign]
-        consumer.commit = timed_commit  # type: ignore[method-assign]
+        consumer.getmany = timed_getmany
+        consumer.commit = timed_commit
         self.add_future(self._report_progress())
 
     async def _on_assigned(self, assigned: Any) -> None:

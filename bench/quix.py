@@ -75,7 +75,7 @@ def run(
         if finishing and stopwatch.running:
             stopwatch.stop()
 
-    context.commit_checkpoint = commit_checkpoint_and_stop_clock
+    context.commit_checkpoint = commit_checkpoint_and_stop_clock  # type: ignore[method-assign]
 
     readings = app.topic(topic, value_deserializer="json", timestamp_extractor=event_time_ms)
     results = app.topic(f"{group}-window-results", value_serializer="json")

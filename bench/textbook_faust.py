@@ -59,7 +59,8 @@ def build_app(args: argparse.Namespace) -> faust.App:
     )
     readings_topic = app.topic(args.topic, value_type=Reading)
     stopwatch = Stopwatch()
-    progress = {"handled": 0, "last_event_at": 0.0, "last_close_at": 0.0, "windows": 0}
+    counters = {"handled": 0, "windows": 0}
+    clocks = {"last_event_at": 0.0, "last_close_at": 0.0}
     clients: dict[str, Any] = {}
 
     def influx_write_api() -> Any:
@@ -81,8 +82,8 @@ def build_app(args: argparse.Namespace) -> faust.App:
                 .time(int(end * 1000), WritePrecision.MS)
             )  # fmt: skip
             await influx_write_api().write(bucket="bench", record=point)
-            progress["windows"] += 1
-            progress["last_close_at"] = time.perf_counter()
+            counters["windows"] += 1
+            clocks["last_close_at"] = time.perf_counter()
 
         return on_window_close
 
@@ -90,17 +91,17 @@ def build_app(args: argparse.Namespace) -> faust.App:
         label: app.Table(f"agg-{label}", default=dict, partitions=args.partitions,
                   on_window_close=closer(label))
         .tumbling(size, expires=size)
-        .relative_to_field(Reading.ts)
+        .relative_to_field(Reading.ts)  # type: ignore[arg-type]  # the class attribute is a FieldDescriptor
         for label, size in (("10s", 10.0), ("1m", 60.0))
     }  # fmt: skip
 
     @app.agent(readings_topic)
-    async def handle(readings: faust.Stream[Reading]) -> None:
+    async def handle(readings: faust.StreamT[Reading]) -> None:
         redis = aioredis.Redis.from_url(args.redis_url)
         async for reading in readings:
             stopwatch.start()
             series = f"{reading.device}:{reading.metric}"
-            counts = {}
+            fields: dict[Any, Any] = {"value": reading.value, "ts": reading.ts}
             for label, table in tables.items():
                 current = table[series].value()
                 if current:
@@ -122,19 +123,17 @@ def build_app(args: argparse.Namespace) -> faust.App:
                         "last": reading.value,
                     }
                 table[series] = current
-                counts[f"count_{label}"] = current["count"]
-            await redis.hset(
-                f"textbook:{series}", mapping={"value": reading.value, "ts": reading.ts, **counts}
-            )
-            progress["handled"] += 1
-            progress["last_event_at"] = time.perf_counter()
+                fields[f"count_{label}"] = current["count"]
+            await redis.hset(f"textbook:{series}", mapping=fields)
+            counters["handled"] += 1
+            clocks["last_event_at"] = time.perf_counter()
 
     @app.timer(0.2)
     async def finish_when_done() -> None:
-        if progress["handled"] < args.expected:
+        if counters["handled"] < args.expected:
             return
         open_windows = sum(len(table.table.data) for table in tables.values())
-        last_activity = max(progress["last_event_at"], progress["last_close_at"])
+        last_activity = max(clocks["last_event_at"], clocks["last_close_at"])
         quiet = time.perf_counter() - last_activity > QUIET_SECONDS
         if open_windows and not quiet:
             return
@@ -144,13 +143,13 @@ def build_app(args: argparse.Namespace) -> faust.App:
             note += f"; {open_windows} windows never closed"
         # Faust skips on_window_close for a window starting at or before the latest window it
         # already closed on any partition, so it reports far fewer windows than it drops.
-        note += f"; Faust reported {progress['windows']:,} closed windows"
+        note += f"; Faust reported {counters['windows']:,} closed windows"
         write_result(args.result_file, RunResult(
             system="textbook",
-            readings=progress["handled"],
+            readings=counters["handled"],
             seconds=round(stopwatch.seconds, 4),
             cpu_seconds=round(stopwatch.cpu_seconds, 3),
-            windows_emitted=progress["windows"],
+            windows_emitted=counters["windows"],
             note=note,
         ))  # fmt: skip
         # The measurement is taken; Faust's graceful shutdown is slow and not measured.
