@@ -167,3 +167,35 @@ def test_interleaved_with_one_delta_incomplete(order: list[int], missing: int) -
     _, _, parts, _, two_json = two_deltas()
     shuffled = [parts[i] for i in order if i != missing]
     assert [d.to_json() for d in assemble(shuffled)] == [two_json]
+
+
+def test_a_snapshot_is_due_after_assignment_then_after_the_floor_or_twice_its_size(
+    monkeypatch: Any,
+) -> None:
+    # bytes of deltas since the last snapshot:  0 ─────── threshold ───────▶
+    #                                            not due  │  due
+    # threshold = max(SNAPSHOT_MIN_BYTES, 2 x the last snapshot's size)
+    from pulse import changelog
+
+    writer = changelog.ChangelogWriter(None, "state")  # type: ignore[arg-type]  # never sends
+    writer.adopt(3, -1)
+    assert writer.snapshot_due(3)  # once after each assignment
+    snapshot = dataclasses.replace(delta_with(windows=200), snapshot=True)
+    small = delta_with(latest=20)
+
+    def fill_until_due(threshold: int) -> int:
+        written = 0
+        while not writer.snapshot_due(3):
+            assert written <= threshold
+            written += sum(len(v) for v in writer.encode(3, small).values)
+            assert writer.snapshot_due(3) == (written > threshold)
+        return written
+
+    snapshot_size = sum(len(v) for v in writer.encode(3, snapshot).values)
+    assert not writer.snapshot_due(3)
+    monkeypatch.setattr(changelog, "SNAPSHOT_MIN_BYTES", snapshot_size)  # below 2 x snapshot
+    assert fill_until_due(2 * snapshot_size) > 2 * snapshot_size
+
+    writer.encode(3, snapshot)
+    monkeypatch.setattr(changelog, "SNAPSHOT_MIN_BYTES", 5 * snapshot_size)  # above it
+    assert fill_until_due(5 * snapshot_size) > 5 * snapshot_size
