@@ -37,8 +37,9 @@ from pulse.settings import Settings
 from pulse.stack import start_broker, start_redis, start_victoria
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
-EXTRAS = ("latency", "memory")
-"""Measured after the systems: Pulse's delay to Redis at a steady rate, and its state's RSS."""
+EXTRAS = ("latency", "memory", "recovery")
+"""Measured after the systems: Pulse's delay to Redis at a steady rate, its state's RSS, and
+how fast its state is rebuilt from the changelog."""
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "latest.json"
 TOPIC = "bench-readings"
 TEXTBOOK_TOPIC = "bench-readings-textbook"
@@ -226,7 +227,22 @@ def run_memory(keys: int) -> list[dict[str, Any]]:
     return out
 
 
-def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) -> str:
+def run_recovery() -> dict[str, Any]:
+    """``bench.recovery`` in a fresh process (the worker's GC settings, no other state)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.recovery"], check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["identical"]:
+        raise AssertionError(f"the rebuilt state differs from the live one: {result}")
+    return result
+
+
+def format_extras(
+    latencies: list[LatencyResult],
+    memory: list[dict[str, Any]],
+    recovery: dict[str, Any] | None = None,
+) -> str:
     lines = []
     for latency in latencies:
         workers = f"{latency.workers} worker{'s' if latency.workers > 1 else ''}"
@@ -257,6 +273,13 @@ def format_extras(latencies: list[LatencyResult], memory: list[dict[str, Any]]) 
             f"({row['keys']:,} keys, {row['readings_per_key']} reading(s) per key, "
             f"{row['bytes_per_key']} bytes per key)"
         )
+    if recovery is not None:
+        lines.append(
+            f"recovery: {recovery['mb_per_second']:.1f} MB/s of changelog deltas decoded and "
+            f"applied ({recovery['delta_bytes'] / 1e6:.1f} MB for {recovery['readings']:,} "
+            f"readings in {recovery['seconds']:.2f} s, state identical); a snapshot floor of "
+            f"deltas replays in {recovery['seconds_per_snapshot_floor']:.2f} s"
+        )
     return "\n".join(lines)
 
 
@@ -268,6 +291,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     selected = tuple(system for system in SYSTEMS if system in args.only)
     latencies: list[LatencyResult] = []
     memory: list[dict[str, Any]] = []
+    recovery: dict[str, Any] | None = None
     spec = DatasetSpec(
         readings=args.readings,
         devices=args.devices,
@@ -389,10 +413,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             failures["memory"] = f"failed: {type(exc).__name__}: {exc}"
             traceback.print_exc()
 
+    if "recovery" in args.only:
+        print("bench: recovery: one partition's changelog replayed ...", flush=True)
+        try:
+            recovery = run_recovery()
+        except Exception as exc:
+            failures["recovery"] = f"failed: {type(exc).__name__}: {exc}"
+            traceback.print_exc()
+
     print()
     if selected:
         print(format_table(results, failures, selected))
-    extras = format_extras(latencies, memory)
+    extras = format_extras(latencies, memory, recovery)
     if extras:
         print(extras)
     for extra in EXTRAS:
@@ -408,6 +440,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios(results),
         "latency": [asdict(latency) for latency in latencies],
         "memory": memory,
+        "recovery": recovery,
     }
 
 
