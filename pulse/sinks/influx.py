@@ -81,8 +81,9 @@ class InfluxSink(Sink):
         lines = [line_protocol(window) for window in batch.closed]
         slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
 
-        async def post(body: str) -> None:
-            async with slots:
+        async def post(begin: int) -> None:
+            async with slots:  # a body is built only when its request can go out
+                body = "\n".join(lines[begin : begin + LINES_PER_REQUEST])
                 await retry_forever(
                     "influx write",
                     lambda: self._post(body),
@@ -93,7 +94,7 @@ class InfluxSink(Sink):
         # their order does not matter); a bug in one cancels the others and propagates.
         async with asyncio.TaskGroup() as requests:
             for begin in range(0, len(lines), LINES_PER_REQUEST):
-                requests.create_task(post("\n".join(lines[begin : begin + LINES_PER_REQUEST])))
+                requests.create_task(post(begin))
 
     async def _post(self, body: str) -> None:
         assert self.client is not None, "start() the sink first"

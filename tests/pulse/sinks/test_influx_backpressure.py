@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -22,29 +23,24 @@ from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 from tests.helpers import victoria
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
-async def _run_through_refusing_proxy(influx_url: str, windows: list[ClosedWindow]) -> list[int]:
-    answers = [(429, "0.2"), (503, "0.1"), (429, None)]
-    seen: list[int] = []
 
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        if answers:
-            status, retry_after = answers.pop(0)
-            seen.append(status)
-            headers = {"Retry-After": retry_after} if retry_after else {}
-            return web.Response(status=status, headers=headers, text="slow down")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{influx_url}{request.path_qs}",
-                data=body,
-                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            ) as upstream,
-        ):
-            seen.append(upstream.status)
-            return web.Response(status=upstream.status, body=await upstream.read())
+async def _forward(influx_url: str, request: web.Request, body: bytes) -> web.Response:
+    """Pass a write on to the real server and its answer back."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{influx_url}{request.path_qs}",
+            data=body,
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        ) as upstream,
+    ):
+        return web.Response(status=upstream.status, body=await upstream.read())
 
+
+async def _write_through(handle: Handler, windows: list[ClosedWindow]) -> None:
+    """One InfluxSink.write of ``windows`` to a proxy answering every POST with ``handle``."""
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
@@ -58,6 +54,24 @@ async def _run_through_refusing_proxy(influx_url: str, windows: list[ClosedWindo
     finally:
         await sink.stop()
         await runner.cleanup()
+
+
+async def _run_through_refusing_proxy(influx_url: str, windows: list[ClosedWindow]) -> list[int]:
+    answers = [(429, "0.2"), (503, "0.1"), (429, None)]
+    seen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        if answers:
+            status, retry_after = answers.pop(0)
+            seen.append(status)
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return web.Response(status=status, headers=headers, text="slow down")
+        response = await _forward(influx_url, request, body)
+        seen.append(response.status)
+        return response
+
+    await _write_through(handle, windows)
     return seen
 
 
@@ -110,32 +124,13 @@ async def _run_through_gathering_proxy(
                 refuse -= 1
                 statuses.append(429)
                 return web.Response(status=429, headers={"Retry-After": "0.1"}, text="wait")
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"{influx_url}{request.path_qs}",
-                    data=body,
-                    headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-                ) as upstream,
-            ):
-                statuses.append(upstream.status)
-                return web.Response(status=upstream.status, body=await upstream.read())
+            response = await _forward(influx_url, request, body)
+            statuses.append(response.status)
+            return response
         finally:
             in_flight -= 1
 
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    sink = InfluxSink(f"http://127.0.0.1:{port}", "token", "org", "bucket")
-    await sink.start()
-    try:
-        await sink.write(FlushBatch(closed=windows))
-    finally:
-        await sink.stop()
-        await runner.cleanup()
+    await _write_through(handle, windows)
     return most, statuses
 
 
