@@ -7,6 +7,7 @@ end. Tests compare the real pipeline's outputs with it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +98,7 @@ def _starts(t: int, size: int, step: int) -> list[int]:
 
 def compute(
     records: list[Record],
-    windows_us: dict[str, int | tuple[int, int]],
+    windows_us: Mapping[str, int | tuple[int, int]],
     grace_us: int,
     sliding_us: dict[str, int] | None = None,
 ) -> Expected:
@@ -173,8 +174,8 @@ def compute(
             if pair not in expected.latest or meaning.t_us >= expected.latest[pair][0]:
                 expected.latest[pair] = (meaning.t_us, meaning.value)
             max_t = meaning.t_us if max_t is None else max(max_t, meaning.t_us)
-    for key, readings in applied.items():
-        expected.windows[key] = _aggregate(readings)
+    for window_key, readings in applied.items():
+        expected.windows[window_key] = _aggregate(readings)
     return expected
 
 

@@ -72,7 +72,7 @@ def test_processing_waits_when_the_bound_is_reached(monkeypatch: pytest.MonkeyPa
         stalled = RecordingSink(open_now=False)
         processor.sinks = [stalled]
         # No partitions are assigned: the next flush has nothing to drain or encode.
-        processor.writer = ChangelogWriter(None, "unused")  # type: ignore[arg-type]
+        processor.writer = ChangelogWriter(None, "unused")
         for number in range(3):
             processor._submit_flush(batch(number), [])
         # A fourth flush has to wait for the oldest: the stalled sink holds consumption.

@@ -247,6 +247,7 @@ def assert_dead_letter_set(broker: str, env: dict[str, str], expected: Expected)
     stored = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_DLQ"]))
     versions: dict[tuple[int, int], set[str]] = {}
     for record in stored:
+        assert record.value is not None, "a dead letter always has a value"
         letter = orjson.loads(record.value)
         versions.setdefault((letter["partition"], letter["offset"]), set()).add(
             json.dumps(letter, sort_keys=True)

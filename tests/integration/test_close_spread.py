@@ -20,6 +20,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -105,7 +106,7 @@ def run_worker(
 
 def assert_exact(records: list[kafka.StoredRecord]) -> None:
     # Each device's window [0, 10 s) holds rounds 0-9: values 0.0 .. 9.0.
-    by_device = {}
+    by_device: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         window = json.loads(record.value or b"{}")
         by_device.setdefault(window["device"], []).append(window)

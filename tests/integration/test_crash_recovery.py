@@ -68,8 +68,12 @@ def test_sigkill_loop_outputs_equal_the_reference(
             done = wait_until(applied, f"{share:.0%} applied", [worker], producer)
             flushed = (worker.health() or {}).get("flushes", 0)
             if moment == "flush":
+
+                def flushed_again(worker: WorkerProcess = worker, before: int = flushed) -> bool:
+                    return bool((worker.health() or {}).get("flushes", before) > before)
+
                 wait_until(
-                    lambda w=worker, f=flushed: (w.health() or {}).get("flushes", f) > f,
+                    flushed_again,
                     "a flush",
                     [worker],
                     producer,

@@ -15,7 +15,9 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -29,7 +31,7 @@ from tests.reference import QUANTILE_ACCURACY, Expected, Record, assert_window_f
 pytestmark = pytest.mark.integration
 
 WINDOWS_US = {"10s": 10_000_000, "1m": 60_000_000}
-WINDOW_SETS = {
+WINDOW_SETS: dict[str, tuple[str, Mapping[str, int | tuple[int, int]], dict[str, int]]] = {
     "tumbling": ("10s,1m", WINDOWS_US, {}),
     "hopping+sliding": (
         "10s,30s/10s,sliding:20s",
@@ -139,6 +141,7 @@ def assert_aggregates_topic(broker: str, env: dict[str, str], expected: Expected
     versions: dict[tuple, set[str]] = {}
     found = {}
     for record in stored:
+        assert record.value is not None
         doc = orjson.loads(record.value)
         assert record.key == doc["device"].encode()
         key = (doc["device"], doc["metric"], doc["window"], doc["start"])
@@ -156,7 +159,8 @@ def assert_dead_letters(
     broker: str, env: dict[str, str], expected: Expected, records: list[Record]
 ) -> None:
     stored = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_DLQ"]))
-    letters = [orjson.loads(r.value) for r in stored]
+    letters = [orjson.loads(r.value) for r in stored if r.value is not None]
+    assert len(letters) == len(stored), "a dead letter without a value"
     found = {(d["partition"], d["offset"]): d["reason"] for d in letters}
     assert found == expected.dead_letters
     assert len(letters) == len(found), "a record was dead-lettered twice"
@@ -180,8 +184,9 @@ def assert_dead_letters(
             assert letter["value"].encode() == original.value
 
 
-def _number(raw: bytes) -> float:
-    return float(raw)
+def _hash(client: redis.Redis, key: str) -> dict[bytes, bytes]:
+    """HGETALL; the client returns bytes (no decode_responses), whatever its types say."""
+    return cast(dict[bytes, bytes], client.hgetall(key))
 
 
 def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
@@ -206,12 +211,12 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
     for (label, device, metric), start in newest.items():
         agg = expected.windows[(device, metric, label, start)]
         key = f"{prefix}:closed:{label}:{device}:{metric}"
-        stored = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+        shown = {k.decode(): float(v) for k, v in _hash(client, key).items()}
         end = start + expected.window_sizes[label]
-        want = {name: agg[name] for name in FIELDS}
-        want["start"] = start // 1_000_000
-        want["end"] = end // 1_000_000
-        assert_window_fields(stored, want, key)
+        fields: dict[str, Any] = {name: agg[name] for name in FIELDS}
+        fields["start"] = start // 1_000_000
+        fields["end"] = end // 1_000_000
+        assert_window_fields(shown, fields, key)
         # Counts are written as integers, the rest so that they round-trip exactly.
         assert client.hget(key, "count") == str(agg["count"]).encode()
         assert client.hget(key, "sum") == repr(agg["sum"]).encode()
@@ -219,9 +224,8 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
         tops.setdefault((label, metric), {})[device] = agg["mean"]
     for (label, metric), scores in tops.items():
         key = f"{prefix}:top:{label}:{metric}"
-        assert dict(client.zrange(key, 0, -1, withscores=True)) == {
-            d.encode(): s for d, s in scores.items()
-        }
+        ranked: list[tuple[bytes, float]] = client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+        assert dict(ranked) == {d.encode(): s for d, s in scores.items()}
         assert 0 < client.ttl(key) <= STATE_TTL
     assert list(client.scan_iter(f"{prefix}:open:*")) == []
 
@@ -235,7 +239,7 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
     }
     assert found == set(wanted)
     for key, fields in wanted.items():
-        stored = {k.decode(): float(v) for k, v in client.hgetall(key).items()}
+        stored = {k.decode(): float(v) for k, v in _hash(client, key).items()}
         assert_window_fields(stored, fields, key)
         assert 0 < client.ttl(key) <= STATE_TTL
 
@@ -266,7 +270,7 @@ def assert_api_and_cli(worker: WorkerProcess, env: dict[str, str], expected: Exp
     label = sorted(expected.window_sizes)[0]
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/top/{label}/{metric}") as resp:
         top = json.loads(resp.read())
-    means = {}
+    means: dict[str, tuple[int, float]] = {}
     for (d, m, lab, start), agg in expected.windows.items():
         if (m, lab) == (metric, label) and start >= means.get(d, (-1, 0))[0]:
             means[d] = (start, agg["mean"])
@@ -280,7 +284,7 @@ def assert_dead_letter_counts(client: redis.Redis, prefix: str, expected: Expect
     deadline = time.monotonic() + 30
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        raw = client.hgetall(f"{prefix}:dlq:counts")
+        raw = _hash(client, f"{prefix}:dlq:counts")
         counts = {k.decode(): int(v) for k, v in raw.items()}
         if counts == wanted:
             return
@@ -292,13 +296,13 @@ def assert_influx(influx_url: str, prefix: str, expected: Expected) -> None:
     wanted: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
     for (device, metric, label, start), agg in expected.windows.items():
         for name in FIELDS:
-            labels = {
+            series = {
                 "__name__": f"{metric}_{name}",
                 "device": device,
                 "window": label,
                 **agg["tags"],
             }
-            wanted.setdefault(tuple(sorted(labels.items())), {})[start // 1000] = float(agg[name])
+            wanted.setdefault(tuple(sorted(series.items())), {})[start // 1000] = float(agg[name])
     match = f'{{__name__=~"(temperature|humidity)_.*",device=~"{prefix}-.*"}}'
     found = victoria.wait_for_points(influx_url, match, sum(len(v) for v in wanted.values()))
     assert set(found) == set(wanted)

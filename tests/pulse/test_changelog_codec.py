@@ -177,7 +177,7 @@ def test_a_snapshot_is_due_after_assignment_then_after_the_floor_or_twice_its_si
     # threshold = max(SNAPSHOT_MIN_BYTES, 2 x the last snapshot's size)
     from pulse import changelog
 
-    writer = changelog.ChangelogWriter(None, "state")  # type: ignore[arg-type]  # never sends
+    writer = changelog.ChangelogWriter(None, "state")  # no producer: it never sends here
     writer.adopt(3, -1)
     assert writer.snapshot_due(3)  # once after each assignment
     snapshot = dataclasses.replace(delta_with(windows=200), snapshot=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from tables.aggregators import Summary
 
 
-def run(readings: list[tuple[int, float, dict[str, str] | None]]) -> list[Any]:
+def run(readings: Sequence[tuple[int, float, dict[str, str] | None]]) -> list[Any]:
     t, value, tags = readings[0]
     state = Summary.initialize(t, value, tags)
     for t, value, tags in readings[1:]:

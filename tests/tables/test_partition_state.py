@@ -598,6 +598,7 @@ def run_checked(
                 if view.state is None:
                     assert newest is None
                 else:
+                    assert newest is not None
                     assert (view.start_us, view.end_us) == (newest, newest + sizes[view.window])
                     key = (view.device, view.metric, view.window, newest)
                     assert window_result(view.state) == ref.aggregates(key)

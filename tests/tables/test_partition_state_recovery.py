@@ -13,6 +13,7 @@ as the worker does, so the changelog holds what a JSON round trip keeps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ class Run:
     def process(
         self,
         state: PartitionState,
-        records: list[Reading | None],
+        records: Sequence[Reading | None],
         drain_after: set[int],
         snapshot_after: int | None = None,
         *,

@@ -45,7 +45,9 @@ def test_summary_percentiles_are_within_the_documented_accuracy(values: list[flo
 @settings(max_examples=100, deadline=None)
 @given(values_strategy, values_strategy)
 def test_merged_sketches_equal_one_sketch_of_all_values(a: list[float], b: list[float]) -> None:
-    left, right, whole = {}, {}, {}
+    left: dict[int, int] = {}
+    right: dict[int, int] = {}
+    whole: dict[int, int] = {}
     for value in a:
         QuantileSketch.add(left, value)
         QuantileSketch.add(whole, value)
