@@ -1,32 +1,34 @@
 """Recovery: how fast a partition's state is rebuilt from its changelog deltas.
 
 ``python -m bench.recovery`` runs one input partition of the latency run's load (1,250
-readings/s over 1,250 devices x 2 metrics, windows ``10s,1m``, a flush every 100 readings)
-through ``tables.partition_state.PartitionState``, encodes every flush's delta as the worker
-does (``pulse.changelog.encode_parts``, after one snapshot of the empty state), then times
-rebuilding a fresh state from those records (``DeltaAssembler`` + ``apply_delta`` +
-``finish_recovery``: what ``recover_partition`` does with each record it fetches, without the
-fetch). The rebuilt state must equal the live one. Prints JSON, with the seconds that
-``pulse.changelog.SNAPSHOT_MIN_BYTES`` of deltas take at the measured rate: the most a
-recovery replays after a snapshot of a small state.
+readings/s over 1,250 devices x 2 metrics, the benchmark dataset's readings from
+``bench.dataset.generate`` parsed by ``parse_reading``, windows ``10s,1m``, a flush every
+100 readings) through ``tables.partition_state.PartitionState``, encodes every flush's delta
+as the worker does (``pulse.changelog.encode_parts``, after one snapshot of the empty
+state), then times rebuilding a fresh state from those records (``DeltaAssembler`` +
+``apply_delta`` + ``finish_recovery``: what ``recover_partition`` does with each record it
+fetches, without the fetch). The rebuilt state must equal the live one. Prints JSON, with
+the seconds that ``pulse.changelog.SNAPSHOT_MIN_BYTES`` of deltas take at the measured rate:
+the most a recovery replays after a snapshot of a small state.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 
-from models.reading import Reading
+from bench.dataset import DatasetSpec, generate
+from models.reading import parse_reading
 from pulse.app import tune_gc
 from pulse.changelog import SNAPSHOT_MIN_BYTES, DeltaAssembler, encode_parts
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
 
-START_US = 1_795_000_000_000_000
 GRACE_US = 5_000_000
+MAX_MESSAGE_BYTES = 65_536
+"""PULSE_MAX_MESSAGE_BYTES's default."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,11 @@ def measure_recovery(
 ) -> RecoveryResult:
     specs = parse_windows("10s,1m")
     live = PartitionState(specs, GRACE_US)
-    rng = random.Random(1)
     values = encode_parts(live.drain(snapshot=True).delta, "snapshot", 0)
     readings = int(seconds * rate)
-    step_us = 1_000_000 // rate
-    for offset in range(readings):
-        device = f"dev-{rng.randrange(devices):05d}"
-        metric = "temperature" if rng.random() < 0.5 else "humidity"
-        value = round(rng.gauss(30.0, 5.0), 2)
-        live.apply(Reading(device, metric, value, START_US + offset * step_us, None), offset)
+    spec = DatasetSpec(readings=readings, devices=devices, partitions=1, span_seconds=seconds)
+    for offset, (key, value, ts_ms) in enumerate(generate(spec)):
+        live.apply(parse_reading(key, value, ts_ms, MAX_MESSAGE_BYTES), offset)
         if offset % flush_every == flush_every - 1:
             values += encode_parts(live.drain().delta, f"delta-{offset}", 0)
     values += encode_parts(live.drain().delta, "delta-last", 0)

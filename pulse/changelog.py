@@ -44,8 +44,8 @@ SNAPSHOT_MIN_BYTES = 16 << 20
 """Write a snapshot once the deltas since the last one exceed this and twice its size.
 
 Recovery replays at most this much of deltas after the snapshot (decoded and applied at
-about 32 MB/s on a 2-core test machine, ``python -m bench.recovery``: half a second per
-partition). A snapshot is encoded in the flush that takes it, on the loop, and with a small
+34-54 MB/s on a 2-core test machine, ``python -m bench.recovery``: at most half a second
+per partition). A snapshot is encoded in the flush that takes it, on the loop, and with a small
 state the floor sets how often that happens: at 4 MiB each partition of the latency
 benchmark snapshotted every 7-8 s, and in three interleaved pairs the p99 from a reading to
 Redis was 288, 289 and 327 ms against 214, 245 and 254 ms at 16 MiB (bench/README.md)."""

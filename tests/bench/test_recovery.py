@@ -6,8 +6,10 @@ from bench.recovery import measure_recovery
 
 
 def test_replaying_every_delta_rebuilds_the_live_state_exactly() -> None:
-    # 16 s of event time at 1,000 readings/s; watermark = 16 s - 5 s of grace:
-    #   [0 s, 10 s)   closed at 15 s (removals in the deltas)
+    # 16 s of the benchmark dataset (event times up to 2 s out of order) at 1,000 readings/s;
+    # at the end the watermark is about 16 s - 5 s of grace:
+    #   [0 s, 10 s)   closed once it passed 10 s (removals in the deltas; later readings for
+    #                 it are late there but still count in the minute)
     #   [10 s, 20 s)  open       [0 s, 1 min)  open
     result = measure_recovery(seconds=16, rate=1_000, devices=200, flush_every=100)
     assert result.readings == 16_000
