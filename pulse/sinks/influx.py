@@ -91,10 +91,14 @@ class InfluxSink(Sink):
                 )
 
         # Each request is retried on its own until it is written (points are idempotent, so
-        # their order does not matter); a bug in one cancels the others and propagates.
-        async with asyncio.TaskGroup() as requests:
-            for begin in range(0, len(lines), LINES_PER_REQUEST):
-                requests.create_task(post(begin))
+        # their order does not matter); a bug in one cancels the others and propagates as
+        # itself, as from the other sinks, not wrapped in the task group's ExceptionGroup.
+        try:
+            async with asyncio.TaskGroup() as requests:
+                for begin in range(0, len(lines), LINES_PER_REQUEST):
+                    requests.create_task(post(begin))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     async def _post(self, body: str) -> None:
         assert self.client is not None, "start() the sink first"

@@ -161,3 +161,33 @@ def test_a_large_write_goes_out_in_concurrent_requests_and_each_is_retried_alone
     assert {dict(labels)["device"]: points for labels, points in found.items()} == {
         f"{topic_prefix}-c{i}": {start // 1000: float(i)} for i in range(11)
     }
+
+
+def test_a_failure_that_is_no_backpressure_propagates_as_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not an HTTP answer to wait out (a bug, say): the write fails with that exception, and
+    # the requests still in flight are cancelled.
+    monkeypatch.setattr(influx, "LINES_PER_REQUEST", 1)
+    started: list[int] = []
+
+    async def post(body: str) -> None:
+        started.append(len(body))
+        if len(started) == 1:
+            raise ValueError("a bug in the sink")
+        await asyncio.sleep(10)
+
+    sink = InfluxSink("http://127.0.0.1:1", "token", "org", "bucket")
+    monkeypatch.setattr(sink, "_post", post)
+    start = 1_700_000_000 * 1_000_000
+    windows = [
+        ClosedWindow(
+            f"d{i}", "m", "10s", start, start + 10_000_000, Summary.initialize(start, 1.0, None)
+        )
+        for i in range(6)
+    ]
+    began = time.monotonic()
+    with pytest.raises(ValueError, match="a bug in the sink"):
+        asyncio.run(sink.write(FlushBatch(closed=windows)))
+    assert time.monotonic() - began < 5  # the sleeping requests were cancelled
+    assert len(started) < len(windows)  # the last was cancelled before it started
