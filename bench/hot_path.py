@@ -25,6 +25,7 @@ from bench.dataset import DatasetSpec, generate, partition_for
 from models.reading import Rejected, parse_reading
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts
+from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import line_protocol
 from pulse.sinks.kafka import aggregate_records
@@ -32,8 +33,8 @@ from pulse.sinks.redis import RedisSink
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
 
-MAX_MESSAGE_BYTES = 65_536
-"""PULSE_MAX_MESSAGE_BYTES's default."""
+DEFAULTS = Settings.from_env({})
+"""The worker's default settings (grace, largest accepted reading)."""
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
         records = by_partition[partition]
         records.append((key, value, ts_ms, len(records)))
     specs = parse_windows(args.windows)
-    states = {p: PartitionState(specs, 5_000_000) for p in by_partition}
+    states = {p: PartitionState(specs, DEFAULTS.grace_us) for p in by_partition}
     tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
     times: dict[str, float] = defaultdict(float)
@@ -107,7 +108,7 @@ def main() -> None:
                 apply = state.apply
                 for key, value, ts_ms, offset in chunk:
                     try:
-                        reading = parse_reading(key, value, ts_ms, MAX_MESSAGE_BYTES)
+                        reading = parse_reading(key, value, ts_ms, DEFAULTS.max_message_bytes)
                     except Rejected:
                         state.skip(offset)
                         continue

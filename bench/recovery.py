@@ -23,12 +23,11 @@ from bench.dataset import DatasetSpec, generate
 from models.reading import parse_reading
 from pulse.app import tune_gc
 from pulse.changelog import SNAPSHOT_MIN_BYTES, DeltaAssembler, encode_parts
+from pulse.settings import Settings
 from tables.partition_state import PartitionState
-from tables.windows import parse_windows
 
-GRACE_US = 5_000_000
-MAX_MESSAGE_BYTES = 65_536
-"""PULSE_MAX_MESSAGE_BYTES's default."""
+DEFAULTS = Settings.from_env({})
+"""The worker's default settings: windows ``10s,1m``, grace, largest accepted reading."""
 
 
 @dataclass(frozen=True)
@@ -48,20 +47,20 @@ class RecoveryResult:
 def measure_recovery(
     seconds: float = 60.0, rate: int = 1_250, devices: int = 1_250, flush_every: int = 100
 ) -> RecoveryResult:
-    specs = parse_windows("10s,1m")
-    live = PartitionState(specs, GRACE_US)
+    specs, grace_us = DEFAULTS.windows, DEFAULTS.grace_us
+    live = PartitionState(specs, grace_us)
     values = encode_parts(live.drain(snapshot=True).delta, "snapshot", 0)
     readings = int(seconds * rate)
     spec = DatasetSpec(readings=readings, devices=devices, partitions=1, span_seconds=seconds)
     for offset, (key, value, ts_ms) in enumerate(generate(spec)):
-        live.apply(parse_reading(key, value, ts_ms, MAX_MESSAGE_BYTES), offset)
+        live.apply(parse_reading(key, value, ts_ms, DEFAULTS.max_message_bytes), offset)
         if offset % flush_every == flush_every - 1:
             values += encode_parts(live.drain().delta, f"delta-{offset}", 0)
     values += encode_parts(live.drain().delta, "delta-last", 0)
     delta_bytes = sum(len(record) for record in values)
 
     began = time.perf_counter()
-    rebuilt = PartitionState(specs, GRACE_US)
+    rebuilt = PartitionState(specs, grace_us)
     assembler = DeltaAssembler()
     for record in values:
         delta = assembler.add(record)
