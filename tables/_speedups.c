@@ -6,6 +6,10 @@
  * summary_text(state)        the text of a window's aggregates (Summary.text)
  * hset(key, names, values)   "HSET key name value ..." packed in RESP, from str arguments
  * open_view_commands(...)    RedisSink's commands for open views (HSET, EXPIRE, DEL)
+ * close_windows(...)         PartitionState.close_ready's closing of the windows of one end
+ * open_views(...)            PartitionState.drain's open views of the series that changed
+ * delta_rows(...)            PartitionState.drain's changelog rows of changed and removed windows
+ * update_latest(...)         PartitionState.apply's latest value of a (device, metric)
  *
  * They compute exactly what the Python definitions compute: the same float operations in the
  * same order (C doubles are Python floats), floats written by PyOS_double_to_string(..., 'r')
@@ -15,6 +19,14 @@
  * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
  * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
  * hiredis.
+ *
+ * UNTRACKED: the objects they build that live on in the state or the outputs (window states,
+ * window keys, aggregate texts, closed windows) are taken off the cyclic garbage collector's
+ * lists at once. None of them can be part of a reference cycle: they hold only strs, ints,
+ * floats, None and states whose dicts hold strs and ints. The collector would untrack the
+ * tuples itself, but only after scanning each once, and it never untracks a list: with
+ * them tracked, each collection walked every open window, and a young collection in the
+ * latency run took tens of milliseconds of the event loop (see tune_gc in pulse/app.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -135,6 +147,7 @@ static PyObject *new_state(PyObject *t, PyObject *value, PyObject *tags) {
         if (i != SKETCH) Py_INCREF(items[i]);
         PyList_SET_ITEM(state, i, items[i]);
     }
+    PyObject_GC_UnTrack(state); /* see UNTRACKED */
     return state;
 }
 
@@ -245,6 +258,7 @@ static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t
             PyObject *key = PyTuple_Pack(4, device, metric, index, start_obj);
             Py_DECREF(start_obj);
             if (key == NULL) goto fail;
+            PyObject_GC_UnTrack(key); /* strs and ints: see UNTRACKED */
             PyObject *state = PyDict_GetItemWithError(windows, key);
             int failed = 0;
             if (state == NULL) {
@@ -433,6 +447,7 @@ static PyObject *summary_text(PyObject *self, PyObject *state) {
         }
         Py_DECREF(one);
         if (PyTuple_GET_ITEM(out, 0) == NULL) goto fail;
+        PyObject_GC_UnTrack(out); /* strs only: see UNTRACKED */
         return out;
     }
     double p[3];
@@ -453,6 +468,7 @@ static PyObject *summary_text(PyObject *self, PyObject *state) {
         if (text == NULL) goto fail;
         PyTuple_SET_ITEM(out, i + 1, text);
     }
+    PyObject_GC_UnTrack(out); /* strs only: see UNTRACKED */
     return out;
 fail:
     Py_DECREF(out);
@@ -653,6 +669,7 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             command = pack_texts(3, texts, sizes);
             if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
             PyObject *entry = Py_BuildValue("(Od)", start, now);
+            if (entry != NULL) PyObject_GC_UnTrack(entry); /* an int and a float: UNTRACKED */
             if (entry == NULL) goto view_done;
             int stored = PyDict_SetItem(ttl_set, key, entry);
             Py_DECREF(entry);
@@ -680,6 +697,348 @@ fail:
     return NULL;
 }
 
+/* One step of PartitionState.close_ready: closes ``keys``, the windows (device, metric, index,
+ * start) that end at ``end``; see close_windows in tables/_speedups.pyi and the Python
+ * definition in PartitionState.close_ready's comment. Returns the (device, metric) pairs
+ * left with no open window, in the order their last window closed. */
+static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 11 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) ||
+        !PyList_Check(args[3]) || !PySet_Check(args[4]) || !PySet_Check(args[5]) ||
+        !PyDict_Check(args[6]) || !PySet_Check(args[7]) || !PyDict_Check(args[8]) ||
+        !PyTuple_Check(args[9]) || !PyType_Check(args[10]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[10], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "close_windows(keys: list, end, windows: dict, closed: list, "
+                        "changed: set, removed: set, newest: dict, views_changed: set, "
+                        "open_per_key: dict, labels: tuple, closed_type: a tuple subclass)");
+        return NULL;
+    }
+    PyObject *keys = args[0], *end = args[1], *windows = args[2], *closed = args[3];
+    PyObject *changed = args[4], *removed = args[5], *newest = args[6];
+    PyObject *views_changed = args[7], *open_per_key = args[8], *labels = args[9];
+    PyTypeObject *closed_type = (PyTypeObject *)args[10];
+    PyObject *emptied = PyList_New(0);
+    if (emptied == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys); k++) {
+        PyObject *key = PyList_GET_ITEM(keys, k);
+        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
+            goto fail;
+        }
+        PyObject *device = PyTuple_GET_ITEM(key, 0), *metric = PyTuple_GET_ITEM(key, 1);
+        PyObject *index = PyTuple_GET_ITEM(key, 2), *start = PyTuple_GET_ITEM(key, 3);
+        Py_ssize_t i = PyLong_AsSsize_t(index);
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        if (i < 0 || i >= PyTuple_GET_SIZE(labels)) {
+            PyErr_SetString(PyExc_IndexError, "a window key's spec index is out of range");
+            goto fail;
+        }
+        /* state = windows.pop(key) */
+        PyObject *state = PyDict_GetItemWithError(windows, key);
+        if (state == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+            goto fail;
+        }
+        Py_INCREF(state);
+        if (PyDict_DelItem(windows, key) < 0) {
+            Py_DECREF(state);
+            goto fail;
+        }
+        /* closed.append(ClosedWindow(device, metric, label, start, end, state, text)) */
+        PyObject *text = summary_text(NULL, state);
+        PyObject *window = text == NULL ? NULL : closed_type->tp_alloc(closed_type, 7);
+        if (window == NULL) {
+            Py_DECREF(state);
+            Py_XDECREF(text);
+            goto fail;
+        }
+        PyObject *items[7] = {device, metric, PyTuple_GET_ITEM(labels, i), start, end};
+        for (int f = 0; f < 5; f++) Py_INCREF(items[f]);
+        items[5] = state; /* the references taken above */
+        items[6] = text;
+        for (int f = 0; f < 7; f++) PyTuple_SET_ITEM(window, f, items[f]);
+        PyObject_GC_UnTrack(window); /* see UNTRACKED */
+        int failed = PyList_Append(closed, window);
+        Py_DECREF(window);
+        if (failed < 0) goto fail;
+        /* changed.discard(key); removed.add(key) */
+        if (PySet_Discard(changed, key) < 0 || PySet_Add(removed, key) < 0) goto fail;
+        /* if newest.get(series) == start: del newest[series]; views_changed.add(series) */
+        PyObject *series = PyTuple_Pack(3, device, metric, index);
+        if (series == NULL) goto fail;
+        PyObject_GC_UnTrack(series); /* strs and an int: see UNTRACKED */
+        PyObject *newest_start = PyDict_GetItemWithError(newest, series);
+        int is_newest = 0;
+        if (newest_start != NULL) {
+            is_newest = PyObject_RichCompareBool(newest_start, start, Py_EQ);
+        } else if (PyErr_Occurred()) {
+            is_newest = -1;
+        }
+        if (is_newest > 0 &&
+            (PyDict_DelItem(newest, series) < 0 || PySet_Add(views_changed, series) < 0))
+            is_newest = -1;
+        Py_DECREF(series);
+        if (is_newest < 0) goto fail;
+        /* open_per_key[pair] -= 1, deleted (and the pair returned) when it reaches 0 */
+        PyObject *pair = PyTuple_Pack(2, device, metric);
+        if (pair == NULL) goto fail;
+        PyObject_GC_UnTrack(pair); /* strs: see UNTRACKED */
+        PyObject *open_count = PyDict_GetItemWithError(open_per_key, pair);
+        long long remaining = -1;
+        if (open_count != NULL) {
+            remaining = PyLong_AsLongLong(open_count) - 1;
+        } else if (!PyErr_Occurred()) {
+            PyErr_SetObject(PyExc_KeyError, pair);
+        }
+        failed = PyErr_Occurred() != NULL;
+        if (!failed && remaining > 0) {
+            PyObject *count = PyLong_FromLongLong(remaining);
+            failed = count == NULL || PyDict_SetItem(open_per_key, pair, count) < 0;
+            Py_XDECREF(count);
+        } else if (!failed) {
+            failed = PyDict_DelItem(open_per_key, pair) < 0 || PyList_Append(emptied, pair) < 0;
+        }
+        Py_DECREF(pair);
+        if (failed) goto fail;
+    }
+    return emptied;
+fail:
+    Py_DECREF(emptied);
+    return NULL;
+}
+
+/* A tuple of type ``type`` (a tuple subclass, such as a NamedTuple) holding ``n`` items; steals
+ * the references in ``items``, untracked (see UNTRACKED). */
+static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t n) {
+    PyObject *out = type->tp_alloc(type, n);
+    if (out == NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(items[i]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(out, i, items[i]);
+    PyObject_GC_UnTrack(out);
+    return out;
+}
+
+/* PartitionState.drain's open views of the series that changed; see open_views in tables/_speedups.pyi and the Python
+ * definition in PartitionState.drain's comment. */
+static PyObject *open_views(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 7 || !PySet_Check(args[0]) || !PySet_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyDict_Check(args[3]) || !PyTuple_Check(args[4]) || !PyTuple_Check(args[5]) ||
+        !PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type) ||
+        PyTuple_GET_SIZE(args[4]) != PyTuple_GET_SIZE(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "open_views(views_changed: set, changed: set, newest: dict, "
+                        "windows: dict, labels: tuple, sizes: tuple, view_type: a tuple "
+                        "subclass)");
+        return NULL;
+    }
+    PyObject *changed = args[1], *newest = args[2], *windows = args[3];
+    PyObject *labels = args[4], *sizes = args[5];
+    PyTypeObject *view_type = (PyTypeObject *)args[6];
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *out = PyList_New(0);
+    PyObject *iterator = NULL;
+    /* series_changed = set(views_changed) | the series of the changed windows that are their
+     * series' newest */
+    PyObject *series_changed = PySet_New(args[0]);
+    if (zero == NULL || out == NULL || series_changed == NULL) goto fail;
+    iterator = PyObject_GetIter(changed);
+    if (iterator == NULL) goto fail;
+    PyObject *changed_key;
+    while ((changed_key = PyIter_Next(iterator)) != NULL) {
+        PyObject *key_series = NULL;
+        if (!PyTuple_Check(changed_key) || PyTuple_GET_SIZE(changed_key) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
+        } else {
+            key_series = PyTuple_GetSlice(changed_key, 0, 3);
+        }
+        if (key_series == NULL) {
+            Py_DECREF(changed_key);
+            goto fail;
+        }
+        PyObject_GC_UnTrack(key_series); /* strs and an int: see UNTRACKED */
+        PyObject *newest_start = PyDict_GetItemWithError(newest, key_series);
+        int is_newest = 0;
+        if (newest_start != NULL) {
+            is_newest =
+                PyObject_RichCompareBool(newest_start, PyTuple_GET_ITEM(changed_key, 3), Py_EQ);
+        } else if (PyErr_Occurred()) {
+            is_newest = -1;
+        }
+        if (is_newest > 0 && PySet_Add(series_changed, key_series) < 0) is_newest = -1;
+        Py_DECREF(key_series);
+        Py_DECREF(changed_key);
+        if (is_newest < 0) goto fail;
+    }
+    Py_DECREF(iterator);
+    iterator = PyErr_Occurred() ? NULL : PyObject_GetIter(series_changed);
+    if (iterator == NULL) goto fail;
+    PyObject *series;
+    while ((series = PyIter_Next(iterator)) != NULL) {
+        PyObject *view = NULL;
+        if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a series key (device, metric, index)");
+            goto series_done;
+        }
+        PyObject *device = PyTuple_GET_ITEM(series, 0), *metric = PyTuple_GET_ITEM(series, 1);
+        PyObject *index = PyTuple_GET_ITEM(series, 2);
+        Py_ssize_t i = PyLong_AsSsize_t(index);
+        if (i == -1 && PyErr_Occurred()) goto series_done;
+        if (i < 0 || i >= PyTuple_GET_SIZE(labels)) {
+            PyErr_SetString(PyExc_IndexError, "a series key's spec index is out of range");
+            goto series_done;
+        }
+        PyObject *label = PyTuple_GET_ITEM(labels, i);
+        PyObject *start = PyDict_GetItemWithError(newest, series);
+        if (start == NULL) {
+            if (PyErr_Occurred()) goto series_done;
+            /* OpenView(device, metric, label, 0, 0, None): no open window any more */
+            PyObject *items[7] = {device, metric, label, zero, zero, Py_None, Py_None};
+            for (int f = 0; f < 7; f++) Py_INCREF(items[f]);
+            view = untracked_tuple(view_type, items, 7);
+            goto series_done;
+        }
+        PyObject *key = PyTuple_Pack(4, device, metric, index, start);
+        if (key == NULL) goto series_done;
+        PyObject *state = PyDict_GetItemWithError(windows, key);
+        if (state == NULL && !PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+        Py_DECREF(key);
+        if (state == NULL) goto series_done;
+        PyObject *end = PyNumber_Add(start, PyTuple_GET_ITEM(sizes, i));
+        PyObject *text = end == NULL ? NULL : summary_text(NULL, state);
+        if (text == NULL) {
+            Py_XDECREF(end);
+            goto series_done;
+        }
+        /* OpenView(device, metric, label, start, start + size, state, text) */
+        PyObject *items[7] = {device, metric, label, start, end, state, text};
+        for (int f = 0; f < 4; f++) Py_INCREF(items[f]);
+        Py_INCREF(state);
+        view = untracked_tuple(view_type, items, 7);
+    series_done:
+        Py_DECREF(series);
+        if (view == NULL || PyList_Append(out, view) < 0) {
+            Py_XDECREF(view);
+            goto fail;
+        }
+        Py_DECREF(view);
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_DECREF(iterator);
+    Py_DECREF(series_changed);
+    Py_DECREF(zero);
+    return out;
+fail:
+    Py_XDECREF(iterator);
+    Py_XDECREF(series_changed);
+    Py_XDECREF(out);
+    Py_XDECREF(zero);
+    return NULL;
+}
+
+/* PartitionState.drain's changelog rows of window keys; see delta_rows in
+ * tables/_speedups.pyi. Lists, as the changelog's JSON reads back, untracked (UNTRACKED). */
+static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !(args[1] == Py_None || PyDict_Check(args[1])) ||
+        !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "delta_rows(keys: iterable, windows: dict | None, labels: tuple)");
+        return NULL;
+    }
+    PyObject *windows = args[1] == Py_None ? NULL : args[1], *labels = args[2];
+    PyObject *out = PyList_New(0);
+    PyObject *iterator = out == NULL ? NULL : PyObject_GetIter(args[0]);
+    if (iterator == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    PyObject *key;
+    while ((key = PyIter_Next(iterator)) != NULL) {
+        PyObject *row = NULL;
+        Py_ssize_t i = -1;
+        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
+        } else if ((i = PyLong_AsSsize_t(PyTuple_GET_ITEM(key, 2))) < 0 ||
+                   i >= PyTuple_GET_SIZE(labels)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_IndexError, "a window key's spec index is out of range");
+        } else {
+            PyObject *state = windows == NULL ? NULL : PyDict_GetItemWithError(windows, key);
+            if (windows != NULL && state == NULL && !PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            if (!PyErr_Occurred() && (row = PyList_New(windows == NULL ? 4 : 5)) != NULL) {
+                /* [device, metric, label, start] (+ [state]) */
+                PyObject *items[5] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1),
+                                      PyTuple_GET_ITEM(labels, i), PyTuple_GET_ITEM(key, 3),
+                                      state};
+                for (Py_ssize_t f = 0; f < PyList_GET_SIZE(row); f++) {
+                    Py_INCREF(items[f]);
+                    PyList_SET_ITEM(row, f, items[f]);
+                }
+                PyObject_GC_UnTrack(row);
+            }
+        }
+        Py_DECREF(key);
+        if (row == NULL || PyList_Append(out, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(iterator);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(row);
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* PartitionState.apply's latest value; see update_latest in tables/_speedups.pyi. The key and
+ * the (t_us, value) it stores are untracked (UNTRACKED): one per reading, living until the
+ * next reading of the key replaces it, they were most of what young collections scanned. */
+static PyObject *update_latest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyDict_Check(args[0]) || !PySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "update_latest(latest: dict, changed: set, device, metric, t_us, value)");
+        return NULL;
+    }
+    PyObject *latest = args[0], *changed = args[1], *t = args[4];
+    PyObject *key = PyTuple_Pack(2, args[2], args[3]);
+    if (key == NULL) return NULL;
+    PyObject_GC_UnTrack(key);
+    PyObject *previous = PyDict_GetItemWithError(latest, key);
+    int newer = 1;
+    if (previous != NULL) {
+        if (!PyTuple_Check(previous) || PyTuple_GET_SIZE(previous) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a latest value (t_us, value)");
+            newer = -1;
+        } else {
+            newer = PyObject_RichCompareBool(t, PyTuple_GET_ITEM(previous, 0), Py_GE);
+        }
+    } else if (PyErr_Occurred()) {
+        newer = -1;
+    }
+    if (newer > 0) {
+        PyObject *value = PyTuple_Pack(2, t, args[5]);
+        if (value == NULL) {
+            newer = -1;
+        } else {
+            PyObject_GC_UnTrack(value);
+            if (PyDict_SetItem(latest, key, value) < 0 || PySet_Add(changed, key) < 0)
+                newer = -1;
+            Py_DECREF(value);
+        }
+    }
+    Py_DECREF(key);
+    if (newer < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(gamma, inv_log_gamma, min_magnitude, zero, negative, last_positive, "
@@ -698,6 +1057,16 @@ static PyMethodDef methods[] = {
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
      "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields, seconds_text) -> "
      "RedisSink's commands for open views."},
+    {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
+     "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
+     "open_per_key, labels, closed_type) -> pairs left with no open window."},
+    {"open_views", (PyCFunction)(void (*)(void))open_views, METH_FASTCALL,
+     "open_views(views_changed, changed, newest, windows, labels, sizes, view_type) -> "
+     "the OpenViews of the series that changed."},
+    {"delta_rows", (PyCFunction)(void (*)(void))delta_rows, METH_FASTCALL,
+     "delta_rows(keys, windows, labels) -> the changelog rows of window keys."},
+    {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
+     "update_latest(latest, changed, device, metric, t_us, value): the latest value."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -37,3 +37,38 @@ def open_view_commands(
     fields: tuple[str, ...],
     seconds_text: Callable[[int], str],
 ) -> list[bytes]: ...
+def close_windows(
+    keys: list[tuple[str, str, int, int]],
+    end: int,
+    windows: dict[tuple[str, str, int, int], list[Any]],
+    closed: list[Any],
+    changed: set[tuple[str, str, int, int]],
+    removed: set[tuple[str, str, int, int]],
+    newest: dict[tuple[str, str, int], int],
+    views_changed: set[tuple[str, str, int]],
+    open_per_key: dict[tuple[str, str], int],
+    labels: tuple[str, ...],
+    closed_type: type[tuple[Any, ...]],
+) -> list[tuple[str, str]]: ...
+def open_views(
+    views_changed: set[tuple[str, str, int]],
+    changed: set[tuple[str, str, int, int]],
+    newest: dict[tuple[str, str, int], int],
+    windows: dict[tuple[str, str, int, int], list[Any]],
+    labels: tuple[str, ...],
+    sizes: tuple[int, ...],
+    view_type: type[tuple[Any, ...]],
+) -> list[Any]: ...
+def delta_rows(
+    keys: Iterable[tuple[str, str, int, int]],
+    windows: dict[tuple[str, str, int, int], list[Any]] | None,
+    labels: tuple[str, ...],
+) -> list[list[Any]]: ...
+def update_latest(
+    latest: dict[tuple[str, str], tuple[int, float]],
+    changed: set[tuple[str, str]],
+    device: str,
+    metric: str,
+    t_us: int,
+    value: float,
+) -> None: ...

@@ -44,7 +44,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from models.reading import Reading
-from tables._speedups import apply_windows
+from tables._speedups import (
+    apply_windows,
+    close_windows,
+    delta_rows,
+    open_views,
+    update_latest,
+)
 from tables.aggregators import AggregateText, Summary, SummaryState
 from tables.windows import WindowSpec
 
@@ -190,6 +196,8 @@ class PartitionState:
         self.specs = specs
         self.grace_us = grace_us
         self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
+        self._labels = tuple(spec.label for spec in specs)
+        self._sizes = tuple(spec.size_us for spec in specs)
         # (index, size, step) of the tumbling and hopping specs, for apply_windows.
         self._spec_math = tuple(
             (i, s.size_us, s.step_us) for i, s in enumerate(specs) if s.kind != "sliding"
@@ -270,11 +278,9 @@ class PartitionState:
             applied = True
         if not applied:
             return False
-        latest_key = (device, metric)
-        previous = self.latest.get(latest_key)
-        if previous is None or t >= previous[0]:
-            self.latest[latest_key] = (t, value)
-            self._latest_changed.add(latest_key)
+        # In C: with key = (device, metric), if key is not in self.latest or t is at least
+        # self.latest[key][0]: self.latest[key] = (t, value); self._latest_changed.add(key)
+        update_latest(self.latest, self._latest_changed, device, metric, t, value)
         if t > self.max_t:
             self.max_t = t
             if t - self.grace_us > watermark:
@@ -348,33 +354,33 @@ class PartitionState:
                 del self._by_end[end]
                 self._closed_of_first_end = 0
             budget -= len(keys)
-            for key in keys:
-                state = self.windows.pop(key)
-                device, metric, index, start = key
-                self._closed.append(
-                    ClosedWindow(
-                        device,
-                        metric,
-                        self.specs[index].label,
-                        start,
-                        end,
-                        state,
-                        Summary.text(state),
-                    )
-                )
-                self._changed.discard(key)
-                self._removed.add(key)
-                series = (device, metric, index)
-                if self._newest.get(series) == start:
-                    del self._newest[series]
-                    self._views_changed.add(series)
-                pair = (device, metric)
-                remaining = self._open_per_key[pair] - 1
-                if remaining:
-                    self._open_per_key[pair] = remaining
-                else:
-                    del self._open_per_key[pair]
-                    self._forget_latest_if_unused(pair)
+            # In C (close_windows; every window closes here once, so the loop cost as much
+            # as applying the readings), for each key in keys:
+            #   state = self.windows.pop(key); device, metric, index, start = key
+            #   self._closed.append(ClosedWindow(device, metric, self._labels[index], start,
+            #                                    end, state, Summary.text(state)))
+            #   self._changed.discard(key); self._removed.add(key)
+            #   series = (device, metric, index)
+            #   if self._newest.get(series) == start:
+            #       del self._newest[series]; self._views_changed.add(series)
+            #   self._open_per_key[(device, metric)] -= 1, deleting it at 0 and returning
+            #   the pair, whose latest value is then forgotten if unused
+            # tests/tables/test_partition_state.py holds it to that definition.
+            emptied = close_windows(
+                keys,
+                end,
+                self.windows,
+                self._closed,
+                self._changed,
+                self._removed,
+                self._newest,
+                self._views_changed,
+                self._open_per_key,
+                self._labels,
+                ClosedWindow,
+            )
+            for pair in emptied:
+                self._forget_latest_if_unused(pair)
 
     def _close_budget(self, spread_us: int) -> int:
         """How many more windows may close now when each end's are spread over spread_us."""
@@ -412,37 +418,27 @@ class PartitionState:
         :meth:`close_ready`).
         """
         self.close_ready(spread_us)
-        text = Summary.text
         closed = self._closed
         labels = [spec.label for spec in self.specs]
         windows = self.windows
-        newest = self._newest
-        # A series' view changed when its newest window changed, opened or closed.
-        series_changed = set(self._views_changed)
-        for device, metric, index, start in self._changed:
-            if newest.get((device, metric, index)) == start:
-                series_changed.add((device, metric, index))
-        views = []
-        for series in series_changed:
-            device, metric, index = series
-            spec = self.specs[index]
-            newest_start = newest.get(series)
-            if newest_start is None:
-                views.append(OpenView(device, metric, spec.label, 0, 0, None))
-            else:
-                start = newest_start
-                state = windows[(device, metric, index, start)]
-                views.append(
-                    OpenView(
-                        device,
-                        metric,
-                        spec.label,
-                        start,
-                        start + spec.size_us,
-                        state,
-                        text(state),
-                    )
-                )
+        # In C (open_views; a view per changed series per flush, the drain's largest part):
+        #   A series' view changed when its newest window opened or closed (_views_changed)
+        #   or changed (its key in _changed with the start newest[series]). For each:
+        #     start = newest.get(series); label = self._labels[index]
+        #     None: OpenView(device, metric, label, 0, 0, None)
+        #     else: state = windows[(*series, start)]
+        #           OpenView(device, metric, label, start, start + self._sizes[index], state,
+        #                    Summary.text(state))
+        # tests/tables/test_partition_state.py holds it to that definition.
+        views = open_views(
+            self._views_changed,
+            self._changed,
+            self._newest,
+            windows,
+            self._labels,
+            self._sizes,
+            OpenView,
+        )
         unsent = self._latest_unsent
         latest = [
             Latest(device, metric, *self.latest.get((device, metric)) or unsent[(device, metric)])
@@ -478,7 +474,7 @@ class PartitionState:
             latest_removed: list[list[Any]] = []
         else:
             changed = self._changed
-            removed = [[d, m, labels[i], s] for d, m, i, s in self._removed]
+            removed = delta_rows(self._removed, None, self._labels)  # [[d, m, label, s], ...]
             latest_rows = [[row.device, row.metric, row.t_us, row.value] for row in latest]
             latest_removed = [[d, m] for d, m in self._latest_changed if (d, m) not in self.latest]
         delta = Delta(
@@ -486,7 +482,8 @@ class PartitionState:
             to_offset=self.next_offset,
             max_t=self.max_t,
             idle_floor=self.idle_floor,
-            windows=[[d, m, labels[i], s, windows[(d, m, i, s)]] for d, m, i, s in changed],
+            # [[d, m, labels[i], s, windows[(d, m, i, s)]] for d, m, i, s in changed], in C
+            windows=delta_rows(changed, windows, self._labels),
             removed=removed,
             latest=latest_rows,
             latest_removed=latest_removed,

@@ -8,6 +8,7 @@ computed from those lists when a window closes.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from models.reading import Reading
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow, Drained, PartitionState
+from tables.partition_state import ClosedWindow, Drained, OpenView, PartitionState
 from tables.windows import WindowSpec, parse_windows
 
 S = 1_000_000
@@ -444,6 +445,7 @@ class BruteForce:
     closed: set[tuple[str, str, str, int]] = field(default_factory=set)
     latest: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     latest_changed: set[tuple[str, str]] = field(default_factory=set)
+    views_drained: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     @property
     def watermark(self) -> float:
@@ -486,6 +488,18 @@ class BruteForce:
             k[3] for k in self.windows if k[:3] == (device, metric, label) and k not in self.closed
         ]
         return max(starts) if starts else None
+
+    def views_now(self) -> dict[tuple[str, str, str], Any]:
+        """Per series seen: None, or the newest open window's start and aggregates."""
+        views: dict[tuple[str, str, str], Any] = {}
+        for device, metric, label, _ in self.windows:
+            newest = self.newest_open(device, metric, label)
+            views[(device, metric, label)] = (
+                None
+                if newest is None
+                else (newest, self.aggregates((device, metric, label, newest)))
+            )
+        return views
 
     def aggregates(self, key: tuple[str, str, str, int]) -> dict[str, Any]:
         applied = self.windows[key]
@@ -587,6 +601,8 @@ def run_checked(
             assert ends == sorted(ends)
             for window in drained.closed:
                 key = (window.device, window.metric, window.window, window.start_us)
+                assert type(window) is ClosedWindow
+                assert window.text == Summary.text(window.state)
                 assert window.end_us == window.start_us + sizes[window.window]
                 assert window_result(window.state) == ref.aggregates(key), key
                 ref.check_percentiles(key, Summary.result(window.state))
@@ -594,14 +610,26 @@ def run_checked(
             series = [(v.device, v.metric, v.window) for v in drained.open_views]
             assert len(series) == len(set(series))
             for view in drained.open_views:
+                assert type(view) is OpenView
                 newest = ref.newest_open(view.device, view.metric, view.window)
                 if view.state is None:
                     assert newest is None
+                    assert (view.start_us, view.end_us, view.text) == (0, 0, None)
                 else:
                     assert newest is not None
                     assert (view.start_us, view.end_us) == (newest, newest + sizes[view.window])
                     key = (view.device, view.metric, view.window, newest)
                     assert window_result(view.state) == ref.aggregates(key)
+                    assert view.text == Summary.text(view.state)
+            # every series whose newest open window (or its aggregates) differs from the view
+            # last drained has a view in this drain: Redis is never left with a stale one
+            for view_series, shown in ref.views_now().items():
+                if shown != ref.views_drained.get(view_series):
+                    assert view_series in series, view_series
+            for view in drained.open_views:
+                ref.views_drained[(view.device, view.metric, view.window)] = (
+                    None if view.state is None else (view.start_us, window_result(view.state))
+                )
             for latest in drained.latest:
                 assert (latest.t_us, latest.value) == ref.latest[(latest.device, latest.metric)]
             # every latest value that changed reaches the drain (pulse:device:{device})
@@ -720,3 +748,35 @@ def test_spread_closes_keep_the_order_of_window_ends() -> None:
     closed = state.drain(spread_us=4 * S).closed
     assert [w.start_us for w in closed] == [10 * S] * 10 + [20 * S]
     assert not state.closing
+
+
+def test_state_and_outputs_stay_off_the_cyclic_collector() -> None:
+    # tables/_speedups.c, UNTRACKED: window states, keys, latest values, views, closed
+    # windows, their texts and the changelog rows cannot be part of a cycle, so the collector
+    # never scans them (that took tens of milliseconds of the loop per collection).
+    state = PartitionState(parse_windows("10s,1m"), 0)
+    assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
+    assert state.apply(Reading("d", "m", 2.5, 2 * S, {"site": "x"}), 1)
+    first = state.drain()
+    views = first.open_views
+    assert len(state.windows) == 2 and len(views) == 2
+    assert sorted(row[2] for row in first.delta.windows) == ["10s", "1m"]
+    assert not any(gc.is_tracked(row) for row in first.delta.windows)
+    for key, window_state in state.windows.items():
+        assert not gc.is_tracked(key) and not gc.is_tracked(window_state)
+    assert state.latest == {("d", "m"): (2 * S, 2.5)}
+    for pair, latest in state.latest.items():
+        assert not gc.is_tracked(pair) and not gc.is_tracked(latest)
+    for view in views:
+        assert view.text is not None
+        assert not gc.is_tracked(view) and not gc.is_tracked(view.text)
+    state.advance_idle(HUGE)
+    drained = state.drain()
+    assert [(w.window, w.start_us) for w in drained.closed] == [("10s", 0), ("1m", 0)]
+    for window in drained.closed:
+        assert window.text is not None
+        assert not gc.is_tracked(window) and not gc.is_tracked(window.text)
+    assert sorted((v.window, v.state) for v in drained.open_views) == [("10s", None), ("1m", None)]
+    assert sorted(row[2] for row in drained.delta.removed) == ["10s", "1m"]
+    assert not any(gc.is_tracked(row) for row in drained.delta.removed)
+    assert not any(gc.is_tracked(view) for view in drained.open_views)
