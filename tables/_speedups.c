@@ -697,6 +697,19 @@ fail:
     return NULL;
 }
 
+/* A tuple of type ``type`` (a tuple subclass, such as a NamedTuple) holding ``n`` items; steals
+ * the references in ``items``, untracked (see UNTRACKED). */
+static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t n) {
+    PyObject *out = type->tp_alloc(type, n);
+    if (out == NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(items[i]);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(out, i, items[i]);
+    PyObject_GC_UnTrack(out);
+    return out;
+}
+
 /* One step of PartitionState.close_ready: closes ``keys``, the windows (device, metric, index,
  * start) that end at ``end``; see close_windows in tables/_speedups.pyi and the Python
  * definition in PartitionState.close_ready's comment. Returns the (device, metric) pairs
@@ -747,18 +760,16 @@ static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t
         }
         /* closed.append(ClosedWindow(device, metric, label, start, end, state, text)) */
         PyObject *text = summary_text(NULL, state);
-        PyObject *window = text == NULL ? NULL : closed_type->tp_alloc(closed_type, 7);
-        if (window == NULL) {
+        if (text == NULL) {
             Py_DECREF(state);
-            Py_XDECREF(text);
             goto fail;
         }
         PyObject *items[7] = {device, metric, PyTuple_GET_ITEM(labels, i), start, end};
         for (int f = 0; f < 5; f++) Py_INCREF(items[f]);
         items[5] = state; /* the references taken above */
         items[6] = text;
-        for (int f = 0; f < 7; f++) PyTuple_SET_ITEM(window, f, items[f]);
-        PyObject_GC_UnTrack(window); /* see UNTRACKED */
+        PyObject *window = untracked_tuple(closed_type, items, 7);
+        if (window == NULL) goto fail;
         int failed = PyList_Append(closed, window);
         Py_DECREF(window);
         if (failed < 0) goto fail;
@@ -806,19 +817,6 @@ static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t
 fail:
     Py_DECREF(emptied);
     return NULL;
-}
-
-/* A tuple of type ``type`` (a tuple subclass, such as a NamedTuple) holding ``n`` items; steals
- * the references in ``items``, untracked (see UNTRACKED). */
-static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t n) {
-    PyObject *out = type->tp_alloc(type, n);
-    if (out == NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(items[i]);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) PyTuple_SET_ITEM(out, i, items[i]);
-    PyObject_GC_UnTrack(out);
-    return out;
 }
 
 /* PartitionState.drain's open views of the series that changed; see open_views in tables/_speedups.pyi and the Python
