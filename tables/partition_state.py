@@ -419,7 +419,7 @@ class PartitionState:
         """
         self.close_ready(spread_us)
         closed = self._closed
-        labels = [spec.label for spec in self.specs]
+        labels = self._labels
         windows = self.windows
         # In C (open_views; a view per changed series per flush, the drain's largest part):
         #   A series' view changed when its newest window opened or closed (_views_changed)
