@@ -710,6 +710,18 @@ static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_
     return out;
 }
 
+/* The spec index of a window or series key, checked against ``labels`` (one label per spec):
+ * -1 with an exception set if it is no int or out of range (a corrupt key). */
+static Py_ssize_t spec_index(PyObject *labels, PyObject *index) {
+    Py_ssize_t i = PyLong_AsSsize_t(index);
+    if (i == -1 && PyErr_Occurred()) return -1;
+    if (i < 0 || i >= PyTuple_GET_SIZE(labels)) {
+        PyErr_SetString(PyExc_IndexError, "a key's spec index is out of range");
+        return -1;
+    }
+    return i;
+}
+
 /* One step of PartitionState.close_ready: closes ``keys``, the windows (device, metric, index,
  * start) that end at ``end``; see close_windows in tables/_speedups.pyi and the Python
  * definition in PartitionState.close_ready's comment. Returns the (device, metric) pairs
@@ -741,12 +753,8 @@ static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t
         }
         PyObject *device = PyTuple_GET_ITEM(key, 0), *metric = PyTuple_GET_ITEM(key, 1);
         PyObject *index = PyTuple_GET_ITEM(key, 2), *start = PyTuple_GET_ITEM(key, 3);
-        Py_ssize_t i = PyLong_AsSsize_t(index);
-        if (i == -1 && PyErr_Occurred()) goto fail;
-        if (i < 0 || i >= PyTuple_GET_SIZE(labels)) {
-            PyErr_SetString(PyExc_IndexError, "a window key's spec index is out of range");
-            goto fail;
-        }
+        Py_ssize_t i = spec_index(labels, index);
+        if (i < 0) goto fail;
         /* state = windows.pop(key) */
         PyObject *state = PyDict_GetItemWithError(windows, key);
         if (state == NULL) {
@@ -883,12 +891,8 @@ static PyObject *open_views(PyObject *self, PyObject *const *args, Py_ssize_t na
         }
         PyObject *device = PyTuple_GET_ITEM(series, 0), *metric = PyTuple_GET_ITEM(series, 1);
         PyObject *index = PyTuple_GET_ITEM(series, 2);
-        Py_ssize_t i = PyLong_AsSsize_t(index);
-        if (i == -1 && PyErr_Occurred()) goto series_done;
-        if (i < 0 || i >= PyTuple_GET_SIZE(labels)) {
-            PyErr_SetString(PyExc_IndexError, "a series key's spec index is out of range");
-            goto series_done;
-        }
+        Py_ssize_t i = spec_index(labels, index);
+        if (i < 0) goto series_done;
         PyObject *label = PyTuple_GET_ITEM(labels, i);
         PyObject *start = PyDict_GetItemWithError(newest, series);
         if (start == NULL) {
@@ -959,11 +963,7 @@ static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_ssize_t i = -1;
         if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 4) {
             PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
-        } else if ((i = PyLong_AsSsize_t(PyTuple_GET_ITEM(key, 2))) < 0 ||
-                   i >= PyTuple_GET_SIZE(labels)) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_IndexError, "a window key's spec index is out of range");
-        } else {
+        } else if ((i = spec_index(labels, PyTuple_GET_ITEM(key, 2))) >= 0) {
             PyObject *state = windows == NULL ? NULL : PyDict_GetItemWithError(windows, key);
             if (windows != NULL && state == NULL && !PyErr_Occurred())
                 PyErr_SetObject(PyExc_KeyError, key);

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.reading import Reading
+from tables import _speedups
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow, Drained, OpenView, PartitionState
 from tables.windows import WindowSpec, parse_windows
@@ -780,3 +781,23 @@ def test_state_and_outputs_stay_off_the_cyclic_collector() -> None:
     assert sorted(row[2] for row in drained.delta.removed) == ["10s", "1m"]
     assert not any(gc.is_tracked(row) for row in drained.delta.removed)
     assert not any(gc.is_tracked(view) for view in drained.open_views)
+
+
+def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_not_a_crash() -> None:
+    # The C loops index the labels (and sizes) tuples with a key's spec index; a key that
+    # names no configured spec must raise, never read past the tuple.
+    state = PartitionState(parse_windows("10s,1m"), 0)
+    assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
+    labels, sizes = ("10s", "1m"), (10 * S, 60 * S)
+    for index in (2, -1):
+        key, series = ("d", "m", index, 0), ("d", "m", index)
+        with pytest.raises(IndexError, match="spec index is out of range"):
+            _speedups.delta_rows([key], None, labels)
+        with pytest.raises(IndexError, match="spec index is out of range"):
+            _speedups.open_views({series}, set(), {series: 0}, {}, labels, sizes, OpenView)
+        windows = {key: state.windows[("d", "m", 0, 0)]}
+        with pytest.raises(IndexError, match="spec index is out of range"):
+            _speedups.close_windows(
+                [key], 10 * S, windows, [], set(), set(), {}, set(), {}, labels, ClosedWindow
+            )
+        assert list(windows) == [key]  # nothing was closed
