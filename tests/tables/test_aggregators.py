@@ -158,6 +158,17 @@ def test_text_keeps_the_sign_of_zero_whatever_was_formatted_before() -> None:
     assert Summary.text(run([(1, -0.0, None)])) == ("1", *["-0.0"] * 6, "0.0", "0.0", "0.0")
 
 
+def test_remembered_texts_stay_exact_when_their_slots_are_reused() -> None:
+    # tables/_speedups.c remembers value texts in a fixed table of 2**17 slots, where a value
+    # replaces the one in its slot: more distinct values than slots, then the first ones
+    # again, must each still get their own repr.
+    values = [1.0 + i / 7 for i in range(300_000)]
+    for value in values + values[:1000]:
+        assert Summary.text(Summary.initialize(0, value, None))[1] == repr(value)
+    many = run([(t, 0.5, None) for t in range(5000)])  # counts past the precomputed texts
+    assert Summary.text(many)[0] == "5000"
+
+
 def test_text_of_an_overflowing_sum_is_null() -> None:
     state = run([(1, 1e300, None)])
     state[1] = math.inf  # as if 1.8e8 readings of 1e300 had been added
