@@ -13,28 +13,18 @@ from typing import Any
 
 import orjson
 
+from tables import _speedups
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
-US_PER_SECOND = 1_000_000
+seconds_text = _speedups.seconds_text
+"""``seconds_text(t_us)``: epoch microseconds as epoch seconds in text, an integer when whole,
+else the shortest repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)::
 
+    whole, rest = divmod(t_us, 1_000_000)
+    return str(whole) if rest == 0 else repr(t_us / 1_000_000)
 
-def seconds_text(t_us: int) -> str:
-    """Epoch microseconds as epoch seconds in text: an integer when whole, else the shortest
-    repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)."""
-    # Memoised: window bounds repeat (every series' windows share them) and every window
-    # output writes two.
-    text = _SECONDS_TEXT.get(t_us)
-    if text is None:
-        whole, rest = divmod(t_us, US_PER_SECOND)
-        text = str(whole) if rest == 0 else repr(t_us / US_PER_SECOND)
-        if len(_SECONDS_TEXT) >= 100_000:
-            _SECONDS_TEXT.clear()
-        _SECONDS_TEXT[t_us] = text
-    return text
-
-
-_SECONDS_TEXT: dict[int, str] = {}
+In C (tables/_speedups.c): every window output writes two and every latest value one."""
 
 
 def tags_json(tags: dict[str, str]) -> str:

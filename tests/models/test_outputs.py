@@ -6,6 +6,8 @@ import base64
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.outputs import DeadLetter, closed_window_json, seconds_text
 from tables.aggregators import Summary
@@ -30,8 +32,26 @@ S = 1_000_000
 def test_seconds_text(t_us: int, expected: float) -> None:
     text = seconds_text(t_us)
     assert text == repr(expected)
-    assert seconds_text(t_us) == text  # memoised
+    assert seconds_text(t_us) == text
     assert float(text) == t_us / 1_000_000
+
+
+def seconds_text_reference(t_us: int) -> str:
+    whole, rest = divmod(t_us, 1_000_000)
+    return str(whole) if rest == 0 else repr(t_us / 1_000_000)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.integers(-(2**53), 2**53),
+        st.integers(0, 4_102_444_800).map(lambda s: s * 1_000_000),  # whole seconds
+        st.integers(1_700_000_000_000_000, 1_900_000_000_000_000),  # epoch microseconds now
+        st.integers(-(2**80), 2**80),  # beyond a double's exact integers: Python's arithmetic
+    )
+)
+def test_seconds_text_is_its_python_definition(t_us: int) -> None:
+    assert seconds_text(t_us) == seconds_text_reference(t_us)
 
 
 def closed_window_document(window: ClosedWindow) -> dict:

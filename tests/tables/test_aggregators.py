@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tables._speedups import float_repr
 from tables.aggregators import Summary
 
 
@@ -167,6 +170,30 @@ def test_remembered_texts_stay_exact_when_their_slots_are_reused() -> None:
         assert Summary.text(Summary.initialize(0, value, None))[1] == repr(value)
     many = run([(t, 0.5, None) for t in range(5000)])  # counts past the precomputed texts
     assert Summary.text(many)[0] == "5000"
+
+
+def test_float_text_is_repr() -> None:
+    # tables/_speedups.c writes 1e-3 <= |x| < 1e15 with its own shortest-repr search (and the
+    # rest with Python's): every text must be repr's, digit for digit. Checked once over
+    # 53 million values of these kinds; here a sample of each.
+    rng = random.Random(4)
+    values = [0.0, -0.0, math.inf, -math.inf, 5e-324, 2.2250738585072014e-308, 1e300]
+    for edge in (1e-3, 1e15, 0.1, 0.5, 1.0, 10.0, 2.0**49, 2.0**-10):
+        for x in (edge, -edge):
+            values += [x, math.nextafter(x, math.inf), math.nextafter(x, -math.inf)]
+    values += [2.0**p for p in range(-12, 52)]  # a quarter-ulp gap below each
+    values += [562949953421312 + j / 4 for j in range(400)]  # two candidates tie: even digit
+    for _ in range(50_000):
+        values.append(rng.choice((1, -1)) * 10 ** rng.uniform(-4, 16))
+        total = 0.0
+        for _ in range(rng.randint(2, 30)):  # sums and means of readings, 17 digits
+            total += round(rng.uniform(-40, 40), 2)
+        values += [total, total / 7, round(rng.uniform(-1e6, 1e6), rng.randint(0, 6))]
+        bits = rng.getrandbits(64).to_bytes(8, "little")
+        values.append(struct.unpack("<d", bits)[0])
+    mismatches = [(repr(x), float_repr(x)) for x in values if x == x and float_repr(x) != repr(x)]
+    assert mismatches == []
+    assert float_repr(math.nan) == "nan"
 
 
 def test_text_of_an_overflowing_sum_is_null() -> None:
