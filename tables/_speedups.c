@@ -828,6 +828,153 @@ fail:
     return NULL;
 }
 
+/* The RedisSink's commands for latest values; see latest_commands in tables/_speedups.pyi and
+ * the Python definition in RedisSink._commands' comment. Per device, in the order its first
+ * value comes: HSET key metric value metric:ts seconds ... with the newest value of each of
+ * its metrics (a merged batch may hold several), then EXPIRE if ttl_set says so. */
+static PyObject *latest_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, "
+                        "ttl: int)");
+        return NULL;
+    }
+    PyObject *prefix = args[1], *ttl_set = args[2];
+    double now = PyFloat_AsDouble(args[3]);
+    long long ttl = PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    char ttl_text[24];
+    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    PyObject *out = PyList_New(0), *now_object = PyFloat_FromDouble(now);
+    PyObject *by_device = PyDict_New(); /* device -> {metric: Latest}, both in first-seen order */
+    PyObject *iterator = by_device == NULL ? NULL : PyObject_GetIter(args[0]);
+    PyObject **texts = NULL; /* per field of one HSET: metric, value, ts texts (owned) */
+    const char **parts = NULL;
+    Py_ssize_t *sizes = NULL;
+    char *ts_names = NULL;
+    Py_ssize_t n_texts = 0;
+    PyObject *device, *metrics;
+    if (out == NULL || now_object == NULL || iterator == NULL) goto fail;
+    PyObject *latest;
+    while ((latest = PyIter_Next(iterator)) != NULL) {
+        int failed = 1;
+        if (!PyTuple_Check(latest) || PyTuple_GET_SIZE(latest) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a Latest (device, metric, t_us, value) is expected");
+        } else {
+            device = PyTuple_GET_ITEM(latest, 0);
+            metrics = PyDict_GetItemWithError(by_device, device);
+            if (metrics == NULL && !PyErr_Occurred()) {
+                metrics = PyDict_New();
+                if (metrics != NULL && PyDict_SetItem(by_device, device, metrics) < 0)
+                    Py_CLEAR(metrics);
+                Py_XDECREF(metrics); /* by_device holds it */
+            }
+            failed = metrics == NULL ||
+                     PyDict_SetItem(metrics, PyTuple_GET_ITEM(latest, 1), latest) < 0;
+        }
+        Py_DECREF(latest);
+        if (failed) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(by_device, &position, &device, &metrics)) {
+        Py_ssize_t n = PyDict_GET_SIZE(metrics), argc = 2 + 4 * n;
+        n_texts = 2 * n;
+        texts = PyMem_Calloc((size_t)n_texts, sizeof(PyObject *));
+        parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
+        sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)argc);
+        ts_names = PyMem_Malloc((size_t)(n * 132)); /* "{metric}:ts", names <= 128 bytes */
+        if (texts == NULL || parts == NULL || sizes == NULL || ts_names == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        char key[1024], *at = key;
+        if ((at = put_str(at, key + sizeof key, prefix)) == NULL ||
+            (at = put_str(at, key + sizeof key, device)) == NULL)
+            goto too_long;
+        parts[0] = "HSET";
+        sizes[0] = 4;
+        parts[1] = key;
+        sizes[1] = at - key;
+        Py_ssize_t metric_position = 0, i = 0;
+        PyObject *metric, *entry;
+        char *ts_at = ts_names;
+        while (PyDict_Next(metrics, &metric_position, &metric, &entry)) {
+            PyObject *value = PyTuple_GET_ITEM(entry, 3);
+            if (!PyFloat_Check(value)) {
+                PyErr_SetString(PyExc_TypeError, "a latest value is a float");
+                goto fail;
+            }
+            texts[2 * i] = remembered_text(PyFloat_AS_DOUBLE(value));
+            if (texts[2 * i] == NULL) goto fail;
+            texts[2 * i + 1] = seconds_text(NULL, PyTuple_GET_ITEM(entry, 2));
+            if (texts[2 * i + 1] == NULL) goto fail;
+            Py_ssize_t name_size;
+            const char *name = PyUnicode_AsUTF8AndSize(metric, &name_size);
+            if (name == NULL) goto fail;
+            if (name_size > 128) goto too_long;
+            memcpy(ts_at, name, (size_t)name_size);
+            memcpy(ts_at + name_size, ":ts", 3);
+            Py_ssize_t base = 2 + 4 * i;
+            parts[base] = name;
+            sizes[base] = name_size;
+            parts[base + 2] = ts_at;
+            sizes[base + 2] = name_size + 3;
+            ts_at += name_size + 3;
+            for (int t = 0; t < 2; t++) {
+                const char *utf8 = PyUnicode_AsUTF8AndSize(texts[2 * i + t], &sizes[base + 1 + 2 * t]);
+                if (utf8 == NULL) goto fail;
+                parts[base + 1 + 2 * t] = utf8;
+            }
+            i++;
+        }
+        PyObject *command = pack_texts(argc, parts, sizes);
+        int appended = command == NULL ? -1 : PyList_Append(out, command);
+        Py_XDECREF(command);
+        if (appended < 0) goto fail;
+        for (Py_ssize_t t = 0; t < n_texts; t++) Py_CLEAR(texts[t]);
+        PyMem_Free(texts);
+        PyMem_Free(parts);
+        PyMem_Free(sizes);
+        PyMem_Free(ts_names);
+        texts = NULL, parts = NULL, sizes = NULL, ts_names = NULL;
+        /* EXPIRE when the device's TTL was never set, or more than half a TTL ago */
+        PyObject *set_at = PyDict_GetItemWithError(ttl_set, device);
+        if (set_at == NULL && PyErr_Occurred()) goto fail;
+        double at_time = set_at == NULL ? 0.0 : PyFloat_AsDouble(set_at);
+        if (at_time == -1.0 && PyErr_Occurred()) goto fail;
+        if (set_at == NULL || now - at_time > (double)ttl / 2) {
+            const char *expire[3] = {"EXPIRE", key, ttl_text};
+            Py_ssize_t expire_sizes[3] = {6, at - key, ttl_size};
+            command = pack_texts(3, expire, expire_sizes);
+            appended = command == NULL ? -1 : PyList_Append(out, command);
+            Py_XDECREF(command);
+            if (appended < 0 || PyDict_SetItem(ttl_set, device, now_object) < 0) goto fail;
+        }
+        continue;
+    too_long:
+        PyErr_SetString(PyExc_ValueError, "a device key longer than 1023 bytes");
+        goto fail;
+    }
+    Py_DECREF(iterator);
+    Py_DECREF(by_device);
+    Py_DECREF(now_object);
+    return out;
+fail:
+    /* the texts of the device being packed; unset ones are NULL (calloc) */
+    for (Py_ssize_t t = 0; texts != NULL && t < n_texts; t++) Py_XDECREF(texts[t]);
+    PyMem_Free(texts);
+    PyMem_Free(parts);
+    PyMem_Free(sizes);
+    PyMem_Free(ts_names);
+    Py_XDECREF(iterator);
+    Py_XDECREF(by_device);
+    Py_XDECREF(now_object);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 /* A tuple of type ``type`` (a tuple subclass, such as a NamedTuple) holding ``n`` items; steals
  * the references in ``items``, untracked (see UNTRACKED). */
 static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t n) {
@@ -1188,6 +1335,8 @@ static PyMethodDef methods[] = {
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
      "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields, seconds_text) -> "
      "RedisSink's commands for open views."},
+    {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
+     "latest_commands(latest, key_prefix, ttl_set, now, ttl) -> HSET and EXPIRE per device."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
      "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
      "open_per_key, labels, closed_type) -> pairs left with no open window."},

@@ -39,6 +39,13 @@ def open_view_commands(
     fields: tuple[str, ...],
     seconds_text: Callable[[int], str],
 ) -> list[bytes]: ...
+def latest_commands(
+    latest: Iterable[tuple[str, str, int, float]],
+    key_prefix: str,
+    ttl_set: dict[str, float],
+    now: float,
+    ttl: int,
+) -> list[bytes]: ...
 def close_windows(
     keys: list[tuple[str, str, int, int]],
     end: int,

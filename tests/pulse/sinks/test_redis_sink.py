@@ -116,6 +116,58 @@ def test_open_view_commands_are_the_documented_ones() -> None:
     }
 
 
+def latest_commands_reference(sink: RedisSink, latest: list[Latest], now: float) -> list[bytes]:
+    """RedisSink's latest-value commands as the sink documents them (the C is held to this)."""
+    newest = {(entry.device, entry.metric): entry for entry in latest}
+    devices: dict[str, list[object]] = {}
+    for entry in newest.values():
+        devices.setdefault(entry.device, []).extend(
+            (entry.metric, entry.value, f"{entry.metric}:ts", seconds_text(entry.t_us))
+        )
+    out: list[bytes] = []
+    ttl_set, ttl = sink._device_ttl_set, sink.ttl
+    for device, fields in devices.items():
+        key = sink.keys.device(device)
+        out.append(pack("HSET", key, *fields))
+        at = ttl_set.get(device)
+        if at is None or now - at > ttl / 2:
+            out.append(pack("EXPIRE", key, ttl))
+            ttl_set[device] = now
+    return out
+
+
+def test_latest_commands_are_the_documented_ones() -> None:
+    rounds = [
+        # first writes: one HSET per device with each metric's newest value, and its TTL; a
+        # merged batch names dev-1's temperature twice (the later entry is the newer)
+        (
+            100.0,
+            [
+                Latest("dev-1", "temperature", 1_000_000, 21.5),
+                Latest("dév-2", "humidity", 1_500_000, -0.0),
+                Latest("dev-1", "humidity", 2_000_000, 0.1 + 0.2),
+                Latest("dev-1", "temperature", 2_250_000, 1e-300),
+            ],
+        ),
+        # soon after: no EXPIRE
+        (101.0, [Latest("dév-2", "humidity", 3_000_000, 40.0)]),
+        # more than half a TTL (60 s) later: EXPIRE again; a new device gets its first
+        (132.5, [Latest("dév-2", "humidity", 4_000_000, 41.25), Latest("d3", "m", 0, 1.0)]),
+    ]
+    fast = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    slow = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    expected_counts = [4, 1, 4]
+    for (now, latest), count in zip(rounds, expected_counts, strict=True):
+        made = _speedups.latest_commands(
+            latest, fast.keys.device_prefix, fast._device_ttl_set, now, 60
+        )
+        assert made == latest_commands_reference(slow, latest, now)
+        assert len(made) == count
+        assert fast._device_ttl_set == slow._device_ttl_set
+    assert fast._device_ttl_set == {"dev-1": 100.0, "dév-2": 132.5, "d3": 132.5}
+    assert made[0] == pack("HSET", "pülse:device:dév-2", "humidity", "41.25", "humidity:ts", "4")
+
+
 def test_an_error_reply_is_raised_after_all_replies_are_read(
     redis_url: str, topic_prefix: str
 ) -> None:
