@@ -377,6 +377,8 @@ static int quantiles(PyObject *sketch, long long count, double out[3]) {
     return failed ? -1 : 0;
 }
 
+static char *put_digits(char *at, Py_ssize_t n);
+
 /* repr(x) for 1e-3 <= |x| < 1e15, written to ``out`` (at least 40 bytes); returns its length,
  * or 0 for any other x (the caller then uses PyOS_double_to_string, Python's own repr).
  *
@@ -419,24 +421,23 @@ static Py_ssize_t short_repr(double x, char *out) {
         if (rest > half || (rest == half && (k & 1))) k++;
         if (k < k_min) k = k_min;
         if (k > k_max) k = k_max;
-        char digits[24];
-        int n = 0;
-        do {
-            digits[n++] = (char)('0' + k % 10);
-            k /= 10;
-        } while (k > 0);
+        char digits[24]; /* k: at most 17 digits, the most a shortest repr needs */
+        int n = (int)(put_digits(digits, (Py_ssize_t)k) - digits);
         char *at = out;
         if (x < 0) *at++ = '-';
         if (n <= d) { /* 0.00ddd */
             *at++ = '0';
             *at++ = '.';
             for (int z = n; z < d; z++) *at++ = '0';
-            while (n > 0) *at++ = digits[--n];
-        } else {
-            while (n > d) *at++ = digits[--n];
+            memcpy(at, digits, (size_t)n);
+            at += n;
+        } else { /* ddd.ddd, or ddd.0 */
+            memcpy(at, digits, (size_t)(n - d));
+            at += n - d;
             *at++ = '.';
             if (d == 0) *at++ = '0';
-            while (n > 0) *at++ = digits[--n];
+            memcpy(at, digits + n - d, (size_t)d);
+            at += d;
         }
         return at - out;
     }
@@ -459,8 +460,6 @@ static PyObject *float_repr(PyObject *self, PyObject *value) {
     if (x == -1.0 && PyErr_Occurred()) return NULL;
     return float_text(x);
 }
-
-static char *put_digits(char *at, Py_ssize_t n);
 
 /* models.outputs.seconds_text: epoch microseconds as epoch seconds in text, an integer when
  * whole, else repr of the nearest float:
