@@ -827,6 +827,180 @@ fail:
     return NULL;
 }
 
+/* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
+static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
+                         const char *ttl_text, Py_ssize_t ttl_size) {
+    const char *texts[3] = {"EXPIRE", key, ttl_text};
+    Py_ssize_t sizes[3] = {6, key_size, ttl_size};
+    PyObject *command = pack_texts(3, texts, sizes);
+    int appended = command == NULL ? -1 : PyList_Append(out, command);
+    Py_XDECREF(command);
+    return appended;
+}
+
+/* The RedisSink's commands for closed windows; see closed_window_commands in
+ * tables/_speedups.pyi and the Python definition in RedisSink._commands' comment. */
+static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 12) {
+        PyErr_SetString(PyExc_TypeError,
+                        "closed_window_commands(closed, closed_prefix: str, top_prefix: str, "
+                        "ttl: int, fields: the 10 aggregates, start and end)");
+        return NULL;
+    }
+    PyObject *closed_prefix = args[1], *top_prefix = args[2], *fields = args[4];
+    long long ttl = PyLong_AsLongLong(args[3]);
+    if (ttl == -1 && PyErr_Occurred()) return NULL;
+    char ttl_text[24];
+    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    PyObject *out = PyList_New(0);
+    PyObject *newest = PyDict_New(); /* (window, device, metric) -> its newest ClosedWindow */
+    PyObject *tops = PyDict_New();   /* (window, metric) -> [mean, device, ...] */
+    PyObject *iterator = newest == NULL || tops == NULL ? NULL : PyObject_GetIter(args[0]);
+    const char **parts = NULL;
+    Py_ssize_t *sizes = NULL;
+    if (out == NULL || iterator == NULL) goto fail;
+    PyObject *window;
+    while ((window = PyIter_Next(iterator)) != NULL) {
+        int failed = 1;
+        if (!PyTuple_Check(window) || PyTuple_GET_SIZE(window) < VIEW_LEN) {
+            PyErr_SetString(PyExc_TypeError, "a ClosedWindow is expected");
+        } else {
+            PyObject *series = PyTuple_Pack(3, PyTuple_GET_ITEM(window, VIEW_WINDOW),
+                                            PyTuple_GET_ITEM(window, VIEW_DEVICE),
+                                            PyTuple_GET_ITEM(window, VIEW_METRIC));
+            PyObject *seen = series == NULL ? NULL : PyDict_GetItemWithError(newest, series);
+            int newer = 1;
+            if (seen != NULL)
+                newer = PyObject_RichCompareBool(PyTuple_GET_ITEM(seen, VIEW_START),
+                                                 PyTuple_GET_ITEM(window, VIEW_START), Py_LT);
+            if (series != NULL && !PyErr_Occurred())
+                failed = newer < 0 || (newer && PyDict_SetItem(newest, series, window) < 0);
+            Py_XDECREF(series);
+        }
+        Py_DECREF(window);
+        if (failed) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    Py_ssize_t position = 0;
+    PyObject *series;
+    while (PyDict_Next(newest, &position, &series, &window)) {
+        PyObject *label = PyTuple_GET_ITEM(window, VIEW_WINDOW);
+        PyObject *device = PyTuple_GET_ITEM(window, VIEW_DEVICE);
+        PyObject *metric = PyTuple_GET_ITEM(window, VIEW_METRIC);
+        char key[1024], *end = key + sizeof key, *at = key;
+        if ((at = put_str(at, end, closed_prefix)) == NULL ||
+            (at = put_str(at, end, label)) == NULL || at >= end)
+            goto too_long;
+        *at++ = ':';
+        if ((at = put_str(at, end, device)) == NULL || at >= end) goto too_long;
+        *at++ = ':';
+        if ((at = put_str(at, end, metric)) == NULL) goto too_long;
+        PyObject *text = PyTuple_GET_ITEM(window, VIEW_TEXT);
+        if (text == Py_None) text = summary_text(NULL, PyTuple_GET_ITEM(window, VIEW_STATE));
+        else Py_INCREF(text);
+        if (text == NULL) goto fail;
+        PyObject *start = NULL, *stop = NULL, *command = NULL, *pair = NULL;
+        int failed = 1;
+        if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
+            PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
+            goto window_done;
+        }
+        start = seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_START));
+        stop = start == NULL ? NULL : seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_END));
+        if (stop == NULL) goto window_done;
+        PyObject *values[12];
+        for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
+        values[10] = start;
+        values[11] = stop;
+        command = pack_hset(key, at - key, fields, values, 12);
+        if (command == NULL || PyList_Append(out, command) < 0 ||
+            append_expire(out, key, at - key, ttl_text, ttl_size) < 0)
+            goto window_done;
+        /* a sorted set's score must be a number: no member for a null mean */
+        PyObject *mean = PyTuple_GET_ITEM(text, 4);
+        int is_null = PyUnicode_CompareWithASCIIString(mean, "null") == 0;
+        if (!is_null) {
+            pair = PyTuple_Pack(2, label, metric);
+            PyObject *members = pair == NULL ? NULL : PyDict_GetItemWithError(tops, pair);
+            if (members == NULL && pair != NULL && !PyErr_Occurred()) {
+                members = PyList_New(0);
+                if (members != NULL && PyDict_SetItem(tops, pair, members) < 0)
+                    Py_CLEAR(members);
+                Py_XDECREF(members); /* tops holds it */
+            }
+            if (members == NULL || PyList_Append(members, mean) < 0 ||
+                PyList_Append(members, device) < 0)
+                goto window_done;
+        }
+        failed = 0;
+    window_done:
+        Py_XDECREF(pair);
+        Py_XDECREF(command);
+        Py_XDECREF(start);
+        Py_XDECREF(stop);
+        Py_DECREF(text);
+        if (failed) goto fail;
+        continue;
+    too_long:
+        PyErr_SetString(PyExc_ValueError, "a closed-window key longer than 1023 bytes");
+        goto fail;
+    }
+    /* ZADD {top_prefix}{window}:{metric} mean device ..., then EXPIRE */
+    position = 0;
+    PyObject *pair, *members;
+    while (PyDict_Next(tops, &position, &pair, &members)) {
+        char key[1024], *end = key + sizeof key, *at = key;
+        if ((at = put_str(at, end, top_prefix)) == NULL ||
+            (at = put_str(at, end, PyTuple_GET_ITEM(pair, 0))) == NULL || at >= end) {
+            PyErr_SetString(PyExc_ValueError, "a top key longer than 1023 bytes");
+            goto fail;
+        }
+        *at++ = ':';
+        if ((at = put_str(at, end, PyTuple_GET_ITEM(pair, 1))) == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a top key longer than 1023 bytes");
+            goto fail;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(members), argc = 2 + n;
+        parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
+        sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)argc);
+        if (parts == NULL || sizes == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        parts[0] = "ZADD";
+        sizes[0] = 4;
+        parts[1] = key;
+        sizes[1] = at - key;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            parts[2 + i] = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, i), &sizes[2 + i]);
+            if (parts[2 + i] == NULL) goto fail;
+        }
+        PyObject *command = pack_texts(argc, parts, sizes);
+        int appended = command == NULL ? -1 : PyList_Append(out, command);
+        Py_XDECREF(command);
+        PyMem_Free(parts);
+        PyMem_Free(sizes);
+        parts = NULL, sizes = NULL;
+        if (appended < 0 || append_expire(out, key, at - key, ttl_text, ttl_size) < 0)
+            goto fail;
+    }
+    Py_DECREF(iterator);
+    Py_DECREF(newest);
+    Py_DECREF(tops);
+    return out;
+fail:
+    PyMem_Free(parts);
+    PyMem_Free(sizes);
+    Py_XDECREF(iterator);
+    Py_XDECREF(newest);
+    Py_XDECREF(tops);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 /* The RedisSink's commands for latest values; see latest_commands in tables/_speedups.pyi and
  * the Python definition in RedisSink._commands' comment. Per device, in the order its first
  * value comes: HSET key metric value metric:ts seconds ... with the newest value of each of
@@ -1336,6 +1510,9 @@ static PyMethodDef methods[] = {
      "RedisSink's commands for open views."},
     {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
      "latest_commands(latest, key_prefix, ttl_set, now, ttl) -> HSET and EXPIRE per device."},
+    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands,
+     METH_FASTCALL,
+     "closed_window_commands(closed, closed_prefix, top_prefix, ttl, fields) -> commands."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
      "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
      "open_per_key, labels, closed_type) -> pairs left with no open window."},

@@ -46,6 +46,13 @@ def latest_commands(
     now: float,
     ttl: int,
 ) -> list[bytes]: ...
+def closed_window_commands(
+    closed: Iterable[tuple[Any, ...]],
+    closed_prefix: str,
+    top_prefix: str,
+    ttl: int,
+    fields: tuple[str, ...],
+) -> list[bytes]: ...
 def close_windows(
     keys: list[tuple[str, str, int, int]],
     end: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import hiredis
@@ -17,7 +18,9 @@ from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
 from pulse.stack import start_redis
 from tables import _speedups
 from tables.aggregators import Summary
-from tables.partition_state import Latest, OpenView
+from tables.partition_state import ClosedWindow, Latest, OpenView
+
+Closed = ClosedWindow
 
 S = 1_000_000
 
@@ -166,6 +169,64 @@ def test_latest_commands_are_the_documented_ones() -> None:
         assert fast._device_ttl_set == slow._device_ttl_set
     assert fast._device_ttl_set == {"dev-1": 100.0, "dév-2": 132.5, "d3": 132.5}
     assert made[0] == pack("HSET", "pülse:device:dév-2", "humidity", "41.25", "humidity:ts", "4")
+
+
+def closed_window_commands_reference(sink: RedisSink, closed: list[ClosedWindow]) -> list[bytes]:
+    """RedisSink's closed-window commands as the sink documents them (the C is held to this)."""
+    newest: dict[tuple[str, str, str], ClosedWindow] = {}
+    for window in closed:
+        series = (window.window, window.device, window.metric)
+        seen = newest.get(series)
+        if seen is None or seen.start_us < window.start_us:
+            newest[series] = window
+    out: list[bytes] = []
+    tops: dict[tuple[str, str], list[str]] = {}
+    for (label, device, metric), window in newest.items():
+        key = sink.keys.closed(label, device, metric)
+        text = window.aggregate_text()
+        out.append(window_hset(key, text, window.start_us, window.end_us))
+        out.append(pack("EXPIRE", key, sink.ttl))
+        if text[4] != "null":
+            tops.setdefault((label, metric), []).extend((text[4], device))
+    for (label, metric), members in tops.items():
+        key = sink.keys.top(label, metric)
+        out.append(pack("ZADD", key, *members))
+        out.append(pack("EXPIRE", key, sink.ttl))
+    return out
+
+
+def test_closed_window_commands_are_the_documented_ones() -> None:
+    def closed(
+        device: str, metric: str, label: str, start: int, values: list[float]
+    ) -> ClosedWindow:
+        state = Summary.initialize(start, values[0], None)
+        for value in values[1:]:
+            Summary.add(state, start + 1, value, None)
+        return ClosedWindow(
+            device, metric, label, start, start + 10 * S, state, Summary.text(state)
+        )
+
+    overflowed = closed("dev-3", "temperature", "10s", 0, [1e300, 1e300])
+    overflowed.state[1] = math.inf  # its sum overflowed: mean "null", no top member
+    overflowed = overflowed._replace(text=Summary.text(overflowed.state))
+    batch = [
+        closed("dev-1", "temperature", "10s", 0, [21.5, 22.25]),
+        closed("dév-2", "temperature", "10s", 0, [0.1, 0.2]),
+        closed("dev-1", "temperature", "10s", 10 * S, [23.0]),  # newer: replaces the first
+        closed("dev-1", "temperature", "10s", 5 * S, [99.0]),  # older than the one kept
+        closed("dev-1", "humidity", "1m", 0, [40.0])._replace(text=None),  # formatted here
+        overflowed,
+    ]
+    sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    made = _speedups.closed_window_commands(
+        batch, sink.keys.closed_prefix, sink.keys.top_prefix, 60, WINDOW_FIELDS
+    )
+    assert made == closed_window_commands_reference(sink, batch)
+    assert len(made) == 4 * 2 + 2 * 2  # four series; two top keys
+    assert made[-4] == pack(
+        "ZADD", "pülse:top:10s:temperature", "23.0", "dev-1", repr((0.1 + 0.2) / 2), "dév-2"
+    )
+    assert made[-2] == pack("ZADD", "pülse:top:1m:humidity", "40.0", "dev-1")
 
 
 def test_an_error_reply_is_raised_after_all_replies_are_read(
