@@ -827,6 +827,83 @@ fail:
     return NULL;
 }
 
+/* The common case of models.reading.parse_reading, or None for anything else (which the
+ * Python definition then parses, accepts or rejects with its reason): a record whose value,
+ * at most max_bytes, is a JSON object (loaded by ``loads``) with a device and a metric
+ * already in ``valid_names`` (so validated before), the device equal to the key, a float
+ * value within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year 2096),
+ * and no tags. Returns reading_type(device, metric, value, t_us, None), what the Python
+ * definition returns for such a record; tests/models/test_reading.py holds it to that. */
+static PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
+
+static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyAnySet_Check(args[3]) || !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_common(key, value, max_bytes: int, valid_names: set, loads, "
+                        "reading_type)");
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1], *valid_names = args[3];
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);
+    if (max_bytes == -1 && PyErr_Occurred()) return NULL;
+    if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
+        PyBytes_GET_SIZE(value) > max_bytes)
+        Py_RETURN_NONE;
+    PyObject *doc = PyObject_CallOneArg(args[4], value);
+    if (doc == NULL) { /* not JSON: the Python definition says why */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = NULL;
+    if (!PyDict_CheckExact(doc)) goto done;
+    /* (str keys: a lookup cannot fail) */
+    PyObject *device = PyDict_GetItemWithError(doc, field_device);
+    PyObject *metric = PyDict_GetItemWithError(doc, field_metric);
+    PyObject *number = PyDict_GetItemWithError(doc, field_value);
+    PyObject *ts = PyDict_GetItemWithError(doc, field_ts);
+    if (device == NULL || metric == NULL || number == NULL || ts == NULL ||
+        PyDict_GetItemWithError(doc, field_tags) != NULL || !PyUnicode_CheckExact(device) ||
+        !PyUnicode_CheckExact(metric) || !PyFloat_CheckExact(number) || !PyFloat_CheckExact(ts))
+        goto done;
+    int known = PySet_Contains(valid_names, device);
+    if (known > 0) known = PySet_Contains(valid_names, metric);
+    if (known <= 0) {
+        PyErr_Clear();
+        goto done;
+    }
+    Py_ssize_t device_size;
+    const char *device_utf8 = PyUnicode_AsUTF8AndSize(device, &device_size);
+    if (device_utf8 == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    if (device_size != PyBytes_GET_SIZE(key) ||
+        memcmp(device_utf8, PyBytes_AS_STRING(key), (size_t)device_size) != 0)
+        goto done;
+    double v = PyFloat_AS_DOUBLE(number);
+    if (!(v >= -1e300 && v <= 1e300)) goto done;
+    /* round(ts * 1_000_000): Python rounds a float half to even, as nearbyint does in the
+     * default rounding mode */
+    double t = nearbyint(PyFloat_AS_DOUBLE(ts) * 1e6);
+    if (!(t >= 0.0 && t <= 4e15)) goto done;
+    PyObject *t_us = PyLong_FromDouble(t);
+    if (t_us == NULL) goto done;
+    PyTypeObject *reading_type = (PyTypeObject *)args[5];
+    PyObject *items[5] = {device, metric, number, t_us, Py_None};
+    for (int i = 0; i < 5; i++)
+        if (i != 3) Py_INCREF(items[i]);
+    out = reading_type->tp_alloc(reading_type, 5);
+    if (out == NULL) {
+        for (int i = 0; i < 5; i++) Py_DECREF(items[i]);
+        goto done;
+    }
+    for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(out, i, items[i]);
+done:
+    Py_DECREF(doc);
+    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
+}
+
 /* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
 static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
                          const char *ttl_text, Py_ssize_t ttl_size) {
@@ -1513,6 +1590,8 @@ static PyMethodDef methods[] = {
     {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands,
      METH_FASTCALL,
      "closed_window_commands(closed, closed_prefix, top_prefix, ttl, fields) -> commands."},
+    {"parse_common", (PyCFunction)(void (*)(void))parse_common, METH_FASTCALL,
+     "parse_common(key, value, max_bytes, valid_names, loads, reading_type) -> Reading | None."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
      "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
      "open_per_key, labels, closed_type) -> pairs left with no open window."},
@@ -1530,6 +1609,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     one = PyLong_FromLong(1);
-    if (one == NULL) return NULL;
+    field_device = PyUnicode_InternFromString("device");
+    field_metric = PyUnicode_InternFromString("metric");
+    field_value = PyUnicode_InternFromString("value");
+    field_ts = PyUnicode_InternFromString("ts");
+    field_tags = PyUnicode_InternFromString("tags");
+    if (one == NULL || field_device == NULL || field_metric == NULL || field_value == NULL ||
+        field_ts == NULL || field_tags == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

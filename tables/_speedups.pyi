@@ -53,6 +53,14 @@ def closed_window_commands(
     ttl: int,
     fields: tuple[str, ...],
 ) -> list[bytes]: ...
+def parse_common(
+    key: bytes | None,
+    value: bytes | None,
+    max_bytes: int,
+    valid_names: set[str],
+    loads: Callable[[bytes], Any],
+    reading_type: type[Any],
+) -> Any: ...
 def close_windows(
     keys: list[tuple[str, str, int, int]],
     end: int,

@@ -6,8 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.reading import Reading, Rejected, parse_reading
+from models.reading import Reading, Rejected, _parse_reading, _valid_names, parse_reading
+from tables._speedups import parse_common
 
 MAX_BYTES = 65_536
 RECORD_TS_MS = 1_795_315_000_123
@@ -386,3 +389,80 @@ def test_long_bad_names_are_clipped_in_the_detail() -> None:
     name = "bad name " * 20
     error = rejected(encode(device=name), key=name.encode())
     assert error.detail == f"'device' must match [A-Za-z0-9_.-]{{1,128}}, got {name[:80] + '...'!r}"
+
+
+# -- the common case in C ---------------------------------------------------------------------
+#
+# parse_reading hands the common record to tables/_speedups.c (parse_common) and everything
+# else to _parse_reading, the definition. Both must agree on every record.
+
+
+def outcome(parse_with: Any, key: bytes | None, value: bytes | None) -> object:
+    try:
+        return parse_with(key, value, RECORD_TS_MS, MAX_BYTES)
+    except Rejected as exc:
+        return (exc.reason, exc.detail)
+
+
+names = st.sampled_from(["dev-1", "dev-2", "temperature", "t", "bad name", "", "x" * 129])
+numbers = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**63), 2**63 - 1),  # what JSON from orjson holds
+    st.sampled_from([1e300, -1e300, 1.0000001e300, -2e300, 0.0, -0.0]),
+)
+timestamps = st.one_of(
+    st.floats(min_value=-1e9, max_value=1e13, allow_nan=False),
+    st.sampled_from([1795315444.3, 4e9, 4e9 + 1e-6, 9_223_372_036.854775, 0.0, -0.0, -1e-7]),
+    st.sampled_from([0.5e-6, 1.5e-6, 2.5e-6]),  # ties: t_us rounds half to even
+    st.integers(-10, 10**13),
+    st.just("2026-11-22T10:04:04Z"),
+)
+_ABSENT = object()
+
+
+def common_or(other: st.SearchStrategy[Any], common: Any) -> st.SearchStrategy[Any]:
+    """Half the time the field of a common record, else anything of ``other`` or absent:
+    most records then differ from the common case in one or two fields."""
+    return st.one_of(st.just(common), st.one_of(other, st.just(_ABSENT)))
+
+
+documents = st.fixed_dictionaries(
+    {
+        "device": common_or(st.one_of(names, st.integers(0, 9)), "dev-1"),
+        "metric": common_or(names, "temperature"),
+        "value": common_or(st.one_of(numbers, st.text(max_size=3), st.none()), 21.5),
+        "ts": common_or(st.one_of(timestamps, st.none()), 1795315444.25),
+        "tags": common_or(st.sampled_from([None, {}, {"site": "a"}, {"_x": "a"}, "a"]), _ABSENT),
+    }
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(doc=documents, key=st.sampled_from([b"", b"dev-2", b"t", None]))
+def test_parse_reading_equals_its_definition(doc: dict[str, Any], key: bytes | None) -> None:
+    doc = {field: value for field, value in doc.items() if value is not _ABSENT}
+    if key == b"" and isinstance(doc.get("device"), str):
+        key = doc["device"].encode()  # the key of a common record
+    value = orjson.dumps(doc)
+    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
+        parse(encode(device=name, metric=name), key=name.encode())
+    assert outcome(parse_reading, key, value) == outcome(_parse_reading, key, value)
+
+
+def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
+    parse(encode(ts=1795315444.3))  # device and metric now validated
+    common = (b"dev-0042", encode(ts=1795315444.3), MAX_BYTES, _valid_names, orjson.loads, Reading)
+    assert parse_common(*common) == Reading("dev-0042", "temperature", 21.5, 1795315444300000, None)
+    too_large = (*common[:2], len(common[1]) - 1, *common[3:])
+    assert parse_common(*too_large) is None  # rejected by the definition, with its reason
+    for other in (
+        encode(ts=1795315444),  # an int ts
+        encode(value=21, ts=1.0),  # an int value
+        encode(ts=1.0, tags={"site": "a"}),  # tags
+        encode(ts=1.0, device="dev-new"),  # a name not validated before
+        encode(),  # no ts
+        b"[1]",
+        b"{",
+    ):
+        key = orjson.loads(other)["device"].encode() if other.startswith(b'{"') else b"k"
+        assert parse_common(key, other, MAX_BYTES, _valid_names, orjson.loads, Reading) is None
