@@ -4,21 +4,28 @@
  * summary_initialize/add     Summary.initialize / Summary.add
  * sketch_key / sketch_add    QuantileSketch.key / QuantileSketch.add
  * summary_text(state)        the text of a window's aggregates (Summary.text)
+ * float_repr(x)              repr(x), as the aggregates' text writes it
+ * seconds_text(t_us)         models.outputs.seconds_text
  * hset(key, names, values)   "HSET key name value ..." packed in RESP, from str arguments
  * open_view_commands(...)    RedisSink's commands for open views (HSET, EXPIRE, DEL)
+ * latest_commands(...)       RedisSink's commands for latest values (HSET, EXPIRE per device)
+ * closed_window_commands(..) RedisSink's commands for closed windows (HSET, EXPIRE, ZADD)
+ * parse_common(...)          models.reading.parse_reading for the common record, else None
  * close_windows(...)         PartitionState.close_ready's closing of the windows of one end
  * open_views(...)            PartitionState.drain's open views of the series that changed
  * delta_rows(...)            PartitionState.drain's changelog rows of changed and removed windows
  * update_latest(...)         PartitionState.apply's latest value of a (device, metric)
  *
  * They compute exactly what the Python definitions compute: the same float operations in the
- * same order (C doubles are Python floats), floats written by PyOS_double_to_string(..., 'r')
- * (which is float.__repr__), and the quantile buckets of tables.aggregators.QuantileSketch,
+ * same order (C doubles are Python floats), floats written as float.__repr__ writes them
+ * (short_repr, or PyOS_double_to_string(..., 'r') outside its range), and the quantile
+ * buckets of tables.aggregators.QuantileSketch,
  * whose constants are handed over by configure() so they are defined once, in Python.
  * The state they build is the Python lists and dicts tables/ documents, so recovery, snapshots
  * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
  * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
- * hiredis.
+ * hiredis and the sink's commands against their Python definitions; tests/models check
+ * seconds_text and parse_common against theirs.
  *
  * UNTRACKED: the objects they build that live on in the state or the outputs (window states,
  * window keys, aggregate texts, closed windows) are taken off the cyclic garbage collector's
