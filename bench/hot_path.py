@@ -27,7 +27,7 @@ from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
-from pulse.sinks.influx import line_protocol
+from pulse.sinks.influx import line_protocol_lines
 from pulse.sinks.kafka import aggregate_records
 from pulse.sinks.redis import RedisSink
 from tables.partition_state import PartitionState
@@ -77,7 +77,7 @@ def main() -> None:
         t2 = clock()
         packed = redis._commands(batch)
         t3 = clock()
-        "\n".join(line_protocol(window) for window in batch.closed)
+        "\n".join(line_protocol_lines(batch.closed))
         t4 = clock()
         for d in drained:
             encode_parts(d.delta, "bench", 0)

@@ -911,6 +911,170 @@ done:
     return out;
 }
 
+/* Writes the aggregates record (JSON) or the line-protocol line of a tag-less closed window:
+ * returns a new bytes (json) or str (line), or NULL with an exception set. */
+static PyObject *window_line(PyObject *window, int json) {
+    if (!PyTuple_Check(window) || PyTuple_GET_SIZE(window) < VIEW_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a ClosedWindow is expected");
+        return NULL;
+    }
+    PyObject *text = PyTuple_GET_ITEM(window, VIEW_TEXT);
+    if (text == Py_None) text = summary_text(NULL, PyTuple_GET_ITEM(window, VIEW_STATE));
+    else Py_INCREF(text);
+    if (text == NULL) return NULL;
+    PyObject *start = NULL, *end = NULL, *out = NULL;
+    if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
+        PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
+        goto done;
+    }
+    long long start_us = PyLong_AsLongLong(PyTuple_GET_ITEM(window, VIEW_START));
+    if (start_us == -1 && PyErr_Occurred()) goto done;
+    if (json) {
+        start = seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_START));
+        end = start == NULL ? NULL : seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_END));
+        if (end == NULL) goto done;
+    }
+    /* {"device":"D","metric":"M","window":"W","start":S,"end":E,"count":..,"tags":{}}
+     * M,device=D,window=W count=Ci,sum=..,p99=P T */
+    static const char *const json_names[10] = {
+        ",\"count\":", ",\"sum\":",  ",\"min\":",   ",\"max\":", ",\"mean\":",
+        ",\"first\":", ",\"last\":", ",\"p50\":", ",\"p95\":", ",\"p99\":"};
+    static const char *const line_names[10] = {" count=", ",sum=",  ",min=", ",max=",
+                                               ",mean=",  ",first=", ",last=", ",p50=",
+                                               ",p95=",   ",p99="};
+    PyObject *device = PyTuple_GET_ITEM(window, VIEW_DEVICE);
+    PyObject *metric = PyTuple_GET_ITEM(window, VIEW_METRIC);
+    PyObject *label = PyTuple_GET_ITEM(window, VIEW_WINDOW);
+    char buffer[2048], *at = buffer, *limit = buffer + sizeof buffer - 64;
+#define PUT_LITERAL(literal)                                \
+    do {                                                    \
+        size_t size_ = strlen(literal);                     \
+        if (at + size_ > limit) goto too_long;              \
+        memcpy(at, literal, size_);                         \
+        at += size_;                                        \
+    } while (0)
+#define PUT_OBJECT(object)                                  \
+    do {                                                    \
+        if ((at = put_str(at, limit, object)) == NULL) {    \
+            if (PyErr_Occurred()) goto done;                \
+            goto too_long;                                  \
+        }                                                   \
+    } while (0)
+    if (json) {
+        PUT_LITERAL("{\"device\":\"");
+        PUT_OBJECT(device);
+        PUT_LITERAL("\",\"metric\":\"");
+        PUT_OBJECT(metric);
+        PUT_LITERAL("\",\"window\":\"");
+        PUT_OBJECT(label);
+        PUT_LITERAL("\",\"start\":");
+        PUT_OBJECT(start);
+        PUT_LITERAL(",\"end\":");
+        PUT_OBJECT(end);
+    } else {
+        PUT_OBJECT(metric);
+        PUT_LITERAL(",device=");
+        PUT_OBJECT(device);
+        PUT_LITERAL(",window=");
+        PUT_OBJECT(label);
+    }
+    for (int i = 0; i < 10; i++) {
+        PUT_LITERAL(json ? json_names[i] : line_names[i]);
+        PUT_OBJECT(PyTuple_GET_ITEM(text, i));
+        if (i == 0 && !json) PUT_LITERAL("i");
+    }
+    if (json) {
+        PUT_LITERAL(",\"tags\":{}}");
+        out = PyBytes_FromStringAndSize(buffer, at - buffer);
+    } else {
+        /* time: the window start in milliseconds, floored as Python's // */
+        long long ms = start_us / 1000 - (start_us % 1000 < 0 ? 1 : 0);
+        *at++ = ' ';
+        if (ms < 0) {
+            *at++ = '-';
+            ms = -ms;
+        }
+        at = put_digits(at, (Py_ssize_t)ms);
+        out = PyUnicode_FromStringAndSize(buffer, at - buffer);
+    }
+    goto done;
+too_long:
+    PyErr_SetString(PyExc_ValueError, "a closed window's output longer than 2 KB");
+done:
+#undef PUT_LITERAL
+#undef PUT_OBJECT
+    Py_XDECREF(start);
+    Py_XDECREF(end);
+    Py_DECREF(text);
+    return out;
+}
+
+/* [each(window) for window in closed], where each is: for a window with tags, ``with_tags``
+ * (the Python definition: a tag's value needs escaping); else window_line. */
+static PyObject *window_lines(PyObject *closed, PyObject *with_tags, int json, int keyed) {
+    PyObject *out = PyList_New(0);
+    PyObject *iterator = out == NULL ? NULL : PyObject_GetIter(closed);
+    if (iterator == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    PyObject *window;
+    while ((window = PyIter_Next(iterator)) != NULL) {
+        PyObject *line = NULL, *item = NULL;
+        PyObject *state = PyTuple_Check(window) && PyTuple_GET_SIZE(window) >= VIEW_LEN
+                              ? PyTuple_GET_ITEM(window, VIEW_STATE)
+                              : NULL;
+        int tagged = state == NULL || !PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN
+                         ? -1
+                         : PyObject_IsTrue(PyList_GET_ITEM(state, LAST_TAGS));
+        if (tagged < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a ClosedWindow with a Summary state is expected");
+        else if (tagged > 0) line = PyObject_CallOneArg(with_tags, window);
+        else if (tagged == 0) line = window_line(window, json);
+        if (line != NULL && keyed) {
+            /* (device.encode(), line) */
+            PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(window, VIEW_DEVICE));
+            item = key == NULL ? NULL : PyTuple_Pack(2, key, line);
+            Py_XDECREF(key);
+            Py_DECREF(line);
+        } else {
+            item = line;
+        }
+        Py_DECREF(window);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(iterator);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *aggregate_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "aggregate_records(closed, closed_window_json)");
+        return NULL;
+    }
+    return window_lines(args[0], args[1], 1, 1);
+}
+
+static PyObject *line_protocol_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "line_protocol_lines(closed, line_protocol)");
+        return NULL;
+    }
+    return window_lines(args[0], args[1], 0, 0);
+}
+
 /* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
 static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
                          const char *ttl_text, Py_ssize_t ttl_size) {
@@ -1599,6 +1763,10 @@ static PyMethodDef methods[] = {
      "closed_window_commands(closed, closed_prefix, top_prefix, ttl, fields) -> commands."},
     {"parse_common", (PyCFunction)(void (*)(void))parse_common, METH_FASTCALL,
      "parse_common(key, value, max_bytes, valid_names, loads, reading_type) -> Reading | None."},
+    {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
+     "aggregate_records(closed, closed_window_json) -> [(key, value)] of the aggregates."},
+    {"line_protocol_lines", (PyCFunction)(void (*)(void))line_protocol_lines, METH_FASTCALL,
+     "line_protocol_lines(closed, line_protocol) -> the line-protocol line of each window."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
      "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
      "open_per_key, labels, closed_type) -> pairs left with no open window."},

@@ -61,6 +61,12 @@ def parse_common(
     loads: Callable[[bytes], Any],
     reading_type: type[Any],
 ) -> Any: ...
+def aggregate_records(
+    closed: Iterable[Any], closed_window_json: Callable[[Any], bytes]
+) -> list[tuple[bytes, bytes]]: ...
+def line_protocol_lines(
+    closed: Iterable[Any], line_protocol: Callable[[Any], str]
+) -> list[str]: ...
 def close_windows(
     keys: list[tuple[str, str, int, int]],
     end: int,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import orjson
 
 from models.outputs import closed_window_json
-from pulse.sinks.influx import line_protocol
+from pulse.sinks.influx import line_protocol, line_protocol_lines
+from pulse.sinks.kafka import aggregate_records
 from tables.aggregators import Summary
 from tables.partition_state import ClosedWindow
 
@@ -85,3 +88,24 @@ def test_timestamp_is_window_start_in_milliseconds() -> None:
 
 def test_measurement_is_the_metric() -> None:
     assert line_protocol(closed(None, metric="power.kW-1_a")).startswith("power.kW-1_a,device=")
+
+
+def test_the_sinks_write_each_window_as_its_python_definition() -> None:
+    # The Kafka and InfluxDB sinks write tag-less windows in C (tables/_speedups.c) and hand
+    # the others to closed_window_json and line_protocol: every window must come out as the
+    # definition writes it, in order.
+    windows = [
+        closed(None),
+        closed({"site": "a b,c=d"}),  # escaped in line protocol, a JSON object
+        closed(None, values=(0.1, 0.2, -3.0)),
+        closed(None, window="1m", start_us=0, values=(1e-300,)),
+        closed({}, metric="m.x", values=(-0.0,)),
+        closed(None, start_us=-1500, values=(2.5,)),  # before the epoch: ms floored
+        closed(None, values=(1e300, 1e300))._replace(text=None),  # formatted on the spot
+    ]
+    windows[-1].state[1] = math.inf  # an overflowed sum: null
+    assert aggregate_records(windows) == [
+        (window.device.encode(), closed_window_json(window)) for window in windows
+    ]
+    assert line_protocol_lines(windows) == [line_protocol(window) for window in windows]
+    assert aggregate_records(windows)[5][1].startswith(b'{"device":"dev-0042"')
