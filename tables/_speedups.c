@@ -10,6 +10,8 @@
  * open_view_commands(...)    RedisSink's commands for open views (HSET, EXPIRE, DEL)
  * latest_commands(...)       RedisSink's commands for latest values (HSET, EXPIRE per device)
  * closed_window_commands(..) RedisSink's commands for closed windows (HSET, EXPIRE, ZADD)
+ * aggregate_records(...)     pulse.sinks.kafka.aggregate_records for tag-less windows
+ * line_protocol_lines(...)   pulse.sinks.influx.line_protocol_lines for tag-less windows
  * parse_common(...)          models.reading.parse_reading for the common record, else None
  * close_windows(...)         PartitionState.close_ready's closing of the windows of one end
  * open_views(...)            PartitionState.drain's open views of the series that changed
@@ -24,7 +26,7 @@
  * The state they build is the Python lists and dicts tables/ documents, so recovery, snapshots
  * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
  * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
- * hiredis and the sink's commands against their Python definitions; tests/models check
+ * hiredis and the sinks' outputs against their Python definitions; tests/models check
  * seconds_text and parse_common against theirs.
  *
  * UNTRACKED: the objects they build that live on in the state or the outputs (window states,
