@@ -913,6 +913,36 @@ done:
     return out;
 }
 
+/* [each(item, context) for item in iterable]: each returns a new reference, or NULL with an
+ * exception set, which ends the loop. */
+static PyObject *map_list(PyObject *iterable, PyObject *(*each)(PyObject *, void *),
+                          void *context) {
+    PyObject *out = PyList_New(0);
+    PyObject *iterator = out == NULL ? NULL : PyObject_GetIter(iterable);
+    if (iterator == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        PyObject *made = each(item, context);
+        Py_DECREF(item);
+        if (made == NULL || PyList_Append(out, made) < 0) {
+            Py_XDECREF(made);
+            Py_DECREF(iterator);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(made);
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* Writes the aggregates record (JSON) or the line-protocol line of a tag-less closed window:
  * returns a new bytes (json) or str (line), or NULL with an exception set. */
 static PyObject *window_line(PyObject *window, int json) {
@@ -1011,52 +1041,33 @@ done:
     return out;
 }
 
-/* [each(window) for window in closed], where each is: for a window with tags, ``with_tags``
- * (the Python definition: a tag's value needs escaping); else window_line. */
-static PyObject *window_lines(PyObject *closed, PyObject *with_tags, int json, int keyed) {
-    PyObject *out = PyList_New(0);
-    PyObject *iterator = out == NULL ? NULL : PyObject_GetIter(closed);
-    if (iterator == NULL) {
-        Py_XDECREF(out);
+struct lines_context {
+    PyObject *with_tags; /* the Python definition, for a window with tags */
+    int json;            /* the aggregates record, else the line-protocol line */
+    int keyed;           /* (device.encode(), line) */
+};
+
+/* A closed window's output: for a window with tags, ``with_tags`` (the Python definition: a
+ * tag's value needs escaping); else window_line. */
+static PyObject *window_output(PyObject *window, void *context) {
+    struct lines_context *lines = context;
+    PyObject *state = PyTuple_Check(window) && PyTuple_GET_SIZE(window) >= VIEW_LEN
+                          ? PyTuple_GET_ITEM(window, VIEW_STATE)
+                          : NULL;
+    if (state == NULL || !PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN) {
+        PyErr_SetString(PyExc_TypeError, "a ClosedWindow with a Summary state is expected");
         return NULL;
     }
-    PyObject *window;
-    while ((window = PyIter_Next(iterator)) != NULL) {
-        PyObject *line = NULL, *item = NULL;
-        PyObject *state = PyTuple_Check(window) && PyTuple_GET_SIZE(window) >= VIEW_LEN
-                              ? PyTuple_GET_ITEM(window, VIEW_STATE)
-                              : NULL;
-        int tagged = state == NULL || !PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN
-                         ? -1
-                         : PyObject_IsTrue(PyList_GET_ITEM(state, LAST_TAGS));
-        if (tagged < 0 && !PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "a ClosedWindow with a Summary state is expected");
-        else if (tagged > 0) line = PyObject_CallOneArg(with_tags, window);
-        else if (tagged == 0) line = window_line(window, json);
-        if (line != NULL && keyed) {
-            /* (device.encode(), line) */
-            PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(window, VIEW_DEVICE));
-            item = key == NULL ? NULL : PyTuple_Pack(2, key, line);
-            Py_XDECREF(key);
-            Py_DECREF(line);
-        } else {
-            item = line;
-        }
-        Py_DECREF(window);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(iterator);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(item);
-    }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred()) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    int tagged = PyObject_IsTrue(PyList_GET_ITEM(state, LAST_TAGS));
+    if (tagged < 0) return NULL;
+    PyObject *line = tagged ? PyObject_CallOneArg(lines->with_tags, window)
+                            : window_line(window, lines->json);
+    if (line == NULL || !lines->keyed) return line;
+    PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(window, VIEW_DEVICE));
+    PyObject *item = key == NULL ? NULL : PyTuple_Pack(2, key, line);
+    Py_XDECREF(key);
+    Py_DECREF(line);
+    return item;
 }
 
 static PyObject *aggregate_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1065,7 +1076,8 @@ static PyObject *aggregate_records(PyObject *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_TypeError, "aggregate_records(closed, closed_window_json)");
         return NULL;
     }
-    return window_lines(args[0], args[1], 1, 1);
+    struct lines_context lines = {args[1], 1, 1};
+    return map_list(args[0], window_output, &lines);
 }
 
 static PyObject *line_protocol_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1074,7 +1086,8 @@ static PyObject *line_protocol_lines(PyObject *self, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_TypeError, "line_protocol_lines(closed, line_protocol)");
         return NULL;
     }
-    return window_lines(args[0], args[1], 0, 0);
+    struct lines_context lines = {args[1], 0, 0};
+    return map_list(args[0], window_output, &lines);
 }
 
 /* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
@@ -1644,6 +1657,40 @@ fail:
 
 /* PartitionState.drain's changelog rows of window keys; see delta_rows in
  * tables/_speedups.pyi. Lists, as the changelog's JSON reads back, untracked (UNTRACKED). */
+struct delta_context {
+    PyObject *windows; /* NULL: rows without the state (removed windows) */
+    PyObject *labels;
+};
+
+/* [device, metric, label, start] (+ [state]) of one window key, untracked (UNTRACKED). */
+static PyObject *delta_row(PyObject *key, void *context) {
+    struct delta_context *delta = context;
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 4) {
+        PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
+        return NULL;
+    }
+    Py_ssize_t i = spec_index(delta->labels, PyTuple_GET_ITEM(key, 2));
+    if (i < 0) return NULL;
+    PyObject *state = NULL;
+    if (delta->windows != NULL) {
+        state = PyDict_GetItemWithError(delta->windows, key);
+        if (state == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+            return NULL;
+        }
+    }
+    PyObject *row = PyList_New(state == NULL ? 4 : 5);
+    if (row == NULL) return NULL;
+    PyObject *items[5] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1),
+                          PyTuple_GET_ITEM(delta->labels, i), PyTuple_GET_ITEM(key, 3), state};
+    for (Py_ssize_t f = 0; f < PyList_GET_SIZE(row); f++) {
+        Py_INCREF(items[f]);
+        PyList_SET_ITEM(row, f, items[f]);
+    }
+    PyObject_GC_UnTrack(row);
+    return row;
+}
+
 static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !(args[1] == Py_None || PyDict_Check(args[1])) ||
         !PyTuple_Check(args[2])) {
@@ -1651,50 +1698,8 @@ static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t na
                         "delta_rows(keys: iterable, windows: dict | None, labels: tuple)");
         return NULL;
     }
-    PyObject *windows = args[1] == Py_None ? NULL : args[1], *labels = args[2];
-    PyObject *out = PyList_New(0);
-    PyObject *iterator = out == NULL ? NULL : PyObject_GetIter(args[0]);
-    if (iterator == NULL) {
-        Py_XDECREF(out);
-        return NULL;
-    }
-    PyObject *key;
-    while ((key = PyIter_Next(iterator)) != NULL) {
-        PyObject *row = NULL;
-        Py_ssize_t i = -1;
-        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 4) {
-            PyErr_SetString(PyExc_TypeError, "a window key (device, metric, index, start)");
-        } else if ((i = spec_index(labels, PyTuple_GET_ITEM(key, 2))) >= 0) {
-            PyObject *state = windows == NULL ? NULL : PyDict_GetItemWithError(windows, key);
-            if (windows != NULL && state == NULL && !PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, key);
-            if (!PyErr_Occurred() && (row = PyList_New(windows == NULL ? 4 : 5)) != NULL) {
-                /* [device, metric, label, start] (+ [state]) */
-                PyObject *items[5] = {PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1),
-                                      PyTuple_GET_ITEM(labels, i), PyTuple_GET_ITEM(key, 3),
-                                      state};
-                for (Py_ssize_t f = 0; f < PyList_GET_SIZE(row); f++) {
-                    Py_INCREF(items[f]);
-                    PyList_SET_ITEM(row, f, items[f]);
-                }
-                PyObject_GC_UnTrack(row);
-            }
-        }
-        Py_DECREF(key);
-        if (row == NULL || PyList_Append(out, row) < 0) {
-            Py_XDECREF(row);
-            Py_DECREF(iterator);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(row);
-    }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred()) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    struct delta_context delta = {args[1] == Py_None ? NULL : args[1], args[2]};
+    return map_list(args[0], delta_row, &delta);
 }
 
 /* PartitionState.apply's latest value; see update_latest in tables/_speedups.pyi. The key and
