@@ -711,6 +711,17 @@ static char *put_str(char *at, char *end, PyObject *text) {
     return at + size;
 }
 
+/* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
+static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
+                         const char *ttl_text, Py_ssize_t ttl_size) {
+    const char *texts[3] = {"EXPIRE", key, ttl_text};
+    Py_ssize_t sizes[3] = {6, key_size, ttl_size};
+    PyObject *command = pack_texts(3, texts, sizes);
+    int appended = command == NULL ? -1 : PyList_Append(out, command);
+    Py_XDECREF(command);
+    return appended;
+}
+
 /* The RedisSink's commands for open views; see open_view_commands in tables/_speedups.pyi. */
 static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED();
@@ -803,10 +814,7 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             refresh = !same_start || now - set_at > (double)ttl / 2;
         }
         if (refresh) {
-            const char *texts[3] = {"EXPIRE", buffer, ttl_text};
-            Py_ssize_t sizes[3] = {6, key_size, ttl_size};
-            command = pack_texts(3, texts, sizes);
-            if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+            if (append_expire(out, buffer, key_size, ttl_text, ttl_size) < 0) goto view_done;
             PyObject *entry = Py_BuildValue("(Od)", start, now);
             if (entry != NULL) PyObject_GC_UnTrack(entry); /* an int and a float: UNTRACKED */
             if (entry == NULL) goto view_done;
@@ -1090,17 +1098,6 @@ static PyObject *line_protocol_lines(PyObject *self, PyObject *const *args, Py_s
     return map_list(args[0], window_output, &lines);
 }
 
-/* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
-static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
-                         const char *ttl_text, Py_ssize_t ttl_size) {
-    const char *texts[3] = {"EXPIRE", key, ttl_text};
-    Py_ssize_t sizes[3] = {6, key_size, ttl_size};
-    PyObject *command = pack_texts(3, texts, sizes);
-    int appended = command == NULL ? -1 : PyList_Append(out, command);
-    Py_XDECREF(command);
-    return appended;
-}
-
 /* The RedisSink's commands for closed windows; see closed_window_commands in
  * tables/_speedups.pyi and the Python definition in RedisSink._commands' comment. */
 static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
@@ -1381,12 +1378,9 @@ static PyObject *latest_commands(PyObject *self, PyObject *const *args, Py_ssize
         double at_time = set_at == NULL ? 0.0 : PyFloat_AsDouble(set_at);
         if (at_time == -1.0 && PyErr_Occurred()) goto fail;
         if (set_at == NULL || now - at_time > (double)ttl / 2) {
-            const char *expire[3] = {"EXPIRE", key, ttl_text};
-            Py_ssize_t expire_sizes[3] = {6, at - key, ttl_size};
-            command = pack_texts(3, expire, expire_sizes);
-            appended = command == NULL ? -1 : PyList_Append(out, command);
-            Py_XDECREF(command);
-            if (appended < 0 || PyDict_SetItem(ttl_set, device, now_object) < 0) goto fail;
+            if (append_expire(out, key, at - key, ttl_text, ttl_size) < 0 ||
+                PyDict_SetItem(ttl_set, device, now_object) < 0)
+                goto fail;
         }
         continue;
     too_long:
