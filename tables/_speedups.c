@@ -403,6 +403,9 @@ static char *put_digits(char *at, Py_ssize_t n);
  * notation (exponents from -4 to 16), as done here. tests/tables/test_aggregators.py holds it
  * to repr over millions of values. */
 static Py_ssize_t short_repr(double x, char *out) {
+#ifndef __SIZEOF_INT128__
+    return 0; /* no 128-bit integers (a 32-bit build): Python's repr does it all */
+#else
     double magnitude = fabs(x);
     if (!(magnitude >= 1e-3 && magnitude < 1e15)) return 0;
     uint64_t bits;
@@ -451,6 +454,7 @@ static Py_ssize_t short_repr(double x, char *out) {
         return at - out;
     }
     return 0;
+#endif
 }
 
 static PyObject *float_text(double x) {
