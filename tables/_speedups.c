@@ -726,18 +726,37 @@ static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
     return appended;
 }
 
+/* "{prefix}{window}:{device}:{metric}" of an OpenView or ClosedWindow, written to ``key``
+ * (KEY_BYTES); returns its end, or NULL with an exception set (a name not a str, or a key
+ * longer than KEY_BYTES - 1 bytes). */
+#define KEY_BYTES 1024
+static char *put_series_key(char *key, PyObject *prefix, PyObject *window) {
+    char *end = key + KEY_BYTES, *at = key;
+    if ((at = put_str(at, end, prefix)) == NULL ||
+        (at = put_str(at, end, PyTuple_GET_ITEM(window, VIEW_WINDOW))) == NULL || at >= end)
+        goto too_long;
+    *at++ = ':';
+    if ((at = put_str(at, end, PyTuple_GET_ITEM(window, VIEW_DEVICE))) == NULL || at >= end)
+        goto too_long;
+    *at++ = ':';
+    if ((at = put_str(at, end, PyTuple_GET_ITEM(window, VIEW_METRIC))) == NULL) goto too_long;
+    return at;
+too_long:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "key longer than 1023 bytes");
+    return NULL;
+}
+
 /* The RedisSink's commands for open views; see open_view_commands in tables/_speedups.pyi. */
 static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED();
-    if (nargs != 7 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
+    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
         !PyTuple_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, "
-                        "ttl: int, fields: tuple, seconds_text)");
+                        "ttl: int, fields: tuple)");
         return NULL;
     }
     PyObject *views = args[0], *prefix = args[1], *ttl_set = args[2], *fields = args[5];
-    PyObject *seconds_text = args[6];
     double now = PyFloat_AsDouble(args[3]);
     long long ttl = PyLong_AsLongLong(args[4]);
     if (PyErr_Occurred()) return NULL;
@@ -760,15 +779,8 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             PyErr_SetString(PyExc_TypeError, "an OpenView is expected");
             goto view_done;
         }
-        char buffer[1024], *at = buffer, *end = buffer + sizeof buffer;
-        if ((at = put_str(at, end, prefix)) == NULL ||
-            (at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_WINDOW))) == NULL || at >= end)
-            goto too_long;
-        *at++ = ':';
-        if ((at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_DEVICE))) == NULL || at >= end)
-            goto too_long;
-        *at++ = ':';
-        if ((at = put_str(at, end, PyTuple_GET_ITEM(view, VIEW_METRIC))) == NULL) goto too_long;
+        char buffer[KEY_BYTES], *at = put_series_key(buffer, prefix, view);
+        if (at == NULL) goto view_done;
         Py_ssize_t key_size = at - buffer;
         key = PyUnicode_DecodeUTF8(buffer, key_size, NULL);
         if (key == NULL) goto view_done;
@@ -795,9 +807,8 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
             goto view_done;
         }
-        start_text = PyObject_CallOneArg(seconds_text, start);
-        end_text = start_text ? PyObject_CallOneArg(seconds_text, PyTuple_GET_ITEM(view, VIEW_END))
-                              : NULL;
+        start_text = seconds_text(NULL, start);
+        end_text = start_text ? seconds_text(NULL, PyTuple_GET_ITEM(view, VIEW_END)) : NULL;
         if (end_text == NULL) goto view_done;
         PyObject *values[12];
         for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
@@ -827,9 +838,6 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             if (stored < 0) goto view_done;
         }
         failed = 0;
-        goto view_done;
-    too_long:
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "key longer than 1023 bytes");
     view_done:
         Py_XDECREF(command);
         Py_XDECREF(start_text);
@@ -1154,14 +1162,8 @@ static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
         PyObject *label = PyTuple_GET_ITEM(window, VIEW_WINDOW);
         PyObject *device = PyTuple_GET_ITEM(window, VIEW_DEVICE);
         PyObject *metric = PyTuple_GET_ITEM(window, VIEW_METRIC);
-        char key[1024], *end = key + sizeof key, *at = key;
-        if ((at = put_str(at, end, closed_prefix)) == NULL ||
-            (at = put_str(at, end, label)) == NULL || at >= end)
-            goto too_long;
-        *at++ = ':';
-        if ((at = put_str(at, end, device)) == NULL || at >= end) goto too_long;
-        *at++ = ':';
-        if ((at = put_str(at, end, metric)) == NULL) goto too_long;
+        char key[KEY_BYTES], *at = put_series_key(key, closed_prefix, window);
+        if (at == NULL) goto fail;
         PyObject *text = PyTuple_GET_ITEM(window, VIEW_TEXT);
         if (text == Py_None) text = summary_text(NULL, PyTuple_GET_ITEM(window, VIEW_STATE));
         else Py_INCREF(text);
@@ -1207,10 +1209,6 @@ static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
         Py_XDECREF(stop);
         Py_DECREF(text);
         if (failed) goto fail;
-        continue;
-    too_long:
-        PyErr_SetString(PyExc_ValueError, "a closed-window key longer than 1023 bytes");
-        goto fail;
     }
     /* ZADD {top_prefix}{window}:{metric} mean device ..., then EXPIRE */
     position = 0;
@@ -1759,7 +1757,7 @@ static PyMethodDef methods[] = {
     {"seconds_text", seconds_text, METH_O, "seconds_text(t_us) -> models.outputs.seconds_text."},
     {"hset", hset, METH_VARARGS, "hset(key, names, values) -> HSET packed in RESP."},
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
-     "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields, seconds_text) -> "
+     "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields) -> "
      "RedisSink's commands for open views."},
     {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
      "latest_commands(latest, key_prefix, ttl_set, now, ttl) -> HSET and EXPIRE per device."},

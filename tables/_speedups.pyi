@@ -37,7 +37,6 @@ def open_view_commands(
     now: float,
     ttl: int,
     fields: tuple[str, ...],
-    seconds_text: Callable[[int], str],
 ) -> list[bytes]: ...
 def latest_commands(
     latest: Iterable[tuple[str, str, int, float]],

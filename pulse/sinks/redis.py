@@ -159,7 +159,6 @@ class RedisSink(Sink):
             now,
             ttl,
             WINDOW_FIELDS,
-            seconds_text,
         )
 
         for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():

@@ -108,7 +108,7 @@ def test_open_view_commands_are_the_documented_ones() -> None:
     expected_counts = [4, 2, 4, 4]
     for (now, views), count in zip(rounds, expected_counts, strict=True):
         made = _speedups.open_view_commands(
-            views, fast.keys.open_prefix, fast._open_ttl_set, now, 60, WINDOW_FIELDS, seconds_text
+            views, fast.keys.open_prefix, fast._open_ttl_set, now, 60, WINDOW_FIELDS
         )
         assert made == open_view_commands_reference(slow, views, now)
         assert len(made) == count
