@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -276,26 +277,12 @@ class ReadingsProcessor(Service):
         return waiting > MAX_RECORDS_PER_FETCH
 
     def _process(self, tp: TopicPartition, state: PartitionState, records: list[Any]) -> None:
-        max_bytes = self.settings.max_message_bytes
-        apply = state.apply
-        for record in records:
-            offset = record.offset
-            if offset < state.next_offset:
-                continue  # already in the recovered state
-            try:
-                reading = parse_reading(record.key, record.value, record.timestamp, max_bytes)
-            except Rejected as rejected:
-                state.skip(offset)
-                self._dead_letter(tp, record, rejected.reason, rejected.detail)
-                continue
-            if not apply(reading, offset):
-                self._dead_letter(
-                    tp,
-                    record,
-                    "late",
-                    f"event time {_iso(reading.t_us)} is before the partition's watermark "
-                    f"{_iso(state.watermark)}: every window it belongs to has closed",
-                )
+        process_records(
+            state,
+            records,
+            self.settings.max_message_bytes,
+            lambda record, reason, detail: self._dead_letter(tp, record, reason, detail),
+        )
 
     def _dead_letter(self, tp: TopicPartition, record: Any, reason: str, detail: str) -> None:
         self._dead_letters.append(
@@ -510,6 +497,43 @@ class ReadingsProcessor(Service):
             len(fresh),
         )
         self.ready.set()
+
+
+def process_records(
+    state: PartitionState,
+    records: list[Any],
+    max_bytes: int,
+    reject: Callable[[Any, str, str], None],
+) -> None:
+    """Apply one fetch of a partition's records (``offset``, ``key``, ``value``,
+    ``timestamp``) to its state in offset order; a record that is no valid reading, or is
+    late for every window, goes to ``reject(record, reason, detail)`` and nothing else.
+
+    The common readings go through in batches (PartitionState.apply_records); each record
+    it leaves is parsed and applied here, and the batch resumes after it.
+    """
+    apply_records, apply = state.apply_records, state.apply
+    end = len(records)
+    at = apply_records(records, 0, max_bytes)
+    while at < end:
+        record = records[at]
+        at += 1
+        offset = record.offset
+        if offset >= state.next_offset:  # else already in the recovered state
+            try:
+                reading = parse_reading(record.key, record.value, record.timestamp, max_bytes)
+            except Rejected as rejected:
+                state.skip(offset)
+                reject(record, rejected.reason, rejected.detail)
+            else:
+                if not apply(reading, offset):
+                    reject(
+                        record,
+                        "late",
+                        f"event time {_iso(reading.t_us)} is before the partition's watermark "
+                        f"{_iso(state.watermark)}: every window it belongs to has closed",
+                    )
+        at = apply_records(records, at, max_bytes)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -3,13 +3,14 @@
 Runs the benchmark dataset (bench.dataset) through exactly the pure steps a flush cycle of
 the worker runs, in the same order and with the same code, and times each step:
 
-* ``process``: ``ReadingsProcessor._process``'s per-record work (parse_reading + apply);
+* ``process``: ``agents.readings.process_records`` (parse and apply each fetched record);
 * ``drain``: ``PartitionState.drain`` (closed windows, open views, changelog delta);
 * ``kafka``, ``redis``, ``influx``: what each sink builds from a flush before any I/O
   (aggregates records, RESP commands packed by hiredis, line-protocol text);
 * ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas.
 
-Records are fed per partition in chunks of ``--fetch`` records (like ``getmany``), with a
+Records (aiokafka ``ConsumerRecord``, as the consumer hands them over) are fed per partition in
+chunks of ``--fetch`` records (like ``getmany``), with a
 drain after every ``--flush-every`` chunks. Nothing is sent: this isolates the Python cost
 that limits the worker, for profiling and for comparing changes. It is not the benchmark of
 the issue (bench.run is); it is the tool to find where the time goes.
@@ -21,8 +22,10 @@ import argparse
 import time
 from collections import defaultdict
 
+from aiokafka.structs import ConsumerRecord
+
+from agents.readings import process_records
 from bench.dataset import DatasetSpec, generate, partition_for
-from models.reading import Rejected, parse_reading
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.settings import Settings
@@ -55,11 +58,14 @@ def main() -> None:
         partitions=args.partitions,
         span_seconds=args.span_seconds,
     )
-    by_partition: dict[int, list[tuple[bytes, bytes, int, int]]] = defaultdict(list)
+    by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
     for key, value, ts_ms in generate(spec):
         partition = partition_for(key, spec.partitions)
         records = by_partition[partition]
-        records.append((key, value, ts_ms, len(records)))
+        offset, size = len(records), len(value)
+        records.append(
+            ConsumerRecord("readings", partition, offset, ts_ms, 0, key, value, None, 0, size, ())
+        )
     specs = parse_windows(args.windows)
     states = {p: PartitionState(specs, DEFAULTS.grace_us) for p in by_partition}
     tune_gc()  # as the worker's process does
@@ -67,6 +73,10 @@ def main() -> None:
     times: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     clock = time.perf_counter
+    rejected: list[tuple[object, str, str]] = []
+
+    def reject(record: object, reason: str, detail: str) -> None:
+        rejected.append((record, reason, detail))
 
     def flush() -> None:
         t0 = clock()
@@ -105,14 +115,7 @@ def main() -> None:
                 position[partition] = begin + len(chunk)
                 state = states[partition]
                 t0 = clock()
-                apply = state.apply
-                for key, value, ts_ms, offset in chunk:
-                    try:
-                        reading = parse_reading(key, value, ts_ms, DEFAULTS.max_message_bytes)
-                    except Rejected:
-                        state.skip(offset)
-                        continue
-                    apply(reading, offset)
+                process_records(state, chunk, DEFAULTS.max_message_bytes, reject)
                 times["process"] += clock() - t0
                 chunks += 1
                 if chunks % args.flush_every == 0:
@@ -135,7 +138,10 @@ def main() -> None:
         run()
     total = clock() - started
     n = args.readings
-    print(f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views")
+    print(
+        f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views, "
+        f"{len(rejected):,} rejected"
+    )
     for name in ("process", "drain", "kafka", "redis", "influx", "changelog"):
         print(f"  {name:<10} {times[name]:6.2f} s  {times[name] / n * 1e6:6.2f} us/reading")
     print(

@@ -54,14 +54,20 @@ class Rejected(Exception):
         self.detail = detail
 
 
-# Names seen valid before; bounded so that a flood of distinct bad-but-valid names cannot grow it.
-_valid_names: set[str] = set()
+VALID_NAMES: Final[dict[str, str]] = {}
+"""Names seen valid before, each mapped to the first str object that carried it, which every
+reading of that name then shares: the state's keys hold one copy of each name, with its hash
+computed once, instead of one per window. The common case of parse_reading and of
+PartitionState.apply_records looks names up here. Bounded, so that a flood of distinct
+bad-but-valid names cannot grow it."""
 _VALID_NAMES_MAX: Final = 200_000
 
 
 def _check_name(field: str, name: object) -> str:
-    if name.__class__ is str and name in _valid_names:
-        return name
+    if name.__class__ is str:
+        known = VALID_NAMES.get(name)
+        if known is not None:
+            return known
     if name is None:
         raise Rejected("invalid_reading", f"'{field}' is missing")
     if not isinstance(name, str):
@@ -71,9 +77,9 @@ def _check_name(field: str, name: object) -> str:
             "invalid_reading",
             f"'{field}' must match [A-Za-z0-9_.-]{{1,128}}, got {_clip(name)!r}",
         )
-    if len(_valid_names) >= _VALID_NAMES_MAX:
-        _valid_names.clear()
-    _valid_names.add(name)
+    if len(VALID_NAMES) >= _VALID_NAMES_MAX:
+        VALID_NAMES.clear()
+    VALID_NAMES[name] = name
     return name
 
 
@@ -88,7 +94,7 @@ def parse_reading(
     # The common case in C (tables/_speedups.c, parse_common): a float value and ts, no tags,
     # names validated before. It returns None for anything else, which _parse_reading, the
     # definition, then accepts or rejects; tests/models/test_reading.py holds the two equal.
-    reading = _parse_common(key, value, max_bytes, _valid_names, orjson.loads, Reading)
+    reading = _parse_common(key, value, max_bytes, VALID_NAMES, orjson.loads, Reading)
     return reading if reading is not None else _parse_reading(key, value, record_ts_ms, max_bytes)
 
 

@@ -1,5 +1,6 @@
 /* Pulse's C speedups for the hottest pure steps: applying readings and formatting windows.
  *
+ * apply_common(...)          PartitionState.apply_records: a fetch's common readings applied
  * apply_windows(...)         PartitionState.apply for tumbling and hopping windows
  * summary_initialize/add     Summary.initialize / Summary.add
  * sketch_key / sketch_add    QuantileSketch.key / QuantileSketch.add
@@ -27,7 +28,8 @@
  * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
  * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
  * hiredis and the sinks' outputs against their Python definitions; tests/models check
- * seconds_text and parse_common against theirs.
+ * seconds_text and parse_common against theirs, tests/agents apply_common against parsing
+ * and applying record by record.
  *
  * UNTRACKED: the objects they build that live on in the state or the outputs (window states,
  * window keys, aggregate texts, closed windows) are taken off the cyclic garbage collector's
@@ -229,45 +231,57 @@ static long long floor_div(long long a, long long b) {
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-/* PartitionState.apply's window part: the reading at event time t into every open window of
- * the tumbling and hopping specs ((index, size, step) each). Returns None when every window
- * it belongs to has closed (late), else the list of (key, end) of the windows it opened;
- * adds every window it changed to ``changed``. */
-static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError,
-                        "apply_windows(windows, changed, specs, device, metric, value, t, "
-                        "tags, watermark)");
-        return NULL;
+/* The window math of one tumbling or hopping spec: (index, size, step) of _spec_math. */
+typedef struct {
+    PyObject *index; /* borrowed from the specs tuple */
+    long long size, step;
+} WindowMath;
+
+#define MAX_SPECS 64
+
+/* Reads PartitionState._spec_math into ``out``; the number of specs, or -1 with an exception. */
+static Py_ssize_t window_math(PyObject *specs, WindowMath *out) {
+    if (!PyTuple_Check(specs) || PyTuple_GET_SIZE(specs) > MAX_SPECS) {
+        PyErr_SetString(PyExc_TypeError, "specs: a tuple of at most 64 (index, size, step)");
+        return -1;
     }
-    PyObject *windows = args[0], *changed = args[1], *specs = args[2];
-    PyObject *device = args[3], *metric = args[4], *value = args[5], *t = args[6];
-    PyObject *tags = args[7];
-    if (!PyDict_Check(windows) || !PySet_Check(changed) || !PyTuple_Check(specs)) {
-        PyErr_SetString(PyExc_TypeError, "windows: dict, changed: set, specs: tuple");
-        return NULL;
-    }
-    long long t_us = PyLong_AsLongLong(t);
-    long long watermark = PyLong_AsLongLong(args[8]);
-    if (PyErr_Occurred()) return NULL;
-    PyObject *opened = NULL;
-    int applied = 0;
     for (Py_ssize_t s = 0; s < PyTuple_GET_SIZE(specs); s++) {
-        PyObject *spec = PyTuple_GET_ITEM(specs, s);
         PyObject *index;
-        long long size, step;
-        if (!PyArg_ParseTuple(spec, "OLL", &index, &size, &step)) goto fail;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(specs, s), "OLL", &index, &out[s].size,
+                              &out[s].step))
+            return -1;
+        if (out[s].size <= 0 || out[s].step <= 0) {
+            PyErr_SetString(PyExc_ValueError, "a window's size and step must be positive");
+            return -1;
+        }
+        out[s].index = index;
+    }
+    return PyTuple_GET_SIZE(specs);
+}
+
+/* Called for each window a reading opens, with its key and end; 0, or -1 with an exception. */
+typedef int (*OnOpen)(void *context, PyObject *key, long long end);
+
+/* PartitionState.apply's window part: the reading (t, value, tags) into every open window of
+ * the specs; each window it changed goes into ``changed``, each it opened to ``on_open``.
+ * Returns how many windows it went into (0: late for all), or -1 with an exception. */
+static int apply_to_windows(PyObject *windows, PyObject *changed, const WindowMath *specs,
+                            Py_ssize_t n, PyObject *device, PyObject *metric, PyObject *value,
+                            PyObject *t, long long t_us, PyObject *tags, long long watermark,
+                            OnOpen on_open, void *context) {
+    int applied = 0;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        long long size = specs[s].size, step = specs[s].step;
         long long last = floor_div(t_us, step) * step;
         long long first = step == size ? last : floor_div(t_us - size, step) * step + step;
         for (long long start = first; start <= last; start += step) {
             long long end = start + size;
-            if (end <= watermark) continue;  /* this window has closed: late for it */
+            if (end <= watermark) continue; /* this window has closed: late for it */
             PyObject *start_obj = PyLong_FromLongLong(start);
-            if (start_obj == NULL) goto fail;
-            PyObject *key = PyTuple_Pack(4, device, metric, index, start_obj);
+            if (start_obj == NULL) return -1;
+            PyObject *key = PyTuple_Pack(4, device, metric, specs[s].index, start_obj);
             Py_DECREF(start_obj);
-            if (key == NULL) goto fail;
+            if (key == NULL) return -1;
             PyObject_GC_UnTrack(key); /* strs and ints: see UNTRACKED */
             PyObject *state = PyDict_GetItemWithError(windows, key);
             int failed = 0;
@@ -276,30 +290,57 @@ static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t
                 PyObject *fresh = failed ? NULL : new_state(t, value, tags);
                 if (fresh == NULL || PyDict_SetItem(windows, key, fresh) < 0) failed = 1;
                 Py_XDECREF(fresh);
-                if (!failed && opened == NULL && (opened = PyList_New(0)) == NULL) failed = 1;
-                if (!failed) {
-                    PyObject *pair = Py_BuildValue("(OL)", key, end);
-                    if (pair == NULL || PyList_Append(opened, pair) < 0) failed = 1;
-                    Py_XDECREF(pair);
-                }
+                if (!failed && on_open(context, key, end) < 0) failed = 1;
             } else if (add_reading(state, t, value, tags) < 0) {
                 failed = 1;
             }
             if (!failed && PySet_Add(changed, key) < 0) failed = 1;
             Py_DECREF(key);
-            if (failed) goto fail;
-            applied = 1;
+            if (failed) return -1;
+            applied++;
         }
     }
-    if (!applied) {
+    return applied;
+}
+
+/* apply_windows' on_open: (key, end) appended to the list *context (made at the first). */
+static int collect_opened(void *context, PyObject *key, long long end) {
+    PyObject **opened = context;
+    if (*opened == NULL && (*opened = PyList_New(0)) == NULL) return -1;
+    PyObject *pair = Py_BuildValue("(OL)", key, end);
+    if (pair == NULL) return -1;
+    int failed = PyList_Append(*opened, pair);
+    Py_DECREF(pair);
+    return failed;
+}
+
+/* PartitionState.apply's window part: the reading at event time t into every open window of
+ * the tumbling and hopping specs ((index, size, step) each). Returns None when every window
+ * it belongs to has closed (late), else the list of (key, end) of the windows it opened;
+ * adds every window it changed to ``changed``. */
+static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 9 || !PyDict_Check(args[0]) || !PySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "apply_windows(windows: dict, changed: set, specs, device, metric, "
+                        "value, t, tags, watermark)");
+        return NULL;
+    }
+    WindowMath specs[MAX_SPECS];
+    Py_ssize_t n = window_math(args[2], specs);
+    if (n < 0) return NULL;
+    long long t_us = PyLong_AsLongLong(args[6]);
+    long long watermark = PyLong_AsLongLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *opened = NULL;
+    int applied = apply_to_windows(args[0], args[1], specs, n, args[3], args[4], args[5],
+                                   args[6], t_us, args[7], watermark, collect_opened, &opened);
+    if (applied <= 0) {
         Py_XDECREF(opened);
+        if (applied < 0) return NULL;
         Py_RETURN_NONE;
     }
-    if (opened == NULL) opened = PyList_New(0);
-    return opened;
-fail:
-    Py_XDECREF(opened);
-    return NULL;
+    return opened != NULL ? opened : PyList_New(0);
 }
 
 /* QuantileSketch._order: a sort key putting bucket keys in the order of their values. */
@@ -859,31 +900,27 @@ fail:
 /* The common case of models.reading.parse_reading, or None for anything else (which the
  * Python definition then parses, accepts or rejects with its reason): a record whose value,
  * at most max_bytes, is a JSON object (loaded by ``loads``) with a device and a metric
- * already in ``valid_names`` (so validated before), the device equal to the key, a float
- * value within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year 2096),
- * and no tags. Returns reading_type(device, metric, value, t_us, None), what the Python
- * definition returns for such a record; tests/models/test_reading.py holds it to that. */
+ * among the keys of ``valid_names`` (so validated before), the device equal to the key, a
+ * float value within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year
+ * 2096), and no tags. Returns reading_type(device, metric, value, t_us, None) with the names
+ * as ``valid_names`` holds them, what the Python definition returns for such a record;
+ * tests/models/test_reading.py holds it to that. */
 static PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
 
-static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 || !PyAnySet_Check(args[3]) || !PyType_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "parse_common(key, value, max_bytes: int, valid_names: set, loads, "
-                        "reading_type)");
-        return NULL;
-    }
-    PyObject *key = args[0], *value = args[1], *valid_names = args[3];
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);
-    if (max_bytes == -1 && PyErr_Occurred()) return NULL;
+/* parse_common's test: 1 with new references in *device, *metric and *number and the event
+ * time in *t_us if the record is the common reading, 0 if it is not, -1 with an exception. */
+static int common_reading(PyObject *key, PyObject *value, Py_ssize_t max_bytes,
+                          PyObject *valid_names, PyObject *loads, PyObject **device_out,
+                          PyObject **metric_out, PyObject **number_out, long long *t_us) {
     if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
         PyBytes_GET_SIZE(value) > max_bytes)
-        Py_RETURN_NONE;
-    PyObject *doc = PyObject_CallOneArg(args[4], value);
+        return 0;
+    PyObject *doc = PyObject_CallOneArg(loads, value);
     if (doc == NULL) { /* not JSON: the Python definition says why */
         PyErr_Clear();
-        Py_RETURN_NONE;
+        return 0;
     }
-    PyObject *out = NULL;
+    int common = 0;
     if (!PyDict_CheckExact(doc)) goto done;
     /* (str keys: a lookup cannot fail) */
     PyObject *device = PyDict_GetItemWithError(doc, field_device);
@@ -894,9 +931,10 @@ static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyDict_GetItemWithError(doc, field_tags) != NULL || !PyUnicode_CheckExact(device) ||
         !PyUnicode_CheckExact(metric) || !PyFloat_CheckExact(number) || !PyFloat_CheckExact(ts))
         goto done;
-    int known = PySet_Contains(valid_names, device);
-    if (known > 0) known = PySet_Contains(valid_names, metric);
-    if (known <= 0) {
+    /* the names' shared objects (see VALID_NAMES) */
+    device = PyDict_GetItemWithError(valid_names, device);
+    metric = device == NULL ? NULL : PyDict_GetItemWithError(valid_names, metric);
+    if (metric == NULL || !PyUnicode_CheckExact(device) || !PyUnicode_CheckExact(metric)) {
         PyErr_Clear();
         goto done;
     }
@@ -915,21 +953,48 @@ static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t 
      * default rounding mode */
     double t = nearbyint(PyFloat_AS_DOUBLE(ts) * 1e6);
     if (!(t >= 0.0 && t <= 4e15)) goto done;
-    PyObject *t_us = PyLong_FromDouble(t);
-    if (t_us == NULL) goto done;
-    PyTypeObject *reading_type = (PyTypeObject *)args[5];
-    PyObject *items[5] = {device, metric, number, t_us, Py_None};
-    for (int i = 0; i < 5; i++)
-        if (i != 3) Py_INCREF(items[i]);
-    out = reading_type->tp_alloc(reading_type, 5);
-    if (out == NULL) {
-        for (int i = 0; i < 5; i++) Py_DECREF(items[i]);
-        goto done;
-    }
-    for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(out, i, items[i]);
+    *t_us = (long long)t;
+    *device_out = Py_NewRef(device);
+    *metric_out = Py_NewRef(metric);
+    *number_out = Py_NewRef(number);
+    common = 1;
 done:
     Py_DECREF(doc);
-    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return common;
+}
+
+static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyDict_Check(args[3]) || !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_common(key, value, max_bytes: int, valid_names: dict, loads, "
+                        "reading_type)");
+        return NULL;
+    }
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);
+    if (max_bytes == -1 && PyErr_Occurred()) return NULL;
+    PyObject *items[5];
+    long long t_us;
+    int common = common_reading(args[0], args[1], max_bytes, args[3], args[4], &items[0],
+                                &items[1], &items[2], &t_us);
+    if (common < 0) return NULL;
+    if (common == 0) Py_RETURN_NONE;
+    items[3] = PyLong_FromLongLong(t_us);
+    items[4] = Py_NewRef(Py_None);
+    if (items[3] == NULL) {
+        Py_DECREF(items[0]);
+        Py_DECREF(items[1]);
+        Py_DECREF(items[2]);
+        Py_DECREF(items[4]);
+        return NULL;
+    }
+    PyTypeObject *reading_type = (PyTypeObject *)args[5];
+    PyObject *out = reading_type->tp_alloc(reading_type, 5);
+    for (int i = 0; i < 5; i++) {
+        if (out == NULL)
+            Py_DECREF(items[i]);
+        else
+            PyTuple_SET_ITEM(out, i, items[i]);
+    }
     return out;
 }
 
@@ -1698,45 +1763,235 @@ static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t na
     return map_list(args[0], delta_row, &delta);
 }
 
-/* PartitionState.apply's latest value; see update_latest in tables/_speedups.pyi. The key and
- * the (t_us, value) it stores are untracked (UNTRACKED): one per reading, living until the
- * next reading of the key replaces it, they were most of what young collections scanned. */
+/* PartitionState.apply's latest value: with key = (device, metric), if key is not in latest
+ * or t is at least latest[key][0]: latest[key] = (t, value); changed.add(key). 0, or -1 with
+ * an exception. The key and the (t_us, value) it stores are untracked (UNTRACKED): one per
+ * reading, living until the next reading of the key replaces it, they were most of what young
+ * collections scanned. */
+static int set_latest(PyObject *latest, PyObject *changed, PyObject *key, PyObject *t,
+                      PyObject *value) {
+    PyObject *previous = PyDict_GetItemWithError(latest, key);
+    int newer = 1;
+    if (previous != NULL) {
+        if (!PyTuple_Check(previous) || PyTuple_GET_SIZE(previous) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a latest value (t_us, value)");
+            return -1;
+        }
+        newer = PyObject_RichCompareBool(t, PyTuple_GET_ITEM(previous, 0), Py_GE);
+    } else if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (newer <= 0) return newer;
+    PyObject *entry = PyTuple_Pack(2, t, value);
+    if (entry == NULL) return -1;
+    PyObject_GC_UnTrack(entry);
+    int failed = PyDict_SetItem(latest, key, entry) < 0 || PySet_Add(changed, key) < 0;
+    Py_DECREF(entry);
+    return failed ? -1 : 0;
+}
+
 static PyObject *update_latest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyDict_Check(args[0]) || !PySet_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError,
                         "update_latest(latest: dict, changed: set, device, metric, t_us, value)");
         return NULL;
     }
-    PyObject *latest = args[0], *changed = args[1], *t = args[4];
     PyObject *key = PyTuple_Pack(2, args[2], args[3]);
     if (key == NULL) return NULL;
     PyObject_GC_UnTrack(key);
-    PyObject *previous = PyDict_GetItemWithError(latest, key);
-    int newer = 1;
-    if (previous != NULL) {
-        if (!PyTuple_Check(previous) || PyTuple_GET_SIZE(previous) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a latest value (t_us, value)");
-            newer = -1;
-        } else {
-            newer = PyObject_RichCompareBool(t, PyTuple_GET_ITEM(previous, 0), Py_GE);
-        }
-    } else if (PyErr_Occurred()) {
-        newer = -1;
-    }
-    if (newer > 0) {
-        PyObject *value = PyTuple_Pack(2, t, args[5]);
-        if (value == NULL) {
-            newer = -1;
-        } else {
-            PyObject_GC_UnTrack(value);
-            if (PyDict_SetItem(latest, key, value) < 0 || PySet_Add(changed, key) < 0)
-                newer = -1;
-            Py_DECREF(value);
-        }
-    }
+    int failed = set_latest(args[0], args[1], key, args[4], args[5]);
     Py_DECREF(key);
-    if (newer < 0) return NULL;
+    if (failed < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+/* The indexes PartitionState._open keeps of the open windows, for apply_common. */
+typedef struct {
+    PyObject *by_end, *ends, *newest, *views_changed, *open_per_key;
+    PyObject *pair; /* (device, metric) of the reading being applied */
+} OpenIndexes;
+
+static PyObject *heappush = NULL; /* heapq.heappush */
+
+/* PartitionState._open, as apply_common's on_open (see there). */
+static int register_open(void *context, PyObject *key, long long end) {
+    OpenIndexes *ix = context;
+    PyObject *end_obj = PyLong_FromLongLong(end);
+    if (end_obj == NULL) return -1;
+    int failed = 0;
+    /* keys = by_end.get(end): None -> by_end[end] = [key]; heappush(ends, end) */
+    PyObject *keys = PyDict_GetItemWithError(ix->by_end, end_obj);
+    if (keys != NULL) {
+        failed = PyList_Append(keys, key) < 0;
+    } else if (PyErr_Occurred()) {
+        failed = 1;
+    } else {
+        PyObject *fresh = PyList_New(1);
+        if (fresh == NULL) {
+            failed = 1;
+        } else {
+            PyList_SET_ITEM(fresh, 0, Py_NewRef(key));
+            failed = PyDict_SetItem(ix->by_end, end_obj, fresh) < 0;
+            Py_DECREF(fresh);
+        }
+        if (!failed) {
+            PyObject *done = PyObject_CallFunctionObjArgs(heappush, ix->ends, end_obj, NULL);
+            failed = done == NULL;
+            Py_XDECREF(done);
+        }
+    }
+    Py_DECREF(end_obj);
+    if (failed) return -1;
+    /* if newest.get(series, NO_WATERMARK) < start: newest[series] = start; views_changed.add */
+    PyObject *start = PyTuple_GET_ITEM(key, 3);
+    PyObject *series = PyTuple_Pack(3, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1),
+                                    PyTuple_GET_ITEM(key, 2));
+    if (series == NULL) return -1;
+    PyObject_GC_UnTrack(series); /* strs and an int: see UNTRACKED */
+    PyObject *newest_start = PyDict_GetItemWithError(ix->newest, series);
+    int newer = 1;
+    if (newest_start != NULL)
+        newer = PyObject_RichCompareBool(newest_start, start, Py_LT);
+    else if (PyErr_Occurred())
+        newer = -1;
+    if (newer > 0 && (PyDict_SetItem(ix->newest, series, start) < 0 ||
+                      PySet_Add(ix->views_changed, series) < 0))
+        newer = -1;
+    Py_DECREF(series);
+    if (newer < 0) return -1;
+    /* open_per_key[pair] = open_per_key.get(pair, 0) + 1 */
+    PyObject *open_count = PyDict_GetItemWithError(ix->open_per_key, ix->pair);
+    if (open_count == NULL && PyErr_Occurred()) return -1;
+    PyObject *count = open_count == NULL ? Py_NewRef(one) : PyNumber_Add(open_count, one);
+    if (count == NULL) return -1;
+    failed = PyDict_SetItem(ix->open_per_key, ix->pair, count) < 0;
+    Py_DECREF(count);
+    return failed ? -1 : 0;
+}
+
+static PyObject *attr_offset, *attr_key, *attr_value;
+
+/* The PartitionState attributes apply_common works on, by name. */
+enum {
+    S_NEXT_OFFSET, S_MAX_T, S_WATERMARK, S_GRACE_US, S_SPEC_MATH, S_WINDOWS, S_CHANGED,
+    S_BY_END, S_ENDS, S_NEWEST, S_VIEWS_CHANGED, S_OPEN_PER_KEY, S_LATEST, S_LATEST_CHANGED,
+    S_COUNT
+};
+static const char *const state_attr_names[S_COUNT] = {
+    "next_offset", "max_t", "watermark", "grace_us", "_spec_math", "windows", "_changed",
+    "_by_end", "_ends", "_newest", "_views_changed", "_open_per_key", "latest",
+    "_latest_changed"};
+static PyObject *state_attrs[S_COUNT];
+
+/* PartitionState.apply_records: applies the common readings of records[begin:] in order and
+ * stops at the first record that is not one, or is late for every window, leaving it to the
+ * caller; see PartitionState.apply_records' docstring for the Python definition. Works on the
+ * state's attributes (state_attr_names) and writes next_offset, max_t and watermark back,
+ * also when it fails. Returns the index of the record it stopped at (len(records): none). */
+static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED();
+    if (nargs != 6 || !PyList_Check(args[1]) || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "apply_common(state, records: list, begin: int, max_bytes: int, "
+                        "valid_names: dict, loads)");
+        return NULL;
+    }
+    PyObject *state = args[0], *records = args[1], *valid_names = args[4], *loads = args[5];
+    PyObject *a[S_COUNT] = {NULL};
+    for (int k = 0; k < S_COUNT; k++)
+        if ((a[k] = PyObject_GetAttr(state, state_attrs[k])) == NULL) goto release;
+    if (!PyDict_Check(a[S_WINDOWS]) || !PySet_Check(a[S_CHANGED]) || !PyDict_Check(a[S_BY_END]) ||
+        !PyList_Check(a[S_ENDS]) || !PyDict_Check(a[S_NEWEST]) ||
+        !PySet_Check(a[S_VIEWS_CHANGED]) || !PyDict_Check(a[S_OPEN_PER_KEY]) ||
+        !PyDict_Check(a[S_LATEST]) || !PySet_Check(a[S_LATEST_CHANGED])) {
+        PyErr_SetString(PyExc_TypeError, "apply_common: not a PartitionState");
+        goto release;
+    }
+    WindowMath specs[MAX_SPECS];
+    Py_ssize_t n = window_math(a[S_SPEC_MATH], specs);
+    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
+    long long next_offset = PyLong_AsLongLong(a[S_NEXT_OFFSET]);
+    long long max_t = PyLong_AsLongLong(a[S_MAX_T]);
+    long long watermark = PyLong_AsLongLong(a[S_WATERMARK]);
+    long long grace = PyLong_AsLongLong(a[S_GRACE_US]);
+    if (n < 0 || PyErr_Occurred()) goto release;
+    long long start_offset = next_offset, start_max_t = max_t, start_watermark = watermark;
+    OpenIndexes ix = {a[S_BY_END], a[S_ENDS], a[S_NEWEST], a[S_VIEWS_CHANGED],
+                      a[S_OPEN_PER_KEY], NULL};
+    int failed = 0;
+    for (i = i < 0 ? 0 : i; i < PyList_GET_SIZE(records); i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *offset_obj = PyObject_GetAttr(record, attr_offset);
+        long long offset = offset_obj == NULL ? -1 : PyLong_AsLongLong(offset_obj);
+        Py_XDECREF(offset_obj);
+        if (offset == -1 && PyErr_Occurred()) {
+            failed = 1;
+            break;
+        }
+        if (offset < next_offset) continue; /* already in the recovered state */
+        PyObject *key = PyObject_GetAttr(record, attr_key);
+        PyObject *value = key == NULL ? NULL : PyObject_GetAttr(record, attr_value);
+        if (value == NULL) {
+            Py_XDECREF(key);
+            failed = 1;
+            break;
+        }
+        PyObject *device = NULL, *metric = NULL, *number = NULL;
+        long long t_us = 0;
+        int common = common_reading(key, value, max_bytes, valid_names, loads, &device, &metric,
+                                    &number, &t_us);
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (common <= 0) {
+            failed = common < 0;
+            break;
+        }
+        PyObject *t = PyLong_FromLongLong(t_us);
+        PyObject *pair = t == NULL ? NULL : PyTuple_Pack(2, device, metric);
+        int applied = -1;
+        if (pair != NULL) {
+            PyObject_GC_UnTrack(pair); /* strs: see UNTRACKED */
+            ix.pair = pair;
+            applied = apply_to_windows(a[S_WINDOWS], a[S_CHANGED], specs, n, device, metric,
+                                       number, t, t_us, Py_None, watermark, register_open, &ix);
+            if (applied > 0 && set_latest(a[S_LATEST], a[S_LATEST_CHANGED], pair, t, number) < 0)
+                applied = -1;
+        }
+        Py_XDECREF(pair);
+        Py_XDECREF(t);
+        Py_DECREF(device);
+        Py_DECREF(metric);
+        Py_DECREF(number);
+        if (applied <= 0) { /* 0: late for every window (nothing changed), left to the caller */
+            failed = applied < 0;
+            break;
+        }
+        next_offset = offset + 1;
+        if (t_us > max_t) {
+            max_t = t_us;
+            if (t_us - grace > watermark) watermark = t_us - grace;
+        }
+    }
+    /* The scalars of the records applied, written back even when one failed. */
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    long long values[3] = {next_offset, max_t, watermark};
+    long long before[3] = {start_offset, start_max_t, start_watermark};
+    for (int k = 0; k < 3; k++) {
+        if (values[k] == before[k]) continue;
+        PyObject *number = PyLong_FromLongLong(values[k]);
+        if (number == NULL || PyObject_SetAttr(state, state_attrs[S_NEXT_OFFSET + k], number) < 0)
+            failed = 1;
+        Py_XDECREF(number);
+    }
+    if (type != NULL) PyErr_Restore(type, exc, tb);
+    for (int k = 0; k < S_COUNT; k++) Py_DECREF(a[k]);
+    if (failed) return NULL;
+    return PyLong_FromSsize_t(i);
+release:
+    for (int k = 0; k < S_COUNT; k++) Py_XDECREF(a[k]);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -1780,6 +2035,9 @@ static PyMethodDef methods[] = {
      "delta_rows(keys, windows, labels) -> the changelog rows of window keys."},
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
      "update_latest(latest, changed, device, metric, t_us, value): the latest value."},
+    {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
+     "apply_common(state, records, begin, max_bytes, valid_names, loads) -> the index of the "
+     "first record left to the caller."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1795,5 +2053,17 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (one == NULL || field_device == NULL || field_metric == NULL || field_value == NULL ||
         field_ts == NULL || field_tags == NULL)
         return NULL;
+    attr_offset = PyUnicode_InternFromString("offset");
+    attr_key = PyUnicode_InternFromString("key");
+    attr_value = PyUnicode_InternFromString("value");
+    if (attr_offset == NULL || attr_key == NULL || attr_value == NULL) return NULL;
+    for (int k = 0; k < S_COUNT; k++)
+        if ((state_attrs[k] = PyUnicode_InternFromString(state_attr_names[k])) == NULL)
+            return NULL;
+    PyObject *heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL) return NULL;
+    heappush = PyObject_GetAttrString(heapq, "heappush");
+    Py_DECREF(heapq);
+    if (heappush == NULL) return NULL;
     return PyModule_Create(&module);
 }

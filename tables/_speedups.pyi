@@ -56,7 +56,7 @@ def parse_common(
     key: bytes | None,
     value: bytes | None,
     max_bytes: int,
-    valid_names: set[str],
+    valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
     reading_type: type[Any],
 ) -> Any: ...
@@ -101,3 +101,11 @@ def update_latest(
     t_us: int,
     value: float,
 ) -> None: ...
+def apply_common(
+    state: Any,
+    records: list[Any],
+    begin: int,
+    max_bytes: int,
+    valid_names: dict[str, str],
+    loads: Callable[[bytes], Any],
+) -> int: ...

@@ -43,8 +43,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from models.reading import Reading
+import orjson
+
+from models.reading import VALID_NAMES, Reading
 from tables._speedups import (
+    apply_common,
     apply_windows,
     close_windows,
     delta_rows,
@@ -286,6 +289,36 @@ class PartitionState:
             if t - self.grace_us > watermark:
                 self.watermark = t - self.grace_us
         return True
+
+    def apply_records(self, records: list[Any], begin: int, max_bytes: int) -> int:
+        """Apply the common readings of ``records[begin:]`` (Kafka records: ``offset``,
+        ``key``, ``value``) in order; return the index of the first record left to the caller,
+        ``len(records)`` if none is.
+
+        The batch path of the worker: it stops at the first record that is not the common
+        reading (see models.reading.parse_reading) or is late for every window, which the
+        caller then handles one by one (parse_reading, apply, dead letters) before calling
+        again from the next. In C (apply_common) when no sliding window is configured::
+
+            for i in range(begin, len(records)):
+                record = records[i]
+                if record.offset < self.next_offset:
+                    continue  # already in the recovered state
+                reading = parse_common(record.key, record.value, max_bytes, VALID_NAMES,
+                                       orjson.loads, Reading)
+                if reading is None:
+                    return i
+                next_offset = self.next_offset
+                if not self.apply(reading, record.offset):  # late: nothing else changed
+                    self.next_offset = next_offset
+                    return i
+            return len(records)
+
+        tests/agents/test_process_records.py holds it to that definition.
+        """
+        if self._sliding_math:
+            return begin  # sliding windows are applied by apply() only
+        return apply_common(self, records, begin, max_bytes, VALID_NAMES, orjson.loads)
 
     def skip(self, offset: int) -> None:
         """Record that the record at ``offset`` was handled without applying it (rejected)."""

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.reading import Reading, Rejected, _parse_reading, _valid_names, parse_reading
+from models.reading import VALID_NAMES, Reading, Rejected, _parse_reading, parse_reading
 from tables._speedups import parse_common
 
 MAX_BYTES = 65_536
@@ -451,7 +451,7 @@ def test_parse_reading_equals_its_definition(doc: dict[str, Any], key: bytes | N
 
 def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
     parse(encode(ts=1795315444.3))  # device and metric now validated
-    common = (b"dev-0042", encode(ts=1795315444.3), MAX_BYTES, _valid_names, orjson.loads, Reading)
+    common = (b"dev-0042", encode(ts=1795315444.3), MAX_BYTES, VALID_NAMES, orjson.loads, Reading)
     assert parse_common(*common) == Reading("dev-0042", "temperature", 21.5, 1795315444300000, None)
     too_large = (*common[:2], len(common[1]) - 1, *common[3:])
     assert parse_common(*too_large) is None  # rejected by the definition, with its reason
@@ -465,4 +465,4 @@ def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
         b"{",
     ):
         key = orjson.loads(other)["device"].encode() if other.startswith(b'{"') else b"k"
-        assert parse_common(key, other, MAX_BYTES, _valid_names, orjson.loads, Reading) is None
+        assert parse_common(key, other, MAX_BYTES, VALID_NAMES, orjson.loads, Reading) is None

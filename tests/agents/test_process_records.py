@@ -1,0 +1,231 @@
+"""process_records and PartitionState.apply_records: a fetch's records into a partition's state.
+
+The batch path (tables/_speedups.c, apply_common) must leave exactly the state, and reject
+exactly the records with exactly the reasons, that the record-by-record definition does:
+``parse_reading`` and ``PartitionState.apply`` for each record, as the worker did before it
+had the batch path (``one_by_one`` below).
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.readings import process_records
+from models.reading import VALID_NAMES, Rejected, parse_reading
+from tables.partition_state import PartitionState
+from tables.windows import parse_windows
+
+S = 1_000_000
+MAX_BYTES = 4096
+T0 = 1_795_315_440.0
+"""An instant on the 10 s and 1 min grid, in seconds."""
+
+
+def record(offset: int, value: bytes | None, key: bytes | None = b"d1") -> ConsumerRecord:
+    size = len(value) if value is not None else -1
+    return ConsumerRecord(
+        "readings", 0, offset, 1_795_315_400_000, 0, key, value, None, 2, size, ()
+    )
+
+
+def reading(
+    offset: int, device: str = "d1", ts: Any = T0, value: Any = 1.5, **more: Any
+) -> ConsumerRecord:
+    doc = {"device": device, "metric": "m", "value": value, "ts": ts, **more}
+    return record(offset, orjson.dumps(doc), device.encode())
+
+
+Rejection = tuple[int, str, str]
+
+
+def one_by_one(state: PartitionState, records: list[ConsumerRecord]) -> list[Rejection]:
+    """The definition: each record parsed and applied on its own."""
+    rejected = []
+    for r in records:
+        if r.offset < state.next_offset:
+            continue
+        try:
+            parsed = parse_reading(r.key, r.value, r.timestamp, MAX_BYTES)
+        except Rejected as exc:
+            state.skip(r.offset)
+            rejected.append((r.offset, exc.reason, exc.detail))
+            continue
+        if not state.apply(parsed, r.offset):
+            rejected.append((r.offset, "late", ""))
+    return rejected
+
+
+def batched(state: PartitionState, records: list[ConsumerRecord]) -> list[Rejection]:
+    rejected: list[Rejection] = []
+
+    def reject(r: Any, reason: str, detail: str) -> None:
+        rejected.append((r.offset, reason, "" if reason == "late" else detail))
+
+    process_records(state, records, MAX_BYTES, reject)
+    return rejected
+
+
+def everything(state: PartitionState) -> dict[str, Any]:
+    """Every attribute that apply and apply_records change, comparable with ==."""
+    return {
+        "next_offset": state.next_offset,
+        "max_t": state.max_t,
+        "watermark": state.watermark,
+        "windows": state.windows,
+        "latest": state.latest,
+        "ends": sorted(state._ends),
+        "heap": heapq.nsmallest(len(state._ends), state._ends) == sorted(state._ends),
+        "by_end": state._by_end,
+        "newest": state._newest,
+        "open_per_key": state._open_per_key,
+        "changed": state._changed,
+        "latest_changed": state._latest_changed,
+        "views_changed": state._views_changed,
+        "sliding": state.sliding,
+        "sliding_changed": state._sliding_changed,
+    }
+
+
+def test_apply_records_stops_at_each_record_it_leaves_to_the_caller() -> None:
+    VALID_NAMES.clear()
+    VALID_NAMES.update(d1="d1", m="m")
+    state = PartitionState(parse_windows("10s"), 0)
+    records = [
+        reading(0, ts=T0 + 1),
+        reading(1, ts=T0 + 2),
+        reading(2, ts=T0 + 3, tags={"site": "x"}),  # tags: not the common reading
+        reading(3, ts=T0 + 4),
+        reading(4, device="d2", ts=T0 + 5),  # a name not validated yet
+        reading(5, ts=T0 + 30),
+        reading(6, ts=T0 + 5),  # late for its only window (W = T0 + 30 s)
+        record(7, b"{not json"),
+    ]
+    assert state.apply_records(records, 0, MAX_BYTES) == 2
+    assert (state.next_offset, state.max_t) == (2, round((T0 + 2) * S))
+    assert state.apply_records(records, 3, MAX_BYTES) == 4
+    assert state.apply_records(records, 5, MAX_BYTES) == 6
+    assert state.watermark == round((T0 + 30) * S)
+    assert state.apply_records(records, 7, MAX_BYTES) == 7
+    assert state.apply_records(records, 8, MAX_BYTES) == 8
+    assert state.next_offset == 6  # the records left (3, 5 and 7) were not applied
+    first = state.windows[("d1", "m", 0, round(T0 * S))]
+    assert first[:2] == [3, 1.5 * 3]  # offsets 0, 1 and 3 (not 2, left to the caller)
+
+
+def test_apply_records_skips_records_already_applied() -> None:
+    VALID_NAMES.update(d1="d1", m="m")
+    state = PartitionState(parse_windows("10s"), 0, next_offset=10)
+    records = [reading(8), reading(9), reading(10, value=2.0)]
+    assert state.apply_records(records, 0, MAX_BYTES) == 3
+    assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [1, 2.0]
+    assert state.next_offset == 11
+
+
+def test_process_records_rejects_with_the_reason_and_applies_the_rest() -> None:
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s,1m"), 0)
+    records = [
+        reading(0, ts=T0 + 1),
+        record(1, None),
+        reading(2, ts=T0 + 31, value=4),
+        reading(3, ts=T0 + 2),  # its 10 s window has closed, its minute has not
+        reading(4, ts=T0 - 1),  # late for both
+        record(5, b"[1]"),
+        reading(6, ts=T0 + 32, value=2.5),
+    ]
+    reasons = [(offset, reason) for offset, reason, _ in batched(state, records)]
+    assert reasons == [(1, "invalid_json"), (4, "late"), (5, "invalid_reading")]
+    assert state.next_offset == 7
+    minute = state.windows[("d1", "m", 1, round(T0 * S))]
+    assert minute[:2] == [4, 1.5 + 4.0 + 1.5 + 2.5]  # offsets 0, 2, 3 and 6
+    assert state.windows[("d1", "m", 0, round((T0 + 30) * S))][:2] == [2, 4.0 + 2.5]
+
+
+def test_an_error_inside_the_batch_keeps_the_offsets_of_the_records_applied() -> None:
+    VALID_NAMES.update(d1="d1", m="m")
+    state = PartitionState(parse_windows("10s"), 0)
+    records: list[Any] = [reading(0), reading(1), object()]
+    with pytest.raises(AttributeError):
+        state.apply_records(records, 0, MAX_BYTES)
+    assert state.next_offset == 2
+    assert state.windows[("d1", "m", 0, round(T0 * S))][0] == 2
+
+
+devices = st.sampled_from(["d1", "d2", "d3"])
+times = st.integers(0, 240).map(lambda k: T0 + k / 2) | st.floats(T0, T0 + 150)
+
+
+@st.composite
+def records_(draw: Any) -> list[ConsumerRecord]:
+    out = []
+    offset = 0
+    for _ in range(draw(st.integers(0, 60))):
+        offset = draw(
+            st.sampled_from([offset + 1, offset + 1, offset + 1, offset + 3, max(offset - 2, 0)])
+        )
+        kind = draw(st.sampled_from(["common"] * 6 + ["int", "tags", "no_ts", "bad", "key"]))
+        device = draw(devices)
+        ts: Any = draw(times)
+        value: Any = draw(st.floats(-1e6, 1e6, allow_nan=False))
+        if kind == "bad":
+            out.append(record(offset, draw(st.sampled_from([None, b"{", b'"x"', b"{}"]))))
+            continue
+        more: dict[str, Any] = {}
+        if kind == "int":
+            value = draw(st.integers(-1000, 1000))
+        elif kind == "tags":
+            more["tags"] = {"site": draw(st.sampled_from(["x", "y"]))}
+        elif kind == "no_ts":
+            ts = None
+        r = reading(offset, device, ts, value, **more)
+        if ts is None:
+            r.value = orjson.dumps({"device": device, "metric": "m", "value": value})
+        if kind == "key":
+            r.key = b"d9"
+        out.append(r)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    windows=st.sampled_from(["10s", "10s,1m", "30s/10s", "10s,20s/5s", "10s,sliding:30s"]),
+    grace_s=st.sampled_from([0, 2, 5]),
+    records=records_(),
+    chunk=st.integers(1, 25),
+)
+def test_batches_match_the_record_by_record_definition(
+    windows: str, grace_s: int, records: list[ConsumerRecord], chunk: int
+) -> None:
+    specs = parse_windows(windows)
+    VALID_NAMES.clear()
+    expected = PartitionState(specs, grace_s * S)
+    expected_rejected = one_by_one(expected, records)
+    VALID_NAMES.clear()  # the batch path meets the names unvalidated too
+    state = PartitionState(specs, grace_s * S)
+    rejected = []
+    for begin in range(0, len(records), chunk):
+        rejected += batched(state, records[begin : begin + chunk])
+    assert rejected == expected_rejected
+    assert everything(state) == everything(expected)
+    assert state.drain() == expected.drain()
+
+
+def test_every_key_shares_the_one_str_of_each_name() -> None:
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s,1m"), 0)
+    records = [reading(offset, ts=T0 + offset * 11) for offset in range(4)]
+    records.insert(2, reading(2, ts=T0 + 22, tags={"site": "x"}))  # through parse_reading
+    for offset, r in enumerate(records):
+        r.offset = offset
+    assert batched(state, records) == []
+    device, metric = VALID_NAMES["d1"], VALID_NAMES["m"]
+    keys = [*state.windows, *state.latest, *state._open_per_key]
+    assert len(keys) == 5 + 1 + 1  # four 10 s windows and one minute; one latest; one pair
+    assert all(key[0] is device and key[1] is metric for key in keys)
