@@ -17,6 +17,7 @@
  * close_windows(...)         PartitionState.close_ready's closing of the windows of one end
  * open_views(...)            PartitionState.drain's open views of the series that changed
  * delta_rows(...)            PartitionState.drain's changelog rows of changed and removed windows
+ * latest_changes(...)        PartitionState.drain's latest values: outputs and changelog rows
  * update_latest(...)         PartitionState.apply's latest value of a (device, metric)
  *
  * They compute exactly what the Python definitions compute: the same float operations in the
@@ -1994,6 +1995,77 @@ release:
     return NULL;
 }
 
+/* PartitionState.drain's latest values; see latest_changes in tables/_speedups.pyi and the
+ * Python definition in PartitionState.drain's comment. Returns (outputs, rows, removed). */
+static PyObject *latest_changes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyAnySet_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2]) || !PyType_Check(args[3]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "latest_changes(changed: set, latest: dict, unsent: dict, "
+                        "latest_type: a tuple subclass)");
+        return NULL;
+    }
+    PyObject *latest = args[1], *unsent = args[2];
+    PyTypeObject *latest_type = (PyTypeObject *)args[3];
+    PyObject *outputs = PyList_New(0), *rows = PyList_New(0), *removed = PyList_New(0);
+    PyObject *iterator = outputs && rows && removed ? PyObject_GetIter(args[0]) : NULL;
+    if (iterator == NULL) goto fail;
+    PyObject *pair;
+    while ((pair = PyIter_Next(iterator)) != NULL) {
+        int failed = 1;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a (device, metric) pair");
+            goto next;
+        }
+        PyObject *value = PyDict_GetItemWithError(latest, pair);
+        int gone = value == NULL;
+        if (gone && !PyErr_Occurred()) value = PyDict_GetItemWithError(unsent, pair);
+        if (PyErr_Occurred()) goto next;
+        if (value != NULL) {
+            if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
+                PyErr_SetString(PyExc_TypeError, "a latest value (t_us, value)");
+                goto next;
+            }
+            PyObject *items[4] = {PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
+                                  PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1)};
+            for (int f = 0; f < 4; f++) Py_INCREF(items[f]);
+            PyObject *output = untracked_tuple(latest_type, items, 4);
+            PyObject *row = output == NULL ? NULL : PySequence_List(output);
+            if (row != NULL) PyObject_GC_UnTrack(row); /* see UNTRACKED */
+            int appended = row != NULL && PyList_Append(outputs, output) == 0 &&
+                           PyList_Append(rows, row) == 0;
+            Py_XDECREF(output);
+            Py_XDECREF(row);
+            if (!appended) goto next;
+        }
+        if (gone) {
+            PyObject *row = PySequence_List(pair);
+            if (row != NULL) PyObject_GC_UnTrack(row);
+            int appended = row != NULL && PyList_Append(removed, row) == 0;
+            Py_XDECREF(row);
+            if (!appended) goto next;
+        }
+        failed = 0;
+    next:
+        Py_DECREF(pair);
+        if (failed) goto fail;
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) goto fail;
+    PyObject *out = PyTuple_Pack(3, outputs, rows, removed);
+    Py_DECREF(outputs);
+    Py_DECREF(rows);
+    Py_DECREF(removed);
+    return out;
+fail:
+    Py_XDECREF(iterator);
+    Py_XDECREF(outputs);
+    Py_XDECREF(rows);
+    Py_XDECREF(removed);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(gamma, inv_log_gamma, min_magnitude, zero, negative, last_positive, "
@@ -2035,6 +2107,8 @@ static PyMethodDef methods[] = {
      "delta_rows(keys, windows, labels) -> the changelog rows of window keys."},
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
      "update_latest(latest, changed, device, metric, t_us, value): the latest value."},
+    {"latest_changes", (PyCFunction)(void (*)(void))latest_changes, METH_FASTCALL,
+     "latest_changes(changed, latest, unsent, latest_type) -> (outputs, rows, removed)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
      "apply_common(state, records, begin, max_bytes, valid_names, loads) -> the index of the "
      "first record left to the caller."},

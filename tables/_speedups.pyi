@@ -109,3 +109,9 @@ def apply_common(
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
 ) -> int: ...
+def latest_changes(
+    changed: set[tuple[str, str]],
+    latest: dict[tuple[str, str], tuple[int, float]],
+    unsent: dict[tuple[str, str], tuple[int, float]],
+    latest_type: type[tuple[Any, ...]],
+) -> tuple[list[Any], list[list[Any]], list[list[Any]]]: ...

@@ -51,6 +51,7 @@ from tables._speedups import (
     apply_windows,
     close_windows,
     delta_rows,
+    latest_changes,
     open_views,
     update_latest,
 )
@@ -472,12 +473,15 @@ class PartitionState:
             self._sizes,
             OpenView,
         )
-        unsent = self._latest_unsent
-        latest = [
-            Latest(device, metric, *self.latest.get((device, metric)) or unsent[(device, metric)])
-            for device, metric in self._latest_changed
-            if (device, metric) in self.latest or (device, metric) in unsent
-        ]
+        # In C (latest_changes; a value per changed (device, metric) per flush): for each pair
+        # in self._latest_changed, in its order:
+        #   value = self.latest.get(pair) or self._latest_unsent.get(pair)
+        #   if value: latest.append(Latest(*pair, *value)); latest_rows.append([*pair, *value])
+        #   if pair not in self.latest: latest_removed.append([*pair])
+        # tests/tables/test_partition_state.py holds it to that definition.
+        latest, latest_rows, latest_removed = latest_changes(
+            self._latest_changed, self.latest, self._latest_unsent, Latest
+        )
         sliding_views = []
         for key in self._sliding_changed:
             device, metric, index = key
@@ -504,12 +508,10 @@ class PartitionState:
             changed: Iterable[WindowKey] = windows.keys()
             removed: list[list[Any]] = []
             latest_rows = [[d, m, t, v] for (d, m), (t, v) in self.latest.items()]
-            latest_removed: list[list[Any]] = []
+            latest_removed = []
         else:
             changed = self._changed
             removed = delta_rows(self._removed, None, self._labels)  # [[d, m, label, s], ...]
-            latest_rows = [[row.device, row.metric, row.t_us, row.value] for row in latest]
-            latest_removed = [[d, m] for d, m in self._latest_changed if (d, m) not in self.latest]
         delta = Delta(
             from_offset=self._drained_offset,
             to_offset=self.next_offset,

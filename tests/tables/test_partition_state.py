@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from models.reading import Reading
 from tables import _speedups
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow, Drained, OpenView, PartitionState
+from tables.partition_state import ClosedWindow, Drained, Latest, OpenView, PartitionState
 from tables.windows import WindowSpec, parse_windows
 
 S = 1_000_000
@@ -801,3 +801,44 @@ def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_not_a_crash() ->
                 [key], 10 * S, windows, [], set(), set(), {}, set(), {}, labels, ClosedWindow
             )
         assert list(windows) == [key]  # nothing was closed
+
+
+pairs = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["m", "n"]))
+values = st.tuples(st.integers(0, 10 * S), st.floats(allow_nan=False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    changed=st.sets(pairs),
+    latest=st.dictionaries(pairs, values),
+    unsent=st.dictionaries(pairs, values),
+)
+def test_latest_changes_match_their_definition(
+    changed: set[tuple[str, str]],
+    latest: dict[tuple[str, str], tuple[int, float]],
+    unsent: dict[tuple[str, str], tuple[int, float]],
+) -> None:
+    # The definition in PartitionState.drain's comment.
+    outputs, rows, removed = [], [], []
+    for pair in changed:
+        value = latest.get(pair) or unsent.get(pair)
+        if value:
+            outputs.append(Latest(*pair, *value))
+            rows.append([*pair, *value])
+        if pair not in latest:
+            removed.append([*pair])
+    got = _speedups.latest_changes(changed, latest, unsent, Latest)
+    assert got == (outputs, rows, removed)
+    assert all(type(output) is Latest for output in got[0])
+    assert not any(gc.is_tracked(item) for part in got for item in part)
+
+
+def test_latest_of_a_key_forgotten_and_removed_in_one_flush_is_drained_once() -> None:
+    state = PartitionState(parse_windows("10s"), 0)
+    assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
+    assert state.apply(Reading("e", "m", 2.5, 12 * S, None), 1)  # closes d's window: W = 12 s
+    drained = state.drain()
+    assert sorted(drained.latest) == [Latest("d", "m", 1 * S, 1.5), Latest("e", "m", 12 * S, 2.5)]
+    assert sorted(drained.delta.latest) == [["d", "m", 1 * S, 1.5], ["e", "m", 12 * S, 2.5]]
+    assert drained.delta.latest_removed == [["d", "m"]]
+    assert state.latest == {("e", "m"): (12 * S, 2.5)}
