@@ -47,6 +47,7 @@ async def consume_all(bootstrap: str, topic: str, expected: int) -> RunResult:
         readings=consumed,
         seconds=round(stopwatch.seconds, 4),
         cpu_seconds=round(stopwatch.cpu_seconds, 3),
+        servers_cpu_seconds=stopwatch.servers_cpu_seconds,
         note="bare getmany, no decoding",
     )
 

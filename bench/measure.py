@@ -5,6 +5,12 @@ record consumed and stops when the last window result has been emitted; it reads
 own CPU time (all threads, so librdkafka's and RocksDB's threads count) at both ends. The
 parent reaps the subprocess with ``os.wait4``, which adds the CPU time of the whole process
 (imports, group join and shutdown included) and its peak RSS.
+
+The servers the systems talk to (the broker, Redis, VictoriaMetrics) run as their own
+processes, so their work is not in a system's CPU time. The runner names their pids in
+``BENCH_SERVER_PIDS`` and the stopwatch reads each one's CPU time from ``/proc`` at the same
+two moments: ``servers_cpu_seconds`` is what the servers spent on the system's behalf, and
+with the system's own CPU it bounds how fast the machine's cores could run that work at all.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class RunResult:
     process_cpu_seconds: float | None = None
     peak_rss_bytes: int | None = None
     note: str = ""
+    servers_cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """CPU seconds each local server (``broker``, ``redis``, ``influx``) used over the same
+    interval; empty when the runner named no servers (see ``BENCH_SERVER_PIDS``)."""
 
     @property
     def readings_per_second(self) -> float:
@@ -58,14 +67,68 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+SERVER_PIDS_ENV = "BENCH_SERVER_PIDS"
+"""``name=pid,name=pid``: the local servers whose CPU the stopwatches read."""
+
+
+def server_pids(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """The servers named in ``BENCH_SERVER_PIDS`` (none when it is unset or empty)."""
+    text = environ.get(SERVER_PIDS_ENV, "").strip()
+    pids: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, pid = item.partition("=")
+        if not sep or not name or not pid.isdigit():
+            raise ValueError(f"{SERVER_PIDS_ENV}: {item!r} is not name=pid")
+        pids[name] = int(pid)
+    return pids
+
+
+def server_pids_text(pids: Mapping[str, int]) -> str:
+    """The ``BENCH_SERVER_PIDS`` value naming ``pids``."""
+    return ",".join(f"{name}={pid}" for name, pid in pids.items())
+
+
+def stat_cpu_seconds(stat: str, ticks_per_second: int) -> float:
+    """User+sys CPU seconds of a process from the text of its ``/proc/<pid>/stat``.
+
+    The command name (field 2, in parentheses) may hold spaces and parentheses: the fields
+    counted are those after the last ``)``; utime and stime are fields 14 and 15."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_second
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def servers_cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """Each server's CPU seconds so far. A server that is gone is an error: the measurement
+    would silently lose its share."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            raise RuntimeError(f"server {name} (pid {pid}) is not running") from None
+        out[name] = stat_cpu_seconds(stat, _TICKS_PER_SECOND)
+    return out
+
+
+def cpu_spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """``after - before`` per server, rounded to the clock's ticks."""
+    return {name: round(after[name] - before[name], 3) for name in before}
+
+
 class Stopwatch:
     """Wall and CPU time from :meth:`start` (first record) to :meth:`stop` (last window)."""
 
-    def __init__(self) -> None:
+    def __init__(self, servers: Mapping[str, int] | None = None) -> None:
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self._cpu_at_start = 0.0
         self._cpu_at_stop = 0.0
+        self._servers = server_pids() if servers is None else dict(servers)
+        self._servers_at_start: dict[str, float] = {}
+        self._servers_at_stop: dict[str, float] = {}
 
     @property
     def running(self) -> bool:
@@ -75,12 +138,14 @@ class Stopwatch:
         if self.started_at is None:
             self.started_at = time.perf_counter()
             self._cpu_at_start = process_cpu_seconds()
+            self._servers_at_start = servers_cpu_seconds(self._servers)
 
     def stop(self, at: float | None = None) -> None:
         """Stop now, or at an earlier ``at`` (a perf_counter reading) when the end was seen
         before the system could be told to finish; CPU is read now either way."""
         self.stopped_at = time.perf_counter() if at is None else at
         self._cpu_at_stop = process_cpu_seconds()
+        self._servers_at_stop = servers_cpu_seconds(self._servers)
 
     @property
     def seconds(self) -> float:
@@ -91,6 +156,13 @@ class Stopwatch:
     @property
     def cpu_seconds(self) -> float:
         return self._cpu_at_stop - self._cpu_at_start
+
+    @property
+    def servers_cpu_seconds(self) -> dict[str, float]:
+        """Each server's CPU seconds from start to stop (empty before both)."""
+        if not self._servers_at_stop:
+            return {}
+        return cpu_spent(self._servers_at_start, self._servers_at_stop)
 
 
 def write_result(path: str | Path, result: RunResult) -> None:

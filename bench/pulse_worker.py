@@ -28,7 +28,8 @@ offsets committed), the processor's sink list and ``PartitionState.advance_idle`
   that raised a watermark (of a partition with open windows) to the commit of the flush that
   emitted the last of its windows is added instead.
 
-``seconds = (C - S) + the idle-close stretches after C``; ``cpu_seconds`` the same in CPU time.
+``seconds = (C - S) + the idle-close stretches after C``; ``cpu_seconds`` the same in CPU time,
+and ``servers_cpu_seconds`` the same in each local server's CPU time (``BENCH_SERVER_PIDS``).
 The raw interval from S to the last window, idle wait included, is in the note. The process
 stops itself (SIGTERM, Faust's graceful shutdown) once no partition has an open window left
 and the flush that emitted the last ones has committed.
@@ -47,16 +48,25 @@ import time
 from typing import Any
 
 from agents import readings
-from bench.measure import RunResult, process_cpu_seconds, write_result
+from bench.measure import (
+    RunResult,
+    cpu_spent,
+    process_cpu_seconds,
+    server_pids,
+    servers_cpu_seconds,
+    write_result,
+)
 from pulse.sinks._base import FlushBatch, Sink
 from tables.partition_state import PartitionState
 
-Clock = tuple[float, float]
-"""(perf_counter, process CPU seconds)"""
+Clock = tuple[float, float, dict[str, float]]
+"""(perf_counter, process CPU seconds, each local server's CPU seconds)"""
+
+_SERVERS = server_pids()
 
 
 def _clock() -> Clock:
-    return time.perf_counter(), process_cpu_seconds()
+    return time.perf_counter(), process_cpu_seconds(), servers_cpu_seconds(_SERVERS)
 
 
 class _WindowCounter(Sink):
@@ -92,6 +102,7 @@ class BenchProcessor(readings.ReadingsProcessor):
         self._windows_at_idle = 0
         self._tail_wall = 0.0
         self._tail_cpu = 0.0
+        self._tail_servers = dict.fromkeys(_SERVERS, 0.0)
         self._last_emit: Clock | None = None
         self._finished = False
 
@@ -112,7 +123,7 @@ class BenchProcessor(readings.ReadingsProcessor):
             for tp, records in batches.items():
                 if tp.partition in self.states:
                     if self._start is None:
-                        self._start = max(called, self._assigned_at or called)
+                        self._start = max(called, self._assigned_at or called, key=lambda c: c[0])
                     self.consumed += len(records)
                     self._fetched_to[tp.partition] = records[-1].offset + 1
             return batches
@@ -160,6 +171,8 @@ class BenchProcessor(readings.ReadingsProcessor):
         ):
             self._tail_wall += now[0] - self._idle_since[0]
             self._tail_cpu += now[1] - self._idle_since[1]
+            for name, spent in cpu_spent(self._idle_since[2], now[2]).items():
+                self._tail_servers[name] += spent
             self._idle_since = None
             self._last_emit = now
         if self._idle_since is None and all(s.open_windows == 0 for s in self.states.values()):
@@ -181,6 +194,10 @@ class BenchProcessor(readings.ReadingsProcessor):
         start, caught, last = self._start, self._caught_up, self._last_emit or self._caught_up
         seconds = caught[0] - start[0] + self._tail_wall
         cpu = caught[1] - start[1] + self._tail_cpu
+        servers = {
+            name: round(spent + self._tail_servers[name], 3)
+            for name, spent in cpu_spent(start[2], caught[2]).items()
+        }
         note = (
             f"Faust worker; idle-close wait left out (first record to last window with it: "
             f"{last[0] - start[0]:.2f} s); {self.dead_lettered} dead letters; "
@@ -193,6 +210,7 @@ class BenchProcessor(readings.ReadingsProcessor):
                 readings=self.consumed,
                 seconds=round(seconds, 4),
                 cpu_seconds=round(cpu, 3),
+                servers_cpu_seconds=servers,
                 windows_emitted=self.windows_emitted,
                 note=note,
             ),

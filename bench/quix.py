@@ -122,6 +122,7 @@ def run(
         readings=processed,
         seconds=round(stopwatch.seconds, 4),
         cpu_seconds=round(stopwatch.cpu_seconds, 3),
+        servers_cpu_seconds=stopwatch.servers_cpu_seconds,
         windows_emitted=windows_emitted,
         note="RocksDB + changelogs, final() to a topic, no sinks",
     )

@@ -25,13 +25,18 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.dataset import DatasetSpec, produce
 from bench.latency import LatencyResult, WarmUp, measure_latency
-from bench.measure import RunResult, run_measured_subprocess
+from bench.measure import (
+    SERVER_PIDS_ENV,
+    RunResult,
+    run_measured_subprocess,
+    server_pids_text,
+)
 from bench.pulse_run import pulse_env, run_pulse
 from pulse.settings import Settings
 from pulse.stack import start_broker, start_redis, start_victoria
@@ -134,6 +139,49 @@ def ratios(results: dict[str, RunResult]) -> dict[str, float | None]:
     return out
 
 
+def core_bound(result: RunResult, cores: int) -> float | None:
+    """The most readings/s that ``cores`` cores allow for the work a run measured.
+
+    The work is the system's own CPU seconds plus the local servers' over the same interval
+    (``RunResult.servers_cpu_seconds``): at best it is spread over every core with none idle,
+    which takes ``(own + servers) / cores`` seconds. None when no CPU was measured."""
+    total = result.cpu_seconds + sum(result.servers_cpu_seconds.values())
+    if total <= 0 or cores <= 0:
+        return None
+    return result.readings / (total / cores)
+
+
+def format_cpu_bounds(results: dict[str, RunResult], cores: int) -> list[str]:
+    """One line per system with server CPU measured: where its CPU went, core_bound, and
+    core_bound of the servers' CPU alone (what no speed-up of the system itself can pass)."""
+    ceiling = results.get("ceiling")
+    lines = []
+    for system, result in results.items():
+        bound = core_bound(result, cores)
+        if not result.servers_cpu_seconds or bound is None:
+            continue
+        parts = [f"own {result.cpu_seconds:.2f}"] + [
+            f"{name} {spent:.2f}" for name, spent in sorted(result.servers_cpu_seconds.items())
+        ]
+        line = (
+            f"{system}: {', '.join(parts)} CPU-s over its interval; {cores} cores allow at most "
+            f"{bound:,.0f} readings/s for that work"
+        )
+        against = None
+        if system != "ceiling" and ceiling is not None and ceiling.readings_per_second > 0:
+            against = ceiling.readings_per_second
+            line += f" ({bound / against:.2f}x the ceiling)"
+        servers_only = core_bound(replace(result, cpu_seconds=0.0), cores)
+        if servers_only is not None:
+            line += f"; the servers' share alone, at most {servers_only:,.0f}/s"
+            if against is not None:
+                line += f" ({servers_only / against:.2f}x)"
+        lines.append(line)
+    if lines:
+        lines.insert(0, "CPU of each run and of the local servers meanwhile (bench/README.md):")
+    return lines
+
+
 def format_table(
     results: dict[str, RunResult], failures: dict[str, str], selected: tuple[str, ...]
 ) -> str:
@@ -182,6 +230,9 @@ def format_table(
     lines.append("")
     for name, value in ratios(results).items():
         lines.append(f"{name}: {'n/a' if value is None else f'{value:.2f}x'}")
+    bounds = format_cpu_bounds(results, os.cpu_count() or 1)
+    if bounds:
+        lines += ["", *bounds]
     return "\n".join(lines)
 
 
@@ -314,6 +365,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         servers.append(redis)
         victoria = start_victoria(work_dir / "stack")
         servers.append(victoria)
+        # Every system's subprocess reads the servers' CPU around its measured interval.
+        os.environ[SERVER_PIDS_ENV] = server_pids_text(
+            {server.name: server.pid for server in servers if server.pid is not None}
+        )
         bootstrap = f"127.0.0.1:{broker.port}"
 
         started = time.perf_counter()
@@ -400,6 +455,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     failures["latency"] = f"failed: {type(exc).__name__}: {exc}"
                     traceback.print_exc()
     finally:
+        os.environ.pop(SERVER_PIDS_ENV, None)
         for server in reversed(servers):
             server.stop()
         if not args.keep:
@@ -438,6 +494,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": {system: result.to_json() for system, result in results.items()},
         "failures": failures,
         "ratios": ratios(results),
+        "core_bounds": {
+            system: None if bound is None else round(bound, 1)
+            for system, result in results.items()
+            for bound in [core_bound(result, os.cpu_count() or 1)]
+        },
         "latency": [asdict(latency) for latency in latencies],
         "memory": memory,
         "recovery": recovery,

@@ -149,6 +149,7 @@ def build_app(args: argparse.Namespace) -> faust.App:
             readings=counters["handled"],
             seconds=round(stopwatch.seconds, 4),
             cpu_seconds=round(stopwatch.cpu_seconds, 3),
+            servers_cpu_seconds=stopwatch.servers_cpu_seconds,
             windows_emitted=counters["windows"],
             note=note,
         ))  # fmt: skip
