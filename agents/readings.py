@@ -525,6 +525,14 @@ def process_records(
             except Rejected as rejected:
                 state.skip(offset)
                 reject(record, rejected.reason, rejected.detail)
+            except Exception as exc:  # a bug for this input: not a reason to stop the partition
+                log.exception("readings: the record at offset %d could not be parsed", offset)
+                state.skip(offset)
+                reject(
+                    record,
+                    "invalid_reading",
+                    f"the reading could not be parsed: {type(exc).__name__}: {exc}",
+                )
             else:
                 if not apply(reading, offset):
                     reject(

@@ -31,6 +31,7 @@ InfluxDB queries ambiguous. Keys starting with ``_`` are InfluxDB's own and reje
 MAX_EVENT_TIME_US: Final = 9_223_372_036_854_775
 """The last microsecond InfluxDB can store (int64 nanoseconds, year 2262)."""
 
+_TS_RANGE: Final = "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 
@@ -141,9 +142,7 @@ def _parse_reading(
     else:
         t_us = _event_time_us(ts)
     if not 0 <= t_us <= MAX_EVENT_TIME_US:
-        raise Rejected(
-            "invalid_reading", "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)"
-        )
+        raise Rejected("invalid_reading", _TS_RANGE)
 
     tags = doc.get("tags")
     if tags is not None:
@@ -155,8 +154,11 @@ def _event_time_us(ts: object) -> int:
     if ts.__class__ is float or ts.__class__ is int:
         if not math.isfinite(ts):
             raise Rejected("invalid_reading", "'ts' must be finite")
+        t_us = ts * 1_000_000
+        if t_us.__class__ is float and not math.isfinite(t_us):  # beyond 1.8e302 seconds
+            raise Rejected("invalid_reading", _TS_RANGE)
         # Round, not truncate: 1795315444.3 is stored as 1795315444.2999999523 and means .3.
-        return round(ts * 1_000_000)
+        return round(t_us)
     if isinstance(ts, str):
         try:
             moment = datetime.fromisoformat(ts)

@@ -146,6 +146,41 @@ def test_process_records_rejects_with_the_reason_and_applies_the_rest() -> None:
     assert state.windows[("d1", "m", 0, round((T0 + 30) * S))][:2] == [2, 4.0 + 2.5]
 
 
+def test_a_ts_whose_microseconds_overflow_is_rejected_not_raised() -> None:
+    # 1e303 s is beyond any float in microseconds: round() of it once raised OverflowError
+    # out of the worker's loop, on every restart (a poison record).
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s"), 0)
+    records = [reading(0, ts=T0 + 1), reading(1, ts=1e303), reading(2, ts=T0 + 2, value=3.0)]
+    assert batched(state, records) == [
+        (1, "invalid_reading", "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)")
+    ]
+    assert state.next_offset == 3
+    assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [2, 1.5 + 3.0]
+
+
+def test_an_unexpected_error_of_the_parse_dead_letters_the_record_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug in the parse for some input must not stop the partition on that record forever:
+    # the record is dead-lettered with the error, the rest applied. (Tags: the Python path.)
+    import agents.readings
+
+    def parse_with_a_bug(key: Any, value: Any, ts_ms: Any, max_bytes: int) -> Any:
+        if b"bug" in value:
+            raise ZeroDivisionError("division by zero")
+        return parse_reading(key, value, ts_ms, max_bytes)
+
+    monkeypatch.setattr(agents.readings, "parse_reading", parse_with_a_bug)
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s"), 0)
+    records = [reading(0, ts=T0 + 1), reading(1, ts=T0, tags={"bug": "x"}), reading(2, ts=T0 + 2)]
+    detail = "the reading could not be parsed: ZeroDivisionError: division by zero"
+    assert batched(state, records) == [(1, "invalid_reading", detail)]
+    assert state.next_offset == 3
+    assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [2, 3.0]
+
+
 def test_an_error_inside_the_batch_keeps_the_offsets_of_the_records_applied() -> None:
     VALID_NAMES.update(d1="d1", m="m")
     state = PartitionState(parse_windows("10s"), 0)

@@ -124,6 +124,7 @@ def _malformed(device: str, partitions: int, devices: list[str], step: int) -> l
         entry(orjson.dumps(good), "invalid_reading", entry_key=b"someone-else"),
         entry(orjson.dumps({**good, "tags": {"window": "x"}}), "invalid_reading"),
         entry(orjson.dumps({**good, "ts": "2023-11-14T22:13:20"}), "invalid_reading"),
+        entry(orjson.dumps({**good, "ts": 1e303}), "invalid_reading"),  # microseconds: inf
         entry(orjson.dumps({**good, "pad": "x" * MAX_MESSAGE_BYTES}), "too_large"),
     ]
     return [cases[(step + i) % len(cases)] for i in range(4)] if step < 40 else cases

@@ -148,7 +148,13 @@ def test_ts_of_other_types(ts: object, kind: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "ts", [-1, -0.5, 1e300, 9_223_372_037, "1969-12-31T23:59:59Z", "2263-01-01T00:00:00Z"]
+    "ts",
+    [
+        *(-1, -0.5, 1e300, 9_223_372_037, "1969-12-31T23:59:59Z", "2263-01-01T00:00:00Z"),
+        # seconds whose microseconds overflow a float: once an OverflowError that stopped the
+        # worker's loop
+        *(1.8e302, -1e303, 1.7976931348623157e308),
+    ],
 )
 def test_ts_outside_influx_range(ts: object) -> None:
     error = rejected(encode(ts=ts))
