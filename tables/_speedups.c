@@ -900,13 +900,187 @@ fail:
 
 /* The common case of models.reading.parse_reading, or None for anything else (which the
  * Python definition then parses, accepts or rejects with its reason): a record whose value,
- * at most max_bytes, is a JSON object (loaded by ``loads``) with a device and a metric
+ * at most max_bytes, is a JSON object (read by scan_common when it has the compact shape of
+ * Pulse's own producers, else loaded by ``loads``, orjson) with a device and a metric
  * among the keys of ``valid_names`` (so validated before), the device equal to the key, a
  * float value within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year
  * 2096), and no tags. Returns reading_type(device, metric, value, t_us, None) with the names
  * as ``valid_names`` holds them, what the Python definition returns for such a record;
  * tests/models/test_reading.py holds it to that. */
 static PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
+
+/* The JSON number at *at (JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?)
+ * when it has a fraction or an exponent, which makes it a float for orjson: its value in
+ * *out and *at moved past it; 1, or 0 if there is no such number there (an int, not JSON).
+ * Rounded correctly, as orjson's parser rounds: with at most 15 digits and a power of ten up
+ * to 22, both operands are exact doubles and one IEEE multiplication or division rounds the
+ * result correctly (Clinger's fast path; "21.37" is 2137 / 100); any other number goes to
+ * PyOS_string_to_double, Python's float(). */
+static int scan_float(const char **at, const char *end, double *out) {
+    static const double powers[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const char *p = *at, *begin = p;
+    int negative = 0, is_float = 0, digits = 0, exponent = 0, exponent_digits = 0;
+    long long mantissa = 0;
+    if (p < end && *p == '-') {
+        negative = 1;
+        p++;
+    }
+    if (p < end && *p == '0') {
+        p++;
+    } else if (p < end && *p >= '1' && *p <= '9') {
+        for (; p < end && *p >= '0' && *p <= '9'; p++, digits++)
+            if (digits < 18) mantissa = mantissa * 10 + (*p - '0');
+    } else {
+        return 0;
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (!(p < end && *p >= '0' && *p <= '9')) return 0;
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (digits == 0 && *p == '0') { /* leading zeros of 0.00x count for nothing */
+                exponent--;
+                continue;
+            }
+            if (digits++ < 18) {
+                mantissa = mantissa * 10 + (*p - '0');
+                exponent--;
+            }
+        }
+        is_float = 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        int exponent_negative = 0;
+        if (p < end && (*p == '+' || *p == '-')) exponent_negative = *p++ == '-';
+        if (!(p < end && *p >= '0' && *p <= '9')) return 0;
+        int e = 0;
+        for (; p < end && *p >= '0' && *p <= '9'; p++, exponent_digits++)
+            if (e < 100000) e = e * 10 + (*p - '0');
+        exponent += exponent_negative ? -e : e;
+        is_float = 1;
+    }
+    /* The text always continues (the closing brace at least), so strtod stops at p. */
+    if (!is_float || p >= end || p - begin > 64) return 0;
+    double value;
+    if (digits <= 15 && exponent >= -22 && exponent <= 22 && exponent_digits <= 5) {
+        value = exponent < 0 ? (double)mantissa / powers[-exponent]
+                             : (double)mantissa * powers[exponent];
+        if (negative) value = -value;
+    } else {
+        char text[65];
+        memcpy(text, begin, (size_t)(p - begin));
+        text[p - begin] = '\0';
+        char *stop;
+        value = PyOS_string_to_double(text, &stop, NULL);
+        if (value == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (stop != text + (p - begin)) return 0;
+    }
+    *out = value;
+    *at = p;
+    return 1;
+}
+
+/* The characters of names ([A-Za-z0-9_.-], models.reading.NAME_PATTERN), which JSON strings
+ * hold without escapes. */
+static unsigned char name_char[256];
+
+static void init_name_chars(void) {
+    for (int c = 0; c < 256; c++)
+        name_char[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+}
+
+/* The bytes of a JSON string at *at holding only name characters: *name and *size, and *at
+ * moved past its closing quote; 1, or 0 if the string is anything else. */
+static int scan_name(const char **at, const char *end, const char **name, Py_ssize_t *size) {
+    const char *p = *at;
+    if (p >= end || *p != '"') return 0;
+    const char *begin = ++p;
+    while (p < end && name_char[(unsigned char)*p]) p++;
+    if (p >= end || *p != '"' || p == begin || p - begin > 128) return 0;
+    *name = begin;
+    *size = p - begin;
+    *at = p + 1;
+    return 1;
+}
+
+/* The name's shared str (see VALID_NAMES): a borrowed reference, NULL if the name is not in
+ * valid_names (not validated yet), or NULL with an exception. */
+static PyObject *known_name(PyObject *valid_names, const char *name, Py_ssize_t size) {
+    PyObject *text = PyUnicode_New(size, 127);
+    if (text == NULL) return NULL;
+    memcpy(PyUnicode_DATA(text), name, (size_t)size);
+    PyObject *known = PyDict_GetItemWithError(valid_names, text);
+    Py_DECREF(text);
+    return known;
+}
+
+#define SCAN_UNSURE 2
+
+/* common_reading without orjson for the shape a producer like Pulse's own writes: a JSON
+ * object with no whitespace whose members are exactly "device" and "metric" (name strings)
+ * and "value" and "ts" (floats), each once, in any order. Returns what common_reading returns
+ * for such a record (the same outputs: tests/models/test_reading.py compares the two), or
+ * SCAN_UNSURE for any other text, which orjson then parses: this only has to recognise its
+ * shape exactly, not to reject anything. */
+static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
+                       PyObject **device_out, PyObject **metric_out, PyObject **number_out,
+                       long long *t_us) {
+    const char *p = PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
+    const char *names[2] = {NULL, NULL};
+    Py_ssize_t sizes[2] = {0, 0};
+    double numbers[2] = {0.0, 0.0};
+    int seen = 0; /* bits: device, metric, value, ts */
+    if (p >= end || *p++ != '{') return SCAN_UNSURE;
+    for (;;) {
+        const char *member;
+        Py_ssize_t member_size;
+        if (!scan_name(&p, end, &member, &member_size) || p >= end || *p++ != ':')
+            return SCAN_UNSURE;
+        int index;
+        if (member_size == 6 && memcmp(member, "device", 6) == 0) index = 0;
+        else if (member_size == 6 && memcmp(member, "metric", 6) == 0) index = 1;
+        else if (member_size == 5 && memcmp(member, "value", 5) == 0) index = 2;
+        else if (member_size == 2 && memcmp(member, "ts", 2) == 0) index = 3;
+        else return SCAN_UNSURE;
+        if (seen & (1 << index)) return SCAN_UNSURE; /* a repeated member: orjson's rules */
+        seen |= 1 << index;
+        if (index < 2) {
+            if (!scan_name(&p, end, &names[index], &sizes[index])) return SCAN_UNSURE;
+        } else if (!scan_float(&p, end, &numbers[index - 2])) {
+            return SCAN_UNSURE;
+        }
+        if (p >= end) return SCAN_UNSURE;
+        char next = *p++;
+        if (next == '}') break;
+        if (next != ',') return SCAN_UNSURE;
+    }
+    if (p != end || seen != 15) return SCAN_UNSURE;
+    /* From here the text is known: the outcomes are common_reading's own. */
+    if (sizes[0] != PyBytes_GET_SIZE(key) ||
+        memcmp(names[0], PyBytes_AS_STRING(key), (size_t)sizes[0]) != 0)
+        return 0;
+    double v = numbers[0];
+    if (!(v >= -1e300 && v <= 1e300)) return 0;
+    double t = nearbyint(numbers[1] * 1e6);
+    if (!(t >= 0.0 && t <= 4e15)) return 0;
+    PyObject *device = known_name(valid_names, names[0], sizes[0]);
+    PyObject *metric = device == NULL ? NULL : known_name(valid_names, names[1], sizes[1]);
+    if (metric == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (!PyUnicode_CheckExact(device) || !PyUnicode_CheckExact(metric)) return 0;
+    PyObject *number = PyFloat_FromDouble(v);
+    if (number == NULL) return -1;
+    *t_us = (long long)t;
+    *device_out = Py_NewRef(device);
+    *metric_out = Py_NewRef(metric);
+    *number_out = number;
+    return 1;
+}
 
 /* parse_common's test: 1 with new references in *device, *metric and *number and the event
  * time in *t_us if the record is the common reading, 0 if it is not, -1 with an exception. */
@@ -916,6 +1090,8 @@ static int common_reading(PyObject *key, PyObject *value, Py_ssize_t max_bytes,
     if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
         PyBytes_GET_SIZE(value) > max_bytes)
         return 0;
+    int scanned = scan_common(key, value, valid_names, device_out, metric_out, number_out, t_us);
+    if (scanned != SCAN_UNSURE) return scanned;
     PyObject *doc = PyObject_CallOneArg(loads, value);
     if (doc == NULL) { /* not JSON: the Python definition says why */
         PyErr_Clear();
@@ -2118,6 +2294,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    init_name_chars();
     one = PyLong_FromLong(1);
     field_device = PyUnicode_InternFromString("device");
     field_metric = PyUnicode_InternFromString("metric");

@@ -472,3 +472,69 @@ def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
     ):
         key = orjson.loads(other)["device"].encode() if other.startswith(b'{"') else b"k"
         assert parse_common(key, other, MAX_BYTES, VALID_NAMES, orjson.loads, Reading) is None
+
+
+# The C parse reads the shape Pulse's own producers write (no whitespace, the four members
+# once each, name strings, float numbers) without orjson and hands any other text to it;
+# these texts are written by hand, not by orjson.dumps, to hit the edges of that shape:
+# member order, repeats, extra members, whitespace, escapes and every number form.
+
+number_texts = st.one_of(
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?\Z"),
+    st.floats(allow_nan=False).map(repr),
+    st.floats(min_value=1e9, max_value=4e9).map(repr),  # event times in seconds
+    st.sampled_from(
+        ["1e400", "-1e400", "1e-400", "-0.0", "0.1e1", "00.5", "1.", ".5", "1e", "+1.0", "1E+2",
+         "Infinity", "NaN", "1.5x", "9007199254740993.0", "2.2250738585072011e-308",
+         "1795315444.2500000000000000001", "4000000000.0000005", "1." + "0" * 70 + "1"]
+    ),
+)  # fmt: skip
+name_texts = st.one_of(
+    st.sampled_from(['"dev-1"', '"temperature"', '"dev-2"', '"t"']),
+    st.sampled_from(['"dev\\u002d1"', '"dev-1 "', '""', '"dév"', "null", "7", '"a\\"b"']),
+)
+member_texts = st.one_of(
+    st.tuples(st.just("device"), name_texts),
+    st.tuples(st.just("metric"), name_texts),
+    st.tuples(st.just("value"), number_texts),
+    st.tuples(st.just("ts"), number_texts),
+    st.tuples(st.sampled_from(["tags", "other", "dev\\u0069ce"]), st.sampled_from(["{}", "1"])),
+)
+COMMON_MEMBERS = [("device", '"dev-1"'), ("metric", '"temperature"'), ("value", "21.5")]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    members=st.one_of(
+        # the four members in any order, with number texts of every form
+        st.tuples(number_texts, number_texts, st.randoms(use_true_random=False)).map(
+            lambda x: x[2].sample([*COMMON_MEMBERS[:2], ("value", x[0]), ("ts", x[1])], 4)
+        ),
+        st.lists(member_texts, max_size=6),
+    ),
+    separator=st.sampled_from([",", ",", ",", ", ", ",\n"]),
+    colon=st.sampled_from([":", ":", ":", ": "]),
+    around=st.sampled_from([("{", "}"), ("{", "}"), (" {", "}"), ("{", "} "), ("{", "}}")]),
+    key=st.sampled_from([b"dev-1", b"dev-2", b"t"]),
+)
+def test_parse_reading_equals_its_definition_on_hand_written_json(
+    members: list[tuple[str, str]],
+    separator: str,
+    colon: str,
+    around: tuple[str, str],
+    key: bytes,
+) -> None:
+    value = (
+        around[0] + separator.join(f'"{name}"{colon}{text}' for name, text in members) + around[1]
+    ).encode()
+    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
+        parse(encode(device=name, metric=name), key=name.encode())
+    assert outcome(parse_reading, key, value) == outcome(_parse_reading, key, value)
+
+
+def test_members_in_any_order_and_exponents_are_the_common_record() -> None:
+    parse(encode(ts=1.0))  # device and metric now validated
+    value = b'{"ts":1.7953154443E9,"value":-2.5e-3,"metric":"temperature","device":"dev-0042"}'
+    assert parse_common(
+        b"dev-0042", value, MAX_BYTES, VALID_NAMES, orjson.loads, Reading
+    ) == Reading("dev-0042", "temperature", -0.0025, 1_795_315_444_300_000, None)
