@@ -538,3 +538,63 @@ def test_members_in_any_order_and_exponents_are_the_common_record() -> None:
     assert parse_common(
         b"dev-0042", value, MAX_BYTES, VALID_NAMES, orjson.loads, Reading
     ) == Reading("dev-0042", "temperature", -0.0025, 1_795_315_444_300_000, None)
+
+
+edge_floats = st.one_of(
+    st.floats(),
+    st.floats(min_value=1e290),  # where arithmetic on a value overflows
+    st.floats(max_value=-1e290),
+    st.floats(min_value=-1e-300, max_value=1e-300),  # and where it underflows
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    doc=st.fixed_dictionaries(
+        {
+            # each field valid half the time, so that the later checks are reached too
+            "device": common_or(json_values, "dev-1"),
+            "metric": common_or(json_values, "t"),
+            "value": common_or(st.one_of(edge_floats, json_values), 1.5),
+            "ts": common_or(st.one_of(edge_floats, json_values), 1795315444.25),
+            "tags": common_or(
+                st.one_of(
+                    st.dictionaries(st.text(max_size=8), json_values, max_size=3), json_values
+                ),
+                _ABSENT,
+            ),
+        }
+    ),
+    raw=st.one_of(st.none(), st.binary(max_size=40)),
+    key=st.sampled_from([b"dev-1", b"", None, b"\xff"]),
+    ts_ms=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+)
+def test_any_record_is_a_reading_or_rejected_never_another_error(
+    doc: dict[str, Any], raw: bytes | None, key: bytes | None, ts_ms: int | None
+) -> None:
+    # The worker never dies of a bad message: whatever a record holds, the parse returns a
+    # Reading or raises Rejected (a dead letter with its reason), nothing else.
+    doc = {field: value for field, value in doc.items() if value is not _ABSENT}
+    parse(encode(device="dev-1", metric="t"), key=b"dev-1")  # names validated: C may take it
+    try:
+        value = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        value = b"{}"
+    for candidate in (value, raw):
+        try:
+            result = parse_reading(key, candidate, ts_ms, MAX_BYTES)
+        except Rejected as rejected:
+            assert rejected.reason in {"invalid_json", "invalid_reading", "too_large"}
+        else:
+            assert isinstance(result, Reading)
