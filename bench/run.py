@@ -151,6 +151,11 @@ def core_bound(result: RunResult, cores: int) -> float | None:
     return result.readings / (total / cores)
 
 
+def _ratio(value: float) -> str:
+    """A ratio with two decimals, or two significant digits below 0.01 (never "0.00x")."""
+    return f"{value:.2f}x" if value >= 0.01 else f"{value:.2g}x"
+
+
 def format_cpu_bounds(results: dict[str, RunResult], cores: int) -> list[str]:
     """One line per system with server CPU measured: where its CPU went, core_bound, and
     core_bound of the servers' CPU alone (what no speed-up of the system itself can pass)."""
@@ -170,12 +175,12 @@ def format_cpu_bounds(results: dict[str, RunResult], cores: int) -> list[str]:
         against = None
         if system != "ceiling" and ceiling is not None and ceiling.readings_per_second > 0:
             against = ceiling.readings_per_second
-            line += f" ({bound / against:.2f}x the ceiling)"
+            line += f" ({_ratio(bound / against)} the ceiling)"
         servers_only = core_bound(replace(result, cpu_seconds=0.0), cores)
         if servers_only is not None:
             line += f"; the servers' share alone, at most {servers_only:,.0f}/s"
             if against is not None:
-                line += f" ({servers_only / against:.2f}x)"
+                line += f" ({_ratio(servers_only / against)})"
         lines.append(line)
     if lines:
         lines.insert(0, "CPU of each run and of the local servers meanwhile (bench/README.md):")

@@ -107,3 +107,9 @@ def test_the_bounds_report_names_each_servers_cpu_and_the_ratio_to_the_ceiling()
         "alone, at most 200,000/s (0.40x)",
     ]
     assert format_cpu_bounds({"quix": results["quix"]}, 2) == []
+    # A system far below the ceiling still gets a ratio that says how far.
+    slow = {"ceiling": results["ceiling"], "textbook": _result("textbook", 50_000, 30, 33, redis=1)}
+    assert format_cpu_bounds(slow, 2)[2].endswith(
+        "2 cores allow at most 2,941 readings/s for that work (0.0059x the ceiling); the "
+        "servers' share alone, at most 100,000/s (0.20x)"
+    )
