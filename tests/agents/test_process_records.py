@@ -203,7 +203,11 @@ def records_(draw: Any) -> list[ConsumerRecord]:
         offset = draw(
             st.sampled_from([offset + 1, offset + 1, offset + 1, offset + 3, max(offset - 2, 0)])
         )
-        kind = draw(st.sampled_from(["common"] * 6 + ["int", "tags", "no_ts", "bad", "key"]))
+        kind = draw(
+            st.sampled_from(
+                ["common"] * 6 + ["int", "tags", "no_ts", "bad", "key", "edge", "spaced"]
+            )
+        )
         device = draw(devices)
         ts: Any = draw(times)
         value: Any = draw(st.floats(-1e6, 1e6, allow_nan=False))
@@ -217,7 +221,15 @@ def records_(draw: Any) -> list[ConsumerRecord]:
             more["tags"] = {"site": draw(st.sampled_from(["x", "y"]))}
         elif kind == "no_ts":
             ts = None
+        elif kind == "edge":  # magnitudes where arithmetic overflows (value, ts or both)
+            extreme = st.one_of(st.floats(min_value=1e290), st.floats(max_value=-1e290))
+            if draw(st.booleans()):
+                value = draw(extreme)
+            if draw(st.booleans()):
+                ts = draw(extreme)
         r = reading(offset, device, ts, value, **more)
+        if kind == "spaced":  # a common reading, not in the compact shape: orjson reads it
+            r.value = orjson.dumps(orjson.loads(r.value), option=orjson.OPT_INDENT_2)
         if ts is None:
             r.value = orjson.dumps({"device": device, "metric": "m", "value": value})
         if kind == "key":
