@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import random
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import ConsumerRecord
 
 METRICS = ("temperature", "humidity")
 # Fixed so the dataset is reproducible. It lies in the past on purpose: Faust expires windows
@@ -84,6 +86,22 @@ def generate(spec: DatasetSpec, limit: int | None = None) -> Iterator[tuple[byte
         event_time = round(BASE_EVENT_TIME + index * step - rng.random() * spec.jitter_seconds, 3)
         payload = {"device": device, "metric": metric, "value": value, "ts": event_time}
         yield device.encode(), dumps(payload), int(event_time * 1000)
+
+
+def consumer_records(
+    spec: DatasetSpec, topic: str
+) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+    """The dataset as a consumer gets it, without a broker: each partition's records in offset
+    order, as aiokafka's ``ConsumerRecord`` (for measuring the worker's pure steps alone)."""
+    by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    for key, value, ts_ms in generate(spec):
+        partition = partition_for(key, spec.partitions)
+        records = by_partition[partition]
+        offset, size = len(records), len(value)
+        records.append(
+            ConsumerRecord(topic, partition, offset, ts_ms, 0, key, value, None, 0, size, ())
+        )
+    return dict(by_partition)
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:

@@ -22,10 +22,8 @@ import argparse
 import time
 from collections import defaultdict
 
-from aiokafka.structs import ConsumerRecord
-
 from agents.readings import process_records
-from bench.dataset import DatasetSpec, generate, partition_for
+from bench.dataset import DatasetSpec, consumer_records
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.settings import Settings
@@ -58,14 +56,7 @@ def main() -> None:
         partitions=args.partitions,
         span_seconds=args.span_seconds,
     )
-    by_partition: dict[int, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-    for key, value, ts_ms in generate(spec):
-        partition = partition_for(key, spec.partitions)
-        records = by_partition[partition]
-        offset, size = len(records), len(value)
-        records.append(
-            ConsumerRecord("readings", partition, offset, ts_ms, 0, key, value, None, 0, size, ())
-        )
+    by_partition = consumer_records(spec, "readings")
     specs = parse_windows(args.windows)
     states = {p: PartitionState(specs, DEFAULTS.grace_us) for p in by_partition}
     tune_gc()  # as the worker's process does

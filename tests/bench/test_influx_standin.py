@@ -1,4 +1,4 @@
-"""bench.influx_standin: the run's windows, the time shift and the sink-shaped writes."""
+"""bench.influx_standin: the run's windows, the time shift and the writes through the sink."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import asyncio
 import orjson
 
 from bench.dataset import DatasetSpec, generate
-from bench.influx_standin import closed_windows, shifted, write_all
-from pulse.sinks.influx import line_protocol_lines
+from bench.influx_standin import closed_windows, shifted, write_points
 from tests.helpers.victoria import wait_for_points
 
 SMALL = DatasetSpec(readings=3_000, devices=40, span_seconds=120.0)
@@ -31,24 +30,26 @@ def test_closed_windows_are_every_window_of_the_dataset_once_with_every_reading(
     assert sum(expected.values()) == 2 * SMALL.readings
 
 
-def test_shifted_moves_only_the_millisecond_timestamp() -> None:
-    lines = ["t,device=d1,window=10s count=2i,sum=1.5 1795315200000", "h,device=d2 last=-3e-05 5"]
-    assert shifted(lines, 600.0) == [
-        "t,device=d1,window=10s count=2i,sum=1.5 1795315800000",
-        "h,device=d2 last=-3e-05 600005",
+def test_shifted_moves_only_the_window_bounds() -> None:
+    closed = closed_windows(SMALL, "10s,1m")[:50]
+    later = shifted(closed, 600.0)
+    assert [w._replace(start_us=0, end_us=0) for w in later] == [
+        w._replace(start_us=0, end_us=0) for w in closed
     ]
-    assert shifted(lines, 0.0) == lines
+    assert [(w.start_us, w.end_us) for w in later] == [
+        (w.start_us + 600_000_000, w.end_us + 600_000_000) for w in closed
+    ]
 
 
-def test_write_all_stores_every_field_of_every_point(influx_url: str) -> None:
+def test_write_points_stores_every_field_of_every_point_of_both_rounds(influx_url: str) -> None:
     closed = [w for w in closed_windows(SMALL, "10s,1m") if w.device == "dev-00007"]
-    lines = line_protocol_lines(closed)
-    assert len(lines) >= 10  # several windows of each size, so the counts below mean something
+    assert len(closed) >= 10  # several windows of each size, so the counts below mean something
 
-    asyncio.run(write_all(influx_url, lines + shifted(lines, 600.0)))
+    for windows in (closed, shifted(closed, 600.0)):
+        asyncio.run(write_points(influx_url, windows))
 
-    points = wait_for_points(influx_url, '{device="dev-00007"}', expected=2 * 10 * len(lines))
-    assert len(points) == 10 * len({line.split(" ")[0] for line in lines})
+    points = wait_for_points(influx_url, '{device="dev-00007"}', expected=2 * 10 * len(closed))
+    assert len(points) == 10 * len({(w.metric, w.window) for w in closed})
     for window in closed:
         name = f"{window.metric}_count"
         labels = (("__name__", name), ("device", window.device), ("window", window.window))
