@@ -48,9 +48,10 @@ def closed_windows(spec: DatasetSpec, windows: str) -> list[ClosedWindow]:
     def reject(record: object, reason: str, detail: str) -> None:
         raise RuntimeError(f"the dataset has a rejected reading: {reason}: {detail}")
 
+    specs = parse_windows(windows)
     closed: list[ClosedWindow] = []
     for records in consumer_records(spec, "readings").values():
-        state = PartitionState(parse_windows(windows), DEFAULTS.grace_us)
+        state = PartitionState(specs, DEFAULTS.grace_us)
         process_records(state, records, DEFAULTS.max_message_bytes, reject)
         state.advance_idle(2**62)
         closed.extend(state.drain().closed)
