@@ -29,11 +29,12 @@ from pathlib import Path
 from agents.readings import process_records
 from bench.dataset import DatasetSpec, consumer_records
 from bench.measure import servers_cpu_seconds
+from models.outputs import ClosedWindow
+from pulse.local.stack import start_victoria
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import InfluxSink, line_protocol_lines
-from pulse.stack import start_victoria
-from tables.partition_state import ClosedWindow, PartitionState
+from tables.partition_state import PartitionState
 from tables.windows import parse_windows
 
 DEFAULTS = Settings.from_env({})

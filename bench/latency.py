@@ -47,8 +47,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.dataset import create_topic, device_id, partition_for
+from pulse.local.stack import free_port
 from pulse.sinks._resp import RespPipeline, pack
-from pulse.stack import free_port
 
 TICK_SECONDS = 0.05
 """One batch per partition per tick (see the module doc)."""

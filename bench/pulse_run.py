@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.dataset import DatasetSpec, generate
 from bench.measure import RunResult, run_measured_subprocess
-from pulse.stack import free_port
+from pulse.local.stack import free_port
 
 if TYPE_CHECKING:
     from bench.run import BenchContext

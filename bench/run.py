@@ -1,6 +1,6 @@
 """One command for the whole benchmark: ``python -m bench.run``.
 
-Starts its own broker, Redis and VictoriaMetrics on free ports (``pulse.stack``), produces the
+Starts its own broker, Redis and VictoriaMetrics on free ports (``pulse.local.stack``), produces the
 dataset once, runs each system one after another in its own subprocess, prints the table and
 writes it to ``bench/results/latest.json``. See bench/README.md for what each system does.
 
@@ -38,8 +38,8 @@ from bench.measure import (
     server_pids_text,
 )
 from bench.pulse_run import pulse_env, run_pulse
+from pulse.local.stack import start_broker, start_redis, start_victoria
 from pulse.settings import Settings
-from pulse.stack import start_broker, start_redis, start_victoria
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
 EXTRAS = ("latency", "memory", "recovery")

@@ -1,54 +1,62 @@
-"""The output contract: what a closed window and a rejected record look like to the outside.
+"""The output contract: the values a flush hands to every sink, immutable.
 
-Pure formatting shared by every sink, so that the ``aggregates`` topic, Redis and InfluxDB
-carry the same numbers. Numbers keep full precision: counts are ints, the other aggregates
-Python floats (written with ``repr``, which round-trips exactly).
+A closed window, the newest open window of a series, a latest value and a rejected record.
+Each sink turns these into its own format (pulse/sinks); the aggregates themselves are
+computed by tables/ and carried here as ``state`` and, formatted once for every sink, as
+``text`` in the order of :data:`AGGREGATES`.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-import orjson
+AGGREGATES = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
+"""The aggregates of every window, in the order every output writes them."""
 
-from tables import _speedups
-from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow
+AggregateText = tuple[str, ...]
+"""The text of each aggregate, in the order of :data:`AGGREGATES`: ``count`` in decimal, the
+others as the shortest text that reads back as the same float (``null`` for a non-finite
+sum or mean). Valid in JSON, line protocol and Redis alike."""
 
-seconds_text = _speedups.seconds_text
-"""``seconds_text(t_us)``: epoch microseconds as epoch seconds in text, an integer when whole,
-else the shortest repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)::
-
-    whole, rest = divmod(t_us, 1_000_000)
-    return str(whole) if rest == 0 else repr(t_us / 1_000_000)
-
-In C (tables/_speedups.c): every window output writes two and every latest value one."""
+WindowState = list[Any]
+"""A window's aggregator state, opaque here (its layout belongs to tables.aggregators)."""
 
 
-def tags_json(tags: dict[str, str]) -> str:
-    return orjson.dumps(tags).decode() if tags else "{}"
+class ClosedWindow(NamedTuple):
+    """A window's final aggregates, emitted once when the watermark passes its end."""
+
+    device: str
+    metric: str
+    window: str
+    start_us: int
+    end_us: int
+    state: WindowState
+    text: AggregateText | None = None
+    """The aggregates' text, computed once at the drain for all sinks (None: not yet)."""
 
 
-def closed_window_json(window: ClosedWindow) -> bytes:
-    """The value of an ``aggregates`` record: one JSON object, keys in this order::
+class OpenView(NamedTuple):
+    """The newest open window of a series, or ``state=None`` when none is open any more."""
 
-        {"device", "metric", "window", "start", "end",
-         "count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99", "tags"}
+    device: str
+    metric: str
+    window: str
+    start_us: int
+    end_us: int
+    state: WindowState | None
+    text: AggregateText | None = None
+    """The aggregates' text when the view was drained: a snapshot, unlike ``state``."""
 
-    Written from :meth:`ClosedWindow.aggregate_text` (the numbers every sink shares) rather
-    than through a dict: device, metric and window label are validated names that JSON
-    strings hold as they are (see models/reading.py and tables/windows.py).
-    """
-    count, total, low, high, mean, first, last, p50, p95, p99 = window.aggregate_text()
-    return (
-        f'{{"device":"{window.device}","metric":"{window.metric}","window":"{window.window}",'
-        f'"start":{seconds_text(window.start_us)},"end":{seconds_text(window.end_us)},'
-        f'"count":{count},"sum":{total},"min":{low},"max":{high},"mean":{mean},'
-        f'"first":{first},"last":{last},"p50":{p50},"p95":{p95},"p99":{p99},'
-        f'"tags":{tags_json(Summary.tags(window.state))}}}'
-    ).encode()
+
+class Latest(NamedTuple):
+    """The applied reading with the latest event time of a (device, metric)."""
+
+    device: str
+    metric: str
+    t_us: int
+    value: float
 
 
 @dataclass(frozen=True, slots=True)

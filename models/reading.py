@@ -1,8 +1,10 @@
 """The reading: the input contract of topic ``readings``, and its validation.
 
-Pure: bytes in, an immutable :class:`Reading` or a :class:`Rejected` error out. The hot path
-calls :func:`parse_reading` once per record, so it avoids per-record allocations it does not
-need (validated names are remembered; tags are checked only when present).
+Pure: bytes in, an immutable :class:`Reading` or a :class:`Rejected` error out. The worker
+parses a fetch's common records in one batch (tables.partition_state.apply_records) and calls
+:func:`parse_reading` for each record that leaves, so it is the definition of what a valid
+reading is; it avoids per-record allocations it does not need (validated names are
+remembered; tags are checked only when present).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from typing import Final, NamedTuple
 
 import orjson
 
-from tables._speedups import parse_common as _parse_common
-from tables.aggregators import AGGREGATES
+from models.outputs import AGGREGATES
 
 NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 TAG_KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -58,8 +59,8 @@ class Rejected(Exception):
 VALID_NAMES: Final[dict[str, str]] = {}
 """Names seen valid before, each mapped to the first str object that carried it, which every
 reading of that name then shares: the state's keys hold one copy of each name, with its hash
-computed once, instead of one per window. The common case of parse_reading and of
-PartitionState.apply_records looks names up here. Bounded, so that a flood of distinct
+computed once, instead of one per window. parse_reading and PartitionState.apply_records
+look names up here. Bounded, so that a flood of distinct
 bad-but-valid names cannot grow it."""
 _VALID_NAMES_MAX: Final = 200_000
 
@@ -92,16 +93,6 @@ def parse_reading(
     ``record_ts_ms`` is the Kafka record timestamp, used when the reading has no ``ts``.
     Raises :class:`Rejected` with reason ``too_large``, ``invalid_json`` or ``invalid_reading``.
     """
-    # The common case in C (tables/_speedups.c, parse_common): a float value and ts, no tags,
-    # names validated before. It returns None for anything else, which _parse_reading, the
-    # definition, then accepts or rejects; tests/models/test_reading.py holds the two equal.
-    reading = _parse_common(key, value, max_bytes, VALID_NAMES, orjson.loads, Reading)
-    return reading if reading is not None else _parse_reading(key, value, record_ts_ms, max_bytes)
-
-
-def _parse_reading(
-    key: bytes | None, value: bytes | None, record_ts_ms: int | None, max_bytes: int
-) -> Reading:
     if value is None:
         raise Rejected("invalid_json", "the record has no value (a tombstone)")
     if len(value) > max_bytes:

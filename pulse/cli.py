@@ -18,7 +18,22 @@ def _settings() -> Settings:
         raise click.ClickException(f"bad configuration: {exc}") from None
 
 
-@click.group()
+class _Main(click.Group):
+    """The ``pulse`` group; ``stack`` is loaded only when asked for, as it needs the
+    ``local`` extra, which the worker and its image do without."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "stack"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name != "stack":
+            return super().get_command(ctx, cmd_name)
+        from pulse.local.cli import stack
+
+        return stack
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """Pulse: exact event-time windows over sensor readings (Kafka -> Redis, InfluxDB)."""
 
@@ -148,12 +163,3 @@ def config(markdown: bool) -> None:
         return
     for name, value in _settings().env().items():
         click.echo(f"{name}={value}")
-
-
-def _add_stack() -> None:
-    from pulse.cli_stack import stack
-
-    main.add_command(stack)
-
-
-_add_stack()

@@ -12,6 +12,7 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any
 
+from models.outputs import AGGREGATES
 from tables import _speedups
 
 # Summary state layout, by index.
@@ -23,10 +24,6 @@ _REPRESENTATIVES: dict[int, float] = {}
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _QUANTILE_LEVELS = tuple(level for _, level in QUANTILES)
-AGGREGATES = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
-"""The names of :meth:`Summary.values`, in order: every output writes them in this order."""
-AggregateText = tuple[str, ...]
-"""The text of each aggregate, in the order of :data:`AGGREGATES` (see :meth:`Summary.text`)."""
 
 
 class QuantileSketch:

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES, Reading
 from tables._speedups import (
     apply_common,
@@ -55,7 +56,7 @@ from tables._speedups import (
     open_views,
     update_latest,
 )
-from tables.aggregators import AggregateText, Summary, SummaryState
+from tables.aggregators import Summary, SummaryState
 from tables.windows import WindowSpec
 
 WindowKey = tuple[str, str, int, int]
@@ -65,50 +66,6 @@ SeriesKey = tuple[str, str, int]
 """(device, metric, index of the window spec): one series of windows."""
 
 NO_WATERMARK = -(2**63)
-
-
-class ClosedWindow(NamedTuple):
-    """A window's final aggregates, emitted once when the watermark passes its end."""
-
-    device: str
-    metric: str
-    window: str
-    start_us: int
-    end_us: int
-    state: SummaryState
-    text: AggregateText | None = None
-    """``Summary.text(state)``, computed once by :meth:`PartitionState.drain` for all sinks."""
-
-    def aggregate_text(self) -> AggregateText:
-        return self.text if self.text is not None else Summary.text(self.state)
-
-
-class OpenView(NamedTuple):
-    """The newest open window of a series, or ``state=None`` when none is open any more."""
-
-    device: str
-    metric: str
-    window: str
-    start_us: int
-    end_us: int
-    state: SummaryState | None
-    text: AggregateText | None = None
-    """``Summary.text(state)`` when the view was drained: a snapshot, unlike ``state``."""
-
-    def aggregate_text(self) -> AggregateText:
-        if self.text is not None:
-            return self.text
-        assert self.state is not None, "no open window"
-        return Summary.text(self.state)
-
-
-class Latest(NamedTuple):
-    """The applied reading with the latest event time of a (device, metric)."""
-
-    device: str
-    metric: str
-    t_us: int
-    value: float
 
 
 SlidingState = list[Any]

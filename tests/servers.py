@@ -1,8 +1,8 @@
 """Session-wide real servers for the tests, each started on a free port on first use.
 
-The servers come from :mod:`pulse.stack` (the same code as ``pulse stack up``), run under a
+The servers come from :mod:`pulse.local.stack` (the same code as ``pulse stack up``), run under a
 pytest temporary directory, and are stopped when the session ends. A server that cannot start
-raises :class:`pulse.stack.StackError` with its log tail, which makes the asking test ERROR.
+raises :class:`pulse.local.stack.StackError` with its log tail, which makes the asking test ERROR.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pulse.stack import ServerProcess, start_broker, start_redis, start_victoria
+from pulse.local.stack import ServerProcess, start_broker, start_redis, start_victoria
 
 _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "broker": start_broker,

@@ -6,8 +6,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from models.outputs import DeadLetter
-from tables.partition_state import ClosedWindow, Drained, Latest, OpenView
+from models.outputs import ClosedWindow, DeadLetter, Latest, OpenView
+from tables.partition_state import Drained
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,12 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
+from models.outputs import ClosedWindow
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
+from pulse.sinks._text import aggregate_text
 from tables import _speedups
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow
 
 LINES_PER_REQUEST = 5_000
 """InfluxDB's recommended batch size."""
@@ -52,7 +53,7 @@ def line_protocol(window: ClosedWindow) -> str:
         )
     else:
         tag_text = f"device={window.device},window={window.window}"
-    count, total, low, high, mean, first, last, p50, p95, p99 = window.aggregate_text()
+    count, total, low, high, mean, first, last, p50, p95, p99 = aggregate_text(window)
     return (
         f"{window.metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
         f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} "

@@ -9,10 +9,31 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from models.outputs import closed_window_json
+from models.outputs import ClosedWindow
 from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._text import aggregate_text, seconds_text, tags_json
 from tables import _speedups
-from tables.partition_state import ClosedWindow
+from tables.aggregators import Summary
+
+
+def closed_window_json(window: ClosedWindow) -> bytes:
+    """The value of an ``aggregates`` record: one JSON object, keys in this order::
+
+        {"device", "metric", "window", "start", "end",
+         "count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99", "tags"}
+
+    Written from the aggregates' text (the numbers every sink shares) rather than through a
+    dict: device, metric and window label are validated names that JSON strings hold as
+    they are (see models/reading.py and tables/windows.py).
+    """
+    count, total, low, high, mean, first, last, p50, p95, p99 = aggregate_text(window)
+    return (
+        f'{{"device":"{window.device}","metric":"{window.metric}","window":"{window.window}",'
+        f'"start":{seconds_text(window.start_us)},"end":{seconds_text(window.end_us)},'
+        f'"count":{count},"sum":{total},"min":{low},"max":{high},"mean":{mean},'
+        f'"first":{first},"last":{last},"p50":{p50},"p95":{p95},"p99":{p99},'
+        f'"tags":{tags_json(Summary.tags(window.state))}}}'
+    ).encode()
 
 
 def aggregate_records(closed: Sequence[ClosedWindow]) -> list[tuple[bytes, bytes]]:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from models.outputs import seconds_text
+from models.outputs import AGGREGATES, AggregateText
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._retry import retry_forever
+from pulse.sinks._text import aggregate_text, seconds_text
 from tables import _speedups
-from tables.aggregators import AGGREGATES, AggregateText
 
 COMMANDS_PER_ROUND_TRIP = 20_000
 
@@ -165,7 +165,7 @@ class RedisSink(Sink):
             assert view.state is not None
             key = keys.sliding(view.window, view.device, view.metric)
             out.append(pack("DEL", key))  # a shorter window must not keep stale fields
-            out.append(window_hset(key, view.aggregate_text(), view.start_us, view.end_us))
+            out.append(window_hset(key, aggregate_text(view), view.start_us, view.end_us))
             out.append(pack("EXPIRE", key, ttl))
 
         # Closed windows (in C: at the benchmark's density, 6 windows close per 10 readings).

@@ -8,6 +8,7 @@ import orjson
 
 from bench.dataset import DatasetSpec, generate
 from bench.influx_standin import closed_windows, shifted, write_points
+from pulse.sinks._text import aggregate_text
 from tests.helpers.victoria import wait_for_points
 
 SMALL = DatasetSpec(readings=3_000, devices=40, span_seconds=120.0)
@@ -26,7 +27,7 @@ def test_closed_windows_are_every_window_of_the_dataset_once_with_every_reading(
 
     found = {(w.device, w.metric, w.window, w.start_us): w for w in closed}
     assert len(closed) == len(found) == len(expected)
-    assert {key: int(w.aggregate_text()[0]) for key, w in found.items()} == expected
+    assert {key: int(aggregate_text(w)[0]) for key, w in found.items()} == expected
     assert sum(expected.values()) == 2 * SMALL.readings
 
 
@@ -54,5 +55,5 @@ def test_write_points_stores_every_field_of_every_point_of_both_rounds(influx_ur
         name = f"{window.metric}_count"
         labels = (("__name__", name), ("device", window.device), ("window", window.window))
         start_ms = window.start_us // 1000
-        count = float(window.aggregate_text()[0])
+        count = float(aggregate_text(window)[0])
         assert points[labels][start_ms] == points[labels][start_ms + 600_000] == count

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pulse.stack import free_port
+from pulse.local.stack import free_port
 
 
 class WorkerProcess:

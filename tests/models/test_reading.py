@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.reading import VALID_NAMES, Reading, Rejected, _parse_reading, parse_reading
+from models.reading import VALID_NAMES, Reading, Rejected, parse_reading
 from tables._speedups import parse_common
 
 MAX_BYTES = 65_536
@@ -399,8 +399,15 @@ def test_long_bad_names_are_clipped_in_the_detail() -> None:
 
 # -- the common case in C ---------------------------------------------------------------------
 #
-# parse_reading hands the common record to tables/_speedups.c (parse_common) and everything
-# else to _parse_reading, the definition. Both must agree on every record.
+# The worker's batch path parses the common record in C (tables/_speedups.c, parse_common)
+# and hands everything else to parse_reading, the definition. Both must agree on every record.
+
+
+def parse_with_c(
+    key: bytes | None, value: bytes | None, record_ts_ms: int | None, max_bytes: int
+) -> Reading:
+    reading = parse_common(key, value, max_bytes, VALID_NAMES, orjson.loads, Reading)
+    return reading if reading is not None else parse_reading(key, value, record_ts_ms, max_bytes)
 
 
 def outcome(parse_with: Any, key: bytes | None, value: bytes | None) -> object:
@@ -452,7 +459,7 @@ def test_parse_reading_equals_its_definition(doc: dict[str, Any], key: bytes | N
     value = orjson.dumps(doc)
     for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
         parse(encode(device=name, metric=name), key=name.encode())
-    assert outcome(parse_reading, key, value) == outcome(_parse_reading, key, value)
+    assert outcome(parse_with_c, key, value) == outcome(parse_reading, key, value)
 
 
 def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
@@ -529,7 +536,7 @@ def test_parse_reading_equals_its_definition_on_hand_written_json(
     ).encode()
     for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
         parse(encode(device=name, metric=name), key=name.encode())
-    assert outcome(parse_reading, key, value) == outcome(_parse_reading, key, value)
+    assert outcome(parse_with_c, key, value) == outcome(parse_reading, key, value)
 
 
 def test_members_in_any_order_and_exponents_are_the_common_record() -> None:
@@ -593,7 +600,7 @@ def test_any_record_is_a_reading_or_rejected_never_another_error(
         value = b"{}"
     for candidate in (value, raw):
         try:
-            result = parse_reading(key, candidate, ts_ms, MAX_BYTES)
+            result = parse_with_c(key, candidate, ts_ms, MAX_BYTES)
         except Rejected as rejected:
             assert rejected.reason in {"invalid_json", "invalid_reading", "too_large"}
         else:

@@ -18,10 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import Reading
+from pulse.sinks._text import aggregate_text
 from tables import _speedups
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow, Drained, Latest, OpenView, PartitionState
+from tables.partition_state import Drained, PartitionState
 from tables.windows import WindowSpec, parse_windows
 
 S = 1_000_000
@@ -703,7 +705,7 @@ def test_windows_ending_together_close_spread_over_event_time() -> None:
         return 40
 
     def key(window: ClosedWindow) -> tuple[Any, ...]:
-        return (window.device, window.window, window.start_us, window.aggregate_text())
+        return (window.device, window.window, window.start_us, aggregate_text(window))
 
     spread = PartitionState(parse_windows("10s"), 5 * S)
     offset = fill(spread)

@@ -15,12 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from models.outputs import ClosedWindow
+from pulse.local.stack import free_port
 from pulse.sinks import influx
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import InfluxSink
-from pulse.stack import free_port
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow
 from tests.helpers import victoria
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -6,11 +6,10 @@ import math
 
 import orjson
 
-from models.outputs import closed_window_json
+from models.outputs import ClosedWindow
 from pulse.sinks.influx import line_protocol, line_protocol_lines
-from pulse.sinks.kafka import aggregate_records
+from pulse.sinks.kafka import aggregate_records, closed_window_json
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow
 
 S = 1_000_000
 

@@ -10,15 +10,15 @@ import hiredis
 import pytest
 import redis
 
-from models.outputs import seconds_text
+from models.outputs import ClosedWindow, Latest, OpenView
+from pulse.local.stack import start_redis
 from pulse.sinks import redis as redis_sink
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
+from pulse.sinks._text import aggregate_text, seconds_text
 from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
-from pulse.stack import start_redis
 from tables import _speedups
 from tables.aggregators import Summary
-from tables.partition_state import ClosedWindow, Latest, OpenView
 
 Closed = ClosedWindow
 
@@ -74,7 +74,7 @@ def open_view_commands_reference(sink: RedisSink, views: list[OpenView], now: fl
             out.append(pack("DEL", key))
             ttl_set.pop(key, None)
         else:
-            out.append(window_hset(key, view.aggregate_text(), view.start_us, view.end_us))
+            out.append(window_hset(key, aggregate_text(view), view.start_us, view.end_us))
             known = ttl_set.get(key)
             if known is None or known[0] != view.start_us or now - known[1] > ttl / 2:
                 out.append(pack("EXPIRE", key, ttl))
@@ -183,7 +183,7 @@ def closed_window_commands_reference(sink: RedisSink, closed: list[ClosedWindow]
     tops: dict[tuple[str, str], list[str]] = {}
     for (label, device, metric), window in newest.items():
         key = sink.keys.closed(label, device, metric)
-        text = window.aggregate_text()
+        text = aggregate_text(window)
         out.append(window_hset(key, text, window.start_us, window.end_us))
         out.append(pack("EXPIRE", key, sink.ttl))
         if text[4] != "null":
@@ -289,7 +289,7 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
         pending = asyncio.ensure_future(sink.write(batch))
         await asyncio.sleep(1.0)
         assert not pending.done()  # waiting, not dropped, not failed
-        # Started from a worker thread: not tied to the thread's life (see pulse.stack).
+        # Started from a worker thread: not tied to the thread's life (see pulse.local.stack).
         restarted = await asyncio.to_thread(start_redis, tmp_path / "b", port)
         try:
             await asyncio.wait_for(pending, 30)

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from pulse.cli_stack import stack as stack_cli
-from pulse.stack import (
+from pulse.local.cli import stack as stack_cli
+from pulse.local.stack import (
     SERVER_NAMES,
     Endpoints,
     LocalStack,
@@ -247,7 +247,7 @@ def test_free_port_is_bindable(tmp_path: Path) -> None:
 
 def test_cli_up_in_a_process_that_exits_leaves_the_servers_running(tmp_path: Path) -> None:
     state_dir = tmp_path / "detached"
-    command = [sys.executable, "-c", "from pulse.cli_stack import stack; stack()"]
+    command = [sys.executable, "-c", "from pulse.local.cli import stack; stack()"]
     options = ["--state-dir", str(state_dir)]
     # Its own session and process group stand in for a terminal and its shell.
     up = subprocess.Popen(
@@ -321,7 +321,7 @@ def test_stop_with_parent_server_dies_when_its_starter_is_killed(tmp_path: Path)
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from pulse.stack import start_redis;"
+            "import sys, time; from pathlib import Path; from pulse.local.stack import start_redis;"
             "print(start_redis(Path(sys.argv[1]), stop_with_parent=True).pid, flush=True);"
             "time.sleep(60)",
             str(tmp_path),

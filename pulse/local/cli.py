@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pulse.stack import SERVER_NAMES, LocalStack, StackError
+from pulse.local.stack import SERVER_NAMES, LocalStack, StackError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

