@@ -43,12 +43,10 @@ MAX_RECORD_BYTES = 512 << 10
 SNAPSHOT_MIN_BYTES = 16 << 20
 """Write a snapshot once the deltas since the last one exceed this and twice its size.
 
-Recovery replays at most this much of deltas after the snapshot (decoded and applied at
-34-54 MB/s on a 2-core test machine, ``python -m bench.recovery``: at most half a second
-per partition). A snapshot is encoded in the flush that takes it, on the loop, and with a small
-state the floor sets how often that happens: at 4 MiB each partition of the latency
-benchmark snapshotted every 7-8 s, and in three interleaved pairs the p99 from a reading to
-Redis was 288, 289 and 327 ms against 214, 245 and 254 ms at 16 MiB (bench/README.md)."""
+Recovery replays at most this much of deltas after the snapshot, which bounds its time
+(``python -m bench.recovery`` measures the rate). A snapshot is encoded on the loop in the
+flush that takes it, so with a small state this floor sets how often the loop pays for one: a
+lower floor showed in the latency tail (bench/README.md's log)."""
 SNAPSHOT_MAX_AGE_SECONDS = 24 * 3600
 """...and at least this often, so the latest snapshot is always well inside the changelog's
 retention (:data:`pulse.topics.CHANGELOG_RETENTION_MS`); also once after each assignment."""

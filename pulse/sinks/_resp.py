@@ -1,10 +1,9 @@
 """A minimal Redis connection for pipelined bulk writes: hiredis packs and parses.
 
-redis-py spends about 50 us per command of a large pipeline in Python (packing every argument
-and parsing every reply one at a time); the Redis sink sends tens of thousands of commands per
-flush. Here commands are packed by ``hiredis.pack_command`` (or by the caller, for the hot hash
-writes) and all replies parsed by one ``hiredis.Reader``, about a tenth of the cost. Reads (CLI,
-HTTP API) keep using redis-py.
+redis-py packs every argument and parses every reply of a pipeline in Python, one at a time;
+the Redis sink sends tens of thousands of commands per flush. Here commands are packed by
+``hiredis.pack_command`` (or by the caller, for the hot hash writes) and all replies parsed by
+one ``hiredis.Reader``, a fraction of the cost. Reads (CLI, HTTP API) keep using redis-py.
 """
 
 from __future__ import annotations

@@ -27,10 +27,8 @@ from tables.aggregators import Summary
 LINES_PER_REQUEST = 5_000
 """InfluxDB's recommended batch size."""
 CONCURRENT_REQUESTS = 4
-"""Requests of one write in flight together. One at a time, each round trip waited for the
-worker's event loop, which answers between fetches of up to 20,000 records: the lane wrote
-a few requests per second while the server sat idle between them (measured in
-bench/README.md)."""
+"""Requests of one write in flight together: the worker's event loop answers only between
+fetches, so one request at a time left the server idle between round trips."""
 
 _TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
 
