@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
@@ -20,6 +21,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest import process_records
 from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
+from pulse.app import pulse_agent
 from pulse.changelog import ChangelogWriter
 from pulse.settings import Settings
 from pulse.sinks.influx import InfluxSink
@@ -171,3 +173,13 @@ class ReadingsProcessor(PartitionOwner):
                 self.settings.max_message_bytes,
             )
         )
+
+
+@pulse_agent
+def register(app: faust.App, settings: Settings) -> None:
+    """Add the readings processor to ``app`` (as ``app.pulse_processor``)."""
+    processor = ReadingsProcessor(settings)
+    app.pulse_processor = processor  # type: ignore[attr-defined]
+    # A child of the app, not an @app.service: those start only after Faust's own consumer
+    # group has formed, and two group joins in a row would double the start-up time.
+    app.add_dependency(processor)

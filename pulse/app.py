@@ -8,16 +8,46 @@ with a message naming it.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
+import pkgutil
+from collections.abc import Callable, Iterable
 
 import faust
 
 from pulse.settings import Settings
 
+AGENT_PACKAGES = ("agents",)
+"""The packages create_app discovers agents in: it imports every module of each (as Faust's
+``autodiscover`` does), and each module registers what it adds to an app with
+:func:`pulse_agent`. Names, not imports: pulse/ never imports the agents."""
+
+AgentRegistration = Callable[[faust.App, Settings], None]
+_registrations: list[AgentRegistration] = []
+
+
+def pulse_agent(register: AgentRegistration) -> AgentRegistration:
+    """Decorator: ``register(app, settings)`` adds an agent (or service) to every app that
+    :func:`create_app` builds. The readings processor registers as ``app.pulse_processor``,
+    which the web views read (:class:`pulse.web.ReadingsProgress`)."""
+    _registrations.append(register)
+    return register
+
+
+def discover_agents(packages: Iterable[str] = AGENT_PACKAGES) -> list[AgentRegistration]:
+    """Import every module of ``packages`` and return the registrations they made, in the
+    order they were made."""
+    prefixes = []
+    for name in packages:
+        package = importlib.import_module(name)
+        for module in pkgutil.iter_modules(package.__path__, f"{name}."):
+            importlib.import_module(module.name)
+        prefixes.append(f"{name}.")
+    return [r for r in _registrations if r.__module__.startswith(tuple(prefixes))]
+
 
 def create_app(settings: Settings | None = None) -> faust.App:
     """Build the app for ``settings`` (default: from the environment)."""
-    from agents import dead_letters, readings
     from pulse import web
 
     settings = settings or Settings.from_env()
@@ -31,18 +61,18 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_heartbeat_interval=settings.session_timeout / 6,
         topic_partitions=settings.partitions,
         store="memory://",
+        # Faust's own discovery scans for module-level @app.agent decorators of one global
+        # app; Pulse's agents take the app and settings instead (discover_agents).
         autodiscover=False,
         value_serializer="raw",
         key_serializer="raw",
     )
-    processor = readings.ReadingsProcessor(settings)
     app.pulse_settings = settings  # type: ignore[attr-defined]
-    app.pulse_processor = processor  # type: ignore[attr-defined]
-
-    # A child of the app, not an @app.service: those start only after Faust's own consumer
-    # group has formed, and two group joins in a row would double the start-up time.
-    app.add_dependency(processor)
-    dead_letters.register(app, settings)
+    for register in discover_agents():
+        register(app, settings)
+    processor = getattr(app, "pulse_processor", None)
+    if processor is None:
+        raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
     web.register(app, settings, processor)
     return app
 

@@ -1,5 +1,5 @@
-"""The readings processor's loop: what it hands the flushes, and when it counts as catching
-up. (The loop against a real broker: tests/integration/.)"""
+"""The readings processor's loop: what it hands the web views and the flushes, and when it
+counts as catching up. (The loop against a real broker: tests/integration/.)"""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from agents.readings import MAX_RECORDS_PER_FETCH, ReadingsProcessor
 from pulse.changelog import ChangelogWriter
 from pulse.settings import Settings
+from pulse.web import ReadingsProgress
 from tables.partition_state import PartitionState
+
+
+def test_the_processor_is_the_progress_the_web_views_read() -> None:
+    # Checked by mypy too: ReadingsProcessor satisfies pulse.web.ReadingsProgress.
+    progress: ReadingsProgress = ReadingsProcessor(Settings.from_env({}))
+    assert not progress.ready.is_set()
+    assert progress.states == {}
+    assert progress.flushes == 0
 
 
 def test_a_rejected_record_is_a_dead_letter_of_the_next_flush() -> None:
