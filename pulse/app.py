@@ -78,27 +78,19 @@ def create_app(settings: Settings | None = None) -> faust.App:
 
 
 GC_THRESHOLDS = (20_000, 20, 100)
-"""The worker's cyclic-GC thresholds (Python's defaults: 700, 10, 10); see tune_gc."""
+"""The worker's cyclic-GC thresholds (Python 3.11's defaults: 700, 10, 10); see tune_gc."""
 
 
 def tune_gc() -> None:
     """Set the worker process's cyclic garbage collector for a large, long-lived state.
 
     The window state (lists and dicts, millions of objects) is acyclic and freed by reference
-    counting, but every full collection walks all of it, and each flush's outputs live long
-    enough to be promoted, which triggers full collections often. Measured on the latency
-    run (10,000 readings/s, 30 s): with Python's defaults, 38 full collections took 4.4 s
-    (up to 284 ms each, the loop stalled meanwhile) and young ones 1.7 s more; with these
-    thresholds and the start-up objects frozen, 0.6 s in all. Cycles (asyncio tasks and
-    exceptions) are still collected, only less often.
-
-    The collector's young generation counts allocations minus frees, so with windows
-    closing as fast as new ones open it grew far past the threshold before a collection,
-    and each scanned every window key, latest value and flush output made since: 25 ms on
-    average and up to 132 ms of the loop per collection in the latency run (2026-11-23, a
-    slow machine). tables/_speedups.c now creates those objects untracked (none can be part
-    of a cycle; see UNTRACKED there): 0.25-0.30 s of collections per worker over the run
-    instead of 0.84-1.11 s, and at most 26-42 ms each instead of 53-132 ms.
+    counting, but every full collection walks all of it while the loop waits, and each flush's
+    outputs live long enough to be promoted, which triggers full collections often. So the
+    objects start-up made are frozen and collections are rarer; cycles (asyncio tasks and
+    exceptions) are still collected. tables/_speedups.c creates the state's objects untracked
+    besides (none can be part of a cycle). Measured in bench/README.md (the latency run's
+    GC, and "Window outputs in C, off the garbage collector").
     """
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scan it again
