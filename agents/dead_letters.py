@@ -14,6 +14,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
+from pulse.app import pulse_agent
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 RECENT = 100
 
 
+@pulse_agent
 def register(app: faust.App, settings: Settings) -> None:
+    """Add the dead-letter monitor to ``app``."""
     topic = app.topic(settings.topic_dlq, value_serializer="raw", key_serializer="raw")
     counts_key = f"{settings.redis_prefix}:dlq:counts"
     recent_key = f"{settings.redis_prefix}:dlq:recent"

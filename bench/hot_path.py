@@ -3,7 +3,7 @@
 Runs the benchmark dataset (bench.dataset) through exactly the pure steps a flush cycle of
 the worker runs, in the same order and with the same code, and times each step:
 
-* ``process``: ``agents.readings.process_records`` (parse and apply each fetched record);
+* ``process``: ``agents.ingest.process_records`` (parse and apply each fetched record);
 * ``drain``: ``PartitionState.drain`` (closed windows, open views, changelog delta);
 * ``kafka``, ``redis``, ``influx``: what each sink builds from a flush before any I/O
   (aggregates records, RESP commands packed by hiredis, line-protocol text);
@@ -22,7 +22,7 @@ import argparse
 import time
 from collections import defaultdict
 
-from agents.readings import process_records
+from agents.ingest import process_records
 from bench.dataset import DatasetSpec, consumer_records
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.readings import process_records
+from agents.ingest import process_records
 from bench.dataset import DatasetSpec, consumer_records
 from bench.measure import servers_cpu_seconds
 from models.outputs import ClosedWindow

@@ -239,7 +239,8 @@ def main() -> None:
     BenchProcessor.expected = args.expected
     BenchProcessor.result_file = os.path.abspath(args.result_file)
     os.chdir(args.work_dir)
-    # pulse.app.create_app() builds ``readings.ReadingsProcessor(settings)``: it gets this one.
+    # create_app() discovers agents.readings, whose register() builds
+    # ``readings.ReadingsProcessor(settings)``: it gets this one.
     readings.ReadingsProcessor = BenchProcessor  # type: ignore[misc]
     PartitionState.advance_idle = _observed_advance_idle  # type: ignore[method-assign]
 

@@ -8,16 +8,46 @@ with a message naming it.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
+import pkgutil
+from collections.abc import Callable, Iterable
 
 import faust
 
 from pulse.settings import Settings
 
+AGENT_PACKAGES = ("agents",)
+"""The packages create_app discovers agents in: it imports every module of each (as Faust's
+``autodiscover`` does), and each module registers what it adds to an app with
+:func:`pulse_agent`. Names, not imports: pulse/ never imports the agents."""
+
+AgentRegistration = Callable[[faust.App, Settings], None]
+_registrations: list[AgentRegistration] = []
+
+
+def pulse_agent(register: AgentRegistration) -> AgentRegistration:
+    """Decorator: ``register(app, settings)`` adds an agent (or service) to every app that
+    :func:`create_app` builds. The readings processor registers as ``app.pulse_processor``,
+    which the web views read (:class:`pulse.web.ReadingsProgress`)."""
+    _registrations.append(register)
+    return register
+
+
+def discover_agents(packages: Iterable[str] = AGENT_PACKAGES) -> list[AgentRegistration]:
+    """Import every module of ``packages`` and return the registrations they made, in the
+    order they were made."""
+    prefixes = []
+    for name in packages:
+        package = importlib.import_module(name)
+        for module in pkgutil.iter_modules(package.__path__, f"{name}."):
+            importlib.import_module(module.name)
+        prefixes.append(f"{name}.")
+    return [r for r in _registrations if r.__module__.startswith(tuple(prefixes))]
+
 
 def create_app(settings: Settings | None = None) -> faust.App:
     """Build the app for ``settings`` (default: from the environment)."""
-    from agents import dead_letters, readings
     from pulse import web
 
     settings = settings or Settings.from_env()
@@ -31,44 +61,36 @@ def create_app(settings: Settings | None = None) -> faust.App:
         broker_heartbeat_interval=settings.session_timeout / 6,
         topic_partitions=settings.partitions,
         store="memory://",
+        # Faust's own discovery scans for module-level @app.agent decorators of one global
+        # app; Pulse's agents take the app and settings instead (discover_agents).
         autodiscover=False,
         value_serializer="raw",
         key_serializer="raw",
     )
-    processor = readings.ReadingsProcessor(settings)
     app.pulse_settings = settings  # type: ignore[attr-defined]
-    app.pulse_processor = processor  # type: ignore[attr-defined]
-
-    # A child of the app, not an @app.service: those start only after Faust's own consumer
-    # group has formed, and two group joins in a row would double the start-up time.
-    app.add_dependency(processor)
-    dead_letters.register(app, settings)
+    for register in discover_agents():
+        register(app, settings)
+    processor = getattr(app, "pulse_processor", None)
+    if processor is None:
+        raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
     web.register(app, settings, processor)
     return app
 
 
 GC_THRESHOLDS = (20_000, 20, 100)
-"""The worker's cyclic-GC thresholds (Python's defaults: 700, 10, 10); see tune_gc."""
+"""The worker's cyclic-GC thresholds (Python 3.11's defaults: 700, 10, 10); see tune_gc."""
 
 
 def tune_gc() -> None:
     """Set the worker process's cyclic garbage collector for a large, long-lived state.
 
     The window state (lists and dicts, millions of objects) is acyclic and freed by reference
-    counting, but every full collection walks all of it, and each flush's outputs live long
-    enough to be promoted, which triggers full collections often. Measured on the latency
-    run (10,000 readings/s, 30 s): with Python's defaults, 38 full collections took 4.4 s
-    (up to 284 ms each, the loop stalled meanwhile) and young ones 1.7 s more; with these
-    thresholds and the start-up objects frozen, 0.6 s in all. Cycles (asyncio tasks and
-    exceptions) are still collected, only less often.
-
-    The collector's young generation counts allocations minus frees, so with windows
-    closing as fast as new ones open it grew far past the threshold before a collection,
-    and each scanned every window key, latest value and flush output made since: 25 ms on
-    average and up to 132 ms of the loop per collection in the latency run (2026-11-23, a
-    slow machine). tables/_speedups.c now creates those objects untracked (none can be part
-    of a cycle; see UNTRACKED there): 0.25-0.30 s of collections per worker over the run
-    instead of 0.84-1.11 s, and at most 26-42 ms each instead of 53-132 ms.
+    counting, but every full collection walks all of it while the loop waits, and each flush's
+    outputs live long enough to be promoted, which triggers full collections often. So the
+    objects start-up made are frozen and collections are rarer; cycles (asyncio tasks and
+    exceptions) are still collected. tables/_speedups.c creates the state's objects untracked
+    besides (none can be part of a cycle). Measured in bench/README.md (the latency run's
+    GC, and "Window outputs in C, off the garbage collector").
     """
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scan it again

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Mapping
+from typing import Protocol
 
 import faust
 import redis.asyncio as aioredis
@@ -16,9 +18,25 @@ from faust.web import Request, Response, View
 
 from pulse.live_state import device_state, top_devices
 from pulse.settings import Settings
+from tables.partition_state import PartitionState
 
-if TYPE_CHECKING:
-    from agents.readings import ReadingsProcessor
+
+class ReadingsProgress(Protocol):
+    """What ``/health`` reads of the readings processor (agents/readings.py provides it as
+    ``app.pulse_processor``)."""
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the first assignment has been recovered."""
+
+    @property
+    def states(self) -> Mapping[int, PartitionState]:
+        """The state of each assigned partition."""
+
+    @property
+    def flushes(self) -> int:
+        """Flushes completed so far."""
+
 
 LIVE_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Pulse</title>
@@ -44,7 +62,7 @@ refresh(); setInterval(refresh, 1000);
 """
 
 
-def register(app: faust.App, settings: Settings, processor: ReadingsProcessor) -> None:
+def register(app: faust.App, settings: Settings, processor: ReadingsProgress) -> None:
     client = aioredis.Redis.from_url(settings.redis_url)
 
     @app.page("/health")

@@ -272,7 +272,7 @@ class PartitionState:
                     return i
             return len(records)
 
-        tests/agents/test_process_records.py holds it to that definition.
+        tests/agents/test_ingest.py holds it to that definition.
         """
         if self._sliding_math:
             return begin  # sliding windows are applied by apply() only

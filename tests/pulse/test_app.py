@@ -1,19 +1,24 @@
-"""The worker's app: what building ``pulse.app:app`` does to the process."""
+"""The worker's app: the agents it discovers, and what building ``pulse.app:app`` does to the
+process."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from pulse.app import GC_THRESHOLDS
+from pulse.app import AGENT_PACKAGES, GC_THRESHOLDS, create_app
+from pulse.settings import Settings
+
+PULSE = Path(__file__).resolve().parents[2] / "pulse"
 
 SHOW_GC = """
 import gc, json
-before = gc.get_threshold()
 import pulse.app
 pulse.app.app  # what `pulse worker` and `faust -A pulse.app:app worker` load
-print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count()]))
+print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))
 """
 
 
@@ -22,7 +27,38 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
     shown = subprocess.run(
         [sys.executable, "-c", SHOW_GC], capture_output=True, text=True, check=True, timeout=60
     )
-    before, after, frozen = json.loads(shown.stdout.splitlines()[-1])
-    assert before == [700, 10, 10]
+    after, frozen = json.loads(shown.stdout.splitlines()[-1])
     assert tuple(after) == GC_THRESHOLDS == (20_000, 20, 100)
     assert frozen > 10_000  # the start-up objects (modules, Faust, aiokafka) are frozen
+
+
+def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
+    app = create_app(Settings.from_env({}))
+    processor = app.pulse_processor  # type: ignore[attr-defined]
+    # The readings processor starts with the app, as its child (not an @app.service).
+    assert [type(child).__name__ for child in app._children] == ["ReadingsProcessor"]
+    assert app._children[0] is processor
+    assert list(app.agents) == ["dead-letter-monitor"]
+    assert sorted(app.web.views) == ["/", "/health", "/state/{device}", "/top/{window}/{metric}"]
+    # Each app gets agents of its own.
+    another = create_app(Settings.from_env({}))
+    assert another.pulse_processor is not processor  # type: ignore[attr-defined]
+
+
+def test_pulse_never_imports_the_agents_it_discovers() -> None:
+    # Not at module level, not in a function, not for type checking: the agents depend on
+    # pulse/, and pulse/ finds them by the package names in AGENT_PACKAGES.
+    imports = []
+    for path in sorted(PULSE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in AGENT_PACKAGES:
+                    imports.append(f"{path.relative_to(PULSE.parent)}:{node.lineno}: {name}")
+    assert AGENT_PACKAGES == ("agents",)
+    assert imports == []

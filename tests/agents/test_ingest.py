@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.readings import process_records
+from agents.ingest import process_records
 from models.reading import VALID_NAMES, Rejected, parse_reading
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
@@ -164,14 +164,14 @@ def test_an_unexpected_error_of_the_parse_dead_letters_the_record_and_goes_on(
 ) -> None:
     # A bug in the parse for some input must not stop the partition on that record forever:
     # the record is dead-lettered with the error, the rest applied. (Tags: the Python path.)
-    import agents.readings
+    import agents.ingest
 
     def parse_with_a_bug(key: Any, value: Any, ts_ms: Any, max_bytes: int) -> Any:
         if b"bug" in value:
             raise ZeroDivisionError("division by zero")
         return parse_reading(key, value, ts_ms, max_bytes)
 
-    monkeypatch.setattr(agents.readings, "parse_reading", parse_with_a_bug)
+    monkeypatch.setattr(agents.ingest, "parse_reading", parse_with_a_bug)
     VALID_NAMES.clear()
     state = PartitionState(parse_windows("10s"), 0)
     records = [reading(0, ts=T0 + 1), reading(1, ts=T0, tags={"bug": "x"}), reading(2, ts=T0 + 2)]

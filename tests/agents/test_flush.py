@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agents import readings
+from agents import flush
 from agents.readings import ReadingsProcessor
 from models.outputs import DeadLetter
 from pulse.changelog import ChangelogWriter
@@ -65,7 +65,7 @@ def test_a_slow_sink_does_not_hold_back_the_others() -> None:
 
 
 def test_processing_waits_when_the_bound_is_reached(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(readings, "MAX_FLUSHES_IN_FLIGHT", 3)
+    monkeypatch.setattr(flush, "MAX_FLUSHES_IN_FLIGHT", 3)
 
     async def run() -> None:
         processor = ReadingsProcessor(Settings.from_env({}))
@@ -107,7 +107,7 @@ def test_closes_are_spread_only_while_readings_arrive() -> None:
         Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.25", "PULSE_CLOSE_SPREAD": "5"})
     )
     spread = 5_000_000
-    assert readings.INPUT_PAUSE == 1.0
+    assert flush.INPUT_PAUSE == 1.0
     processor.note_fetch(99.0, got_records=True)
     assert processor.close_spread_us(100.0) == spread
     # The loop was busy until 100.0 (a long flush), then fetched nothing: not yet a pause.

@@ -1,0 +1,247 @@
+"""Flushes of the readings processor: every output durable before the state that produced it.
+
+A flush drains each partition's state (closed windows, changed views, latest values and the
+changelog delta) and writes it in the background: each sink on its own lane in flush order;
+once every sink has the flush and the previous flush is complete, its deltas go to the
+changelog (acked), then the input offsets are committed. A crash in between replays the same
+records from the last delta and emits the same windows again, identical: outputs are
+at-least-once with identical repeats, state is exactly-once. At most MAX_FLUSHES_IN_FLIGHT
+flushes (MAX_WINDOWS_IN_FLIGHT closed windows) are in flight; beyond that processing waits for
+the oldest, so a stalled sink holds back consumption and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import TopicPartition
+from mode import Service
+
+from models.outputs import DeadLetter
+from pulse.changelog import ChangelogWriter, EncodedDelta
+from pulse.settings import Settings
+from pulse.sinks._base import FlushBatch, Sink
+from tables.partition_state import Drained, PartitionState
+
+log = logging.getLogger(__name__)
+
+MAX_FLUSHES_IN_FLIGHT = 64
+MAX_WINDOWS_IN_FLIGHT = 200_000
+"""Bounds on flushes written but not complete: memory, and how far a slow sink may lag."""
+INPUT_PAUSE = 1.0
+"""Seconds of fetches without a record after which the input counts as paused (see
+FlushPipeline.close_spread_us)."""
+
+
+class SinkLane:
+    """One sink's writes, one at a time and in flush order.
+
+    Batches submitted while a write is under way wait; the next write takes all of them as
+    one merged batch (:meth:`FlushBatch.merge`), so a sink that fell behind catches up with
+    fewer, larger writes (Redis then writes each key once, with its newest value).
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._waiting: list[tuple[FlushBatch, asyncio.Future[None]]] = []
+        self._task: asyncio.Future[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and (self._task is None or self._task.done())
+
+    def submit(self, batch: FlushBatch) -> asyncio.Future[None]:
+        """Queue a batch; the future is done once the sink has written it durably."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((batch, written))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._write_waiting())
+        return written
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            taken, self._waiting = self._waiting, []
+            batches = [batch for batch, _ in taken]
+            try:
+                await self.sink.write(
+                    batches[0] if len(batches) == 1 else FlushBatch.merge(batches)
+                )
+            except Exception as exc:  # a bug in a sink: every flush waiting on it fails
+                for _, written in taken + self._waiting:
+                    if not written.done():
+                        written.set_exception(exc)
+                self._waiting = []
+                return
+            for _, written in taken:
+                if not written.done():
+                    written.set_result(None)
+
+
+class FlushPipeline(Service):
+    """The flushing half of the readings processor (a base class of ReadingsProcessor).
+
+    A flush is prepared synchronously under the processor's lock (drain the states, compute
+    every output, serialise the deltas), then written while the loop goes on processing.
+    While readings arrive, a flush spreads the closes of windows that end together over
+    ``PULSE_CLOSE_SPREAD`` of event time (:meth:`close_spread_us`).
+    """
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.states: dict[int, PartitionState] = {}
+        """The assigned partitions' states (see PartitionOwner)."""
+        # Set up by ReadingsProcessor.on_start: the input's consumer (offsets are committed
+        # through it), the changelog and the sinks.
+        self.consumer: AIOKafkaConsumer | None = None
+        self.writer: ChangelogWriter | None = None
+        self.sinks: list[Sink] = []
+        self._lock = asyncio.Lock()
+        """Held while records are applied, a flush is prepared, or partitions change hands."""
+        self._dead_letters: list[DeadLetter] = []
+        """Rejected records for the next flush."""
+        self._empty_since: float | None = 0.0
+        """When the loop began the first of the fetches in a row that returned no record
+        (None: the last fetch returned records)."""
+        self._last_flush = time.monotonic()
+        self._in_flight: deque[tuple[asyncio.Future[None], int]] = deque()
+        """Flushes not yet complete (sinks, changelog, offsets), oldest first, with their
+        closed-window counts."""
+        self._windows_in_flight = 0
+        self._flush_tail: asyncio.Future[None] | None = None
+        self._lanes: dict[int, SinkLane] = {}
+        self.flushes = 0
+        """Flushes whose deltas the changelog has acked."""
+
+    @property
+    def sinks_idle(self) -> bool:
+        """Every sink has written every flush submitted to it."""
+        return all(lane.idle for lane in self._lanes.values())
+
+    def note_fetch(self, began: float, got_records: bool) -> None:
+        """Record a fetch that the loop began at ``began`` (monotonic seconds)."""
+        if got_records:
+            self._empty_since = None
+        elif self._empty_since is None:
+            self._empty_since = began
+
+    def close_spread_us(self, now: float) -> int:
+        """Event time over which a flush outside catch-up spreads windows that end together
+        (``PULSE_CLOSE_SPREAD``; see PartitionState.close_ready).
+
+        The epoch-aligned windows of every series end together; closed at once, such a burst
+        saturates a small machine for seconds and the fresh values of the flushes behind it
+        wait. No spreading (0) once fetches have found no record for INPUT_PAUSE seconds (at
+        least a flush interval): with the input paused or ended there is nothing to keep
+        fresh, and the watermark, which spreading follows, no longer advances. That time
+        counts from the first of the empty fetches in a row: the loop's own work (a long
+        flush in a burst) is no pause in the input, and after it the next fetch may find
+        nothing prefetched yet. It is a second, not a flush interval, because on a saturated
+        machine fetches come back empty for longer while records wait (see bench/README.md,
+        "Closing windows that end together over event time").
+        """
+        empty_since = self._empty_since
+        pause = max(INPUT_PAUSE, self.settings.flush_interval)
+        if empty_since is not None and now - empty_since >= pause:
+            return 0
+        return self.settings.close_spread_us
+
+    async def flush(self) -> None:
+        """Flush now (outputs, changelog, offsets); returns when all are durable."""
+        async with self._lock:
+            await self._flush_now()
+
+    async def _flush_now(self, partitions: set[int] | None = None) -> None:
+        prepared = self._prepare_flush(partitions)
+        if prepared is not None:
+            self._submit_flush(*prepared)
+        await self._settle(0)
+
+    async def _start_flush(self, spread_closes: bool) -> None:
+        await self._settle(MAX_FLUSHES_IN_FLIGHT - 1, MAX_WINDOWS_IN_FLIGHT)
+        prepared = self._prepare_flush(spread_closes=spread_closes)
+        if prepared is not None:
+            self._submit_flush(*prepared)
+
+    async def _settle(self, flushes: int, windows: int | None = None) -> None:
+        """Wait for the oldest flushes until at most ``flushes`` (and ``windows`` closed
+        windows) are in flight; raise what a finished flush raised."""
+        in_flight = self._in_flight
+        while in_flight and (
+            len(in_flight) > flushes
+            or in_flight[0][0].done()
+            or (windows is not None and self._windows_in_flight > windows)
+        ):
+            finished, closed = in_flight[0]
+            await finished
+            in_flight.popleft()
+            self._windows_in_flight -= closed
+
+    def _submit_flush(self, batch: FlushBatch, deltas: list[EncodedDelta]) -> None:
+        written: list[asyncio.Future[None]] = []
+        if not batch.empty:
+            for index, sink in enumerate(self.sinks):
+                lane = self._lanes.get(index)
+                if lane is None or lane.sink is not sink:
+                    lane = self._lanes[index] = SinkLane(sink)
+                written.append(lane.submit(batch))
+        finished = asyncio.ensure_future(self._complete_flush(self._flush_tail, written, deltas))
+        self._flush_tail = finished
+        self._in_flight.append((finished, len(batch.closed)))
+        self._windows_in_flight += len(batch.closed)
+
+    def _prepare_flush(
+        self, partitions: set[int] | None = None, spread_closes: bool = False
+    ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
+        assert self.writer is not None
+        self._last_flush = time.monotonic()
+        spread_us = self.close_spread_us(self._last_flush) if spread_closes else 0
+        drains: list[Drained] = []
+        deltas: list[EncodedDelta] = []
+        for partition, state in self.states.items():
+            if partitions is not None and partition not in partitions:
+                continue
+            drained = state.drain(self.writer.snapshot_due(partition), spread_us)
+            drains.append(drained)
+            delta = drained.delta
+            if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
+                deltas.append(self.writer.encode(partition, delta))
+        batch = FlushBatch.of(drains, self._dead_letters)
+        self._dead_letters = []
+        if batch.empty and not deltas:
+            return None
+        return batch, deltas
+
+    async def _complete_flush(
+        self,
+        previous: asyncio.Future[None] | None,
+        written: list[asyncio.Future[None]],
+        deltas: list[EncodedDelta],
+    ) -> None:
+        """After every sink wrote this flush and the previous flush completed: the changelog
+        deltas (acked), then the input offsets."""
+        if written:
+            await asyncio.gather(*written)
+        if previous is not None:
+            await previous
+        if not deltas:
+            return
+        assert self.writer is not None and self.consumer is not None
+        acks = []
+        for delta in deltas:
+            acks += await self.writer.send(delta)
+        await asyncio.gather(*acks)
+        self.flushes += 1
+        topic = self.settings.topic_readings
+        offsets = {TopicPartition(topic, d.partition): d.to_offset for d in deltas}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Harmless: the changelog, not the group, says where to resume.
+            log.info("offset commit skipped (%s); the changelog holds the position", exc)

@@ -1,0 +1,147 @@
+"""Partition ownership of the readings processor: each partition resumes exactly where its
+last owner's changelog left it.
+
+On assignment a new partition's state is recovered from the changelog (or starts at the
+group's committed offset, else the partition's beginning) and the consumer seeks to that
+state's position, whatever the group committed. On revocation the partition is flushed
+(outputs, then changelog) before its state is dropped, so the next owner starts after the
+last record this one processed. Idle close raises the watermark of a caught-up partition
+that got no record for ``PULSE_IDLE_CLOSE``, so quiet devices get their final windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import TopicPartition
+
+from agents.flush import FlushPipeline
+from pulse.changelog import recover_partition
+from pulse.settings import Settings
+from tables.partition_state import PartitionState
+
+log = logging.getLogger(__name__)
+
+
+class PartitionOwner(FlushPipeline):
+    """The partition handling of the readings processor (a base class of ReadingsProcessor)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._last_record: dict[int, float] = {}
+        """When each partition last got a record (monotonic seconds; set on assignment)."""
+        self.ready = asyncio.Event()
+        """Set once the first assignment has been recovered (for tests and health checks)."""
+
+    def note_records(self, partition: int, now: float) -> None:
+        """The loop applied records of ``partition`` at ``now`` (monotonic seconds)."""
+        self._last_record[partition] = now
+
+    # -- idle close ----------------------------------------------------------------------
+
+    async def _close_idle_periodically(self) -> None:
+        period = min(1.0, self.settings.idle_close / 4)
+        while not self.should_stop:
+            began = time.monotonic()
+            await asyncio.sleep(period)
+            if time.monotonic() - began > period + 1.0:
+                # The process was stalled (blocked loop, paused, overloaded): wall-clock gaps
+                # say nothing about the partitions now; look again next round.
+                continue
+            await self.close_idle()
+
+    async def close_idle(self) -> None:
+        """Advance the watermark of caught-up partitions that got no record for a while."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        now = time.monotonic()
+        floor_us = int(time.time() * 1_000_000) - self.settings.grace_us
+        now_ms = time.time() * 1000
+        async with self._lock:
+            for partition, state in self.states.items():
+                if now - self._last_record.get(partition, now) < self.settings.idle_close:
+                    continue
+                tp = TopicPartition(self.settings.topic_readings, partition)
+                try:
+                    highwater = consumer.highwater(tp)
+                    polled_ms = consumer.last_poll_timestamp(tp)
+                except (AssertionError, IllegalStateError):
+                    continue  # revoked meanwhile
+                # Caught up means: every record below the high watermark of a fetch response
+                # is applied (not merely handed out by the consumer), and that response is
+                # fresh, so no record can be waiting unseen.
+                if highwater is None or polled_ms is None or state.next_offset < highwater:
+                    continue
+                if now_ms - polled_ms > 2000:
+                    continue
+                state.advance_idle(floor_us)
+
+    # -- rebalancing ---------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in revoked if tp.partition in self.states}
+        if not partitions:
+            return
+        async with self._lock:
+            await self._flush_now(partitions)
+            for partition in partitions:
+                del self.states[partition]
+                self._last_record.pop(partition, None)
+                assert self.writer is not None
+                self.writer.forget(partition)
+        log.info("readings: handed over partitions %s", sorted(partitions))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer, writer, s = self.consumer, self.writer, self.settings
+        assert consumer is not None and writer is not None
+        new = sorted(tp for tp in assigned if tp.partition not in self.states)
+        recovered = await asyncio.gather(
+            *(
+                recover_partition(
+                    s.bootstrap_servers, s.changelog_topic, tp.partition, s.windows, s.grace_us
+                )
+                for tp in new
+            )
+        )
+        # A partition never processed starts at its committed offset (if the changelog was
+        # lost) or at its beginning. (``position()`` here would wait ~0.5 s per partition.)
+        fresh = [tp for tp, (state, _) in zip(new, recovered, strict=True) if state is None]
+        starts = {tp: await consumer.committed(tp) for tp in fresh}
+        unstarted = [tp for tp, offset in starts.items() if offset is None]
+        if unstarted:
+            starts.update(await consumer.beginning_offsets(unstarted))
+        async with self._lock:
+            now = time.monotonic()
+            for tp, (state, base) in zip(new, recovered, strict=True):
+                if state is None:
+                    state = PartitionState(s.windows, s.grace_us, next_offset=starts[tp])
+                writer.adopt(tp.partition, base)
+                consumer.seek(tp, state.next_offset)
+                self.states[tp.partition] = state
+                self._last_record[tp.partition] = now
+        log.info(
+            "readings: partitions %s assigned (%d recovered, %d new)",
+            sorted(tp.partition for tp in assigned),
+            len(new) - len(fresh),
+            len(fresh),
+        )
+        self.ready.set()
+
+
+class RebalanceListener(ConsumerRebalanceListener):
+    """Hands the consumer group's assignments and revocations to the partition owner."""
+
+    def __init__(self, owner: PartitionOwner) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.owner._on_assigned(assigned)
