@@ -2048,54 +2048,50 @@ static int register_open(void *context, PyObject *key, long long end) {
 
 static PyObject *attr_offset, *attr_key, *attr_value;
 
-/* The PartitionState attributes apply_common works on, by name. */
+/* The arguments of apply_common, in order. */
 enum {
-    S_NEXT_OFFSET, S_MAX_T, S_WATERMARK, S_GRACE_US, S_SPEC_MATH, S_WINDOWS, S_CHANGED,
-    S_BY_END, S_ENDS, S_NEWEST, S_VIEWS_CHANGED, S_OPEN_PER_KEY, S_LATEST, S_LATEST_CHANGED,
-    S_COUNT
+    A_RECORDS, A_BEGIN, A_MAX_BYTES, A_VALID_NAMES, A_LOADS, A_SPECS, A_GRACE_US, A_POSITION,
+    A_WINDOWS, A_CHANGED, A_BY_END, A_ENDS, A_NEWEST, A_VIEWS_CHANGED, A_OPEN_PER_KEY,
+    A_LATEST, A_LATEST_CHANGED, A_COUNT
 };
-static const char *const state_attr_names[S_COUNT] = {
-    "next_offset", "max_t", "watermark", "grace_us", "_spec_math", "windows", "_changed",
-    "_by_end", "_ends", "_newest", "_views_changed", "_open_per_key", "latest",
-    "_latest_changed"};
-static PyObject *state_attrs[S_COUNT];
 
-/* PartitionState.apply_records: applies the common readings of records[begin:] in order and
- * stops at the first record that is not one, or is late for every window, leaving it to the
- * caller; see PartitionState.apply_records' docstring for the Python definition. Works on the
- * state's attributes (state_attr_names) and writes next_offset, max_t and watermark back,
- * also when it fails. Returns the index of the record it stopped at (len(records): none). */
+/* PartitionState.apply_records without sliding windows: applies the common readings of
+ * records[begin:] in order and stops at the first record that is not one, or is late for
+ * every window, leaving it to the caller; see apply_common in tables/_speedups_py.py.
+ * ``position`` is [next_offset, max_t, watermark], updated in place, also when it fails.
+ * Returns the index of the record it stopped at (len(records): none). */
 static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED();
-    if (nargs != 6 || !PyList_Check(args[1]) || !PyDict_Check(args[4])) {
+    if (nargs != A_COUNT || !PyList_Check(args[A_RECORDS]) || !PyDict_Check(args[A_VALID_NAMES]) ||
+        !PyList_Check(args[A_POSITION]) || PyList_GET_SIZE(args[A_POSITION]) != 3 ||
+        !PyDict_Check(args[A_WINDOWS]) || !PySet_Check(args[A_CHANGED]) ||
+        !PyDict_Check(args[A_BY_END]) || !PyList_Check(args[A_ENDS]) ||
+        !PyDict_Check(args[A_NEWEST]) || !PySet_Check(args[A_VIEWS_CHANGED]) ||
+        !PyDict_Check(args[A_OPEN_PER_KEY]) || !PyDict_Check(args[A_LATEST]) ||
+        !PySet_Check(args[A_LATEST_CHANGED])) {
         PyErr_SetString(PyExc_TypeError,
-                        "apply_common(state, records: list, begin: int, max_bytes: int, "
-                        "valid_names: dict, loads)");
+                        "apply_common(records: list, begin, max_bytes, valid_names: dict, loads, "
+                        "specs, grace_us, position: [next_offset, max_t, watermark], "
+                        "windows: dict, changed: set, by_end: dict, ends: list, newest: dict, "
+                        "views_changed: set, open_per_key: dict, latest: dict, "
+                        "latest_changed: set)");
         return NULL;
     }
-    PyObject *state = args[0], *records = args[1], *valid_names = args[4], *loads = args[5];
-    PyObject *a[S_COUNT] = {NULL};
-    for (int k = 0; k < S_COUNT; k++)
-        if ((a[k] = PyObject_GetAttr(state, state_attrs[k])) == NULL) goto release;
-    if (!PyDict_Check(a[S_WINDOWS]) || !PySet_Check(a[S_CHANGED]) || !PyDict_Check(a[S_BY_END]) ||
-        !PyList_Check(a[S_ENDS]) || !PyDict_Check(a[S_NEWEST]) ||
-        !PySet_Check(a[S_VIEWS_CHANGED]) || !PyDict_Check(a[S_OPEN_PER_KEY]) ||
-        !PyDict_Check(a[S_LATEST]) || !PySet_Check(a[S_LATEST_CHANGED])) {
-        PyErr_SetString(PyExc_TypeError, "apply_common: not a PartitionState");
-        goto release;
-    }
+    PyObject *records = args[A_RECORDS], *valid_names = args[A_VALID_NAMES];
+    PyObject *loads = args[A_LOADS], *position = args[A_POSITION];
     WindowMath specs[MAX_SPECS];
-    Py_ssize_t n = window_math(a[S_SPEC_MATH], specs);
-    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
-    long long next_offset = PyLong_AsLongLong(a[S_NEXT_OFFSET]);
-    long long max_t = PyLong_AsLongLong(a[S_MAX_T]);
-    long long watermark = PyLong_AsLongLong(a[S_WATERMARK]);
-    long long grace = PyLong_AsLongLong(a[S_GRACE_US]);
-    if (n < 0 || PyErr_Occurred()) goto release;
+    Py_ssize_t n = window_math(args[A_SPECS], specs);
+    if (n < 0) return NULL;
+    Py_ssize_t i = PyLong_AsSsize_t(args[A_BEGIN]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[A_MAX_BYTES]);
+    long long grace = PyLong_AsLongLong(args[A_GRACE_US]);
+    long long next_offset = PyLong_AsLongLong(PyList_GET_ITEM(position, 0));
+    long long max_t = PyLong_AsLongLong(PyList_GET_ITEM(position, 1));
+    long long watermark = PyLong_AsLongLong(PyList_GET_ITEM(position, 2));
+    if (PyErr_Occurred()) return NULL;
     long long start_offset = next_offset, start_max_t = max_t, start_watermark = watermark;
-    OpenIndexes ix = {a[S_BY_END], a[S_ENDS], a[S_NEWEST], a[S_VIEWS_CHANGED],
-                      a[S_OPEN_PER_KEY], NULL};
+    OpenIndexes ix = {args[A_BY_END], args[A_ENDS], args[A_NEWEST], args[A_VIEWS_CHANGED],
+                      args[A_OPEN_PER_KEY], NULL};
     int failed = 0;
     for (i = i < 0 ? 0 : i; i < PyList_GET_SIZE(records); i++) {
         PyObject *record = PyList_GET_ITEM(records, i);
@@ -2130,9 +2126,11 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (pair != NULL) {
             PyObject_GC_UnTrack(pair); /* strs: see UNTRACKED */
             ix.pair = pair;
-            applied = apply_to_windows(a[S_WINDOWS], a[S_CHANGED], specs, n, device, metric,
-                                       number, t, t_us, Py_None, watermark, register_open, &ix);
-            if (applied > 0 && set_latest(a[S_LATEST], a[S_LATEST_CHANGED], pair, t, number) < 0)
+            applied = apply_to_windows(args[A_WINDOWS], args[A_CHANGED], specs, n, device,
+                                       metric, number, t, t_us, Py_None, watermark,
+                                       register_open, &ix);
+            if (applied > 0 &&
+                set_latest(args[A_LATEST], args[A_LATEST_CHANGED], pair, t, number) < 0)
                 applied = -1;
         }
         Py_XDECREF(pair);
@@ -2150,7 +2148,7 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
             if (t_us - grace > watermark) watermark = t_us - grace;
         }
     }
-    /* The scalars of the records applied, written back even when one failed. */
+    /* The position of the records applied, written back even when one failed. */
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
     long long values[3] = {next_offset, max_t, watermark};
@@ -2158,17 +2156,11 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
     for (int k = 0; k < 3; k++) {
         if (values[k] == before[k]) continue;
         PyObject *number = PyLong_FromLongLong(values[k]);
-        if (number == NULL || PyObject_SetAttr(state, state_attrs[S_NEXT_OFFSET + k], number) < 0)
-            failed = 1;
-        Py_XDECREF(number);
+        if (number == NULL || PyList_SetItem(position, k, number) < 0) failed = 1;
     }
     if (type != NULL) PyErr_Restore(type, exc, tb);
-    for (int k = 0; k < S_COUNT; k++) Py_DECREF(a[k]);
     if (failed) return NULL;
     return PyLong_FromSsize_t(i);
-release:
-    for (int k = 0; k < S_COUNT; k++) Py_XDECREF(a[k]);
-    return NULL;
 }
 
 /* PartitionState.drain's latest values; see latest_changes in tables/_speedups.pyi and the
@@ -2286,8 +2278,9 @@ static PyMethodDef methods[] = {
     {"latest_changes", (PyCFunction)(void (*)(void))latest_changes, METH_FASTCALL,
      "latest_changes(changed, latest, unsent, latest_type) -> (outputs, rows, removed)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
-     "apply_common(state, records, begin, max_bytes, valid_names, loads) -> the index of the "
-     "first record left to the caller."},
+     "apply_common(records, begin, max_bytes, valid_names, loads, specs, grace_us, position, "
+     "windows, changed, by_end, ends, newest, views_changed, open_per_key, latest, "
+     "latest_changed) -> the index of the first record left to the caller."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2308,9 +2301,6 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     attr_key = PyUnicode_InternFromString("key");
     attr_value = PyUnicode_InternFromString("value");
     if (attr_offset == NULL || attr_key == NULL || attr_value == NULL) return NULL;
-    for (int k = 0; k < S_COUNT; k++)
-        if ((state_attrs[k] = PyUnicode_InternFromString(state_attr_names[k])) == NULL)
-            return NULL;
     PyObject *heapq = PyImport_ImportModule("heapq");
     if (heapq == NULL) return NULL;
     heappush = PyObject_GetAttrString(heapq, "heappush");
