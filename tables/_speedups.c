@@ -2236,51 +2236,79 @@ fail:
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(gamma, inv_log_gamma, min_magnitude, zero, negative, last_positive, "
-     "max_buckets, collapse): QuantileSketch's constants."},
-    {"sketch_key", sketch_key, METH_O, "sketch_key(value) -> QuantileSketch.key."},
+     "configure($module, gamma, inv_log_gamma, min_magnitude, zero_key, negative_key, "
+     "last_positive, max_buckets, collapse, /)\n--\n\n"
+     "QuantileSketch's constants."},
+    {"sketch_key", sketch_key, METH_O,
+     "sketch_key($module, value, /)\n--\n\n"
+     "QuantileSketch.key: the bucket of a value."},
     {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
-     "sketch_add(sketch, value): QuantileSketch.add."},
+     "sketch_add($module, sketch, value, /)\n--\n\n"
+     "QuantileSketch.add: counts a value."},
     {"summary_initialize", (PyCFunction)(void (*)(void))summary_initialize, METH_FASTCALL,
-     "summary_initialize(t_us, value, tags) -> Summary.initialize."},
+     "summary_initialize($module, t_us, value, tags, /)\n--\n\n"
+     "Summary.initialize: the state of a window holding one reading."},
     {"summary_add", (PyCFunction)(void (*)(void))summary_add, METH_FASTCALL,
-     "summary_add(state, t_us, value, tags): Summary.add."},
+     "summary_add($module, state, t_us, value, tags, /)\n--\n\n"
+     "Summary.add: one more reading in a window's state."},
     {"apply_windows", (PyCFunction)(void (*)(void))apply_windows, METH_FASTCALL,
-     "apply_windows(...): PartitionState.apply's tumbling and hopping windows."},
-    {"summary_text", summary_text, METH_O, "summary_text(state) -> the aggregates' text."},
-    {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x), as the aggregates' text."},
-    {"seconds_text", seconds_text, METH_O, "seconds_text(t_us) -> models.outputs.seconds_text."},
-    {"hset", hset, METH_VARARGS, "hset(key, names, values) -> HSET packed in RESP."},
+     "apply_windows($module, windows, changed, specs, device, metric, value, t_us, "
+     "tags, watermark, /)\n--\n\n"
+     "PartitionState.apply's tumbling and hopping windows."},
+    {"summary_text", summary_text, METH_O,
+     "summary_text($module, state, /)\n--\n\n"
+     "Summary.text: the aggregates' text."},
+    {"float_repr", float_repr, METH_O,
+     "float_repr($module, x, /)\n--\n\n"
+     "repr(x), as the aggregates' text writes it."},
+    {"seconds_text", seconds_text, METH_O,
+     "seconds_text($module, t_us, /)\n--\n\n"
+     "Epoch microseconds as epoch seconds in text."},
+    {"hset", hset, METH_VARARGS,
+     "hset($module, key, names, values, /)\n--\n\n"
+     "HSET key name value ... packed in RESP."},
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
-     "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields) -> "
+     "open_view_commands($module, views, key_prefix, ttl_set, now, ttl, fields, /)\n--\n\n"
      "RedisSink's commands for open views."},
     {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
-     "latest_commands(latest, key_prefix, ttl_set, now, ttl) -> HSET and EXPIRE per device."},
-    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands,
-     METH_FASTCALL,
-     "closed_window_commands(closed, closed_prefix, top_prefix, ttl, fields) -> commands."},
+     "latest_commands($module, latest, key_prefix, ttl_set, now, ttl, /)\n--\n\n"
+     "RedisSink's commands for latest values."},
+    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands, METH_FASTCALL,
+     "closed_window_commands($module, closed, closed_prefix, top_prefix, ttl, "
+     "fields, /)\n--\n\n"
+     "RedisSink's commands for closed windows."},
     {"parse_common", (PyCFunction)(void (*)(void))parse_common, METH_FASTCALL,
-     "parse_common(key, value, max_bytes, valid_names, loads, reading_type) -> Reading | None."},
+     "parse_common($module, key, value, max_bytes, valid_names, loads, "
+     "reading_type, /)\n--\n\n"
+     "parse_reading for the common record, else None."},
     {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
-     "aggregate_records(closed, closed_window_json) -> [(key, value)] of the aggregates."},
+     "aggregate_records($module, closed, closed_window_json, /)\n--\n\n"
+     "(key, value) of each closed window's aggregates record."},
     {"line_protocol_lines", (PyCFunction)(void (*)(void))line_protocol_lines, METH_FASTCALL,
-     "line_protocol_lines(closed, line_protocol) -> the line-protocol line of each window."},
+     "line_protocol_lines($module, closed, line_protocol, /)\n--\n\n"
+     "The line-protocol line of each closed window."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
-     "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
-     "open_per_key, labels, closed_type) -> pairs left with no open window."},
+     "close_windows($module, keys, end, windows, closed, changed, removed, newest, "
+     "views_changed, open_per_key, labels, closed_type, /)\n--\n\n"
+     "Closes the windows of one end; the pairs left with no open window."},
     {"open_views", (PyCFunction)(void (*)(void))open_views, METH_FASTCALL,
-     "open_views(views_changed, changed, newest, windows, labels, sizes, view_type) -> "
-     "the OpenViews of the series that changed."},
+     "open_views($module, views_changed, changed, newest, windows, labels, sizes, "
+     "view_type, /)\n--\n\n"
+     "The open views of the series that changed."},
     {"delta_rows", (PyCFunction)(void (*)(void))delta_rows, METH_FASTCALL,
-     "delta_rows(keys, windows, labels) -> the changelog rows of window keys."},
+     "delta_rows($module, keys, windows, labels, /)\n--\n\n"
+     "The changelog rows of window keys."},
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
-     "update_latest(latest, changed, device, metric, t_us, value): the latest value."},
+     "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
+     "The latest value of a (device, metric)."},
     {"latest_changes", (PyCFunction)(void (*)(void))latest_changes, METH_FASTCALL,
-     "latest_changes(changed, latest, unsent, latest_type) -> (outputs, rows, removed)."},
+     "latest_changes($module, changed, latest, unsent, latest_type, /)\n--\n\n"
+     "The drain's latest values: (outputs, rows, removed)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
-     "apply_common(records, begin, max_bytes, valid_names, loads, specs, grace_us, position, "
-     "windows, changed, by_end, ends, newest, views_changed, open_per_key, latest, "
-     "latest_changed) -> the index of the first record left to the caller."},
+     "apply_common($module, records, begin, max_bytes, valid_names, loads, specs, "
+     "grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
+     "open_per_key, latest, latest_changed, /)\n--\n\n"
+     "Applies a fetch's common readings; the index of the first record left."},
     {NULL, NULL, 0, NULL},
 };
 

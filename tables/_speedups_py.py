@@ -195,12 +195,16 @@ def apply_windows(
 
 
 def _representative(key: int) -> float:
-    """QuantileSketch.value: the representative value of a bucket."""
+    """QuantileSketch.value: the representative value of a bucket (infinite past the floats,
+    for a bucket of a magnitude above about 1.78e308 / 1.01)."""
     if key == _zero_key:
         return 0.0
-    if key > _last_positive:
-        return -2 * _gamma ** (key - _negative_key) / (_gamma + 1)
-    return 2 * _gamma**key / (_gamma + 1)
+    try:
+        if key > _last_positive:
+            return -2 * _gamma ** (key - _negative_key) / (_gamma + 1)
+        return 2 * _gamma**key / (_gamma + 1)
+    except OverflowError:
+        return -math.inf if key > _last_positive else math.inf
 
 
 def _order(key: int) -> int:
