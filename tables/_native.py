@@ -4,8 +4,9 @@ Every caller imports these functions from here, never from ``tables._speedups`` 
 extension, tables/_speedups.c) or ``tables._speedups_py`` (the Python definitions) directly.
 Both have the same functions with the same results, so the choice changes speed only.
 
-``PULSE_NO_EXTENSIONS``, read from the environment once, when this module is first imported
-(before any Settings exist: set it in the process's environment):
+``PULSE_NO_EXTENSIONS`` (listed with the other variables in pulse/settings.py), read from the
+environment once, when this module is first imported (before any Settings exist: set it in
+the process's environment):
 
 * unset, empty or ``0``: every function in C;
 * ``1`` or ``all``: every function from the Python definitions, and the extension is not

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,15 @@ def test_the_worker_steps_give_the_same_outputs_with_and_without_the_extension()
         assert done.returncode == 0, done.stderr
         digests.append(done.stdout.strip())
     assert digests[0] == digests[1]
+
+
+def test_the_extension_build_is_optional() -> None:
+    # `pip install .` without a C compiler installs Pulse without the extension (checked
+    # once with CC=/bin/false: a warning from build_ext, then the Python definitions run).
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [extension] = pyproject["tool"]["setuptools"]["ext-modules"]
+    assert extension == {
+        "name": "tables._speedups",
+        "sources": ["tables/_speedups.c"],
+        "optional": True,
+    }
