@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--fetch", type=int, default=2_500)
     parser.add_argument("--flush-every", type=int, default=1)
     parser.add_argument("--tags", action="store_true", help="every reading with a tag")
+    parser.add_argument("--windows", default="10s,1m")
     parser.add_argument("--seed", type=int, default=4, help="of the order of the runs")
     parser.add_argument(
         "--only", help="comma-separated functions to leave out one by one (default: all)"
@@ -109,6 +110,7 @@ def main() -> None:
         f"--span-seconds={args.span_seconds}",
         f"--fetch={args.fetch}",
         f"--flush-every={args.flush_every}",
+        f"--windows={args.windows}",
         *(["--tags"] if args.tags else []),
     ]
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
