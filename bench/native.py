@@ -1,16 +1,17 @@
 """What each C speedup saves: ``python -m bench.native``.
 
-Runs ``bench.hot_path`` (the worker's pure steps on the benchmark's dataset, no servers) once
-with every function in C, once with each function of tables/_native.FUNCTIONS left out in
-turn (its Python definition, the others in C), once with each group of functions that only
-make sense together left out, and once with all of them out (``PULSE_NO_EXTENSIONS=1``).
-Each run is a subprocess of its own, as the switch is read at import. The configurations
-run in a new random order in each of ``--rounds`` rounds, so that a slow spell of a shared
-machine spreads over all of them, and each figure is the median over the rounds of the
-process CPU time of the timed part, per reading.
+Runs ``bench.hot_path`` (the worker's pure steps on the benchmark's dataset, no servers) with
+every function in C, with each function of tables/_native.FUNCTIONS left out in turn (its
+Python definition, the others in C), with each group of functions that only make sense
+together left out, and with all of them out (``PULSE_NO_EXTENSIONS=1``). Each run is a
+subprocess of its own, as the switch is read at import.
 
-The table gives, per configuration, that median, the spread of the rounds, and the saving:
-how much more CPU the worker's steps take without it, in % of the all-C CPU.
+A shared machine's speed drifts by tens of % over minutes, more than most functions save,
+so each configuration is measured in pairs: a run of it next to a run with every function
+in C (in random order within the pair, the pairs in a new random order in each of
+``--rounds`` rounds). A configuration's saving is the median over the rounds of its run's
+process CPU over its pair's all-C run, minus one: how much more CPU the worker's steps take
+without it, in % of the all-C CPU. The CPU per reading given is the median of its runs.
 """
 
 from __future__ import annotations
@@ -114,28 +115,37 @@ def main() -> None:
         *(["--tags"] if args.tags else []),
     ]
     only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
-    chosen = configurations(args.together, only)
-    samples: dict[Configuration, list[float]] = {c: [] for c in chosen}
+    baseline, *chosen = configurations(args.together, only)
+    runs: dict[Configuration, list[float]] = {c: [] for c in (baseline, *chosen)}
+    ratios: dict[Configuration, list[float]] = {c: [] for c in chosen}
     order = random.Random(args.seed)
     started = time.monotonic()
     for round_number in range(1, args.rounds + 1):
         for configuration in order.sample(chosen, len(chosen)):
-            samples[configuration].append(run_once(configuration, hot_path_args))
+            pair = [baseline, configuration]
+            order.shuffle(pair)
+            measured = {c: run_once(c, hot_path_args) for c in pair}
+            for c, cpu in measured.items():
+                runs[c].append(cpu)
+            ratios[configuration].append(measured[configuration] / measured[baseline])
         elapsed = time.monotonic() - started
         print(f"round {round_number}/{args.rounds} done ({elapsed:.0f} s)", file=sys.stderr)
 
-    baseline = statistics.median(samples[chosen[0]])
-    print(f"bench.hot_path {' '.join(hot_path_args)}; median of {args.rounds} rounds")
+    print(
+        f"bench.hot_path {' '.join(hot_path_args)}; {args.rounds} rounds, each configuration "
+        "paired with an all-C run"
+    )
     print()
-    print("| left out (in Python) | us/reading | rounds' range | saving, % of all-C |")
+    print("| left out (in Python) | us/reading | saving, % of all-C | rounds' savings |")
     print("| --- | ---: | ---: | ---: |")
+    median = statistics.median(runs[baseline])
+    print(f"| {baseline.label} | {median * 1e6:.2f} | - | - |")
     for configuration in chosen:
-        runs = samples[configuration]
-        median = statistics.median(runs)
-        saving = (median - baseline) / baseline * 100
+        savings = sorted((ratio - 1) * 100 for ratio in ratios[configuration])
         print(
-            f"| {configuration.label} | {median * 1e6:.2f} "
-            f"| {min(runs) * 1e6:.2f}-{max(runs) * 1e6:.2f} | {saving:+.1f} |"
+            f"| {configuration.label} | {statistics.median(runs[configuration]) * 1e6:.2f} "
+            f"| {statistics.median(savings):+.1f} "
+            f"| {savings[0]:+.0f} to {savings[-1]:+.0f} |"
         )
 
 
