@@ -16,9 +16,11 @@ COPY agents ./agents
 COPY models ./models
 COPY tables ./tables
 # gcc builds Pulse's C speedups (tables/_speedups.c); it is removed again after the build.
+# Their build is optional for pip, not for the image: the import fails the build without them.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install . \
+    && (cd / && python -c "import tables._speedups") \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app pulse

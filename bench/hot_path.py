@@ -9,18 +9,29 @@ the worker runs, in the same order and with the same code, and times each step:
   (aggregates records, RESP commands packed by hiredis, line-protocol text);
 * ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas.
 
+With ``--tags`` every reading carries tags, as the contract allows: such a record is not the
+common reading the batch path takes, so each is parsed by ``parse_reading`` and applied by
+``PartitionState.apply``, and its windows' records are written by the sinks' Python code.
+
 Records (aiokafka ``ConsumerRecord``, as the consumer hands them over) are fed per partition in
 chunks of ``--fetch`` records (like ``getmany``), with a
 drain after every ``--flush-every`` chunks. Nothing is sent: this isolates the Python cost
 that limits the worker, for profiling and for comparing changes. It is not the benchmark of
 the issue (bench.run is); it is the tool to find where the time goes.
+
+Times are the process's CPU time (``time.process_time``), which other work on a shared
+machine disturbs less than the wall clock. ``--json`` prints them as one JSON object
+(bench.native runs it in a subprocess per configuration of ``PULSE_NO_EXTENSIONS``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import defaultdict
+
+import orjson
 
 from agents.ingest import process_records
 from bench.dataset import DatasetSpec, consumer_records
@@ -48,6 +59,8 @@ def main() -> None:
     parser.add_argument("--fetch", type=int, default=2_500, help="records per partition chunk")
     parser.add_argument("--flush-every", type=int, default=1, help="chunks between drains")
     parser.add_argument("--profile", action="store_true", help="cProfile the timed part")
+    parser.add_argument("--json", action="store_true", help="print the CPU seconds as JSON")
+    parser.add_argument("--tags", action="store_true", help="every reading with a tag (site)")
     args = parser.parse_args()
 
     spec = DatasetSpec(
@@ -57,13 +70,18 @@ def main() -> None:
         span_seconds=args.span_seconds,
     )
     by_partition = consumer_records(spec, "readings")
+    if args.tags:
+        for records in by_partition.values():
+            for record in records:
+                doc = orjson.loads(record.value)
+                record.value = orjson.dumps({**doc, "tags": {"site": f"plant-{record.offset % 3}"}})
     specs = parse_windows(args.windows)
     states = {p: PartitionState(specs, DEFAULTS.grace_us) for p in by_partition}
     tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
     times: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    clock = time.perf_counter
+    clock = time.process_time
     rejected: list[tuple[object, str, str]] = []
 
     def reject(record: object, reason: str, detail: str) -> None:
@@ -129,6 +147,10 @@ def main() -> None:
         run()
     total = clock() - started
     n = args.readings
+    if args.json:
+        steps = ("process", "drain", "kafka", "redis", "influx", "changelog")
+        print(json.dumps({"readings": n, "total": total, **{name: times[name] for name in steps}}))
+        return
     print(
         f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views, "
         f"{len(rejected):,} rejected"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from tables import _native
 from tables.windows import WindowSpec, WindowSpecError, parse_windows
 
 
@@ -82,6 +83,14 @@ def _windows(text: str) -> tuple[WindowSpec, ...]:
 
 
 def _text(text: str) -> str:
+    return text
+
+
+def _left_out(text: str) -> str:
+    try:
+        _native.left_out(text)
+    except ValueError as exc:
+        raise ValueError(str(exc).split(": ", 1)[1]) from None
     return text
 
 
@@ -186,6 +195,16 @@ VARIABLES: tuple[Variable, ...] = (
         "go every sixth of it. See docs/operations.md for production values.",
         _number(1),
     ),
+    Variable(
+        "PULSE_NO_EXTENSIONS",
+        "0",
+        "Steps to run on their Python definitions instead of Pulse's C extension (same "
+        "results, more CPU): `0` none, `1` all of them (the extension is not even loaded), or "
+        "a comma-separated list of the function names in `tables/_native.py` (to measure "
+        "each: `bench/native.py`). Read once when Pulse is imported. Without a built "
+        "extension Pulse warns and runs on the Python definitions.",
+        _left_out,
+    ),
 )
 
 
@@ -215,6 +234,7 @@ class Settings:
     web_port: int
     partitions: int
     session_timeout: float
+    no_extensions: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

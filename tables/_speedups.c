@@ -1,44 +1,25 @@
-/* Pulse's C speedups for the hottest pure steps: applying readings and formatting windows.
+/* Pulse's C speedups for the hottest pure steps: applying readings, draining the window
+ * state and writing the outputs.
  *
- * apply_common(...)          PartitionState.apply_records: a fetch's common readings applied
- * apply_windows(...)         PartitionState.apply for tumbling and hopping windows
- * summary_initialize/add     Summary.initialize / Summary.add
- * sketch_key / sketch_add    QuantileSketch.key / QuantileSketch.add
- * summary_text(state)        the text of a window's aggregates (Summary.text)
- * float_repr(x)              repr(x), as the aggregates' text writes it
- * seconds_text(t_us)         models.outputs.seconds_text
- * hset(key, names, values)   "HSET key name value ..." packed in RESP, from str arguments
- * open_view_commands(...)    RedisSink's commands for open views (HSET, EXPIRE, DEL)
- * latest_commands(...)       RedisSink's commands for latest values (HSET, EXPIRE per device)
- * closed_window_commands(..) RedisSink's commands for closed windows (HSET, EXPIRE, ZADD)
- * aggregate_records(...)     pulse.sinks.kafka.aggregate_records for tag-less windows
- * line_protocol_lines(...)   pulse.sinks.influx.line_protocol_lines for tag-less windows
- * parse_common(...)          models.reading.parse_reading for the common record, else None
- * close_windows(...)         PartitionState.close_ready's closing of the windows of one end
- * open_views(...)            PartitionState.drain's open views of the series that changed
- * delta_rows(...)            PartitionState.drain's changelog rows of changed and removed windows
- * latest_changes(...)        PartitionState.drain's latest values: outputs and changelog rows
- * update_latest(...)         PartitionState.apply's latest value of a (device, metric)
+ * Every function here is an optimisation of its Python definition of the same name in
+ * tables/_speedups_py.py, which says what it guarantees: the same results, the same float
+ * operations in the same order (C doubles are Python floats), floats written as
+ * float.__repr__ writes them (short_repr, or PyOS_double_to_string(..., 'r') outside its
+ * range), the same objects built in the same containers in the same order.
+ * tests/tables/test_speedups.py holds the two equal; callers take the functions from
+ * tables/_native.py, which can leave any of them out (PULSE_NO_EXTENSIONS).
  *
- * They compute exactly what the Python definitions compute: the same float operations in the
- * same order (C doubles are Python floats), floats written as float.__repr__ writes them
- * (short_repr, or PyOS_double_to_string(..., 'r') outside its range), and the quantile
- * buckets of tables.aggregators.QuantileSketch,
- * whose constants are handed over by configure() so they are defined once, in Python.
- * The state they build is the Python lists and dicts tables/ documents, so recovery, snapshots
- * and the rest of tables/ work on it unchanged. tests/tables check them against brute force
- * and against Summary.values + repr; tests/pulse/sinks/test_redis_sink.py checks hset against
- * hiredis and the sinks' outputs against their Python definitions; tests/models check
- * seconds_text and parse_common against theirs, tests/agents apply_common against parsing
- * and applying record by record.
+ * The state they build is the Python lists and dicts tables/ documents, so recovery,
+ * snapshots and the rest of tables/ work on it unchanged. QuantileSketch's constants are
+ * handed over by configure() so they are defined once, in Python; they, and everything else
+ * the module keeps, live in the module's state (ModuleState).
  *
  * UNTRACKED: the objects they build that live on in the state or the outputs (window states,
  * window keys, aggregate texts, closed windows) are taken off the cyclic garbage collector's
  * lists at once. None of them can be part of a reference cycle: they hold only strs, ints,
  * floats, None and states whose dicts hold strs and ints. The collector would untrack the
  * tuples itself, but only after scanning each once, and it never untracks a list: with
- * them tracked, each collection walked every open window, and a young collection in the
- * latency run took tens of milliseconds of the event loop (see tune_gc in pulse/app.py).
+ * them tracked, each collection walked every open window (see tune_gc in pulse/app.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,47 +33,89 @@ enum { COUNT = 0, SUM = 1, MIN = 2, MAX = 3, FIRST_V = 5, LAST_V = 7, SKETCH = 9
 
 enum { FIRST_T = 4, LAST_T = 6, LAST_TAGS = 8 };
 
-static double gamma_ = 0.0;          /* QuantileSketch.GAMMA */
-static double inv_log_gamma = 0.0;   /* QuantileSketch.INV_LOG_GAMMA */
-static double min_magnitude = 0.0;   /* QuantileSketch.MIN_MAGNITUDE */
-static long long zero_key = 0;       /* QuantileSketch.ZERO */
-static long long negative_key = 0;   /* QuantileSketch.NEGATIVE */
-static long long last_positive = 0;  /* QuantileSketch._LAST_POSITIVE */
-static Py_ssize_t max_buckets = 0;   /* QuantileSketch.MAX_BUCKETS */
-static PyObject *collapse = NULL;    /* QuantileSketch._collapse (rare: stays in Python) */
-static PyObject *one = NULL;         /* the int 1 */
-static int configured = 0;
+/* The texts of floats remembered by summary_text (see remembered_text). */
+#define TEXT_CACHE_BITS 17
+#define TEXT_CACHE_SLOTS (1 << TEXT_CACHE_BITS)
+typedef struct {
+    uint64_t bits;
+    PyObject *text; /* NULL: an empty slot */
+} TextSlot;
 
-static PyObject *configure(PyObject *self, PyObject *args) {
-    PyObject *collapse_;
-    if (!PyArg_ParseTuple(args, "dddLLLnO", &gamma_, &inv_log_gamma, &min_magnitude, &zero_key,
-                          &negative_key, &last_positive, &max_buckets, &collapse_))
+/* The decimal texts of the counts below SMALL_COUNTS, made once each (see count_text). */
+#define SMALL_COUNTS 4096
+
+/* Everything the module keeps, per module object (multi-phase initialisation). */
+typedef struct {
+    /* QuantileSketch's constants, handed over by configure() so they are defined once. */
+    int configured;
+    double gamma;            /* QuantileSketch.GAMMA */
+    double inv_log_gamma;    /* QuantileSketch.INV_LOG_GAMMA */
+    double min_magnitude;    /* QuantileSketch.MIN_MAGNITUDE */
+    long long zero_key;      /* QuantileSketch.ZERO */
+    long long negative_key;  /* QuantileSketch.NEGATIVE */
+    long long last_positive; /* QuantileSketch._LAST_POSITIVE */
+    Py_ssize_t max_buckets;  /* QuantileSketch.MAX_BUCKETS */
+    PyObject *collapse;      /* QuantileSketch._collapse (rare: stays in Python) */
+    PyObject *one;           /* the int 1 */
+    PyObject *heappush;      /* heapq.heappush */
+    /* Names looked up in a reading's JSON object and on a Kafka record. */
+    PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
+    PyObject *attr_offset, *attr_key, *attr_value;
+    PyObject *small_count_text[SMALL_COUNTS];
+    TextSlot *text_cache; /* TEXT_CACHE_SLOTS slots */
+} ModuleState;
+
+static inline ModuleState *state_of(PyObject *module) {
+    return (ModuleState *)PyModule_GetState(module);
+}
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    ModuleState *st = state_of(module);
+    PyObject *collapse;
+    double gamma, inv_log_gamma, min_magnitude;
+    long long zero_key, negative_key, last_positive;
+    Py_ssize_t max_buckets;
+    if (!PyArg_ParseTuple(args, "dddLLLnO", &gamma, &inv_log_gamma, &min_magnitude, &zero_key,
+                          &negative_key, &last_positive, &max_buckets, &collapse))
         return NULL;
-    Py_XDECREF(collapse);
-    Py_INCREF(collapse_);
-    collapse = collapse_;
-    configured = 1;
+    st->gamma = gamma;
+    st->inv_log_gamma = inv_log_gamma;
+    st->min_magnitude = min_magnitude;
+    st->zero_key = zero_key;
+    st->negative_key = negative_key;
+    st->last_positive = last_positive;
+    st->max_buckets = max_buckets;
+    Py_XDECREF(st->collapse);
+    st->collapse = Py_NewRef(collapse);
+    st->configured = 1;
     Py_RETURN_NONE;
 }
 
-#define NEED_CONFIGURED()                                              \
-    do {                                                               \
-        if (!configured) {                                             \
-            PyErr_SetString(PyExc_RuntimeError, "configure() first");  \
-            return NULL;                                               \
-        }                                                              \
-    } while (0)
+/* The module state of a function of the module, after configure(); NULL with an exception. */
+static ModuleState *configured_state(PyObject *module) {
+    ModuleState *st = state_of(module);
+    if (!st->configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    return st;
+}
+
+#define NEED_CONFIGURED(st)                                            \
+    ModuleState *st = configured_state(module);                        \
+    if (st == NULL) return NULL
 
 /* QuantileSketch.key: the bucket of a value. */
-static long long bucket_of(double value) {
-    if (value > min_magnitude) return (long long)ceil(log(value) * inv_log_gamma);
-    if (value < -min_magnitude) return (long long)ceil(log(-value) * inv_log_gamma) + negative_key;
-    return zero_key;
+static long long bucket_of(const ModuleState *st, double value) {
+    if (value > st->min_magnitude) return (long long)ceil(log(value) * st->inv_log_gamma);
+    if (value < -st->min_magnitude)
+        return (long long)ceil(log(-value) * st->inv_log_gamma) + st->negative_key;
+    return st->zero_key;
 }
 
 /* QuantileSketch.add: count a value in a sketch dict. 0 on success, -1 with an exception. */
-static int sketch_count(PyObject *sketch, double value) {
-    PyObject *key = PyLong_FromLongLong(bucket_of(value));
+static int sketch_count(const ModuleState *st, PyObject *sketch, double value) {
+    PyObject *key = PyLong_FromLongLong(bucket_of(st, value));
     if (key == NULL) return -1;
     PyObject *count = PyDict_GetItemWithError(sketch, key);
     PyObject *updated;
@@ -101,9 +124,9 @@ static int sketch_count(PyObject *sketch, double value) {
             Py_DECREF(key);
             return -1;
         }
-        updated = Py_NewRef(one);
+        updated = Py_NewRef(st->one);
     } else {
-        updated = PyNumber_Add(count, one);
+        updated = PyNumber_Add(count, st->one);
         if (updated == NULL) {
             Py_DECREF(key);
             return -1;
@@ -113,40 +136,40 @@ static int sketch_count(PyObject *sketch, double value) {
     Py_DECREF(key);
     Py_DECREF(updated);
     if (failed < 0) return -1;
-    if (PyDict_GET_SIZE(sketch) > max_buckets) {
-        PyObject *done = PyObject_CallOneArg(collapse, sketch);
+    if (PyDict_GET_SIZE(sketch) > st->max_buckets) {
+        PyObject *done = PyObject_CallOneArg(st->collapse, sketch);
         if (done == NULL) return -1;
         Py_DECREF(done);
     }
     return 0;
 }
 
-static PyObject *sketch_key(PyObject *self, PyObject *value) {
-    NEED_CONFIGURED();
+static PyObject *sketch_key(PyObject *module, PyObject *value) {
+    NEED_CONFIGURED(st);
     double v = PyFloat_AsDouble(value);
     if (v == -1.0 && PyErr_Occurred()) return NULL;
-    return PyLong_FromLongLong(bucket_of(v));
+    return PyLong_FromLongLong(bucket_of(st, v));
 }
 
-static PyObject *sketch_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *sketch_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 2 || !PyDict_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "sketch_add(sketch: dict, value: float)");
         return NULL;
     }
     double v = PyFloat_AsDouble(args[1]);
     if (v == -1.0 && PyErr_Occurred()) return NULL;
-    if (sketch_count(args[0], v) < 0) return NULL;
+    if (sketch_count(st, args[0], v) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
 /* Summary.initialize: the state of a window holding one reading. */
-static PyObject *new_state(PyObject *t, PyObject *value, PyObject *tags) {
+static PyObject *new_state(const ModuleState *st, PyObject *t, PyObject *value, PyObject *tags) {
     double v = PyFloat_AsDouble(value);
     if (v == -1.0 && PyErr_Occurred()) return NULL;
     PyObject *sketch = PyDict_New();
     if (sketch == NULL) return NULL;
-    if (sketch_count(sketch, v) < 0) {
+    if (sketch_count(st, sketch, v) < 0) {
         Py_DECREF(sketch);
         return NULL;
     }
@@ -155,7 +178,7 @@ static PyObject *new_state(PyObject *t, PyObject *value, PyObject *tags) {
         Py_DECREF(sketch);
         return NULL;
     }
-    PyObject *items[STATE_LEN] = {one, value, value, value, t, value, t, value, tags, sketch};
+    PyObject *items[STATE_LEN] = {st->one, value, value, value, t, value, t, value, tags, sketch};
     for (int i = 0; i < STATE_LEN; i++) {
         if (i != SKETCH) Py_INCREF(items[i]);
         PyList_SET_ITEM(state, i, items[i]);
@@ -164,13 +187,13 @@ static PyObject *new_state(PyObject *t, PyObject *value, PyObject *tags) {
     return state;
 }
 
-static PyObject *summary_initialize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *summary_initialize(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "summary_initialize(t_us, value, tags)");
         return NULL;
     }
-    return new_state(args[0], args[1], args[2]);
+    return new_state(st, args[0], args[1], args[2]);
 }
 
 static int set_item(PyObject *list, Py_ssize_t i, PyObject *value) {
@@ -179,7 +202,8 @@ static int set_item(PyObject *list, Py_ssize_t i, PyObject *value) {
 }
 
 /* Summary.add: one more reading in a window's state. 0 on success, -1 with an exception. */
-static int add_reading(PyObject *state, PyObject *t, PyObject *value, PyObject *tags) {
+static int add_reading(const ModuleState *st, PyObject *state, PyObject *t, PyObject *value,
+                       PyObject *tags) {
     if (!PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN) {
         PyErr_SetString(PyExc_TypeError, "a Summary state (list) is expected");
         return -1;
@@ -192,7 +216,7 @@ static int add_reading(PyObject *state, PyObject *t, PyObject *value, PyObject *
     long long first_t = PyLong_AsLongLong(PyList_GET_ITEM(state, FIRST_T));
     long long last_t = PyLong_AsLongLong(PyList_GET_ITEM(state, LAST_T));
     if (PyErr_Occurred()) return -1;
-    PyObject *count = PyNumber_Add(PyList_GET_ITEM(state, COUNT), one);
+    PyObject *count = PyNumber_Add(PyList_GET_ITEM(state, COUNT), st->one);
     if (count == NULL) return -1;
     PyList_SetItem(state, COUNT, count);  /* steals */
     PyObject *sum = PyFloat_FromDouble(total + v);
@@ -213,16 +237,16 @@ static int add_reading(PyObject *state, PyObject *t, PyObject *value, PyObject *
         PyErr_SetString(PyExc_TypeError, "the sketch must be a dict");
         return -1;
     }
-    return sketch_count(sketch, v);
+    return sketch_count(st, sketch, v);
 }
 
-static PyObject *summary_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *summary_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "summary_add(state, t_us, value, tags)");
         return NULL;
     }
-    if (add_reading(args[0], args[1], args[2], args[3]) < 0) return NULL;
+    if (add_reading(st, args[0], args[1], args[2], args[3]) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -266,10 +290,10 @@ typedef int (*OnOpen)(void *context, PyObject *key, long long end);
 /* PartitionState.apply's window part: the reading (t, value, tags) into every open window of
  * the specs; each window it changed goes into ``changed``, each it opened to ``on_open``.
  * Returns how many windows it went into (0: late for all), or -1 with an exception. */
-static int apply_to_windows(PyObject *windows, PyObject *changed, const WindowMath *specs,
-                            Py_ssize_t n, PyObject *device, PyObject *metric, PyObject *value,
-                            PyObject *t, long long t_us, PyObject *tags, long long watermark,
-                            OnOpen on_open, void *context) {
+static int apply_to_windows(const ModuleState *st, PyObject *windows, PyObject *changed,
+                            const WindowMath *specs, Py_ssize_t n, PyObject *device,
+                            PyObject *metric, PyObject *value, PyObject *t, long long t_us,
+                            PyObject *tags, long long watermark, OnOpen on_open, void *context) {
     int applied = 0;
     for (Py_ssize_t s = 0; s < n; s++) {
         long long size = specs[s].size, step = specs[s].step;
@@ -288,11 +312,11 @@ static int apply_to_windows(PyObject *windows, PyObject *changed, const WindowMa
             int failed = 0;
             if (state == NULL) {
                 if (PyErr_Occurred()) failed = 1;
-                PyObject *fresh = failed ? NULL : new_state(t, value, tags);
+                PyObject *fresh = failed ? NULL : new_state(st, t, value, tags);
                 if (fresh == NULL || PyDict_SetItem(windows, key, fresh) < 0) failed = 1;
                 Py_XDECREF(fresh);
                 if (!failed && on_open(context, key, end) < 0) failed = 1;
-            } else if (add_reading(state, t, value, tags) < 0) {
+            } else if (add_reading(st, state, t, value, tags) < 0) {
                 failed = 1;
             }
             if (!failed && PySet_Add(changed, key) < 0) failed = 1;
@@ -319,8 +343,8 @@ static int collect_opened(void *context, PyObject *key, long long end) {
  * the tumbling and hopping specs ((index, size, step) each). Returns None when every window
  * it belongs to has closed (late), else the list of (key, end) of the windows it opened;
  * adds every window it changed to ``changed``. */
-static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *apply_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 9 || !PyDict_Check(args[0]) || !PySet_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError,
                         "apply_windows(windows: dict, changed: set, specs, device, metric, "
@@ -334,7 +358,7 @@ static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t
     long long watermark = PyLong_AsLongLong(args[8]);
     if (PyErr_Occurred()) return NULL;
     PyObject *opened = NULL;
-    int applied = apply_to_windows(args[0], args[1], specs, n, args[3], args[4], args[5],
+    int applied = apply_to_windows(st, args[0], args[1], specs, n, args[3], args[4], args[5],
                                    args[6], t_us, args[7], watermark, collect_opened, &opened);
     if (applied <= 0) {
         Py_XDECREF(opened);
@@ -345,21 +369,23 @@ static PyObject *apply_windows(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 /* QuantileSketch._order: a sort key putting bucket keys in the order of their values. */
-static long long order_of(long long key) {
-    if (key <= last_positive) return key;
-    if (key == zero_key) return -(1LL << 20);
-    return -(1LL << 21) - (key - negative_key);
+static long long order_of(const ModuleState *st, long long key) {
+    if (key <= st->last_positive) return key;
+    if (key == st->zero_key) return -(1LL << 20);
+    return -(1LL << 21) - (key - st->negative_key);
 }
 
 /* QuantileSketch.value: the representative value of a bucket. */
-static double representative(long long key) {
-    if (key == zero_key) return 0.0;
-    if (key > last_positive) return -2 * pow(gamma_, (double)(key - negative_key)) / (gamma_ + 1);
-    return 2 * pow(gamma_, (double)key) / (gamma_ + 1);
+static double representative(const ModuleState *st, long long key) {
+    if (key == st->zero_key) return 0.0;
+    if (key > st->last_positive)
+        return -2 * pow(st->gamma, (double)(key - st->negative_key)) / (st->gamma + 1);
+    return 2 * pow(st->gamma, (double)key) / (st->gamma + 1);
 }
 
 typedef struct {
     long long key;
+    long long order; /* order_of(key), for sorting by value */
     long long count;
 } bucket;
 
@@ -369,12 +395,12 @@ static int by_key(const void *a, const void *b) {
 }
 
 static int by_order(const void *a, const void *b) {
-    long long x = order_of(((const bucket *)a)->key), y = order_of(((const bucket *)b)->key);
+    long long x = ((const bucket *)a)->order, y = ((const bucket *)b)->order;
     return (x > y) - (x < y);
 }
 
 /* QuantileSketch.quantiles for (0.50, 0.95, 0.99); returns -1 with an exception set. */
-static int quantiles(PyObject *sketch, long long count, double out[3]) {
+static int quantiles(const ModuleState *st, PyObject *sketch, long long count, double out[3]) {
     static const double levels[3] = {0.50, 0.95, 0.99};
     if (!PyDict_Check(sketch)) {
         PyErr_SetString(PyExc_TypeError, "the sketch must be a dict");
@@ -396,6 +422,7 @@ static int quantiles(PyObject *sketch, long long count, double out[3]) {
     int failed = 0;
     while (PyDict_Next(sketch, &pos, &key, &value)) {
         buckets[i].key = PyLong_AsLongLong(key);
+        buckets[i].order = order_of(st, buckets[i].key);
         buckets[i].count = PyLong_AsLongLong(value);
         if (PyErr_Occurred()) {
             failed = 1;
@@ -405,10 +432,10 @@ static int quantiles(PyObject *sketch, long long count, double out[3]) {
     }
     if (!failed) {
         if (n == 1) {
-            out[0] = out[1] = out[2] = representative(buckets[0].key);
+            out[0] = out[1] = out[2] = representative(st, buckets[0].key);
         } else {
             qsort(buckets, (size_t)n, sizeof(bucket), by_key);
-            if (buckets[n - 1].key > last_positive)  /* negative values or zero */
+            if (buckets[n - 1].key > st->last_positive) /* negative values or zero */
                 qsort(buckets, (size_t)n, sizeof(bucket), by_order);
             for (int q = 0; q < 3; q++) {
                 /* bisect_right over the cumulative counts, capped at the last bucket */
@@ -420,7 +447,7 @@ static int quantiles(PyObject *sketch, long long count, double out[3]) {
                     if ((double)seen > rank) break;
                 }
                 if (j >= n) j = n - 1;
-                out[q] = representative(buckets[j].key);
+                out[q] = representative(st, buckets[j].key);
             }
         }
     }
@@ -510,19 +537,17 @@ static PyObject *float_text(double x) {
     return out;
 }
 
-static PyObject *float_repr(PyObject *self, PyObject *value) {
+static PyObject *float_repr(PyObject *module, PyObject *value) {
     double x = PyFloat_AsDouble(value);
     if (x == -1.0 && PyErr_Occurred()) return NULL;
     return float_text(x);
 }
 
-/* models.outputs.seconds_text: epoch microseconds as epoch seconds in text, an integer when
- * whole, else repr of the nearest float:
- *     whole, rest = divmod(t_us, 1_000_000)
- *     return str(whole) if rest == 0 else repr(t_us / 1_000_000)
- * Below 2^53 in magnitude t_us is exact as a double, so t_us / 1e6 is the correctly rounded
- * quotient Python's int division gives; beyond, Python's own arithmetic does it. */
-static PyObject *seconds_text(PyObject *self, PyObject *t) {
+/* Epoch microseconds as epoch seconds in text, an integer when whole, else repr of the
+ * nearest float (seconds_text in tables/_speedups_py.py). Below 2^53 in magnitude t_us is
+ * exact as a double, so t_us / 1e6 is the correctly rounded quotient Python's int division
+ * gives; beyond, Python's own arithmetic does it. */
+static PyObject *seconds_of(PyObject *t) {
     int overflow = 0;
     long long us = PyLong_Check(t) ? PyLong_AsLongLongAndOverflow(t, &overflow) : 0;
     if (us == -1 && PyErr_Occurred()) return NULL;
@@ -554,42 +579,34 @@ static PyObject *seconds_text(PyObject *self, PyObject *t) {
     return float_text((double)us / 1e6);
 }
 
+static PyObject *seconds_text(PyObject *module, PyObject *t) {
+    return seconds_of(t);
+}
+
 /* repr is most of the cost, and most values recur (readings' values, bucket representatives):
  * their text is remembered in a direct-mapped table keyed by the double's bits, so a hit
- * allocates nothing (a dict keyed by floats made a float object per lookup: a quarter of
- * summary_text's instructions, callgrind). A colliding value replaces the slot's text: the
- * table stays TEXT_CACHE_SLOTS entries (about 10 MB with their texts), bounded. Zero is
- * never remembered: 0.0 and -0.0 need different texts and -0.0 is rare. */
-#define TEXT_CACHE_BITS 17
-#define TEXT_CACHE_SLOTS (1 << TEXT_CACHE_BITS)
-static struct {
-    uint64_t bits;
-    PyObject *text; /* NULL: an empty slot */
-} text_cache[TEXT_CACHE_SLOTS];
-
-static PyObject *remembered_text(double x) {
+ * allocates nothing (a dict keyed by floats made a float object per lookup). A colliding
+ * value replaces the slot's text: the table stays TEXT_CACHE_SLOTS entries (about 10 MB with
+ * their texts), bounded. Zero is never remembered: 0.0 and -0.0 need different texts. */
+static PyObject *remembered_text(const ModuleState *st, double x) {
     if (x == 0.0) return float_text(x);
     uint64_t bits;
     memcpy(&bits, &x, sizeof bits);
     /* Fibonacci hashing: the low bits of nearby doubles differ, their high bits don't. */
-    size_t slot = (size_t)((bits * 0x9E3779B97F4A7C15ull) >> (64 - TEXT_CACHE_BITS));
-    if (text_cache[slot].text != NULL && text_cache[slot].bits == bits) {
-        Py_INCREF(text_cache[slot].text);
-        return text_cache[slot].text;
-    }
+    TextSlot *slot = &st->text_cache[(bits * 0x9E3779B97F4A7C15ull) >> (64 - TEXT_CACHE_BITS)];
+    if (slot->text != NULL && slot->bits == bits) return Py_NewRef(slot->text);
     PyObject *text = float_text(x);
     if (text == NULL) return NULL;
-    Py_XSETREF(text_cache[slot].text, Py_NewRef(text));
-    text_cache[slot].bits = bits;
+    PyObject *replaced = slot->text;
+    slot->text = Py_NewRef(text);
+    slot->bits = bits;
+    Py_XDECREF(replaced);
     return text;
 }
 
 /* The decimal text of a count n >= 0; counts below SMALL_COUNTS are made once. */
-#define SMALL_COUNTS 4096
-static PyObject *small_count_text[SMALL_COUNTS];
-
-static PyObject *count_text(long long n) {
-    PyObject **known = n >= 0 && n < SMALL_COUNTS ? &small_count_text[n] : NULL;
+static PyObject *count_text(ModuleState *st, long long n) {
+    PyObject **known = n >= 0 && n < SMALL_COUNTS ? &st->small_count_text[n] : NULL;
     if (known != NULL && *known != NULL) return Py_NewRef(*known);
     char digits[24];
     PyObject *text = n >= 0 ? PyUnicode_FromStringAndSize(digits, put_digits(digits, n) - digits)
@@ -602,8 +619,8 @@ static double clamp(double p, double low, double high) {
     return p < low ? low : p > high ? high : p;
 }
 
-static PyObject *summary_text(PyObject *self, PyObject *state) {
-    NEED_CONFIGURED();
+/* Summary.text of a window's state: a tuple of 10 str, or NULL with an exception. */
+static PyObject *state_text(ModuleState *st, PyObject *state) {
     if (!PyList_Check(state) || PyList_GET_SIZE(state) < STATE_LEN) {
         PyErr_SetString(PyExc_TypeError, "a Summary state (list) is expected");
         return NULL;
@@ -623,33 +640,33 @@ static PyObject *summary_text(PyObject *self, PyObject *state) {
     if (out == NULL) return NULL;
     if (count == 1 && total != 0.0) {
         /* Every aggregate is the one value (but for -0.0: the zero bucket gives 0.0). */
-        PyObject *one = remembered_text(total);
-        if (one == NULL) goto fail;
-        PyTuple_SET_ITEM(out, 0, count_text(1));
-        for (int i = 1; i < 10; i++) {
-            Py_INCREF(one);
-            PyTuple_SET_ITEM(out, i, one);
+        PyObject *count_digits = count_text(st, 1);
+        PyObject *value = count_digits == NULL ? NULL : remembered_text(st, total);
+        if (value == NULL) {
+            Py_XDECREF(count_digits);
+            goto fail;
         }
-        Py_DECREF(one);
-        if (PyTuple_GET_ITEM(out, 0) == NULL) goto fail;
+        PyTuple_SET_ITEM(out, 0, count_digits);
+        for (int i = 1; i < 10; i++) PyTuple_SET_ITEM(out, i, Py_NewRef(value));
+        Py_DECREF(value);
         PyObject_GC_UnTrack(out); /* strs only: see UNTRACKED */
         return out;
     }
     double p[3];
-    if (quantiles(PyList_GET_ITEM(state, SKETCH), count, p) < 0) goto fail;
+    if (quantiles(st, PyList_GET_ITEM(state, SKETCH), count, p) < 0) goto fail;
     double mean = total / (double)count;
     int overflow = isinf(total);
     double values[9] = {total, low, high, mean, first, last, clamp(p[0], low, high),
                         clamp(p[1], low, high), clamp(p[2], low, high)};
-    PyObject *count_digits = count_text(count);
+    PyObject *count_digits = count_text(st, count);
     if (count_digits == NULL) goto fail;
     PyTuple_SET_ITEM(out, 0, count_digits);
     for (int i = 0; i < 9; i++) {
-        /* sum and mean (positions 0 and 3 here) are null when the sum overflowed */
-        /* sum and mean (0 and 3) are new numbers each time; the rest recur */
+        /* sum and mean (0 and 3 here): null when the sum overflowed, and new numbers each
+         * time (not remembered); the rest recur */
         PyObject *text = (overflow && (i == 0 || i == 3)) ? PyUnicode_FromString("null")
                          : (i == 0 || i == 3)             ? float_text(values[i])
-                                                          : remembered_text(values[i]);
+                                                          : remembered_text(st, values[i]);
         if (text == NULL) goto fail;
         PyTuple_SET_ITEM(out, i + 1, text);
     }
@@ -658,6 +675,11 @@ static PyObject *summary_text(PyObject *self, PyObject *state) {
 fail:
     Py_DECREF(out);
     return NULL;
+}
+
+static PyObject *summary_text(PyObject *module, PyObject *state) {
+    NEED_CONFIGURED(st);
+    return state_text(st, state);
 }
 
 /* Appends the decimal digits of n >= 0 (sprintf cost more than the rest of hset). */
@@ -685,19 +707,26 @@ static char *put_bulk(char *at, const char *text, Py_ssize_t size) {
     return at;
 }
 
-/* A command of argc bulk strings packed in RESP. */
+/* The number of decimal digits of n >= 0. */
+static Py_ssize_t digit_count(Py_ssize_t n) {
+    Py_ssize_t count = 1;
+    for (; n >= 10; n /= 10) count++;
+    return count;
+}
+
+/* A command of argc bulk strings packed in RESP, sized exactly before it is written. */
 static PyObject *pack_texts(Py_ssize_t argc, const char *const *texts, const Py_ssize_t *sizes) {
-    Py_ssize_t total = 32; /* "*<argc>\r\n" */
-    for (Py_ssize_t i = 0; i < argc; i++) total += sizes[i] + 24; /* "$<len>\r\n" + "\r\n" */
+    Py_ssize_t total = 3 + digit_count(argc); /* "*<argc>\r\n" */
+    for (Py_ssize_t i = 0; i < argc; i++)
+        total += 5 + digit_count(sizes[i]) + sizes[i]; /* "$<len>\r\n<text>\r\n" */
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL) return NULL;
-    char *start = PyBytes_AS_STRING(out), *at = start;
+    char *at = PyBytes_AS_STRING(out);
     *at++ = '*';
     at = put_digits(at, argc);
     *at++ = '\r';
     *at++ = '\n';
     for (Py_ssize_t i = 0; i < argc; i++) at = put_bulk(at, texts[i], sizes[i]);
-    if (_PyBytes_Resize(&out, at - start) < 0) return NULL;
     return out;
 }
 
@@ -729,7 +758,7 @@ static PyObject *pack_hset(const char *key, Py_ssize_t key_size, PyObject *names
     return pack_texts(2 + 2 * n, texts, sizes);
 }
 
-static PyObject *hset(PyObject *self, PyObject *args) {
+static PyObject *hset(PyObject *module, PyObject *args) {
     PyObject *key, *names, *values;
     if (!PyArg_ParseTuple(args, "UO!O!", &key, &PyTuple_Type, &names, &PyTuple_Type, &values))
         return NULL;
@@ -770,7 +799,7 @@ static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
 
 /* "{prefix}{window}:{device}:{metric}" of an OpenView or ClosedWindow, written to ``key``
  * (KEY_BYTES); returns its end, or NULL with an exception set (a name not a str, or a key
- * longer than KEY_BYTES - 1 bytes). */
+ * longer than KEY_BYTES bytes). */
 #define KEY_BYTES 1024
 static char *put_series_key(char *key, PyObject *prefix, PyObject *window) {
     char *end = key + KEY_BYTES, *at = key;
@@ -784,13 +813,13 @@ static char *put_series_key(char *key, PyObject *prefix, PyObject *window) {
     if ((at = put_str(at, end, PyTuple_GET_ITEM(window, VIEW_METRIC))) == NULL) goto too_long;
     return at;
 too_long:
-    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "key longer than 1023 bytes");
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a key longer than 1024 bytes");
     return NULL;
 }
 
-/* The RedisSink's commands for open views; see open_view_commands in tables/_speedups.pyi. */
-static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+/* The RedisSink's commands for open views (open_view_commands in tables/_speedups_py.py). */
+static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
         !PyTuple_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
@@ -842,15 +871,15 @@ static PyObject *open_view_commands(PyObject *self, PyObject *const *args, Py_ss
             goto view_done;
         }
         text = PyTuple_GET_ITEM(view, VIEW_TEXT);
-        if (text == Py_None) text = summary_text(NULL, state); /* not drained: format now */
+        if (text == Py_None) text = state_text(st, state); /* not drained: format now */
         else Py_INCREF(text);
         if (text == NULL) goto view_done;
         if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
             PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
             goto view_done;
         }
-        start_text = seconds_text(NULL, start);
-        end_text = start_text ? seconds_text(NULL, PyTuple_GET_ITEM(view, VIEW_END)) : NULL;
+        start_text = seconds_of(start);
+        end_text = start_text ? seconds_of(PyTuple_GET_ITEM(view, VIEW_END)) : NULL;
         if (end_text == NULL) goto view_done;
         PyObject *values[12];
         for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
@@ -907,8 +936,6 @@ fail:
  * 2096), and no tags. Returns reading_type(device, metric, value, t_us, None) with the names
  * as ``valid_names`` holds them, what the Python definition returns for such a record;
  * tests/models/test_reading.py holds it to that. */
-static PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
-
 /* The JSON number at *at (JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?)
  * when it has a fraction or an exponent, which makes it a float for orjson: its value in
  * *out and *at moved past it; 1, or 0 if there is no such number there (an int, not JSON).
@@ -985,14 +1012,11 @@ static int scan_float(const char **at, const char *end, double *out) {
     return 1;
 }
 
-/* The characters of names ([A-Za-z0-9_.-], models.reading.NAME_PATTERN), which JSON strings
- * hold without escapes. */
-static unsigned char name_char[256];
-
-static void init_name_chars(void) {
-    for (int c = 0; c < 256; c++)
-        name_char[c] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                       (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+/* Whether c is a character of names ([A-Za-z0-9_.-], models.reading.NAME_PATTERN), which
+ * JSON strings hold without escapes. */
+static inline int is_name_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_' || c == '.' || c == '-';
 }
 
 /* The bytes of a JSON string at *at holding only name characters: *name and *size, and *at
@@ -1001,7 +1025,7 @@ static int scan_name(const char **at, const char *end, const char **name, Py_ssi
     const char *p = *at;
     if (p >= end || *p != '"') return 0;
     const char *begin = ++p;
-    while (p < end && name_char[(unsigned char)*p]) p++;
+    while (p < end && is_name_char((unsigned char)*p)) p++;
     if (p >= end || *p != '"' || p == begin || p - begin > 128) return 0;
     *name = begin;
     *size = p - begin;
@@ -1084,9 +1108,10 @@ static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
 
 /* parse_common's test: 1 with new references in *device, *metric and *number and the event
  * time in *t_us if the record is the common reading, 0 if it is not, -1 with an exception. */
-static int common_reading(PyObject *key, PyObject *value, Py_ssize_t max_bytes,
-                          PyObject *valid_names, PyObject *loads, PyObject **device_out,
-                          PyObject **metric_out, PyObject **number_out, long long *t_us) {
+static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
+                          Py_ssize_t max_bytes, PyObject *valid_names, PyObject *loads,
+                          PyObject **device_out, PyObject **metric_out, PyObject **number_out,
+                          long long *t_us) {
     if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
         PyBytes_GET_SIZE(value) > max_bytes)
         return 0;
@@ -1100,12 +1125,12 @@ static int common_reading(PyObject *key, PyObject *value, Py_ssize_t max_bytes,
     int common = 0;
     if (!PyDict_CheckExact(doc)) goto done;
     /* (str keys: a lookup cannot fail) */
-    PyObject *device = PyDict_GetItemWithError(doc, field_device);
-    PyObject *metric = PyDict_GetItemWithError(doc, field_metric);
-    PyObject *number = PyDict_GetItemWithError(doc, field_value);
-    PyObject *ts = PyDict_GetItemWithError(doc, field_ts);
+    PyObject *device = PyDict_GetItemWithError(doc, st->field_device);
+    PyObject *metric = PyDict_GetItemWithError(doc, st->field_metric);
+    PyObject *number = PyDict_GetItemWithError(doc, st->field_value);
+    PyObject *ts = PyDict_GetItemWithError(doc, st->field_ts);
     if (device == NULL || metric == NULL || number == NULL || ts == NULL ||
-        PyDict_GetItemWithError(doc, field_tags) != NULL || !PyUnicode_CheckExact(device) ||
+        PyDict_GetItemWithError(doc, st->field_tags) != NULL || !PyUnicode_CheckExact(device) ||
         !PyUnicode_CheckExact(metric) || !PyFloat_CheckExact(number) || !PyFloat_CheckExact(ts))
         goto done;
     /* the names' shared objects (see VALID_NAMES) */
@@ -1140,7 +1165,8 @@ done:
     return common;
 }
 
-static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *parse_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    ModuleState *st = state_of(module);
     if (nargs != 6 || !PyDict_Check(args[3]) || !PyType_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "parse_common(key, value, max_bytes: int, valid_names: dict, loads, "
@@ -1151,7 +1177,7 @@ static PyObject *parse_common(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (max_bytes == -1 && PyErr_Occurred()) return NULL;
     PyObject *items[5];
     long long t_us;
-    int common = common_reading(args[0], args[1], max_bytes, args[3], args[4], &items[0],
+    int common = common_reading(st, args[0], args[1], max_bytes, args[3], args[4], &items[0],
                                 &items[1], &items[2], &t_us);
     if (common < 0) return NULL;
     if (common == 0) Py_RETURN_NONE;
@@ -1207,13 +1233,13 @@ static PyObject *map_list(PyObject *iterable, PyObject *(*each)(PyObject *, void
 
 /* Writes the aggregates record (JSON) or the line-protocol line of a tag-less closed window:
  * returns a new bytes (json) or str (line), or NULL with an exception set. */
-static PyObject *window_line(PyObject *window, int json) {
+static PyObject *window_line(ModuleState *st, PyObject *window, int json) {
     if (!PyTuple_Check(window) || PyTuple_GET_SIZE(window) < VIEW_LEN) {
         PyErr_SetString(PyExc_TypeError, "a ClosedWindow is expected");
         return NULL;
     }
     PyObject *text = PyTuple_GET_ITEM(window, VIEW_TEXT);
-    if (text == Py_None) text = summary_text(NULL, PyTuple_GET_ITEM(window, VIEW_STATE));
+    if (text == Py_None) text = state_text(st, PyTuple_GET_ITEM(window, VIEW_STATE));
     else Py_INCREF(text);
     if (text == NULL) return NULL;
     PyObject *start = NULL, *end = NULL, *out = NULL;
@@ -1224,8 +1250,8 @@ static PyObject *window_line(PyObject *window, int json) {
     long long start_us = PyLong_AsLongLong(PyTuple_GET_ITEM(window, VIEW_START));
     if (start_us == -1 && PyErr_Occurred()) goto done;
     if (json) {
-        start = seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_START));
-        end = start == NULL ? NULL : seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_END));
+        start = seconds_of(PyTuple_GET_ITEM(window, VIEW_START));
+        end = start == NULL ? NULL : seconds_of(PyTuple_GET_ITEM(window, VIEW_END));
         if (end == NULL) goto done;
     }
     /* {"device":"D","metric":"M","window":"W","start":S,"end":E,"count":..,"tags":{}}
@@ -1304,6 +1330,7 @@ done:
 }
 
 struct lines_context {
+    ModuleState *st;
     PyObject *with_tags; /* the Python definition, for a window with tags */
     int json;            /* the aggregates record, else the line-protocol line */
     int keyed;           /* (device.encode(), line) */
@@ -1323,7 +1350,7 @@ static PyObject *window_output(PyObject *window, void *context) {
     int tagged = PyObject_IsTrue(PyList_GET_ITEM(state, LAST_TAGS));
     if (tagged < 0) return NULL;
     PyObject *line = tagged ? PyObject_CallOneArg(lines->with_tags, window)
-                            : window_line(window, lines->json);
+                            : window_line(lines->st, window, lines->json);
     if (line == NULL || !lines->keyed) return line;
     PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(window, VIEW_DEVICE));
     PyObject *item = key == NULL ? NULL : PyTuple_Pack(2, key, line);
@@ -1332,31 +1359,31 @@ static PyObject *window_output(PyObject *window, void *context) {
     return item;
 }
 
-static PyObject *aggregate_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *aggregate_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "aggregate_records(closed, closed_window_json)");
         return NULL;
     }
-    struct lines_context lines = {args[1], 1, 1};
+    struct lines_context lines = {st, args[1], 1, 1};
     return map_list(args[0], window_output, &lines);
 }
 
-static PyObject *line_protocol_lines(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *line_protocol_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "line_protocol_lines(closed, line_protocol)");
         return NULL;
     }
-    struct lines_context lines = {args[1], 0, 0};
+    struct lines_context lines = {st, args[1], 0, 0};
     return map_list(args[0], window_output, &lines);
 }
 
-/* The RedisSink's commands for closed windows; see closed_window_commands in
- * tables/_speedups.pyi and the Python definition in RedisSink._commands' comment. */
-static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
+/* The RedisSink's commands for closed windows (closed_window_commands in
+ * tables/_speedups_py.py). */
+static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
                                         Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+    NEED_CONFIGURED(st);
     if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
         !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 12) {
         PyErr_SetString(PyExc_TypeError,
@@ -1407,7 +1434,7 @@ static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
         char key[KEY_BYTES], *at = put_series_key(key, closed_prefix, window);
         if (at == NULL) goto fail;
         PyObject *text = PyTuple_GET_ITEM(window, VIEW_TEXT);
-        if (text == Py_None) text = summary_text(NULL, PyTuple_GET_ITEM(window, VIEW_STATE));
+        if (text == Py_None) text = state_text(st, PyTuple_GET_ITEM(window, VIEW_STATE));
         else Py_INCREF(text);
         if (text == NULL) goto fail;
         PyObject *start = NULL, *stop = NULL, *command = NULL, *pair = NULL;
@@ -1416,8 +1443,8 @@ static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
             PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
             goto window_done;
         }
-        start = seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_START));
-        stop = start == NULL ? NULL : seconds_text(NULL, PyTuple_GET_ITEM(window, VIEW_END));
+        start = seconds_of(PyTuple_GET_ITEM(window, VIEW_START));
+        stop = start == NULL ? NULL : seconds_of(PyTuple_GET_ITEM(window, VIEW_END));
         if (stop == NULL) goto window_done;
         PyObject *values[12];
         for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
@@ -1459,12 +1486,14 @@ static PyObject *closed_window_commands(PyObject *self, PyObject *const *args,
         char key[1024], *end = key + sizeof key, *at = key;
         if ((at = put_str(at, end, top_prefix)) == NULL ||
             (at = put_str(at, end, PyTuple_GET_ITEM(pair, 0))) == NULL || at >= end) {
-            PyErr_SetString(PyExc_ValueError, "a top key longer than 1023 bytes");
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a top key longer than 1024 bytes");
             goto fail;
         }
         *at++ = ':';
         if ((at = put_str(at, end, PyTuple_GET_ITEM(pair, 1))) == NULL) {
-            PyErr_SetString(PyExc_ValueError, "a top key longer than 1023 bytes");
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a top key longer than 1024 bytes");
             goto fail;
         }
         Py_ssize_t n = PyList_GET_SIZE(members), argc = 2 + n;
@@ -1505,12 +1534,11 @@ fail:
     return NULL;
 }
 
-/* The RedisSink's commands for latest values; see latest_commands in tables/_speedups.pyi and
- * the Python definition in RedisSink._commands' comment. Per device, in the order its first
- * value comes: HSET key metric value metric:ts seconds ... with the newest value of each of
+/* The RedisSink's commands for latest values (latest_commands in tables/_speedups_py.py).
+ * Per device, in the order its first value comes: HSET key metric value metric:ts seconds ... with the newest value of each of
  * its metrics (a merged batch may hold several), then EXPIRE if ttl_set says so. */
-static PyObject *latest_commands(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
                         "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, "
@@ -1583,14 +1611,17 @@ static PyObject *latest_commands(PyObject *self, PyObject *const *args, Py_ssize
                 PyErr_SetString(PyExc_TypeError, "a latest value is a float");
                 goto fail;
             }
-            texts[2 * i] = remembered_text(PyFloat_AS_DOUBLE(value));
+            texts[2 * i] = remembered_text(st, PyFloat_AS_DOUBLE(value));
             if (texts[2 * i] == NULL) goto fail;
-            texts[2 * i + 1] = seconds_text(NULL, PyTuple_GET_ITEM(entry, 2));
+            texts[2 * i + 1] = seconds_of(PyTuple_GET_ITEM(entry, 2));
             if (texts[2 * i + 1] == NULL) goto fail;
             Py_ssize_t name_size;
             const char *name = PyUnicode_AsUTF8AndSize(metric, &name_size);
             if (name == NULL) goto fail;
-            if (name_size > 128) goto too_long;
+            if (name_size > 128) {
+                PyErr_SetString(PyExc_ValueError, "a metric name longer than 128 bytes");
+                goto fail;
+            }
             memcpy(ts_at, name, (size_t)name_size);
             memcpy(ts_at + name_size, ":ts", 3);
             Py_ssize_t base = 2 + 4 * i;
@@ -1628,7 +1659,8 @@ static PyObject *latest_commands(PyObject *self, PyObject *const *args, Py_ssize
         }
         continue;
     too_long:
-        PyErr_SetString(PyExc_ValueError, "a device key longer than 1023 bytes");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a device key longer than 1024 bytes");
         goto fail;
     }
     Py_DECREF(iterator);
@@ -1675,11 +1707,10 @@ static Py_ssize_t spec_index(PyObject *labels, PyObject *index) {
 }
 
 /* One step of PartitionState.close_ready: closes ``keys``, the windows (device, metric, index,
- * start) that end at ``end``; see close_windows in tables/_speedups.pyi and the Python
- * definition in PartitionState.close_ready's comment. Returns the (device, metric) pairs
+ * start) that end at ``end`` (close_windows in tables/_speedups_py.py). Returns the (device, metric) pairs
  * left with no open window, in the order their last window closed. */
-static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+static PyObject *close_windows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 11 || !PyList_Check(args[0]) || !PyDict_Check(args[2]) ||
         !PyList_Check(args[3]) || !PySet_Check(args[4]) || !PySet_Check(args[5]) ||
         !PyDict_Check(args[6]) || !PySet_Check(args[7]) || !PyDict_Check(args[8]) ||
@@ -1719,7 +1750,7 @@ static PyObject *close_windows(PyObject *self, PyObject *const *args, Py_ssize_t
             goto fail;
         }
         /* closed.append(ClosedWindow(device, metric, label, start, end, state, text)) */
-        PyObject *text = summary_text(NULL, state);
+        PyObject *text = state_text(st, state);
         if (text == NULL) {
             Py_DECREF(state);
             goto fail;
@@ -1779,10 +1810,10 @@ fail:
     return NULL;
 }
 
-/* PartitionState.drain's open views of the series that changed; see open_views in
- * tables/_speedups.pyi and the Python definition in PartitionState.drain's comment. */
-static PyObject *open_views(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
+/* PartitionState.drain's open views of the series that changed (open_views in
+ * tables/_speedups_py.py). */
+static PyObject *open_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
     if (nargs != 7 || !PySet_Check(args[0]) || !PySet_Check(args[1]) || !PyDict_Check(args[2]) ||
         !PyDict_Check(args[3]) || !PyTuple_Check(args[4]) || !PyTuple_Check(args[5]) ||
         !PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type) ||
@@ -1862,7 +1893,7 @@ static PyObject *open_views(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_DECREF(key);
         if (state == NULL) goto series_done;
         PyObject *end = PyNumber_Add(start, PyTuple_GET_ITEM(sizes, i));
-        PyObject *text = end == NULL ? NULL : summary_text(NULL, state);
+        PyObject *text = end == NULL ? NULL : state_text(st, state);
         if (text == NULL) {
             Py_XDECREF(end);
             goto series_done;
@@ -1893,8 +1924,8 @@ fail:
     return NULL;
 }
 
-/* PartitionState.drain's changelog rows of window keys; see delta_rows in
- * tables/_speedups.pyi. Lists, as the changelog's JSON reads back, untracked (UNTRACKED). */
+/* PartitionState.drain's changelog rows of window keys (delta_rows in
+ * tables/_speedups_py.py). Lists, as the changelog's JSON reads back, untracked (UNTRACKED). */
 struct delta_context {
     PyObject *windows; /* NULL: rows without the state (removed windows) */
     PyObject *labels;
@@ -1929,7 +1960,7 @@ static PyObject *delta_row(PyObject *key, void *context) {
     return row;
 }
 
-static PyObject *delta_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *delta_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !(args[1] == Py_None || PyDict_Check(args[1])) ||
         !PyTuple_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
@@ -1967,7 +1998,7 @@ static int set_latest(PyObject *latest, PyObject *changed, PyObject *key, PyObje
     return failed ? -1 : 0;
 }
 
-static PyObject *update_latest(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *update_latest(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6 || !PyDict_Check(args[0]) || !PySet_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError,
                         "update_latest(latest: dict, changed: set, device, metric, t_us, value)");
@@ -1984,11 +2015,10 @@ static PyObject *update_latest(PyObject *self, PyObject *const *args, Py_ssize_t
 
 /* The indexes PartitionState._open keeps of the open windows, for apply_common. */
 typedef struct {
+    const ModuleState *st;
     PyObject *by_end, *ends, *newest, *views_changed, *open_per_key;
     PyObject *pair; /* (device, metric) of the reading being applied */
 } OpenIndexes;
-
-static PyObject *heappush = NULL; /* heapq.heappush */
 
 /* PartitionState._open, as apply_common's on_open (see there). */
 static int register_open(void *context, PyObject *key, long long end) {
@@ -2012,7 +2042,8 @@ static int register_open(void *context, PyObject *key, long long end) {
             Py_DECREF(fresh);
         }
         if (!failed) {
-            PyObject *done = PyObject_CallFunctionObjArgs(heappush, ix->ends, end_obj, NULL);
+            PyObject *done =
+                PyObject_CallFunctionObjArgs(ix->st->heappush, ix->ends, end_obj, NULL);
             failed = done == NULL;
             Py_XDECREF(done);
         }
@@ -2039,67 +2070,62 @@ static int register_open(void *context, PyObject *key, long long end) {
     /* open_per_key[pair] = open_per_key.get(pair, 0) + 1 */
     PyObject *open_count = PyDict_GetItemWithError(ix->open_per_key, ix->pair);
     if (open_count == NULL && PyErr_Occurred()) return -1;
-    PyObject *count = open_count == NULL ? Py_NewRef(one) : PyNumber_Add(open_count, one);
+    PyObject *count =
+        open_count == NULL ? Py_NewRef(ix->st->one) : PyNumber_Add(open_count, ix->st->one);
     if (count == NULL) return -1;
     failed = PyDict_SetItem(ix->open_per_key, ix->pair, count) < 0;
     Py_DECREF(count);
     return failed ? -1 : 0;
 }
 
-static PyObject *attr_offset, *attr_key, *attr_value;
-
-/* The PartitionState attributes apply_common works on, by name. */
+/* The arguments of apply_common, in order. */
 enum {
-    S_NEXT_OFFSET, S_MAX_T, S_WATERMARK, S_GRACE_US, S_SPEC_MATH, S_WINDOWS, S_CHANGED,
-    S_BY_END, S_ENDS, S_NEWEST, S_VIEWS_CHANGED, S_OPEN_PER_KEY, S_LATEST, S_LATEST_CHANGED,
-    S_COUNT
+    A_RECORDS, A_BEGIN, A_MAX_BYTES, A_VALID_NAMES, A_LOADS, A_SPECS, A_GRACE_US, A_POSITION,
+    A_WINDOWS, A_CHANGED, A_BY_END, A_ENDS, A_NEWEST, A_VIEWS_CHANGED, A_OPEN_PER_KEY,
+    A_LATEST, A_LATEST_CHANGED, A_COUNT
 };
-static const char *const state_attr_names[S_COUNT] = {
-    "next_offset", "max_t", "watermark", "grace_us", "_spec_math", "windows", "_changed",
-    "_by_end", "_ends", "_newest", "_views_changed", "_open_per_key", "latest",
-    "_latest_changed"};
-static PyObject *state_attrs[S_COUNT];
 
-/* PartitionState.apply_records: applies the common readings of records[begin:] in order and
- * stops at the first record that is not one, or is late for every window, leaving it to the
- * caller; see PartitionState.apply_records' docstring for the Python definition. Works on the
- * state's attributes (state_attr_names) and writes next_offset, max_t and watermark back,
- * also when it fails. Returns the index of the record it stopped at (len(records): none). */
-static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED();
-    if (nargs != 6 || !PyList_Check(args[1]) || !PyDict_Check(args[4])) {
+/* PartitionState.apply_records without sliding windows: applies the common readings of
+ * records[begin:] in order and stops at the first record that is not one, or is late for
+ * every window, leaving it to the caller; see apply_common in tables/_speedups_py.py.
+ * ``position`` is [next_offset, max_t, watermark], updated in place, also when it fails.
+ * Returns the index of the record it stopped at (len(records): none). */
+static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    NEED_CONFIGURED(st);
+    if (nargs != A_COUNT || !PyList_Check(args[A_RECORDS]) || !PyDict_Check(args[A_VALID_NAMES]) ||
+        !PyList_Check(args[A_POSITION]) || PyList_GET_SIZE(args[A_POSITION]) != 3 ||
+        !PyDict_Check(args[A_WINDOWS]) || !PySet_Check(args[A_CHANGED]) ||
+        !PyDict_Check(args[A_BY_END]) || !PyList_Check(args[A_ENDS]) ||
+        !PyDict_Check(args[A_NEWEST]) || !PySet_Check(args[A_VIEWS_CHANGED]) ||
+        !PyDict_Check(args[A_OPEN_PER_KEY]) || !PyDict_Check(args[A_LATEST]) ||
+        !PySet_Check(args[A_LATEST_CHANGED])) {
         PyErr_SetString(PyExc_TypeError,
-                        "apply_common(state, records: list, begin: int, max_bytes: int, "
-                        "valid_names: dict, loads)");
+                        "apply_common(records: list, begin, max_bytes, valid_names: dict, loads, "
+                        "specs, grace_us, position: [next_offset, max_t, watermark], "
+                        "windows: dict, changed: set, by_end: dict, ends: list, newest: dict, "
+                        "views_changed: set, open_per_key: dict, latest: dict, "
+                        "latest_changed: set)");
         return NULL;
     }
-    PyObject *state = args[0], *records = args[1], *valid_names = args[4], *loads = args[5];
-    PyObject *a[S_COUNT] = {NULL};
-    for (int k = 0; k < S_COUNT; k++)
-        if ((a[k] = PyObject_GetAttr(state, state_attrs[k])) == NULL) goto release;
-    if (!PyDict_Check(a[S_WINDOWS]) || !PySet_Check(a[S_CHANGED]) || !PyDict_Check(a[S_BY_END]) ||
-        !PyList_Check(a[S_ENDS]) || !PyDict_Check(a[S_NEWEST]) ||
-        !PySet_Check(a[S_VIEWS_CHANGED]) || !PyDict_Check(a[S_OPEN_PER_KEY]) ||
-        !PyDict_Check(a[S_LATEST]) || !PySet_Check(a[S_LATEST_CHANGED])) {
-        PyErr_SetString(PyExc_TypeError, "apply_common: not a PartitionState");
-        goto release;
-    }
+    PyObject *records = args[A_RECORDS], *valid_names = args[A_VALID_NAMES];
+    PyObject *loads = args[A_LOADS], *position = args[A_POSITION];
     WindowMath specs[MAX_SPECS];
-    Py_ssize_t n = window_math(a[S_SPEC_MATH], specs);
-    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
-    long long next_offset = PyLong_AsLongLong(a[S_NEXT_OFFSET]);
-    long long max_t = PyLong_AsLongLong(a[S_MAX_T]);
-    long long watermark = PyLong_AsLongLong(a[S_WATERMARK]);
-    long long grace = PyLong_AsLongLong(a[S_GRACE_US]);
-    if (n < 0 || PyErr_Occurred()) goto release;
+    Py_ssize_t n = window_math(args[A_SPECS], specs);
+    if (n < 0) return NULL;
+    Py_ssize_t i = PyLong_AsSsize_t(args[A_BEGIN]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[A_MAX_BYTES]);
+    long long grace = PyLong_AsLongLong(args[A_GRACE_US]);
+    long long next_offset = PyLong_AsLongLong(PyList_GET_ITEM(position, 0));
+    long long max_t = PyLong_AsLongLong(PyList_GET_ITEM(position, 1));
+    long long watermark = PyLong_AsLongLong(PyList_GET_ITEM(position, 2));
+    if (PyErr_Occurred()) return NULL;
     long long start_offset = next_offset, start_max_t = max_t, start_watermark = watermark;
-    OpenIndexes ix = {a[S_BY_END], a[S_ENDS], a[S_NEWEST], a[S_VIEWS_CHANGED],
-                      a[S_OPEN_PER_KEY], NULL};
+    OpenIndexes ix = {st,         args[A_BY_END],        args[A_ENDS], args[A_NEWEST],
+                      args[A_VIEWS_CHANGED], args[A_OPEN_PER_KEY], NULL};
     int failed = 0;
     for (i = i < 0 ? 0 : i; i < PyList_GET_SIZE(records); i++) {
         PyObject *record = PyList_GET_ITEM(records, i);
-        PyObject *offset_obj = PyObject_GetAttr(record, attr_offset);
+        PyObject *offset_obj = PyObject_GetAttr(record, st->attr_offset);
         long long offset = offset_obj == NULL ? -1 : PyLong_AsLongLong(offset_obj);
         Py_XDECREF(offset_obj);
         if (offset == -1 && PyErr_Occurred()) {
@@ -2107,8 +2133,8 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
             break;
         }
         if (offset < next_offset) continue; /* already in the recovered state */
-        PyObject *key = PyObject_GetAttr(record, attr_key);
-        PyObject *value = key == NULL ? NULL : PyObject_GetAttr(record, attr_value);
+        PyObject *key = PyObject_GetAttr(record, st->attr_key);
+        PyObject *value = key == NULL ? NULL : PyObject_GetAttr(record, st->attr_value);
         if (value == NULL) {
             Py_XDECREF(key);
             failed = 1;
@@ -2116,8 +2142,8 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         PyObject *device = NULL, *metric = NULL, *number = NULL;
         long long t_us = 0;
-        int common = common_reading(key, value, max_bytes, valid_names, loads, &device, &metric,
-                                    &number, &t_us);
+        int common = common_reading(st, key, value, max_bytes, valid_names, loads, &device,
+                                    &metric, &number, &t_us);
         Py_DECREF(key);
         Py_DECREF(value);
         if (common <= 0) {
@@ -2130,9 +2156,11 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (pair != NULL) {
             PyObject_GC_UnTrack(pair); /* strs: see UNTRACKED */
             ix.pair = pair;
-            applied = apply_to_windows(a[S_WINDOWS], a[S_CHANGED], specs, n, device, metric,
-                                       number, t, t_us, Py_None, watermark, register_open, &ix);
-            if (applied > 0 && set_latest(a[S_LATEST], a[S_LATEST_CHANGED], pair, t, number) < 0)
+            applied = apply_to_windows(st, args[A_WINDOWS], args[A_CHANGED], specs, n, device,
+                                       metric, number, t, t_us, Py_None, watermark,
+                                       register_open, &ix);
+            if (applied > 0 &&
+                set_latest(args[A_LATEST], args[A_LATEST_CHANGED], pair, t, number) < 0)
                 applied = -1;
         }
         Py_XDECREF(pair);
@@ -2150,30 +2178,32 @@ static PyObject *apply_common(PyObject *self, PyObject *const *args, Py_ssize_t 
             if (t_us - grace > watermark) watermark = t_us - grace;
         }
     }
-    /* The scalars of the records applied, written back even when one failed. */
+    /* The position of the records applied, written back even when one failed. */
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *raised = PyErr_GetRaisedException();
+#else
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
+#endif
     long long values[3] = {next_offset, max_t, watermark};
     long long before[3] = {start_offset, start_max_t, start_watermark};
     for (int k = 0; k < 3; k++) {
         if (values[k] == before[k]) continue;
         PyObject *number = PyLong_FromLongLong(values[k]);
-        if (number == NULL || PyObject_SetAttr(state, state_attrs[S_NEXT_OFFSET + k], number) < 0)
-            failed = 1;
-        Py_XDECREF(number);
+        if (number == NULL || PyList_SetItem(position, k, number) < 0) failed = 1;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    if (raised != NULL) PyErr_SetRaisedException(raised);
+#else
     if (type != NULL) PyErr_Restore(type, exc, tb);
-    for (int k = 0; k < S_COUNT; k++) Py_DECREF(a[k]);
+#endif
     if (failed) return NULL;
     return PyLong_FromSsize_t(i);
-release:
-    for (int k = 0; k < S_COUNT; k++) Py_XDECREF(a[k]);
-    return NULL;
 }
 
-/* PartitionState.drain's latest values; see latest_changes in tables/_speedups.pyi and the
- * Python definition in PartitionState.drain's comment. Returns (outputs, rows, removed). */
-static PyObject *latest_changes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* PartitionState.drain's latest values (latest_changes in tables/_speedups_py.py). Returns
+ * (outputs, rows, removed). */
+static PyObject *latest_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyAnySet_Check(args[0]) || !PyDict_Check(args[1]) ||
         !PyDict_Check(args[2]) || !PyType_Check(args[3]) ||
         !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
@@ -2244,77 +2274,163 @@ fail:
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(gamma, inv_log_gamma, min_magnitude, zero, negative, last_positive, "
-     "max_buckets, collapse): QuantileSketch's constants."},
-    {"sketch_key", sketch_key, METH_O, "sketch_key(value) -> QuantileSketch.key."},
+     "configure($module, gamma, inv_log_gamma, min_magnitude, zero_key, negative_key, "
+     "last_positive, max_buckets, collapse, /)\n--\n\n"
+     "QuantileSketch's constants."},
+    {"sketch_key", sketch_key, METH_O,
+     "sketch_key($module, value, /)\n--\n\n"
+     "QuantileSketch.key: the bucket of a value."},
     {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
-     "sketch_add(sketch, value): QuantileSketch.add."},
+     "sketch_add($module, sketch, value, /)\n--\n\n"
+     "QuantileSketch.add: counts a value."},
     {"summary_initialize", (PyCFunction)(void (*)(void))summary_initialize, METH_FASTCALL,
-     "summary_initialize(t_us, value, tags) -> Summary.initialize."},
+     "summary_initialize($module, t_us, value, tags, /)\n--\n\n"
+     "Summary.initialize: the state of a window holding one reading."},
     {"summary_add", (PyCFunction)(void (*)(void))summary_add, METH_FASTCALL,
-     "summary_add(state, t_us, value, tags): Summary.add."},
+     "summary_add($module, state, t_us, value, tags, /)\n--\n\n"
+     "Summary.add: one more reading in a window's state."},
     {"apply_windows", (PyCFunction)(void (*)(void))apply_windows, METH_FASTCALL,
-     "apply_windows(...): PartitionState.apply's tumbling and hopping windows."},
-    {"summary_text", summary_text, METH_O, "summary_text(state) -> the aggregates' text."},
-    {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x), as the aggregates' text."},
-    {"seconds_text", seconds_text, METH_O, "seconds_text(t_us) -> models.outputs.seconds_text."},
-    {"hset", hset, METH_VARARGS, "hset(key, names, values) -> HSET packed in RESP."},
+     "apply_windows($module, windows, changed, specs, device, metric, value, t_us, "
+     "tags, watermark, /)\n--\n\n"
+     "PartitionState.apply's tumbling and hopping windows."},
+    {"summary_text", summary_text, METH_O,
+     "summary_text($module, state, /)\n--\n\n"
+     "Summary.text: the aggregates' text."},
+    {"float_repr", float_repr, METH_O,
+     "float_repr($module, x, /)\n--\n\n"
+     "repr(x), as the aggregates' text writes it."},
+    {"seconds_text", seconds_text, METH_O,
+     "seconds_text($module, t_us, /)\n--\n\n"
+     "Epoch microseconds as epoch seconds in text."},
+    {"hset", hset, METH_VARARGS,
+     "hset($module, key, names, values, /)\n--\n\n"
+     "HSET key name value ... packed in RESP."},
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
-     "open_view_commands(views, key_prefix, ttl_set, now, ttl, fields) -> "
+     "open_view_commands($module, views, key_prefix, ttl_set, now, ttl, fields, /)\n--\n\n"
      "RedisSink's commands for open views."},
     {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
-     "latest_commands(latest, key_prefix, ttl_set, now, ttl) -> HSET and EXPIRE per device."},
-    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands,
-     METH_FASTCALL,
-     "closed_window_commands(closed, closed_prefix, top_prefix, ttl, fields) -> commands."},
+     "latest_commands($module, latest, key_prefix, ttl_set, now, ttl, /)\n--\n\n"
+     "RedisSink's commands for latest values."},
+    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands, METH_FASTCALL,
+     "closed_window_commands($module, closed, closed_prefix, top_prefix, ttl, "
+     "fields, /)\n--\n\n"
+     "RedisSink's commands for closed windows."},
     {"parse_common", (PyCFunction)(void (*)(void))parse_common, METH_FASTCALL,
-     "parse_common(key, value, max_bytes, valid_names, loads, reading_type) -> Reading | None."},
+     "parse_common($module, key, value, max_bytes, valid_names, loads, "
+     "reading_type, /)\n--\n\n"
+     "parse_reading for the common record, else None."},
     {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
-     "aggregate_records(closed, closed_window_json) -> [(key, value)] of the aggregates."},
+     "aggregate_records($module, closed, closed_window_json, /)\n--\n\n"
+     "(key, value) of each closed window's aggregates record."},
     {"line_protocol_lines", (PyCFunction)(void (*)(void))line_protocol_lines, METH_FASTCALL,
-     "line_protocol_lines(closed, line_protocol) -> the line-protocol line of each window."},
+     "line_protocol_lines($module, closed, line_protocol, /)\n--\n\n"
+     "The line-protocol line of each closed window."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
-     "close_windows(keys, end, windows, closed, changed, removed, newest, views_changed, "
-     "open_per_key, labels, closed_type) -> pairs left with no open window."},
+     "close_windows($module, keys, end, windows, closed, changed, removed, newest, "
+     "views_changed, open_per_key, labels, closed_type, /)\n--\n\n"
+     "Closes the windows of one end; the pairs left with no open window."},
     {"open_views", (PyCFunction)(void (*)(void))open_views, METH_FASTCALL,
-     "open_views(views_changed, changed, newest, windows, labels, sizes, view_type) -> "
-     "the OpenViews of the series that changed."},
+     "open_views($module, views_changed, changed, newest, windows, labels, sizes, "
+     "view_type, /)\n--\n\n"
+     "The open views of the series that changed."},
     {"delta_rows", (PyCFunction)(void (*)(void))delta_rows, METH_FASTCALL,
-     "delta_rows(keys, windows, labels) -> the changelog rows of window keys."},
+     "delta_rows($module, keys, windows, labels, /)\n--\n\n"
+     "The changelog rows of window keys."},
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
-     "update_latest(latest, changed, device, metric, t_us, value): the latest value."},
+     "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
+     "The latest value of a (device, metric)."},
     {"latest_changes", (PyCFunction)(void (*)(void))latest_changes, METH_FASTCALL,
-     "latest_changes(changed, latest, unsent, latest_type) -> (outputs, rows, removed)."},
+     "latest_changes($module, changed, latest, unsent, latest_type, /)\n--\n\n"
+     "The drain's latest values: (outputs, rows, removed)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
-     "apply_common(state, records, begin, max_bytes, valid_names, loads) -> the index of the "
-     "first record left to the caller."},
+     "apply_common($module, records, begin, max_bytes, valid_names, loads, specs, "
+     "grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
+     "open_per_key, latest, latest_changed, /)\n--\n\n"
+     "Applies a fetch's common readings; the index of the first record left."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1, methods};
+/* Fills a new module's state; 0, or -1 with an exception. */
+static int module_exec(PyObject *module) {
+    ModuleState *st = state_of(module);
+    st->one = PyLong_FromLong(1);
+    st->field_device = PyUnicode_InternFromString("device");
+    st->field_metric = PyUnicode_InternFromString("metric");
+    st->field_value = PyUnicode_InternFromString("value");
+    st->field_ts = PyUnicode_InternFromString("ts");
+    st->field_tags = PyUnicode_InternFromString("tags");
+    st->attr_offset = PyUnicode_InternFromString("offset");
+    st->attr_key = PyUnicode_InternFromString("key");
+    st->attr_value = PyUnicode_InternFromString("value");
+    st->text_cache = PyMem_Calloc(TEXT_CACHE_SLOTS, sizeof(TextSlot));
+    if (st->text_cache == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (st->one == NULL || st->field_device == NULL || st->field_metric == NULL ||
+        st->field_value == NULL || st->field_ts == NULL || st->field_tags == NULL ||
+        st->attr_offset == NULL || st->attr_key == NULL || st->attr_value == NULL)
+        return -1;
+    PyObject *heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL) return -1;
+    st->heappush = PyObject_GetAttrString(heapq, "heappush");
+    Py_DECREF(heapq);
+    return st->heappush == NULL ? -1 : 0;
+}
+
+/* The functions the state holds may be part of cycles through their modules. */
+static int module_traverse(PyObject *module, visitproc visit, void *arg) {
+    ModuleState *st = state_of(module);
+    Py_VISIT(st->collapse);
+    Py_VISIT(st->heappush);
+    return 0;
+}
+
+static int module_clear(PyObject *module) {
+    ModuleState *st = state_of(module);
+    Py_CLEAR(st->collapse);
+    Py_CLEAR(st->heappush);
+    st->configured = 0;
+    return 0;
+}
+
+static void module_free(void *module) {
+    ModuleState *st = state_of((PyObject *)module);
+    module_clear((PyObject *)module);
+    Py_CLEAR(st->one);
+    Py_CLEAR(st->field_device);
+    Py_CLEAR(st->field_metric);
+    Py_CLEAR(st->field_value);
+    Py_CLEAR(st->field_ts);
+    Py_CLEAR(st->field_tags);
+    Py_CLEAR(st->attr_offset);
+    Py_CLEAR(st->attr_key);
+    Py_CLEAR(st->attr_value);
+    for (int n = 0; n < SMALL_COUNTS; n++) Py_CLEAR(st->small_count_text[n]);
+    if (st->text_cache != NULL) {
+        for (Py_ssize_t i = 0; i < TEXT_CACHE_SLOTS; i++) Py_CLEAR(st->text_cache[i].text);
+        PyMem_Free(st->text_cache);
+        st->text_cache = NULL;
+    }
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_speedups",
+    .m_doc = "Pulse's C speedups; their Python definitions are in tables/_speedups_py.py.",
+    .m_size = sizeof(ModuleState),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    init_name_chars();
-    one = PyLong_FromLong(1);
-    field_device = PyUnicode_InternFromString("device");
-    field_metric = PyUnicode_InternFromString("metric");
-    field_value = PyUnicode_InternFromString("value");
-    field_ts = PyUnicode_InternFromString("ts");
-    field_tags = PyUnicode_InternFromString("tags");
-    if (one == NULL || field_device == NULL || field_metric == NULL || field_value == NULL ||
-        field_ts == NULL || field_tags == NULL)
-        return NULL;
-    attr_offset = PyUnicode_InternFromString("offset");
-    attr_key = PyUnicode_InternFromString("key");
-    attr_value = PyUnicode_InternFromString("value");
-    if (attr_offset == NULL || attr_key == NULL || attr_value == NULL) return NULL;
-    for (int k = 0; k < S_COUNT; k++)
-        if ((state_attrs[k] = PyUnicode_InternFromString(state_attr_names[k])) == NULL)
-            return NULL;
-    PyObject *heapq = PyImport_ImportModule("heapq");
-    if (heapq == NULL) return NULL;
-    heappush = PyObject_GetAttrString(heapq, "heappush");
-    Py_DECREF(heapq);
-    if (heappush == NULL) return NULL;
-    return PyModule_Create(&module);
+    return PyModuleDef_Init(&module_def);
 }

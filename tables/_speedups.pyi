@@ -1,3 +1,5 @@
+"""The C extension (tables/_speedups.c); its functions are defined in tables/_speedups_py.py."""
+
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,11 +12,14 @@ def configure(
     last_positive: int,
     max_buckets: int,
     collapse: Callable[[dict[int, int]], None],
+    /,
 ) -> None: ...
-def sketch_key(value: float) -> int: ...
-def sketch_add(sketch: dict[int, int], value: float) -> None: ...
-def summary_initialize(t_us: int, value: float, tags: dict[str, str] | None) -> list[Any]: ...
-def summary_add(state: list[Any], t_us: int, value: float, tags: dict[str, str] | None) -> None: ...
+def sketch_key(value: float, /) -> int: ...
+def sketch_add(sketch: dict[int, int], value: float, /) -> None: ...
+def summary_initialize(t_us: int, value: float, tags: dict[str, str] | None, /) -> list[Any]: ...
+def summary_add(
+    state: list[Any], t_us: int, value: float, tags: dict[str, str] | None, /
+) -> None: ...
 def apply_windows(
     windows: dict[Any, list[Any]],
     changed: set[Any],
@@ -25,11 +30,12 @@ def apply_windows(
     t_us: int,
     tags: dict[str, str] | None,
     watermark: int,
+    /,
 ) -> list[tuple[Any, int]] | None: ...
-def summary_text(state: list[Any]) -> tuple[str, ...]: ...
-def float_repr(x: float) -> str: ...
-def seconds_text(t_us: int) -> str: ...
-def hset(key: str, names: tuple[str, ...], values: tuple[str, ...]) -> bytes: ...
+def summary_text(state: list[Any], /) -> tuple[str, ...]: ...
+def float_repr(x: float, /) -> str: ...
+def seconds_text(t_us: int, /) -> str: ...
+def hset(key: str, names: tuple[str, ...], values: tuple[str, ...], /) -> bytes: ...
 def open_view_commands(
     views: Iterable[tuple[Any, ...]],
     key_prefix: str,
@@ -37,6 +43,7 @@ def open_view_commands(
     now: float,
     ttl: int,
     fields: tuple[str, ...],
+    /,
 ) -> list[bytes]: ...
 def latest_commands(
     latest: Iterable[tuple[str, str, int, float]],
@@ -44,6 +51,7 @@ def latest_commands(
     ttl_set: dict[str, float],
     now: float,
     ttl: int,
+    /,
 ) -> list[bytes]: ...
 def closed_window_commands(
     closed: Iterable[tuple[Any, ...]],
@@ -51,6 +59,7 @@ def closed_window_commands(
     top_prefix: str,
     ttl: int,
     fields: tuple[str, ...],
+    /,
 ) -> list[bytes]: ...
 def parse_common(
     key: bytes | None,
@@ -59,12 +68,13 @@ def parse_common(
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
     reading_type: type[Any],
+    /,
 ) -> Any: ...
 def aggregate_records(
-    closed: Iterable[Any], closed_window_json: Callable[[Any], bytes]
+    closed: Iterable[Any], closed_window_json: Callable[[Any], bytes], /
 ) -> list[tuple[bytes, bytes]]: ...
 def line_protocol_lines(
-    closed: Iterable[Any], line_protocol: Callable[[Any], str]
+    closed: Iterable[Any], line_protocol: Callable[[Any], str], /
 ) -> list[str]: ...
 def close_windows(
     keys: list[tuple[str, str, int, int]],
@@ -78,6 +88,7 @@ def close_windows(
     open_per_key: dict[tuple[str, str], int],
     labels: tuple[str, ...],
     closed_type: type[tuple[Any, ...]],
+    /,
 ) -> list[tuple[str, str]]: ...
 def open_views(
     views_changed: set[tuple[str, str, int]],
@@ -87,11 +98,13 @@ def open_views(
     labels: tuple[str, ...],
     sizes: tuple[int, ...],
     view_type: type[tuple[Any, ...]],
+    /,
 ) -> list[Any]: ...
 def delta_rows(
     keys: Iterable[tuple[str, str, int, int]],
     windows: dict[tuple[str, str, int, int], list[Any]] | None,
     labels: tuple[str, ...],
+    /,
 ) -> list[list[Any]]: ...
 def update_latest(
     latest: dict[tuple[str, str], tuple[int, float]],
@@ -100,18 +113,32 @@ def update_latest(
     metric: str,
     t_us: int,
     value: float,
+    /,
 ) -> None: ...
 def apply_common(
-    state: Any,
     records: list[Any],
     begin: int,
     max_bytes: int,
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
+    specs: tuple[tuple[int, int, int], ...],
+    grace_us: int,
+    position: list[int],
+    windows: dict[Any, list[Any]],
+    changed: set[Any],
+    by_end: dict[int, list[Any]],
+    ends: list[int],
+    newest: dict[Any, int],
+    views_changed: set[Any],
+    open_per_key: dict[tuple[str, str], int],
+    latest: dict[tuple[str, str], tuple[int, float]],
+    latest_changed: set[tuple[str, str]],
+    /,
 ) -> int: ...
 def latest_changes(
     changed: set[tuple[str, str]],
     latest: dict[tuple[str, str], tuple[int, float]],
     unsent: dict[tuple[str, str], tuple[int, float]],
     latest_type: type[tuple[Any, ...]],
+    /,
 ) -> tuple[list[Any], list[list[Any]], list[list[Any]]]: ...

@@ -13,7 +13,7 @@ from itertools import accumulate
 from typing import Any
 
 from models.outputs import AGGREGATES
-from tables import _speedups
+from tables import _native
 
 # Summary state layout, by index.
 COUNT, SUM, MIN, MAX, FIRST_T, FIRST_V, LAST_T, LAST_V, LAST_TAGS, SKETCH = range(10)
@@ -51,19 +51,14 @@ class QuantileSketch:
     _LAST_POSITIVE = (1 << 19) - 1
     MAX_BUCKETS = 2048
 
-    key = staticmethod(_speedups.sketch_key)
-    """``key(value)``: the bucket of a value (in C with :meth:`add`, see tables/_speedups.c)::
-
-        ceil(log(value) / log(GAMMA))                     value > MIN_MAGNITUDE
-        ceil(log(-value) / log(GAMMA)) + NEGATIVE         value < -MIN_MAGNITUDE
-        ZERO                                              otherwise
-    """
+    key = staticmethod(_native.sketch_key)
+    """``key(value)``: the bucket of a value (tables/_speedups_py.py: sketch_key)."""
 
     @staticmethod
     def initialize(value: float) -> Sketch:
         return {QuantileSketch.key(value): 1}
 
-    add = staticmethod(_speedups.sketch_add)
+    add = staticmethod(_native.sketch_add)
     """``add(sketch, value)``: count a value; collapses the lowest buckets beyond
     :data:`MAX_BUCKETS` (with :meth:`_collapse`)."""
 
@@ -135,7 +130,7 @@ class QuantileSketch:
         return {int(key): count for key, count in raw.items()}
 
 
-_speedups.configure(
+_native.configure(
     QuantileSketch.GAMMA,
     QuantileSketch.INV_LOG_GAMMA,
     QuantileSketch.MIN_MAGNITUDE,
@@ -157,15 +152,10 @@ class Summary:
     ``p50``, ``p95`` and ``p99`` come from a :class:`QuantileSketch` (1 % relative accuracy).
     """
 
-    # In C (tables/_speedups.c), as PartitionState.apply calls them for every reading and
-    # window; the state stays the plain list described above. What they compute:
-    #
-    #   initialize(t_us, value, tags) -> [1, value, value, value, t_us, value, t_us, value,
-    #                                     tags, QuantileSketch.initialize(value)]
-    #   add(state, t_us, value, tags):  count += 1; sum += value; min/max; first if t_us is
-    #       earlier than FIRST_T; last (with its tags) if t_us >= LAST_T; QuantileSketch.add
-    initialize = staticmethod(_speedups.summary_initialize)
-    add = staticmethod(_speedups.summary_add)
+    initialize = staticmethod(_native.summary_initialize)
+    """``initialize(t_us, value, tags)``: the state of a window holding one reading."""
+    add = staticmethod(_native.summary_add)
+    """``add(state, t_us, value, tags)``: one more reading in a window's state."""
 
     @staticmethod
     def values(state: SummaryState) -> tuple[Any, ...]:
@@ -191,14 +181,13 @@ class Summary:
         """The aggregates by name (see :meth:`values`)."""
         return dict(zip(AGGREGATES, Summary.values(state), strict=True))
 
-    text = staticmethod(_speedups.summary_text)
+    text = staticmethod(_native.summary_text)
     """``text(state)``: the aggregates as every output writes them, formatted once for all.
 
     ``count`` in decimal, the others as ``repr`` of :meth:`values` (the shortest text that
     reads back as the same float, valid in JSON, line protocol and Redis alike). Only ``sum``
     and ``mean`` can be non-finite (a sum beyond 1.8e308): they are then ``null``, as JSON has
-    no infinity. In C (tables/_speedups.c): formatting every open window at every flush was
-    the worker's largest cost; a test holds it equal to :meth:`values` and ``repr``.
+    no infinity. A test holds it equal to :meth:`values` and ``repr``.
     """
 
     @staticmethod

@@ -47,7 +47,7 @@ import orjson
 
 from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES, Reading
-from tables._speedups import (
+from tables._native import (
     apply_common,
     apply_windows,
     close_windows,
@@ -205,7 +205,7 @@ class PartitionState:
         device, metric, value, t, tags = reading
         watermark = self.watermark
         # Each window of WindowSpec.starts_containing(t) that is still open (end > W) gets
-        # the reading (Summary.initialize or Summary.add) and goes into _changed; in C.
+        # the reading (Summary.initialize or Summary.add) and goes into _changed.
         opened = apply_windows(
             self.windows, self._changed, self._spec_math, device, metric, value, t, tags, watermark
         )
@@ -239,8 +239,6 @@ class PartitionState:
             applied = True
         if not applied:
             return False
-        # In C: with key = (device, metric), if key is not in self.latest or t is at least
-        # self.latest[key][0]: self.latest[key] = (t, value); self._latest_changed.add(key)
         update_latest(self.latest, self._latest_changed, device, metric, t, value)
         if t > self.max_t:
             self.max_t = t
@@ -254,29 +252,36 @@ class PartitionState:
         ``len(records)`` if none is.
 
         The batch path of the worker: it stops at the first record that is not the common
-        reading (see models.reading.parse_reading) or is late for every window, which the
-        caller then handles one by one (parse_reading, apply, dead letters) before calling
-        again from the next. In C (apply_common) when no sliding window is configured::
-
-            for i in range(begin, len(records)):
-                record = records[i]
-                if record.offset < self.next_offset:
-                    continue  # already in the recovered state
-                reading = parse_common(record.key, record.value, max_bytes, VALID_NAMES,
-                                       orjson.loads, Reading)
-                if reading is None:
-                    return i
-                next_offset = self.next_offset
-                if not self.apply(reading, record.offset):  # late: nothing else changed
-                    self.next_offset = next_offset
-                    return i
-            return len(records)
-
-        tests/agents/test_ingest.py holds it to that definition.
+        reading (see parse_common in tables/_speedups_py.py) or is late for every window,
+        which the caller then handles one by one (parse_reading, apply, dead letters) before
+        calling again from the next. Each record it applies changes the state as
+        :meth:`apply` would; with sliding windows configured it applies none.
         """
         if self._sliding_math:
             return begin  # sliding windows are applied by apply() only
-        return apply_common(self, records, begin, max_bytes, VALID_NAMES, orjson.loads)
+        position = [self.next_offset, self.max_t, self.watermark]
+        try:
+            return apply_common(
+                records,
+                begin,
+                max_bytes,
+                VALID_NAMES,
+                orjson.loads,
+                self._spec_math,
+                self.grace_us,
+                position,
+                self.windows,
+                self._changed,
+                self._by_end,
+                self._ends,
+                self._newest,
+                self._views_changed,
+                self._open_per_key,
+                self.latest,
+                self._latest_changed,
+            )
+        finally:  # the records applied count also when one failed
+            self.next_offset, self.max_t, self.watermark = position
 
     def skip(self, offset: int) -> None:
         """Record that the record at ``offset`` was handled without applying it (rejected)."""
@@ -345,18 +350,7 @@ class PartitionState:
                 del self._by_end[end]
                 self._closed_of_first_end = 0
             budget -= len(keys)
-            # In C (close_windows; every window closes here once, so the loop cost as much
-            # as applying the readings), for each key in keys:
-            #   state = self.windows.pop(key); device, metric, index, start = key
-            #   self._closed.append(ClosedWindow(device, metric, self._labels[index], start,
-            #                                    end, state, Summary.text(state)))
-            #   self._changed.discard(key); self._removed.add(key)
-            #   series = (device, metric, index)
-            #   if self._newest.get(series) == start:
-            #       del self._newest[series]; self._views_changed.add(series)
-            #   self._open_per_key[(device, metric)] -= 1, deleting it at 0 and returning
-            #   the pair, whose latest value is then forgotten if unused
-            # tests/tables/test_partition_state.py holds it to that definition.
+            # The pairs left with no open window forget their latest value if unused.
             emptied = close_windows(
                 keys,
                 end,
@@ -412,15 +406,8 @@ class PartitionState:
         closed = self._closed
         labels = self._labels
         windows = self.windows
-        # In C (open_views; a view per changed series per flush, the drain's largest part):
-        #   A series' view changed when its newest window opened or closed (_views_changed)
-        #   or changed (its key in _changed with the start newest[series]). For each:
-        #     start = newest.get(series); label = self._labels[index]
-        #     None: OpenView(device, metric, label, 0, 0, None)
-        #     else: state = windows[(*series, start)]
-        #           OpenView(device, metric, label, start, start + self._sizes[index], state,
-        #                    Summary.text(state))
-        # tests/tables/test_partition_state.py holds it to that definition.
+        # A series' view changed when its newest window opened or closed (_views_changed)
+        # or changed (its key in _changed with the start newest[series]).
         views = open_views(
             self._views_changed,
             self._changed,
@@ -430,12 +417,6 @@ class PartitionState:
             self._sizes,
             OpenView,
         )
-        # In C (latest_changes; a value per changed (device, metric) per flush): for each pair
-        # in self._latest_changed, in its order:
-        #   value = self.latest.get(pair) or self._latest_unsent.get(pair)
-        #   if value: latest.append(Latest(*pair, *value)); latest_rows.append([*pair, *value])
-        #   if pair not in self.latest: latest_removed.append([*pair])
-        # tests/tables/test_partition_state.py holds it to that definition.
         latest, latest_rows, latest_removed = latest_changes(
             self._latest_changed, self.latest, self._latest_unsent, Latest
         )
@@ -474,7 +455,6 @@ class PartitionState:
             to_offset=self.next_offset,
             max_t=self.max_t,
             idle_floor=self.idle_floor,
-            # [[d, m, labels[i], s, windows[(d, m, i, s)]] for d, m, i, s in changed], in C
             windows=delta_rows(changed, windows, self._labels),
             removed=removed,
             latest=latest_rows,

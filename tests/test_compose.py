@@ -238,10 +238,13 @@ def test_dockerfile_builds_the_worker(services: dict[str, dict[str, Any]]) -> No
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert lines[0] == "FROM python:3.11-slim"
-    # One RUN (continued over lines) installs gcc, then builds Pulse and its C speedups.
+    # One RUN (continued over lines) installs gcc, then builds Pulse and its C speedups, and
+    # fails unless they were built (pip treats their build as optional).
     run = re.sub(r"\s+", " ", " ".join(lines).replace("\\", " "))
     build = re.search(
-        r"RUN apt-get update && apt-get install [^&]*\bgcc\b[^&]*&& pip install \.\s", run
+        r"RUN apt-get update && apt-get install [^&]*\bgcc\b[^&]*&& pip install \.\s"
+        r"&& \(cd / && python -c \"import tables._speedups\"\)",
+        run,
     )
     assert build is not None, run
     assert lines[-1] == 'CMD ["pulse", "worker", "-l", "info"]'

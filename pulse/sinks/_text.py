@@ -9,17 +9,12 @@ from __future__ import annotations
 import orjson
 
 from models.outputs import AggregateText, ClosedWindow, OpenView
-from tables import _speedups
+from tables import _native
 from tables.aggregators import Summary
 
-seconds_text = _speedups.seconds_text
+seconds_text = _native.seconds_text
 """``seconds_text(t_us)``: epoch microseconds as epoch seconds in text, an integer when whole,
-else the shortest repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)::
-
-    whole, rest = divmod(t_us, 1_000_000)
-    return str(whole) if rest == 0 else repr(t_us / 1_000_000)
-
-In C (tables/_speedups.c): every window output writes two and every latest value one."""
+else the shortest repr of the nearest float (``1795315444250000`` -> ``1795315444.25``)."""
 
 
 def aggregate_text(window: ClosedWindow | OpenView) -> AggregateText:

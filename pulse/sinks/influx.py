@@ -21,7 +21,7 @@ from models.outputs import ClosedWindow
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
 from pulse.sinks._text import aggregate_text
-from tables import _speedups
+from tables import _native
 from tables.aggregators import Summary
 
 LINES_PER_REQUEST = 5_000
@@ -60,13 +60,8 @@ def line_protocol(window: ClosedWindow) -> str:
 
 
 def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
-    """The line of each closed window, in order::
-
-        [line_protocol(window) for window in closed]
-
-    In C (tables/_speedups.c) for the windows without tags; tests/pulse/sinks hold it to
-    that definition."""
-    return _speedups.line_protocol_lines(closed, line_protocol)
+    """The line of each closed window, in order: ``line_protocol(window)``."""
+    return _native.line_protocol_lines(closed, line_protocol)
 
 
 class InfluxSink(Sink):

@@ -12,7 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from models.outputs import ClosedWindow
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._text import aggregate_text, seconds_text, tags_json
-from tables import _speedups
+from tables import _native
 from tables.aggregators import Summary
 
 
@@ -37,13 +37,9 @@ def closed_window_json(window: ClosedWindow) -> bytes:
 
 
 def aggregate_records(closed: Sequence[ClosedWindow]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of the ``aggregates`` record of each closed window, in order::
-
-        [(window.device.encode(), closed_window_json(window)) for window in closed]
-
-    In C (tables/_speedups.c) for the windows without tags; tests/pulse/sinks hold it to
-    that definition."""
-    return _speedups.aggregate_records(closed, closed_window_json)
+    """(key, value) of the ``aggregates`` record of each closed window, in order:
+    ``(window.device.encode(), closed_window_json(window))``."""
+    return _native.aggregate_records(closed, closed_window_json)
 
 
 class KafkaSink(Sink):

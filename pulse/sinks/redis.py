@@ -28,7 +28,7 @@ from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._retry import retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
-from tables import _speedups
+from tables import _native
 
 COMMANDS_PER_ROUND_TRIP = 20_000
 
@@ -79,10 +79,9 @@ WINDOW_FIELDS = (*AGGREGATES, "start", "end")
 def window_hset(key: str, text: AggregateText, start_us: int, end_us: int) -> bytes:
     """``HSET key count .. p99 start end`` packed in RESP from the shared aggregate text.
 
-    Packed in C (tables/_speedups.c): this is the sink's hottest command (every open view and
-    every closed window), and hiredis' per-argument packing cost more than the rest of it.
+    Packed as hiredis.pack_command packs it (tables/_speedups_py.py: hset).
     """
-    return _speedups.hset(key, WINDOW_FIELDS, (*text, seconds_text(start_us), seconds_text(end_us)))
+    return _native.hset(key, WINDOW_FIELDS, (*text, seconds_text(start_us), seconds_text(end_us)))
 
 
 class RedisSink(Sink):
@@ -134,25 +133,14 @@ class RedisSink(Sink):
                 device: at for device, at in ttl_set.items() if now - at <= ttl / 2
             }
             self._prune_device_ttls_at = now + ttl / 2
-        # Per device (in C: every reading changes a latest value). A merged batch (a lane that
-        # fell behind) may hold several values of a (device, metric): the last is the newest.
-        #   for each device, in the order of its first value, with each metric in the order of
-        #   its first value and the newest value of each:
-        #     key = keys.device(device)
-        #     HSET key {metric} {value} {metric}:ts {seconds_text(t_us)} ...
-        #     EXPIRE key ttl if ttl_set has no time for the device, or one more than ttl / 2
-        #     ago; then ttl_set[device] = now
-        # tests/pulse/sinks/test_redis_sink.py holds it to that definition.
-        out = _speedups.latest_commands(batch.latest, keys.device_prefix, ttl_set, now, ttl)
+        # One HSET per device. A merged batch (a lane that fell behind) may hold several values
+        # of a (device, metric): the last is the newest.
+        out = _native.latest_commands(batch.latest, keys.device_prefix, ttl_set, now, ttl)
 
-        # Per open view (in C: a view per series per flush, the sink's most frequent case):
-        #   key = keys.open(window, device, metric)
-        #   no open window:  DEL key, and forget the key's TTL
-        #   otherwise:       window_hset(key, ...), then EXPIRE key ttl if no TTL was set
-        #                    for this window start, or more than ttl / 2 ago; remember when
-        # tests/pulse/sinks/test_redis_sink.py holds it to that definition.
+        # Per open view: DEL when no window is open any more, else its HSET, and EXPIRE when a
+        # new window starts at the key (or half a TTL after the last).
         open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
-        out += _speedups.open_view_commands(
+        out += _native.open_view_commands(
             open_views.values(),
             keys.open_prefix,
             self._open_ttl_set,
@@ -168,16 +156,9 @@ class RedisSink(Sink):
             out.append(window_hset(key, aggregate_text(view), view.start_us, view.end_us))
             out.append(pack("EXPIRE", key, ttl))
 
-        # Closed windows (in C: at the benchmark's density, 6 windows close per 10 readings).
-        # A merged batch may close several windows of a series: the one with the latest start
-        # is written. For each series, in the order it first comes:
-        #   key = keys.closed(window, device, metric)
-        #   window_hset(key, text, start, end); EXPIRE key ttl
-        #   and unless its mean is "null" (an overflowed sum): (mean, device) joins the members
-        #   of keys.top(window, metric)
-        # then per top key, in the order it first comes: ZADD key mean device ...; EXPIRE key ttl
-        # tests/pulse/sinks/test_redis_sink.py holds it to that definition.
-        out += _speedups.closed_window_commands(
+        # Closed windows: a merged batch may close several windows of a series, and the one
+        # with the latest start is written; each joins its top key unless its mean is null.
+        out += _native.closed_window_commands(
             batch.closed, keys.closed_prefix, keys.top_prefix, ttl, WINDOW_FIELDS
         )
         return out

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.reading import VALID_NAMES, Reading, Rejected, parse_reading
-from tables._speedups import parse_common
+from tables._native import parse_common
+from tests.helpers.json_texts import hand_written_json
 
 MAX_BYTES = 65_536
 RECORD_TS_MS = 1_795_315_000_123
@@ -397,13 +398,14 @@ def test_long_bad_names_are_clipped_in_the_detail() -> None:
     assert error.detail == f"'device' must match [A-Za-z0-9_.-]{{1,128}}, got {name[:80] + '...'!r}"
 
 
-# -- the common case in C ---------------------------------------------------------------------
+# -- the common case -----------------------------------------------------------------------------
 #
-# The worker's batch path parses the common record in C (tables/_speedups.c, parse_common)
-# and hands everything else to parse_reading, the definition. Both must agree on every record.
+# The worker's batch path parses the common record with parse_common (tables/_speedups_py.py,
+# in C unless PULSE_NO_EXTENSIONS says otherwise) and hands everything else to parse_reading,
+# the definition. Both must agree on every record.
 
 
-def parse_with_c(
+def parse_with_batch(
     key: bytes | None, value: bytes | None, record_ts_ms: int | None, max_bytes: int
 ) -> Reading:
     reading = parse_common(key, value, max_bytes, VALID_NAMES, orjson.loads, Reading)
@@ -457,12 +459,12 @@ def test_parse_reading_equals_its_definition(doc: dict[str, Any], key: bytes | N
     if key == b"" and isinstance(doc.get("device"), str):
         key = doc["device"].encode()  # the key of a common record
     value = orjson.dumps(doc)
-    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
+    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: the batch may take it
         parse(encode(device=name, metric=name), key=name.encode())
-    assert outcome(parse_with_c, key, value) == outcome(parse_reading, key, value)
+    assert outcome(parse_with_batch, key, value) == outcome(parse_reading, key, value)
 
 
-def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
+def test_the_common_record_is_parsed_by_the_batch_path_and_the_rest_is_not() -> None:
     parse(encode(ts=1795315444.3))  # device and metric now validated
     common = (b"dev-0042", encode(ts=1795315444.3), MAX_BYTES, VALID_NAMES, orjson.loads, Reading)
     assert parse_common(*common) == Reading("dev-0042", "temperature", 21.5, 1795315444300000, None)
@@ -481,62 +483,16 @@ def test_the_common_record_is_parsed_in_c_and_the_rest_is_not() -> None:
         assert parse_common(key, other, MAX_BYTES, VALID_NAMES, orjson.loads, Reading) is None
 
 
-# The C parse reads the shape Pulse's own producers write (no whitespace, the four members
-# once each, name strings, float numbers) without orjson and hands any other text to it;
-# these texts are written by hand, not by orjson.dumps, to hit the edges of that shape:
-# member order, repeats, extra members, whitespace, escapes and every number form.
-
-number_texts = st.one_of(
-    st.from_regex(r"\A-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?\Z"),
-    st.floats(allow_nan=False).map(repr),
-    st.floats(min_value=1e9, max_value=4e9).map(repr),  # event times in seconds
-    st.sampled_from(
-        ["1e400", "-1e400", "1e-400", "-0.0", "0.1e1", "00.5", "1.", ".5", "1e", "+1.0", "1E+2",
-         "Infinity", "NaN", "1.5x", "9007199254740993.0", "2.2250738585072011e-308",
-         "1795315444.2500000000000000001", "4000000000.0000005", "1." + "0" * 70 + "1"]
-    ),
-)  # fmt: skip
-name_texts = st.one_of(
-    st.sampled_from(['"dev-1"', '"temperature"', '"dev-2"', '"t"']),
-    st.sampled_from(['"dev\\u002d1"', '"dev-1 "', '""', '"dév"', "null", "7", '"a\\"b"']),
-)
-member_texts = st.one_of(
-    st.tuples(st.just("device"), name_texts),
-    st.tuples(st.just("metric"), name_texts),
-    st.tuples(st.just("value"), number_texts),
-    st.tuples(st.just("ts"), number_texts),
-    st.tuples(st.sampled_from(["tags", "other", "dev\\u0069ce"]), st.sampled_from(["{}", "1"])),
-)
-COMMON_MEMBERS = [("device", '"dev-1"'), ("metric", '"temperature"'), ("value", "21.5")]
+# The texts of the common record, written by hand (tests/helpers/json_texts.py) to hit the
+# edges of the shape the batch path reads without orjson.
 
 
 @settings(max_examples=3000, deadline=None)
-@given(
-    members=st.one_of(
-        # the four members in any order, with number texts of every form
-        st.tuples(number_texts, number_texts, st.randoms(use_true_random=False)).map(
-            lambda x: x[2].sample([*COMMON_MEMBERS[:2], ("value", x[0]), ("ts", x[1])], 4)
-        ),
-        st.lists(member_texts, max_size=6),
-    ),
-    separator=st.sampled_from([",", ",", ",", ", ", ",\n"]),
-    colon=st.sampled_from([":", ":", ":", ": "]),
-    around=st.sampled_from([("{", "}"), ("{", "}"), (" {", "}"), ("{", "} "), ("{", "}}")]),
-    key=st.sampled_from([b"dev-1", b"dev-2", b"t"]),
-)
-def test_parse_reading_equals_its_definition_on_hand_written_json(
-    members: list[tuple[str, str]],
-    separator: str,
-    colon: str,
-    around: tuple[str, str],
-    key: bytes,
-) -> None:
-    value = (
-        around[0] + separator.join(f'"{name}"{colon}{text}' for name, text in members) + around[1]
-    ).encode()
-    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: C may take it
+@given(value=hand_written_json(), key=st.sampled_from([b"dev-1", b"dev-2", b"t"]))
+def test_parse_reading_equals_its_definition_on_hand_written_json(value: bytes, key: bytes) -> None:
+    for name in ("dev-1", "dev-2", "temperature", "t"):  # validated before: the batch may take it
         parse(encode(device=name, metric=name), key=name.encode())
-    assert outcome(parse_with_c, key, value) == outcome(parse_reading, key, value)
+    assert outcome(parse_with_batch, key, value) == outcome(parse_reading, key, value)
 
 
 def test_members_in_any_order_and_exponents_are_the_common_record() -> None:
@@ -593,14 +549,14 @@ def test_any_record_is_a_reading_or_rejected_never_another_error(
     # The worker never dies of a bad message: whatever a record holds, the parse returns a
     # Reading or raises Rejected (a dead letter with its reason), nothing else.
     doc = {field: value for field, value in doc.items() if value is not _ABSENT}
-    parse(encode(device="dev-1", metric="t"), key=b"dev-1")  # names validated: C may take it
+    parse(encode(device="dev-1", metric="t"), key=b"dev-1")  # names validated: batch may take it
     try:
         value = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
         value = b"{}"
     for candidate in (value, raw):
         try:
-            result = parse_with_c(key, candidate, ts_ms, MAX_BYTES)
+            result = parse_with_batch(key, candidate, ts_ms, MAX_BYTES)
         except Rejected as rejected:
             assert rejected.reason in {"invalid_json", "invalid_reading", "too_large"}
         else:

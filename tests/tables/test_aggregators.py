@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tables._speedups import float_repr
+from tables._native import float_repr
 from tables.aggregators import Summary
 
 
@@ -162,7 +162,7 @@ def test_text_keeps_the_sign_of_zero_whatever_was_formatted_before() -> None:
 
 
 def test_remembered_texts_stay_exact_when_their_slots_are_reused() -> None:
-    # tables/_speedups.c remembers value texts in a fixed table of 2**17 slots, where a value
+    # The C summary_text remembers value texts in a fixed table of 2**17 slots, where a value
     # replaces the one in its slot: more distinct values than slots, then the first ones
     # again, must each still get their own repr.
     values = [1.0 + i / 7 for i in range(300_000)]
@@ -173,9 +173,8 @@ def test_remembered_texts_stay_exact_when_their_slots_are_reused() -> None:
 
 
 def test_float_text_is_repr() -> None:
-    # tables/_speedups.c writes 1e-3 <= |x| < 1e15 with its own shortest-repr search (and the
-    # rest with Python's): every text must be repr's, digit for digit. Checked once over
-    # 53 million values of these kinds; here a sample of each.
+    # The C float_repr writes 1e-3 <= |x| < 1e15 with its own shortest-repr search (and the
+    # rest with Python's): every text must be repr's, digit for digit.
     rng = random.Random(4)
     values = [0.0, -0.0, math.inf, -math.inf, 5e-324, 2.2250738585072014e-308, 1e300]
     for edge in (1e-3, 1e15, 0.1, 0.5, 1.0, 10.0, 2.0**49, 2.0**-10):

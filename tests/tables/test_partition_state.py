@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import Reading
 from pulse.sinks._text import aggregate_text
-from tables import _speedups
+from tables import _native
 from tables.aggregators import Summary
 from tables.partition_state import Drained, PartitionState
 from tables.windows import WindowSpec, parse_windows
@@ -753,10 +753,24 @@ def test_spread_closes_keep_the_order_of_window_ends() -> None:
     assert not state.closing
 
 
+UNTRACKED_IN_C = {
+    "apply_windows",
+    "update_latest",
+    "close_windows",
+    "open_views",
+    "delta_rows",
+    "latest_changes",
+}
+
+
+@pytest.mark.skipif(
+    not UNTRACKED_IN_C <= _native.IN_C, reason="the C functions that untrack are not in use"
+)
 def test_state_and_outputs_stay_off_the_cyclic_collector() -> None:
-    # tables/_speedups.c, UNTRACKED: window states, keys, latest values, views, closed
-    # windows, their texts and the changelog rows cannot be part of a cycle, so the collector
-    # never scans them (that took tens of milliseconds of the loop per collection).
+    # The C speedups (UNTRACKED in tables/_speedups.c): window states, keys, latest values,
+    # views, closed windows, their texts and the changelog rows cannot be part of a cycle, so
+    # the collector never scans them (that took tens of milliseconds of the loop per
+    # collection). The Python definitions leave that to the collector.
     state = PartitionState(parse_windows("10s,1m"), 0)
     assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
     assert state.apply(Reading("d", "m", 2.5, 2 * S, {"site": "x"}), 1)
@@ -783,56 +797,28 @@ def test_state_and_outputs_stay_off_the_cyclic_collector() -> None:
     assert sorted(row[2] for row in drained.delta.removed) == ["10s", "1m"]
     assert not any(gc.is_tracked(row) for row in drained.delta.removed)
     assert not any(gc.is_tracked(view) for view in drained.open_views)
+    assert first.latest and not any(gc.is_tracked(latest) for latest in first.latest)
+    assert not any(gc.is_tracked(row) for row in first.delta.latest)
 
 
 def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_not_a_crash() -> None:
-    # The C loops index the labels (and sizes) tuples with a key's spec index; a key that
-    # names no configured spec must raise, never read past the tuple.
+    # The loops index the labels (and sizes) tuples with a key's spec index; a key that
+    # names no configured spec must raise, never read past the tuple or wrap around.
     state = PartitionState(parse_windows("10s,1m"), 0)
     assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
     labels, sizes = ("10s", "1m"), (10 * S, 60 * S)
     for index in (2, -1):
         key, series = ("d", "m", index, 0), ("d", "m", index)
         with pytest.raises(IndexError, match="spec index is out of range"):
-            _speedups.delta_rows([key], None, labels)
+            _native.delta_rows([key], None, labels)
         with pytest.raises(IndexError, match="spec index is out of range"):
-            _speedups.open_views({series}, set(), {series: 0}, {}, labels, sizes, OpenView)
+            _native.open_views({series}, set(), {series: 0}, {}, labels, sizes, OpenView)
         windows = {key: state.windows[("d", "m", 0, 0)]}
         with pytest.raises(IndexError, match="spec index is out of range"):
-            _speedups.close_windows(
+            _native.close_windows(
                 [key], 10 * S, windows, [], set(), set(), {}, set(), {}, labels, ClosedWindow
             )
         assert list(windows) == [key]  # nothing was closed
-
-
-pairs = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["m", "n"]))
-values = st.tuples(st.integers(0, 10 * S), st.floats(allow_nan=False))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    changed=st.sets(pairs),
-    latest=st.dictionaries(pairs, values),
-    unsent=st.dictionaries(pairs, values),
-)
-def test_latest_changes_match_their_definition(
-    changed: set[tuple[str, str]],
-    latest: dict[tuple[str, str], tuple[int, float]],
-    unsent: dict[tuple[str, str], tuple[int, float]],
-) -> None:
-    # The definition in PartitionState.drain's comment.
-    outputs, rows, removed = [], [], []
-    for pair in changed:
-        value = latest.get(pair) or unsent.get(pair)
-        if value:
-            outputs.append(Latest(*pair, *value))
-            rows.append([*pair, *value])
-        if pair not in latest:
-            removed.append([*pair])
-    got = _speedups.latest_changes(changed, latest, unsent, Latest)
-    assert got == (outputs, rows, removed)
-    assert all(type(output) is Latest for output in got[0])
-    assert not any(gc.is_tracked(item) for part in got for item in part)
 
 
 def test_latest_of_a_key_forgotten_and_removed_in_one_flush_is_drained_once() -> None:

@@ -15,9 +15,9 @@ from pulse.local.stack import start_redis
 from pulse.sinks import redis as redis_sink
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
-from pulse.sinks._text import aggregate_text, seconds_text
+from pulse.sinks._text import seconds_text
 from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, window_hset
-from tables import _speedups
+from tables import _native
 from tables.aggregators import Summary
 
 Closed = ClosedWindow
@@ -64,25 +64,14 @@ def test_window_hset_packs_like_hiredis() -> None:
         )
 
 
-def open_view_commands_reference(sink: RedisSink, views: list[OpenView], now: float) -> list[bytes]:
-    """RedisSink's open-view commands as the sink documents them (the C is held to this)."""
-    out: list[bytes] = []
-    ttl_set, ttl = sink._open_ttl_set, sink.ttl
-    for view in views:
-        key = sink.keys.open(view.window, view.device, view.metric)
-        if view.state is None:
-            out.append(pack("DEL", key))
-            ttl_set.pop(key, None)
-        else:
-            out.append(window_hset(key, aggregate_text(view), view.start_us, view.end_us))
-            known = ttl_set.get(key)
-            if known is None or known[0] != view.start_us or now - known[1] > ttl / 2:
-                out.append(pack("EXPIRE", key, ttl))
-                ttl_set[key] = (view.start_us, now)
-    return out
+def hset_of(key: str, text: tuple[str, ...], start_us: int, end_us: int) -> bytes:
+    """A window's HSET as hiredis packs it."""
+    values = (*text, seconds_text(start_us), seconds_text(end_us))
+    fields = zip(WINDOW_FIELDS, values, strict=True)
+    return pack("HSET", key, *(item for pair in fields for item in pair))
 
 
-def test_open_view_commands_are_the_documented_ones() -> None:
+def test_open_view_commands() -> None:
     state = Summary.initialize(1_000_000, 21.5, None)
     Summary.add(state, 2_500_000, -3.25, {"room": "a b"})
     single = Summary.initialize(4_000_000, 7.0, None)
@@ -93,53 +82,55 @@ def test_open_view_commands_are_the_documented_ones() -> None:
         text = Summary.text(state) if drained else None
         return OpenView(device, "temperature", "10s", start, start + 10_000_000, state, text)
 
+    one, two = "pülse:open:10s:dev-1:temperature", "pülse:open:10s:dév-2:temperature"
+    text, single_text = Summary.text(state), Summary.text(single)
+    expire_one, expire_two = pack("EXPIRE", one, 60), pack("EXPIRE", two, 60)
     rounds = [
         # first writes: every key gets its TTL; a view not drained is formatted on the spot
-        (100.0, [view("dev-1", 0, state), view("dév-2", 1_500_000, single, drained=False)]),
+        (
+            100.0,
+            [view("dev-1", 0, state), view("dév-2", 1_500_000, single, drained=False)],
+            [hset_of(one, text, 0, 10 * S), expire_one],
+            [hset_of(two, single_text, 1_500_000, 11_500_000), expire_two],
+        ),
         # same windows soon after: no EXPIRE; a series without open window: DEL
-        (101.0, [view("dev-1", 0, single), view("dév-2", 0, None)]),
+        (
+            101.0,
+            [view("dev-1", 0, single), view("dév-2", 0, None)],
+            [hset_of(one, single_text, 0, 10 * S)],
+            [pack("DEL", two)],
+        ),
         # a new window at dev-1, and dév-2 again (its TTL was forgotten with the DEL)
-        (102.0, [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)]),
+        (
+            102.0,
+            [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)],
+            [hset_of(one, text, 10 * S, 20 * S), expire_one],
+            [hset_of(two, single_text, 1_500_000, 11_500_000), expire_two],
+        ),
         # more than half a TTL (60 s) later: EXPIRE again for the same window
-        (132.5, [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)]),
+        (
+            132.5,
+            [view("dev-1", 10_000_000, state), view("dév-2", 1_500_000, single)],
+            [hset_of(one, text, 10 * S, 20 * S), expire_one],
+            [hset_of(two, single_text, 1_500_000, 11_500_000), expire_two],
+        ),
     ]
-    fast = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    slow = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    expected_counts = [4, 2, 4, 4]
-    for (now, views), count in zip(rounds, expected_counts, strict=True):
-        made = _speedups.open_view_commands(
-            views, fast.keys.open_prefix, fast._open_ttl_set, now, 60, WINDOW_FIELDS
+    sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    for now, views, *expected in rounds:
+        made = _native.open_view_commands(
+            views, sink.keys.open_prefix, sink._open_ttl_set, now, 60, WINDOW_FIELDS
         )
-        assert made == open_view_commands_reference(slow, views, now)
-        assert len(made) == count
-        assert fast._open_ttl_set == slow._open_ttl_set
-    assert fast._open_ttl_set == {
-        "pülse:open:10s:dev-1:temperature": (10_000_000, 132.5),
-        "pülse:open:10s:dév-2:temperature": (1_500_000, 132.5),
-    }
+        assert made == [command for commands in expected for command in commands]
+    assert sink._open_ttl_set == {one: (10_000_000, 132.5), two: (1_500_000, 132.5)}
 
 
-def latest_commands_reference(sink: RedisSink, latest: list[Latest], now: float) -> list[bytes]:
-    """RedisSink's latest-value commands as the sink documents them (the C is held to this)."""
-    newest = {(entry.device, entry.metric): entry for entry in latest}
-    devices: dict[str, list[object]] = {}
-    for entry in newest.values():
-        devices.setdefault(entry.device, []).extend(
-            (entry.metric, entry.value, f"{entry.metric}:ts", seconds_text(entry.t_us))
-        )
-    out: list[bytes] = []
-    ttl_set, ttl = sink._device_ttl_set, sink.ttl
-    for device, fields in devices.items():
-        key = sink.keys.device(device)
-        out.append(pack("HSET", key, *fields))
-        at = ttl_set.get(device)
-        if at is None or now - at > ttl / 2:
-            out.append(pack("EXPIRE", key, ttl))
-            ttl_set[device] = now
-    return out
+def test_latest_commands() -> None:
+    def hset(device: str, *fields: object) -> bytes:
+        return pack("HSET", f"pülse:device:{device}", *fields)
 
+    def expire(device: str) -> bytes:
+        return pack("EXPIRE", f"pülse:device:{device}", 60)
 
-def test_latest_commands_are_the_documented_ones() -> None:
     rounds = [
         # first writes: one HSET per device with each metric's newest value, and its TTL; a
         # merged batch names dev-1's temperature twice (the later entry is the newer)
@@ -151,51 +142,51 @@ def test_latest_commands_are_the_documented_ones() -> None:
                 Latest("dev-1", "humidity", 2_000_000, 0.1 + 0.2),
                 Latest("dev-1", "temperature", 2_250_000, 1e-300),
             ],
+            [
+                hset(
+                    "dev-1",
+                    "temperature",
+                    "1e-300",
+                    "temperature:ts",
+                    "2.25",
+                    "humidity",
+                    "0.30000000000000004",
+                    "humidity:ts",
+                    "2",
+                ),
+                expire("dev-1"),
+                hset("dév-2", "humidity", "-0.0", "humidity:ts", "1.5"),
+                expire("dév-2"),
+            ],
         ),
         # soon after: no EXPIRE
-        (101.0, [Latest("dév-2", "humidity", 3_000_000, 40.0)]),
+        (
+            101.0,
+            [Latest("dév-2", "humidity", 3_000_000, 40.0)],
+            [hset("dév-2", "humidity", "40.0", "humidity:ts", "3")],
+        ),
         # more than half a TTL (60 s) later: EXPIRE again; a new device gets its first
-        (132.5, [Latest("dév-2", "humidity", 4_000_000, 41.25), Latest("d3", "m", 0, 1.0)]),
+        (
+            132.5,
+            [Latest("dév-2", "humidity", 4_000_000, 41.25), Latest("d3", "m", 0, 1.0)],
+            [
+                hset("dév-2", "humidity", "41.25", "humidity:ts", "4"),
+                expire("dév-2"),
+                hset("d3", "m", "1.0", "m:ts", "0"),
+                expire("d3"),
+            ],
+        ),
     ]
-    fast = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    slow = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    expected_counts = [4, 1, 4]
-    for (now, latest), count in zip(rounds, expected_counts, strict=True):
-        made = _speedups.latest_commands(
-            latest, fast.keys.device_prefix, fast._device_ttl_set, now, 60
+    sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    for now, latest, expected in rounds:
+        made = _native.latest_commands(
+            latest, sink.keys.device_prefix, sink._device_ttl_set, now, 60
         )
-        assert made == latest_commands_reference(slow, latest, now)
-        assert len(made) == count
-        assert fast._device_ttl_set == slow._device_ttl_set
-    assert fast._device_ttl_set == {"dev-1": 100.0, "dév-2": 132.5, "d3": 132.5}
-    assert made[0] == pack("HSET", "pülse:device:dév-2", "humidity", "41.25", "humidity:ts", "4")
+        assert made == expected
+    assert sink._device_ttl_set == {"dev-1": 100.0, "dév-2": 132.5, "d3": 132.5}
 
 
-def closed_window_commands_reference(sink: RedisSink, closed: list[ClosedWindow]) -> list[bytes]:
-    """RedisSink's closed-window commands as the sink documents them (the C is held to this)."""
-    newest: dict[tuple[str, str, str], ClosedWindow] = {}
-    for window in closed:
-        series = (window.window, window.device, window.metric)
-        seen = newest.get(series)
-        if seen is None or seen.start_us < window.start_us:
-            newest[series] = window
-    out: list[bytes] = []
-    tops: dict[tuple[str, str], list[str]] = {}
-    for (label, device, metric), window in newest.items():
-        key = sink.keys.closed(label, device, metric)
-        text = aggregate_text(window)
-        out.append(window_hset(key, text, window.start_us, window.end_us))
-        out.append(pack("EXPIRE", key, sink.ttl))
-        if text[4] != "null":
-            tops.setdefault((label, metric), []).extend((text[4], device))
-    for (label, metric), members in tops.items():
-        key = sink.keys.top(label, metric)
-        out.append(pack("ZADD", key, *members))
-        out.append(pack("EXPIRE", key, sink.ttl))
-    return out
-
-
-def test_closed_window_commands_are_the_documented_ones() -> None:
+def test_closed_window_commands() -> None:
     def closed(
         device: str, metric: str, label: str, start: int, values: list[float]
     ) -> ClosedWindow:
@@ -209,24 +200,36 @@ def test_closed_window_commands_are_the_documented_ones() -> None:
     overflowed = closed("dev-3", "temperature", "10s", 0, [1e300, 1e300])
     overflowed.state[1] = math.inf  # its sum overflowed: mean "null", no top member
     overflowed = overflowed._replace(text=Summary.text(overflowed.state))
+    kept = closed("dev-1", "temperature", "10s", 10 * S, [23.0])
+    other = closed("dév-2", "temperature", "10s", 0, [0.1, 0.2])
+    humidity = closed("dev-1", "humidity", "1m", 0, [40.0])._replace(text=None)  # made here
     batch = [
         closed("dev-1", "temperature", "10s", 0, [21.5, 22.25]),
-        closed("dév-2", "temperature", "10s", 0, [0.1, 0.2]),
-        closed("dev-1", "temperature", "10s", 10 * S, [23.0]),  # newer: replaces the first
+        other,
+        kept,  # newer: replaces the first, in the first's place
         closed("dev-1", "temperature", "10s", 5 * S, [99.0]),  # older than the one kept
-        closed("dev-1", "humidity", "1m", 0, [40.0])._replace(text=None),  # formatted here
+        humidity,
         overflowed,
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    made = _speedups.closed_window_commands(
+    made = _native.closed_window_commands(
         batch, sink.keys.closed_prefix, sink.keys.top_prefix, 60, WINDOW_FIELDS
     )
-    assert made == closed_window_commands_reference(sink, batch)
-    assert len(made) == 4 * 2 + 2 * 2  # four series; two top keys
-    assert made[-4] == pack(
-        "ZADD", "pülse:top:10s:temperature", "23.0", "dev-1", repr((0.1 + 0.2) / 2), "dév-2"
-    )
-    assert made[-2] == pack("ZADD", "pülse:top:1m:humidity", "40.0", "dev-1")
+    expected = []
+    for window in (kept, other, humidity, overflowed):
+        key = f"pülse:closed:{window.window}:{window.device}:{window.metric}"
+        expected += [
+            hset_of(key, Summary.text(window.state), window.start_us, window.end_us),
+            pack("EXPIRE", key, 60),
+        ]
+    mean = repr((0.1 + 0.2) / 2)
+    expected += [
+        pack("ZADD", "pülse:top:10s:temperature", "23.0", "dev-1", mean, "dév-2"),
+        pack("EXPIRE", "pülse:top:10s:temperature", 60),
+        pack("ZADD", "pülse:top:1m:humidity", "40.0", "dev-1"),
+        pack("EXPIRE", "pülse:top:1m:humidity", 60),
+    ]
+    assert made == expected
 
 
 def test_an_error_reply_is_raised_after_all_replies_are_read(

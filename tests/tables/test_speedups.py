@@ -1,0 +1,466 @@
+"""The C extension (tables/_speedups.c) equals its Python definitions (tables/_speedups_py.py).
+
+Each test calls both sides on two deep copies of the same generated arguments and compares,
+by ``repr`` (so that -0.0, the types of numbers and containers, and the order of lists, dicts
+and sets count): what each returned or which exception type it raised, and every argument
+afterwards (the functions update the containers they are given). The pipeline test does
+that for every call the worker's steps make, on generated fetches of records.
+
+Skipped when the extension is not in use (``PULSE_NO_EXTENSIONS=1``, or not built).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Iterator, KeysView, ValuesView
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.ingest import process_records
+from models.outputs import ClosedWindow, Latest, OpenView
+from models.reading import VALID_NAMES, Reading
+from pulse.sinks import kafka, redis
+from pulse.sinks._base import FlushBatch
+from pulse.sinks.influx import line_protocol, line_protocol_lines
+from pulse.sinks.kafka import closed_window_json
+from pulse.sinks.redis import WINDOW_FIELDS, RedisSink
+from tables import _native, aggregators, partition_state
+from tables import _speedups_py as py
+from tables.aggregators import QuantileSketch, Summary
+from tables.partition_state import PartitionState
+from tables.windows import parse_windows
+from tests.helpers.json_texts import hand_written_json
+from tests.helpers.records import records_
+
+pytestmark = pytest.mark.skipif(
+    not _native.IN_C, reason="the C extension is not in use (PULSE_NO_EXTENSIONS, or not built)"
+)
+c: Any = importlib.import_module("tables._speedups") if _native.IN_C else None
+
+S = 1_000_000
+DICT_VIEWS = (KeysView, ValuesView)
+
+
+def outcome(function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, ...]:
+    try:
+        return ("returned", function(*args))
+    except Exception as exc:
+        return ("raised", type(exc))
+
+
+def same(name: str, *args: Any) -> tuple[Any, ...]:
+    """Calls C's and Python's ``name`` on two deep copies of ``args``; asserts that they
+    return (or raise) the same and leave the arguments the same. Returns C's outcome.
+    Views of a dict's keys or values (iterated only) are compared as lists."""
+    args = tuple(list(arg) if isinstance(arg, DICT_VIEWS) else arg for arg in args)
+    c_args, py_args = copy.deepcopy(args), copy.deepcopy(args)
+    c_outcome = outcome(getattr(c, name), c_args)
+    py_outcome = outcome(getattr(py, name), py_args)
+    assert repr(c_outcome) == repr(py_outcome), name
+    assert repr(c_args) == repr(py_args), name
+    return c_outcome
+
+
+def test_the_extension_and_the_definitions_have_the_same_functions_and_signatures() -> None:
+    in_c = {name for name in vars(c) if not name.startswith("_")}
+    in_python = {
+        name
+        for name, value in vars(py).items()
+        if inspect.isfunction(value) and value.__module__ == py.__name__ and name[0] != "_"
+    }
+    assert in_c == in_python
+    assert in_c == {*_native.FUNCTIONS, "configure"}
+    for name in in_c:
+        c_parameters = inspect.signature(getattr(c, name)).parameters.values()
+        py_parameters = inspect.signature(getattr(py, name)).parameters.values()
+        assert [(p.name, p.kind) for p in c_parameters] == [
+            (p.name, p.kind) for p in py_parameters
+        ], name
+
+
+# -- generated values -----------------------------------------------------------------------------
+
+EDGES = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e-9, -1e-9, 1.0000001e-9]
+EDGES += [1e-3, 0.1, 0.5, 1.0, 1e15, 2.0**53, 1e300, -1e300, 1.7976931348623157e308]
+finite = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(EDGES),
+    st.floats(min_value=1e290, max_value=1e300),  # sums of a few overflow
+    st.floats(min_value=-1e300, max_value=-1e290),
+    st.floats(-1e-300, 1e-300),  # subnormals and the zero bucket
+    st.floats(-100, 100).map(lambda x: round(x, 2)),  # readings as sensors write them
+)
+reading_values = finite.filter(lambda x: abs(x) <= 1e300)
+tags: st.SearchStrategy[dict[str, str] | None] = st.one_of(
+    st.none(), st.just({}), st.dictionaries(st.sampled_from(["site", "z"]), st.text())
+)
+times = st.integers(-(2**62), 2**62) | st.integers(0, 100 * S)
+names = st.text(max_size=8) | st.sampled_from(["dev-1", "t", "dév", "m" * 130])
+
+
+# -- the sketch and the summary -------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=finite)
+def test_sketch_key(value: float) -> None:
+    same("sketch_key", value)
+    same("sketch_key", int(value) if abs(value) < 1e18 else value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=finite, full=st.booleans())
+def test_sketch_add_counts_and_collapses_beyond_the_buckets(value: float, full: bool) -> None:
+    # A full sketch (MAX_BUCKETS buckets) merges its two lowest buckets for a new one.
+    sketch = {k: k % 3 + 1 for k in range(QuantileSketch.MAX_BUCKETS)} if full else {}
+    assert same("sketch_add", sketch, value)[0] == "returned"
+    same("sketch_add", [], value)  # not a dict: TypeError on both sides
+
+
+readings = st.lists(st.tuples(st.integers(0, 20), reading_values, tags), min_size=1, max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(readings=readings)
+def test_summaries_and_their_text(readings: list[tuple[int, float, Any]]) -> None:
+    t, value, tags_ = readings[0]
+    state = same("summary_initialize", t, value, tags_)[1]
+    for t, value, tags_ in readings[1:]:
+        same("summary_add", state, t, value, tags_)
+        c.summary_add(state, t, value, tags_)
+    assert same("summary_text", state)[1] == tuple(repr(v) for v in Summary.values(state))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    count=st.integers(-1, 10**6),
+    total=finite | st.sampled_from([math.inf, -math.inf]),
+    values=st.lists(finite, min_size=5, max_size=5),
+    sketch=st.dictionaries(
+        st.integers(-100, 100)  # positive values' buckets
+        | st.integers(0, 100).map(lambda k: (1 << 20) + k)  # negative values'
+        | st.just(1 << 21),  # zero's
+        st.integers(1, 9),
+    ),
+)
+def test_summary_text_of_any_state(
+    count: int, total: float, values: list[float], sketch: dict[int, int]
+) -> None:
+    # States as the changelog could hold them: an overflowed sum, an empty sketch, a count
+    # that disagrees with the sketch, zero and negative buckets (keys past NEGATIVE).
+    low, high, first, last, extra = values
+    sketch = {**sketch, **({QuantileSketch.key(extra): 2} if extra else {})}
+    state = [count, total, low, high, 1, first, 2, last, None, sketch]
+    same("summary_text", state)
+    same("summary_text", state[:9])  # too short: TypeError
+
+
+@settings(max_examples=500, deadline=None)
+@given(x=finite | st.sampled_from([math.inf, -math.inf, math.nan]))
+def test_float_repr(x: float) -> None:
+    assert same("float_repr", x) == ("returned", repr(x))
+
+
+@settings(max_examples=500, deadline=None)
+@given(t=times | st.integers() | st.sampled_from([2**53 + 1, -(2**53) - 1, 10**30 + 1]))
+def test_seconds_text(t: int) -> None:
+    whole, rest = divmod(t, S)
+    assert same("seconds_text", t) == ("returned", str(whole) if rest == 0 else repr(t / S))
+
+
+# -- window state ---------------------------------------------------------------------------------
+
+specs = st.lists(
+    st.tuples(st.integers(1, 40), st.integers(1, 40)).map(lambda x: (max(x), min(x))),
+    min_size=1,
+    max_size=3,
+).map(lambda sizes: tuple((i, size * S, step * S) for i, (size, step) in enumerate(sizes)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    specs=specs,
+    readings=st.lists(st.tuples(st.integers(-50, 200), reading_values, tags), max_size=20),
+    watermark=st.integers(-100, 100).map(lambda w: w * S) | st.just(-(2**63)),
+)
+def test_apply_windows(
+    specs: tuple[tuple[int, int, int], ...],
+    readings: list[tuple[int, float, Any]],
+    watermark: int,
+) -> None:
+    windows: dict[Any, list[Any]] = {}
+    changed: set[Any] = set()
+    for t_s, value, tags_ in readings:
+        args = (windows, changed, specs, "d", "m", value, t_s * S, tags_, watermark)
+        same("apply_windows", *args)
+        c.apply_windows(*args)
+    same("apply_windows", {}, set(), ((0, 0, 1),), "d", "m", 1.0, 0, None, 0)  # ValueError
+    many = tuple((i, S, S) for i in range(65))
+    same("apply_windows", {}, set(), many, "d", "m", 1.0, 0, None, 0)  # TypeError
+
+
+def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_on_both_sides() -> None:
+    # The loops index the labels (and sizes) tuples with a key's spec index; a key that names
+    # no configured spec must raise IndexError, never read past the tuple or wrap around.
+    state = Summary.initialize(1 * S, 1.5, None)
+    labels, sizes = ("10s", "1m"), (10 * S, 60 * S)
+    for index in (2, -1):
+        key, series = ("d", "m", index, 0), ("d", "m", index)
+        windows = {key: state}
+        for name, args in (
+            ("delta_rows", ([key], None, labels)),
+            ("open_views", ({series}, set(), {series: 0}, windows, labels, sizes, OpenView)),
+            (
+                "close_windows",
+                ([key], 10 * S, windows, [], set(), set(), {}, set(), {}, labels, ClosedWindow),
+            ),
+        ):
+            assert same(name, *args) == ("raised", IndexError)
+            with pytest.raises(IndexError, match="spec index is out of range"):
+                getattr(c, name)(*args)
+            with pytest.raises(IndexError, match="spec index is out of range"):
+                getattr(py, name)(*args)
+
+
+pairs = st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["m", "n"]))
+latest_values = st.tuples(st.integers(0, 10 * S), reading_values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changed=st.sets(pairs),
+    latest=st.dictionaries(pairs, latest_values),
+    unsent=st.dictionaries(pairs, latest_values),
+    updates=st.lists(st.tuples(pairs, latest_values), max_size=10),
+)
+def test_latest_values(
+    changed: set[tuple[str, str]],
+    latest: dict[tuple[str, str], tuple[int, float]],
+    unsent: dict[tuple[str, str], tuple[int, float]],
+    updates: list[tuple[tuple[str, str], tuple[int, float]]],
+) -> None:
+    for (device, metric), (t, value) in updates:
+        same("update_latest", latest, changed, device, metric, t, value)
+        c.update_latest(latest, changed, device, metric, t, value)
+    same("latest_changes", changed, latest, unsent, Latest)
+
+
+def wrapped(name: str) -> Callable[..., Any]:
+    """``name`` in use, checked against the other side at every call (see :func:`same`)."""
+    in_use = getattr(_native, name)
+
+    def call(*args: Any) -> Any:
+        same(name, *args)
+        return in_use(*args)
+
+    return call
+
+
+@pytest.fixture
+def every_call_compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every call of the window state's and the sinks' functions compared on both sides."""
+    for name in ("apply_common", "apply_windows", "close_windows", "delta_rows"):
+        monkeypatch.setattr(partition_state, name, wrapped(name))
+    for name in ("latest_changes", "open_views", "update_latest"):
+        monkeypatch.setattr(partition_state, name, wrapped(name))
+    for name in ("latest_commands", "open_view_commands", "closed_window_commands", "hset"):
+        monkeypatch.setattr(_native, name, wrapped(name))
+    for name in ("aggregate_records", "line_protocol_lines"):
+        monkeypatch.setattr(_native, name, wrapped(name))
+    monkeypatch.setattr(Summary, "initialize", staticmethod(wrapped("summary_initialize")))
+    monkeypatch.setattr(Summary, "add", staticmethod(wrapped("summary_add")))
+    monkeypatch.setattr(Summary, "text", staticmethod(wrapped("summary_text")))
+    monkeypatch.setattr(QuantileSketch, "key", staticmethod(wrapped("sketch_key")))
+    monkeypatch.setattr(QuantileSketch, "add", staticmethod(wrapped("sketch_add")))
+    assert aggregators.Summary is Summary
+    yield
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    windows=st.sampled_from(["10s", "10s,1m", "30s/10s", "10s,20s/5s", "10s,sliding:30s"]),
+    grace_s=st.sampled_from([0, 2, 5]),
+    records=records_(),
+    chunk=st.integers(1, 25),
+    drains=st.lists(st.sampled_from(["drain", "snapshot", "spread", "idle"]), min_size=3),
+)
+def test_the_worker_steps_call_both_sides_alike(
+    every_call_compared: None,
+    windows: str,
+    grace_s: int,
+    records: list[ConsumerRecord],
+    chunk: int,
+    drains: list[str],
+) -> None:
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows(windows), grace_s * S)
+    sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
+    flushes = iter(drains * (len(records) // chunk + 2))
+    for begin in range(0, len(records) + 1, chunk):
+        process_records(state, records[begin : begin + chunk], 4096, lambda *_: None)
+        how = next(flushes)
+        if how == "idle":
+            state.advance_idle(state.watermark + 20 * S)
+        drained = state.drain(snapshot=how == "snapshot", spread_us=4 * S if how == "spread" else 0)
+        batch = FlushBatch.of([drained], [])
+        sink._commands(batch)
+        kafka.aggregate_records(batch.closed)
+        redis.window_hset("k", ("1",) * 10, 0, S)
+        line_protocol_lines(batch.closed)
+
+
+# -- the sinks' outputs ---------------------------------------------------------------------------
+
+
+def closed_window(
+    device: str, metric: str, label: str, start: int, values: list[float], tags_: Any, text: bool
+) -> ClosedWindow:
+    state = Summary.initialize(start, values[0], tags_)
+    for value in values[1:]:
+        Summary.add(state, start + 1, value, tags_)
+    return ClosedWindow(
+        device, metric, label, start, start + 10 * S, state, Summary.text(state) if text else None
+    )
+
+
+windows_ = st.builds(
+    closed_window,
+    st.sampled_from(["dev-1", "dév-2", "d" * 128]),
+    st.sampled_from(["temperature", "m"]),
+    st.sampled_from(["10s", "1m", "5m/1m"]),
+    st.integers(-20, 20).map(lambda k: k * 5 * S) | times,
+    st.lists(reading_values, min_size=1, max_size=4),
+    tags,
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(closed=st.lists(windows_, max_size=8), overflow=st.booleans())
+def test_closed_window_outputs(closed: list[ClosedWindow], overflow: bool) -> None:
+    if overflow and closed:  # a sum beyond the floats: null sum and mean, no top member
+        closed[0].state[1] = math.inf
+        closed[0] = closed[0]._replace(text=Summary.text(closed[0].state))
+    same("aggregate_records", closed, closed_window_json)
+    same("line_protocol_lines", closed, line_protocol)
+    same("closed_window_commands", closed, "pülse:closed:", "pülse:top:", 60, WINDOW_FIELDS)
+    same("closed_window_commands", closed, "p", "p", 60, WINDOW_FIELDS[:11])  # TypeError
+    same("aggregate_records", [("d", "m")], closed_window_json)  # TypeError
+
+
+def open_view(window: ClosedWindow, closed: bool) -> OpenView:
+    if closed:
+        return OpenView(window.device, window.metric, window.window, 0, 0, None)
+    return OpenView(*window)
+
+
+ttl_sets = st.dictionaries(
+    st.sampled_from(["p:10s:dev-1:m", "p:1m:dév-2:temperature", "p:10s:dev-1:temperature"]),
+    st.tuples(st.integers(-20, 20).map(lambda k: k * 5 * S), st.floats(0, 200)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    views=st.lists(st.tuples(windows_, st.booleans()).map(lambda x: open_view(*x)), max_size=8),
+    ttl_set=ttl_sets,
+    now=st.floats(0, 300),
+    ttl=st.integers(1, 200),
+)
+def test_open_view_commands(
+    views: list[OpenView], ttl_set: dict[str, tuple[int, float]], now: float, ttl: int
+) -> None:
+    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS)
+    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS[:10])  # ValueError
+    long = [open_view(w, False) for w in closed_window_list("x" * 1000)]
+    same("open_view_commands", long, "p" * 30, {}, now, ttl, WINDOW_FIELDS)  # ValueError
+
+
+def closed_window_list(device: str) -> list[ClosedWindow]:
+    return [closed_window(device, "m", "10s", 0, [1.0], None, True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    latest=st.lists(
+        st.builds(
+            Latest,
+            st.sampled_from(["dev-1", "dév-2", "d3"]),
+            st.sampled_from(["temperature", "humidity", "m" * 128]),
+            times,
+            reading_values,
+        ),
+        max_size=10,
+    ),
+    ttl_set=st.dictionaries(st.sampled_from(["dev-1", "d3"]), st.floats(0, 200)),
+    now=st.floats(0, 300),
+    ttl=st.integers(1, 200),
+)
+def test_latest_commands(
+    latest: list[Latest], ttl_set: dict[str, float], now: float, ttl: int
+) -> None:
+    same("latest_commands", latest, "pülse:device:", ttl_set, now, ttl)
+    same("latest_commands", [Latest("d", "m" * 129, 0, 1.0)], "p:", {}, now, ttl)  # ValueError
+    same("latest_commands", [Latest("d" * 1100, "m", 0, 1.0)], "p:", {}, now, ttl)  # ValueError
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.text(max_size=20),
+    pairs_=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=10)), max_size=70),
+)
+def test_hset(key: str, pairs_: list[tuple[str, str]]) -> None:
+    names_ = tuple(name for name, _ in pairs_)
+    values = tuple(value for _, value in pairs_)
+    same("hset", key, names_, values)  # more than 64 fields: ValueError
+    same("hset", key, names_, (*values, "x"))  # ValueError
+    same("hset", key, names_, tuple(1 for _ in values))  # TypeError unless empty
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+DOCUMENT = {"device": "dev-1", "metric": "t", "value": 1.5, "ts": 1795315444.25}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    value=st.one_of(
+        hand_written_json(),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "device": names,
+                "metric": names,
+                "value": finite | st.integers(-(2**63), 2**63 - 1) | st.none(),
+                "ts": finite | st.integers(0, 2**63 - 1) | st.sampled_from([0.5e-6, 1.5e-6, 4e9]),
+                "tags": tags,
+            },
+        ).map(lambda doc: orjson.dumps({**DOCUMENT, **doc})),
+        st.binary(max_size=30),
+    ),
+    key=st.sampled_from([b"dev-1", b"dev-2", b"t", b"", None]),
+    max_bytes=st.sampled_from([4096, 30]),
+)
+def test_parse_common(value: bytes, key: bytes | None, max_bytes: int) -> None:
+    VALID_NAMES.update({"dev-1": "dev-1", "dev-2": "dev-2", "t": "t", "temperature": "temperature"})
+    same("parse_common", key, value, max_bytes, VALID_NAMES, orjson.loads, Reading)
+
+
+def test_the_common_reading_is_parsed_alike() -> None:
+    VALID_NAMES.update({"dev-1": "dev-1", "t": "t"})
+    value = orjson.dumps(DOCUMENT)
+    expected = Reading("dev-1", "t", 1.5, 1795315444250000, None)
+    assert same("parse_common", b"dev-1", value, 4096, VALID_NAMES, orjson.loads, Reading) == (
+        "returned",
+        expected,
+    )
