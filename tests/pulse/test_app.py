@@ -42,4 +42,3 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     # Each app gets agents of its own.
     another = create_app(Settings.from_env({}))
     assert another.pulse_processor is not processor  # type: ignore[attr-defined]
-
