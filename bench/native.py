@@ -31,16 +31,13 @@ from tables._native import FUNCTIONS
 GROUPS = {
     "the per-reading path": (
         "apply_common",
-        "parse_common",
         "apply_windows",
         "update_latest",
         "summary_initialize",
         "summary_add",
-        "sketch_key",
-        "sketch_add",
     ),
-    "the drain": ("close_windows", "open_views", "delta_rows", "latest_changes"),
-    "the aggregates' text": ("summary_text", "float_repr", "seconds_text"),
+    "the drain": ("close_windows", "open_views", "delta_rows"),
+    "the aggregates' text": ("summary_text", "seconds_text"),
     "the Redis commands": (
         "hset",
         "open_view_commands",

@@ -18,6 +18,11 @@ the process's environment):
 Any other value raises ValueError naming the variable. When the extension is not built (a
 package installed without a C compiler: its build is optional), Pulse warns once and runs
 on the Python definitions.
+
+:data:`PYTHON_ONLY` are the Python definitions of steps that the C functions also take
+internally, with no C entry point from Python: called from Python they saved less than 5 %
+of the worker's CPU (bench/README.md, "What each C speedup saves"), so only their Python
+definitions are callable.
 """
 
 from __future__ import annotations
@@ -36,9 +41,7 @@ from tables._speedups_py import (
     close_windows,
     closed_window_commands,
     delta_rows,
-    float_repr,
     hset,
-    latest_changes,
     latest_commands,
     line_protocol_lines,
     open_view_commands,
@@ -56,6 +59,7 @@ from tables._speedups_py import (
 __all__ = [
     "FUNCTIONS",
     "IN_C",
+    "PYTHON_ONLY",
     "aggregate_records",
     "apply_common",
     "apply_windows",
@@ -63,9 +67,7 @@ __all__ = [
     "closed_window_commands",
     "configure",
     "delta_rows",
-    "float_repr",
     "hset",
-    "latest_changes",
     "latest_commands",
     "line_protocol_lines",
     "open_view_commands",
@@ -83,30 +85,29 @@ __all__ = [
 VARIABLE = "PULSE_NO_EXTENSIONS"
 
 FUNCTIONS = (
-    "sketch_key",
-    "sketch_add",
     "summary_initialize",
     "summary_add",
     "apply_windows",
     "summary_text",
-    "float_repr",
     "seconds_text",
     "hset",
     "open_view_commands",
     "latest_commands",
     "closed_window_commands",
-    "parse_common",
     "aggregate_records",
     "line_protocol_lines",
     "close_windows",
     "open_views",
     "delta_rows",
     "update_latest",
-    "latest_changes",
     "apply_common",
 )
 """The functions the switch chooses (the extension's ``configure`` is not one: it configures
 whichever side is in use)."""
+
+PYTHON_ONLY = ("sketch_key", "sketch_add", "parse_common")
+"""Steps the C functions take internally, callable from Python only as their Python
+definitions (see the module's docstring)."""
 
 
 def left_out(text: str) -> frozenset[str]:

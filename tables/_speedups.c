@@ -144,25 +144,6 @@ static int sketch_count(const ModuleState *st, PyObject *sketch, double value) {
     return 0;
 }
 
-static PyObject *sketch_key(PyObject *module, PyObject *value) {
-    NEED_CONFIGURED(st);
-    double v = PyFloat_AsDouble(value);
-    if (v == -1.0 && PyErr_Occurred()) return NULL;
-    return PyLong_FromLongLong(bucket_of(st, v));
-}
-
-static PyObject *sketch_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    NEED_CONFIGURED(st);
-    if (nargs != 2 || !PyDict_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "sketch_add(sketch: dict, value: float)");
-        return NULL;
-    }
-    double v = PyFloat_AsDouble(args[1]);
-    if (v == -1.0 && PyErr_Occurred()) return NULL;
-    if (sketch_count(st, args[0], v) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
 /* Summary.initialize: the state of a window holding one reading. */
 static PyObject *new_state(const ModuleState *st, PyObject *t, PyObject *value, PyObject *tags) {
     double v = PyFloat_AsDouble(value);
@@ -535,12 +516,6 @@ static PyObject *float_text(double x) {
     PyObject *out = PyUnicode_FromString(text);
     PyMem_Free(text);
     return out;
-}
-
-static PyObject *float_repr(PyObject *module, PyObject *value) {
-    double x = PyFloat_AsDouble(value);
-    if (x == -1.0 && PyErr_Occurred()) return NULL;
-    return float_text(x);
 }
 
 /* Epoch microseconds as epoch seconds in text, an integer when whole, else repr of the
@@ -1106,7 +1081,7 @@ static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
     return 1;
 }
 
-/* parse_common's test: 1 with new references in *device, *metric and *number and the event
+/* The common reading (parse_common in tables/_speedups_py.py): 1 with new references in *device, *metric and *number and the event
  * time in *t_us if the record is the common reading, 0 if it is not, -1 with an exception. */
 static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
                           Py_ssize_t max_bytes, PyObject *valid_names, PyObject *loads,
@@ -1163,42 +1138,6 @@ static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
 done:
     Py_DECREF(doc);
     return common;
-}
-
-static PyObject *parse_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    ModuleState *st = state_of(module);
-    if (nargs != 6 || !PyDict_Check(args[3]) || !PyType_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "parse_common(key, value, max_bytes: int, valid_names: dict, loads, "
-                        "reading_type)");
-        return NULL;
-    }
-    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[2]);
-    if (max_bytes == -1 && PyErr_Occurred()) return NULL;
-    PyObject *items[5];
-    long long t_us;
-    int common = common_reading(st, args[0], args[1], max_bytes, args[3], args[4], &items[0],
-                                &items[1], &items[2], &t_us);
-    if (common < 0) return NULL;
-    if (common == 0) Py_RETURN_NONE;
-    items[3] = PyLong_FromLongLong(t_us);
-    items[4] = Py_NewRef(Py_None);
-    if (items[3] == NULL) {
-        Py_DECREF(items[0]);
-        Py_DECREF(items[1]);
-        Py_DECREF(items[2]);
-        Py_DECREF(items[4]);
-        return NULL;
-    }
-    PyTypeObject *reading_type = (PyTypeObject *)args[5];
-    PyObject *out = reading_type->tp_alloc(reading_type, 5);
-    for (int i = 0; i < 5; i++) {
-        if (out == NULL)
-            Py_DECREF(items[i]);
-        else
-            PyTuple_SET_ITEM(out, i, items[i]);
-    }
-    return out;
 }
 
 /* [each(item, context) for item in iterable]: each returns a new reference, or NULL with an
@@ -2201,88 +2140,11 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
     return PyLong_FromSsize_t(i);
 }
 
-/* PartitionState.drain's latest values (latest_changes in tables/_speedups_py.py). Returns
- * (outputs, rows, removed). */
-static PyObject *latest_changes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyAnySet_Check(args[0]) || !PyDict_Check(args[1]) ||
-        !PyDict_Check(args[2]) || !PyType_Check(args[3]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "latest_changes(changed: set, latest: dict, unsent: dict, "
-                        "latest_type: a tuple subclass)");
-        return NULL;
-    }
-    PyObject *latest = args[1], *unsent = args[2];
-    PyTypeObject *latest_type = (PyTypeObject *)args[3];
-    PyObject *outputs = PyList_New(0), *rows = PyList_New(0), *removed = PyList_New(0);
-    PyObject *iterator = outputs && rows && removed ? PyObject_GetIter(args[0]) : NULL;
-    if (iterator == NULL) goto fail;
-    PyObject *pair;
-    while ((pair = PyIter_Next(iterator)) != NULL) {
-        int failed = 1;
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a (device, metric) pair");
-            goto next;
-        }
-        PyObject *value = PyDict_GetItemWithError(latest, pair);
-        int gone = value == NULL;
-        if (gone && !PyErr_Occurred()) value = PyDict_GetItemWithError(unsent, pair);
-        if (PyErr_Occurred()) goto next;
-        if (value != NULL) {
-            if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 2) {
-                PyErr_SetString(PyExc_TypeError, "a latest value (t_us, value)");
-                goto next;
-            }
-            PyObject *items[4] = {PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
-                                  PyTuple_GET_ITEM(value, 0), PyTuple_GET_ITEM(value, 1)};
-            for (int f = 0; f < 4; f++) Py_INCREF(items[f]);
-            PyObject *output = untracked_tuple(latest_type, items, 4);
-            PyObject *row = output == NULL ? NULL : PySequence_List(output);
-            if (row != NULL) PyObject_GC_UnTrack(row); /* see UNTRACKED */
-            int appended = row != NULL && PyList_Append(outputs, output) == 0 &&
-                           PyList_Append(rows, row) == 0;
-            Py_XDECREF(output);
-            Py_XDECREF(row);
-            if (!appended) goto next;
-        }
-        if (gone) {
-            PyObject *row = PySequence_List(pair);
-            if (row != NULL) PyObject_GC_UnTrack(row);
-            int appended = row != NULL && PyList_Append(removed, row) == 0;
-            Py_XDECREF(row);
-            if (!appended) goto next;
-        }
-        failed = 0;
-    next:
-        Py_DECREF(pair);
-        if (failed) goto fail;
-    }
-    Py_DECREF(iterator);
-    if (PyErr_Occurred()) goto fail;
-    PyObject *out = PyTuple_Pack(3, outputs, rows, removed);
-    Py_DECREF(outputs);
-    Py_DECREF(rows);
-    Py_DECREF(removed);
-    return out;
-fail:
-    Py_XDECREF(iterator);
-    Py_XDECREF(outputs);
-    Py_XDECREF(rows);
-    Py_XDECREF(removed);
-    return NULL;
-}
-
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure($module, gamma, inv_log_gamma, min_magnitude, zero_key, negative_key, "
      "last_positive, max_buckets, collapse, /)\n--\n\n"
      "QuantileSketch's constants."},
-    {"sketch_key", sketch_key, METH_O,
-     "sketch_key($module, value, /)\n--\n\n"
-     "QuantileSketch.key: the bucket of a value."},
-    {"sketch_add", (PyCFunction)(void (*)(void))sketch_add, METH_FASTCALL,
-     "sketch_add($module, sketch, value, /)\n--\n\n"
-     "QuantileSketch.add: counts a value."},
     {"summary_initialize", (PyCFunction)(void (*)(void))summary_initialize, METH_FASTCALL,
      "summary_initialize($module, t_us, value, tags, /)\n--\n\n"
      "Summary.initialize: the state of a window holding one reading."},
@@ -2296,9 +2158,6 @@ static PyMethodDef methods[] = {
     {"summary_text", summary_text, METH_O,
      "summary_text($module, state, /)\n--\n\n"
      "Summary.text: the aggregates' text."},
-    {"float_repr", float_repr, METH_O,
-     "float_repr($module, x, /)\n--\n\n"
-     "repr(x), as the aggregates' text writes it."},
     {"seconds_text", seconds_text, METH_O,
      "seconds_text($module, t_us, /)\n--\n\n"
      "Epoch microseconds as epoch seconds in text."},
@@ -2315,10 +2174,6 @@ static PyMethodDef methods[] = {
      "closed_window_commands($module, closed, closed_prefix, top_prefix, ttl, "
      "fields, /)\n--\n\n"
      "RedisSink's commands for closed windows."},
-    {"parse_common", (PyCFunction)(void (*)(void))parse_common, METH_FASTCALL,
-     "parse_common($module, key, value, max_bytes, valid_names, loads, "
-     "reading_type, /)\n--\n\n"
-     "parse_reading for the common record, else None."},
     {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
      "aggregate_records($module, closed, closed_window_json, /)\n--\n\n"
      "(key, value) of each closed window's aggregates record."},
@@ -2339,9 +2194,6 @@ static PyMethodDef methods[] = {
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
      "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
      "The latest value of a (device, metric)."},
-    {"latest_changes", (PyCFunction)(void (*)(void))latest_changes, METH_FASTCALL,
-     "latest_changes($module, changed, latest, unsent, latest_type, /)\n--\n\n"
-     "The drain's latest values: (outputs, rows, removed)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
      "apply_common($module, records, begin, max_bytes, valid_names, loads, specs, "
      "grace_us, position, windows, changed, by_end, ends, newest, views_changed, "

@@ -1,4 +1,6 @@
-"""The Python definitions of the C extension ``tables._speedups``, one function for each.
+"""The Python definitions of the C extension ``tables._speedups``, one function for each,
+and of the steps its functions take internally that Python calls too (sketch_key,
+sketch_add, parse_common: tables._native.PYTHON_ONLY).
 
 Every function here has the name, the positional-only signature and the results of its C
 counterpart: the same float operations in the same order (a C double is a Python float),
@@ -247,11 +249,6 @@ def _quantiles(sketch: dict[int, int], count: int) -> tuple[float, float, float]
 
 
 # -- the aggregates' text -----------------------------------------------------------------------
-
-
-def float_repr(x: float, /) -> str:
-    """repr(x) of a float (or of what converts to one), as the aggregates' text writes it."""
-    return repr(float(x))
 
 
 def summary_text(state: list[Any], /) -> tuple[str, ...]:
@@ -930,47 +927,3 @@ def _register_open(
         newest[series] = start
         views_changed.add(series)
     open_per_key[pair] = open_per_key.get(pair, 0) + 1
-
-
-def latest_changes(
-    changed: set[tuple[str, str]],
-    latest: dict[tuple[str, str], tuple[int, float]],
-    unsent: dict[tuple[str, str], tuple[int, float]],
-    latest_type: type[tuple[Any, ...]],
-    /,
-) -> tuple[list[Any], list[list[Any]], list[list[Any]]]:
-    """PartitionState.drain's latest values. For each pair in ``changed``, in its order, with
-    value = latest.get(pair), or unsent.get(pair) when the pair left ``latest``: if there is
-    one, latest_type(*pair, *value) joins the outputs and [*pair, *value] the rows; if the
-    pair left ``latest``, [*pair] joins the removed rows. Returns (outputs, rows, removed)."""
-    if (
-        not isinstance(changed, set | frozenset)
-        or not isinstance(latest, dict)
-        or not isinstance(unsent, dict)
-        or not isinstance(latest_type, type)
-        or not issubclass(latest_type, tuple)
-    ):
-        raise TypeError(
-            "latest_changes(changed: set, latest: dict, unsent: dict, latest_type: a tuple "
-            "subclass)"
-        )
-    outputs: list[Any] = []
-    rows: list[list[Any]] = []
-    removed: list[list[Any]] = []
-    make = tuple.__new__
-    for pair in changed:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError("a (device, metric) pair")
-        value = latest.get(pair)
-        gone = value is None
-        if gone:
-            value = unsent.get(pair)
-        if value is not None:
-            if not isinstance(value, tuple) or len(value) != 2:
-                raise TypeError("a latest value (t_us, value)")
-            output = make(latest_type, (pair[0], pair[1], value[0], value[1]))
-            outputs.append(output)
-            rows.append(list(output))
-        if gone:
-            removed.append(list(pair))
-    return outputs, rows, removed

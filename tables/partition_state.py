@@ -52,7 +52,6 @@ from tables._native import (
     apply_windows,
     close_windows,
     delta_rows,
-    latest_changes,
     open_views,
     update_latest,
 )
@@ -395,6 +394,26 @@ class PartitionState:
 
     # -- flushing ------------------------------------------------------------------------
 
+    def _latest_changes(self) -> tuple[list[Latest], list[list[Any]], list[list[Any]]]:
+        """The drain's latest values: for each pair changed since the last drain, its value
+        (or, when it was forgotten since, the value it had) as an output and a changelog
+        row, and a removed row for each forgotten pair."""
+        outputs: list[Latest] = []
+        rows: list[list[Any]] = []
+        removed: list[list[Any]] = []
+        for pair in self._latest_changed:
+            value = self.latest.get(pair)
+            gone = value is None
+            if gone:
+                value = self._latest_unsent.get(pair)
+            if value is not None:
+                output = Latest(pair[0], pair[1], value[0], value[1])
+                outputs.append(output)
+                rows.append(list(output))
+            if gone:
+                removed.append(list(pair))
+        return outputs, rows, removed
+
     def drain(self, snapshot: bool = False, spread_us: int = 0) -> Drained:
         """Take the closed windows, changed views and the changelog delta since the last drain.
 
@@ -417,9 +436,7 @@ class PartitionState:
             self._sizes,
             OpenView,
         )
-        latest, latest_rows, latest_removed = latest_changes(
-            self._latest_changed, self.latest, self._latest_unsent, Latest
-        )
+        latest, latest_rows, latest_removed = self._latest_changes()
         sliding_views = []
         for key in self._sliding_changed:
             device, metric, index = key
