@@ -1,6 +1,9 @@
 """Shared fixtures: real servers on free loopback ports, started only when a test asks.
 
 - ``broker``: ``"kafka://127.0.0.1:PORT"`` of a tansu broker (memory storage).
+- ``kafka_broker``: the same of Apache Kafka (one KRaft node, a JVM: started once per session).
+  tests/integration/ overrides ``broker`` with each of the two in turn (a test parameter,
+  ``tansu`` or ``kafka``): the end-to-end tests prove the engine on both.
 - ``redis_url``: ``"redis://127.0.0.1:PORT/0"`` of a redis-server without persistence.
 - ``influx_url``: ``"http://127.0.0.1:PORT"`` of VictoriaMetrics (InfluxDB v2 write API).
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
@@ -35,6 +38,12 @@ def _session_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessi
 def broker(_session_servers: SessionServers) -> str:
     """``kafka://127.0.0.1:PORT`` of the session's tansu broker."""
     return _session_servers.get("broker").url
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(_session_servers: SessionServers) -> str:
+    """``kafka://127.0.0.1:PORT`` of the session's Apache Kafka."""
+    return _session_servers.get("kafka").url
 
 
 @pytest.fixture(scope="session")

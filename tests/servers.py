@@ -8,12 +8,14 @@ raises :class:`pulse.local.stack.StackError` with its log tail, which makes the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pulse.local.stack import ServerProcess, start_broker, start_redis, start_victoria
 
 _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "broker": start_broker,
+    "kafka": partial(start_broker, kind="kafka"),
     "redis": start_redis,
     "influx": start_victoria,
 }
@@ -27,7 +29,8 @@ class SessionServers:
         self._running: dict[str, ServerProcess] = {}
 
     def get(self, name: str) -> ServerProcess:
-        """The running server ``name`` ("broker", "redis" or "influx"), started if needed.
+        """The running server ``name`` ("broker" (tansu), "kafka" (Apache Kafka), "redis" or
+        "influx"), started if needed.
 
         A server that died since it was started is an error, not something to restart
         silently: every test after it would otherwise run against a fresh, empty server.

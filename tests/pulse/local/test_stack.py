@@ -145,15 +145,50 @@ def test_local_stack_serves_kafka_redis_and_influx_and_stops(local_stack: LocalS
     assert {name: (info["alive"], info["answering"]) for name, info in status.items()} == {
         name: (True, True) for name in SERVER_NAMES
     }
+    assert {name: info["kind"] for name, info in status.items()} == {
+        "broker": "tansu",
+        "redis": "redis",
+        "influx": "influx",
+    }
     pids = [info["pid"] for info in status.values()]
 
     local_stack.down()
     assert not local_stack.record_path.exists()
     assert [_pid_exists(pid) for pid in pids] == [False, False, False]
     assert local_stack.status() == {
-        name: {"pid": None, "port": None, "url": None, "alive": False, "answering": False}
+        name: {
+            "kind": None,
+            "pid": None,
+            "port": None,
+            "url": None,
+            "alive": False,
+            "answering": False,
+        }
         for name in SERVER_NAMES
     }
+
+
+def test_up_with_apache_kafka_replaces_the_broker_and_keeps_the_others(
+    local_stack: LocalStack,
+) -> None:
+    local_stack.up()
+    before = local_stack.status()
+    endpoints = local_stack.up("kafka")
+    after = local_stack.status()
+    assert after["broker"]["kind"] == "kafka" and after["broker"]["answering"]
+    assert after["broker"]["pid"] != before["broker"]["pid"]
+    assert not _pid_exists(before["broker"]["pid"])  # the tansu it replaced is stopped
+    for name in ("redis", "influx"):
+        assert after[name]["pid"] == before[name]["pid"]  # untouched
+    assert [server.name for server in local_stack.last_started] == ["broker"]
+    ready = local_stack.last_started[0].ready_seconds
+    assert ready is not None and 0 < ready < 120
+    records = asyncio.run(_kafka_round_trip(endpoints.broker, "stack-check-kafka"))
+    assert records == [(b"device-1", b"reading-1")]
+    # A second `up` with the same broker keeps it, as for the other servers.
+    local_stack.up("kafka")
+    assert local_stack.status()["broker"]["pid"] == after["broker"]["pid"]
+    assert local_stack.last_started == []
 
 
 def test_second_up_returns_the_running_stack(local_stack: LocalStack) -> None:
@@ -218,20 +253,21 @@ def test_cli_up_prints_exports_status_and_down(tmp_path: Path) -> None:
 
         status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
         assert status.exit_code == 0, status.output
-        assert [line.split()[:2] for line in status.stdout.splitlines()] == [
-            ["broker", "up"],
-            ["redis", "up"],
-            ["influx", "up"],
+        assert [line.split()[:3] for line in status.stdout.splitlines()] == [
+            ["broker", "tansu", "up"],
+            ["redis", "redis", "up"],
+            ["influx", "influx", "up"],
         ]
+        assert "broker: tansu kafka://127.0.0.1:" in up.stderr and "ready in" in up.stderr
     finally:
         down = runner.invoke(stack_cli, ["down", "--state-dir", str(state_dir)])
     assert down.exit_code == 0, down.output
     status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
     assert status.exit_code == 1
     assert [line.split() for line in status.stdout.splitlines()] == [
-        ["broker", "stopped", "pid=-", "-"],
-        ["redis", "stopped", "pid=-", "-"],
-        ["influx", "stopped", "pid=-", "-"],
+        ["broker", "-", "stopped", "pid=-", "-"],
+        ["redis", "-", "stopped", "pid=-", "-"],
+        ["influx", "-", "stopped", "pid=-", "-"],
     ]
 
 

@@ -1,0 +1,200 @@
+"""Apache Kafka for the local stack and the tests: installed once from Maven Central, one node.
+
+:func:`kafka_libs` resolves the broker (``org.apache.kafka:kafka_2.13``) and its runtime
+dependencies with Maven from the small POM beside this module (``kafka/pom.xml``) into a
+cache outside the checkout (``$PULSE_CACHE_DIR``, default ``$XDG_CACHE_HOME/pulse`` or
+``~/.cache/pulse``), once per version; later starts only read the jars.
+
+:func:`kafka_command` writes a single-node KRaft configuration (broker and controller in one
+JVM, on loopback), formats the log directory on first start, and returns the command that
+runs it. The settings differ from Apache Kafka's defaults only where a one-node development
+broker needs it; each is explained where it is set, and docs/operations.md says what to
+choose on a real cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+"""The Apache Kafka the local stack, the tests and the benchmark run; docker-compose.yml runs
+the image of the same version (tests/test_compose.py holds them equal)."""
+
+HEAP = "-Xms256m -Xmx1g"
+"""Heap for a 2-core, 24 GiB development machine: the broker's data lives in the page
+cache, not the heap."""
+
+POM = Path(__file__).with_name("kafka") / "pom.xml"
+
+
+class KafkaNotInstalled(RuntimeError):
+    """Java or Maven is missing, or Maven could not resolve the broker."""
+
+
+def cache_root() -> Path:
+    """Where downloaded servers are kept, shared by every checkout on the machine."""
+    configured = os.environ.get("PULSE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pulse"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One installer at a time per cache (tests and ``pulse stack up`` may race)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """The folder of the broker's jars, resolved by Maven on first use.
+
+    The folder appears complete or not at all (Maven fills a temporary folder that is then
+    renamed), so an interrupted download is started again, never half used.
+    """
+    home = cache_root() / f"kafka-{version}"
+    libs = home / "libs"
+    if libs.is_dir():
+        return libs
+    with _locked(home.with_name(home.name + ".lock")):
+        if libs.is_dir():
+            return libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaNotInstalled(
+                "Apache Kafka is installed with Maven, which is missing: run scripts/setup "
+                "(it installs Debian's maven and openjdk-17-jre-headless)"
+            )
+        partial = home / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        home.mkdir(parents=True, exist_ok=True)
+        command = [
+            mvn, "--batch-mode", "--quiet", "--file", str(POM),
+            f"-Dkafka.version={version}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            raise KafkaNotInstalled(
+                f"Maven could not resolve Apache Kafka {version} from Maven Central:\n{tail}"
+            )
+        partial.rename(libs)
+    return libs
+
+
+def java_executable() -> str:
+    """The ``java`` that runs the broker (Java 17 or later)."""
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaNotInstalled(
+            "Apache Kafka needs Java 17, which is missing: run scripts/setup (it installs "
+            "Debian's openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def _cluster_id() -> str:
+    """A new cluster id as Kafka's storage tool makes them: 16 random bytes, base64url."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
+    """The one-node KRaft configuration (see the module's docstring)."""
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            # One node: every internal topic has one replica.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # Fewer partitions of the internal topics than the 50 of a cluster: they are
+            # created on the first group and the first transaction, which then take
+            # milliseconds instead of seconds.
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.num.partitions=4",
+            # A group's first rebalance starts at once, not after 3 s, and sessions as short
+            # as the tests' (1 s) are allowed (the broker's floor is 6 s by default).
+            "group.initial.rebalance.delay.ms=0",
+            "group.min.session.timeout.ms=1000",
+            # Topics a client asks for before Pulse created them are made, as on tansu.
+            "auto.create.topics.enable=true",
+            "num.partitions=1",
+            "",
+        ]
+    )
+
+
+def _log4j_properties() -> str:
+    return "\n".join(
+        [
+            "appender.out.type = Console",
+            "appender.out.name = out",
+            "appender.out.layout.type = PatternLayout",
+            "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.out.ref = out",
+            "logger.state.name = state.change.logger",
+            "logger.state.level = WARN",
+            "",
+        ]
+    )
+
+
+def kafka_command(java: str, port: int, work_dir: Path, controller_port: int) -> list[str]:
+    """The command that runs a one-node Apache Kafka in ``work_dir`` on ``port``.
+
+    Writes ``server.properties`` and ``log4j2.properties`` there and, when the log directory
+    is not formatted yet, formats it (a new cluster); the data of an earlier start is kept.
+    """
+    libs = kafka_libs()
+    data_dir = work_dir / "data"
+    config = work_dir / "server.properties"
+    config.write_text(server_properties(port, controller_port, data_dir))
+    log4j = work_dir / "log4j2.properties"
+    log4j.write_text(_log4j_properties())
+    classpath = f"{libs}/*"
+    jvm = [
+        java, *HEAP.split(),
+        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp", classpath,
+    ]  # fmt: skip
+    if not (data_dir / "meta.properties").exists():
+        formatted = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if formatted.returncode != 0:
+            tail = "\n".join((formatted.stdout + formatted.stderr).splitlines()[-20:])
+            raise KafkaNotInstalled(f"formatting Kafka's log directory failed:\n{tail}")
+    return [*jvm, "kafka.Kafka", str(config)]
