@@ -13,7 +13,9 @@ the oldest, so a stalled sink holds back consumption and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections import deque
 from typing import Any
@@ -37,6 +39,8 @@ MAX_WINDOWS_IN_FLIGHT = 200_000
 INPUT_PAUSE = 1.0
 """Seconds of fetches without a record after which the input counts as paused (see
 FlushPipeline.close_spread_us)."""
+TRANSACTION_INTERVAL = 1.0
+"""Least time between two rounds of changelog transactions (see ChangelogLane)."""
 
 
 class SinkLane:
@@ -83,6 +87,60 @@ class SinkLane:
                     written.set_result(None)
 
 
+class ChangelogLane:
+    """The changelog's writes: deltas in flush order, one round at a time.
+
+    A round writes every delta submitted since the previous one (:meth:`ChangelogWriter.write`:
+    with transactions, one per partition). With transactions, rounds start at least
+    ``interval`` apart unless :meth:`hurry` asks for the next one now: a transaction costs
+    the broker and the worker far more than its records (docs/architecture.md), so flushes
+    that come faster share one. A crash replays at most that much more input, with
+    identical outputs.
+    """
+
+    def __init__(self, writer: ChangelogWriter, interval: float) -> None:
+        self.writer = writer
+        self.interval = interval
+        self._waiting: list[tuple[list[EncodedDelta], asyncio.Future[set[int]]]] = []
+        self._task: asyncio.Future[None] | None = None
+        self._hurry = asyncio.Event()
+        self._last_round = -math.inf
+
+    def submit(self, deltas: list[EncodedDelta]) -> asyncio.Future[set[int]]:
+        """Queue a flush's deltas; the future gives the partitions whose deltas are stored."""
+        stored: asyncio.Future[set[int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((deltas, stored))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._write_waiting())
+        return stored
+
+    def hurry(self) -> None:
+        """Start the next round without waiting for the interval (a handover, a stop, or
+        the in-flight bound waits for it)."""
+        self._hurry.set()
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            wait = self._last_round + self.interval - time.monotonic()
+            if wait > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), wait)
+            self._hurry.clear()
+            self._last_round = time.monotonic()
+            taken, self._waiting = self._waiting, []
+            try:
+                stored = await self.writer.write([d for deltas, _ in taken for d in deltas])
+            except Exception as exc:  # every flush waiting on it fails
+                for _, future in taken + self._waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+                self._waiting = []
+                return
+            for _, future in taken:
+                if not future.done():
+                    future.set_result(stored)
+
+
 class FlushPipeline(Service):
     """The flushing half of the readings processor (a base class of ReadingsProcessor).
 
@@ -115,7 +173,9 @@ class FlushPipeline(Service):
         closed-window counts."""
         self._windows_in_flight = 0
         self._flush_tail: asyncio.Future[None] | None = None
+        """The newest flush's deltas handed to the changelog lane (or its failure)."""
         self._lanes: dict[int, SinkLane] = {}
+        self._changelog: ChangelogLane | None = None
         self.flushes = 0
         """Flushes whose deltas the changelog has acked."""
 
@@ -179,6 +239,8 @@ class FlushPipeline(Service):
             or (windows is not None and self._windows_in_flight > windows)
         ):
             finished, closed = in_flight[0]
+            if not finished.done() and self._changelog is not None:
+                self._changelog.hurry()
             await finished
             in_flight.popleft()
             self._windows_in_flight -= closed
@@ -191,8 +253,13 @@ class FlushPipeline(Service):
                 if lane is None or lane.sink is not sink:
                     lane = self._lanes[index] = SinkLane(sink)
                 written.append(lane.submit(batch))
-        finished = asyncio.ensure_future(self._complete_flush(self._flush_tail, written, deltas))
-        self._flush_tail = finished
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here, so that a failure is not reported again when no flush follows.
+        handed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        finished = asyncio.ensure_future(
+            self._complete_flush(self._flush_tail, written, deltas, handed)
+        )
+        self._flush_tail = handed
         self._in_flight.append((finished, len(batch.closed)))
         self._windows_in_flight += len(batch.closed)
 
@@ -223,25 +290,43 @@ class FlushPipeline(Service):
         previous: asyncio.Future[None] | None,
         written: list[asyncio.Future[None]],
         deltas: list[EncodedDelta],
+        handed: asyncio.Future[None],
     ) -> None:
-        """After every sink wrote this flush and the previous flush completed: the changelog
-        deltas (acked), then the input offsets."""
-        if written:
-            await asyncio.gather(*written)
-        if previous is not None:
-            await previous
+        """After every sink wrote this flush and the previous flush handed its deltas to the
+        changelog lane: this flush's deltas (stored), then the input offsets."""
+        try:
+            if written:
+                await asyncio.gather(*written)
+            if previous is not None:
+                await previous
+        except BaseException as exc:
+            handed.set_exception(exc)
+            raise
         if not deltas:
+            handed.set_result(None)
             return
-        assert self.writer is not None and self.consumer is not None
-        acks = []
-        for delta in deltas:
-            acks += await self.writer.send(delta)
-        await asyncio.gather(*acks)
+        stored_future = self._changelog_lane().submit(deltas)
+        handed.set_result(None)
+        stored = await stored_future
         self.flushes += 1
+        assert self.consumer is not None
         topic = self.settings.topic_readings
-        offsets = {TopicPartition(topic, d.partition): d.to_offset for d in deltas}
+        offsets = {
+            TopicPartition(topic, d.partition): d.to_offset for d in deltas if d.partition in stored
+        }
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Harmless: the changelog, not the group, says where to resume.
             log.info("offset commit skipped (%s); the changelog holds the position", exc)
+
+    def _changelog_lane(self) -> ChangelogLane:
+        writer = self.writer
+        assert writer is not None
+        lane = self._changelog
+        if lane is None or lane.writer is not writer:
+            interval = TRANSACTION_INTERVAL if writer.transactional else 0.0
+            lane = self._changelog = ChangelogLane(writer, interval)
+        return lane

@@ -12,6 +12,7 @@ that got no record for ``PULSE_IDLE_CLOSE``, so quiet devices get their final wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -79,10 +80,32 @@ class PartitionOwner(FlushPipeline):
                 if highwater is None or polled_ms is None or state.next_offset < highwater:
                     continue
                 if now_ms - polled_ms > 2000:
+                    # No fresh fetch response: the broker may be away, and readings held up
+                    # meanwhile are on their way. Quiet time counts again from here.
+                    self._last_record[partition] = now
                     continue
                 state.advance_idle(floor_us)
 
     # -- rebalancing ---------------------------------------------------------------------
+
+    def partition_lost(self, partition: int) -> None:
+        """The changelog refused this worker's writes of ``partition`` (a newer owner fenced
+        them, or the broker aborted the transaction): drop its state, stop fetching it, and
+        have the group assign the partitions again, which recovers it from the changelog
+        wherever it lands (here too, if it still belongs here)."""
+        self.states.pop(partition, None)
+        self._last_record.pop(partition, None)
+        consumer = self.consumer
+        if consumer is None:
+            return
+        with contextlib.suppress(IllegalStateError):
+            consumer.pause(TopicPartition(self.settings.topic_readings, partition))
+        # aiokafka has no public call for it; its group coordinator rejoins on request.
+        coordinator = getattr(consumer, "_coordinator", None)
+        request_rejoin = getattr(coordinator, "request_rejoin", None)
+        if request_rejoin is not None:
+            request_rejoin()
+        log.warning("readings: partition %d lost; rejoining the group", partition)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         partitions = {tp.partition for tp in revoked if tp.partition in self.states}
@@ -91,20 +114,29 @@ class PartitionOwner(FlushPipeline):
         async with self._lock:
             await self._flush_now(partitions)
             for partition in partitions:
-                del self.states[partition]
+                # (a partition lost meanwhile is gone already)
+                self.states.pop(partition, None)
                 self._last_record.pop(partition, None)
                 assert self.writer is not None
-                self.writer.forget(partition)
+                await self.writer.release(partition)
         log.info("readings: handed over partitions %s", sorted(partitions))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer, writer, s = self.consumer, self.writer, self.settings
         assert consumer is not None and writer is not None
         new = sorted(tp for tp in assigned if tp.partition not in self.states)
+        # Own each changelog partition before reading it: with transactions this fences the
+        # previous owner and aborts its open transaction (see ChangelogWriter.open).
+        await asyncio.gather(*(writer.open(tp.partition) for tp in new))
         recovered = await asyncio.gather(
             *(
                 recover_partition(
-                    s.bootstrap_servers, s.changelog_topic, tp.partition, s.windows, s.grace_us
+                    s.bootstrap_servers,
+                    s.changelog_topic,
+                    tp.partition,
+                    s.windows,
+                    s.grace_us,
+                    read_committed=writer.transactional,
                 )
                 for tp in new
             )

@@ -10,6 +10,7 @@ backlog waits (see agents/flush.py for what a flush guarantees).
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,13 +23,19 @@ from agents.ingest import process_records
 from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
 from pulse.app import pulse_agent
-from pulse.changelog import ChangelogWriter
+from pulse.changelog import (
+    ChangelogWriter,
+    transactional_producer_factory,
+    transactions_unsupported,
+)
 from pulse.settings import Settings
 from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
 from pulse.sinks.redis import RedisSink
 from pulse.topics import ensure_topics
 from tables.partition_state import PartitionState
+
+log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FETCH = 20_000
 
@@ -47,9 +54,14 @@ class ReadingsProcessor(PartitionOwner):
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(s)
+        transactional = await self._changelog_transactions()
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             acks="all",
+            # Where the broker has transactions it has idempotent producers: a batch is then
+            # retried until stored, never expired (a broker away for longer than the request
+            # timeout would otherwise fail the sink), and never stored twice.
+            enable_idempotence=transactional,
             # No compression: on this path lz4 cost a sixth of the worker's CPU (profiled),
             # for records that mostly stay on one host; brokers may still compress at rest.
             compression_type=None,
@@ -58,7 +70,11 @@ class ReadingsProcessor(PartitionOwner):
             max_request_size=4 << 20,
         )
         await self.producer.start()
-        self.writer = ChangelogWriter(self.producer, s.changelog_topic)
+        factory = transactional_producer_factory(s.bootstrap_servers, s.app_id)
+        self.writer = ChangelogWriter(
+            self.producer, s.changelog_topic, factory if transactional else None
+        )
+        self.writer.on_lost = self.partition_lost
         self.sinks = [
             KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq),
             RedisSink(s.redis_url, s.redis_prefix, s.state_ttl),
@@ -90,11 +106,32 @@ class ReadingsProcessor(PartitionOwner):
         self.add_future(self._run())
         self.add_future(self._close_idle_periodically())
 
+    async def _changelog_transactions(self) -> bool:
+        """Whether the changelog is written in transactions (``PULSE_CHANGELOG_TRANSACTIONS``):
+        ``auto`` asks the broker once."""
+        s = self.settings
+        if s.changelog_transactions == "off":
+            log.info("changelog: without transactions (PULSE_CHANGELOG_TRANSACTIONS=off)")
+            return False
+        unsupported = await transactions_unsupported(s.bootstrap_servers, s.app_id)
+        if unsupported is None:
+            log.info("changelog: one transactional producer per owned partition")
+            return True
+        if s.changelog_transactions == "on":
+            raise RuntimeError(
+                "PULSE_CHANGELOG_TRANSACTIONS=on, but the broker refuses transactions: "
+                f"{unsupported}"
+            )
+        log.info("changelog: without transactions, which the broker refuses (%s)", unsupported)
+        return False
+
     async def on_stop(self) -> None:
         if self.consumer is not None:
             async with self._lock:
                 await self._flush_now()
             await self.consumer.stop()
+        if self.writer is not None:
+            await self.writer.release_all()
         if self.producer is not None:
             await self.producer.stop()
         for sink in self.sinks:

@@ -25,12 +25,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from tables.partition_state import Delta, PartitionState
 from tables.windows import WindowSpec
@@ -137,26 +138,94 @@ class DeltaAssembler:
 
 @dataclass(frozen=True, slots=True)
 class EncodedDelta:
-    """A delta serialised into its record values, ready to send."""
+    """A delta serialised into its record values, ready to send.
+
+    ``owner`` is the partition's ownership it was encoded under (see
+    :meth:`ChangelogWriter.open`): it is written only while that ownership lasts.
+    """
 
     partition: int
     to_offset: int
     snapshot: bool
     values: list[bytes]
+    owner: object = None
+
+
+TRANSACTION_TIMEOUT_MS = 60_000
+"""How long the broker lets a changelog transaction stay open before it aborts it (and fences
+the producer). A transaction lasts one write, milliseconds; a broker away for longer than
+this makes the writer lose its partitions, which the group then assigns again."""
 
 
 class ChangelogWriter:
-    """Writes one worker's deltas; remembers per partition where the last snapshot starts."""
+    """Writes one worker's deltas; remembers per partition where the last snapshot starts.
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    Without transactions every delta goes through the worker's ``producer``. With them
+    (``transactional_producer``: partition -> an unstarted producer with that partition's
+    transactional id) each owned partition has its own producer, opened on assignment and
+    closed on revocation, and each :meth:`write` commits one transaction per partition. A
+    partition whose transaction fails (a newer owner fenced this one, or the broker aborted
+    it) is *lost*: the writer forgets it and calls ``on_lost(partition)``.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer | None,
+        topic: str,
+        transactional_producer: Callable[[int], AIOKafkaProducer] | None = None,
+    ) -> None:
         self.producer = producer
         self.topic = topic
+        self._transactional_producer = transactional_producer
+        self.on_lost: Callable[[int], None] = lambda partition: None
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._owner: dict[int, object] = {}
         self._writer_id = uuid.uuid4().hex[:12]
         self._sequence = 0
         self._base: dict[int, int] = {}
         self._bytes_since_snapshot: dict[int, int] = {}
         self._snapshot_bytes: dict[int, int] = {}
         self._snapshot_at: dict[int, float] = {}
+
+    @property
+    def transactional(self) -> bool:
+        return self._transactional_producer is not None
+
+    @property
+    def open_producers(self) -> int:
+        """Transactional producers open now (one per owned partition)."""
+        return len(self._producers)
+
+    async def open(self, partition: int) -> None:
+        """Take ownership of ``partition``'s changelog, before recovering it.
+
+        With transactions: start its producer, whose InitProducerId bumps the transactional
+        id's epoch, so the broker refuses every later write of a previous owner, and aborts
+        that owner's open transaction, so recovery reads committed records to the end.
+        """
+        await self.release(partition)
+        if self._transactional_producer is None:
+            self._owner[partition] = object()
+            return
+        producer = self._transactional_producer(partition)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producers[partition] = producer
+        self._owner[partition] = producer
+
+    async def release(self, partition: int) -> None:
+        """Give up ``partition``: forget it and close its producer."""
+        self.forget(partition)
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()
+
+    async def release_all(self) -> None:
+        for partition in list(self._owner):
+            await self.release(partition)
 
     def adopt(self, partition: int, base: int) -> None:
         """Continue from a recovered partition whose latest snapshot starts at ``base``."""
@@ -166,6 +235,7 @@ class ChangelogWriter:
         self._snapshot_at[partition] = float("-inf")  # the recovered snapshot's age is unknown
 
     def forget(self, partition: int) -> None:
+        self._owner.pop(partition, None)
         self._base.pop(partition, None)
         self._bytes_since_snapshot.pop(partition, None)
         self._snapshot_bytes.pop(partition, None)
@@ -191,27 +261,141 @@ class ChangelogWriter:
             self._bytes_since_snapshot[partition] = (
                 self._bytes_since_snapshot.get(partition, 0) + size
             )
-        return EncodedDelta(partition, delta.to_offset, delta.snapshot, values)
+        owner = self._owner.get(partition)
+        return EncodedDelta(partition, delta.to_offset, delta.snapshot, values, owner)
 
-    async def send(self, encoded: EncodedDelta) -> list[asyncio.Future]:
-        """Queue an encoded delta's records; await the returned futures for the broker's acks.
+    async def write(self, deltas: list[EncodedDelta]) -> set[int]:
+        """Write deltas (each partition's in the order they were encoded) until durable;
+        returns the partitions whose deltas are stored.
 
-        Deltas of one partition must be sent in the order they were encoded.
+        A delta of an ownership that has ended is not written. With transactions, each
+        partition's deltas are one transaction, committed before this returns; a partition
+        whose transaction fails is lost (see the class), its deltas not stored. Without, a
+        failed send raises.
         """
+        by_partition: dict[int, list[EncodedDelta]] = {}
+        for delta in deltas:
+            if self._owner.get(delta.partition) is delta.owner:
+                by_partition.setdefault(delta.partition, []).append(delta)
+        if self._transactional_producer is None:
+            assert self.producer is not None or not by_partition
+            acks = []
+            for partition_deltas in by_partition.values():
+                for delta in partition_deltas:
+                    acks += await self._send(self.producer, delta)
+            await asyncio.gather(*acks)
+            return set(by_partition)
+        committed = await asyncio.gather(
+            *(self._commit(partition, ds) for partition, ds in by_partition.items())
+        )
+        return {p for p, done in zip(by_partition, committed, strict=True) if done}
+
+    async def _commit(self, partition: int, deltas: list[EncodedDelta]) -> bool:
+        producer: Any = deltas[0].owner  # the partition's producer (see open())
+        acks: list[asyncio.Future] = []
+        try:
+            await producer.begin_transaction()
+            for delta in deltas:
+                acks += await self._send(producer, delta)
+            await producer.commit_transaction()
+            await asyncio.gather(*acks)
+            return True
+        except Exception as exc:  # fenced, or any other failure: the transaction is void
+            for ack in acks:  # their failure is this one
+                ack.add_done_callback(_retrieved)
+            _retrieve_unsent(producer)
+            if self._owner.get(partition) is producer:
+                log.warning(
+                    "changelog %s[%d]: transaction failed (%r); this worker gives up the partition",
+                    self.topic,
+                    partition,
+                    exc,
+                )
+                self.forget(partition)
+                self._producers.pop(partition, None)
+                self.on_lost(partition)
+            await producer.stop()
+            return False
+
+    async def _send(self, producer: Any, encoded: EncodedDelta) -> list[asyncio.Future]:
+        """Queue an encoded delta's records; returns the futures of the broker's acks."""
         partition = encoded.partition
         futures = [
-            await self.producer.send(self.topic, value=value, partition=partition)
+            await producer.send(self.topic, value=value, partition=partition)
             for value in encoded.values
         ]
         if encoded.snapshot:
-            futures[0].add_done_callback(lambda fut: self._snapshot_written(partition, fut))
+            owner = encoded.owner
+            futures[0].add_done_callback(lambda fut: self._snapshot_written(partition, owner, fut))
         return futures
 
-    def _snapshot_written(self, partition: int, future: asyncio.Future) -> None:
+    def _snapshot_written(self, partition: int, owner: object, future: asyncio.Future) -> None:
         # Only later records point at the snapshot, and only once its first part is stored;
         # recovery then also needs the rest of its parts, which come before any later delta.
-        if not future.cancelled() and future.exception() is None and partition in self._base:
+        # (A transaction that then fails loses the partition, and this base with it.)
+        if (
+            not future.cancelled()
+            and future.exception() is None
+            and partition in self._base
+            and self._owner.get(partition) is owner
+        ):
             self._base[partition] = future.result().offset
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _retrieve_unsent(producer: Any) -> None:
+    """aiokafka fails the batches a failed producer never sent through a waiter that nobody
+    awaits, which asyncio would log as an error of its own; the failure is reported once."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    for batches in getattr(accumulator, "_batches", {}).values():
+        for batch in batches:
+            waiter = getattr(batch, "_drain_waiter", None)
+            if waiter is not None and waiter.done():
+                _retrieved(waiter)
+
+
+def transactional_producer_factory(
+    bootstrap_servers: str, app_id: str
+) -> Callable[[int], AIOKafkaProducer]:
+    """Partition -> its changelog producer, transactional id ``{app_id}-changelog-{p}``."""
+
+    def make(partition: int) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            transactional_id=f"{app_id}-changelog-{partition}",
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            acks="all",
+            compression_type=None,
+            linger_ms=0,  # a commit sends at once anyway
+            max_batch_size=1 << 20,
+            max_request_size=4 << 20,
+        )
+
+    return make
+
+
+async def transactions_unsupported(
+    bootstrap_servers: str, app_id: str, timeout: float = 30.0
+) -> str | None:
+    """Why the broker cannot run the changelog's transactions, or None when it can.
+
+    Starts a producer with transactional id ``{app_id}-changelog-probe`` (its InitProducerId is
+    what the local tansu broker refuses) and closes it again.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, transactional_id=f"{app_id}-changelog-probe"
+    )
+    try:
+        await asyncio.wait_for(producer.start(), timeout)
+        return None
+    except (TimeoutError, KafkaError) as exc:
+        return repr(exc)
+    finally:
+        await producer.stop()
 
 
 async def recover_partition(
@@ -221,11 +405,15 @@ async def recover_partition(
     specs: tuple[WindowSpec, ...],
     grace_us: int,
     progress_every: float = 2.0,
+    read_committed: bool = False,
 ) -> tuple[PartitionState | None, int]:
-    """Rebuild one partition's state from the changelog, up to the fetch high watermark.
+    """Rebuild one partition's state from the changelog, up to the end that fetches report.
 
-    Returns ``(state, base)``: ``state`` is None when the changelog partition is empty (the
-    partition was never processed); ``base`` is where its latest snapshot starts (-1: none).
+    Returns ``(state, base)``: ``state`` is None when the changelog partition holds no delta
+    (the partition was never processed); ``base`` is where its latest snapshot starts (-1:
+    none). ``read_committed``: the changelog is written in transactions; only committed
+    records count and the end is the last stable offset (the caller has opened the
+    partition's producer first, which aborted any transaction a previous owner left open).
     """
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
@@ -234,6 +422,7 @@ async def recover_partition(
         auto_offset_reset="earliest",
         fetch_max_bytes=64 << 20,
         max_partition_fetch_bytes=16 << 20,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
     )
     await consumer.start()
     try:
@@ -242,11 +431,7 @@ async def recover_partition(
         end_hint = (await consumer.end_offsets([tp]))[tp]
         if end_hint <= start:
             return None, -1
-        # The hint may stop at the first record of the last batch + 1: read from there on.
-        consumer.seek(tp, end_hint - 1)
-        last_value = None
-        async for record in _read_to_end(consumer, tp):
-            last_value = record.value
+        last_value = await _last_value(consumer, tp, start, end_hint, read_committed)
         if last_value is None:
             return None, -1
         base = orjson.loads(last_value)["base"]
@@ -255,7 +440,7 @@ async def recover_partition(
         assembler = DeltaAssembler()
         began = last_report = time.monotonic()
         records = applied = 0
-        async for record in _read_to_end(consumer, tp):
+        async for record in _read_to_end(consumer, tp, read_committed):
             records += 1
             delta = assembler.add(record.value)
             if delta is not None and state.apply_delta(delta):
@@ -269,18 +454,19 @@ async def recover_partition(
                     partition,
                     records,
                     record.offset,
-                    consumer.highwater(tp),
+                    _end(consumer, tp, read_committed),
                 )
         state.finish_recovery()
         log.info(
             "recovered %s[%d] in %.2fs: %d records, %d deltas applied, %d open windows, "
-            "resuming input at offset %d",
+            "read to offset %d, resuming input at offset %d",
             topic,
             partition,
             time.monotonic() - began,
             records,
             applied,
             state.open_windows,
+            await consumer.position(tp),
             state.next_offset,
         )
         return state, base
@@ -288,12 +474,42 @@ async def recover_partition(
         await consumer.stop()
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> AsyncIterator[Any]:
-    """Yield records until the position reaches the high watermark of a fetch response."""
+async def _last_value(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end_hint: int, committed: bool
+) -> bytes | None:
+    """The value of the partition's last (committed) record, None if it has none.
+
+    ``end_hint`` (``ListOffsets``) may stop at the first record of the last batch + 1, so the
+    search reads from just before it to the end that fetches report. Transaction markers
+    and aborted records take offsets without being records, so while nothing is found the
+    search starts further back.
+    """
+    back = 1
+    while True:
+        begin = max(start, end_hint - back)
+        consumer.seek(tp, begin)
+        last_value = None
+        async for record in _read_to_end(consumer, tp, committed):
+            last_value = record.value
+        if last_value is not None or begin == start:
+            return last_value
+        back *= 16
+
+
+def _end(consumer: AIOKafkaConsumer, tp: TopicPartition, committed: bool) -> int | None:
+    """The end that the last fetch response reported: the high watermark, or reading
+    committed records the last stable offset (nothing beyond it can be read)."""
+    return consumer.last_stable_offset(tp) if committed else consumer.highwater(tp)
+
+
+async def _read_to_end(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, committed: bool
+) -> AsyncIterator[Any]:
+    """Yield records until the position reaches the end reported by a fetch response."""
     while True:
         batches = await consumer.getmany(tp, timeout_ms=500)
         for record in batches.get(tp, ()):
             yield record
-        highwater = consumer.highwater(tp)
-        if highwater is not None and await consumer.position(tp) >= highwater:
+        end = _end(consumer, tp, committed)
+        if end is not None and await consumer.position(tp) >= end:
             return

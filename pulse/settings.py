@@ -86,6 +86,15 @@ def _text(text: str) -> str:
     return text
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 def _left_out(text: str) -> str:
     try:
         _native.left_out(text)
@@ -196,6 +205,16 @@ VARIABLES: tuple[Variable, ...] = (
         _number(1),
     ),
     Variable(
+        "PULSE_CHANGELOG_TRANSACTIONS",
+        "auto",
+        "Whether each input partition's changelog writes go through its own Kafka "
+        "transaction (transactional id `{PULSE_APP_ID}-changelog-{partition}`), so that the "
+        "broker refuses the writes of a worker that lost the partition: `on`, `off`, or "
+        "`auto` (on when the broker supports transactions, checked once at start; the local "
+        "tansu broker does not). Off, the changelog is exact all the same (docs/architecture.md).",
+        _choice("auto", "on", "off"),
+    ),
+    Variable(
         "PULSE_NO_EXTENSIONS",
         "0",
         "Steps to run on their Python definitions instead of Pulse's C extension (same "
@@ -234,6 +253,7 @@ class Settings:
     web_port: int
     partitions: int
     session_timeout: float
+    changelog_transactions: str
     no_extensions: str
 
     @classmethod
