@@ -275,7 +275,8 @@ class ChangelogWriter:
         """
         by_partition: dict[int, list[EncodedDelta]] = {}
         for delta in deltas:
-            if self._owner.get(delta.partition) is delta.owner:
+            owner = self._owner.get(delta.partition)
+            if owner is delta.owner and (owner is not None or not self.transactional):
                 by_partition.setdefault(delta.partition, []).append(delta)
         if self._transactional_producer is None:
             assert self.producer is not None or not by_partition

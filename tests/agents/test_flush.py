@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 
 from agents import flush
 from agents.readings import ReadingsProcessor
 from models.outputs import DeadLetter
-from pulse.changelog import ChangelogWriter
+from pulse.changelog import ChangelogWriter, EncodedDelta
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink
 
@@ -141,3 +143,75 @@ def test_a_zero_close_spread_closes_at_once() -> None:
     processor = ReadingsProcessor(Settings.from_env({"PULSE_CLOSE_SPREAD": "0"}))
     processor.note_fetch(1.0, got_records=True)
     assert processor.close_spread_us(1.1) == 0
+
+
+class RoundsWriter:
+    """Records each round of changelog writes; every delta is stored."""
+
+    def __init__(self, transactional: bool) -> None:
+        self.transactional = transactional
+        self.rounds: list[list[tuple[int, int]]] = []
+
+    async def write(self, deltas: list[EncodedDelta]) -> set[int]:
+        self.rounds.append([(d.partition, d.to_offset) for d in deltas])
+        return {d.partition for d in deltas}
+
+
+def delta(partition: int, to_offset: int) -> EncodedDelta:
+    return EncodedDelta(partition, to_offset, False, [b"{}"])
+
+
+def test_changelog_rounds_share_an_interval_unless_hurried() -> None:
+    async def run() -> None:
+        writer = RoundsWriter(transactional=True)
+        lane = flush.ChangelogLane(writer, interval=0.5)  # type: ignore[arg-type]
+        first = lane.submit([delta(0, 10)])
+        assert await asyncio.wait_for(first, 0.1) == {0}  # the first round starts at once
+        second = lane.submit([delta(0, 20)])
+        third = lane.submit([delta(1, 5), delta(0, 25)])
+        await asyncio.sleep(0.2)
+        assert not second.done()  # the next round waits for the interval ...
+        assert await asyncio.wait_for(third, 1) == {0, 1}
+        assert second.done()
+        # ... and takes every delta submitted meanwhile, in order.
+        assert writer.rounds == [[(0, 10)], [(0, 20), (1, 5), (0, 25)]]
+        began = time.monotonic()
+        fourth = lane.submit([delta(1, 9)])
+        lane.hurry()  # a handover or a stop waits for it
+        await asyncio.wait_for(fourth, 0.2)
+        assert time.monotonic() - began < 0.2
+        assert writer.rounds[-1] == [(1, 9)]
+
+    asyncio.run(run())
+
+
+def test_a_flush_now_does_not_wait_for_the_interval() -> None:
+    async def run() -> None:
+        processor = ReadingsProcessor(Settings.from_env({}))
+        writer = RoundsWriter(transactional=True)
+        processor.writer = writer  # type: ignore[assignment]
+        processor.consumer = Committer()
+        assert flush.TRANSACTION_INTERVAL >= 0.5
+        processor._submit_flush(batch(0), [delta(0, 1)])
+        await processor._settle(0)  # the first round: at once
+        processor._submit_flush(batch(1), [delta(0, 2)])
+        processor._submit_flush(batch(2), [delta(1, 7)])
+        began = time.monotonic()
+        await processor._settle(0)  # the next: hurried, not an interval later
+        assert time.monotonic() - began < 0.3
+        assert writer.rounds == [[(0, 1)], [(0, 2), (1, 7)]]
+        assert processor.flushes == 3
+        assert processor.consumer.commits[-2:] == [
+            {TopicPartition("readings", 0): 2},
+            {TopicPartition("readings", 1): 7},
+        ]
+
+    asyncio.run(run())
+
+
+class Committer:
+    def __init__(self) -> None:
+        self.commits: list[dict[Any, int]] = []
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(offsets)

@@ -1,6 +1,7 @@
 """Partition ownership: an assigned partition resumes at its recovered state's position, a
 revoked one is flushed before its state goes, and idle close raises only caught-up, quiet
-partitions' watermarks. (With a real broker: tests/integration/test_rebalance.py.)"""
+partitions' watermarks (quiet while fetches answer: a broker outage is not quiet time).
+(With a real broker: tests/integration/test_rebalance.py, test_partitions_fencing.py.)"""
 
 from __future__ import annotations
 
@@ -183,3 +184,12 @@ def test_idle_close_raises_only_caught_up_quiet_partitions() -> None:
     assert processor.states[0].watermark >= (now_ms / 1000 - 1) * 1_000_000 - (
         processor.settings.grace_us
     )
+    # A stale fetch response (the broker away) restarts the quiet time: with fresh fetches
+    # again, partition 3 counts as quiet only PULSE_IDLE_CLOSE later, so readings that
+    # waited out the outage in their producers are not late.
+    consumer.polled_ms[tp(3)] = time.time() * 1000
+    asyncio.run(processor.close_idle())
+    assert processor.states[3].watermark == before[3]
+    processor.note_records(3, time.monotonic() - 11)
+    asyncio.run(processor.close_idle())
+    assert processor.states[3].watermark != before[3]

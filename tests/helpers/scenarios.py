@@ -85,12 +85,20 @@ class PacedProducer:
     time (so each offset is known): fast up to :attr:`allowed`, then a trickle."""
 
     def __init__(
-        self, broker: str, topic: str, entries: list[dataset.Entry], trickle_per_s: float = 40
+        self,
+        broker: str,
+        topic: str,
+        entries: list[dataset.Entry],
+        trickle_per_s: float = 40,
+        idempotent: bool = False,
     ) -> None:
         self.broker = broker
         self.topic = topic
         self.entries = entries
         self.trickle_per_s = trickle_per_s
+        self.idempotent = idempotent
+        """An idempotent producer (Apache Kafka only) retries a record until it is stored,
+        however long the broker is away, and never stores it twice."""
         self.allowed = 0
         self.stored: list[kafka.StoredRecord] = []
         self.error: BaseException | None = None
@@ -133,7 +141,10 @@ class PacedProducer:
 
     async def _produce(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=kafka.bootstrap(self.broker), acks="all", linger_ms=0
+            bootstrap_servers=kafka.bootstrap(self.broker),
+            acks="all",
+            linger_ms=0,
+            enable_idempotence=self.idempotent,
         )
         await producer.start()
         try:
