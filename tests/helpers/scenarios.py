@@ -90,19 +90,18 @@ class PacedProducer:
         topic: str,
         entries: list[dataset.Entry],
         trickle_per_s: float = 40,
-        idempotent: bool = False,
     ) -> None:
         self.broker = broker
         self.topic = topic
         self.entries = entries
         self.trickle_per_s = trickle_per_s
-        self.idempotent = idempotent
-        """An idempotent producer (Apache Kafka only) retries a record until it is stored,
-        however long the broker is away, and never stores it twice."""
         self.allowed = 0
         self.stored: list[kafka.StoredRecord] = []
         self.error: BaseException | None = None
         self._stop = False
+        self._go = threading.Event()
+        self._go.set()
+        self._parked = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
 
     @property
@@ -129,8 +128,20 @@ class PacedProducer:
         assert len(self.stored) == self.total
         return self.stored
 
+    def hold(self, timeout: float = 30.0) -> None:
+        """Stop sending after the record in flight; returns once it is stored."""
+        self._go.clear()
+        if not self._parked.wait(timeout):
+            self.check()
+            raise AssertionError("producer did not stop")
+
+    def resume(self) -> None:
+        self._parked.clear()
+        self._go.set()
+
     def close(self) -> None:
         self._stop = True
+        self._go.set()
         self._thread.join(10)
 
     def _run(self) -> None:
@@ -144,11 +155,13 @@ class PacedProducer:
             bootstrap_servers=kafka.bootstrap(self.broker),
             acks="all",
             linger_ms=0,
-            enable_idempotence=self.idempotent,
         )
         await producer.start()
         try:
             for entry in self.entries:
+                while not self._go.is_set():
+                    self._parked.set()
+                    await asyncio.sleep(0.02)
                 if self._stop:
                     return
                 trickle = len(self.stored) >= self.allowed

@@ -2,10 +2,10 @@
 
 The worker processes the dataset from its own Apache Kafka (one KRaft node whose data
 directory survives a restart), with the changelog in transactions. Part-way through, the
-broker is stopped for 20 s and started again on the same port. The producer is idempotent,
-so its records wait out the outage and are stored once. The worker must live through it,
-catch up, report ready, and every output must equal the independent reference exactly
-(tests/reference.py): nothing lost, nothing counted twice.
+broker is stopped for 20 s and started again on the same port; the producer holds back
+meanwhile and resumes a few seconds after the broker, as producers that reconnect later do.
+The worker must live through it, catch up, report ready, and every output must equal the
+independent reference exactly (tests/reference.py): nothing lost, nothing counted twice.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 PER_DEVICE = 600
 OUTAGE_SECONDS = 20.0
+RESUME_AFTER_SECONDS = 3.0
 
 
 def test_a_broker_outage_loses_and_repeats_nothing(
@@ -44,19 +45,21 @@ def test_a_broker_outage_loses_and_repeats_nothing(
     env = scenario_env(topic_prefix, broker, redis_url, influx_url, partitions=4)
     # The changelog in transactions, as PULSE_CHANGELOG_TRANSACTIONS=auto chooses on Kafka.
     env["PULSE_CHANGELOG_TRANSACTIONS"] = "on"
-    # Margin for the producer to reconnect after the worker's first fresh fetch: a quiet
-    # partition's windows would close by wall clock, which the reference knows nothing of.
-    env["PULSE_IDLE_CLOSE"] = "5"
+    # Longer than the producer's delay after the outage (plus the worker's reconnection), and
+    # far shorter than the outage: quiet time must count from the broker's return, or idle
+    # close would end every window by wall clock, which the reference knows nothing of.
+    env["PULSE_IDLE_CLOSE"] = "8"
     topic = env["PULSE_TOPIC_READINGS"]
     entries = build_entries(topic_prefix, 4, PER_DEVICE)
     asyncio.run(kafka.create_topics(broker, {topic: 4}))
-    producer = PacedProducer(broker, topic, entries, idempotent=True).start()
+    producer = PacedProducer(broker, topic, entries).start()
     worker = WorkerProcess(env, tmp_path, "worker").start()
     try:
         worker.wait_ready()
         producer.allow(0.5)
         half = 0.4 * producer.total
         wait_until(lambda: sum(next_offsets(worker).values()) >= half, "40 % applied", [worker])
+        producer.hold()
         before = sum(next_offsets(worker).values())
 
         server.stop()
@@ -68,6 +71,8 @@ def test_a_broker_outage_loses_and_repeats_nothing(
         restarted = start_broker(tmp_path, port=port, kind="kafka", stop_with_parent=True)
         server = restarted
         assert server.url == broker
+        time.sleep(RESUME_AFTER_SECONDS)
+        producer.resume()
 
         # The worker goes on from where it was, with the records that waited meanwhile.
         wait_until(
