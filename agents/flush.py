@@ -2,8 +2,10 @@
 
 A flush drains each partition's state (closed windows, changed views, latest values and the
 changelog delta) and writes it in the background: each sink on its own lane in flush order;
-once every sink has the flush and the previous flush is complete, its deltas go to the
-changelog (acked), then the input offsets are committed. A crash in between replays the same
+once every sink has the flush and the previous flush has handed its deltas over, its deltas
+go to the changelog lane, which stores them in order (in rounds: on Apache Kafka one
+transaction per partition, rounds at least TRANSACTION_INTERVAL apart), then the input
+offsets are committed. A crash in between replays the same
 records from the last delta and emits the same windows again, identical: outputs are
 at-least-once with identical repeats, state is exactly-once. At most MAX_FLUSHES_IN_FLIGHT
 flushes (MAX_WINDOWS_IN_FLIGHT closed windows) are in flight; beyond that processing waits for

@@ -58,10 +58,6 @@ class ReadingsProcessor(PartitionOwner):
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             acks="all",
-            # Where the broker has transactions it has idempotent producers: a batch is then
-            # retried until stored, never expired (a broker away for longer than the request
-            # timeout would otherwise fail the sink), and never stored twice.
-            enable_idempotence=transactional,
             # No compression: on this path lz4 cost a sixth of the worker's CPU (profiled),
             # for records that mostly stay on one host; brokers may still compress at rest.
             compression_type=None,

@@ -9,14 +9,19 @@ A delta may be larger than one Kafka record, so it is written as ``parts`` recor
 ``id``; recovery applies a delta only once it has seen all its parts, so a delta cut short by a
 crash is ignored (its input records are processed again). Every record carries ``base``: the
 changelog offset where the writer's latest complete snapshot starts. Recovery reads the last
-record, jumps to its ``base`` and reads forward to the high watermark reported by *fetch*
-responses (``ListOffsets`` under-reports the end on the local broker and is only used as a
-starting hint).
+record, jumps to its ``base`` and reads forward to the end reported by *fetch* responses
+(``ListOffsets`` under-reports the end on the local broker and is only used as a starting
+hint).
 
-Why this is exact without transactions: a delta holds full values, and applying it is
-idempotent on any state between its ``from`` and ``to`` offsets, so a delta written twice, or
-by a worker that had already lost the partition, cannot double-count; the input offset to
-resume from is stored with the state, not taken from the consumer group.
+Exact without transactions: a delta holds full values, and applying it is idempotent on any
+state between its ``from`` and ``to`` offsets, so a delta written twice, or by a worker that
+had already lost the partition, cannot double-count; the input offset to resume from is
+stored with the state, not taken from the consumer group.
+
+Fenced with them (Apache Kafka): each owned partition's deltas go through its own
+transactional producer, ``{app_id}-changelog-{p}``, opened before the partition is
+recovered. The broker then refuses the writes of any previous owner, and recovery reads
+committed records only, to the last stable offset.
 """
 
 from __future__ import annotations
@@ -298,8 +303,10 @@ class ChangelogWriter:
             await producer.begin_transaction()
             for delta in deltas:
                 acks += await self._send(producer, delta)
-            await producer.commit_transaction()
+            # Every part stored before the commit: a transaction is never committed short of
+            # a part (aiokafka can fail a batch and still commit the others).
             await asyncio.gather(*acks)
+            await producer.commit_transaction()
             return True
         except Exception as exc:  # fenced, or any other failure: the transaction is void
             for ack in acks:  # their failure is this one

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from models.outputs import ClosedWindow
@@ -14,6 +17,11 @@ from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._text import aggregate_text, seconds_text, tags_json
 from tables import _native
 from tables.aggregators import Summary
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[], Awaitable[list[asyncio.Future]]]
+"""Queues some records (again, when retried); returns the futures of their acks."""
 
 
 def closed_window_json(window: ClosedWindow) -> bytes:
@@ -46,7 +54,10 @@ class KafkaSink(Sink):
     """Produces with the processor's producer, keyed by device (Kafka's default partitioning).
 
     Aggregates go in per-partition batches (``send_batch``), which costs a fraction of one
-    ``send`` per record; a flush returns once the broker has acknowledged every record.
+    ``send`` per record; a flush returns once the broker has acknowledged every record. A
+    send the producer gives up on (the broker away for longer than its request timeout) is
+    sent again, with capped backoff, until stored: only the failed ones, so a repeat is rare
+    and identical.
     """
 
     name = "kafka"
@@ -62,19 +73,55 @@ class KafkaSink(Sink):
         self._partition_count = 0
 
     async def write(self, batch: FlushBatch) -> None:
-        sends = []
+        sends: list[Send] = []
         if batch.closed:
-            sends += await self._send_aggregates(batch)
+            sends += await self._aggregate_sends(batch)
         for letter in batch.dead_letters:
             sends.append(
-                await self.producer.send(
-                    self.dlq_topic, value=orjson.dumps(letter.document()), key=letter.key
+                functools.partial(
+                    self._send_one, self.dlq_topic, orjson.dumps(letter.document()), letter.key
                 )
             )
-        if sends:
-            await asyncio.gather(*sends)
+        await self._until_stored(sends)
 
-    async def _send_aggregates(self, batch: FlushBatch) -> list[asyncio.Future]:
+    async def _until_stored(self, sends: list[Send]) -> None:
+        delay, failures = 0.1, 0
+        while sends:
+            failed: list[Send] = []
+            error: KafkaError | None = None
+            started = []
+            for send in sends:
+                try:
+                    started.append((send, await send()))
+                except KafkaError as exc:
+                    failed.append(send)
+                    error = exc
+            for send, futures in started:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                for failure in errors:
+                    if not isinstance(failure, KafkaError):
+                        raise failure
+                if errors:
+                    failed.append(send)
+                    error = errors[0]
+            sends = failed
+            if sends:
+                failures += 1
+                log.warning(
+                    "kafka sink: %d sends failed (try %d), retrying in %.2fs: %r",
+                    len(sends),
+                    failures,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _send_one(self, topic: str, value: bytes, key: bytes | None) -> list[asyncio.Future]:
+        return [await self.producer.send(topic, value=value, key=key)]
+
+    async def _aggregate_sends(self, batch: FlushBatch) -> list[Send]:
         partitions = sorted(await self.producer.partitions_for(self.aggregates_topic))
         known = self._partition_of
         if len(partitions) != self._partition_count or len(known) > 1_000_000:
@@ -86,23 +133,30 @@ class KafkaSink(Sink):
             if partition is None:
                 partition = known[key] = self._partitioner(key, partitions, partitions)
             by_partition.setdefault(partition, []).append((key, value))
+        return [
+            functools.partial(self._send_batches, partition, records)
+            for partition, records in by_partition.items()
+        ]
+
+    async def _send_batches(
+        self, partition: int, records: list[tuple[bytes, bytes]]
+    ) -> list[asyncio.Future]:
         futures = []
-        for partition, records in by_partition.items():
-            done = 0
+        done = 0
+        while done < len(records):
+            kafka_batch = self.producer.create_batch()
+            first = done
             while done < len(records):
-                kafka_batch = self.producer.create_batch()
-                first = done
-                while done < len(records):
-                    key, value = records[done]
-                    if kafka_batch.append(key=key, value=value, timestamp=None) is None:
-                        break
-                    done += 1
-                if done == first:
-                    raise ValueError("an aggregate record is larger than the producer's batch")
-                kafka_batch.close()
-                futures.append(
-                    await self.producer.send_batch(
-                        kafka_batch, self.aggregates_topic, partition=partition
-                    )
+                key, value = records[done]
+                if kafka_batch.append(key=key, value=value, timestamp=None) is None:
+                    break
+                done += 1
+            if done == first:
+                raise ValueError("an aggregate record is larger than the producer's batch")
+            kafka_batch.close()
+            futures.append(
+                await self.producer.send_batch(
+                    kafka_batch, self.aggregates_topic, partition=partition
                 )
+            )
         return futures

@@ -1,11 +1,18 @@
-"""closed_window_json: the value of an ``aggregates`` record."""
+"""closed_window_json: the value of an ``aggregates`` record; KafkaSink sends again what
+the producer gave up on, until stored."""
 
 from __future__ import annotations
 
-import orjson
+import asyncio
+from typing import Any, cast
 
-from models.outputs import ClosedWindow
-from pulse.sinks.kafka import closed_window_json
+import orjson
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from models.outputs import ClosedWindow, DeadLetter
+from pulse.sinks._base import FlushBatch
+from pulse.sinks.kafka import KafkaSink, closed_window_json
 from tables.aggregators import Summary
 
 S = 1_000_000
@@ -76,3 +83,106 @@ def test_fractional_window_bounds() -> None:
     state = Summary.initialize(1_500, 1.0, None)
     doc = closed_window_document(ClosedWindow("d", "m", "500ms", 1_000, 501_000, state))
     assert (doc["start"], doc["end"]) == (0.001, 0.501)
+
+
+class Builder:
+    """A producer batch (room for every record here)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+
+    def append(self, key: bytes, value: bytes, timestamp: None) -> object | None:
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class FlakyProducer:
+    """Stores what it is sent; the first attempt of each send in ``failing`` fails, either
+    when queued or in its ack (the broker away for longer than the request timeout)."""
+
+    def __init__(self, failing: dict[tuple[str, object], str]) -> None:
+        self.failing = failing
+        self.stored: list[tuple[str, bytes, bytes]] = []
+        self.attempts: dict[tuple[str, object], int] = {}
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> Builder:
+        return Builder()
+
+    async def send_batch(self, batch: Builder, topic: str, *, partition: int) -> asyncio.Future:
+        return self._attempt(topic, partition, batch.records)
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        return self._attempt(topic, key, [(key, value)])
+
+    def _attempt(
+        self, topic: str, where: object, records: list[tuple[bytes, bytes]]
+    ) -> asyncio.Future:
+        self.attempts[topic, where] = self.attempts.get((topic, where), 0) + 1
+        ack: asyncio.Future = asyncio.get_running_loop().create_future()
+        how = self.failing.pop((topic, where), None)
+        if how == "queue":
+            raise KafkaTimeoutError()
+        if how == "ack":
+            ack.set_exception(KafkaTimeoutError())
+            return ack
+        self.stored += [(topic, key, value) for key, value in records]
+        ack.set_result(None)
+        return ack
+
+
+def test_failed_sends_are_sent_again_until_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio, "sleep", no_sleep)
+    windows = [window()._replace(device=f"dev-{i}") for i in range(12)]
+    letters = [DeadLetter("late", "", "readings", 0, i, b"k%d" % i, b"{}", 100) for i in range(3)]
+    sink = KafkaSink(cast(Any, None), "aggregates", "dlq")
+    partition_of = {
+        w.device: sink._partitioner(w.device.encode(), [0, 1, 2], [0, 1, 2]) for w in windows
+    }
+    assert set(partition_of.values()) == {0, 1, 2}
+    acked_late, queued_late = partition_of["dev-0"], (partition_of["dev-0"] + 1) % 3
+    producer = FlakyProducer(
+        {
+            ("aggregates", acked_late): "ack",
+            ("aggregates", queued_late): "queue",
+            ("dlq", b"k1"): "ack",
+            ("dlq", b"k2"): "queue",
+        }
+    )
+    sink.producer = cast(Any, producer)
+    asyncio.run(sink.write(FlushBatch(closed=windows, dead_letters=letters)))
+    # Each record stored once; only the failed sends were made again.
+    assert sorted(v for t, _, v in producer.stored if t == "aggregates") == sorted(
+        closed_window_json(w) for w in windows
+    )
+    assert sorted(k for t, k, _ in producer.stored if t == "dlq") == [b"k0", b"k1", b"k2"]
+    assert producer.attempts == {
+        ("aggregates", acked_late): 2,
+        ("aggregates", queued_late): 2,
+        ("aggregates", 3 - acked_late - queued_late): 1,
+        ("dlq", b"k0"): 1,
+        ("dlq", b"k1"): 2,
+        ("dlq", b"k2"): 2,
+    }
+
+
+def test_a_bug_is_not_retried() -> None:
+    sink = KafkaSink(cast(Any, None), "aggregates", "dlq")
+
+    class Broken(FlakyProducer):
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            raise ValueError("a bug")
+
+    sink.producer = cast(Any, Broken({}))
+    letter = DeadLetter("late", "", "readings", 0, 1, b"k", b"{}", 100)
+    with pytest.raises(ValueError, match="a bug"):
+        asyncio.run(sink.write(FlushBatch(dead_letters=[letter])))
+
+
+async def no_sleep(delay: float) -> None:
+    pass
