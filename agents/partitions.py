@@ -28,6 +28,9 @@ from tables.partition_state import PartitionState
 
 log = logging.getLogger(__name__)
 
+ASSIGNMENT_RETRY_DELAY = 1.0
+"""Seconds before a failed takeover of partitions asks the group to assign them again."""
+
 
 class PartitionOwner(FlushPipeline):
     """The partition handling of the readings processor (a base class of ReadingsProcessor)."""
@@ -100,12 +103,16 @@ class PartitionOwner(FlushPipeline):
             return
         with contextlib.suppress(IllegalStateError):
             consumer.pause(TopicPartition(self.settings.topic_readings, partition))
+        log.warning("readings: partition %d lost; rejoining the group", partition)
+        self._rejoin_group()
+
+    def _rejoin_group(self) -> None:
+        """Have the consumer group assign the partitions again (a rebalance)."""
         # aiokafka has no public call for it; its group coordinator rejoins on request.
-        coordinator = getattr(consumer, "_coordinator", None)
+        coordinator = getattr(self.consumer, "_coordinator", None)
         request_rejoin = getattr(coordinator, "request_rejoin", None)
         if request_rejoin is not None:
             request_rejoin()
-        log.warning("readings: partition %d lost; rejoining the group", partition)
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         partitions = {tp.partition for tp in revoked if tp.partition in self.states}
@@ -125,29 +132,41 @@ class PartitionOwner(FlushPipeline):
         consumer, writer, s = self.consumer, self.writer, self.settings
         assert consumer is not None and writer is not None
         new = sorted(tp for tp in assigned if tp.partition not in self.states)
-        # Own each changelog partition before reading it: with transactions this fences the
-        # previous owner and aborts its open transaction (see ChangelogWriter.open).
-        await asyncio.gather(*(writer.open(tp.partition) for tp in new))
-        recovered = await asyncio.gather(
-            *(
-                recover_partition(
-                    s.bootstrap_servers,
-                    s.changelog_topic,
-                    tp.partition,
-                    s.windows,
-                    s.grace_us,
-                    read_committed=writer.transactional,
+        try:
+            # Own each changelog partition before reading it: with transactions this fences
+            # the previous owner and aborts its open transaction (ChangelogWriter.open).
+            await asyncio.gather(*(writer.open(tp.partition) for tp in new))
+            recovered = await asyncio.gather(
+                *(
+                    recover_partition(
+                        s.bootstrap_servers,
+                        s.changelog_topic,
+                        tp.partition,
+                        s.windows,
+                        s.grace_us,
+                        read_committed=writer.transactional,
+                    )
+                    for tp in new
                 )
-                for tp in new
             )
-        )
-        # A partition never processed starts at its committed offset (if the changelog was
-        # lost) or at its beginning. (``position()`` here would wait ~0.5 s per partition.)
-        fresh = [tp for tp, (state, _) in zip(new, recovered, strict=True) if state is None]
-        starts = {tp: await consumer.committed(tp) for tp in fresh}
-        unstarted = [tp for tp, offset in starts.items() if offset is None]
-        if unstarted:
-            starts.update(await consumer.beginning_offsets(unstarted))
+            # A partition never processed starts at its committed offset (if the changelog
+            # was lost) or at its beginning. (``position()`` would wait ~0.5 s a partition.)
+            fresh = [tp for tp, (state, _) in zip(new, recovered, strict=True) if state is None]
+            starts = {tp: await consumer.committed(tp) for tp in fresh}
+            unstarted = [tp for tp, offset in starts.items() if offset is None]
+            if unstarted:
+                starts.update(await consumer.beginning_offsets(unstarted))
+        except Exception:
+            # aiokafka would log it and carry on with partitions nobody processes: give them
+            # up and let the group assign them again, after a pause.
+            log.exception(
+                "readings: taking over partitions %s failed", [tp.partition for tp in new]
+            )
+            for tp in new:
+                await writer.release(tp.partition)
+            await asyncio.sleep(ASSIGNMENT_RETRY_DELAY)
+            self._rejoin_group()
+            return
         async with self._lock:
             now = time.monotonic()
             for tp, (state, base) in zip(new, recovered, strict=True):

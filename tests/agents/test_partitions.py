@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 import agents.partitions
@@ -40,6 +41,8 @@ class FakeConsumer:
         self.beginnings: dict[TopicPartition, int] = {}
         self.seeks: dict[TopicPartition, int] = {}
         self.commits: list[dict[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+        self._coordinator = Coordinator()
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.highwaters.get(tp)
@@ -58,6 +61,19 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+
+class Coordinator:
+    """aiokafka's group coordinator, as far as a request to rejoin the group goes."""
+
+    def __init__(self) -> None:
+        self.rejoins = 0
+
+    def request_rejoin(self) -> None:
+        self.rejoins += 1
 
 
 class FakeProducer:
@@ -193,3 +209,44 @@ def test_idle_close_raises_only_caught_up_quiet_partitions() -> None:
     processor.note_records(3, time.monotonic() - 11)
     asyncio.run(processor.close_idle())
     assert processor.states[3].watermark != before[3]
+
+
+class StartStop:
+    """A changelog producer that only starts and stops."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+def test_a_failed_takeover_gives_the_partitions_up_and_rejoins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor = processor_with_fakes()
+    consumer, _ = fakes(processor)
+    producers: list[StartStop] = []
+
+    def make(partition: int) -> Any:
+        producers.append(StartStop())
+        return producers[-1]
+
+    writer = processor.writer = ChangelogWriter(None, "changelog", make)
+
+    async def recover(servers: str, topic: str, partition: int, *args: Any, **kw: Any) -> Any:
+        if partition == 1:
+            raise KafkaConnectionError("the broker went away")
+        return None, -1
+
+    monkeypatch.setattr(agents.partitions, "recover_partition", recover)
+    monkeypatch.setattr(agents.partitions, "ASSIGNMENT_RETRY_DELAY", 0.0)
+    asyncio.run(processor._on_assigned({tp(0), tp(1)}))
+    # Nothing half taken over: no state, no producer left open, and the group asked again.
+    assert processor.states == {} and not processor.ready.is_set()
+    assert len(producers) == 2 and not any(p.running for p in producers)
+    assert writer.open_producers == 0
+    assert consumer._coordinator.rejoins == 1

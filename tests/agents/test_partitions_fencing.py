@@ -26,26 +26,6 @@ pytestmark = pytest.mark.integration
 T0 = 1_795_315_440.0
 
 
-class Coordinator:
-    def __init__(self) -> None:
-        self.rejoins = 0
-
-    def request_rejoin(self) -> None:
-        self.rejoins += 1
-
-
-class GroupConsumer(FakeConsumer):
-    """A fake consumer that also pauses partitions and has a group to rejoin."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.paused: set[TopicPartition] = set()
-        self._coordinator = Coordinator()
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tps)
-
-
 def records(topic: str, partition: int, offsets: range) -> list[ConsumerRecord]:
     out = []
     for offset in offsets:
@@ -80,7 +60,7 @@ def test_a_fenced_partition_is_dropped_and_the_others_go_on(
     async def run() -> None:
         await kafka.create_topics(kafka_broker, {changelog: 2})
         processor = ReadingsProcessor(settings)
-        consumer = GroupConsumer()
+        consumer = FakeConsumer()
         consumer.beginnings = {tp0: 0, tp1: 0}
         processor.consumer = consumer
         writer = processor.writer = ChangelogWriter(None, changelog, factory)

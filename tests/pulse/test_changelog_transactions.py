@@ -23,7 +23,6 @@ from pulse.changelog import (
     ChangelogWriter,
     recover_partition,
     transactional_producer_factory,
-    transactions_unsupported,
 )
 from tables.partition_state import Delta, PartitionState
 from tables.windows import parse_windows
@@ -107,15 +106,6 @@ async def recover(broker: str, topic: str) -> tuple[PartitionState | None, int]:
     return await recover_partition(
         kafka.bootstrap(broker), topic, 0, SPECS, GRACE_US, read_committed=True
     )
-
-
-def test_apache_kafka_runs_the_changelog_in_transactions(kafka_broker: str) -> None:
-    assert asyncio.run(transactions_unsupported(kafka.bootstrap(kafka_broker), "probe")) is None
-
-
-def test_tansu_refuses_them(broker: str) -> None:
-    reason = asyncio.run(transactions_unsupported(kafka.bootstrap(broker), "probe"))
-    assert reason is not None and "Error" in reason
 
 
 def test_a_zombie_write_is_refused_and_recovery_yields_the_new_owners_state(
