@@ -189,6 +189,14 @@ VARIABLES: tuple[Variable, ...] = (
         _integer(1),
     ),
     Variable(
+        "PULSE_TOPIC_REPLICATION",
+        "1",
+        "Replication factor of the topics Pulse creates. 1 suits a one-broker development "
+        "stack; on a cluster use 3 (Pulse then sets `min.insync.replicas=2`, and its "
+        "producers wait for every in-sync replica). See docs/operations.md.",
+        _integer(1, 32),
+    ),
+    Variable(
         "PULSE_SESSION_TIMEOUT",
         "6",
         "Consumer group session timeout in seconds; heartbeats "
@@ -233,6 +241,7 @@ class Settings:
     max_message_bytes: int
     web_port: int
     partitions: int
+    topic_replication: int
     session_timeout: float
     no_extensions: str
 
