@@ -76,7 +76,7 @@ def run_ceiling(context: BenchContext) -> RunResult:
     return run_measured_subprocess(
         "bench.ceiling",
         ["--bootstrap", context.bootstrap, "--topic", context.topic,
-         "--expected", str(context.readings)],
+         "--expected", str(context.readings), "--partitions", str(context.partitions)],
         context.work_dir / "result.json",
         log_path=context.work_dir / "output.log",
     )  # fmt: skip
