@@ -312,4 +312,37 @@ def configuration_markdown() -> str:
     ]
     for var in VARIABLES:
         lines.append(f"| `{var.name}` | `{var.default}` | {var.help} |")
+    lines += [
+        "",
+        "## The local development stack",
+        "",
+        "Read by `pulse stack` and `scripts/demo` (the `local` extra), not by the worker.",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for name, default, meaning in LOCAL_STACK_VARIABLES:
+        lines.append(f"| `{name}` | `{default}` | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+LOCAL_STACK_VARIABLES = (
+    (
+        "PULSE_STACK_BROKER",
+        "tansu",
+        "The local stack's broker: `tansu` (embedded, ready at once) or `kafka` (Apache "
+        "Kafka, one KRaft node in a JVM, installed once by Maven).",
+    ),
+    (
+        "PULSE_STATE_DIR",
+        ".pulse/stack",
+        "Where `pulse stack` keeps its servers' data, logs and `stack.json`.",
+    ),
+    (
+        "PULSE_CACHE_DIR",
+        "~/.cache/pulse",
+        "Where Apache Kafka's jars are kept once downloaded, shared by every checkout "
+        "(`$XDG_CACHE_HOME/pulse` when that is set).",
+    ),
+)
+"""Variables of pulse/local (documented here with the others, parsed there)."""
