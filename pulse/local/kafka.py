@@ -111,8 +111,13 @@ def java_executable() -> str:
 
 
 def _cluster_id() -> str:
-    """A new cluster id as Kafka's storage tool makes them: 16 random bytes, base64url."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A new cluster id as Kafka's storage tool makes them: 16 random bytes, base64url, not
+    starting with ``-`` (which the tool's command line would take for an option; Kafka's own
+    ``Uuid.randomUuid`` draws again then too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
