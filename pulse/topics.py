@@ -8,6 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     state) and a week's retention, well beyond the daily snapshot that supersedes older
     records. Returns the partition count of each topic.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
