@@ -144,8 +144,7 @@ async def check_connection(settings: Settings, timeout: float = CHECK_TIMEOUT) -
     Raises :class:`KafkaConnectError` when no server accepted and one of them failed the TLS
     handshake or the authentication, or dropped the connection (a listener of another
     protocol), within ``timeout`` seconds per server. A server that cannot be reached at all
-    (refused, no answer) is only logged: the clients wait for it as they would without
-    security.
+    (refused, no answer) is only logged: that is left to the clients, as without security.
     """
     if settings.kafka_security_protocol == "PLAINTEXT":
         return
