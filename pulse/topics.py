@@ -8,6 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     it, so losing one broker loses no acknowledged output or state. Returns the partition
     count of each topic.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
