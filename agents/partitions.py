@@ -23,6 +23,7 @@ from aiokafka.structs import TopicPartition
 
 from agents.flush import FlushPipeline
 from pulse.changelog import recover_partition
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from tables.partition_state import PartitionState
 
@@ -132,6 +133,7 @@ class PartitionOwner(FlushPipeline):
         consumer, writer, s = self.consumer, self.writer, self.settings
         assert consumer is not None and writer is not None
         new = sorted(tp for tp in assigned if tp.partition not in self.states)
+        options = client_options(s)
         try:
             # Own each changelog partition before reading it: with transactions this fences
             # the previous owner and aborts its open transaction (ChangelogWriter.open).
@@ -139,7 +141,7 @@ class PartitionOwner(FlushPipeline):
             recovered = await asyncio.gather(
                 *(
                     recover_partition(
-                        s.bootstrap_servers,
+                        options,
                         s.changelog_topic,
                         tp.partition,
                         s.windows,

@@ -28,6 +28,7 @@ from pulse.changelog import (
     transactional_producer_factory,
     transactions_unsupported,
 )
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
@@ -56,7 +57,7 @@ class ReadingsProcessor(PartitionOwner):
         await ensure_topics(s)
         transactional = await self._changelog_transactions()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
+            **client_options(s),
             acks="all",
             # No compression: on this path lz4 cost a sixth of the worker's CPU (profiled),
             # for records that mostly stay on one host; brokers may still compress at rest.
@@ -66,7 +67,7 @@ class ReadingsProcessor(PartitionOwner):
             max_request_size=4 << 20,
         )
         await self.producer.start()
-        factory = transactional_producer_factory(s.bootstrap_servers, s.app_id)
+        factory = transactional_producer_factory(client_options(s), s.app_id)
         self.writer = ChangelogWriter(
             self.producer, s.changelog_topic, factory if transactional else None
         )
@@ -80,7 +81,7 @@ class ReadingsProcessor(PartitionOwner):
             await sink.start()
         session_ms = int(s.session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **client_options(s),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -109,7 +110,7 @@ class ReadingsProcessor(PartitionOwner):
         if s.changelog_transactions == "off":
             log.info("changelog: without transactions (PULSE_CHANGELOG_TRANSACTIONS=off)")
             return False
-        unsupported = await transactions_unsupported(s.bootstrap_servers, s.app_id)
+        unsupported = await transactions_unsupported(client_options(s), s.app_id)
         if unsupported is None:
             log.info("changelog: one transactional producer per owned partition")
             return True

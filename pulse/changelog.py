@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,13 +367,14 @@ def _retrieve_unsent(producer: Any) -> None:
 
 
 def transactional_producer_factory(
-    bootstrap_servers: str, app_id: str
+    kafka_options: Mapping[str, Any], app_id: str
 ) -> Callable[[int], AIOKafkaProducer]:
-    """Partition -> its changelog producer, transactional id ``{app_id}-changelog-{p}``."""
+    """Partition -> its changelog producer, transactional id ``{app_id}-changelog-{p}``
+    (``kafka_options``: :func:`pulse.kafka_clients.client_options`)."""
 
     def make(partition: int) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka_options,
             transactional_id=f"{app_id}-changelog-{partition}",
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             acks="all",
@@ -387,16 +388,14 @@ def transactional_producer_factory(
 
 
 async def transactions_unsupported(
-    bootstrap_servers: str, app_id: str, timeout: float = 30.0
+    kafka_options: Mapping[str, Any], app_id: str, timeout: float = 30.0
 ) -> str | None:
     """Why the broker cannot run the changelog's transactions, or None when it can.
 
     Starts a producer with transactional id ``{app_id}-changelog-probe`` (its InitProducerId is
     what the local tansu broker refuses) and closes it again.
     """
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, transactional_id=f"{app_id}-changelog-probe"
-    )
+    producer = AIOKafkaProducer(**kafka_options, transactional_id=f"{app_id}-changelog-probe")
     try:
         await asyncio.wait_for(producer.start(), timeout)
         return None
@@ -407,7 +406,7 @@ async def transactions_unsupported(
 
 
 async def recover_partition(
-    bootstrap_servers: str,
+    kafka_options: Mapping[str, Any],
     topic: str,
     partition: int,
     specs: tuple[WindowSpec, ...],
@@ -422,10 +421,12 @@ async def recover_partition(
     none). ``read_committed``: the changelog is written in transactions; only committed
     records count and the end is the last stable offset (the caller has opened the
     partition's producer first, which aborted any transaction a previous owner left open).
+    ``kafka_options`` are the clients' connection options
+    (:func:`pulse.kafka_clients.client_options`).
     """
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_options,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=64 << 20,

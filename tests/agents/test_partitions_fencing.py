@@ -17,6 +17,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from agents.readings import ReadingsProcessor
 from pulse.changelog import ChangelogWriter, recover_partition, transactional_producer_factory
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from tests.agents.test_partitions import FakeConsumer, RecordingSink
 from tests.helpers import kafka
@@ -50,7 +51,8 @@ def test_a_fenced_partition_is_dropped_and_the_others_go_on(
     )
     topic, changelog = settings.topic_readings, settings.changelog_topic
     tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    factory = transactional_producer_factory(settings.bootstrap_servers, app_id)
+    options = client_options(settings)
+    factory = transactional_producer_factory(options, app_id)
 
     def apply(processor: ReadingsProcessor, partition: int, until: int) -> None:
         state = processor.states[partition]
@@ -97,7 +99,7 @@ def test_a_fenced_partition_is_dropped_and_the_others_go_on(
 
             # The changelog has partition 0 as this worker last committed it.
             state, _ = await recover_partition(
-                settings.bootstrap_servers,
+                options,
                 changelog,
                 0,
                 settings.windows,

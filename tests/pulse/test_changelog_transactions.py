@@ -81,14 +81,16 @@ def as_recovered(state: PartitionState) -> tuple[Any, ...]:
     )
 
 
+def options(broker: str) -> dict[str, Any]:
+    return {"bootstrap_servers": kafka.bootstrap(broker)}
+
+
 async def owner(
     broker: str, topic: str, app_id: str, owners: list[ChangelogWriter]
 ) -> tuple[ChangelogWriter, list[int]]:
     """A writer that owns partition 0 of ``topic`` (added to ``owners``), and the partitions
     it reports lost."""
-    writer = ChangelogWriter(
-        None, topic, transactional_producer_factory(kafka.bootstrap(broker), app_id)
-    )
+    writer = ChangelogWriter(None, topic, transactional_producer_factory(options(broker), app_id))
     owners.append(writer)
     lost: list[int] = []
     writer.on_lost = lost.append
@@ -103,9 +105,7 @@ async def release(owners: list[ChangelogWriter]) -> None:
 
 
 async def recover(broker: str, topic: str) -> tuple[PartitionState | None, int]:
-    return await recover_partition(
-        kafka.bootstrap(broker), topic, 0, SPECS, GRACE_US, read_committed=True
-    )
+    return await recover_partition(options(broker), topic, 0, SPECS, GRACE_US, read_committed=True)
 
 
 def test_a_zombie_write_is_refused_and_recovery_yields_the_new_owners_state(
