@@ -119,12 +119,10 @@ class ReadingsProcessor(PartitionOwner):
                 "PULSE_CHANGELOG_TRANSACTIONS=on, but the broker refuses transactions: "
                 f"{unsupported}"
             )
-        # A broker that answers no (tansu) is known; one that did not answer in time may be
-        # a Kafka whose transaction coordinator was not ready: worth a warning.
-        log.log(
-            logging.WARNING if unsupported.startswith("TimeoutError") else logging.INFO,
-            "changelog: without transactions, which the broker refuses (%s); "
-            "PULSE_CHANGELOG_TRANSACTIONS=on would stop here instead",
+        log.warning(
+            "changelog: without transactions, which the broker refuses (%s): a worker that "
+            "lost its partitions is not fenced; PULSE_CHANGELOG_TRANSACTIONS=on would stop "
+            "here instead",
             unsupported,
         )
         return False
