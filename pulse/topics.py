@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -17,6 +19,8 @@ WEEK_MS = str(7 * 24 * 3600 * 1000)
 CHANGELOG_RETENTION_MS = WEEK_MS
 """Each partition writes a full snapshot at least daily (pulse.changelog), so a week keeps
 the latest snapshot and every delta after it with room to spare."""
+VISIBLE_TIMEOUT = 10.0
+"""Seconds to wait for topics just created to be described."""
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
@@ -58,6 +62,12 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 _raise_refusals(created.topic_errors)
             log.info("created topics %s", [t.name for t in missing])
         counts = await _partition_counts(admin)
+        # A topic just created can take a moment to be described (its partitions have no
+        # leader yet): a fresh broker showed it.
+        deadline = time.monotonic() + VISIBLE_TIMEOUT
+        while any(name not in counts for name in wanted) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            counts = await _partition_counts(admin)
         changelog = counts.get(settings.changelog_topic)
         if changelog != counts.get(settings.topic_readings):
             raise RuntimeError(

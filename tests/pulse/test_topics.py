@@ -1,13 +1,17 @@
-"""pulse/topics.py on Apache Kafka: the topics Pulse creates, with the configs it documents."""
+"""pulse/topics.py on Apache Kafka: the topics Pulse creates, with the configs it documents;
+and topics just created are awaited until the broker describes them."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from pulse import topics as topics_module
 from pulse.settings import Settings
 from pulse.topics import CHANGELOG_RETENTION_MS, WEEK_MS, TopicRefused, ensure_topics
 from tests.helpers.kafka import bootstrap
@@ -91,3 +95,50 @@ def test_more_replicas_than_brokers_is_refused_by_the_broker(
     with pytest.raises(TopicRefused) as refused:
         asyncio.run(ensure_topics(settings))
     assert f"{topic_prefix}-readings: InvalidReplicationFactorError: " in str(refused.value)
+
+
+class SlowAdmin:
+    """An admin client of a broker that describes a topic only a while after creating it."""
+
+    topics: dict[str, int]
+    pending: dict[str, int]
+    describes: int
+
+    def __init__(self, **options: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def list_topics(self) -> list[str]:
+        SlowAdmin.describes += 1
+        if SlowAdmin.describes == 4:  # the third look after the creation finds them
+            SlowAdmin.topics.update(SlowAdmin.pending)
+        return list(SlowAdmin.topics)
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, object]]:
+        return [{"topic": n, "partitions": list(range(SlowAdmin.topics[n]))} for n in names]
+
+    async def create_topics(self, new: list[NewTopic]) -> Any:
+        SlowAdmin.pending = {t.name: t.num_partitions for t in new}
+        return SimpleNamespace(topic_errors=[(t.name, 0, None) for t in new])
+
+
+def test_topics_just_created_are_awaited(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topics_module, "AIOKafkaAdminClient", SlowAdmin)
+    SlowAdmin.topics, SlowAdmin.pending, SlowAdmin.describes = {"t-readings": 4}, {}, 0
+    settings = Settings.from_env(
+        {
+            "PULSE_APP_ID": "t",
+            "PULSE_TOPIC_READINGS": "t-readings",
+            "PULSE_TOPIC_AGGREGATES": "t-aggregates",
+            "PULSE_TOPIC_DLQ": "t-dlq",
+            "PULSE_PARTITIONS": "2",
+        }
+    )
+    counts = asyncio.run(ensure_topics(settings))
+    assert counts == {"t-readings": 4, "t-aggregates": 2, "t-dlq": 2, "t-readings-state": 4}
+    assert SlowAdmin.describes == 4
