@@ -128,6 +128,9 @@ def test_worker_processes_readings_over_an_authenticated_connection(
     env = {
         **pipeline_env(topic_prefix, secured_kafka.plaintext, redis_url, influx_url),
         **connection_env(secured_kafka, connection, tmp_path),
+        # The readings are stamped in the past: idle close must not end their windows before
+        # `pulse produce` (a new process, slow on a loaded machine) has sent them.
+        "PULSE_IDLE_CLOSE": "8",
     }
     records, series = expected_outputs()
     expected = compute(records, WINDOWS_US, GRACE_US)
