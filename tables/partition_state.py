@@ -396,20 +396,21 @@ class PartitionState:
 
     def _latest_changes(self) -> tuple[list[Latest], list[list[Any]], list[list[Any]]]:
         """The drain's latest values: for each pair changed since the last drain, its value
-        (or, when it was forgotten since, the value it had) as an output and a changelog
-        row, and a removed row for each forgotten pair."""
+        (or, when it was forgotten since, the value it had) as an output, versioned by the
+        partition's position (``next_offset``), and a changelog row, and a removed row for
+        each forgotten pair."""
         outputs: list[Latest] = []
         rows: list[list[Any]] = []
         removed: list[list[Any]] = []
+        offset = self.next_offset
         for pair in self._latest_changed:
             value = self.latest.get(pair)
             gone = value is None
             if gone:
                 value = self._latest_unsent.get(pair)
             if value is not None:
-                output = Latest(pair[0], pair[1], value[0], value[1])
-                outputs.append(output)
-                rows.append(list(output))
+                outputs.append(Latest(pair[0], pair[1], value[0], value[1], offset))
+                rows.append([pair[0], pair[1], value[0], value[1]])
             if gone:
                 removed.append(list(pair))
         return outputs, rows, removed
@@ -434,6 +435,7 @@ class PartitionState:
             windows,
             self._labels,
             self._sizes,
+            closed,
             OpenView,
         )
         latest, latest_rows, latest_removed = self._latest_changes()
