@@ -505,8 +505,15 @@ class PartitionState:
         A snapshot fits whenever ``to >= x``. A delta with ``to < x`` is older than the state
         (written twice, or by a worker that lost the partition) and is ignored; one with
         ``from > x`` would leave a gap and is ignored too (it cannot happen without data loss).
+
+        A delta (or snapshot) with an idle floor below the state's is ignored whatever its
+        offsets: along one worker's deltas the floor only rises, so it was written late by a
+        worker that lost the partition before an idle close its successor made (a zombie);
+        applied at the successor's offset it would reopen the windows that close closed.
         """
         x = self.next_offset
+        if delta.idle_floor < self.idle_floor:
+            return False
         if delta.snapshot:
             if delta.to_offset < x:
                 return False

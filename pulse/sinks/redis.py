@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
+from typing import Any
 
 from models.outputs import AGGREGATES, AggregateText
 from pulse.sinks._base import FlushBatch, Sink
@@ -54,6 +56,8 @@ from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks._retry import retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
 from tables import _native
+
+log = logging.getLogger(__name__)
 
 COMMANDS_PER_ROUND_TRIP = 20_000
 
@@ -230,6 +234,9 @@ class RedisSink(Sink):
         # every flush with a new reading of it; entries older than half a TTL are pruned.
         self._device_ttl_set: dict[str, float] = {}
         self._prune_device_ttls_at = 0.0
+        self.refused = 0
+        """Writes refused so far, wholly: older than what Redis holds (a worker that lost
+        its partitions and wrote late)."""
 
     async def stop(self) -> None:
         await self.connection.close()
@@ -240,11 +247,15 @@ class RedisSink(Sink):
             commands = self._commands(batch)
             for begin in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
                 chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
-                await retry_forever(
+                replies = await retry_forever(
                     "redis write",
                     lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                 )
+                refused = replies.count(0)  # each write answers how many of its parts applied
+                if refused:
+                    self.refused += refused
+                    log.info("redis: %d late writes refused (older than what Redis holds)", refused)
             # The first connection ever is no reconnection: nothing was remembered before it.
             if self.connection.connections <= max(connections, 1):
                 return
@@ -254,16 +265,17 @@ class RedisSink(Sink):
             self._open_ttl_set.clear()
             self._device_ttl_set.clear()
 
-    async def _execute(self, chunk: list[bytes]) -> None:
-        """Write a chunk; when the server has lost the script (restarted behind a proxy,
-        failed over, flushed) load it and write the chunk again (writes are idempotent)."""
+    async def _execute(self, chunk: list[bytes]) -> list[Any]:
+        """Write a chunk, return the replies; when the server has lost the script (restarted
+        behind a proxy, failed over, flushed) load it and write the chunk again (writes are
+        idempotent)."""
         try:
-            await self.connection.execute(chunk)
+            return await self.connection.execute(chunk)
         except RedisReplyError as exc:
             if not is_noscript(exc):
                 raise
             await self.connection.execute([self._load_script])
-            await self.connection.execute(chunk)
+            return await self.connection.execute(chunk)
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         keys, ttl = self.keys, self.ttl

@@ -512,9 +512,16 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
         FlushBatch(sliding=[sliding_of("d1", "t", 30 * S, [4.0, 5.0, 1.0, 2.0])]),
         FlushBatch(sliding=[sliding_of("d1", "t", 31 * S, [4.0, 6.0])]),
     ]
+    refused = 0
     for batch in zombie:
-        write(sink, batch)
+        late = RedisSink(redis_url, p, 60)  # the zombie's
+        write(late, batch)
         assert contents(client, p) == wanted, batch
+        refused += late.refused
+    # Each write refused whole is counted: two closed hashes and the top key's two members,
+    # then one closed hash and its member, two open hashes, the device (both metrics), and
+    # two sliding hashes.
+    assert refused == 3 + 2 + 2 + 1 + 2
     # Equal versions apply (their content is the same by design; here it differs, to show
     # that they were applied).
     equal = FlushBatch(
