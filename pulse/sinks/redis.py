@@ -23,15 +23,20 @@ stored with the key, field or member; the check runs inside Redis (:data:`FENCE_
 EVALSHA). Processing is deterministic in offset order, so a state with more input applied is
 newer, and an equal version means identical content. The versions, each compared in order:
 
-* closed window and its top member: (window start, count);
+* closed window and its top member: (window start, count); a window's readings are a
+  prefix of its readings in offset order, so the same count means the same content, and a
+  higher one a later close (a zombie's idle close can close a window early);
 * open window: (window start, count), the count growing with every reading; its removal:
   (start of the window that closed, +infinity), kept as a tombstone in ``{KEY}:v``;
-* sliding window: (end = the key's latest event time, count);
-* a device's value: (its event time, the partition's input offset at the drain).
+* sliding window: (end = the key's latest event time, count): the end only grows, and the
+  count grows while it stays;
+* a device's value: (its event time, the partition's input offset at the drain); a device's
+  readings are in one partition (keyed by device).
 
-So a late write can neither regress a value nor bring back a removed open window; removal
-tombstones and every version live as long as the key's TTL (``PULSE_STATE_TTL``, at least
-the session timeout: a zombie is fenced out for at least that long after its removal).
+So a late write can neither regress a value nor bring back a removed open window. Versions
+and removal tombstones live as long as keys do (``PULSE_STATE_TTL``, at least the session
+timeout): a write later than that after a key's last write (or removal) meets no version and
+applies, as on a fresh server.
 
 One flush is one pipelined round trip per chunk of commands (one EVALSHA per key), never one
 per reading; each key is written once per flush with its latest content. A key's TTL (and its
