@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -50,7 +51,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
             log.info("created topics %s", [t.name for t in missing])
-        counts = await _partition_counts(admin)
+        counts = await _described(admin, set(wanted))
         changelog = counts.get(settings.changelog_topic)
         if changelog != counts.get(settings.topic_readings):
             raise RuntimeError(
@@ -61,6 +62,22 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         return counts
     finally:
         await admin.close()
+
+
+DESCRIBE_TIMEOUT = 10.0
+"""Seconds to wait for topics just created to be described (their metadata propagates)."""
+
+
+async def _described(admin: AIOKafkaAdminClient, names: set[str]) -> dict[str, int]:
+    """The partition counts, once every topic of ``names`` is described without an error
+    (a broker may answer with an error for a topic it has just created), or the counts
+    there are after :data:`DESCRIBE_TIMEOUT`."""
+    deadline = asyncio.get_running_loop().time() + DESCRIBE_TIMEOUT
+    while True:
+        counts = await _partition_counts(admin)
+        if names <= counts.keys() or asyncio.get_running_loop().time() >= deadline:
+            return counts
+        await asyncio.sleep(0.1)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
