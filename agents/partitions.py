@@ -22,6 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from agents.flush import FlushPipeline
 from pulse.changelog import recover_partition
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from tables.partition_state import PartitionState
 
@@ -101,11 +102,10 @@ class PartitionOwner(FlushPipeline):
         consumer, writer, s = self.consumer, self.writer, self.settings
         assert consumer is not None and writer is not None
         new = sorted(tp for tp in assigned if tp.partition not in self.states)
+        options = client_options(s)
         recovered = await asyncio.gather(
             *(
-                recover_partition(
-                    s.bootstrap_servers, s.changelog_topic, tp.partition, s.windows, s.grace_us
-                )
+                recover_partition(options, s.changelog_topic, tp.partition, s.windows, s.grace_us)
                 for tp in new
             )
         )

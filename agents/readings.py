@@ -23,6 +23,7 @@ from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
 from pulse.app import pulse_agent
 from pulse.changelog import ChangelogWriter
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
@@ -48,7 +49,7 @@ class ReadingsProcessor(PartitionOwner):
         s = self.settings
         await ensure_topics(s)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
+            **client_options(s),
             acks="all",
             # No compression: on this path lz4 cost a sixth of the worker's CPU (profiled),
             # for records that mostly stay on one host; brokers may still compress at rest.
@@ -68,7 +69,7 @@ class ReadingsProcessor(PartitionOwner):
             await sink.start()
         session_ms = int(s.session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **client_options(s),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.measure import RunResult, Stopwatch, write_result
 
 
-async def consume_all(bootstrap: str, topic: str, expected: int) -> RunResult:
+async def consume_all(bootstrap: str, topic: str, expected: int, partitions: int) -> RunResult:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -24,11 +24,9 @@ async def consume_all(bootstrap: str, topic: str, expected: int) -> RunResult:
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        while not partitions:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assignment = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        # The partitions are given: a consumer without a subscription knows no topic's
+        # metadata on Apache Kafka (tansu sends every topic's).
+        assignment = [TopicPartition(topic, partition) for partition in range(partitions)]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)
         stopwatch = Stopwatch()
@@ -57,10 +55,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--expected", type=int, required=True, help="readings in the topic")
+    parser.add_argument("--partitions", type=int, required=True, help="partitions of the topic")
     parser.add_argument("--result-file", required=True)
     args = parser.parse_args()
     write_result(
-        args.result_file, asyncio.run(consume_all(args.bootstrap, args.topic, args.expected))
+        args.result_file,
+        asyncio.run(consume_all(args.bootstrap, args.topic, args.expected, args.partitions)),
     )
 
 

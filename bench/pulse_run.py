@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.dataset import DatasetSpec, generate
 from bench.measure import RunResult, run_measured_subprocess
@@ -93,12 +94,19 @@ async def count_records(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
+    # A consumer without a subscription knows no topic's partitions on Apache Kafka: ask.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    count_of = {t["topic"]: len(t["partitions"]) for t in described if not t.get("error_code")}
+    partitions = [TopicPartition(topic, p) for p in range(count_of.get(topic, 0))]
+    if not partitions:
+        return 0
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the metadata of every topic
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            return 0
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         count = 0

@@ -1,8 +1,9 @@
 """One command for the whole benchmark: ``python -m bench.run``.
 
-Starts its own broker, Redis and VictoriaMetrics on free ports (``pulse.local.stack``), produces the
-dataset once, runs each system one after another in its own subprocess, prints the table and
-writes it to ``bench/results/latest.json``. See bench/README.md for what each system does.
+Starts its own broker (Apache Kafka by default, tansu with ``--broker tansu``), Redis and
+VictoriaMetrics on free ports (``pulse.local.stack``), produces the dataset once, runs each
+system one after another in its own subprocess, prints the table and writes it to
+``bench/results/latest.json``. See bench/README.md for what each system does.
 
 The dataset is produced once into one topic and every system reads it with its own fresh
 consumer group (and its own state and internal topics): the input is byte-for-byte the same
@@ -38,7 +39,7 @@ from bench.measure import (
     server_pids_text,
 )
 from bench.pulse_run import pulse_env, run_pulse
-from pulse.local.stack import start_broker, start_redis, start_victoria
+from pulse.local.stack import BROKERS, start_broker, start_redis, start_victoria
 from pulse.settings import Settings
 
 SYSTEMS = ("ceiling", "quix", "textbook", "pulse")
@@ -75,7 +76,7 @@ def run_ceiling(context: BenchContext) -> RunResult:
     return run_measured_subprocess(
         "bench.ceiling",
         ["--bootstrap", context.bootstrap, "--topic", context.topic,
-         "--expected", str(context.readings)],
+         "--expected", str(context.readings), "--partitions", str(context.partitions)],
         context.work_dir / "result.json",
         log_path=context.work_dir / "output.log",
     )  # fmt: skip
@@ -364,7 +365,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, RunResult] = {}
     failures: dict[str, str] = {}
     try:
-        broker = start_broker(work_dir / "stack")
+        broker = start_broker(work_dir / "stack", kind=args.broker)
+        print(f"bench: {args.broker} ready in {broker.ready_seconds:.1f} s", flush=True)
         servers.append(broker)
         redis = start_redis(work_dir / "stack")
         servers.append(redis)
@@ -484,6 +486,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     print()
     if selected:
+        print(f"broker: {args.broker}")
         print(format_table(results, failures, selected))
     extras = format_extras(latencies, memory, recovery)
     if extras:
@@ -495,6 +498,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_description(),
         "command": shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]),
+        "broker": args.broker,
         "dataset": {**asdict(spec), "textbook_readings": textbook_readings},
         "results": {system: result.to_json() for system, result in results.items()},
         "failures": failures,
@@ -560,6 +564,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_TEXTBOOK_LIMIT,
         help="readings textbook Faust processes (0: all); it is ~1,000/s",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=BROKERS,
+        default="kafka",
+        help="the broker every system reads from: Apache Kafka (default) or tansu",
     )
     parser.add_argument("--work-dir", help="state and logs (default: a new temporary dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import faust
 
+from pulse.kafka_clients import broker_credentials
 from pulse.settings import Settings
 
 AGENT_PACKAGES = ("agents",)
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
+        broker_credentials=broker_credentials(settings),
         web_port=settings.web_port,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.session_timeout / 6,

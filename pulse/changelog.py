@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,7 +217,7 @@ class ChangelogWriter:
 
 
 async def recover_partition(
-    bootstrap_servers: str,
+    kafka_options: Mapping[str, Any],
     topic: str,
     partition: int,
     specs: tuple[WindowSpec, ...],
@@ -228,10 +228,12 @@ async def recover_partition(
 
     Returns ``(state, base)``: ``state`` is None when the changelog partition is empty (the
     partition was never processed); ``base`` is where its latest snapshot starts (-1: none).
+    ``kafka_options`` are the clients' connection options
+    (:func:`pulse.kafka_clients.client_options`).
     """
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_options,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=64 << 20,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import click
 import orjson
@@ -16,6 +17,26 @@ def _settings() -> Settings:
         return Settings.from_env()
     except SettingsError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+def _kafka_options(settings: Settings) -> dict[str, Any]:
+    """The Kafka clients' options, once a connection made with them was accepted (see
+    :func:`pulse.kafka_clients.check_connection`): a wrong password, CA or protocol stops
+    here with one message saying which, before any client retries."""
+    from pulse.kafka_clients import KafkaConnectError, check_connection, client_options
+
+    try:
+        options = client_options(settings)
+        loop = asyncio.new_event_loop()  # not asyncio.run: Faust's worker wants the loop unset
+        try:
+            loop.run_until_complete(check_connection(settings))
+        finally:
+            loop.close()
+    except SettingsError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
+    except KafkaConnectError as exc:
+        raise click.ClickException(str(exc)) from None
+    return options
 
 
 class _Main(click.Group):
@@ -42,7 +63,7 @@ def main() -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run the worker (Faust's worker; its options pass through, e.g. ``-l info``)."""
-    _settings()  # fail here, naming the variable, before Faust starts
+    _kafka_options(_settings())  # fail here, naming the variable or problem, before Faust
     from faust.cli.faust import cli as faust_cli
 
     faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
@@ -92,6 +113,7 @@ def produce(
     from pulse.producer import produce as produce_readings
 
     settings = _settings()
+    options = _kafka_options(settings)
     readings = SyntheticReadings(
         devices=devices,
         metrics=tuple(m for m in metrics.split(",") if m),
@@ -106,9 +128,7 @@ def produce(
             bar.update(sent - bar.n)
 
         sent = asyncio.run(
-            produce_readings(
-                settings.bootstrap_servers, settings.topic_readings, readings, rate, progress
-            )
+            produce_readings(options, settings.topic_readings, readings, rate, progress)
         )
     click.echo(f"produced {sent} readings to {settings.topic_readings}", err=True)
 
@@ -161,5 +181,5 @@ def config(markdown: bool) -> None:
     if markdown:
         click.echo(configuration_markdown(), nl=False)
         return
-    for name, value in _settings().env().items():
+    for name, value in _settings().shown().items():
         click.echo(f"{name}={value}")

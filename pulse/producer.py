@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -50,16 +51,16 @@ class SyntheticReadings:
 
 
 async def produce(
-    bootstrap_servers: str,
+    kafka_options: Mapping[str, Any],
     topic: str,
     readings: SyntheticReadings,
     rate: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Produce the readings (``rate`` per second, 0 = as fast as possible); returns the count."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, linger_ms=5, max_batch_size=64 << 10, acks="all"
-    )
+    """Produce the readings (``rate`` per second, 0 = as fast as possible) with a producer
+    made with ``kafka_options`` (:func:`pulse.kafka_clients.client_options`); returns the
+    count."""
+    producer = AIOKafkaProducer(**kafka_options, linger_ms=5, max_batch_size=64 << 10, acks="all")
     await producer.start()
     sent = 0
     began = time.monotonic()

@@ -2,6 +2,11 @@
 
 This module is the one place configuration is documented; ``docs/configuration.md`` is generated
 from :data:`VARIABLES` (``pulse config``) and a test keeps the two equal.
+
+Secrets (``Variable.secret``: the InfluxDB token, the Kafka SASL password) are taken verbatim,
+never shown: not in :class:`Settings`' repr, not in :meth:`Settings.shown` (``pulse config``),
+not in an error message. How Kafka clients use the ``PULSE_KAFKA_*`` settings is
+:mod:`pulse.kafka_clients`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ class Variable:
     default: str
     help: str
     parse: Callable[[str], Any] = field(repr=False)
+    secret: bool = False
+    """Taken verbatim (not stripped) and never shown: see the module's docstring."""
+
+
+REDACTED = "<redacted>"
+"""What stands for a secret wherever settings are shown."""
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-512")
 
 
 def _number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
@@ -92,6 +106,22 @@ def _text(text: str) -> str:
     return text
 
 
+def _choice(*choices: str, empty: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices and not (empty and text == ""):
+            unset = " (or unset)" if empty else ""
+            raise ValueError(f"must be one of {', '.join(choices)}{unset}")
+        return text
+
+    return parse
+
+
+def _file(text: str) -> str:
+    if text and not (os.path.isfile(text) and os.access(text, os.R_OK)):
+        raise ValueError("must be the path of a readable file")
+    return text
+
+
 def _left_out(text: str) -> str:
     try:
         _native.left_out(text)
@@ -114,7 +144,13 @@ VARIABLES: tuple[Variable, ...] = (
         "InfluxDB 2.x (or a server that accepts its /api/v2/write) for closed windows.",
         _url("http", "https"),
     ),
-    Variable("PULSE_INFLUX_TOKEN", "pulse-dev-token", "InfluxDB API token.", _text),
+    Variable(
+        "PULSE_INFLUX_TOKEN",
+        "pulse-dev-token",
+        "InfluxDB API token (secret: never shown or logged).",
+        _text,
+        secret=True,
+    ),
     Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
     Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
     Variable(
@@ -205,6 +241,14 @@ VARIABLES: tuple[Variable, ...] = (
         _integer(1),
     ),
     Variable(
+        "PULSE_TOPIC_REPLICATION",
+        "1",
+        "Replication factor of the topics Pulse creates. 1 suits a one-broker development "
+        "stack; on a cluster use 3 (Pulse then sets `min.insync.replicas=2`, and its "
+        "producers wait for every in-sync replica). See docs/operations.md.",
+        _integer(1, 32),
+    ),
+    Variable(
         "PULSE_SESSION_TIMEOUT",
         "6",
         "Consumer group session timeout in seconds; heartbeats "
@@ -221,6 +265,62 @@ VARIABLES: tuple[Variable, ...] = (
         "extension Pulse warns and runs on the Python definitions.",
         _left_out,
     ),
+    Variable(
+        "PULSE_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "How every Kafka client of Pulse (the worker's, `pulse produce`'s) connects: "
+        "`PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (SASL over TLS). "
+        'See docs/operations.md, "Connecting to a secured Kafka".',
+        _choice(*SECURITY_PROTOCOLS),
+    ),
+    Variable(
+        "PULSE_KAFKA_SASL_MECHANISM",
+        "",
+        "SASL mechanism, `PLAIN` or `SCRAM-SHA-512`; required with the `SASL_*` protocols, "
+        "and only with them.",
+        _choice(*SASL_MECHANISMS, empty=True),
+    ),
+    Variable(
+        "PULSE_KAFKA_SASL_USERNAME",
+        "",
+        "SASL user name; required with the `SASL_*` protocols.",
+        _text,
+    ),
+    Variable(
+        "PULSE_KAFKA_SASL_PASSWORD",
+        "",
+        "SASL password (secret: taken verbatim, never shown or logged). With the `SASL_*` "
+        "protocols set exactly one of it and `PULSE_KAFKA_SASL_PASSWORD_FILE`.",
+        _text,
+        secret=True,
+    ),
+    Variable(
+        "PULSE_KAFKA_SASL_PASSWORD_FILE",
+        "",
+        "File holding the SASL password (e.g. a mounted secret); one trailing newline is "
+        "ignored. Read once at start-up.",
+        _file,
+    ),
+    Variable(
+        "PULSE_KAFKA_SSL_CAFILE",
+        "",
+        "PEM file of the CA certificates that verify the brokers' certificates (`SSL`, "
+        "`SASL_SSL`); unset: the system's CAs. Host names are always verified.",
+        _file,
+    ),
+    Variable(
+        "PULSE_KAFKA_SSL_CERTFILE",
+        "",
+        "PEM client certificate (chain) for brokers that require one (mutual TLS); it may "
+        "hold the private key too.",
+        _file,
+    ),
+    Variable(
+        "PULSE_KAFKA_SSL_KEYFILE",
+        "",
+        "PEM private key (unencrypted) of `PULSE_KAFKA_SSL_CERTFILE`, if not in that file.",
+        _file,
+    ),
 )
 
 
@@ -231,7 +331,7 @@ class Settings:
     broker: str
     redis_url: str
     influx_url: str
-    influx_token: str
+    influx_token: str = field(repr=False)
     influx_org: str
     influx_bucket: str
     app_id: str
@@ -249,18 +349,29 @@ class Settings:
     max_message_bytes: int
     web_port: int
     partitions: int
+    topic_replication: int
     session_timeout: float
     no_extensions: str
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    """The password itself, also when read from ``kafka_sasl_password_file``."""
+    kafka_sasl_password_file: str = ""
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read every ``PULSE_*`` variable; raise :class:`SettingsError` naming a bad one."""
+        """Read every ``PULSE_*`` variable; raise :class:`SettingsError` naming a bad one (or
+        a bad combination of the ``PULSE_KAFKA_*`` ones), never showing a secret."""
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var in VARIABLES:
             raw = source.get(var.name, var.default)
             try:
-                values[_attr(var)] = var.parse(raw.strip())
+                values[_attr(var)] = var.parse(raw if var.secret else raw.strip())
             except ValueError as exc:
                 reason = (
                     str(exc)
@@ -269,7 +380,8 @@ class Settings:
                 )
                 if str(exc).startswith("invalid literal"):
                     reason = "is not a whole number"
-                raise SettingsError(f"{var.name}={raw!r}: {reason}") from None
+                shown = REDACTED if var.secret else repr(raw)
+                raise SettingsError(f"{var.name}={shown}: {reason}") from None
         values.update(overrides)
         if values["state_ttl"] < values["session_timeout"]:
             # The TTL is also how long a removed key's tombstone fences it (pulse/sinks/redis.py)
@@ -280,6 +392,7 @@ class Settings:
                 f"PULSE_STATE_TTL={raw!r}: must be at least PULSE_SESSION_TIMEOUT "
                 f"({values['session_timeout']:g})"
             )
+        _check_kafka_security(values)
         return cls(**values)
 
     @property
@@ -300,18 +413,96 @@ class Settings:
         return round(self.close_spread * 1_000_000)
 
     def env(self) -> dict[str, str]:
-        """The ``PULSE_*`` environment that reproduces these settings."""
+        """The ``PULSE_*`` environment that reproduces these settings, secrets included (a
+        password read from a file stays in its file)."""
         out = {}
         for var in VARIABLES:
             value = getattr(self, _attr(var))
             if var.name == "PULSE_WINDOWS":
                 value = ",".join(spec.label for spec in value)
+            if var.name == "PULSE_KAFKA_SASL_PASSWORD" and self.kafka_sasl_password_file:
+                value = ""
             out[var.name] = str(value)
         return out
+
+    def shown(self) -> dict[str, str]:
+        """:meth:`env` with every secret that is set replaced by :data:`REDACTED`: what may
+        be printed or logged (``pulse config``)."""
+        secret = {var.name for var in VARIABLES if var.secret}
+        return {
+            name: REDACTED if name in secret and value else value
+            for name, value in self.env().items()
+        }
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of these settings replaced by :data:`REDACTED`: for
+        messages built from what a client or server said, which Pulse does not control."""
+        for var in VARIABLES:
+            value = getattr(self, _attr(var))
+            if var.secret and value:
+                text = text.replace(value, REDACTED)
+        return text
 
 
 def _attr(var: Variable) -> str:
     return var.name.removeprefix("PULSE_").lower()
+
+
+def _check_kafka_security(values: dict[str, Any]) -> None:
+    """Check that the ``PULSE_KAFKA_*`` values fit together and read the password file;
+    raise :class:`SettingsError` naming the variable to set or unset."""
+    protocol = values["kafka_security_protocol"]
+    given = f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol}"
+    sasl = (
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_sasl_password_file",
+    )
+    tls = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    if protocol.startswith("SASL_"):
+        for attr in sasl[:2]:
+            if not values[attr]:
+                raise SettingsError(f"{_variable(attr)} must be set with {given}")
+        password, path = values["kafka_sasl_password"], values["kafka_sasl_password_file"]
+        if bool(password) == bool(path):
+            raise SettingsError(
+                "exactly one of PULSE_KAFKA_SASL_PASSWORD and PULSE_KAFKA_SASL_PASSWORD_FILE "
+                f"must be set with {given}"
+            )
+        if path:
+            try:
+                with open(path, encoding="utf-8") as secret:
+                    password = secret.read().removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "is not UTF-8 text"
+                raise SettingsError(f"PULSE_KAFKA_SASL_PASSWORD_FILE={path!r}: {reason}") from None
+            if not password:
+                raise SettingsError(f"PULSE_KAFKA_SASL_PASSWORD_FILE={path!r}: the file is empty")
+            values["kafka_sasl_password"] = password
+    else:
+        for attr in sasl:
+            if values[attr]:
+                raise SettingsError(
+                    f"{_variable(attr)} is set, but {given} does not use SASL: "
+                    "set PULSE_KAFKA_SECURITY_PROTOCOL to SASL_PLAINTEXT or SASL_SSL, or unset it"
+                )
+    if not protocol.endswith("SSL"):
+        for attr in tls:
+            if values[attr]:
+                raise SettingsError(
+                    f"{_variable(attr)} is set, but {given} does not use TLS: "
+                    "set PULSE_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL, or unset it"
+                )
+    if values["kafka_ssl_keyfile"] and not values["kafka_ssl_certfile"]:
+        raise SettingsError(
+            "PULSE_KAFKA_SSL_KEYFILE is set without PULSE_KAFKA_SSL_CERTFILE, the certificate "
+            "it belongs to"
+        )
+
+
+def _variable(attr: str) -> str:
+    return f"PULSE_{attr.upper()}"
 
 
 def configuration_markdown() -> str:
@@ -327,5 +518,39 @@ def configuration_markdown() -> str:
         "| --- | --- | --- |",
     ]
     for var in VARIABLES:
-        lines.append(f"| `{var.name}` | `{var.default}` | {var.help} |")
+        default = f"`{var.default}`" if var.default else "(unset)"
+        lines.append(f"| `{var.name}` | {default} | {var.help} |")
+    lines += [
+        "",
+        "## The local development stack",
+        "",
+        "Read by `pulse stack` and `scripts/demo` (the `local` extra), not by the worker.",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for name, default, meaning in LOCAL_STACK_VARIABLES:
+        lines.append(f"| `{name}` | `{default}` | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+LOCAL_STACK_VARIABLES = (
+    (
+        "PULSE_STACK_BROKER",
+        "tansu",
+        "The local stack's broker: `tansu` (embedded, ready at once) or `kafka` (Apache "
+        "Kafka, one KRaft node in a JVM, installed once by Maven).",
+    ),
+    (
+        "PULSE_STATE_DIR",
+        ".pulse/stack",
+        "Where `pulse stack` keeps its servers' data, logs and `stack.json`.",
+    ),
+    (
+        "PULSE_CACHE_DIR",
+        "~/.cache/pulse",
+        "Where Apache Kafka's jars are kept once downloaded, shared by every checkout "
+        "(`$XDG_CACHE_HOME/pulse` when that is set).",
+    ),
+)
+"""Variables of pulse/local (documented here with the others, parsed there)."""

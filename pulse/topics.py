@@ -7,8 +7,9 @@ import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,12 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     Configs are set explicitly (some brokers report only explicit configs). The changelog gets
     exactly as many partitions as ``readings`` (its partition p holds input partition p's
     state) and a week's retention, well beyond the daily snapshot that supersedes older
-    records. Returns the partition count of each topic.
+    records. Every topic has ``PULSE_TOPIC_REPLICATION`` replicas; with more than one, a
+    write is acknowledged only once ``min.insync.replicas`` (2 from three replicas on) have
+    it, so losing one broker loses no acknowledged output or state. Returns the partition
+    count of each topic.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
@@ -41,15 +45,18 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 {"retention.ms": CHANGELOG_RETENTION_MS, "cleanup.policy": "delete"},
             ),
         }
+        replication = settings.topic_replication
+        durability = {"min.insync.replicas": str(min(2, max(1, replication - 1)))}
         missing = [
-            NewTopic(name, partitions, 1, topic_configs=configs)
+            NewTopic(name, partitions, replication, topic_configs={**configs, **durability})
             for name, (partitions, configs) in wanted.items()
             if name not in existing
         ]
         if missing:
             # Another worker may create them at the same moment.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                created = await admin.create_topics(missing)
+                _raise_refusals(created.topic_errors)
             log.info("created topics %s", [t.name for t in missing])
         counts = await _described(admin, set(wanted))
         changelog = counts.get(settings.changelog_topic)
@@ -62,6 +69,22 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         return counts
     finally:
         await admin.close()
+
+
+class TopicRefused(RuntimeError):
+    """The broker refused to create one of Pulse's topics; the message says why."""
+
+
+def _raise_refusals(topic_errors: list[tuple[str, int, str | None]]) -> None:
+    """Raise TopicRefused for any topic the broker refused (one that exists is no refusal):
+    aiokafka returns the per-topic errors instead of raising them."""
+    refused = [
+        f"{name}: {for_code(code).__name__}: {message or 'no detail'}"
+        for name, code, message, *_ in topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+    ]
+    if refused:
+        raise TopicRefused("the broker refused to create " + "; ".join(refused))
 
 
 DESCRIBE_TIMEOUT = 10.0

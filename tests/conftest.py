@@ -6,6 +6,8 @@
   ``tansu`` or ``kafka``): the end-to-end tests prove the engine on both.
 - ``redis_url``: ``"redis://127.0.0.1:PORT/0"`` of a redis-server without persistence.
 - ``influx_url``: ``"http://127.0.0.1:PORT"`` of VictoriaMetrics (InfluxDB v2 write API).
+- ``secured_kafka``: an Apache Kafka with SASL and TLS listeners and the CA, certificates and
+  users to reach them (tests/helpers/secured_kafka.py), for the tests of Kafka authentication.
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
 
 The servers live for the whole session. A server that cannot start makes the test ERROR with
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.secured_kafka import SecuredKafka, start_secured_kafka
 from tests.servers import SessionServers
 
 _topic_numbers = itertools.count(1)
@@ -56,6 +59,25 @@ def redis_url(_session_servers: SessionServers) -> str:
 def influx_url(_session_servers: SessionServers) -> str:
     """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics (the InfluxDB stand-in)."""
     return _session_servers.get("influx").url
+
+
+@pytest.fixture(scope="session")
+def _session_secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    kafka = start_secured_kafka(tmp_path_factory.mktemp("secured-kafka"))
+    yield kafka
+    kafka.stop()
+
+
+@pytest.fixture
+def secured_kafka(_session_secured_kafka: SecuredKafka) -> SecuredKafka:
+    """The session's Apache Kafka with SASL and TLS listeners; an error if it died."""
+    server = _session_secured_kafka.server
+    if not server.alive():
+        raise RuntimeError(
+            f"the session's secured Kafka (pid {server.pid}) died; log {server.log_path}:\n"
+            f"{server.log_tail()}"
+        )
+    return _session_secured_kafka
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ JVM, on loopback), formats the log directory on first start, and returns the com
 runs it. The settings differ from Apache Kafka's defaults only where a one-node development
 broker needs it; each is explained where it is set, and docs/operations.md says what to
 choose on a real cluster.
+
+:class:`BrokerSecurity` adds listeners with other security protocols (SASL, TLS) beside the
+PLAINTEXT one, with their properties and SCRAM users, for the tests of Pulse's Kafka
+authentication; without it the configuration is the plain development broker's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
@@ -111,22 +116,57 @@ def java_executable() -> str:
 
 
 def _cluster_id() -> str:
-    """A new cluster id as Kafka's storage tool makes them: 16 random bytes, base64url."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A new cluster id as Kafka's storage tool makes them: 16 random bytes, base64url, not
+    starting with ``-`` (which the tool's command line would take for an option; Kafka's own
+    ``Uuid.randomUuid`` draws again then too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
-def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
-    """The one-node KRaft configuration (see the module's docstring)."""
+@dataclass(frozen=True)
+class Listener:
+    """A listener besides PLAINTEXT: its ``name`` (upper case; its own properties are
+    ``listener.name.<name in lower case>.*``), security ``protocol`` and ``port``."""
+
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What a secured broker adds to the plain one: ``listeners`` on loopback (advertised as
+    such), server ``properties`` (SASL mechanisms, JAAS configs, key and trust stores) and
+    ``scram_users`` (name -> password), whose SCRAM-SHA-512 credentials are created when the
+    log directory is formatted. The PLAINTEXT listener stays: it carries the inter-broker
+    traffic and the readiness probe."""
+
+    listeners: tuple[Listener, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+    scram_users: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def server_properties(
+    port: int, controller_port: int, data_dir: Path, security: BrokerSecurity | None = None
+) -> str:
+    """The one-node KRaft configuration (see the module's docstring), with ``security``'s
+    listeners and properties when given."""
+    extra = security or BrokerSecurity()
+    listeners = "".join(f",{x.name}://127.0.0.1:{x.port}" for x in extra.listeners)
+    protocols = "".join(f",{x.name}:{x.protocol}" for x in extra.listeners)
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port}{listeners}"
+            f",CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}{listeners}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
             f"log.dirs={data_dir}",
             # One node: every internal topic has one replica.
             "offsets.topic.replication.factor=1",
@@ -146,6 +186,7 @@ def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
             # Topics a client asks for before Pulse created them are made, as on tansu.
             "auto.create.topics.enable=true",
             "num.partitions=1",
+            *(f"{key}={value}" for key, value in extra.properties.items()),
             "",
         ]
     )
@@ -167,16 +208,24 @@ def _log4j_properties() -> str:
     )
 
 
-def kafka_command(java: str, port: int, work_dir: Path, controller_port: int) -> list[str]:
-    """The command that runs a one-node Apache Kafka in ``work_dir`` on ``port``.
+def kafka_command(
+    java: str,
+    port: int,
+    work_dir: Path,
+    controller_port: int,
+    security: BrokerSecurity | None = None,
+) -> list[str]:
+    """The command that runs a one-node Apache Kafka in ``work_dir`` on ``port`` (and on
+    ``security``'s listeners, if given).
 
     Writes ``server.properties`` and ``log4j2.properties`` there and, when the log directory
-    is not formatted yet, formats it (a new cluster); the data of an earlier start is kept.
+    is not formatted yet, formats it (a new cluster, with ``security``'s SCRAM users); the
+    data of an earlier start is kept.
     """
     libs = kafka_libs()
     data_dir = work_dir / "data"
     config = work_dir / "server.properties"
-    config.write_text(server_properties(port, controller_port, data_dir))
+    config.write_text(server_properties(port, controller_port, data_dir, security))
     log4j = work_dir / "log4j2.properties"
     log4j.write_text(_log4j_properties())
     classpath = f"{libs}/*"
@@ -188,12 +237,16 @@ def kafka_command(java: str, port: int, work_dir: Path, controller_port: int) ->
         "-cp", classpath,
     ]  # fmt: skip
     if not (data_dir / "meta.properties").exists():
-        formatted = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        scram = [
+            arg
+            for name, password in (security.scram_users.items() if security else ())
+            for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+        ]
+        format_command = [
+            *jvm, "kafka.tools.StorageTool", "format",
+            "-t", _cluster_id(), "-c", str(config), *scram,
+        ]  # fmt: skip
+        formatted = subprocess.run(format_command, capture_output=True, text=True, check=False)
         if formatted.returncode != 0:
             tail = "\n".join((formatted.stdout + formatted.stderr).splitlines()[-20:])
             raise KafkaNotInstalled(f"formatting Kafka's log directory failed:\n{tail}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -234,9 +235,15 @@ def _java_executable() -> str:
         raise ServerNotInstalled(str(exc)) from exc
 
 
-def _kafka_command(exe: str, port: int, work_dir: Path, controller_port: int) -> list[str]:
+def _kafka_command(
+    exe: str,
+    port: int,
+    work_dir: Path,
+    controller_port: int,
+    security: kafka.BrokerSecurity | None = None,
+) -> list[str]:
     try:
-        return kafka.kafka_command(exe, port, work_dir, controller_port)
+        return kafka.kafka_command(exe, port, work_dir, controller_port, security)
     except kafka.KafkaNotInstalled as exc:
         raise ServerNotInstalled(str(exc)) from exc
 
@@ -452,10 +459,13 @@ class ServerProcess:
         pid: int | None = None,
         executable: str | None = None,
         kind: str | None = None,
+        security: kafka.BrokerSecurity | None = None,
     ) -> None:
         kind = kind or ("tansu" if name == "broker" else name)
         if kind not in _KINDS:
             raise ValueError(f"unknown server {kind!r}; expected one of {', '.join(_KINDS)}")
+        if security is not None and kind != "kafka":
+            raise ValueError(f"only Apache Kafka takes listeners with security, not {kind}")
         self.name = name
         self.kind = kind
         self.work_dir = Path(work_dir)
@@ -466,6 +476,9 @@ class ServerProcess:
         self.executable = executable
         self.log_path = self.work_dir / "server.log"
         self._kind = _KINDS[kind]
+        self._command = self._kind.command
+        if security is not None:
+            self._command = functools.partial(_kafka_command, security=security)
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.ready_seconds: float | None = None
@@ -485,7 +498,7 @@ class ServerProcess:
             raise StackError(f"{self.name} already runs as pid {self.pid}")
         self.executable = self._kind.resolve_executable()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        command = self._kind.command(self.executable, self.port, self.work_dir, free_port())
+        command = self._command(self.executable, self.port, self.work_dir, free_port())
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -621,6 +634,7 @@ def _start(
     stop_with_parent: bool,
     timeout: float,
     kind: str | None = None,
+    security: kafka.BrokerSecurity | None = None,
 ) -> ServerProcess:
     """Start ``name`` (of ``kind``, by default the name's own) in ``state_dir/<kind>`` and wait
     for it; retry a lost race for a free port."""
@@ -635,6 +649,7 @@ def _start(
             detached=detached,
             stop_with_parent=stop_with_parent,
             kind=kind,
+            security=security,
         )
         began = time.monotonic()
         server.start()
@@ -659,9 +674,11 @@ def start_broker(
     detached: bool = False,
     stop_with_parent: bool = False,
     timeout: float | None = None,
+    security: kafka.BrokerSecurity | None = None,
 ) -> ServerProcess:
     """Start the broker ``kind`` in ``state_dir/<kind>`` on ``port`` (default: a free one):
-    tansu (memory storage) or Apache Kafka (one KRaft node; installed first if needed).
+    tansu (memory storage) or Apache Kafka (one KRaft node; installed first if needed), the
+    latter with ``security``'s extra listeners (SASL, TLS) when given.
 
     Returns once the broker answers Kafka ApiVersions and Metadata; raises :class:`StackError`
     with the log tail if it does not within ``timeout`` seconds (default
@@ -679,6 +696,7 @@ def start_broker(
         stop_with_parent=stop_with_parent,
         timeout=timeout,
         kind=kind,
+        security=security,
     )
 
 

@@ -116,7 +116,7 @@ def test_assigned_partitions_resume_at_the_recovered_state_else_committed_else_b
         2: (None, -1),
     }
 
-    async def recover(servers: str, topic: str, partition: int, *args: Any) -> Any:
+    async def recover(options: Any, topic: str, partition: int, *args: Any) -> Any:
         return recovered.pop(partition)  # each partition recovered once
 
     monkeypatch.setattr(agents.partitions, "recover_partition", recover)

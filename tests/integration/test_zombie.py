@@ -44,6 +44,7 @@ ALL = set(range(PARTITIONS))
 PER_DEVICE = 400
 FREEZE_AT_FLUSH = 2
 """The zombie stops in its second flush with closed windows: it owns its share by then."""
+IDLE_CLOSE_S = 5
 
 
 def stopped(worker: WorkerProcess) -> bool:
@@ -63,6 +64,10 @@ def test_a_zombie_resumed_after_the_takeover_changes_no_output(
     step: str,
 ) -> None:
     env = scenario_env(topic_prefix, broker, redis_url, influx_url, partitions=PARTITIONS)
+    # A partition with no record for this long is closed by idle close: more margin than the
+    # scenarios' 2 s for the paced producer, which a loaded machine (two workers starting,
+    # one resuming) can hold up that long.
+    env["PULSE_IDLE_CLOSE"] = str(IDLE_CLOSE_S)
     prefix = env["PULSE_REDIS_PREFIX"]
     topic = env["PULSE_TOPIC_READINGS"]
     entries = build_entries(topic_prefix, PARTITIONS, PER_DEVICE)

@@ -1,63 +1,93 @@
-"""Topic creation waits until the topics it created are described before checking them."""
+"""pulse/topics.py on Apache Kafka: the topics Pulse creates, with the configs it documents."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from pulse import topics
 from pulse.settings import Settings
+from pulse.topics import CHANGELOG_RETENTION_MS, WEEK_MS, TopicRefused, ensure_topics
+from tests.helpers.kafka import bootstrap
 
 
-class JustCreated:
-    """An admin client whose new topics are described with an error at first, as a broker
-    does while a topic's metadata propagates."""
-
-    def __init__(self, failing_describes: int) -> None:
-        self.topics: dict[str, int] = {}
-        self.failing = failing_describes
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    async def list_topics(self) -> list[str]:
-        return list(self.topics)
-
-    async def create_topics(self, new: list[Any]) -> None:
-        for topic in new:
-            self.topics[topic.name] = topic.num_partitions
-
-    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        self.failing -= 1
-        return [
-            {"topic": name, "error_code": 5, "partitions": []}  # LEADER_NOT_AVAILABLE
-            if self.failing >= 0 and name.endswith("-state")
-            else {"topic": name, "error_code": 0, "partitions": [{}] * self.topics[name]}
-            for name in names
-        ]
+async def _configs(broker: str, topics: list[str], names: set[str]) -> dict[str, dict[str, str]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker))
+    await admin.start()
+    try:
+        described = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+        )
+    finally:
+        await admin.close()
+    out: dict[str, dict[str, str]] = {}
+    for response in described:
+        for _code, _message, _type, topic, entries in response.resources:
+            out[topic] = {entry[0]: entry[1] for entry in entries if entry[0] in names}
+    return out
 
 
-def test_topics_just_created_are_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    admin = JustCreated(failing_describes=3)
-    monkeypatch.setattr(topics, "AIOKafkaAdminClient", lambda **_: admin)
-    settings = Settings.from_env({"PULSE_PARTITIONS": "4"})
-    counts = asyncio.run(topics.ensure_topics(settings))
-    assert counts == {
-        "readings": 4,
-        "aggregates": 4,
-        "readings-dlq": 4,
-        "pulse-readings-state": 4,
+def test_topics_are_created_with_their_partitions_and_configs(
+    kafka_broker: str, topic_prefix: str
+) -> None:
+    settings = Settings.from_env(
+        {
+            "PULSE_BROKER": kafka_broker,
+            "PULSE_APP_ID": f"{topic_prefix}app",
+            "PULSE_TOPIC_READINGS": f"{topic_prefix}-readings",
+            "PULSE_TOPIC_AGGREGATES": f"{topic_prefix}-aggregates",
+            "PULSE_TOPIC_DLQ": f"{topic_prefix}-dlq",
+            "PULSE_PARTITIONS": "3",
+        }
+    )
+    counts = asyncio.run(ensure_topics(settings))
+    topics = [
+        settings.topic_readings,
+        settings.topic_aggregates,
+        settings.topic_dlq,
+        settings.changelog_topic,
+    ]
+    assert {topic: counts[topic] for topic in topics} == dict.fromkeys(topics, 3)
+    names = {"retention.ms", "cleanup.policy", "min.insync.replicas"}
+    assert asyncio.run(_configs(kafka_broker, topics, names)) == {
+        settings.topic_readings: {
+            "retention.ms": WEEK_MS,
+            "cleanup.policy": "delete",
+            "min.insync.replicas": "1",
+        },
+        settings.topic_aggregates: {
+            "retention.ms": WEEK_MS,
+            "cleanup.policy": "delete",
+            "min.insync.replicas": "1",
+        },
+        settings.topic_dlq: {
+            "retention.ms": WEEK_MS,
+            "cleanup.policy": "delete",
+            "min.insync.replicas": "1",
+        },
+        settings.changelog_topic: {
+            "retention.ms": CHANGELOG_RETENTION_MS,
+            "cleanup.policy": "delete",
+            "min.insync.replicas": "1",
+        },
     }
+    # A second worker finds them and changes nothing.
+    assert asyncio.run(ensure_topics(settings)) == counts
 
 
-def test_a_changelog_that_does_not_match_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    admin = JustCreated(failing_describes=0)
-    admin.topics = {"readings": 4, "pulse-readings-state": 2}
-    monkeypatch.setattr(topics, "AIOKafkaAdminClient", lambda **_: admin)
-    with pytest.raises(RuntimeError, match="has 2 partitions but readings has 4"):
-        asyncio.run(topics.ensure_topics(Settings.from_env({})))
+def test_more_replicas_than_brokers_is_refused_by_the_broker(
+    kafka_broker: str, topic_prefix: str
+) -> None:
+    settings = Settings.from_env(
+        {
+            "PULSE_BROKER": kafka_broker,
+            "PULSE_APP_ID": f"{topic_prefix}app",
+            "PULSE_TOPIC_READINGS": f"{topic_prefix}-readings",
+            "PULSE_TOPIC_REPLICATION": "3",
+        }
+    )
+    with pytest.raises(TopicRefused) as refused:
+        asyncio.run(ensure_topics(settings))
+    assert f"{topic_prefix}-readings: InvalidReplicationFactorError: " in str(refused.value)
