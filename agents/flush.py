@@ -18,8 +18,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import signal
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -45,6 +48,50 @@ TRANSACTION_INTERVAL = 1.0
 """Least time between two rounds of changelog transactions (see ChangelogLane)."""
 
 
+FREEZE_VARIABLE = "PULSE_TEST_FREEZE_AT"
+FREEZE_STEPS = ("sinks", "between_sinks", "changelog", "commit")
+
+
+class FlushFreeze:
+    """TEST-ONLY: a worker that stops itself at one step of a flush, as a paused process
+    would (tests/integration/test_zombie.py). Off unless the environment sets
+    ``PULSE_TEST_FREEZE_AT={step}:{n}`` (not a setting: never set it in production).
+
+    Once, at ``step`` of the n-th flush holding closed windows, the process sends itself
+    SIGSTOP (a test sends SIGCONT): ``sinks`` before any sink has the flush,
+    ``between_sinks`` after the Kafka sink wrote it and before the Redis sink writes it,
+    ``changelog`` after every sink wrote it and before its changelog deltas, ``commit`` after
+    its deltas and before the offset commit.
+    """
+
+    def __init__(self, step: str | None, flush: int) -> None:
+        self.step = step
+        self.flush = flush
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FlushFreeze:
+        text = env.get(FREEZE_VARIABLE, "")
+        if not text:
+            return cls(None, 0)
+        step, _, flush = text.partition(":")
+        if step not in FREEZE_STEPS or not flush.isdigit() or int(flush) < 1:
+            raise ValueError(f"{FREEZE_VARIABLE}={text!r}: {{{'|'.join(FREEZE_STEPS)}}}:{{n >= 1}}")
+        return cls(step, int(flush))
+
+    def wanted(self, step: str, flush: int | None) -> bool:
+        """Whether the process is to stop at ``step`` of flush number ``flush``."""
+        return self.step == step and flush == self.flush
+
+    def at(self, step: str, flush: int | None) -> None:
+        """Stop the process here if this is the step and flush to stop at (once)."""
+        if self.wanted(step, flush):
+            self.step = None
+            log.warning("test freeze (%s): SIGSTOP at %s of flush %s", FREEZE_VARIABLE, step, flush)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class SinkLane:
     """One sink's writes, one at a time and in flush order.
 
@@ -55,17 +102,22 @@ class SinkLane:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._waiting: list[tuple[FlushBatch, asyncio.Future[None]]] = []
+        self._waiting: list[
+            tuple[FlushBatch, asyncio.Future[None], Callable[[], Awaitable[None]] | None]
+        ] = []
         self._task: asyncio.Future[None] | None = None
 
     @property
     def idle(self) -> bool:
         return not self._waiting and (self._task is None or self._task.done())
 
-    def submit(self, batch: FlushBatch) -> asyncio.Future[None]:
-        """Queue a batch; the future is done once the sink has written it durably."""
+    def submit(
+        self, batch: FlushBatch, gate: Callable[[], Awaitable[None]] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a batch; the future is done once the sink has written it durably.
+        ``gate`` (test only, see FlushFreeze) is awaited before the write that takes it."""
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((batch, written))
+        self._waiting.append((batch, written, gate))
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._write_waiting())
         return written
@@ -73,18 +125,21 @@ class SinkLane:
     async def _write_waiting(self) -> None:
         while self._waiting:
             taken, self._waiting = self._waiting, []
-            batches = [batch for batch, _ in taken]
+            batches = [batch for batch, _, _ in taken]
             try:
+                for _, _, gate in taken:
+                    if gate is not None:
+                        await gate()
                 await self.sink.write(
                     batches[0] if len(batches) == 1 else FlushBatch.merge(batches)
                 )
             except Exception as exc:  # a bug in a sink: every flush waiting on it fails
-                for _, written in taken + self._waiting:
+                for _, written, _ in taken + self._waiting:
                     if not written.done():
                         written.set_exception(exc)
                 self._waiting = []
                 return
-            for _, written in taken:
+            for _, written, _ in taken:
                 if not written.done():
                     written.set_result(None)
 
@@ -180,6 +235,9 @@ class FlushPipeline(Service):
         self._changelog: ChangelogLane | None = None
         self.flushes = 0
         """Flushes whose deltas the changelog has acked."""
+        self._closing_flushes = 0
+        """Flushes submitted that held closed windows (numbered for FlushFreeze)."""
+        self._freeze = FlushFreeze.from_env(os.environ)
 
     @property
     def sinks_idle(self) -> bool:
@@ -248,18 +306,28 @@ class FlushPipeline(Service):
             self._windows_in_flight -= closed
 
     def _submit_flush(self, batch: FlushBatch, deltas: list[EncodedDelta]) -> None:
+        number = None
+        if batch.closed:
+            self._closing_flushes += 1
+            number = self._closing_flushes
+        self._freeze.at("sinks", number)
         written: list[asyncio.Future[None]] = []
         if not batch.empty:
+            by_name: dict[str, asyncio.Future[None]] = {}
             for index, sink in enumerate(self.sinks):
                 lane = self._lanes.get(index)
                 if lane is None or lane.sink is not sink:
                     lane = self._lanes[index] = SinkLane(sink)
-                written.append(lane.submit(batch))
+                gate = None
+                if sink.name == "redis" and self._freeze.wanted("between_sinks", number):
+                    gate = self._freeze_between_sinks(by_name.get("kafka"), number)
+                written.append(lane.submit(batch, gate))
+                by_name[sink.name] = written[-1]
         handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Retrieved here, so that a failure is not reported again when no flush follows.
         handed.add_done_callback(lambda f: f.cancelled() or f.exception())
         finished = asyncio.ensure_future(
-            self._complete_flush(self._flush_tail, written, deltas, handed)
+            self._complete_flush(self._flush_tail, written, deltas, handed, number)
         )
         self._flush_tail = handed
         self._in_flight.append((finished, len(batch.closed)))
@@ -287,12 +355,26 @@ class FlushPipeline(Service):
             return None
         return batch, deltas
 
+    def _freeze_between_sinks(
+        self, kafka_written: asyncio.Future[None] | None, number: int | None
+    ) -> Callable[[], Awaitable[None]]:
+        """FlushFreeze's ``between_sinks`` gate of the Redis lane: once the Kafka sink (listed
+        before Redis) wrote the flush, stop before Redis writes it."""
+
+        async def gate() -> None:
+            if kafka_written is not None:
+                await asyncio.shield(kafka_written)
+            self._freeze.at("between_sinks", number)
+
+        return gate
+
     async def _complete_flush(
         self,
         previous: asyncio.Future[None] | None,
         written: list[asyncio.Future[None]],
         deltas: list[EncodedDelta],
         handed: asyncio.Future[None],
+        number: int | None = None,
     ) -> None:
         """After every sink wrote this flush and the previous flush handed its deltas to the
         changelog lane: this flush's deltas (stored), then the input offsets."""
@@ -307,10 +389,12 @@ class FlushPipeline(Service):
         if not deltas:
             handed.set_result(None)
             return
+        self._freeze.at("changelog", number)
         stored_future = self._changelog_lane().submit(deltas)
         handed.set_result(None)
         stored = await stored_future
         self.flushes += 1
+        self._freeze.at("commit", number)
         assert self.consumer is not None
         topic = self.settings.topic_readings
         offsets = {

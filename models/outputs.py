@@ -38,7 +38,9 @@ class ClosedWindow(NamedTuple):
 
 
 class OpenView(NamedTuple):
-    """The newest open window of a series, or ``state=None`` when none is open any more."""
+    """The newest open window of a series, or ``state=None`` when none is open any more;
+    ``start_us`` and ``end_us`` are then those of the window whose close left the series
+    without one (the version of the open window's removal in Redis)."""
 
     device: str
     metric: str
@@ -57,6 +59,9 @@ class Latest(NamedTuple):
     metric: str
     t_us: int
     value: float
+    offset: int
+    """The partition's next input offset when the value was drained: with ``t_us``, the
+    value's version (a later drain of the partition has applied at least as much input)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,10 @@ hint).
 
 Exact without transactions: a delta holds full values, and applying it is idempotent on any
 state between its ``from`` and ``to`` offsets, so a delta written twice, or by a worker that
-had already lost the partition, cannot double-count; the input offset to resume from is
-stored with the state, not taken from the consumer group.
+had already lost the partition, cannot double-count (and one of that worker written after an
+idle close of its successor, at the same offsets, is ignored by its older idle floor:
+PartitionState.apply_delta); the input offset to resume from is stored with the state, not
+taken from the consumer group.
 
 Fenced with them (Apache Kafka): each owned partition's deltas go through its own
 transactional producer, ``{app_id}-changelog-{p}``, opened before the partition is

@@ -89,6 +89,12 @@ def _name(text: str) -> str:
     return text
 
 
+def _redis_prefix(text: str) -> str:
+    if not text or any(c.isspace() or c in "/:,{}" for c in text):
+        raise ValueError("must be a non-empty name without spaces, '/', ':', ',', '{' or '}'")
+    return text
+
+
 def _windows(text: str) -> tuple[WindowSpec, ...]:
     try:
         return parse_windows(text)
@@ -187,9 +193,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_TOPIC_READINGS", "readings", "Input topic.", _name),
     Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
     Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
-    Variable("PULSE_REDIS_PREFIX", "pulse", "Prefix of every Redis key Pulse writes.", _name),
     Variable(
-        "PULSE_STATE_TTL", "86400", "TTL in seconds of every Redis key Pulse writes.", _integer(1)
+        "PULSE_REDIS_PREFIX",
+        "pulse",
+        "Prefix of every Redis key Pulse writes (no braces: a key's versions are in its "
+        "Redis Cluster slot by a hash tag, `{KEY}:v`).",
+        _redis_prefix,
+    ),
+    Variable(
+        "PULSE_STATE_TTL",
+        "86400",
+        "TTL in seconds of every Redis key Pulse writes, and of the versions that fence "
+        "them against a worker that lost its partitions: at least `PULSE_SESSION_TIMEOUT`.",
+        _integer(1),
     ),
     Variable(
         "PULSE_FLUSH_INTERVAL",
@@ -378,6 +394,15 @@ class Settings:
                 shown = REDACTED if var.secret else repr(raw)
                 raise SettingsError(f"{var.name}={shown}: {reason}") from None
         values.update(overrides)
+        if values["state_ttl"] < values["session_timeout"]:
+            # The TTL is also how long a removed key's tombstone fences it (pulse/sinks/redis.py)
+            raw = source.get("PULSE_STATE_TTL", str(values["state_ttl"]))
+            if "state_ttl" in overrides:
+                raw = str(values["state_ttl"])
+            raise SettingsError(
+                f"PULSE_STATE_TTL={raw!r}: must be at least PULSE_SESSION_TIMEOUT "
+                f"({values['session_timeout']:g})"
+            )
         _check_kafka_security(values)
         return cls(**values)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -19,8 +18,6 @@ WEEK_MS = str(7 * 24 * 3600 * 1000)
 CHANGELOG_RETENTION_MS = WEEK_MS
 """Each partition writes a full snapshot at least daily (pulse.changelog), so a week keeps
 the latest snapshot and every delta after it with room to spare."""
-VISIBLE_TIMEOUT = 10.0
-"""Seconds to wait for topics just created to be described."""
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
@@ -61,13 +58,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 created = await admin.create_topics(missing)
                 _raise_refusals(created.topic_errors)
             log.info("created topics %s", [t.name for t in missing])
-        counts = await _partition_counts(admin)
-        # A topic just created can take a moment to be described (its partitions have no
-        # leader yet): a fresh broker showed it.
-        deadline = time.monotonic() + VISIBLE_TIMEOUT
-        while any(name not in counts for name in wanted) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            counts = await _partition_counts(admin)
+        counts = await _described(admin, set(wanted))
         changelog = counts.get(settings.changelog_topic)
         if changelog != counts.get(settings.topic_readings):
             raise RuntimeError(
@@ -94,6 +85,22 @@ def _raise_refusals(topic_errors: list[tuple[str, int, str | None]]) -> None:
     ]
     if refused:
         raise TopicRefused("the broker refused to create " + "; ".join(refused))
+
+
+DESCRIBE_TIMEOUT = 10.0
+"""Seconds to wait for topics just created to be described (their metadata propagates)."""
+
+
+async def _described(admin: AIOKafkaAdminClient, names: set[str]) -> dict[str, int]:
+    """The partition counts, once every topic of ``names`` is described without an error
+    (a broker may answer with an error for a topic it has just created), or the counts
+    there are after :data:`DESCRIBE_TIMEOUT`."""
+    deadline = asyncio.get_running_loop().time() + DESCRIBE_TIMEOUT
+    while True:
+        counts = await _partition_counts(admin)
+        if names <= counts.keys() or asyncio.get_running_loop().time() >= deadline:
+            return counts
+        await asyncio.sleep(0.1)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:

@@ -707,47 +707,6 @@ static PyObject *pack_texts(Py_ssize_t argc, const char *const *texts, const Py_
 
 #define MAX_FIELDS 64
 
-/* "HSET key name value ..." from UTF-8 key and str names and values; NULL with an exception. */
-static PyObject *pack_hset(const char *key, Py_ssize_t key_size, PyObject *names,
-                           PyObject *const *values, Py_ssize_t n) {
-    if (n > MAX_FIELDS) {
-        PyErr_SetString(PyExc_ValueError, "at most 64 fields");
-        return NULL;
-    }
-    const char *texts[2 + 2 * MAX_FIELDS];
-    Py_ssize_t sizes[2 + 2 * MAX_FIELDS];
-    texts[0] = "HSET";
-    sizes[0] = 4;
-    texts[1] = key;
-    sizes[1] = key_size;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i), *value = values[i];
-        if (!PyUnicode_Check(name) || !PyUnicode_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "hset takes str arguments");
-            return NULL;
-        }
-        texts[2 + 2 * i] = PyUnicode_AsUTF8AndSize(name, &sizes[2 + 2 * i]);
-        texts[3 + 2 * i] = PyUnicode_AsUTF8AndSize(value, &sizes[3 + 2 * i]);
-        if (texts[2 + 2 * i] == NULL || texts[3 + 2 * i] == NULL) return NULL;
-    }
-    return pack_texts(2 + 2 * n, texts, sizes);
-}
-
-static PyObject *hset(PyObject *module, PyObject *args) {
-    PyObject *key, *names, *values;
-    if (!PyArg_ParseTuple(args, "UO!O!", &key, &PyTuple_Type, &names, &PyTuple_Type, &values))
-        return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(names);
-    if (PyTuple_GET_SIZE(values) != n) {
-        PyErr_SetString(PyExc_ValueError, "names and values differ in length");
-        return NULL;
-    }
-    Py_ssize_t key_size;
-    const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
-    if (key_text == NULL) return NULL;
-    return pack_hset(key_text, key_size, names, &PyTuple_GET_ITEM(values, 0), n);
-}
-
 /* OpenView's fields (tables/partition_state.py). */
 enum { VIEW_DEVICE = 0, VIEW_METRIC, VIEW_WINDOW, VIEW_START, VIEW_END, VIEW_STATE, VIEW_TEXT,
        VIEW_LEN };
@@ -761,21 +720,179 @@ static char *put_str(char *at, char *end, PyObject *text) {
     return at + size;
 }
 
-/* "EXPIRE key ttl" packed: appended to ``out``; 0, or -1 with an exception set. */
-static int append_expire(PyObject *out, const char *key, Py_ssize_t key_size,
-                         const char *ttl_text, Py_ssize_t ttl_size) {
-    const char *texts[3] = {"EXPIRE", key, ttl_text};
-    Py_ssize_t sizes[3] = {6, key_size, ttl_size};
-    PyObject *command = pack_texts(3, texts, sizes);
-    int appended = command == NULL ? -1 : PyList_Append(out, command);
-    Py_XDECREF(command);
-    return appended;
+/* Appends the decimal digits of n. */
+static char *put_ull(char *at, unsigned long long n) {
+    char digits[24];
+    int count = 0;
+    do {
+        digits[count++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (count > 0) *at++ = digits[--count];
+    return at;
+}
+
+/* Appends str(n): an exact int in decimal, anything else as str() writes it. The new end, or
+ * NULL: with an exception set, or none when it does not fit before "end". */
+static char *put_int(char *at, char *end, PyObject *n) {
+    if (PyLong_CheckExact(n)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(n, &overflow);
+        if (v == -1 && PyErr_Occurred()) return NULL;
+        if (!overflow) {
+            char digits[24], *d = digits;
+            if (v < 0) *d++ = '-';
+            d = put_ull(d, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
+            if (at + (d - digits) > end) return NULL;
+            memcpy(at, digits, (size_t)(d - digits));
+            return at + (d - digits);
+        }
+    }
+    PyObject *text = PyObject_Str(n);
+    if (text == NULL) return NULL;
+    char *out = put_str(at, end, text);
+    Py_DECREF(text);
+    return out;
+}
+
+/* The fenced writes (see "Redis commands" in tables/_speedups_py.py): every Redis write is
+ *     EVALSHA {script} 2 {key} {{key}}:v {kind} {ttl} {refresh} ...
+ * the version first among what follows. */
+#define KEY_BYTES 1024
+#define VERSION_BYTES 128
+#define HEAD_ARGS 8
+
+/* The version "{first}:{second}" (second: a str as it is, NULL for "inf", else as put_int
+ * writes it) in out (VERSION_BYTES bytes): its size, or -1 with an exception. */
+static Py_ssize_t version_text(char *out, PyObject *first, PyObject *second) {
+    char *end = out + VERSION_BYTES, *at = put_int(out, end, first);
+    if (at != NULL && at < end) {
+        *at++ = ':';
+        if (second == NULL) {
+            if (end - at >= 3) {
+                memcpy(at, "inf", 3);
+                at += 3;
+            } else {
+                at = NULL;
+            }
+        } else {
+            at = PyUnicode_Check(second) ? put_str(at, end, second) : put_int(at, end, second);
+        }
+    } else {
+        at = NULL;
+    }
+    if (at == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a version longer than 128 bytes");
+        return -1;
+    }
+    return at - out;
+}
+
+/* What every fenced write of one call shares: the script's SHA1 and the TTL, as text. */
+typedef struct {
+    const char *script;
+    Py_ssize_t script_size;
+    char ttl[24];
+    Py_ssize_t ttl_size;
+} Fence;
+
+/* Fills a Fence from the script (a str) and the TTL (an int); 0, or -1 with an exception. */
+static int fence_of(Fence *fence, PyObject *script, PyObject *ttl) {
+    long long seconds = PyLong_AsLongLong(ttl);
+    if (seconds == -1 && PyErr_Occurred()) return -1;
+    fence->ttl_size = (Py_ssize_t)snprintf(fence->ttl, sizeof fence->ttl, "%lld", seconds);
+    fence->script = PyUnicode_AsUTF8AndSize(script, &fence->script_size);
+    return fence->script == NULL ? -1 : 0;
+}
+
+/* The head of a fenced write in texts and sizes [0, HEAD_ARGS); version_key (KEY_BYTES + 4
+ * bytes) receives "{key}:v". */
+static void fenced_head(const char **texts, Py_ssize_t *sizes, const Fence *fence,
+                        const char *key, Py_ssize_t key_size, char *version_key,
+                        const char *kind, int refresh) {
+    version_key[0] = '{';
+    memcpy(version_key + 1, key, (size_t)key_size);
+    memcpy(version_key + 1 + key_size, "}:v", 3);
+    texts[0] = "EVALSHA", sizes[0] = 7;
+    texts[1] = fence->script, sizes[1] = fence->script_size;
+    texts[2] = "2", sizes[2] = 1;
+    texts[3] = key, sizes[3] = key_size;
+    texts[4] = version_key, sizes[4] = key_size + 4;
+    texts[5] = kind, sizes[5] = 1;
+    texts[6] = fence->ttl, sizes[6] = fence->ttl_size;
+    texts[7] = refresh ? "1" : "0", sizes[7] = 1;
+}
+
+/* The fenced write of a window's hash (kind w): the version, then n str names and values
+ * (n = 0: the key's removal). NULL with an exception. */
+static PyObject *pack_window(const Fence *fence, const char *key, Py_ssize_t key_size,
+                             int refresh, const char *version, Py_ssize_t version_size,
+                             PyObject *names, PyObject *const *values, Py_ssize_t n) {
+    if (n > MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "at most 64 fields");
+        return NULL;
+    }
+    const char *texts[HEAD_ARGS + 1 + 2 * MAX_FIELDS];
+    Py_ssize_t sizes[HEAD_ARGS + 1 + 2 * MAX_FIELDS];
+    char version_key[KEY_BYTES + 4];
+    fenced_head(texts, sizes, fence, key, key_size, version_key, "w", refresh);
+    texts[HEAD_ARGS] = version;
+    sizes[HEAD_ARGS] = version_size;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i), *value = values[i];
+        if (!PyUnicode_Check(name) || !PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "hset takes str arguments");
+            return NULL;
+        }
+        Py_ssize_t at = HEAD_ARGS + 1 + 2 * i;
+        texts[at] = PyUnicode_AsUTF8AndSize(name, &sizes[at]);
+        texts[at + 1] = PyUnicode_AsUTF8AndSize(value, &sizes[at + 1]);
+        if (texts[at] == NULL || texts[at + 1] == NULL) return NULL;
+    }
+    return pack_texts(HEAD_ARGS + 1 + 2 * n, texts, sizes);
+}
+
+static PyObject *hset(PyObject *module, PyObject *args) {
+    PyObject *script, *key, *version, *ttl, *names, *values;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &script, &key, &version, &ttl, &names, &values))
+        return NULL;
+    if (!PyUnicode_Check(script) || !PyUnicode_Check(key) || !PyUnicode_Check(version)) {
+        PyErr_SetString(PyExc_TypeError, "hset() arguments 1 to 3 must be str");
+        return NULL;
+    }
+    if (!PyTuple_Check(names) || !PyTuple_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "hset() arguments 5 and 6 must be tuples");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "names and values differ in length");
+        return NULL;
+    }
+    Py_ssize_t script_size, key_size, version_size;
+    if (PyUnicode_AsUTF8AndSize(script, &script_size) == NULL) return NULL;
+    const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
+    if (key_text == NULL) return NULL;
+    if (key_size > KEY_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "a key longer than 1024 bytes");
+        return NULL;
+    }
+    const char *version_bytes = PyUnicode_AsUTF8AndSize(version, &version_size);
+    if (version_bytes == NULL) return NULL;
+    if (version_size > VERSION_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "a version longer than 128 bytes");
+        return NULL;
+    }
+    Fence fence;
+    if (fence_of(&fence, script, ttl) < 0) return NULL;
+    return pack_window(&fence, key_text, key_size, 1, version_bytes, version_size, names,
+                       &PyTuple_GET_ITEM(values, 0), n);
 }
 
 /* "{prefix}{window}:{device}:{metric}" of an OpenView or ClosedWindow, written to ``key``
  * (KEY_BYTES); returns its end, or NULL with an exception set (a name not a str, or a key
  * longer than KEY_BYTES bytes). */
-#define KEY_BYTES 1024
 static char *put_series_key(char *key, PyObject *prefix, PyObject *window) {
     char *end = key + KEY_BYTES, *at = key;
     if ((at = put_str(at, end, prefix)) == NULL ||
@@ -795,11 +912,11 @@ too_long:
 /* The RedisSink's commands for open views (open_view_commands in tables/_speedups_py.py). */
 static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
-        !PyTuple_Check(args[5])) {
+    if (nargs != 7 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyTuple_Check(args[5]) || !PyUnicode_Check(args[6])) {
         PyErr_SetString(PyExc_TypeError,
                         "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, "
-                        "ttl: int, fields: tuple)");
+                        "ttl: int, fields: tuple, script: str)");
         return NULL;
     }
     PyObject *views = args[0], *prefix = args[1], *ttl_set = args[2], *fields = args[5];
@@ -811,8 +928,8 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         PyErr_SetString(PyExc_ValueError, "fields: the 10 aggregates, start and end");
         return NULL;
     }
-    char ttl_text[24];
-    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    Fence fence;
+    if (fence_of(&fence, args[6], args[4]) < 0) return NULL;
     PyObject *out = PyList_New(0);
     PyObject *iterator = PyObject_GetIter(views);
     if (out == NULL || iterator == NULL) goto fail;
@@ -832,11 +949,13 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         if (key == NULL) goto view_done;
         PyObject *state = PyTuple_GET_ITEM(view, VIEW_STATE);
         PyObject *start = PyTuple_GET_ITEM(view, VIEW_START);
+        char version[VERSION_BYTES];
+        Py_ssize_t version_size;
         if (state == Py_None) {
-            /* DEL key: the series has no open window any more. */
-            const char *texts[2] = {"DEL", buffer};
-            Py_ssize_t sizes[2] = {3, key_size};
-            command = pack_texts(2, texts, sizes);
+            /* the key's removal: the series has no open window any more */
+            if ((version_size = version_text(version, start, NULL)) < 0) goto view_done;
+            command = pack_window(&fence, buffer, key_size, 1, version, version_size, NULL,
+                                  NULL, 0);
             if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
             if (PyDict_DelItem(ttl_set, key) < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto view_done;
@@ -860,10 +979,7 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
         values[10] = start_text;
         values[11] = end_text;
-        command = pack_hset(buffer, key_size, fields, values, 12);
-        if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
-        Py_CLEAR(command);
-        /* EXPIRE only when a new window starts at the key, or half a TTL after the last. */
+        /* TTLs only when a new window starts at the key, or half a TTL after the last. */
         PyObject *known = PyDict_GetItemWithError(ttl_set, key);
         if (known == NULL && PyErr_Occurred()) goto view_done;
         int refresh = 1;
@@ -874,8 +990,12 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
             if (set_at == -1.0 && PyErr_Occurred()) goto view_done;
             refresh = !same_start || now - set_at > (double)ttl / 2;
         }
+        if ((version_size = version_text(version, start, PyTuple_GET_ITEM(text, 0))) < 0)
+            goto view_done;
+        command = pack_window(&fence, buffer, key_size, refresh, version, version_size, fields,
+                              values, 12);
+        if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
         if (refresh) {
-            if (append_expire(out, buffer, key_size, ttl_text, ttl_size) < 0) goto view_done;
             PyObject *entry = Py_BuildValue("(Od)", start, now);
             if (entry != NULL) PyObject_GC_UnTrack(entry); /* an int and a float: UNTRACKED */
             if (entry == NULL) goto view_done;
@@ -1323,21 +1443,19 @@ static PyObject *line_protocol_lines(PyObject *module, PyObject *const *args, Py
 static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
                                         Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
-        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 12) {
+    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 12 || !PyUnicode_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "closed_window_commands(closed, closed_prefix: str, top_prefix: str, "
-                        "ttl: int, fields: the 10 aggregates, start and end)");
+                        "ttl: int, fields: the 10 aggregates, start and end, script: str)");
         return NULL;
     }
     PyObject *closed_prefix = args[1], *top_prefix = args[2], *fields = args[4];
-    long long ttl = PyLong_AsLongLong(args[3]);
-    if (ttl == -1 && PyErr_Occurred()) return NULL;
-    char ttl_text[24];
-    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    Fence fence;
+    if (fence_of(&fence, args[5], args[3]) < 0) return NULL;
     PyObject *out = PyList_New(0);
     PyObject *newest = PyDict_New(); /* (window, device, metric) -> its newest ClosedWindow */
-    PyObject *tops = PyDict_New();   /* (window, metric) -> [mean, device, ...] */
+    PyObject *tops = PyDict_New();   /* (window, metric) -> [version, mean, device, ...] */
     PyObject *iterator = newest == NULL || tops == NULL ? NULL : PyObject_GetIter(args[0]);
     const char **parts = NULL;
     Py_ssize_t *sizes = NULL;
@@ -1376,7 +1494,7 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
         if (text == Py_None) text = state_text(st, PyTuple_GET_ITEM(window, VIEW_STATE));
         else Py_INCREF(text);
         if (text == NULL) goto fail;
-        PyObject *start = NULL, *stop = NULL, *command = NULL, *pair = NULL;
+        PyObject *start = NULL, *stop = NULL, *command = NULL, *pair = NULL, *version = NULL;
         int failed = 1;
         if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
             PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
@@ -1389,10 +1507,14 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
         for (int i = 0; i < 10; i++) values[i] = PyTuple_GET_ITEM(text, i);
         values[10] = start;
         values[11] = stop;
-        command = pack_hset(key, at - key, fields, values, 12);
-        if (command == NULL || PyList_Append(out, command) < 0 ||
-            append_expire(out, key, at - key, ttl_text, ttl_size) < 0)
-            goto window_done;
+        char version_bytes[VERSION_BYTES];
+        Py_ssize_t version_size =
+            version_text(version_bytes, PyTuple_GET_ITEM(window, VIEW_START),
+                         PyTuple_GET_ITEM(text, 0));
+        if (version_size < 0) goto window_done;
+        command = pack_window(&fence, key, at - key, 1, version_bytes, version_size, fields,
+                              values, 12);
+        if (command == NULL || PyList_Append(out, command) < 0) goto window_done;
         /* a sorted set's score must be a number: no member for a null mean */
         PyObject *mean = PyTuple_GET_ITEM(text, 4);
         int is_null = PyUnicode_CompareWithASCIIString(mean, "null") == 0;
@@ -1405,12 +1527,15 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
                     Py_CLEAR(members);
                 Py_XDECREF(members); /* tops holds it */
             }
-            if (members == NULL || PyList_Append(members, mean) < 0 ||
-                PyList_Append(members, device) < 0)
+            version = members == NULL ? NULL : PyUnicode_DecodeUTF8(version_bytes, version_size,
+                                                                    NULL);
+            if (version == NULL || PyList_Append(members, version) < 0 ||
+                PyList_Append(members, mean) < 0 || PyList_Append(members, device) < 0)
                 goto window_done;
         }
         failed = 0;
     window_done:
+        Py_XDECREF(version);
         Py_XDECREF(pair);
         Py_XDECREF(command);
         Py_XDECREF(start);
@@ -1418,11 +1543,11 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
         Py_DECREF(text);
         if (failed) goto fail;
     }
-    /* ZADD {top_prefix}{window}:{metric} mean device ..., then EXPIRE */
+    /* the fenced members of {top_prefix}{window}:{metric}: version, mean, device ... */
     position = 0;
     PyObject *pair, *members;
     while (PyDict_Next(tops, &position, &pair, &members)) {
-        char key[1024], *end = key + sizeof key, *at = key;
+        char key[KEY_BYTES], *end = key + sizeof key, *at = key;
         if ((at = put_str(at, end, top_prefix)) == NULL ||
             (at = put_str(at, end, PyTuple_GET_ITEM(pair, 0))) == NULL || at >= end) {
             if (!PyErr_Occurred())
@@ -1435,20 +1560,19 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
                 PyErr_SetString(PyExc_ValueError, "a top key longer than 1024 bytes");
             goto fail;
         }
-        Py_ssize_t n = PyList_GET_SIZE(members), argc = 2 + n;
+        Py_ssize_t n = PyList_GET_SIZE(members), argc = HEAD_ARGS + n;
         parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
         sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)argc);
         if (parts == NULL || sizes == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        parts[0] = "ZADD";
-        sizes[0] = 4;
-        parts[1] = key;
-        sizes[1] = at - key;
+        char version_key[KEY_BYTES + 4];
+        fenced_head(parts, sizes, &fence, key, at - key, version_key, "z", 1);
         for (Py_ssize_t i = 0; i < n; i++) {
-            parts[2 + i] = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, i), &sizes[2 + i]);
-            if (parts[2 + i] == NULL) goto fail;
+            parts[HEAD_ARGS + i] =
+                PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, i), &sizes[HEAD_ARGS + i]);
+            if (parts[HEAD_ARGS + i] == NULL) goto fail;
         }
         PyObject *command = pack_texts(argc, parts, sizes);
         int appended = command == NULL ? -1 : PyList_Append(out, command);
@@ -1456,8 +1580,7 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
         PyMem_Free(parts);
         PyMem_Free(sizes);
         parts = NULL, sizes = NULL;
-        if (appended < 0 || append_expire(out, key, at - key, ttl_text, ttl_size) < 0)
-            goto fail;
+        if (appended < 0) goto fail;
     }
     Py_DECREF(iterator);
     Py_DECREF(newest);
@@ -1474,37 +1597,41 @@ fail:
 }
 
 /* The RedisSink's commands for latest values (latest_commands in tables/_speedups_py.py).
- * Per device, in the order its first value comes: HSET key metric value metric:ts seconds ... with the newest value of each of
- * its metrics (a merged batch may hold several), then EXPIRE if ttl_set says so. */
+ * Per device, in the order its first value comes, one fenced write (kind f): per metric
+ * (the newest value of each: a merged batch may hold several) its version, the metric, the
+ * value, "{metric}:ts" and the time; refresh as ttl_set says. */
+#define LATEST_ARGS 5 /* per metric: version, metric, value, metric:ts, seconds */
 static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2])) {
+    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyUnicode_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, "
-                        "ttl: int)");
+                        "ttl: int, script: str)");
         return NULL;
     }
     PyObject *prefix = args[1], *ttl_set = args[2];
     double now = PyFloat_AsDouble(args[3]);
     long long ttl = PyLong_AsLongLong(args[4]);
     if (PyErr_Occurred()) return NULL;
-    char ttl_text[24];
-    Py_ssize_t ttl_size = (Py_ssize_t)snprintf(ttl_text, sizeof ttl_text, "%lld", ttl);
+    Fence fence;
+    if (fence_of(&fence, args[5], args[4]) < 0) return NULL;
     PyObject *out = PyList_New(0), *now_object = PyFloat_FromDouble(now);
     PyObject *by_device = PyDict_New(); /* device -> {metric: Latest}, both in first-seen order */
     PyObject *iterator = by_device == NULL ? NULL : PyObject_GetIter(args[0]);
-    PyObject **texts = NULL; /* per field of one HSET: metric, value, ts texts (owned) */
+    PyObject **texts = NULL; /* per metric of one write: value and ts texts (owned) */
     const char **parts = NULL;
     Py_ssize_t *sizes = NULL;
-    char *ts_names = NULL;
+    char *names = NULL; /* per metric: "{metric}:ts" (names <= 128 bytes), then its version */
     Py_ssize_t n_texts = 0;
     PyObject *device, *metrics;
     if (out == NULL || now_object == NULL || iterator == NULL) goto fail;
     PyObject *latest;
     while ((latest = PyIter_Next(iterator)) != NULL) {
         int failed = 1;
-        if (!PyTuple_Check(latest) || PyTuple_GET_SIZE(latest) != 4) {
-            PyErr_SetString(PyExc_TypeError, "a Latest (device, metric, t_us, value) is expected");
+        if (!PyTuple_Check(latest) || PyTuple_GET_SIZE(latest) != 5) {
+            PyErr_SetString(PyExc_TypeError,
+                            "a Latest (device, metric, t_us, value, offset) is expected");
         } else {
             device = PyTuple_GET_ITEM(latest, 0);
             metrics = PyDict_GetItemWithError(by_device, device);
@@ -1523,37 +1650,37 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
     if (PyErr_Occurred()) goto fail;
     Py_ssize_t position = 0;
     while (PyDict_Next(by_device, &position, &device, &metrics)) {
-        Py_ssize_t n = PyDict_GET_SIZE(metrics), argc = 2 + 4 * n;
+        Py_ssize_t n = PyDict_GET_SIZE(metrics), argc = HEAD_ARGS + LATEST_ARGS * n;
         n_texts = 2 * n;
         texts = PyMem_Calloc((size_t)n_texts, sizeof(PyObject *));
         parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
         sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)argc);
-        ts_names = PyMem_Malloc((size_t)(n * 132)); /* "{metric}:ts", names <= 128 bytes */
-        if (texts == NULL || parts == NULL || sizes == NULL || ts_names == NULL) {
+        names = PyMem_Malloc((size_t)(n * (132 + VERSION_BYTES)));
+        if (texts == NULL || parts == NULL || sizes == NULL || names == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        char key[1024], *at = key;
+        char key[KEY_BYTES], *at = key;
         if ((at = put_str(at, key + sizeof key, prefix)) == NULL ||
             (at = put_str(at, key + sizeof key, device)) == NULL)
             goto too_long;
-        parts[0] = "HSET";
-        sizes[0] = 4;
-        parts[1] = key;
-        sizes[1] = at - key;
+        /* TTLs when the device's were never set, or more than half a TTL ago */
+        PyObject *set_at = PyDict_GetItemWithError(ttl_set, device);
+        if (set_at == NULL && PyErr_Occurred()) goto fail;
+        double at_time = set_at == NULL ? 0.0 : PyFloat_AsDouble(set_at);
+        if (at_time == -1.0 && PyErr_Occurred()) goto fail;
+        int refresh = set_at == NULL || now - at_time > (double)ttl / 2;
+        char version_key[KEY_BYTES + 4];
+        fenced_head(parts, sizes, &fence, key, at - key, version_key, "f", refresh);
         Py_ssize_t metric_position = 0, i = 0;
         PyObject *metric, *entry;
-        char *ts_at = ts_names;
+        char *names_at = names;
         while (PyDict_Next(metrics, &metric_position, &metric, &entry)) {
             PyObject *value = PyTuple_GET_ITEM(entry, 3);
             if (!PyFloat_Check(value)) {
                 PyErr_SetString(PyExc_TypeError, "a latest value is a float");
                 goto fail;
             }
-            texts[2 * i] = remembered_text(st, PyFloat_AS_DOUBLE(value));
-            if (texts[2 * i] == NULL) goto fail;
-            texts[2 * i + 1] = seconds_of(PyTuple_GET_ITEM(entry, 2));
-            if (texts[2 * i + 1] == NULL) goto fail;
             Py_ssize_t name_size;
             const char *name = PyUnicode_AsUTF8AndSize(metric, &name_size);
             if (name == NULL) goto fail;
@@ -1561,18 +1688,28 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
                 PyErr_SetString(PyExc_ValueError, "a metric name longer than 128 bytes");
                 goto fail;
             }
-            memcpy(ts_at, name, (size_t)name_size);
-            memcpy(ts_at + name_size, ":ts", 3);
-            Py_ssize_t base = 2 + 4 * i;
-            parts[base] = name;
-            sizes[base] = name_size;
-            parts[base + 2] = ts_at;
-            sizes[base + 2] = name_size + 3;
-            ts_at += name_size + 3;
+            Py_ssize_t base = HEAD_ARGS + LATEST_ARGS * i;
+            Py_ssize_t version_size = version_text(names_at, PyTuple_GET_ITEM(entry, 2),
+                                                   PyTuple_GET_ITEM(entry, 4));
+            if (version_size < 0) goto fail;
+            parts[base] = names_at;
+            sizes[base] = version_size;
+            names_at += version_size;
+            texts[2 * i] = remembered_text(st, PyFloat_AS_DOUBLE(value));
+            if (texts[2 * i] == NULL) goto fail;
+            texts[2 * i + 1] = seconds_of(PyTuple_GET_ITEM(entry, 2));
+            if (texts[2 * i + 1] == NULL) goto fail;
+            memcpy(names_at, name, (size_t)name_size);
+            memcpy(names_at + name_size, ":ts", 3);
+            parts[base + 1] = name;
+            sizes[base + 1] = name_size;
+            parts[base + 3] = names_at;
+            sizes[base + 3] = name_size + 3;
+            names_at += name_size + 3;
             for (int t = 0; t < 2; t++) {
-                const char *utf8 = PyUnicode_AsUTF8AndSize(texts[2 * i + t], &sizes[base + 1 + 2 * t]);
+                const char *utf8 = PyUnicode_AsUTF8AndSize(texts[2 * i + t], &sizes[base + 2 + 2 * t]);
                 if (utf8 == NULL) goto fail;
-                parts[base + 1 + 2 * t] = utf8;
+                parts[base + 2 + 2 * t] = utf8;
             }
             i++;
         }
@@ -1584,18 +1721,9 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
         PyMem_Free(texts);
         PyMem_Free(parts);
         PyMem_Free(sizes);
-        PyMem_Free(ts_names);
-        texts = NULL, parts = NULL, sizes = NULL, ts_names = NULL;
-        /* EXPIRE when the device's TTL was never set, or more than half a TTL ago */
-        PyObject *set_at = PyDict_GetItemWithError(ttl_set, device);
-        if (set_at == NULL && PyErr_Occurred()) goto fail;
-        double at_time = set_at == NULL ? 0.0 : PyFloat_AsDouble(set_at);
-        if (at_time == -1.0 && PyErr_Occurred()) goto fail;
-        if (set_at == NULL || now - at_time > (double)ttl / 2) {
-            if (append_expire(out, key, at - key, ttl_text, ttl_size) < 0 ||
-                PyDict_SetItem(ttl_set, device, now_object) < 0)
-                goto fail;
-        }
+        PyMem_Free(names);
+        texts = NULL, parts = NULL, sizes = NULL, names = NULL;
+        if (refresh && PyDict_SetItem(ttl_set, device, now_object) < 0) goto fail;
         continue;
     too_long:
         if (!PyErr_Occurred())
@@ -1612,7 +1740,7 @@ fail:
     PyMem_Free(texts);
     PyMem_Free(parts);
     PyMem_Free(sizes);
-    PyMem_Free(ts_names);
+    PyMem_Free(names);
     Py_XDECREF(iterator);
     Py_XDECREF(by_device);
     Py_XDECREF(now_object);
@@ -1751,21 +1879,48 @@ fail:
 
 /* PartitionState.drain's open views of the series that changed (open_views in
  * tables/_speedups_py.py). */
+/* {(device, metric, label): window} of a list of closed windows, the last of each series
+ * kept; NULL with an exception. */
+static PyObject *last_closed_windows(PyObject *closed) {
+    PyObject *out = PyDict_New();
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(closed); i++) {
+        PyObject *window = PyList_GET_ITEM(closed, i);
+        if (!PyTuple_Check(window) || PyTuple_GET_SIZE(window) < 5) {
+            PyErr_SetString(PyExc_TypeError, "a ClosedWindow is expected");
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *series = PyTuple_Pack(3, PyTuple_GET_ITEM(window, VIEW_DEVICE),
+                                        PyTuple_GET_ITEM(window, VIEW_METRIC),
+                                        PyTuple_GET_ITEM(window, VIEW_WINDOW));
+        int stored = series == NULL ? -1 : PyDict_SetItem(out, series, window);
+        Py_XDECREF(series);
+        if (stored < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static PyObject *open_views(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 7 || !PySet_Check(args[0]) || !PySet_Check(args[1]) || !PyDict_Check(args[2]) ||
+    if (nargs != 8 || !PySet_Check(args[0]) || !PySet_Check(args[1]) || !PyDict_Check(args[2]) ||
         !PyDict_Check(args[3]) || !PyTuple_Check(args[4]) || !PyTuple_Check(args[5]) ||
-        !PyType_Check(args[6]) || !PyType_IsSubtype((PyTypeObject *)args[6], &PyTuple_Type) ||
+        !PyList_Check(args[6]) || !PyType_Check(args[7]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
         PyTuple_GET_SIZE(args[4]) != PyTuple_GET_SIZE(args[5])) {
         PyErr_SetString(PyExc_TypeError,
                         "open_views(views_changed: set, changed: set, newest: dict, "
-                        "windows: dict, labels: tuple, sizes: tuple, view_type: a tuple "
-                        "subclass)");
+                        "windows: dict, labels: tuple, sizes: tuple, closed: list, view_type: "
+                        "a tuple subclass)");
         return NULL;
     }
     PyObject *changed = args[1], *newest = args[2], *windows = args[3];
-    PyObject *labels = args[4], *sizes = args[5];
-    PyTypeObject *view_type = (PyTypeObject *)args[6];
+    PyObject *labels = args[4], *sizes = args[5], *closed = args[6];
+    PyTypeObject *view_type = (PyTypeObject *)args[7];
+    PyObject *last_closed = NULL; /* (device, metric, label) -> its last closed window */
     PyObject *zero = PyLong_FromLong(0);
     PyObject *out = PyList_New(0);
     PyObject *iterator = NULL;
@@ -1819,8 +1974,17 @@ static PyObject *open_views(PyObject *module, PyObject *const *args, Py_ssize_t 
         PyObject *start = PyDict_GetItemWithError(newest, series);
         if (start == NULL) {
             if (PyErr_Occurred()) goto series_done;
-            /* OpenView(device, metric, label, 0, 0, None): no open window any more */
-            PyObject *items[7] = {device, metric, label, zero, zero, Py_None, Py_None};
+            /* OpenView(device, metric, label, start, end, None) of its last closed window:
+             * no open window any more */
+            if (last_closed == NULL && (last_closed = last_closed_windows(closed)) == NULL)
+                goto series_done;
+            PyObject *wanted = PyTuple_Pack(3, device, metric, label);
+            PyObject *window = wanted == NULL ? NULL : PyDict_GetItemWithError(last_closed, wanted);
+            Py_XDECREF(wanted);
+            if (window == NULL && PyErr_Occurred()) goto series_done;
+            PyObject *first = window == NULL ? zero : PyTuple_GET_ITEM(window, VIEW_START);
+            PyObject *last = window == NULL ? zero : PyTuple_GET_ITEM(window, VIEW_END);
+            PyObject *items[7] = {device, metric, label, first, last, Py_None, Py_None};
             for (int f = 0; f < 7; f++) Py_INCREF(items[f]);
             view = untracked_tuple(view_type, items, 7);
             goto series_done;
@@ -1853,11 +2017,13 @@ static PyObject *open_views(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (PyErr_Occurred()) goto fail;
     Py_DECREF(iterator);
     Py_DECREF(series_changed);
+    Py_XDECREF(last_closed);
     Py_DECREF(zero);
     return out;
 fail:
     Py_XDECREF(iterator);
     Py_XDECREF(series_changed);
+    Py_XDECREF(last_closed);
     Py_XDECREF(out);
     Py_XDECREF(zero);
     return NULL;
@@ -2162,17 +2328,18 @@ static PyMethodDef methods[] = {
      "seconds_text($module, t_us, /)\n--\n\n"
      "Epoch microseconds as epoch seconds in text."},
     {"hset", hset, METH_VARARGS,
-     "hset($module, key, names, values, /)\n--\n\n"
-     "HSET key name value ... packed in RESP."},
+     "hset($module, script, key, version, ttl, names, values, /)\n--\n\n"
+     "The fenced write of a window's hash, packed in RESP."},
     {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
-     "open_view_commands($module, views, key_prefix, ttl_set, now, ttl, fields, /)\n--\n\n"
+     "open_view_commands($module, views, key_prefix, ttl_set, now, ttl, fields, script, "
+     "/)\n--\n\n"
      "RedisSink's commands for open views."},
     {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
-     "latest_commands($module, latest, key_prefix, ttl_set, now, ttl, /)\n--\n\n"
+     "latest_commands($module, latest, key_prefix, ttl_set, now, ttl, script, /)\n--\n\n"
      "RedisSink's commands for latest values."},
     {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands, METH_FASTCALL,
      "closed_window_commands($module, closed, closed_prefix, top_prefix, ttl, "
-     "fields, /)\n--\n\n"
+     "fields, script, /)\n--\n\n"
      "RedisSink's commands for closed windows."},
     {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
      "aggregate_records($module, closed, closed_window_json, /)\n--\n\n"
@@ -2186,7 +2353,7 @@ static PyMethodDef methods[] = {
      "Closes the windows of one end; the pairs left with no open window."},
     {"open_views", (PyCFunction)(void (*)(void))open_views, METH_FASTCALL,
      "open_views($module, views_changed, changed, newest, windows, labels, sizes, "
-     "view_type, /)\n--\n\n"
+     "closed, view_type, /)\n--\n\n"
      "The open views of the series that changed."},
     {"delta_rows", (PyCFunction)(void (*)(void))delta_rows, METH_FASTCALL,
      "delta_rows($module, keys, windows, labels, /)\n--\n\n"

@@ -32,7 +32,15 @@ def apply_windows(
 ) -> list[tuple[Any, int]] | None: ...
 def summary_text(state: list[Any], /) -> tuple[str, ...]: ...
 def seconds_text(t_us: int, /) -> str: ...
-def hset(key: str, names: tuple[str, ...], values: tuple[str, ...], /) -> bytes: ...
+def hset(
+    script: str,
+    key: str,
+    version: str,
+    ttl: int,
+    names: tuple[str, ...],
+    values: tuple[str, ...],
+    /,
+) -> bytes: ...
 def open_view_commands(
     views: Iterable[tuple[Any, ...]],
     key_prefix: str,
@@ -40,14 +48,16 @@ def open_view_commands(
     now: float,
     ttl: int,
     fields: tuple[str, ...],
+    script: str,
     /,
 ) -> list[bytes]: ...
 def latest_commands(
-    latest: Iterable[tuple[str, str, int, float]],
+    latest: Iterable[tuple[str, str, int, float, int]],
     key_prefix: str,
     ttl_set: dict[str, float],
     now: float,
     ttl: int,
+    script: str,
     /,
 ) -> list[bytes]: ...
 def closed_window_commands(
@@ -56,6 +66,7 @@ def closed_window_commands(
     top_prefix: str,
     ttl: int,
     fields: tuple[str, ...],
+    script: str,
     /,
 ) -> list[bytes]: ...
 def aggregate_records(
@@ -85,6 +96,7 @@ def open_views(
     windows: dict[tuple[str, str, int, int], list[Any]],
     labels: tuple[str, ...],
     sizes: tuple[int, ...],
+    closed: list[Any],
     view_type: type[tuple[Any, ...]],
     /,
 ) -> list[Any]: ...

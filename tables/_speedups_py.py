@@ -35,6 +35,8 @@ _KEY_BYTES = 1024
 """The longest Redis key, in UTF-8 bytes, the command builders write."""
 _NAME_BYTES = 128
 """The longest metric name, in UTF-8 bytes, of a latest value's field."""
+_VERSION_BYTES = 128
+"""The longest version of a Redis write, in bytes."""
 _MAX_FIELDS = 64
 _MAX_SPECS = 64
 _MAX_REALISTIC_VALUE = 1e300
@@ -294,6 +296,20 @@ def seconds_text(t_us: int, /) -> str:
 
 
 # -- Redis commands -----------------------------------------------------------------------------
+#
+# Every Redis write is one EVALSHA of Pulse's fence script (pulse/sinks/redis.py, FENCE_SCRIPT,
+# which says what it guarantees), one per key, pipelined:
+#
+#     EVALSHA {script} 2 {key} {{key}}:v {kind} {ttl} {refresh} ...
+#
+# ``{key}:v`` in braces is the hash of the key's versions, in the key's Redis Cluster slot;
+# refresh is 1 to set both keys' TTLs. Per kind, the arguments that follow:
+#
+# * ``w`` (a window's hash): its version, then its fields and values; none: remove the key;
+# * ``f`` (a device's hash): per metric its version, metric, value, ``{metric}:ts``, time;
+# * ``z`` (a top sorted set): per member its version, score, member.
+#
+# A version is decimal integers joined by ":" (``inf`` above every integer), compared in order.
 
 
 def _pack(parts: Iterable[bytes]) -> bytes:
@@ -305,11 +321,27 @@ def _pack(parts: Iterable[bytes]) -> bytes:
     return b"".join(out)
 
 
-def _pack_hset(key: bytes, names: tuple[str, ...], values: Iterable[str]) -> bytes:
-    """``HSET key name value ...`` in RESP from str names and values."""
+def _fenced_head(
+    script: bytes, key: bytes, kind: bytes, ttl_text: bytes, refresh: bool
+) -> list[bytes]:
+    """``EVALSHA script 2 key {key}:v kind ttl refresh``, the start of every fenced write."""
+    return [
+        b"EVALSHA",
+        script,
+        b"2",
+        key,
+        b"{" + key + b"}:v",
+        kind,
+        ttl_text,
+        b"1" if refresh else b"0",
+    ]
+
+
+def _fields(names: tuple[str, ...], values: Iterable[str]) -> list[bytes]:
+    """``name value ...`` from str names and values."""
     if len(names) > _MAX_FIELDS:
         raise ValueError("at most 64 fields")
-    parts = [b"HSET", key]
+    parts = []
     for name, value in zip(names, values):  # noqa: B905 - as many values as names
         if name.__class__ is not str and not isinstance(name, str):
             raise TypeError("hset takes str arguments")
@@ -317,22 +349,44 @@ def _pack_hset(key: bytes, names: tuple[str, ...], values: Iterable[str]) -> byt
             raise TypeError("hset takes str arguments")
         parts.append(name.encode())
         parts.append(value.encode())
-    return _pack(parts)
+    return parts
 
 
-def hset(key: str, names: tuple[str, ...], values: tuple[str, ...], /) -> bytes:
-    """``HSET key name value ...`` packed in RESP, as hiredis.pack_command packs it."""
-    if not isinstance(key, str):
-        raise TypeError(f"hset() argument 1 must be str, not {type(key).__name__}")
+def _version(first: Any, second: Any) -> bytes:
+    """The version ``{first}:{second}`` (each as str() writes it), at most 128 bytes."""
+    version = f"{first}:{second}".encode()
+    if len(version) > _VERSION_BYTES:
+        raise ValueError("a version longer than 128 bytes")
+    return version
+
+
+def hset(
+    script: str,
+    key: str,
+    version: str,
+    ttl: int,
+    names: tuple[str, ...],
+    values: tuple[str, ...],
+    /,
+) -> bytes:
+    """The fenced write of a window's hash, packed in RESP as hiredis.pack_command packs it:
+    ``EVALSHA script 2 key {key}:v w ttl 1 version name value ...`` (``HSET key name value
+    ...`` unless the key's stored version is newer, with both keys' TTLs set)."""
+    if not isinstance(script, str) or not isinstance(key, str) or not isinstance(version, str):
+        raise TypeError("hset() arguments 1 to 3 must be str")
     if not isinstance(names, tuple) or not isinstance(values, tuple):
-        raise TypeError("hset() arguments 2 and 3 must be tuples")
+        raise TypeError("hset() arguments 5 and 6 must be tuples")
     if len(names) != len(values):
         raise ValueError("names and values differ in length")
-    return _pack_hset(key.encode(), names, values)
-
-
-def _expire(key: bytes, ttl_text: bytes) -> bytes:
-    return _pack((b"EXPIRE", key, ttl_text))
+    script_bytes = script.encode()
+    key_bytes = key.encode()
+    if len(key_bytes) > _KEY_BYTES:
+        raise ValueError("a key longer than 1024 bytes")
+    version_bytes = version.encode()
+    if len(version_bytes) > _VERSION_BYTES:
+        raise ValueError("a version longer than 128 bytes")
+    head = _fenced_head(script_bytes, key_bytes, b"w", b"%d" % ttl, True)
+    return _pack([*head, version_bytes, *_fields(names, values)])
 
 
 def _series_key(prefix: str, window: tuple[Any, ...]) -> str:
@@ -360,28 +414,32 @@ def open_view_commands(
     now: float,
     ttl: int,
     fields: tuple[str, ...],
+    script: str,
     /,
 ) -> list[bytes]:
-    """RedisSink's commands for open views, in order. Per view, with key =
-    ``{key_prefix}{window}:{device}:{metric}``:
+    """RedisSink's commands for open views, one fenced write (kind ``w``) each, in order.
+    Per view, with key = ``{key_prefix}{window}:{device}:{metric}``:
 
-    * no open window (state None): ``DEL key``, and the key leaves ``ttl_set``;
-    * otherwise ``HSET key`` the 10 aggregates' text, start and end (``fields`` names them),
-      then ``EXPIRE key ttl`` if ``ttl_set`` holds no (start, time) for the key with this
-      window's start and a time at most ttl / 2 before ``now``; ``ttl_set[key]`` then
-      becomes (start, now).
+    * no open window (state None): the key's removal, version ``{start}:inf`` (the view's
+      start is the one of the window whose close left the series without one), refresh 1;
+      the key leaves ``ttl_set``;
+    * otherwise its hash, version ``{start}:{count}``, with the 10 aggregates' text, start
+      and end (``fields`` names them); refresh is 1 unless ``ttl_set`` holds (start, time)
+      for the key with this window's start and a time at most ttl / 2 before ``now``, and
+      when it is 1 ``ttl_set[key]`` becomes (start, now).
     """
     if not isinstance(key_prefix, str) or not isinstance(ttl_set, dict):
         raise TypeError(
             "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
-            "fields: tuple)"
+            "fields: tuple, script: str)"
         )
-    if not isinstance(fields, tuple):
-        raise TypeError("fields: a tuple")
+    if not isinstance(fields, tuple) or not isinstance(script, str):
+        raise TypeError("fields: a tuple; script: a str")
     now = float(now)
     if len(fields) != 12:
         raise ValueError("fields: the 10 aggregates, start and end")
     ttl_text = b"%d" % ttl
+    sha = script.encode()
     half = ttl / 2
     out: list[bytes] = []
     for view in views:
@@ -392,50 +450,59 @@ def open_view_commands(
         state = view[5]
         start = view[3]
         if state is None:
-            out.append(_pack((b"DEL", key_bytes)))
+            version = _version(start, "inf")
+            out.append(_pack([*_fenced_head(sha, key_bytes, b"w", ttl_text, True), version]))
             ttl_set.pop(key, None)
             continue
         text = _text_of(view)
         values = (*text, seconds_text(start), seconds_text(view[4]))
-        out.append(_pack_hset(key_bytes, fields, values))
         known = ttl_set.get(key)
-        if (
+        refresh = (
             known is None
             or not isinstance(known, tuple)
             or len(known) != 2
             or known[0] != start
             or now - float(known[1]) > half
-        ):
-            out.append(_expire(key_bytes, ttl_text))
+        )
+        head = _fenced_head(sha, key_bytes, b"w", ttl_text, refresh)
+        version = _version(start, text[0])
+        out.append(_pack([*head, version, *_fields(fields, values)]))
+        if refresh:
             ttl_set[key] = (start, now)
     return out
 
 
 def latest_commands(
-    latest: Iterable[tuple[str, str, int, float]],
+    latest: Iterable[tuple[str, str, int, float, int]],
     key_prefix: str,
     ttl_set: dict[str, float],
     now: float,
     ttl: int,
+    script: str,
     /,
 ) -> list[bytes]:
     """RedisSink's commands for latest values (models.outputs.Latest: device, metric, t_us,
-    value). Per device, in the order its first value comes: ``HSET {key_prefix}{device}
-    {metric} {value} {metric}:ts {seconds} ...`` with the newest (last) value of each of its
-    metrics, in the order each first comes; then ``EXPIRE`` that key ``ttl`` if ``ttl_set``
-    has no time for the device or one more than ttl / 2 before ``now``, and ``ttl_set[device]``
-    becomes ``now``."""
+    value, offset). One fenced write (kind ``f``) per device, in the order its first value
+    comes, to key ``{key_prefix}{device}``: per metric, in the order each first comes, with
+    its newest (last) value: version ``{t_us}:{offset}``, the metric, the value,
+    ``{metric}:ts``, the time in seconds. Refresh is 1 if ``ttl_set`` has no time for the
+    device or one more than ttl / 2 before ``now``, and ``ttl_set[device]`` then becomes
+    ``now``."""
     if not isinstance(key_prefix, str) or not isinstance(ttl_set, dict):
         raise TypeError(
-            "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, ttl: int)"
+            "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
+            "script: str)"
         )
+    if not isinstance(script, str):
+        raise TypeError("script: a str")
     now = float(now)
     ttl_text = b"%d" % ttl
+    sha = script.encode()
     half = ttl / 2
-    by_device: dict[str, dict[str, tuple[str, str, int, float]]] = {}
+    by_device: dict[str, dict[str, tuple[str, str, int, float, int]]] = {}
     for entry in latest:
-        if not isinstance(entry, tuple) or len(entry) != 4:
-            raise TypeError("a Latest (device, metric, t_us, value) is expected")
+        if not isinstance(entry, tuple) or len(entry) != 5:
+            raise TypeError("a Latest (device, metric, t_us, value, offset) is expected")
         metrics = by_device.get(entry[0])
         if metrics is None:
             metrics = by_device[entry[0]] = {}
@@ -445,7 +512,9 @@ def latest_commands(
         key = (key_prefix + device).encode()
         if len(key) > _KEY_BYTES:
             raise ValueError("a device key longer than 1024 bytes")
-        parts = [b"HSET", key]
+        set_at = ttl_set.get(device)
+        refresh = set_at is None or now - float(set_at) > half
+        parts = _fenced_head(sha, key, b"f", ttl_text, refresh)
         for metric, entry in metrics.items():
             value = entry[3]
             if not isinstance(value, float):
@@ -453,12 +522,10 @@ def latest_commands(
             name = metric.encode()
             if len(name) > _NAME_BYTES:
                 raise ValueError("a metric name longer than 128 bytes")
-            parts += (name, float.__repr__(value).encode(), name + b":ts")
-            parts.append(seconds_text(entry[2]).encode())
+            parts += (_version(entry[2], entry[4]), name, float.__repr__(value).encode())
+            parts += (name + b":ts", seconds_text(entry[2]).encode())
         out.append(_pack(parts))
-        set_at = ttl_set.get(device)
-        if set_at is None or now - float(set_at) > half:
-            out.append(_expire(key, ttl_text))
+        if refresh:
             ttl_set[device] = now
     return out
 
@@ -469,25 +536,29 @@ def closed_window_commands(
     top_prefix: str,
     ttl: int,
     fields: tuple[str, ...],
+    script: str,
     /,
 ) -> list[bytes]:
     """RedisSink's commands for closed windows. Of the windows of a series (window, device,
     metric), the one with the latest start; per series, in the order it first comes, with
-    key = ``{closed_prefix}{window}:{device}:{metric}``: ``HSET key`` the aggregates' text,
-    start and end, ``EXPIRE key ttl``, and unless its mean is ``null`` (an overflowed sum)
-    (mean, device) joins the members of ``{top_prefix}{window}:{metric}``. Then per top key,
-    in the order it first comes: ``ZADD key mean device ...`` and ``EXPIRE key ttl``."""
+    key = ``{closed_prefix}{window}:{device}:{metric}``: its fenced hash (kind ``w``,
+    refresh 1), version ``{start}:{count}``, with the aggregates' text, start and end; and
+    unless its mean is ``null`` (an overflowed sum) (version, mean, device) joins the members
+    of ``{top_prefix}{window}:{metric}``. Then per top key, in the order it first comes, its
+    fenced members (kind ``z``, refresh 1)."""
     if (
         not isinstance(closed_prefix, str)
         or not isinstance(top_prefix, str)
         or not isinstance(fields, tuple)
         or len(fields) != 12
+        or not isinstance(script, str)
     ):
         raise TypeError(
             "closed_window_commands(closed, closed_prefix: str, top_prefix: str, ttl: int, "
-            "fields: the 10 aggregates, start and end)"
+            "fields: the 10 aggregates, start and end, script: str)"
         )
     ttl_text = b"%d" % ttl
+    sha = script.encode()
     newest: dict[tuple[Any, Any, Any], tuple[Any, ...]] = {}
     for window in closed:
         if not isinstance(window, tuple) or len(window) < 7:
@@ -497,25 +568,25 @@ def closed_window_commands(
         if seen is None or seen[3] < window[3]:
             newest[series] = window
     out: list[bytes] = []
-    tops: dict[tuple[Any, Any], list[str]] = {}
+    tops: dict[tuple[Any, Any], list[bytes]] = {}
     for window in newest.values():
         key = _series_key(closed_prefix, window).encode()
         text = _text_of(window)
         values = (*text, seconds_text(window[3]), seconds_text(window[4]))
-        out.append(_pack_hset(key, fields, values))
-        out.append(_expire(key, ttl_text))
+        version = _version(window[3], text[0])
+        head = _fenced_head(sha, key, b"w", ttl_text, True)
+        out.append(_pack([*head, version, *_fields(fields, values)]))
         mean = text[4]
         if mean != "null":
             members = tops.get((window[2], window[1]))
             if members is None:
                 members = tops[(window[2], window[1])] = []
-            members += (mean, window[0])
+            members += (version, mean.encode(), window[0].encode())
     for (label, metric), members in tops.items():
         key = f"{top_prefix}{label}:{metric}".encode()
         if len(key) > _KEY_BYTES:
             raise ValueError("a top key longer than 1024 bytes")
-        out.append(_pack([b"ZADD", key, *(member.encode() for member in members)]))
-        out.append(_expire(key, ttl_text))
+        out.append(_pack([*_fenced_head(sha, key, b"z", ttl_text, True), *members]))
     return out
 
 
@@ -708,14 +779,18 @@ def open_views(
     windows: dict[tuple[str, str, int, int], list[Any]],
     labels: tuple[str, ...],
     sizes: tuple[int, ...],
+    closed: list[Any],
     view_type: type[tuple[Any, ...]],
     /,
 ) -> list[Any]:
     """PartitionState.drain's open views: one per series in ``views_changed`` (its newest
     window opened or closed) or with a key in ``changed`` whose start is the series' newest,
-    in the order of that set. With start = newest.get(series): none,
-    view_type(device, metric, label, 0, 0, None, None); else view_type(device, metric, label,
-    start, start + size, state, its text) with the state of (device, metric, index, start)."""
+    in the order of that set. With start = newest.get(series): none (no window open any
+    more), view_type(device, metric, label, start, end, None, None) with the start and end
+    of the series' last window in ``closed`` (the drain's closed windows: the one whose
+    close left the series without an open window; 0 and 0 if there is none); else
+    view_type(device, metric, label, start, start + size, state, its text) with the state of
+    (device, metric, index, start)."""
     if (
         not isinstance(views_changed, set)
         or not isinstance(changed, set)
@@ -723,13 +798,14 @@ def open_views(
         or not isinstance(windows, dict)
         or not isinstance(labels, tuple)
         or not isinstance(sizes, tuple)
+        or not isinstance(closed, list)
         or not isinstance(view_type, type)
         or not issubclass(view_type, tuple)
         or len(labels) != len(sizes)
     ):
         raise TypeError(
             "open_views(views_changed: set, changed: set, newest: dict, windows: dict, "
-            "labels: tuple, sizes: tuple, view_type: a tuple subclass)"
+            "labels: tuple, sizes: tuple, closed: list, view_type: a tuple subclass)"
         )
     series_changed = set(views_changed)
     for key in changed:
@@ -741,6 +817,7 @@ def open_views(
             series_changed.add(series)
     make = tuple.__new__
     out = []
+    last_closed: dict[tuple[Any, Any, Any], Any] | None = None
     for series in series_changed:
         if not isinstance(series, tuple) or len(series) != 3:
             raise TypeError("a series key (device, metric, index)")
@@ -748,7 +825,15 @@ def open_views(
         i = _spec_index(labels, index)
         start = newest.get(series)
         if start is None:
-            out.append(make(view_type, (device, metric, labels[i], 0, 0, None, None)))
+            if last_closed is None:
+                last_closed = {}
+                for window in closed:
+                    if not isinstance(window, tuple) or len(window) < 5:
+                        raise TypeError("a ClosedWindow is expected")
+                    last_closed[(window[0], window[1], window[2])] = window
+            window = last_closed.get((device, metric, labels[i]))
+            first, last = (0, 0) if window is None else (window[3], window[4])
+            out.append(make(view_type, (device, metric, labels[i], first, last, None, None)))
             continue
         state = windows[(device, metric, index, start)]
         end = start + sizes[i]

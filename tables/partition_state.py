@@ -396,20 +396,21 @@ class PartitionState:
 
     def _latest_changes(self) -> tuple[list[Latest], list[list[Any]], list[list[Any]]]:
         """The drain's latest values: for each pair changed since the last drain, its value
-        (or, when it was forgotten since, the value it had) as an output and a changelog
-        row, and a removed row for each forgotten pair."""
+        (or, when it was forgotten since, the value it had) as an output, versioned by the
+        partition's position (``next_offset``), and a changelog row, and a removed row for
+        each forgotten pair."""
         outputs: list[Latest] = []
         rows: list[list[Any]] = []
         removed: list[list[Any]] = []
+        offset = self.next_offset
         for pair in self._latest_changed:
             value = self.latest.get(pair)
             gone = value is None
             if gone:
                 value = self._latest_unsent.get(pair)
             if value is not None:
-                output = Latest(pair[0], pair[1], value[0], value[1])
-                outputs.append(output)
-                rows.append(list(output))
+                outputs.append(Latest(pair[0], pair[1], value[0], value[1], offset))
+                rows.append([pair[0], pair[1], value[0], value[1]])
             if gone:
                 removed.append(list(pair))
         return outputs, rows, removed
@@ -434,6 +435,7 @@ class PartitionState:
             windows,
             self._labels,
             self._sizes,
+            closed,
             OpenView,
         )
         latest, latest_rows, latest_removed = self._latest_changes()
@@ -503,8 +505,15 @@ class PartitionState:
         A snapshot fits whenever ``to >= x``. A delta with ``to < x`` is older than the state
         (written twice, or by a worker that lost the partition) and is ignored; one with
         ``from > x`` would leave a gap and is ignored too (it cannot happen without data loss).
+
+        A delta (or snapshot) with an idle floor below the state's is ignored whatever its
+        offsets: along one worker's deltas the floor only rises, so it was written late by a
+        worker that lost the partition before an idle close its successor made (a zombie);
+        applied at the successor's offset it would reopen the windows that close closed.
         """
         x = self.next_offset
+        if delta.idle_floor < self.idle_floor:
+            return False
         if delta.snapshot:
             if delta.to_offset < x:
                 return False

@@ -73,6 +73,10 @@ class Sink(abc.ABC):
     * ``write`` is idempotent: after a crash the same windows are flushed again with identical
       content, and the target must end up as if they were written once (overwrite by key, or
       identical repeats).
+    * A batch may come late, from a worker that lost its partitions (a zombie), after newer
+      ones of another worker: a target that keeps only the latest per key must not go back
+      to it (the Redis sink writes each key only if its version is not older); a target of
+      identical repeats needs nothing (docs/architecture.md, "Zombies").
     * Batches arrive one at a time, in order; a sink needs no locking of its own. A sink that
       fell behind gets the batches that waited as one (:meth:`FlushBatch.merge`): entries for
       the same key may then repeat, and the last one is the newest.

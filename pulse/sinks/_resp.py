@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -23,15 +24,25 @@ def pack(*args: Any) -> bytes:
 
 
 class RedisReplyError(Exception):
-    """Redis answered a command with an error (a bug or a misconfigured server)."""
+    """Redis answered commands with errors (a bug, a misconfigured server, or NOSCRIPT: a
+    server that lost its scripts). ``errors``: each error reply's text, in order."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(f"{len(errors)} commands failed, first: {errors[0]}")
+        self.errors = errors
 
 
 class RespPipeline:
-    """One connection to the server of a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """One connection to the server of a ``redis://``, ``rediss://`` or ``unix://`` URL.
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    ``on_connect``: packed commands sent first on every connection (after AUTH and SELECT),
+    such as loading the scripts the caller runs.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0, on_connect: Sequence[bytes] = ()) -> None:
         self.options: dict[str, Any] = dict(parse_url(url))
         self.timeout = timeout
+        self.on_connect = list(on_connect)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.connections = 0
@@ -67,8 +78,12 @@ class RespPipeline:
             )
         if options.get("db"):
             setup.append(("SELECT", options["db"]))
-        if setup:
-            await self._round_trip([pack(*command) for command in setup])
+        if setup or self.on_connect:
+            try:
+                await self._round_trip([pack(*command) for command in setup] + self.on_connect)
+            except BaseException:
+                await self.close()  # the next call connects again, with its setup
+                raise
 
     async def execute(self, commands: list[bytes]) -> list[Any]:
         """Send every packed command (:func:`pack`), then read every reply; return the
@@ -105,7 +120,7 @@ class RespPipeline:
                 replies.append(reply)
                 reply = parser.gets()
         if errors:
-            raise RedisReplyError(f"{len(errors)} commands failed, first: {errors[0]}")
+            raise RedisReplyError(errors)
         return replies
 
     async def close(self) -> None:

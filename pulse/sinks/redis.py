@@ -1,36 +1,160 @@
-"""Live state in Redis: latest values, open and last closed windows, top devices.
+"""Live state in Redis: latest values, open and last closed windows, top devices; every write
+fenced by the version of the state it reflects.
 
 Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STATE_TTL``):
 
 * ``P:device:{device}`` hash: ``{metric}`` = latest value, ``{metric}:ts`` = its event time.
 * ``P:open:{window}:{device}:{metric}`` hash: the newest open window's partial aggregates
-  plus ``start``, ``end``; deleted when it closes and no newer window is open.
+  plus ``start``, ``end``; removed when it closes and no newer window is open.
 * ``P:closed:{window}:{device}:{metric}`` hash: the most recent closed window.
 * ``P:top:{window}:{metric}`` sorted set: device scored by its latest closed window's mean.
 * ``P:sliding:{size}:{device}:{metric}`` hash: a sliding window's aggregates plus ``start``
   (exclusive) and ``end`` (inclusive, the key's latest event time); ``{size}`` as written
   after ``sliding:`` in ``PULSE_WINDOWS``.
+* ``{KEY}:v`` hash beside each of those keys (the braces make it a Redis Cluster hash tag: it
+  lives in KEY's slot): the version of what KEY holds, under ``v`` for a window's hash, under
+  the metric for a device's value, under the device for a top member. Readers never see
+  it: it is another key, and scans of ``P:*`` do not match it.
 
-One flush is one pipelined round trip per chunk of commands, never one per reading; each
-key is written once per flush with its latest content. A TTL is set when the sink first
-writes a key (for an open window: when a new window starts in it), again once half a TTL
-has passed, and again after every reconnection (a restarted server may have lost it), not
-on every write.
+Fencing. A worker that lost its partitions but does not know it yet (a zombie: paused,
+stalled, cut off) may still write what it drained before. Every write therefore carries the
+version of the state it reflects and applies only if that version is not older than the one
+stored with the key, field or member; the check runs inside Redis (:data:`FENCE_SCRIPT`, by
+EVALSHA). Processing is deterministic in offset order, so a state with more input applied is
+newer, and an equal version means identical content. The versions, each compared in order:
+
+* closed window and its top member: (window start, count); a window's readings are a
+  prefix of its readings in offset order, so the same count means the same content, and a
+  higher one a later close (a zombie's idle close can close a window early);
+* open window: (window start, count), the count growing with every reading; its removal:
+  (start of the window that closed, +infinity), kept as a tombstone in ``{KEY}:v``;
+* sliding window: (end = the key's latest event time, count): the end only grows, and the
+  count grows while it stays;
+* a device's value: (its event time, the partition's input offset at the drain); a device's
+  readings are in one partition (keyed by device).
+
+So a late write can neither regress a value nor bring back a removed open window. Versions
+and removal tombstones live as long as keys do (``PULSE_STATE_TTL``, at least the session
+timeout): a write later than that after a key's last write (or removal) meets no version and
+applies, as on a fresh server.
+
+One flush is one pipelined round trip per chunk of commands (one EVALSHA per key), never one
+per reading; each key is written once per flush with its latest content. A key's TTL (and its
+versions') is set whenever a write creates the key or one of its fields, and else when the
+sink asks: when it first writes a key (for an open window: when a new window starts in it),
+again once half a TTL has passed, and on every write of a closed, top or sliding key. So no
+key is ever left without a TTL. The script is loaded (SCRIPT LOAD) on every connection and
+again when Redis answers NOSCRIPT (a server that lost its scripts without a reconnection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
+from typing import Any
 
 from models.outputs import AGGREGATES, AggregateText
 from pulse.sinks._base import FlushBatch, Sink
-from pulse.sinks._resp import RespPipeline, pack
+from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks._retry import retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
 from tables import _native
 
+log = logging.getLogger(__name__)
+
 COMMANDS_PER_ROUND_TRIP = 20_000
+
+FENCE_SCRIPT = """\
+-- Pulse's fenced write of one key (pulse/sinks/redis.py). KEYS[1]: the key; KEYS[2]: the
+-- hash of its versions ({KEYS[1]}:v, in the same cluster slot). ARGV[1]: the kind of write,
+-- ARGV[2]: the TTL in seconds, ARGV[3]: "1" to set both keys' TTLs (they are also set
+-- whenever the write creates the key or a field). Then, by kind:
+--   w  a window's hash: version, then field, value, ...; no field: remove the key and keep
+--      the version (a tombstone, with the TTL);
+--   f  a device's hash: per metric version, metric, value, metric:ts, time;
+--   z  a sorted set: per member version, score, member.
+-- A version is decimal integers joined by ":" ("inf" above every integer), compared in
+-- order. A write (or a metric's, a member's) applies unless its version is older than the
+-- one stored. Returns how many applied.
+local key, versions = KEYS[1], KEYS[2]
+local kind, ttl, refresh = ARGV[1], ARGV[2], ARGV[3] == "1"
+
+-- -1, 0 or 1 as integer a is below, equal to or above integer b (exact at any size).
+local function compare(a, b)
+  if a == b then return 0 end
+  if a == "inf" then return 1 end
+  if b == "inf" then return -1 end
+  local negative = a:sub(1, 1) == "-"
+  if negative ~= (b:sub(1, 1) == "-") then return negative and -1 or 1 end
+  local sign = 1
+  if negative then a, b, sign = a:sub(2), b:sub(2), -1 end
+  if #a ~= #b then return #a < #b and -sign or sign end
+  for i = 1, #a, 15 do -- 15 digits are exact in a Lua number
+    local x, y = tonumber(a:sub(i, i + 14)), tonumber(b:sub(i, i + 14))
+    if x ~= y then return x < y and -sign or sign end
+  end
+  return 0
+end
+
+-- Whether version new is older than version old (false when there is none).
+local function older(new, old)
+  if not old then return false end
+  local i, j = 1, 1
+  while true do
+    local new_end, old_end = new:find(":", i, true), old:find(":", j, true)
+    local order = compare(new:sub(i, (new_end or 0) - 1), old:sub(j, (old_end or 0) - 1))
+    if order ~= 0 then return order < 0 end
+    if not new_end or not old_end then return old_end ~= nil end
+    i, j = new_end + 1, old_end + 1
+  end
+end
+
+local applied, created = 0, false
+if kind == "w" then
+  local version = ARGV[4]
+  if older(version, redis.call("HGET", versions, "v")) then return 0 end
+  created = redis.call("HSET", versions, "v", version) == 1
+  if #ARGV == 4 then
+    redis.call("DEL", key)
+    redis.call("EXPIRE", versions, ttl)
+    return 1
+  end
+  created = redis.call("HSET", key, unpack(ARGV, 5)) > 0 or created
+  applied = 1
+elseif kind == "f" then
+  for i = 4, #ARGV, 5 do
+    local version, field = ARGV[i], ARGV[i + 1]
+    if not older(version, redis.call("HGET", versions, field)) then
+      created = redis.call("HSET", versions, field, version) == 1 or created
+      created = redis.call("HSET", key, field, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) > 0
+        or created
+      applied = applied + 1
+    end
+  end
+elseif kind == "z" then
+  for i = 4, #ARGV, 3 do
+    local version, member = ARGV[i], ARGV[i + 2]
+    if not older(version, redis.call("HGET", versions, member)) then
+      created = redis.call("HSET", versions, member, version) == 1 or created
+      created = redis.call("ZADD", key, ARGV[i + 1], member) == 1 or created
+      applied = applied + 1
+    end
+  end
+else
+  return redis.error_reply("unknown kind of write: " .. tostring(kind))
+end
+if applied > 0 and (refresh or created) then
+  redis.call("EXPIRE", key, ttl)
+  redis.call("EXPIRE", versions, ttl)
+end
+return applied
+"""
+"""The Lua script every Redis write runs (EVALSHA): see the module's docstring."""
+
+FENCE_SHA = hashlib.sha1(FENCE_SCRIPT.encode()).hexdigest()
+"""The SHA1 of :data:`FENCE_SCRIPT`, by which EVALSHA names it."""
 
 
 class RedisKeys:
@@ -71,17 +195,31 @@ class RedisKeys:
         size = window.removeprefix("sliding:")
         return f"{self.prefix}:sliding:{size}:{device}:{metric}"
 
+    @staticmethod
+    def versions(key: str) -> str:
+        """The hash of the versions of ``key``, in its Redis Cluster slot."""
+        return f"{{{key}}}:v"
+
 
 WINDOW_FIELDS = (*AGGREGATES, "start", "end")
 """The fields of an open, closed or sliding window's hash."""
 
 
-def window_hset(key: str, text: AggregateText, start_us: int, end_us: int) -> bytes:
-    """``HSET key count .. p99 start end`` packed in RESP from the shared aggregate text.
+def window_hset(
+    key: str, text: AggregateText, start_us: int, end_us: int, version: str, ttl: int
+) -> bytes:
+    """The fenced write (EVALSHA of :data:`FENCE_SCRIPT`) of a window's hash ``key``: ``count
+    .. p99 start end`` from the shared aggregate text, at ``version``, with the TTLs set.
 
     Packed as hiredis.pack_command packs it (tables/_speedups_py.py: hset).
     """
-    return _native.hset(key, WINDOW_FIELDS, (*text, seconds_text(start_us), seconds_text(end_us)))
+    values = (*text, seconds_text(start_us), seconds_text(end_us))
+    return _native.hset(FENCE_SHA, key, version, ttl, WINDOW_FIELDS, values)
+
+
+def is_noscript(error: RedisReplyError) -> bool:
+    """Whether every error of a pipeline was NOSCRIPT: the server has lost the script."""
+    return bool(error.errors) and all(e.startswith("NOSCRIPT") for e in error.errors)
 
 
 class RedisSink(Sink):
@@ -91,15 +229,19 @@ class RedisSink(Sink):
         self.url = url
         self.keys = RedisKeys(prefix)
         self.ttl = ttl_seconds
-        self.connection = RespPipeline(url)
+        self._load_script = pack("SCRIPT", "LOAD", FENCE_SCRIPT)
+        self.connection = RespPipeline(url, on_connect=[self._load_script])
         # Open-window keys whose TTL was set, with the window start and when: an open key is
         # rewritten on every flush that changes it, but its TTL needs setting only when a new
-        # window starts there (or half a TTL later), which halves the commands on that path.
+        # window starts there (or half a TTL later), which halves the work on that path.
         self._open_ttl_set: dict[str, tuple[int, float]] = {}
         # Device keys whose TTL was set, and when: likewise, a device's hash is rewritten on
         # every flush with a new reading of it; entries older than half a TTL are pruned.
         self._device_ttl_set: dict[str, float] = {}
         self._prune_device_ttls_at = 0.0
+        self.refused = 0
+        """Writes refused so far, wholly: older than what Redis holds (a worker that lost
+        its partitions and wrote late)."""
 
     async def stop(self) -> None:
         await self.connection.close()
@@ -110,19 +252,35 @@ class RedisSink(Sink):
             commands = self._commands(batch)
             for begin in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
                 chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
-                await retry_forever(
+                replies = await retry_forever(
                     "redis write",
-                    lambda chunk=chunk: self.connection.execute(chunk),  # type: ignore[misc]
+                    lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                 )
+                refused = replies.count(0)  # each write answers how many of its parts applied
+                if refused:
+                    self.refused += refused
+                    log.info("redis: %d late writes refused (older than what Redis holds)", refused)
             # The first connection ever is no reconnection: nothing was remembered before it.
             if self.connection.connections <= max(connections, 1):
                 return
             # Reconnected meanwhile: the server may be a restarted one that lost keys, and
             # with them the TTLs remembered as set. Forget those and write the batch again
-            # (its commands are idempotent), so that no key is left without a TTL.
+            # (its writes are idempotent: an equal version applies the same content).
             self._open_ttl_set.clear()
             self._device_ttl_set.clear()
+
+    async def _execute(self, chunk: list[bytes]) -> list[Any]:
+        """Write a chunk, return the replies; when the server has lost the script (restarted
+        behind a proxy, failed over, flushed) load it and write the chunk again (writes are
+        idempotent)."""
+        try:
+            return await self.connection.execute(chunk)
+        except RedisReplyError as exc:
+            if not is_noscript(exc):
+                raise
+            await self.connection.execute([self._load_script])
+            return await self.connection.execute(chunk)
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         keys, ttl = self.keys, self.ttl
@@ -133,12 +291,14 @@ class RedisSink(Sink):
                 device: at for device, at in ttl_set.items() if now - at <= ttl / 2
             }
             self._prune_device_ttls_at = now + ttl / 2
-        # One HSET per device. A merged batch (a lane that fell behind) may hold several values
-        # of a (device, metric): the last is the newest.
-        out = _native.latest_commands(batch.latest, keys.device_prefix, ttl_set, now, ttl)
+        # One write per device. A merged batch (a lane that fell behind) may hold several
+        # values of a (device, metric): the last is the newest.
+        out = _native.latest_commands(
+            batch.latest, keys.device_prefix, ttl_set, now, ttl, FENCE_SHA
+        )
 
-        # Per open view: DEL when no window is open any more, else its HSET, and EXPIRE when a
-        # new window starts at the key (or half a TTL after the last).
+        # Per open view: its removal when no window is open any more, else its hash (with the
+        # TTLs when a new window starts at the key, or half a TTL after the last).
         open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
         out += _native.open_view_commands(
             open_views.values(),
@@ -147,18 +307,19 @@ class RedisSink(Sink):
             now,
             ttl,
             WINDOW_FIELDS,
+            FENCE_SHA,
         )
 
         for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():
             assert view.state is not None
             key = keys.sliding(view.window, view.device, view.metric)
-            out.append(pack("DEL", key))  # a shorter window must not keep stale fields
-            out.append(window_hset(key, aggregate_text(view), view.start_us, view.end_us))
-            out.append(pack("EXPIRE", key, ttl))
+            text = aggregate_text(view)
+            version = f"{view.end_us}:{text[0]}"
+            out.append(window_hset(key, text, view.start_us, view.end_us, version, ttl))
 
         # Closed windows: a merged batch may close several windows of a series, and the one
         # with the latest start is written; each joins its top key unless its mean is null.
         out += _native.closed_window_commands(
-            batch.closed, keys.closed_prefix, keys.top_prefix, ttl, WINDOW_FIELDS
+            batch.closed, keys.closed_prefix, keys.top_prefix, ttl, WINDOW_FIELDS, FENCE_SHA
         )
         return out

@@ -215,3 +215,15 @@ class Committer:
 
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append(offsets)
+
+
+def test_the_test_only_freeze_is_off_unless_asked_for_and_checks_its_value() -> None:
+    assert flush.FlushFreeze.from_env({}).step is None
+    freeze = flush.FlushFreeze.from_env({flush.FREEZE_VARIABLE: "between_sinks:3"})
+    assert (freeze.step, freeze.flush) == ("between_sinks", 3)
+    assert freeze.wanted("between_sinks", 3)
+    assert not freeze.wanted("between_sinks", 2) and not freeze.wanted("sinks", 3)
+    assert not freeze.wanted("between_sinks", None)  # a flush without closed windows
+    for bad in ("sinks", "sinks:0", "sinks:x", "later:1"):
+        with pytest.raises(ValueError, match=flush.FREEZE_VARIABLE):
+            flush.FlushFreeze.from_env({flush.FREEZE_VARIABLE: bad})

@@ -87,7 +87,14 @@ def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.Monkey
             "must be a non-empty name without spaces, '/', ':' or ','",
         ),
         ("PULSE_TOPIC_DLQ", " ", "must be a non-empty name without spaces, '/', ':' or ','"),
-        ("PULSE_REDIS_PREFIX", "p q", "must be a non-empty name without spaces, '/', ':' or ','"),
+        *(
+            (
+                "PULSE_REDIS_PREFIX",
+                prefix,
+                "must be a non-empty name without spaces, '/', ':', ',', '{' or '}'",
+            )
+            for prefix in ("p q", "p:q", "{p}", "p}", "")
+        ),
         (
             "PULSE_WINDOWS",
             "10x",
@@ -124,6 +131,18 @@ def test_bad_value_names_the_variable(name: str, value: str, reason: str) -> Non
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
     assert str(info.value) == f"{name}={value!r}: {reason}"
+
+
+def test_the_state_ttl_is_at_least_the_session_timeout() -> None:
+    # A removed Redis key's tombstone lives as long as the TTL (see pulse/sinks/redis.py).
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"PULSE_STATE_TTL": "5", "PULSE_SESSION_TIMEOUT": "6.5"})
+    assert str(info.value) == "PULSE_STATE_TTL='5': must be at least PULSE_SESSION_TIMEOUT (6.5)"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"PULSE_SESSION_TIMEOUT": "6"}, state_ttl=3)
+    assert str(info.value) == "PULSE_STATE_TTL='3': must be at least PULSE_SESSION_TIMEOUT (6)"
+    settings = Settings.from_env({"PULSE_STATE_TTL": "6", "PULSE_SESSION_TIMEOUT": "6"})
+    assert (settings.state_ttl, settings.session_timeout) == (6, 6.0)
 
 
 @pytest.mark.parametrize("value", ["kafka://h:99999", "kafka://h:port"])

@@ -321,9 +321,8 @@ def test_drain_contents() -> None:
         ("a", "10s", 0, 10, 1, 1.0, 1.0, 1.0),
         ("a", "30s/10s", -20, 10, 1, 1.0, 1.0, 1.0),
     ]
-    assert [(x.device, x.metric, x.t_us, x.value) for x in drained.latest] == [
-        ("a", "m", 12 * S, 2.0)
-    ]
+    # versioned by the partition's position at the drain; the changelog row has no version
+    assert drained.latest == [Latest("a", "m", 12 * S, 2.0, 2)]
     delta = drained.delta
     assert (delta.from_offset, delta.to_offset, delta.max_t) == (0, 2, 12 * S)
     assert not delta.snapshot
@@ -356,10 +355,12 @@ def test_drain_contents() -> None:
 
     feed.state.advance_idle(HUGE)
     drained = feed.drain()
-    # no open window left: the views say so with state None, the latest value goes
+    # no open window left: the views say so with state None and the start and end of the
+    # window whose close left the series without one (the version of the key's removal);
+    # the latest value goes
     assert views(drained) == [
-        ("a", "m", "10s", 0, 0, None),
-        ("a", "m", "30s/10s", 0, 0, None),
+        ("a", "m", "10s", 10, 20, None),
+        ("a", "m", "30s/10s", 10, 40, None),
     ]
     assert sorted(closed_summary(drained.closed)) == [
         ("a", "10s", 10, 20, 1, 2.0, 2.0, 2.0),
@@ -380,8 +381,8 @@ def test_view_moves_to_the_newest_window_and_none_only_when_none_is_open() -> No
     feed.drain()
     feed("a", 11, 1.0)  # opens [10,20); W = 11 closes [0,10)
     assert views(feed.drain()) == [("a", "m", "10s", 10, 20, 1)]
-    feed("b", 25, 1.0)  # closes a's [10,20)
-    assert views(feed.drain()) == [("a", "m", "10s", 0, 0, None), ("b", "m", "10s", 20, 30, 1)]
+    feed("b", 25, 1.0)  # closes a's [10,20): a's view is gone, versioned by that window
+    assert views(feed.drain()) == [("a", "m", "10s", 10, 20, None), ("b", "m", "10s", 20, 30, 1)]
 
 
 def test_snapshot_holds_the_whole_state() -> None:
@@ -617,7 +618,19 @@ def run_checked(
                 newest = ref.newest_open(view.device, view.metric, view.window)
                 if view.state is None:
                     assert newest is None
-                    assert (view.start_us, view.end_us, view.text) == (0, 0, None)
+                    # versioned by the series' newest closed window, closed in this drain
+                    last = max(
+                        w.start_us
+                        for w in drained.closed
+                        if (w.device, w.metric, w.window) == (view.device, view.metric, view.window)
+                    )
+                    assert last == max(
+                        w.start_us
+                        for w in all_closed
+                        if (w.device, w.metric, w.window) == (view.device, view.metric, view.window)
+                    )
+                    end = last + sizes[view.window]
+                    assert (view.start_us, view.end_us, view.text) == (last, end, None)
                 else:
                     assert newest is not None
                     assert (view.start_us, view.end_us) == (newest, newest + sizes[view.window])
@@ -635,6 +648,7 @@ def run_checked(
                 )
             for latest in drained.latest:
                 assert (latest.t_us, latest.value) == ref.latest[(latest.device, latest.metric)]
+                assert latest.offset == offset  # the partition's position: its version
             # every latest value that changed reaches the drain (pulse:device:{device})
             assert {(x.device, x.metric) for x in drained.latest} == ref.latest_changed
             ref.latest_changed.clear()
@@ -809,7 +823,7 @@ def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_not_a_crash() ->
         with pytest.raises(IndexError, match="spec index is out of range"):
             _native.delta_rows([key], None, labels)
         with pytest.raises(IndexError, match="spec index is out of range"):
-            _native.open_views({series}, set(), {series: 0}, {}, labels, sizes, OpenView)
+            _native.open_views({series}, set(), {series: 0}, {}, labels, sizes, [], OpenView)
         windows = {key: state.windows[("d", "m", 0, 0)]}
         with pytest.raises(IndexError, match="spec index is out of range"):
             _native.close_windows(
@@ -823,7 +837,10 @@ def test_latest_of_a_key_forgotten_and_removed_in_one_flush_is_drained_once() ->
     assert state.apply(Reading("d", "m", 1.5, 1 * S, None), 0)
     assert state.apply(Reading("e", "m", 2.5, 12 * S, None), 1)  # closes d's window: W = 12 s
     drained = state.drain()
-    assert sorted(drained.latest) == [Latest("d", "m", 1 * S, 1.5), Latest("e", "m", 12 * S, 2.5)]
+    assert sorted(drained.latest) == [
+        Latest("d", "m", 1 * S, 1.5, 2),
+        Latest("e", "m", 12 * S, 2.5, 2),
+    ]
     assert sorted(drained.delta.latest) == [["d", "m", 1 * S, 1.5], ["e", "m", 12 * S, 2.5]]
     assert drained.delta.latest_removed == [["d", "m"]]
     assert state.latest == {("e", "m"): (12 * S, 2.5)}

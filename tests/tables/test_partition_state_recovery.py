@@ -264,6 +264,29 @@ def test_recover_when_the_last_delta_was_lost(case: tuple[Any, ...], data: st.Da
     check_continuation(specs, grace, records, log, before, fingerprints, post, exactly_once=False)
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=scenario(), data=st.data())
+def test_a_zombie_delta_written_after_an_idle_close_is_ignored(
+    case: tuple[Any, ...], data: st.DataObject
+) -> None:
+    """A zombie, paused, resumes after its successor processed every record and closed the
+    idle partition's windows; the zombie then processes up to the same end, without that
+    idle close, and writes its deltas late. Recovery ignores them (their idle floor is
+    older): the state is the successor's, and nothing closed reopens."""
+    specs, grace, records, drains = case
+    zombie_drains = data.draw(st.sets(st.integers(0, len(records) - 1)), label="zombie drains")
+    owner = Run(specs, grace, "a")
+    owner.process(PartitionState(specs, grace), records, drains)  # ends with an idle close
+    zombie = Run(specs, grace, "z")
+    zombie.process(PartitionState(specs, grace), records, zombie_drains, crash=True)
+    late = data.draw(st.integers(0, len(zombie.logged)), label="zombie's deltas late")
+    log = zombie.logged[: len(zombie.logged) - late] + owner.logged
+    log += zombie.logged[len(zombie.logged) - late :]
+    state = recover(specs, grace, log)
+    assert fingerprint(state) == owner.fingerprints[len(records)]  # its last delta's
+    assert state.windows == {}
+
+
 def test_recovered_state_continues_the_sum_bit_for_bit() -> None:
     from tables.windows import parse_windows
 

@@ -31,7 +31,7 @@ from pulse.sinks import kafka, redis
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import line_protocol, line_protocol_lines
 from pulse.sinks.kafka import closed_window_json
-from pulse.sinks.redis import WINDOW_FIELDS, RedisSink
+from pulse.sinks.redis import FENCE_SHA, WINDOW_FIELDS, RedisSink
 from tables import _native, aggregators, partition_state
 from tables import _speedups_py as py
 from tables.aggregators import QuantileSketch, Summary
@@ -215,7 +215,7 @@ def test_a_key_with_a_spec_index_out_of_range_is_an_index_error_on_both_sides() 
         windows = {key: state}
         for name, args in (
             ("delta_rows", ([key], None, labels)),
-            ("open_views", ({series}, set(), {series: 0}, windows, labels, sizes, OpenView)),
+            ("open_views", ({series}, set(), {series: 0}, windows, labels, sizes, [], OpenView)),
             (
                 "close_windows",
                 ([key], 10 * S, windows, [], set(), set(), {}, set(), {}, labels, ClosedWindow),
@@ -308,7 +308,7 @@ def test_the_worker_steps_call_both_sides_alike(
         batch = FlushBatch.of([drained], [])
         sink._commands(batch)
         kafka.aggregate_records(batch.closed)
-        redis.window_hset("k", ("1",) * 10, 0, S)
+        redis.window_hset("k", ("1",) * 10, 0, S, "1:1", 60)
         line_protocol_lines(batch.closed)
 
 
@@ -346,14 +346,19 @@ def test_closed_window_outputs(closed: list[ClosedWindow], overflow: bool) -> No
         closed[0] = closed[0]._replace(text=Summary.text(closed[0].state))
     same("aggregate_records", closed, closed_window_json)
     same("line_protocol_lines", closed, line_protocol)
-    same("closed_window_commands", closed, "pülse:closed:", "pülse:top:", 60, WINDOW_FIELDS)
-    same("closed_window_commands", closed, "p", "p", 60, WINDOW_FIELDS[:11])  # TypeError
+    args = ("pülse:closed:", "pülse:top:", 60, WINDOW_FIELDS)
+    same("closed_window_commands", closed, *args, FENCE_SHA)
+    same("closed_window_commands", closed, "p", "p", 60, WINDOW_FIELDS[:11], FENCE_SHA)  # TypeError
+    same("closed_window_commands", closed, *args, FENCE_SHA.encode())  # TypeError
+    same("closed_window_commands", closed, *args, "s" * 200)  # any script name, as it is
     same("aggregate_records", [("d", "m")], closed_window_json)  # TypeError
 
 
 def open_view(window: ClosedWindow, closed: bool) -> OpenView:
-    if closed:
-        return OpenView(window.device, window.metric, window.window, 0, 0, None)
+    if closed:  # the removal, versioned by the start of the window that closed
+        return OpenView(
+            window.device, window.metric, window.window, window.start_us, window.end_us, None
+        )
     return OpenView(*window)
 
 
@@ -373,10 +378,15 @@ ttl_sets = st.dictionaries(
 def test_open_view_commands(
     views: list[OpenView], ttl_set: dict[str, tuple[int, float]], now: float, ttl: int
 ) -> None:
-    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS)
-    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS[:10])  # ValueError
+    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS, FENCE_SHA)
+    fields = WINDOW_FIELDS[:10]
+    same("open_view_commands", views, "p:", ttl_set, now, ttl, fields, FENCE_SHA)  # ValueError
+    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS, None)  # TypeError
     long = [open_view(w, False) for w in closed_window_list("x" * 1000)]
-    same("open_view_commands", long, "p" * 30, {}, now, ttl, WINDOW_FIELDS)  # ValueError
+    same("open_view_commands", long, "p" * 30, {}, now, ttl, WINDOW_FIELDS, FENCE_SHA)  # ValueError
+    # A version beyond 128 bytes (a start no int could be): ValueError on both sides.
+    huge = [view._replace(start_us=10**130) for view in views]
+    same("open_view_commands", huge, "p:", {}, now, ttl, WINDOW_FIELDS, FENCE_SHA)
 
 
 def closed_window_list(device: str) -> list[ClosedWindow]:
@@ -392,6 +402,7 @@ def closed_window_list(device: str) -> list[ClosedWindow]:
             st.sampled_from(["temperature", "humidity", "m" * 128]),
             times,
             reading_values,
+            st.integers(0, 2**63 - 1),
         ),
         max_size=10,
     ),
@@ -402,22 +413,35 @@ def closed_window_list(device: str) -> list[ClosedWindow]:
 def test_latest_commands(
     latest: list[Latest], ttl_set: dict[str, float], now: float, ttl: int
 ) -> None:
-    same("latest_commands", latest, "pülse:device:", ttl_set, now, ttl)
-    same("latest_commands", [Latest("d", "m" * 129, 0, 1.0)], "p:", {}, now, ttl)  # ValueError
-    same("latest_commands", [Latest("d" * 1100, "m", 0, 1.0)], "p:", {}, now, ttl)  # ValueError
+    same("latest_commands", latest, "pülse:device:", ttl_set, now, ttl, FENCE_SHA)
+    for bad in (
+        Latest("d", "m" * 129, 0, 1.0, 0),  # ValueError
+        Latest("d" * 1100, "m", 0, 1.0, 0),  # ValueError
+        Latest("d", "m", 0, 1.0, 10**130),  # a version beyond 128 bytes: ValueError
+        Latest("d", "m", 0, 1, 0),  # TypeError
+    ):
+        same("latest_commands", [bad], "p:", {}, now, ttl, FENCE_SHA)
+    same("latest_commands", [("d", "m", 0, 1.0)], "p:", {}, now, ttl, FENCE_SHA)  # TypeError
+    same("latest_commands", latest, "p:", {}, now, ttl, 7)  # TypeError
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    key=st.text(max_size=20),
+    key=st.text(max_size=20) | st.just("k" * 1025),
+    version=st.text(max_size=20) | st.just("1" * 129),
+    ttl=st.integers(1, 10**6),
     pairs_=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=10)), max_size=70),
 )
-def test_hset(key: str, pairs_: list[tuple[str, str]]) -> None:
+def test_hset(key: str, version: str, ttl: int, pairs_: list[tuple[str, str]]) -> None:
     names_ = tuple(name for name, _ in pairs_)
     values = tuple(value for _, value in pairs_)
-    same("hset", key, names_, values)  # more than 64 fields: ValueError
-    same("hset", key, names_, (*values, "x"))  # ValueError
-    same("hset", key, names_, tuple(1 for _ in values))  # TypeError unless empty
+    # More than 64 fields, a key over 1024 bytes or a version over 128: ValueError.
+    same("hset", FENCE_SHA, key, version, ttl, names_, values)
+    same("hset", FENCE_SHA, key, version, ttl, names_, (*values, "x"))  # ValueError
+    same("hset", FENCE_SHA, key, version, ttl, names_, tuple(1 for _ in values))  # TypeError
+    same("hset", None, key, version, ttl, names_, values)  # TypeError
+    same("hset", FENCE_SHA, key, 1, ttl, names_, values)  # TypeError
+    same("hset", FENCE_SHA, key, version, ttl, list(names_), values)  # TypeError
 
 
 # -- parsing --------------------------------------------------------------------------------------
