@@ -657,8 +657,8 @@ static PyObject *summary_text(PyObject *module, PyObject *state) {
     return state_text(st, state);
 }
 
-/* Appends the decimal digits of n >= 0 (sprintf cost more than the rest of hset). */
-static char *put_digits(char *at, Py_ssize_t n) {
+/* Appends the decimal digits of n (sprintf cost more than the rest of hset). */
+static char *put_ull(char *at, unsigned long long n) {
     char digits[24];
     int count = 0;
     do {
@@ -668,6 +668,9 @@ static char *put_digits(char *at, Py_ssize_t n) {
     while (count > 0) *at++ = digits[--count];
     return at;
 }
+
+/* Appends the decimal digits of n >= 0. */
+static char *put_digits(char *at, Py_ssize_t n) { return put_ull(at, (unsigned long long)n); }
 
 /* Appends "$<len>\r\n<text>\r\n"; returns the new end. */
 static char *put_bulk(char *at, const char *text, Py_ssize_t size) {
@@ -720,17 +723,6 @@ static char *put_str(char *at, char *end, PyObject *text) {
     return at + size;
 }
 
-/* Appends the decimal digits of n. */
-static char *put_ull(char *at, unsigned long long n) {
-    char digits[24];
-    int count = 0;
-    do {
-        digits[count++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n > 0);
-    while (count > 0) *at++ = digits[--count];
-    return at;
-}
 
 /* Appends str(n): an exact int in decimal, anything else as str() writes it. The new end, or
  * NULL: with an exception set, or none when it does not fit before "end". */
