@@ -9,6 +9,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+MAX_RETRY_DELAY = 5.0
+"""The longest wait between two tries: after a target comes back, output resumes within
+about this long (a wait that kept doubling would leave a sink asleep long after an outage
+ended), while a target that is away gets a try every few seconds, which costs little."""
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +31,7 @@ async def retry_forever(
     retryable: tuple[type[BaseException], ...],
     *,
     first_delay: float = 0.1,
-    max_delay: float = 30.0,
+    max_delay: float = MAX_RETRY_DELAY,
 ) -> T:
     """Run ``attempt`` until it succeeds; wait between tries, honouring ``Retry-After``.
 

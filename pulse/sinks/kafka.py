@@ -14,6 +14,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from models.outputs import ClosedWindow
 from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._retry import MAX_RETRY_DELAY
 from pulse.sinks._text import aggregate_text, seconds_text, tags_json
 from tables import _native
 from tables.aggregators import Summary
@@ -56,8 +57,8 @@ class KafkaSink(Sink):
     Aggregates go in per-partition batches (``send_batch``), which costs a fraction of one
     ``send`` per record; a flush returns once the broker has acknowledged every record. A
     send the producer gives up on (the broker away for longer than its request timeout) is
-    sent again, with capped backoff, until stored: only the failed ones, so a repeat is rare
-    and identical.
+    sent again, with backoff capped at ``MAX_RETRY_DELAY``, until stored: only the failed
+    ones, so a repeat is rare and identical.
     """
 
     name = "kafka"
@@ -116,7 +117,7 @@ class KafkaSink(Sink):
                     error,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     async def _send_one(self, topic: str, value: bytes, key: bytes | None) -> list[asyncio.Future]:
         return [await self.producer.send(topic, value=value, key=key)]
