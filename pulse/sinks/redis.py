@@ -77,10 +77,11 @@ from tables._native import Write
 
 log = logging.getLogger(__name__)
 
-KEYS_PER_CALL = 100
-"""Keys fenced per call of :data:`FENCE_SCRIPT` (see :func:`fenced_calls`). Many per call
-spread the cost of a script call over them; few enough that a call keeps Redis busy for
-about a millisecond at most, so that readers are not held up behind it."""
+KEYS_PER_CALL = 50
+"""Keys fenced per call of :data:`FENCE_SCRIPT` at most (see :func:`fenced_calls`). Many per
+call spread the fixed cost of a script call over them (beyond about ten keys per call, the
+cost per key stops falling: bench/redis_writes.py); few enough that a call keeps Redis busy
+for under a millisecond, so that readers are not held up behind it."""
 
 COMMANDS_PER_ROUND_TRIP = 20_000 // KEYS_PER_CALL
 """Calls per pipelined round trip: about 20,000 keys."""
