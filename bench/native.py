@@ -38,11 +38,11 @@ GROUPS = {
     ),
     "the drain": ("close_windows", "open_views", "delta_rows"),
     "the aggregates' text": ("summary_text", "seconds_text"),
-    "the Redis commands": (
-        "hset",
-        "open_view_commands",
-        "latest_commands",
-        "closed_window_commands",
+    "the Redis writes": (
+        "window_write",
+        "open_view_writes",
+        "latest_writes",
+        "closed_window_writes",
     ),
     "the Kafka and InfluxDB records": ("aggregate_records", "line_protocol_lines"),
 }

@@ -12,7 +12,7 @@ the process's environment):
 * ``1`` or ``all``: every function from the Python definitions, and the extension is not
   imported at all;
 * a comma-separated list of function names (:data:`FUNCTIONS`), such as
-  ``summary_text,hset``: those from the Python definitions, the others in C (to measure
+  ``summary_text,window_write``: those from the Python definitions, the others in C (to measure
   what each one saves: bench/native.py).
 
 Any other value raises ValueError naming the variable. When the extension is not built (a
@@ -35,16 +35,16 @@ from typing import Any
 
 from tables import _speedups_py
 from tables._speedups_py import (
+    Write,
     aggregate_records,
     apply_common,
     apply_windows,
     close_windows,
-    closed_window_commands,
+    closed_window_writes,
     delta_rows,
-    hset,
-    latest_commands,
+    latest_writes,
     line_protocol_lines,
-    open_view_commands,
+    open_view_writes,
     open_views,
     parse_common,
     seconds_text,
@@ -54,23 +54,24 @@ from tables._speedups_py import (
     summary_initialize,
     summary_text,
     update_latest,
+    window_write,
 )
 
 __all__ = [
     "FUNCTIONS",
     "IN_C",
     "PYTHON_ONLY",
+    "Write",
     "aggregate_records",
     "apply_common",
     "apply_windows",
     "close_windows",
-    "closed_window_commands",
+    "closed_window_writes",
     "configure",
     "delta_rows",
-    "hset",
-    "latest_commands",
+    "latest_writes",
     "line_protocol_lines",
-    "open_view_commands",
+    "open_view_writes",
     "open_views",
     "parse_common",
     "seconds_text",
@@ -80,6 +81,7 @@ __all__ = [
     "summary_initialize",
     "summary_text",
     "update_latest",
+    "window_write",
 ]
 
 VARIABLE = "PULSE_NO_EXTENSIONS"
@@ -90,10 +92,10 @@ FUNCTIONS = (
     "apply_windows",
     "summary_text",
     "seconds_text",
-    "hset",
-    "open_view_commands",
-    "latest_commands",
-    "closed_window_commands",
+    "window_write",
+    "open_view_writes",
+    "latest_writes",
+    "closed_window_writes",
     "aggregate_records",
     "line_protocol_lines",
     "close_windows",

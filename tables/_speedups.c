@@ -657,7 +657,7 @@ static PyObject *summary_text(PyObject *module, PyObject *state) {
     return state_text(st, state);
 }
 
-/* Appends the decimal digits of n (sprintf cost more than the rest of hset). */
+/* Appends the decimal digits of n (sprintf cost more than the rest of a write). */
 static char *put_ull(char *at, unsigned long long n) {
     char digits[24];
     int count = 0;
@@ -692,18 +692,14 @@ static Py_ssize_t digit_count(Py_ssize_t n) {
     return count;
 }
 
-/* A command of argc bulk strings packed in RESP, sized exactly before it is written. */
-static PyObject *pack_texts(Py_ssize_t argc, const char *const *texts, const Py_ssize_t *sizes) {
-    Py_ssize_t total = 3 + digit_count(argc); /* "*<argc>\r\n" */
+/* The RESP bulk strings of texts [0, argc), sized exactly before they are written. */
+static PyObject *bulk_texts(Py_ssize_t argc, const char *const *texts, const Py_ssize_t *sizes) {
+    Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < argc; i++)
         total += 5 + digit_count(sizes[i]) + sizes[i]; /* "$<len>\r\n<text>\r\n" */
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL) return NULL;
     char *at = PyBytes_AS_STRING(out);
-    *at++ = '*';
-    at = put_digits(at, argc);
-    *at++ = '\r';
-    *at++ = '\n';
     for (Py_ssize_t i = 0; i < argc; i++) at = put_bulk(at, texts[i], sizes[i]);
     return out;
 }
@@ -747,12 +743,14 @@ static char *put_int(char *at, char *end, PyObject *n) {
     return out;
 }
 
-/* The fenced writes (see "Redis commands" in tables/_speedups_py.py): every Redis write is
- *     EVALSHA {script} 2 {key} {{key}}:v {kind} {ttl} {refresh} ...
- * the version first among what follows. */
+/* The per-key fenced writes (see "Redis writes" in tables/_speedups_py.py): each is a tuple
+ * (keys, args, argc): keys the RESP bulk strings of the key and "{key}:v", args those of
+ *     {kind} {refresh} {n} {arg} ...
+ * (the version first among the args) and argc = 3 + n, the bulk strings in args. The sink
+ * packs many into one call of the fence script. */
 #define KEY_BYTES 1024
 #define VERSION_BYTES 128
-#define HEAD_ARGS 8
+#define WRITE_HEAD 3 /* kind, refresh, n */
 
 /* The version "{first}:{second}" (second: a str as it is, NULL for "inf", else as put_int
  * writes it) in out (VERSION_BYTES bytes): its size, or -1 with an exception. */
@@ -781,80 +779,86 @@ static Py_ssize_t version_text(char *out, PyObject *first, PyObject *second) {
     return at - out;
 }
 
-/* What every fenced write of one call shares: the script's SHA1 and the TTL, as text. */
-typedef struct {
-    const char *script;
-    Py_ssize_t script_size;
-    char ttl[24];
-    Py_ssize_t ttl_size;
-} Fence;
-
-/* Fills a Fence from the script (a str) and the TTL (an int); 0, or -1 with an exception. */
-static int fence_of(Fence *fence, PyObject *script, PyObject *ttl) {
-    long long seconds = PyLong_AsLongLong(ttl);
-    if (seconds == -1 && PyErr_Occurred()) return -1;
-    fence->ttl_size = (Py_ssize_t)snprintf(fence->ttl, sizeof fence->ttl, "%lld", seconds);
-    fence->script = PyUnicode_AsUTF8AndSize(script, &fence->script_size);
-    return fence->script == NULL ? -1 : 0;
+/* The head of a write in texts and sizes [0, WRITE_HEAD): the kind, refresh and n, written
+ * to n_text (24 bytes). */
+static void write_head(const char **texts, Py_ssize_t *sizes, char *n_text, const char *kind,
+                       int refresh, Py_ssize_t n) {
+    texts[0] = kind, sizes[0] = 1;
+    texts[1] = refresh ? "1" : "0", sizes[1] = 1;
+    texts[2] = n_text, sizes[2] = put_digits(n_text, n) - n_text;
 }
 
-/* The head of a fenced write in texts and sizes [0, HEAD_ARGS); version_key (KEY_BYTES + 4
- * bytes) receives "{key}:v". */
-static void fenced_head(const char **texts, Py_ssize_t *sizes, const Fence *fence,
-                        const char *key, Py_ssize_t key_size, char *version_key,
-                        const char *kind, int refresh) {
-    version_key[0] = '{';
-    memcpy(version_key + 1, key, (size_t)key_size);
-    memcpy(version_key + 1 + key_size, "}:v", 3);
-    texts[0] = "EVALSHA", sizes[0] = 7;
-    texts[1] = fence->script, sizes[1] = fence->script_size;
-    texts[2] = "2", sizes[2] = 1;
-    texts[3] = key, sizes[3] = key_size;
-    texts[4] = version_key, sizes[4] = key_size + 4;
-    texts[5] = kind, sizes[5] = 1;
-    texts[6] = fence->ttl, sizes[6] = fence->ttl_size;
-    texts[7] = refresh ? "1" : "0", sizes[7] = 1;
+/* The write (keys, args, argc) of key whose args are texts [0, argc), a head first; NULL
+ * with an exception. Untracked: it holds two bytes and an int. */
+static PyObject *pack_write(const char *key, Py_ssize_t key_size, Py_ssize_t argc,
+                            const char *const *texts, const Py_ssize_t *sizes) {
+    /* "$<len>\r\n<key>\r\n$<len + 4>\r\n{<key>}:v\r\n" */
+    Py_ssize_t total = 14 + digit_count(key_size) + digit_count(key_size + 4) + 2 * key_size;
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, total);
+    if (keys == NULL) return NULL;
+    char *at = put_bulk(PyBytes_AS_STRING(keys), key, key_size);
+    *at++ = '$';
+    at = put_digits(at, key_size + 4);
+    memcpy(at, "\r\n{", 3);
+    memcpy(at + 3, key, (size_t)key_size);
+    memcpy(at + 3 + key_size, "}:v\r\n", 5);
+    PyObject *args = bulk_texts(argc, texts, sizes);
+    PyObject *count = args == NULL ? NULL : PyLong_FromSsize_t(argc);
+    PyObject *out = count == NULL ? NULL : PyTuple_New(3);
+    if (out == NULL) {
+        Py_DECREF(keys);
+        Py_XDECREF(args);
+        Py_XDECREF(count);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, keys);
+    PyTuple_SET_ITEM(out, 1, args);
+    PyTuple_SET_ITEM(out, 2, count);
+    PyObject_GC_UnTrack(out);
+    return out;
 }
 
-/* The fenced write of a window's hash (kind w): the version, then n str names and values
- * (n = 0: the key's removal). NULL with an exception. */
-static PyObject *pack_window(const Fence *fence, const char *key, Py_ssize_t key_size,
-                             int refresh, const char *version, Py_ssize_t version_size,
-                             PyObject *names, PyObject *const *values, Py_ssize_t n) {
+/* The write of a window's hash (kind w): the version, then n str names and values (n = 0:
+ * the key's removal). NULL with an exception. */
+static PyObject *pack_window(const char *key, Py_ssize_t key_size, int refresh,
+                             const char *version, Py_ssize_t version_size, PyObject *names,
+                             PyObject *const *values, Py_ssize_t n) {
     if (n > MAX_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "at most 64 fields");
         return NULL;
     }
-    const char *texts[HEAD_ARGS + 1 + 2 * MAX_FIELDS];
-    Py_ssize_t sizes[HEAD_ARGS + 1 + 2 * MAX_FIELDS];
-    char version_key[KEY_BYTES + 4];
-    fenced_head(texts, sizes, fence, key, key_size, version_key, "w", refresh);
-    texts[HEAD_ARGS] = version;
-    sizes[HEAD_ARGS] = version_size;
+    const char *texts[WRITE_HEAD + 1 + 2 * MAX_FIELDS];
+    Py_ssize_t sizes[WRITE_HEAD + 1 + 2 * MAX_FIELDS];
+    char n_text[24];
+    write_head(texts, sizes, n_text, "w", refresh, 1 + 2 * n);
+    texts[WRITE_HEAD] = version;
+    sizes[WRITE_HEAD] = version_size;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name = PyTuple_GET_ITEM(names, i), *value = values[i];
         if (!PyUnicode_Check(name) || !PyUnicode_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "hset takes str arguments");
+            PyErr_SetString(PyExc_TypeError, "window_write takes str names and values");
             return NULL;
         }
-        Py_ssize_t at = HEAD_ARGS + 1 + 2 * i;
+        Py_ssize_t at = WRITE_HEAD + 1 + 2 * i;
         texts[at] = PyUnicode_AsUTF8AndSize(name, &sizes[at]);
         texts[at + 1] = PyUnicode_AsUTF8AndSize(value, &sizes[at + 1]);
         if (texts[at] == NULL || texts[at + 1] == NULL) return NULL;
     }
-    return pack_texts(HEAD_ARGS + 1 + 2 * n, texts, sizes);
+    return pack_write(key, key_size, WRITE_HEAD + 1 + 2 * n, texts, sizes);
 }
 
-static PyObject *hset(PyObject *module, PyObject *args) {
-    PyObject *script, *key, *version, *ttl, *names, *values;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &script, &key, &version, &ttl, &names, &values))
+static PyObject *window_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "window_write(key, version, names, values)");
         return NULL;
-    if (!PyUnicode_Check(script) || !PyUnicode_Check(key) || !PyUnicode_Check(version)) {
-        PyErr_SetString(PyExc_TypeError, "hset() arguments 1 to 3 must be str");
+    }
+    PyObject *key = args[0], *version = args[1], *names = args[2], *values = args[3];
+    if (!PyUnicode_Check(key) || !PyUnicode_Check(version)) {
+        PyErr_SetString(PyExc_TypeError, "window_write() arguments 1 and 2 must be str");
         return NULL;
     }
     if (!PyTuple_Check(names) || !PyTuple_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "hset() arguments 5 and 6 must be tuples");
+        PyErr_SetString(PyExc_TypeError, "window_write() arguments 3 and 4 must be tuples");
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(names);
@@ -862,8 +866,7 @@ static PyObject *hset(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "names and values differ in length");
         return NULL;
     }
-    Py_ssize_t script_size, key_size, version_size;
-    if (PyUnicode_AsUTF8AndSize(script, &script_size) == NULL) return NULL;
+    Py_ssize_t key_size, version_size;
     const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_size);
     if (key_text == NULL) return NULL;
     if (key_size > KEY_BYTES) {
@@ -876,9 +879,7 @@ static PyObject *hset(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "a version longer than 128 bytes");
         return NULL;
     }
-    Fence fence;
-    if (fence_of(&fence, script, ttl) < 0) return NULL;
-    return pack_window(&fence, key_text, key_size, 1, version_bytes, version_size, names,
+    return pack_window(key_text, key_size, 1, version_bytes, version_size, names,
                        &PyTuple_GET_ITEM(values, 0), n);
 }
 
@@ -901,34 +902,33 @@ too_long:
     return NULL;
 }
 
-/* The RedisSink's commands for open views (open_view_commands in tables/_speedups_py.py). */
-static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+/* The RedisSink's writes of open views (open_view_writes in tables/_speedups_py.py). */
+static PyObject *open_view_writes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 7 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
-        !PyTuple_Check(args[5]) || !PyUnicode_Check(args[6])) {
+    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyTuple_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError,
-                        "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, "
-                        "ttl: int, fields: tuple, script: str)");
+                        "open_view_writes(views, key_prefix: str, ttl_set: dict, now: float, "
+                        "ttl: int, fields: tuple)");
         return NULL;
     }
     PyObject *views = args[0], *prefix = args[1], *ttl_set = args[2], *fields = args[5];
     double now = PyFloat_AsDouble(args[3]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
     long long ttl = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred()) return NULL;
+    if (ttl == -1 && PyErr_Occurred()) return NULL;
     Py_ssize_t n_fields = PyTuple_GET_SIZE(fields);
     if (n_fields != 12) {
         PyErr_SetString(PyExc_ValueError, "fields: the 10 aggregates, start and end");
         return NULL;
     }
-    Fence fence;
-    if (fence_of(&fence, args[6], args[4]) < 0) return NULL;
     PyObject *out = PyList_New(0);
     PyObject *iterator = PyObject_GetIter(views);
     if (out == NULL || iterator == NULL) goto fail;
     PyObject *view;
     while ((view = PyIter_Next(iterator)) != NULL) {
         PyObject *key = NULL, *text = NULL, *start_text = NULL, *end_text = NULL;
-        PyObject *command = NULL;
+        PyObject *made = NULL;
         int failed = 1;
         if (!PyTuple_Check(view) || PyTuple_GET_SIZE(view) < VIEW_LEN) {
             PyErr_SetString(PyExc_TypeError, "an OpenView is expected");
@@ -946,9 +946,8 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         if (state == Py_None) {
             /* the key's removal: the series has no open window any more */
             if ((version_size = version_text(version, start, NULL)) < 0) goto view_done;
-            command = pack_window(&fence, buffer, key_size, 1, version, version_size, NULL,
-                                  NULL, 0);
-            if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+            made = pack_window(buffer, key_size, 1, version, version_size, NULL, NULL, 0);
+            if (made == NULL || PyList_Append(out, made) < 0) goto view_done;
             if (PyDict_DelItem(ttl_set, key) < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_KeyError)) goto view_done;
                 PyErr_Clear();
@@ -978,15 +977,16 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         if (known != NULL && PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2) {
             int same_start = PyObject_RichCompareBool(PyTuple_GET_ITEM(known, 0), start, Py_EQ);
             if (same_start < 0) goto view_done;
-            double set_at = PyFloat_AsDouble(PyTuple_GET_ITEM(known, 1));
-            if (set_at == -1.0 && PyErr_Occurred()) goto view_done;
-            refresh = !same_start || now - set_at > (double)ttl / 2;
+            if (same_start) {
+                double set_at = PyFloat_AsDouble(PyTuple_GET_ITEM(known, 1));
+                if (set_at == -1.0 && PyErr_Occurred()) goto view_done;
+                refresh = now - set_at > (double)ttl / 2;
+            }
         }
         if ((version_size = version_text(version, start, PyTuple_GET_ITEM(text, 0))) < 0)
             goto view_done;
-        command = pack_window(&fence, buffer, key_size, refresh, version, version_size, fields,
-                              values, 12);
-        if (command == NULL || PyList_Append(out, command) < 0) goto view_done;
+        made = pack_window(buffer, key_size, refresh, version, version_size, fields, values, 12);
+        if (made == NULL || PyList_Append(out, made) < 0) goto view_done;
         if (refresh) {
             PyObject *entry = Py_BuildValue("(Od)", start, now);
             if (entry != NULL) PyObject_GC_UnTrack(entry); /* an int and a float: UNTRACKED */
@@ -997,7 +997,7 @@ static PyObject *open_view_commands(PyObject *module, PyObject *const *args, Py_
         }
         failed = 0;
     view_done:
-        Py_XDECREF(command);
+        Py_XDECREF(made);
         Py_XDECREF(start_text);
         Py_XDECREF(end_text);
         Py_XDECREF(text);
@@ -1430,21 +1430,19 @@ static PyObject *line_protocol_lines(PyObject *module, PyObject *const *args, Py
     return map_list(args[0], window_output, &lines);
 }
 
-/* The RedisSink's commands for closed windows (closed_window_commands in
+/* The RedisSink's writes of closed windows (closed_window_writes in
  * tables/_speedups_py.py). */
-static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
-                                        Py_ssize_t nargs) {
+static PyObject *closed_window_writes(PyObject *module, PyObject *const *args,
+                                      Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
-        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 12 || !PyUnicode_Check(args[5])) {
+    if (nargs != 4 || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[2]) ||
+        !PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 12) {
         PyErr_SetString(PyExc_TypeError,
-                        "closed_window_commands(closed, closed_prefix: str, top_prefix: str, "
-                        "ttl: int, fields: the 10 aggregates, start and end, script: str)");
+                        "closed_window_writes(closed, closed_prefix: str, top_prefix: str, "
+                        "fields: the 10 aggregates, start and end)");
         return NULL;
     }
-    PyObject *closed_prefix = args[1], *top_prefix = args[2], *fields = args[4];
-    Fence fence;
-    if (fence_of(&fence, args[5], args[3]) < 0) return NULL;
+    PyObject *closed_prefix = args[1], *top_prefix = args[2], *fields = args[3];
     PyObject *out = PyList_New(0);
     PyObject *newest = PyDict_New(); /* (window, device, metric) -> its newest ClosedWindow */
     PyObject *tops = PyDict_New();   /* (window, metric) -> [version, mean, device, ...] */
@@ -1486,7 +1484,7 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
         if (text == Py_None) text = state_text(st, PyTuple_GET_ITEM(window, VIEW_STATE));
         else Py_INCREF(text);
         if (text == NULL) goto fail;
-        PyObject *start = NULL, *stop = NULL, *command = NULL, *pair = NULL, *version = NULL;
+        PyObject *start = NULL, *stop = NULL, *made = NULL, *pair = NULL, *version = NULL;
         int failed = 1;
         if (!PyTuple_Check(text) || PyTuple_GET_SIZE(text) != 10) {
             PyErr_SetString(PyExc_TypeError, "an aggregate text of 10 str is expected");
@@ -1504,9 +1502,8 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
             version_text(version_bytes, PyTuple_GET_ITEM(window, VIEW_START),
                          PyTuple_GET_ITEM(text, 0));
         if (version_size < 0) goto window_done;
-        command = pack_window(&fence, key, at - key, 1, version_bytes, version_size, fields,
-                              values, 12);
-        if (command == NULL || PyList_Append(out, command) < 0) goto window_done;
+        made = pack_window(key, at - key, 1, version_bytes, version_size, fields, values, 12);
+        if (made == NULL || PyList_Append(out, made) < 0) goto window_done;
         /* a sorted set's score must be a number: no member for a null mean */
         PyObject *mean = PyTuple_GET_ITEM(text, 4);
         int is_null = PyUnicode_CompareWithASCIIString(mean, "null") == 0;
@@ -1529,7 +1526,7 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
     window_done:
         Py_XDECREF(version);
         Py_XDECREF(pair);
-        Py_XDECREF(command);
+        Py_XDECREF(made);
         Py_XDECREF(start);
         Py_XDECREF(stop);
         Py_DECREF(text);
@@ -1552,23 +1549,23 @@ static PyObject *closed_window_commands(PyObject *module, PyObject *const *args,
                 PyErr_SetString(PyExc_ValueError, "a top key longer than 1024 bytes");
             goto fail;
         }
-        Py_ssize_t n = PyList_GET_SIZE(members), argc = HEAD_ARGS + n;
+        Py_ssize_t n = PyList_GET_SIZE(members), argc = WRITE_HEAD + n;
         parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
         sizes = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)argc);
         if (parts == NULL || sizes == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        char version_key[KEY_BYTES + 4];
-        fenced_head(parts, sizes, &fence, key, at - key, version_key, "z", 1);
+        char n_text[24];
+        write_head(parts, sizes, n_text, "z", 1, n);
         for (Py_ssize_t i = 0; i < n; i++) {
-            parts[HEAD_ARGS + i] =
-                PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, i), &sizes[HEAD_ARGS + i]);
-            if (parts[HEAD_ARGS + i] == NULL) goto fail;
+            parts[WRITE_HEAD + i] =
+                PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(members, i), &sizes[WRITE_HEAD + i]);
+            if (parts[WRITE_HEAD + i] == NULL) goto fail;
         }
-        PyObject *command = pack_texts(argc, parts, sizes);
-        int appended = command == NULL ? -1 : PyList_Append(out, command);
-        Py_XDECREF(command);
+        PyObject *made = pack_write(key, at - key, argc, parts, sizes);
+        int appended = made == NULL ? -1 : PyList_Append(out, made);
+        Py_XDECREF(made);
         PyMem_Free(parts);
         PyMem_Free(sizes);
         parts = NULL, sizes = NULL;
@@ -1588,26 +1585,24 @@ fail:
     return NULL;
 }
 
-/* The RedisSink's commands for latest values (latest_commands in tables/_speedups_py.py).
- * Per device, in the order its first value comes, one fenced write (kind f): per metric
+/* The RedisSink's writes of latest values (latest_writes in tables/_speedups_py.py). Per
+ * device, in the order its first value comes, one fenced write (kind f): per metric
  * (the newest value of each: a merged batch may hold several) its version, the metric, the
  * value, "{metric}:ts" and the time; refresh as ttl_set says. */
 #define LATEST_ARGS 5 /* per metric: version, metric, value, metric:ts, seconds */
-static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *latest_writes(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
-    if (nargs != 6 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2]) ||
-        !PyUnicode_Check(args[5])) {
+    if (nargs != 5 || !PyUnicode_Check(args[1]) || !PyDict_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
-                        "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, "
-                        "ttl: int, script: str)");
+                        "latest_writes(latest, key_prefix: str, ttl_set: dict, now: float, "
+                        "ttl: int)");
         return NULL;
     }
     PyObject *prefix = args[1], *ttl_set = args[2];
     double now = PyFloat_AsDouble(args[3]);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
     long long ttl = PyLong_AsLongLong(args[4]);
-    if (PyErr_Occurred()) return NULL;
-    Fence fence;
-    if (fence_of(&fence, args[5], args[4]) < 0) return NULL;
+    if (ttl == -1 && PyErr_Occurred()) return NULL;
     PyObject *out = PyList_New(0), *now_object = PyFloat_FromDouble(now);
     PyObject *by_device = PyDict_New(); /* device -> {metric: Latest}, both in first-seen order */
     PyObject *iterator = by_device == NULL ? NULL : PyObject_GetIter(args[0]);
@@ -1642,7 +1637,7 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
     if (PyErr_Occurred()) goto fail;
     Py_ssize_t position = 0;
     while (PyDict_Next(by_device, &position, &device, &metrics)) {
-        Py_ssize_t n = PyDict_GET_SIZE(metrics), argc = HEAD_ARGS + LATEST_ARGS * n;
+        Py_ssize_t n = PyDict_GET_SIZE(metrics), argc = WRITE_HEAD + LATEST_ARGS * n;
         n_texts = 2 * n;
         texts = PyMem_Calloc((size_t)n_texts, sizeof(PyObject *));
         parts = PyMem_Malloc(sizeof(char *) * (size_t)argc);
@@ -1662,8 +1657,8 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
         double at_time = set_at == NULL ? 0.0 : PyFloat_AsDouble(set_at);
         if (at_time == -1.0 && PyErr_Occurred()) goto fail;
         int refresh = set_at == NULL || now - at_time > (double)ttl / 2;
-        char version_key[KEY_BYTES + 4];
-        fenced_head(parts, sizes, &fence, key, at - key, version_key, "f", refresh);
+        char n_text[24];
+        write_head(parts, sizes, n_text, "f", refresh, LATEST_ARGS * n);
         Py_ssize_t metric_position = 0, i = 0;
         PyObject *metric, *entry;
         char *names_at = names;
@@ -1680,7 +1675,7 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
                 PyErr_SetString(PyExc_ValueError, "a metric name longer than 128 bytes");
                 goto fail;
             }
-            Py_ssize_t base = HEAD_ARGS + LATEST_ARGS * i;
+            Py_ssize_t base = WRITE_HEAD + LATEST_ARGS * i;
             Py_ssize_t version_size = version_text(names_at, PyTuple_GET_ITEM(entry, 2),
                                                    PyTuple_GET_ITEM(entry, 4));
             if (version_size < 0) goto fail;
@@ -1705,9 +1700,9 @@ static PyObject *latest_commands(PyObject *module, PyObject *const *args, Py_ssi
             }
             i++;
         }
-        PyObject *command = pack_texts(argc, parts, sizes);
-        int appended = command == NULL ? -1 : PyList_Append(out, command);
-        Py_XDECREF(command);
+        PyObject *made = pack_write(key, at - key, argc, parts, sizes);
+        int appended = made == NULL ? -1 : PyList_Append(out, made);
+        Py_XDECREF(made);
         if (appended < 0) goto fail;
         for (Py_ssize_t t = 0; t < n_texts; t++) Py_CLEAR(texts[t]);
         PyMem_Free(texts);
@@ -2319,20 +2314,18 @@ static PyMethodDef methods[] = {
     {"seconds_text", seconds_text, METH_O,
      "seconds_text($module, t_us, /)\n--\n\n"
      "Epoch microseconds as epoch seconds in text."},
-    {"hset", hset, METH_VARARGS,
-     "hset($module, script, key, version, ttl, names, values, /)\n--\n\n"
-     "The fenced write of a window's hash, packed in RESP."},
-    {"open_view_commands", (PyCFunction)(void (*)(void))open_view_commands, METH_FASTCALL,
-     "open_view_commands($module, views, key_prefix, ttl_set, now, ttl, fields, script, "
-     "/)\n--\n\n"
-     "RedisSink's commands for open views."},
-    {"latest_commands", (PyCFunction)(void (*)(void))latest_commands, METH_FASTCALL,
-     "latest_commands($module, latest, key_prefix, ttl_set, now, ttl, script, /)\n--\n\n"
-     "RedisSink's commands for latest values."},
-    {"closed_window_commands", (PyCFunction)(void (*)(void))closed_window_commands, METH_FASTCALL,
-     "closed_window_commands($module, closed, closed_prefix, top_prefix, ttl, "
-     "fields, script, /)\n--\n\n"
-     "RedisSink's commands for closed windows."},
+    {"window_write", (PyCFunction)(void (*)(void))window_write, METH_FASTCALL,
+     "window_write($module, key, version, names, values, /)\n--\n\n"
+     "The fenced write of a window's hash: (keys, args, argc)."},
+    {"open_view_writes", (PyCFunction)(void (*)(void))open_view_writes, METH_FASTCALL,
+     "open_view_writes($module, views, key_prefix, ttl_set, now, ttl, fields, /)\n--\n\n"
+     "RedisSink's writes of open views."},
+    {"latest_writes", (PyCFunction)(void (*)(void))latest_writes, METH_FASTCALL,
+     "latest_writes($module, latest, key_prefix, ttl_set, now, ttl, /)\n--\n\n"
+     "RedisSink's writes of latest values."},
+    {"closed_window_writes", (PyCFunction)(void (*)(void))closed_window_writes, METH_FASTCALL,
+     "closed_window_writes($module, closed, closed_prefix, top_prefix, fields, /)\n--\n\n"
+     "RedisSink's writes of closed windows."},
     {"aggregate_records", (PyCFunction)(void (*)(void))aggregate_records, METH_FASTCALL,
      "aggregate_records($module, closed, closed_window_json, /)\n--\n\n"
      "(key, value) of each closed window's aggregates record."},

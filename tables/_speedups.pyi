@@ -32,43 +32,37 @@ def apply_windows(
 ) -> list[tuple[Any, int]] | None: ...
 def summary_text(state: list[Any], /) -> tuple[str, ...]: ...
 def seconds_text(t_us: int, /) -> str: ...
-def hset(
-    script: str,
+def window_write(
     key: str,
     version: str,
-    ttl: int,
     names: tuple[str, ...],
     values: tuple[str, ...],
     /,
-) -> bytes: ...
-def open_view_commands(
+) -> tuple[bytes, bytes, int]: ...
+def open_view_writes(
     views: Iterable[tuple[Any, ...]],
     key_prefix: str,
     ttl_set: dict[str, tuple[int, float]],
     now: float,
     ttl: int,
     fields: tuple[str, ...],
-    script: str,
     /,
-) -> list[bytes]: ...
-def latest_commands(
+) -> list[tuple[bytes, bytes, int]]: ...
+def latest_writes(
     latest: Iterable[tuple[str, str, int, float, int]],
     key_prefix: str,
     ttl_set: dict[str, float],
     now: float,
     ttl: int,
-    script: str,
     /,
-) -> list[bytes]: ...
-def closed_window_commands(
+) -> list[tuple[bytes, bytes, int]]: ...
+def closed_window_writes(
     closed: Iterable[tuple[Any, ...]],
     closed_prefix: str,
     top_prefix: str,
-    ttl: int,
     fields: tuple[str, ...],
-    script: str,
     /,
-) -> list[bytes]: ...
+) -> list[tuple[bytes, bytes, int]]: ...
 def aggregate_records(
     closed: Iterable[Any], closed_window_json: Callable[[Any], bytes], /
 ) -> list[tuple[bytes, bytes]]: ...

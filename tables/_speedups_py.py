@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,7 +33,7 @@ _NO_WATERMARK = -(2**63)
 """PartitionState's watermark before any reading (tables/partition_state.NO_WATERMARK)."""
 
 _KEY_BYTES = 1024
-"""The longest Redis key, in UTF-8 bytes, the command builders write."""
+"""The longest Redis key, in UTF-8 bytes, the write builders write."""
 _NAME_BYTES = 128
 """The longest metric name, in UTF-8 bytes, of a latest value's field."""
 _VERSION_BYTES = 128
@@ -295,46 +296,66 @@ def seconds_text(t_us: int, /) -> str:
     return str(whole) if rest == 0 else repr(t_us / 1_000_000)
 
 
-# -- Redis commands -----------------------------------------------------------------------------
+# -- Redis writes -------------------------------------------------------------------------------
 #
-# Every Redis write is one EVALSHA of Pulse's fence script (pulse/sinks/redis.py, FENCE_SCRIPT,
-# which says what it guarantees), one per key, pipelined:
+# Every Redis write is fenced by Pulse's fence script (pulse/sinks/redis.py, FENCE_SCRIPT,
+# which says what it guarantees). The functions here build the writes of single keys; the
+# sink packs consecutive ones into EVALSHA calls of many keys each (fenced_calls):
 #
-#     EVALSHA {script} 2 {key} {{key}}:v {kind} {ttl} {refresh} ...
+#     EVALSHA {script} {2K} {key1} {{key1}}:v ... {keyK} {{keyK}}:v {ttl} {write1} ... {writeK}
 #
-# ``{key}:v`` in braces is the hash of the key's versions, in the key's Redis Cluster slot;
-# refresh is 1 to set both keys' TTLs. Per kind, the arguments that follow:
+# ``{key}:v`` in braces is the hash of the key's versions, in the key's Redis Cluster slot.
+# A key's write is ``{kind} {refresh} {n}`` and its n arguments; refresh is 1 to set both
+# keys' TTLs. Per kind, the arguments:
 #
 # * ``w`` (a window's hash): its version, then its fields and values; none: remove the key;
 # * ``f`` (a device's hash): per metric its version, metric, value, ``{metric}:ts``, time;
 # * ``z`` (a top sorted set): per member its version, score, member.
 #
 # A version is decimal integers joined by ":" (``inf`` above every integer), compared in order.
+#
+# A write is the tuple ``(keys, args, argc)``: ``keys`` the RESP bulk strings of the key and
+# ``{key}:v``, ``args`` those of ``kind refresh n arg...``, ``argc`` how many bulk strings
+# ``args`` holds (3 + n). Bulk strings are packed as hiredis.pack_command packs them:
+# ``$<len>\r\n<bytes>\r\n``.
+
+Write = tuple[bytes, bytes, int]
+"""A key's fenced write: (keys, args, argc), see above."""
+
+_LONG_LONG = 2**63
 
 
-def _pack(parts: Iterable[bytes]) -> bytes:
-    """A command of bulk strings in RESP: ``*<n>`` then ``$<len> <part>`` for each."""
-    items = list(parts)
-    out = [b"*%d\r\n" % len(items)]
-    for part in items:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
+def _bulks(parts: Iterable[bytes]) -> bytes:
+    """Bulk strings in RESP: ``$<len>``, CRLF, the part, CRLF, for each part."""
+    return b"".join([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
 
 
-def _fenced_head(
-    script: bytes, key: bytes, kind: bytes, ttl_text: bytes, refresh: bool
-) -> list[bytes]:
-    """``EVALSHA script 2 key {key}:v kind ttl refresh``, the start of every fenced write."""
-    return [
-        b"EVALSHA",
-        script,
-        b"2",
-        key,
-        b"{" + key + b"}:v",
-        kind,
-        ttl_text,
-        b"1" if refresh else b"0",
-    ]
+def _write(key: bytes, kind: bytes, refresh: bool, args: list[bytes]) -> Write:
+    """The fenced write of ``key``: its keys (key, ``{key}:v``) and ``kind refresh n args``."""
+    head = [kind, b"1" if refresh else b"0", b"%d" % len(args)]
+    return _bulks([key, b"{" + key + b"}:v"]), _bulks([*head, *args]), 3 + len(args)
+
+
+def _long_long(n: Any) -> int:
+    """An int argument as C reads it (PyLong_AsLongLong): TypeError unless it is an integer
+    (``__index__``), OverflowError beyond a signed 64-bit integer."""
+    value = operator.index(n)
+    if not -_LONG_LONG <= value < _LONG_LONG:
+        raise OverflowError("Python int too large to convert to C long long")
+    return value
+
+
+def _double(x: Any) -> float:
+    """A float argument as C reads it (PyFloat_AsDouble): a float, or what ``__float__`` or
+    ``__index__`` makes of it; TypeError for anything else (float() would also read text)."""
+    if isinstance(x, float):
+        return float(x)
+    kind = type(x)
+    if hasattr(kind, "__float__"):
+        return float(x)
+    if hasattr(kind, "__index__"):
+        return float(operator.index(x))
+    raise TypeError(f"must be real number, not {kind.__name__}")
 
 
 def _fields(names: tuple[str, ...], values: Iterable[str]) -> list[bytes]:
@@ -344,9 +365,9 @@ def _fields(names: tuple[str, ...], values: Iterable[str]) -> list[bytes]:
     parts = []
     for name, value in zip(names, values):  # noqa: B905 - as many values as names
         if name.__class__ is not str and not isinstance(name, str):
-            raise TypeError("hset takes str arguments")
+            raise TypeError("window_write takes str names and values")
         if value.__class__ is not str and not isinstance(value, str):
-            raise TypeError("hset takes str arguments")
+            raise TypeError("window_write takes str names and values")
         parts.append(name.encode())
         parts.append(value.encode())
     return parts
@@ -360,33 +381,29 @@ def _version(first: Any, second: Any) -> bytes:
     return version
 
 
-def hset(
-    script: str,
+def window_write(
     key: str,
     version: str,
-    ttl: int,
     names: tuple[str, ...],
     values: tuple[str, ...],
     /,
-) -> bytes:
-    """The fenced write of a window's hash, packed in RESP as hiredis.pack_command packs it:
-    ``EVALSHA script 2 key {key}:v w ttl 1 version name value ...`` (``HSET key name value
-    ...`` unless the key's stored version is newer, with both keys' TTLs set)."""
-    if not isinstance(script, str) or not isinstance(key, str) or not isinstance(version, str):
-        raise TypeError("hset() arguments 1 to 3 must be str")
+) -> Write:
+    """The fenced write of a window's hash (kind ``w``, refresh 1): ``version name value
+    ...`` (``HSET key name value ...`` unless the key's stored version is newer, with both
+    keys' TTLs set)."""
+    if not isinstance(key, str) or not isinstance(version, str):
+        raise TypeError("window_write() arguments 1 and 2 must be str")
     if not isinstance(names, tuple) or not isinstance(values, tuple):
-        raise TypeError("hset() arguments 5 and 6 must be tuples")
+        raise TypeError("window_write() arguments 3 and 4 must be tuples")
     if len(names) != len(values):
         raise ValueError("names and values differ in length")
-    script_bytes = script.encode()
     key_bytes = key.encode()
     if len(key_bytes) > _KEY_BYTES:
         raise ValueError("a key longer than 1024 bytes")
     version_bytes = version.encode()
     if len(version_bytes) > _VERSION_BYTES:
         raise ValueError("a version longer than 128 bytes")
-    head = _fenced_head(script_bytes, key_bytes, b"w", b"%d" % ttl, True)
-    return _pack([*head, version_bytes, *_fields(names, values)])
+    return _write(key_bytes, b"w", True, [version_bytes, *_fields(names, values)])
 
 
 def _series_key(prefix: str, window: tuple[Any, ...]) -> str:
@@ -407,18 +424,17 @@ def _text_of(window: tuple[Any, ...]) -> tuple[str, ...]:
     return text
 
 
-def open_view_commands(
+def open_view_writes(
     views: Iterable[tuple[Any, ...]],
     key_prefix: str,
     ttl_set: dict[str, tuple[int, float]],
     now: float,
     ttl: int,
     fields: tuple[str, ...],
-    script: str,
     /,
-) -> list[bytes]:
-    """RedisSink's commands for open views, one fenced write (kind ``w``) each, in order.
-    Per view, with key = ``{key_prefix}{window}:{device}:{metric}``:
+) -> list[Write]:
+    """RedisSink's writes of open views, one fenced write (kind ``w``) each, in order. Per
+    view, with key = ``{key_prefix}{window}:{device}:{metric}``:
 
     * no open window (state None): the key's removal, version ``{start}:inf`` (the view's
       start is the one of the window whose close left the series without one), refresh 1;
@@ -430,18 +446,17 @@ def open_view_commands(
     """
     if not isinstance(key_prefix, str) or not isinstance(ttl_set, dict):
         raise TypeError(
-            "open_view_commands(views, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
-            "fields: tuple, script: str)"
+            "open_view_writes(views, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
+            "fields: tuple)"
         )
-    if not isinstance(fields, tuple) or not isinstance(script, str):
-        raise TypeError("fields: a tuple; script: a str")
-    now = float(now)
+    if not isinstance(fields, tuple):
+        raise TypeError("fields: a tuple")
+    now = _double(now)
+    ttl = _long_long(ttl)
     if len(fields) != 12:
         raise ValueError("fields: the 10 aggregates, start and end")
-    ttl_text = b"%d" % ttl
-    sha = script.encode()
     half = ttl / 2
-    out: list[bytes] = []
+    out: list[Write] = []
     for view in views:
         if not isinstance(view, tuple) or len(view) < 7:
             raise TypeError("an OpenView is expected")
@@ -450,8 +465,7 @@ def open_view_commands(
         state = view[5]
         start = view[3]
         if state is None:
-            version = _version(start, "inf")
-            out.append(_pack([*_fenced_head(sha, key_bytes, b"w", ttl_text, True), version]))
+            out.append(_write(key_bytes, b"w", True, [_version(start, "inf")]))
             ttl_set.pop(key, None)
             continue
         text = _text_of(view)
@@ -462,26 +476,24 @@ def open_view_commands(
             or not isinstance(known, tuple)
             or len(known) != 2
             or known[0] != start
-            or now - float(known[1]) > half
+            or now - _double(known[1]) > half
         )
-        head = _fenced_head(sha, key_bytes, b"w", ttl_text, refresh)
         version = _version(start, text[0])
-        out.append(_pack([*head, version, *_fields(fields, values)]))
+        out.append(_write(key_bytes, b"w", refresh, [version, *_fields(fields, values)]))
         if refresh:
             ttl_set[key] = (start, now)
     return out
 
 
-def latest_commands(
+def latest_writes(
     latest: Iterable[tuple[str, str, int, float, int]],
     key_prefix: str,
     ttl_set: dict[str, float],
     now: float,
     ttl: int,
-    script: str,
     /,
-) -> list[bytes]:
-    """RedisSink's commands for latest values (models.outputs.Latest: device, metric, t_us,
+) -> list[Write]:
+    """RedisSink's writes of latest values (models.outputs.Latest: device, metric, t_us,
     value, offset). One fenced write (kind ``f``) per device, in the order its first value
     comes, to key ``{key_prefix}{device}``: per metric, in the order each first comes, with
     its newest (last) value: version ``{t_us}:{offset}``, the metric, the value,
@@ -490,15 +502,10 @@ def latest_commands(
     ``now``."""
     if not isinstance(key_prefix, str) or not isinstance(ttl_set, dict):
         raise TypeError(
-            "latest_commands(latest, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
-            "script: str)"
+            "latest_writes(latest, key_prefix: str, ttl_set: dict, now: float, ttl: int)"
         )
-    if not isinstance(script, str):
-        raise TypeError("script: a str")
-    now = float(now)
-    ttl_text = b"%d" % ttl
-    sha = script.encode()
-    half = ttl / 2
+    now = _double(now)
+    half = _long_long(ttl) / 2
     by_device: dict[str, dict[str, tuple[str, str, int, float, int]]] = {}
     for entry in latest:
         if not isinstance(entry, tuple) or len(entry) != 5:
@@ -507,14 +514,14 @@ def latest_commands(
         if metrics is None:
             metrics = by_device[entry[0]] = {}
         metrics[entry[1]] = entry
-    out: list[bytes] = []
+    out: list[Write] = []
     for device, metrics in by_device.items():
         key = (key_prefix + device).encode()
         if len(key) > _KEY_BYTES:
             raise ValueError("a device key longer than 1024 bytes")
         set_at = ttl_set.get(device)
-        refresh = set_at is None or now - float(set_at) > half
-        parts = _fenced_head(sha, key, b"f", ttl_text, refresh)
+        refresh = set_at is None or now - _double(set_at) > half
+        parts: list[bytes] = []
         for metric, entry in metrics.items():
             value = entry[3]
             if not isinstance(value, float):
@@ -524,22 +531,20 @@ def latest_commands(
                 raise ValueError("a metric name longer than 128 bytes")
             parts += (_version(entry[2], entry[4]), name, float.__repr__(value).encode())
             parts += (name + b":ts", seconds_text(entry[2]).encode())
-        out.append(_pack(parts))
+        out.append(_write(key, b"f", refresh, parts))
         if refresh:
             ttl_set[device] = now
     return out
 
 
-def closed_window_commands(
+def closed_window_writes(
     closed: Iterable[tuple[Any, ...]],
     closed_prefix: str,
     top_prefix: str,
-    ttl: int,
     fields: tuple[str, ...],
-    script: str,
     /,
-) -> list[bytes]:
-    """RedisSink's commands for closed windows. Of the windows of a series (window, device,
+) -> list[Write]:
+    """RedisSink's writes of closed windows. Of the windows of a series (window, device,
     metric), the one with the latest start; per series, in the order it first comes, with
     key = ``{closed_prefix}{window}:{device}:{metric}``: its fenced hash (kind ``w``,
     refresh 1), version ``{start}:{count}``, with the aggregates' text, start and end; and
@@ -551,14 +556,11 @@ def closed_window_commands(
         or not isinstance(top_prefix, str)
         or not isinstance(fields, tuple)
         or len(fields) != 12
-        or not isinstance(script, str)
     ):
         raise TypeError(
-            "closed_window_commands(closed, closed_prefix: str, top_prefix: str, ttl: int, "
-            "fields: the 10 aggregates, start and end, script: str)"
+            "closed_window_writes(closed, closed_prefix: str, top_prefix: str, "
+            "fields: the 10 aggregates, start and end)"
         )
-    ttl_text = b"%d" % ttl
-    sha = script.encode()
     newest: dict[tuple[Any, Any, Any], tuple[Any, ...]] = {}
     for window in closed:
         if not isinstance(window, tuple) or len(window) < 7:
@@ -567,15 +569,14 @@ def closed_window_commands(
         seen = newest.get(series)
         if seen is None or seen[3] < window[3]:
             newest[series] = window
-    out: list[bytes] = []
+    out: list[Write] = []
     tops: dict[tuple[Any, Any], list[bytes]] = {}
     for window in newest.values():
         key = _series_key(closed_prefix, window).encode()
         text = _text_of(window)
         values = (*text, seconds_text(window[3]), seconds_text(window[4]))
         version = _version(window[3], text[0])
-        head = _fenced_head(sha, key, b"w", ttl_text, True)
-        out.append(_pack([*head, version, *_fields(fields, values)]))
+        out.append(_write(key, b"w", True, [version, *_fields(fields, values)]))
         mean = text[4]
         if mean != "null":
             members = tops.get((window[2], window[1]))
@@ -586,7 +587,7 @@ def closed_window_commands(
         key = f"{top_prefix}{label}:{metric}".encode()
         if len(key) > _KEY_BYTES:
             raise ValueError("a top key longer than 1024 bytes")
-        out.append(_pack([*_fenced_head(sha, key, b"z", ttl_text, True), *members]))
+        out.append(_write(key, b"z", True, members))
     return out
 
 

@@ -20,8 +20,9 @@ Fencing. A worker that lost its partitions but does not know it yet (a zombie: p
 stalled, cut off) may still write what it drained before. Every write therefore carries the
 version of the state it reflects and applies only if that version is not older than the one
 stored with the key, field or member; the check runs inside Redis (:data:`FENCE_SCRIPT`, by
-EVALSHA). Processing is deterministic in offset order, so a state with more input applied is
-newer, and an equal version means identical content. The versions, each compared in order:
+EVALSHA, each call fencing many keys, each key on its own). Processing is deterministic in
+offset order, so a state with more input applied is newer, and an equal version means
+identical content. The versions, each compared in order:
 
 * closed window and its top member: (window start, count); a window's readings are a
   prefix of its readings in offset order, so the same count means the same content, and a
@@ -38,13 +39,23 @@ and removal tombstones live as long as keys do (``PULSE_STATE_TTL``, at least th
 timeout): a write later than that after a key's last write (or removal) meets no version and
 applies, as on a fresh server.
 
-One flush is one pipelined round trip per chunk of commands (one EVALSHA per key), never one
-per reading; each key is written once per flush with its latest content. A key's TTL (and its
-versions') is set whenever a write creates the key or one of its fields, and else when the
-sink asks: when it first writes a key (for an open window: when a new window starts in it),
-again once half a TTL has passed, and on every write of a closed, top or sliding key. So no
-key is ever left without a TTL. The script is loaded (SCRIPT LOAD) on every connection and
-again when Redis answers NOSCRIPT (a server that lost its scripts without a reconnection).
+Writing. Each key is written once per flush with its latest content, never once per reading.
+The builders of tables/_native make one write per key (its kind, its arguments, whether to
+set its TTLs); :func:`fenced_calls` packs consecutive writes into EVALSHA calls of up to
+:data:`KEYS_PER_CALL` keys, so that the fixed cost of a script call in Redis is paid once for
+many keys; a flush sends the calls pipelined, one round trip per
+:data:`COMMANDS_PER_ROUND_TRIP` calls. Within a call each key is checked and written on its
+own, exactly as by a call of its own: an older write of one key refuses nothing of another.
+A call answers how many of its keys' writes it refused entirely; the sink counts them. A
+Redis Cluster runs a script on keys of one slot only, so a sink for a cluster will group the
+writes by slot (issue 22); this sink talks to one server.
+
+A key's TTL (and its versions') is set whenever a write creates the key or one of its
+fields, and else when the sink asks: when it first writes a key (for an open window: when a
+new window starts in it), again once half a TTL has passed, and on every write of a closed,
+top or sliding key. So no key is ever left without a TTL. The script is loaded (SCRIPT LOAD)
+on every connection and again when Redis answers NOSCRIPT (a server that lost its scripts
+without a reconnection).
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from models.outputs import AGGREGATES, AggregateText
@@ -61,25 +73,35 @@ from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks._retry import retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
 from tables import _native
+from tables._native import Write
 
 log = logging.getLogger(__name__)
 
-COMMANDS_PER_ROUND_TRIP = 20_000
+KEYS_PER_CALL = 50
+"""Keys fenced per call of :data:`FENCE_SCRIPT` at most (see :func:`fenced_calls`). Many per
+call spread the fixed cost of a script call over them (beyond about ten keys per call, the
+cost per key stops falling: bench/redis_writes.py); few enough that a call keeps Redis busy
+for under a millisecond, so that readers are not held up behind it."""
+
+COMMANDS_PER_ROUND_TRIP = 20_000 // KEYS_PER_CALL
+"""Calls per pipelined round trip: about 20,000 keys."""
 
 FENCE_SCRIPT = """\
--- Pulse's fenced write of one key (pulse/sinks/redis.py). KEYS[1]: the key; KEYS[2]: the
--- hash of its versions ({KEYS[1]}:v, in the same cluster slot). ARGV[1]: the kind of write,
--- ARGV[2]: the TTL in seconds, ARGV[3]: "1" to set both keys' TTLs (they are also set
--- whenever the write creates the key or a field). Then, by kind:
+-- Pulse's fenced writes, of many keys in one call (pulse/sinks/redis.py). KEYS: per key
+-- written, the key and the hash of its versions ({key}:v, in the same cluster slot).
+-- ARGV[1]: the TTL in seconds. Then per key, in the order of KEYS: its kind of write, "1" to
+-- set both keys' TTLs (they are also set whenever the write creates the key or a field), n,
+-- and its n arguments, by kind:
 --   w  a window's hash: version, then field, value, ...; no field: remove the key and keep
 --      the version (a tombstone, with the TTL);
 --   f  a device's hash: per metric version, metric, value, metric:ts, time;
 --   z  a sorted set: per member version, score, member.
 -- A version is decimal integers joined by ":" ("inf" above every integer), compared in
 -- order. A write (or a metric's, a member's) applies unless its version is older than the
--- one stored. Returns how many applied.
-local key, versions = KEYS[1], KEYS[2]
-local kind, ttl, refresh = ARGV[1], ARGV[2], ARGV[3] == "1"
+-- one stored. Returns how many keys' writes were refused entirely (nothing applied). A
+-- malformed call (an unknown kind, arguments that do not add up) is an error reply and
+-- writes nothing.
+local ttl = ARGV[1]
 
 -- -1, 0 or 1 as integer a is below, equal to or above integer b (exact at any size).
 local function compare(a, b)
@@ -111,45 +133,73 @@ local function older(new, old)
   end
 end
 
-local applied, created = 0, false
-if kind == "w" then
-  local version = ARGV[4]
-  if older(version, redis.call("HGET", versions, "v")) then return 0 end
-  created = redis.call("HSET", versions, "v", version) == 1
-  if #ARGV == 4 then
-    redis.call("DEL", key)
+-- The layout first, so that a malformed call writes nothing. A kind's n arguments: how many
+-- come first (a window's version), then groups of how many.
+local shapes = {w = {1, 2}, f = {0, 5}, z = {0, 3}}
+if #KEYS % 2 ~= 0 then return redis.error_reply("fenced writes: an odd number of keys") end
+local a = 2
+for k = 1, #KEYS, 2 do
+  local kind, n = ARGV[a], tonumber(ARGV[a + 2])
+  local shape = shapes[kind]
+  if not shape then return redis.error_reply("unknown kind of write: " .. tostring(kind)) end
+  if not n or n < shape[1] or (n - shape[1]) % shape[2] ~= 0 then
+    return redis.error_reply("fenced writes: bad argument count for " .. KEYS[k])
+  end
+  a = a + 3 + n
+end
+if a ~= #ARGV + 1 then
+  return redis.error_reply("fenced writes: " .. #ARGV .. " arguments, not " .. (a - 1))
+end
+
+local refused = 0
+a = 2
+for k = 1, #KEYS, 2 do
+  local key, versions = KEYS[k], KEYS[k + 1]
+  local kind, refresh = ARGV[a], ARGV[a + 1] == "1"
+  local first, last = a + 3, a + 2 + tonumber(ARGV[a + 2]) -- this key's arguments
+  a = last + 1
+  local applied, created = 0, false
+  if kind == "w" then
+    local version = ARGV[first]
+    if not older(version, redis.call("HGET", versions, "v")) then
+      applied = 1
+      created = redis.call("HSET", versions, "v", version) == 1
+      if first == last then -- no field: the key's removal, its version kept as a tombstone
+        redis.call("DEL", key)
+        redis.call("EXPIRE", versions, ttl)
+        refresh, created = false, false -- no key left to set a TTL on
+      else
+        created = redis.call("HSET", key, unpack(ARGV, first + 1, last)) > 0 or created
+      end
+    end
+  elseif kind == "f" then
+    for i = first, last, 5 do
+      local version, field = ARGV[i], ARGV[i + 1]
+      if not older(version, redis.call("HGET", versions, field)) then
+        created = redis.call("HSET", versions, field, version) == 1 or created
+        created = redis.call("HSET", key, field, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) > 0
+          or created
+        applied = applied + 1
+      end
+    end
+  else -- "z"
+    for i = first, last, 3 do
+      local version, member = ARGV[i], ARGV[i + 2]
+      if not older(version, redis.call("HGET", versions, member)) then
+        created = redis.call("HSET", versions, member, version) == 1 or created
+        created = redis.call("ZADD", key, ARGV[i + 1], member) == 1 or created
+        applied = applied + 1
+      end
+    end
+  end
+  if applied == 0 then
+    refused = refused + 1
+  elseif refresh or created then
+    redis.call("EXPIRE", key, ttl)
     redis.call("EXPIRE", versions, ttl)
-    return 1
   end
-  created = redis.call("HSET", key, unpack(ARGV, 5)) > 0 or created
-  applied = 1
-elseif kind == "f" then
-  for i = 4, #ARGV, 5 do
-    local version, field = ARGV[i], ARGV[i + 1]
-    if not older(version, redis.call("HGET", versions, field)) then
-      created = redis.call("HSET", versions, field, version) == 1 or created
-      created = redis.call("HSET", key, field, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) > 0
-        or created
-      applied = applied + 1
-    end
-  end
-elseif kind == "z" then
-  for i = 4, #ARGV, 3 do
-    local version, member = ARGV[i], ARGV[i + 2]
-    if not older(version, redis.call("HGET", versions, member)) then
-      created = redis.call("HSET", versions, member, version) == 1 or created
-      created = redis.call("ZADD", key, ARGV[i + 1], member) == 1 or created
-      applied = applied + 1
-    end
-  end
-else
-  return redis.error_reply("unknown kind of write: " .. tostring(kind))
 end
-if applied > 0 and (refresh or created) then
-  redis.call("EXPIRE", key, ttl)
-  redis.call("EXPIRE", versions, ttl)
-end
-return applied
+return refused
 """
 """The Lua script every Redis write runs (EVALSHA): see the module's docstring."""
 
@@ -205,16 +255,44 @@ WINDOW_FIELDS = (*AGGREGATES, "start", "end")
 """The fields of an open, closed or sliding window's hash."""
 
 
-def window_hset(
-    key: str, text: AggregateText, start_us: int, end_us: int, version: str, ttl: int
-) -> bytes:
-    """The fenced write (EVALSHA of :data:`FENCE_SCRIPT`) of a window's hash ``key``: ``count
-    .. p99 start end`` from the shared aggregate text, at ``version``, with the TTLs set.
-
-    Packed as hiredis.pack_command packs it (tables/_speedups_py.py: hset).
-    """
+def window_hset(key: str, text: AggregateText, start_us: int, end_us: int, version: str) -> Write:
+    """The fenced write (tables/_native: window_write) of a window's hash ``key``: ``count ..
+    p99 start end`` from the shared aggregate text, at ``version``, with the TTLs set."""
     values = (*text, seconds_text(start_us), seconds_text(end_us))
-    return _native.hset(FENCE_SHA, key, version, ttl, WINDOW_FIELDS, values)
+    return _native.window_write(key, version, WINDOW_FIELDS, values)
+
+
+def _bulk(part: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(part), part)
+
+
+_EVALSHA = _bulk(b"EVALSHA") + _bulk(FENCE_SHA.encode())
+
+
+def fenced_calls(writes: Sequence[Write], ttl: int, keys_per_call: int) -> list[bytes]:
+    """The calls of :data:`FENCE_SCRIPT` that make ``writes`` (per-key writes of
+    tables/_native: keys, args, argc), in order: consecutive writes packed at most
+    ``keys_per_call`` keys per call, each call in RESP as hiredis.pack_command packs
+    ``EVALSHA FENCE_SHA 2K key1 {key1}:v ... keyK {keyK}:v ttl write1 ... writeK``.
+
+    A Redis Cluster runs a script only on keys of one slot, so a sink writing to a cluster
+    will group the writes by slot first (issue 22); this sink talks to one server, where any
+    keys go together.
+    """
+    if keys_per_call < 1:
+        raise ValueError("keys_per_call must be at least 1")
+    ttl_part = _bulk(b"%d" % ttl)
+    calls = []
+    for begin in range(0, len(writes), keys_per_call):
+        chunk = writes[begin : begin + keys_per_call]
+        key_count = b"%d" % (2 * len(chunk))
+        argc = 4 + 2 * len(chunk) + sum([write[2] for write in chunk])
+        parts = [b"*%d\r\n" % argc, _EVALSHA, _bulk(key_count)]
+        parts += [write[0] for write in chunk]
+        parts.append(ttl_part)
+        parts += [write[1] for write in chunk]
+        calls.append(b"".join(parts))
+    return calls
 
 
 def is_noscript(error: RedisReplyError) -> bool:
@@ -249,15 +327,15 @@ class RedisSink(Sink):
     async def write(self, batch: FlushBatch) -> None:
         while True:
             connections = self.connection.connections
-            commands = self._commands(batch)
-            for begin in range(0, len(commands), COMMANDS_PER_ROUND_TRIP):
-                chunk = commands[begin : begin + COMMANDS_PER_ROUND_TRIP]
+            calls = self._commands(batch)
+            for begin in range(0, len(calls), COMMANDS_PER_ROUND_TRIP):
+                chunk = calls[begin : begin + COMMANDS_PER_ROUND_TRIP]
                 replies = await retry_forever(
                     "redis write",
                     lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                 )
-                refused = replies.count(0)  # each write answers how many of its parts applied
+                refused = sum(replies)  # each call answers how many of its keys it refused
                 if refused:
                     self.refused += refused
                     log.info("redis: %d late writes refused (older than what Redis holds)", refused)
@@ -283,6 +361,12 @@ class RedisSink(Sink):
             return await self.connection.execute(chunk)
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
+        """The batch's fenced calls: every key's write (:meth:`_writes`), packed."""
+        return fenced_calls(self._writes(batch), self.ttl, KEYS_PER_CALL)
+
+    def _writes(self, batch: FlushBatch) -> list[Write]:
+        """One fenced write per key of the batch: latest values, open views, sliding windows,
+        closed windows and their top keys, in that order."""
         keys, ttl = self.keys, self.ttl
         now = time.monotonic()
         ttl_set = self._device_ttl_set
@@ -293,21 +377,13 @@ class RedisSink(Sink):
             self._prune_device_ttls_at = now + ttl / 2
         # One write per device. A merged batch (a lane that fell behind) may hold several
         # values of a (device, metric): the last is the newest.
-        out = _native.latest_commands(
-            batch.latest, keys.device_prefix, ttl_set, now, ttl, FENCE_SHA
-        )
+        out = _native.latest_writes(batch.latest, keys.device_prefix, ttl_set, now, ttl)
 
         # Per open view: its removal when no window is open any more, else its hash (with the
         # TTLs when a new window starts at the key, or half a TTL after the last).
         open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
-        out += _native.open_view_commands(
-            open_views.values(),
-            keys.open_prefix,
-            self._open_ttl_set,
-            now,
-            ttl,
-            WINDOW_FIELDS,
-            FENCE_SHA,
+        out += _native.open_view_writes(
+            open_views.values(), keys.open_prefix, self._open_ttl_set, now, ttl, WINDOW_FIELDS
         )
 
         for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():
@@ -315,11 +391,11 @@ class RedisSink(Sink):
             key = keys.sliding(view.window, view.device, view.metric)
             text = aggregate_text(view)
             version = f"{view.end_us}:{text[0]}"
-            out.append(window_hset(key, text, view.start_us, view.end_us, version, ttl))
+            out.append(window_hset(key, text, view.start_us, view.end_us, version))
 
         # Closed windows: a merged batch may close several windows of a series, and the one
         # with the latest start is written; each joins its top key unless its mean is null.
-        out += _native.closed_window_commands(
-            batch.closed, keys.closed_prefix, keys.top_prefix, ttl, WINDOW_FIELDS, FENCE_SHA
+        out += _native.closed_window_writes(
+            batch.closed, keys.closed_prefix, keys.top_prefix, WINDOW_FIELDS
         )
         return out

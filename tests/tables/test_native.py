@@ -118,9 +118,9 @@ def test_without_the_built_extension_pulse_warns_once_and_runs_on_python() -> No
 def test_left_out_parses_the_variable() -> None:
     assert _native.left_out("") == _native.left_out(" 0 ") == frozenset()
     assert _native.left_out("ALL") == frozenset(_native.FUNCTIONS)
-    assert _native.left_out("hset, seconds_text") == {"hset", "seconds_text"}
+    assert _native.left_out("window_write, seconds_text") == {"window_write", "seconds_text"}
     with pytest.raises(ValueError, match="no function nope"):
-        _native.left_out("hset,nope")
+        _native.left_out("window_write,nope")
 
 
 def test_only_the_selector_imports_the_extension_or_the_definitions() -> None:

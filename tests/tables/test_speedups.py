@@ -31,7 +31,7 @@ from pulse.sinks import kafka, redis
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.influx import line_protocol, line_protocol_lines
 from pulse.sinks.kafka import closed_window_json
-from pulse.sinks.redis import FENCE_SHA, WINDOW_FIELDS, RedisSink
+from pulse.sinks.redis import WINDOW_FIELDS, RedisSink
 from tables import _native, aggregators, partition_state
 from tables import _speedups_py as py
 from tables.aggregators import QuantileSketch, Summary
@@ -266,7 +266,7 @@ def every_call_compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setattr(partition_state, name, wrapped(name))
     for name in ("open_views", "update_latest"):
         monkeypatch.setattr(partition_state, name, wrapped(name))
-    for name in ("latest_commands", "open_view_commands", "closed_window_commands", "hset"):
+    for name in ("latest_writes", "open_view_writes", "closed_window_writes", "window_write"):
         monkeypatch.setattr(_native, name, wrapped(name))
     for name in ("aggregate_records", "line_protocol_lines"):
         monkeypatch.setattr(_native, name, wrapped(name))
@@ -308,7 +308,7 @@ def test_the_worker_steps_call_both_sides_alike(
         batch = FlushBatch.of([drained], [])
         sink._commands(batch)
         kafka.aggregate_records(batch.closed)
-        redis.window_hset("k", ("1",) * 10, 0, S, "1:1", 60)
+        redis.window_hset("k", ("1",) * 10, 0, S, "1:1")
         line_protocol_lines(batch.closed)
 
 
@@ -346,11 +346,15 @@ def test_closed_window_outputs(closed: list[ClosedWindow], overflow: bool) -> No
         closed[0] = closed[0]._replace(text=Summary.text(closed[0].state))
     same("aggregate_records", closed, closed_window_json)
     same("line_protocol_lines", closed, line_protocol)
-    args = ("pülse:closed:", "pülse:top:", 60, WINDOW_FIELDS)
-    same("closed_window_commands", closed, *args, FENCE_SHA)
-    same("closed_window_commands", closed, "p", "p", 60, WINDOW_FIELDS[:11], FENCE_SHA)  # TypeError
-    same("closed_window_commands", closed, *args, FENCE_SHA.encode())  # TypeError
-    same("closed_window_commands", closed, *args, "s" * 200)  # any script name, as it is
+    same("closed_window_writes", closed, "pülse:closed:", "pülse:top:", WINDOW_FIELDS)
+    same("closed_window_writes", closed, "p", "p", WINDOW_FIELDS[:11])  # TypeError
+    same("closed_window_writes", closed, "p", b"p", WINDOW_FIELDS)  # TypeError
+    same("closed_window_writes", closed, "p", "p", list(WINDOW_FIELDS))  # TypeError
+    same("closed_window_writes", closed, "p", "p", WINDOW_FIELDS, 60)  # TypeError (a TTL)
+    long = closed_window_list("x" * 1000)
+    same("closed_window_writes", long, "p" * 30, "p", WINDOW_FIELDS)  # ValueError
+    same("closed_window_writes", long, "p", "p" * 1020, WINDOW_FIELDS)  # ValueError
+    same("closed_window_writes", [("d", "m")], "p", "p", WINDOW_FIELDS)  # TypeError
     same("aggregate_records", [("d", "m")], closed_window_json)  # TypeError
 
 
@@ -375,18 +379,26 @@ ttl_sets = st.dictionaries(
     now=st.floats(0, 300),
     ttl=st.integers(1, 200),
 )
-def test_open_view_commands(
+def test_open_view_writes(
     views: list[OpenView], ttl_set: dict[str, tuple[int, float]], now: float, ttl: int
 ) -> None:
-    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS, FENCE_SHA)
+    same("open_view_writes", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS)
     fields = WINDOW_FIELDS[:10]
-    same("open_view_commands", views, "p:", ttl_set, now, ttl, fields, FENCE_SHA)  # ValueError
-    same("open_view_commands", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS, None)  # TypeError
+    same("open_view_writes", views, "p:", ttl_set, now, ttl, fields)  # ValueError
+    same("open_view_writes", views, "p:", ttl_set, now, ttl, list(WINDOW_FIELDS))  # TypeError
+    same("open_view_writes", views, "p:", ttl_set, now, ttl, WINDOW_FIELDS, "s")  # TypeError
+    same("open_view_writes", views, "p:", ttl_set, "now", ttl, WINDOW_FIELDS)  # TypeError
+    same("open_view_writes", views, "p:", ttl_set, now, ttl + 0.5, WINDOW_FIELDS)  # TypeError
+    same("open_view_writes", views, "p:", ttl_set, now, 2**63, WINDOW_FIELDS)  # OverflowError
+    # A remembered time that is no number: TypeError if the start is the view's, else unread.
+    for shift in (0, 1):
+        odd = {f"p:{v.window}:{v.device}:{v.metric}": (v.start_us + shift, "soon") for v in views}
+        same("open_view_writes", views, "p:", odd, now, ttl, WINDOW_FIELDS)
     long = [open_view(w, False) for w in closed_window_list("x" * 1000)]
-    same("open_view_commands", long, "p" * 30, {}, now, ttl, WINDOW_FIELDS, FENCE_SHA)  # ValueError
+    same("open_view_writes", long, "p" * 30, {}, now, ttl, WINDOW_FIELDS)  # ValueError
     # A version beyond 128 bytes (a start no int could be): ValueError on both sides.
     huge = [view._replace(start_us=10**130) for view in views]
-    same("open_view_commands", huge, "p:", {}, now, ttl, WINDOW_FIELDS, FENCE_SHA)
+    same("open_view_writes", huge, "p:", {}, now, ttl, WINDOW_FIELDS)
 
 
 def closed_window_list(device: str) -> list[ClosedWindow]:
@@ -410,38 +422,44 @@ def closed_window_list(device: str) -> list[ClosedWindow]:
     now=st.floats(0, 300),
     ttl=st.integers(1, 200),
 )
-def test_latest_commands(
+def test_latest_writes(
     latest: list[Latest], ttl_set: dict[str, float], now: float, ttl: int
 ) -> None:
-    same("latest_commands", latest, "pülse:device:", ttl_set, now, ttl, FENCE_SHA)
+    same("latest_writes", latest, "pülse:device:", ttl_set, now, ttl)
     for bad in (
         Latest("d", "m" * 129, 0, 1.0, 0),  # ValueError
         Latest("d" * 1100, "m", 0, 1.0, 0),  # ValueError
         Latest("d", "m", 0, 1.0, 10**130),  # a version beyond 128 bytes: ValueError
         Latest("d", "m", 0, 1, 0),  # TypeError
     ):
-        same("latest_commands", [bad], "p:", {}, now, ttl, FENCE_SHA)
-    same("latest_commands", [("d", "m", 0, 1.0)], "p:", {}, now, ttl, FENCE_SHA)  # TypeError
-    same("latest_commands", latest, "p:", {}, now, ttl, 7)  # TypeError
+        same("latest_writes", [bad], "p:", {}, now, ttl)
+    same("latest_writes", [("d", "m", 0, 1.0)], "p:", {}, now, ttl)  # TypeError
+    same("latest_writes", latest, "p:", {}, now, ttl, "s")  # TypeError
+    same("latest_writes", latest, "p:", [], now, ttl)  # TypeError
+    same("latest_writes", latest, "p:", {}, None, ttl)  # TypeError
+    same("latest_writes", latest, "p:", {}, now, float(ttl))  # TypeError
+    same("latest_writes", latest, "p:", {}, now, -(2**63) - 1)  # OverflowError
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     key=st.text(max_size=20) | st.just("k" * 1025),
     version=st.text(max_size=20) | st.just("1" * 129),
-    ttl=st.integers(1, 10**6),
     pairs_=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=10)), max_size=70),
 )
-def test_hset(key: str, version: str, ttl: int, pairs_: list[tuple[str, str]]) -> None:
+def test_window_write(key: str, version: str, pairs_: list[tuple[str, str]]) -> None:
     names_ = tuple(name for name, _ in pairs_)
     values = tuple(value for _, value in pairs_)
     # More than 64 fields, a key over 1024 bytes or a version over 128: ValueError.
-    same("hset", FENCE_SHA, key, version, ttl, names_, values)
-    same("hset", FENCE_SHA, key, version, ttl, names_, (*values, "x"))  # ValueError
-    same("hset", FENCE_SHA, key, version, ttl, names_, tuple(1 for _ in values))  # TypeError
-    same("hset", None, key, version, ttl, names_, values)  # TypeError
-    same("hset", FENCE_SHA, key, 1, ttl, names_, values)  # TypeError
-    same("hset", FENCE_SHA, key, version, ttl, list(names_), values)  # TypeError
+    same("window_write", key, version, names_, values)
+    same("window_write", key, version, names_, (*values, "x"))  # ValueError
+    same("window_write", key, version, names_, tuple(1 for _ in values))  # TypeError
+    same("window_write", None, version, names_, values)  # TypeError
+    same("window_write", key, 1, names_, values)  # TypeError
+    same("window_write", key, version, list(names_), values)  # TypeError
+    same("window_write", key, version, names_, list(values))  # TypeError
+    same("window_write", key, version, names_)  # TypeError
+    same("window_write", key, version, names_, values, 60)  # TypeError (a TTL)
 
 
 # -- parsing --------------------------------------------------------------------------------------

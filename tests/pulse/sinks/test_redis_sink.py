@@ -12,6 +12,8 @@ from typing import cast
 import hiredis
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models.outputs import ClosedWindow, Latest, OpenView
 from pulse.local.stack import start_redis
@@ -19,7 +21,14 @@ from pulse.sinks import redis as redis_sink
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 from pulse.sinks._text import seconds_text
-from pulse.sinks.redis import FENCE_SHA, WINDOW_FIELDS, RedisSink, window_hset
+from pulse.sinks.redis import (
+    FENCE_SCRIPT,
+    FENCE_SHA,
+    WINDOW_FIELDS,
+    RedisSink,
+    fenced_calls,
+    window_hset,
+)
 from tables import _native
 from tables.aggregators import Summary
 
@@ -54,6 +63,29 @@ def test_pipeline_writes_every_command_and_values_round_trip(
     assert read == [repr(values[2]).encode(), None]
 
 
+def packed(*parts: object) -> bytes:
+    """A command as hiredis packs it."""
+    return hiredis.pack_command(parts)  # type: ignore[arg-type]  # a 1-tuple stub
+
+
+def bulks(*parts: object) -> bytes:
+    """Bulk strings in RESP as hiredis packs them: a packed command without its ``*<n>``."""
+    command = packed(*parts)
+    return command[command.index(b"\r\n") + 2 :]
+
+
+Write = tuple[bytes, bytes, int]
+
+
+def fenced(key: str, kind: str, refresh: bool, *args: object) -> Write:
+    """A key's fenced write (keys, args, argc) as hiredis packs its pieces."""
+    return (
+        bulks(key, f"{{{key}}}:v"),
+        bulks(kind, int(refresh), len(args), *args),
+        3 + len(args),
+    )
+
+
 def test_window_hset_packs_like_hiredis() -> None:
     text = ("3", "7.5", "1.0", "4.5", "2.5", "1.0", "4.5", "2.0", "4.49", "-0.0")
     for key in ("p:closed:10s:dev-1:temperature", "pülse:open:1m:dev-1:t"):
@@ -62,20 +94,96 @@ def test_window_hset_packs_like_hiredis() -> None:
             for pair in zip(WINDOW_FIELDS, (*text, "0.001", "10"), strict=True)
             for item in pair
         ]
-        head = ("EVALSHA", FENCE_SHA, "2", key, f"{{{key}}}:v", "w", "60", "1", "10000000:3")
-        assert window_hset(key, text, 1_000, 10_000_000, "10000000:3", 60) == (
-            hiredis.pack_command((*head, *fields))  # type: ignore[arg-type]  # a 1-tuple stub
+        keys = b"$%d\r\n%s\r\n" % (len(key.encode()), key.encode())
+        keys += b"$%d\r\n{%s}:v\r\n" % (len(key.encode()) + 4, key.encode())
+        args = packed("w", "1", "25", "10000000:3", *fields)
+        assert args.startswith(b"*28\r\n")
+        assert window_hset(key, text, 1_000, 10_000_000, "10000000:3") == (keys, args[5:], 28)
+        assert window_hset(key, text, 1_000, 10_000_000, "10000000:3") == (
+            fenced(key, "w", True, "10000000:3", *fields)
         )
 
 
-def fenced(key: str, kind: str, refresh: bool, *args: object, ttl: int = 60) -> bytes:
-    """A fenced write (the EVALSHA of the fence script) as hiredis packs it."""
-    return pack("EVALSHA", FENCE_SHA, 2, key, f"{{{key}}}:v", kind, ttl, int(refresh), *args)
+def test_fenced_calls_pack_consecutive_writes_per_call() -> None:
+    one = fenced("p:open:10s:dév-1:t", "w", False, "0:1", "count", "1")
+    removal = fenced("p:open:10s:d2:t", "w", True, "0:inf")
+    device = fenced("p:device:d1", "f", True, "5:1", "t", "1.5", "t:ts", "0.000005")
+    top = fenced("p:top:10s:t", "z", True, "0:1", "1.5", "d1", "0:2", "-2.0", "d2")
+    # One key: EVALSHA sha 2 key {key}:v ttl kind refresh n args...
+    assert fenced_calls([one], 60, 100) == [
+        packed(
+            "EVALSHA",
+            FENCE_SHA,
+            "2",
+            "p:open:10s:dév-1:t",
+            "{p:open:10s:dév-1:t}:v",
+            "60",
+            *("w", "0", "3", "0:1", "count", "1"),
+        )
+    ]
+    # Several keys: every key pair first, then the TTL, then each key's write in order.
+    one_keys = ("p:open:10s:dév-1:t", "{p:open:10s:dév-1:t}:v")
+    removal_keys = ("p:open:10s:d2:t", "{p:open:10s:d2:t}:v")
+    device_keys = ("p:device:d1", "{p:device:d1}:v")
+    top_keys = ("p:top:10s:t", "{p:top:10s:t}:v")
+    one_args = ("w", "0", "3", "0:1", "count", "1")
+    removal_args = ("w", "1", "1", "0:inf")
+    device_args = ("f", "1", "5", "5:1", "t", "1.5", "t:ts", "0.000005")
+    top_args = ("z", "1", "6", "0:1", "1.5", "d1", "0:2", "-2.0", "d2")
+    every_key = packed(
+        *("EVALSHA", FENCE_SHA, "8", *one_keys, *removal_keys, *device_keys, *top_keys),
+        *("86400", *one_args, *removal_args, *device_args, *top_args),
+    )
+    writes = [one, removal, device, top]
+    assert fenced_calls(writes, 86400, 4) == fenced_calls(writes, 86400, 100) == [every_key]
+    # At most keys_per_call keys per call, the last call takes the rest.
+    assert fenced_calls(writes, 86400, 3) == [
+        packed(
+            *("EVALSHA", FENCE_SHA, "6", *one_keys, *removal_keys, *device_keys),
+            *("86400", *one_args, *removal_args, *device_args),
+        ),
+        packed("EVALSHA", FENCE_SHA, "2", *top_keys, "86400", *top_args),
+    ]
+    for size, keys_per_call in ((1, [1, 1, 1, 1]), (2, [2, 2]), (3, [3, 1]), (5, [4])):
+        made = fenced_calls(writes, 60, size)
+        assert [len(writes_in(call)) for call in made] == keys_per_call
+        assert [write for call in made for write in writes_in(call)] == [
+            write_parts(write) for write in writes
+        ]
+    assert fenced_calls([], 60, 100) == []
+    with pytest.raises(ValueError, match="keys_per_call"):
+        fenced_calls(writes, 60, 0)
+
+
+def write_parts(write: Write) -> tuple[bytes, bytes, bytes, list[bytes]]:
+    """(key, kind, refresh, args) of a write, read back from its bulk strings."""
+    keys, args, argc = write
+    key, versions = args_of(b"*2\r\n" + keys)
+    assert versions == b"{" + key + b"}:v"
+    parts = args_of(b"*%d\r\n" % argc + args)
+    assert int(parts[2]) == argc - 3
+    return key, parts[0], parts[1], parts[3:]
+
+
+def writes_in(call: bytes) -> list[tuple[bytes, bytes, bytes, list[bytes]]]:
+    """The per-key writes of a fenced call, (key, kind, refresh, args) each."""
+    args = args_of(call)
+    assert args[:2] == [b"EVALSHA", FENCE_SHA.encode()]
+    count = int(args[2])
+    keys, at = args[3 : 3 + count], 3 + count + 1  # after the keys and the TTL
+    out = []
+    for key, versions in zip(keys[::2], keys[1::2], strict=True):
+        assert versions == b"{" + key + b"}:v"
+        kind, refresh, n = args[at], args[at + 1], int(args[at + 2])
+        out.append((key, kind, refresh, args[at + 3 : at + 3 + n]))
+        at += 3 + n
+    assert at == len(args)
+    return out
 
 
 def hset_of(
     key: str, text: tuple[str, ...], start_us: int, end_us: int, refresh: bool = True
-) -> bytes:
+) -> Write:
     """A window's fenced hash write, versioned (start, count)."""
     values = (*text, seconds_text(start_us), seconds_text(end_us))
     fields = zip(WINDOW_FIELDS, values, strict=True)
@@ -83,7 +191,7 @@ def hset_of(
     return fenced(key, "w", refresh, version, *(item for pair in fields for item in pair))
 
 
-def test_open_view_commands() -> None:
+def test_open_view_writes() -> None:
     state = Summary.initialize(1_000_000, 21.5, None)
     Summary.add(state, 2_500_000, -3.25, {"room": "a b"})
     single = Summary.initialize(4_000_000, 7.0, None)
@@ -137,15 +245,15 @@ def test_open_view_commands() -> None:
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     for now, views, expected in rounds:
-        made = _native.open_view_commands(
-            views, sink.keys.open_prefix, sink._open_ttl_set, now, 60, WINDOW_FIELDS, FENCE_SHA
+        made = _native.open_view_writes(
+            views, sink.keys.open_prefix, sink._open_ttl_set, now, 60, WINDOW_FIELDS
         )
         assert made == expected
     assert sink._open_ttl_set == {one: (10_000_000, 132.5), two: (11_500_000, 132.5)}
 
 
-def test_latest_commands() -> None:
-    def write(device: str, refresh: bool, *metrics: object) -> bytes:
+def test_latest_writes() -> None:
+    def write(device: str, refresh: bool, *metrics: object) -> Write:
         return fenced(f"pülse:device:{device}", "f", refresh, *metrics)
 
     rounds = [
@@ -196,9 +304,7 @@ def test_latest_commands() -> None:
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     for now, latest, expected in rounds:
-        made = _native.latest_commands(
-            latest, sink.keys.device_prefix, sink._device_ttl_set, now, 60, FENCE_SHA
-        )
+        made = _native.latest_writes(latest, sink.keys.device_prefix, sink._device_ttl_set, now, 60)
         assert made == expected
     assert sink._device_ttl_set == {"dev-1": 100.0, "dév-2": 132.5, "d3": 132.5}
 
@@ -212,7 +318,7 @@ def closed(
     return ClosedWindow(device, metric, label, start, start + size, state, Summary.text(state))
 
 
-def test_closed_window_commands() -> None:
+def test_closed_window_writes() -> None:
     overflowed = closed("dev-3", "temperature", "10s", 0, [1e300, 1e300])
     overflowed.state[1] = math.inf  # its sum overflowed: mean "null", no top member
     overflowed = overflowed._replace(text=Summary.text(overflowed.state))
@@ -228,8 +334,8 @@ def test_closed_window_commands() -> None:
         overflowed,
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
-    made = _native.closed_window_commands(
-        batch, sink.keys.closed_prefix, sink.keys.top_prefix, 60, WINDOW_FIELDS, FENCE_SHA
+    made = _native.closed_window_writes(
+        batch, sink.keys.closed_prefix, sink.keys.top_prefix, WINDOW_FIELDS
     )
     expected = []
     for window in (kept, other, humidity, overflowed):
@@ -350,8 +456,10 @@ def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
     )
     sink = RedisSink(redis_url, topic_prefix, 60)
     merged = FlushBatch.merge([older, newer])
-    # one write per key: the device hash and the open window
-    assert [args_of(c)[3] for c in sink._commands(merged)] == [
+    # one write per key: the device hash and the open window, in one call
+    calls = sink._commands(merged)
+    assert len(calls) == 1
+    assert [write[0] for write in writes_in(calls[0])] == [
         f"{topic_prefix}:device:dev-1".encode(),
         f"{topic_prefix}:open:10s:dev-1:temp".encode(),
     ]
@@ -379,7 +487,8 @@ def test_a_device_key_gets_its_ttl_once_per_half_ttl(monkeypatch: pytest.MonkeyP
     def flush(*devices: str) -> list[bytes]:
         """The keys of the writes that set the TTLs (refresh 1)."""
         batch = FlushBatch(latest=[Latest(device, "temp", 1 * S, 1.0, 0) for device in devices])
-        return [args[3] for args in map(args_of, sink._commands(batch)) if args[7] == b"1"]
+        calls = sink._commands(batch)
+        return [key for call in calls for key, _, refresh, _ in writes_in(call) if refresh == b"1"]
 
     keys = [f"p:device:dev-{n}".encode() for n in range(3)]
     assert flush("dev-0", "dev-1") == keys[:2]
@@ -676,3 +785,250 @@ def test_writes_go_on_after_the_server_lost_the_script(redis_url: str, topic_pre
         f"{p}:device:d1": {"t": "2.0", "t:ts": "2"},
         f"{{{p}:device:d1}}:v": {"t": "2000000:2"},
     }
+
+
+# -- the fence script on a real Redis: many keys per call --------------------------------------
+
+KeyWrite = tuple[str, str, bool, tuple[str, ...]]
+"""One key's write as the script takes it: (key, kind, refresh, its arguments)."""
+
+
+def fence(client: redis.Redis, ttl: int, *writes: KeyWrite) -> int:
+    """One call of the fence script with these keys' writes; how many it refused. Its
+    arguments are laid out here, apart from the sink's builders."""
+    keys: list[str] = []
+    args: list[str | int] = [ttl]
+    for key, kind, refresh, rest in writes:
+        keys += [key, f"{{{key}}}:v"]
+        args += [kind, int(refresh), len(rest), *rest]
+    return cast(int, client.evalsha(FENCE_SHA, len(keys), *keys, *args))
+
+
+def ttls(client: redis.Redis, prefix: str) -> dict[str, int]:
+    return {key: cast(int, client.ttl(key)) for key in all_keys(client, prefix)}
+
+
+def test_one_call_fences_each_key_of_every_kind_on_its_own(
+    redis_url: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    win, old, again, gone, dev, top, lost, new = (
+        f"{p}:{name}" for name in ("win", "old", "again", "gone", "dev", "top", "lost", "new")
+    )
+
+    def v(key: str) -> str:
+        return f"{{{key}}}:v"
+
+    # What the call meets, written by one call that refuses nothing.
+    first = fence(
+        client,
+        60,
+        (win, "w", True, ("10:2", "count", "2", "sum", "3.0")),
+        (old, "w", True, ("10:1", "count", "1")),
+        (again, "w", False, ("10:1", "count", "1")),
+        (gone, "w", True, ("20:1", "count", "1")),
+        (dev, "f", True, ("5:1", "t", "1.5", "t:ts", "5", "5:1", "h", "40.0", "h:ts", "5")),
+        (top, "z", True, ("10:2", "1.5", "d1", "10:1", "2.5", "d2")),
+        (lost, "z", True, ("10:2", "7.0", "d1")),
+    )
+    assert first == 0
+    assert {key: 0 < t <= 60 for key, t in ttls(client, p).items()} == {
+        key: True for key in all_keys(client, p)
+    }
+    for key in (win, old, again, dev, top, lost):  # to see which writes set the TTLs
+        client.persist(key)
+    # One call, mixed kinds: each key fenced as it was by a call of its own.
+    refused = fence(
+        client,
+        30,
+        # newer: applies; refresh 0 and no new field: no TTL
+        (win, "w", False, ("10:3", "count", "3", "sum", "6.0")),
+        # older: refused, counted
+        (old, "w", True, ("9:5", "count", "5")),
+        # equal: applies; refresh 1: the TTLs
+        (again, "w", True, ("10:1", "count", "1", "sum", "4.5")),
+        # removal: the key goes, its version stays as a tombstone, with the TTL
+        (gone, "w", False, ("20:inf",)),
+        # per metric: t older (refused), h newer, p new (a new field: the TTLs, refresh 0)
+        (
+            dev,
+            "f",
+            False,
+            (
+                *("4:9", "t", "0.5", "t:ts", "4"),
+                *("6:0", "h", "41.0", "h:ts", "6"),
+                *("1:0", "p", "1.0", "p:ts", "1"),
+            ),
+        ),
+        # per member: d1 equal (applies), d2 older (refused); no new member: no TTL
+        (top, "z", False, ("10:2", "1.25", "d1", "9:9", "0.0", "d2")),
+        # every member older: refused, counted
+        (lost, "z", True, ("10:1", "0.0", "d1")),
+        # a new key: created, so the TTLs although refresh is 0
+        (new, "w", False, ("1:1", "count", "1")),
+    )
+    assert refused == 2
+    assert contents(client, p) == {
+        win: {"count": "3", "sum": "6.0"},
+        v(win): {"v": "10:3"},
+        old: {"count": "1"},
+        v(old): {"v": "10:1"},
+        again: {"count": "1", "sum": "4.5"},
+        v(again): {"v": "10:1"},
+        v(gone): {"v": "20:inf"},
+        dev: {"t": "1.5", "t:ts": "5", "h": "41.0", "h:ts": "6", "p": "1.0", "p:ts": "1"},
+        v(dev): {"t": "5:1", "h": "6:0", "p": "1:0"},
+        top: {"d1": 1.25, "d2": 2.5},
+        v(top): {"d1": "10:2", "d2": "10:1"},
+        lost: {"d1": 7.0},
+        v(lost): {"d1": "10:2"},
+        new: {"count": "1"},
+        v(new): {"v": "1:1"},
+    }
+    # TTLs: none again where no write set one; 30 s where the call set them (the versions of
+    # keys written before kept their 60 s unless the call set them too).
+    rounded = {key: -1 if t == -1 else 30 if t <= 30 else 60 for key, t in ttls(client, p).items()}
+    assert rounded == {
+        win: -1,
+        v(win): 60,
+        old: -1,
+        v(old): 60,
+        again: 30,
+        v(again): 30,
+        v(gone): 30,
+        dev: 30,
+        v(dev): 30,
+        top: -1,
+        v(top): 60,
+        lost: -1,
+        v(lost): 60,
+        new: 30,
+        v(new): 30,
+    }
+    # The tombstone refuses an older write of the removed window; the call goes on after it.
+    refused = fence(
+        client,
+        60,
+        (gone, "w", True, ("20:7", "count", "7")),
+        (old, "w", True, ("11:1", "count", "9")),
+    )
+    assert refused == 1
+    assert client.exists(gone) == 0
+    assert client.hgetall(v(gone)) == {b"v": b"20:inf"}
+    assert client.hgetall(old) == {b"count": b"9"}
+    # A newer window than the tombstone's applies.
+    assert fence(client, 60, (gone, "w", True, ("30:1", "count", "1"))) == 0
+    assert client.hgetall(gone) == {b"count": b"1"}
+
+
+def test_a_malformed_call_is_an_error_reply_and_writes_nothing(
+    redis_url: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    good: KeyWrite = (f"{p}:a", "w", True, ("1:1", "count", "1"))
+    for bad, error in (
+        ((f"{p}:b", "x", True, ("1:1",)), "unknown kind of write: x"),
+        ((f"{p}:b", "w", True, ()), "bad argument count"),  # no version
+        ((f"{p}:b", "w", True, ("1:1", "count")), "bad argument count"),
+        ((f"{p}:b", "f", True, ("1:1", "t", "1.0", "t:ts")), "bad argument count"),
+        ((f"{p}:b", "z", True, ("1:1", "1.0")), "bad argument count"),
+    ):
+        with pytest.raises(redis.ResponseError, match=error):
+            fence(client, 60, good, bad)
+        assert all_keys(client, p) == set()
+    # Arguments that do not add up to the keys' writes, and an odd number of keys.
+    with pytest.raises(redis.ResponseError, match="7 arguments, not 9"):
+        client.evalsha(FENCE_SHA, 2, f"{p}:a", f"{{{p}:a}}:v", 60, "w", 1, 5, "1:1", "n", "1")
+    with pytest.raises(redis.ResponseError, match="an odd number of keys"):
+        client.evalsha(FENCE_SHA, 1, f"{p}:a", 60, "w", 1, 1, "1:1")
+    assert all_keys(client, p) == set()
+    assert fence(client, 60, good) == 0  # the good write alone applies
+    assert client.hgetall(f"{p}:a") == {b"count": b"1"}
+
+
+PER_KEY_SCRIPT = (Path(__file__).parents[2] / "helpers" / "fence_per_key.lua").read_text()
+"""The fence script as it was with one call per key: the reference."""
+
+KINDS = {"w1": "w", "w2": "w", "f1": "f", "z1": "z"}
+"""The keys of the differential test, each always written with one kind."""
+
+versions_ = st.builds(
+    lambda start, count: f"{start}:{count}",
+    st.integers(0, 2),
+    st.integers(0, 3).map(str) | st.just("inf"),
+)
+scores = st.sampled_from(["1.5", "-2.0", "0.25"])
+
+
+def key_write(name: str) -> st.SearchStrategy[tuple[str, str, bool, tuple[str, ...]]]:
+    kind = KINDS[name]
+    if kind == "w":  # its hash, or (no field) its removal
+        fields = st.lists(st.tuples(st.sampled_from(["count", "sum"]), scores), max_size=2)
+        args = st.tuples(versions_, fields).map(
+            lambda x: (x[0], *(item for pair in x[1] for item in pair))
+        )
+    elif kind == "f":
+        metric = st.tuples(versions_, st.sampled_from(["t", "h"]), scores, st.integers(0, 9))
+        args = st.lists(metric, min_size=1, max_size=3).map(
+            lambda ms: tuple(a for v, m, x, t in ms for a in (v, m, x, f"{m}:ts", str(t)))
+        )
+    else:
+        member = st.tuples(versions_, scores, st.sampled_from(["d1", "d2"]))
+        args = st.lists(member, min_size=1, max_size=3).map(
+            lambda ms: tuple(a for member in ms for a in member)
+        )
+    return st.tuples(st.just(name), st.just(kind), st.booleans(), args)
+
+
+calls_ = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(sorted(KINDS)).flatmap(key_write), min_size=1, max_size=5),
+        st.sets(st.sampled_from(sorted(KINDS))),  # keys whose TTLs are removed before it
+    ),
+    min_size=1,
+    max_size=6,
+)
+_differential_runs = iter(range(1_000_000))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(calls=calls_)
+def test_one_batched_call_does_what_a_call_per_key_did(
+    redis_url: str, topic_prefix: str, calls: list[tuple[list[KeyWrite], set[str]]]
+) -> None:
+    """Any calls of writes of every kind (removals, equal, older and newer versions, refresh
+    or not) applied per key by the old script and batched by the new one: the same contents,
+    the same keys with a TTL, the same writes refused."""
+    run = next(_differential_runs)
+    one, batched = f"{topic_prefix}:{run}:one", f"{topic_prefix}:{run}:all"
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    per_key_sha = client.script_load(PER_KEY_SCRIPT)
+    for writes, persisted in calls:
+        for name in persisted:
+            client.persist(f"{one}:{name}")
+            client.persist(f"{batched}:{name}")
+        refused_one = 0
+        for name, kind, refresh, args in writes:
+            key = f"{one}:{name}"
+            applied = client.evalsha(
+                per_key_sha, 2, key, f"{{{key}}}:v", kind, 60, int(refresh), *args
+            )
+            refused_one += applied == 0
+        renamed = [(f"{batched}:{name}", *rest) for name, *rest in writes]
+        assert fence(client, 60, *renamed) == refused_one  # type: ignore[arg-type]
+        assert fenced_state(client, one) == fenced_state(client, batched)
+
+
+def fenced_state(client: redis.Redis, prefix: str) -> tuple[dict[str, object], dict[str, bool]]:
+    """The contents of the keys under ``prefix`` and whether each has a TTL, the prefix
+    written ``P``."""
+    stored = {k.replace(prefix, "P"): v for k, v in contents(client, prefix).items()}
+    with_ttl = {k.replace(prefix, "P"): t > 0 for k, t in ttls(client, prefix).items()}
+    return stored, with_ttl
