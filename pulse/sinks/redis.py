@@ -133,6 +133,22 @@ local function older(new, old)
   end
 end
 
+-- The command cmd on key with the items of list, at most about 4,000 at a time (Lua's
+-- unpack holds at most 8,000 values), each time a whole number of groups of size group:
+-- the sum of the integer replies, or the array replies joined.
+local function batched(cmd, key, list, group)
+  local per_call, total, joined = 4000 - 4000 % group, 0, {}
+  for from = 1, #list, per_call do
+    local reply = redis.call(cmd, key, unpack(list, from, math.min(from + per_call - 1, #list)))
+    if type(reply) == "table" then
+      for _, item in ipairs(reply) do joined[#joined + 1] = item end
+    else
+      total = total + reply
+    end
+  end
+  return cmd == "HMGET" and joined or total
+end
+
 -- The layout first, so that a malformed call writes nothing. A kind's n arguments: how many
 -- come first (a window's version), then groups of how many.
 local shapes = {w = {1, 2}, f = {0, 5}, z = {0, 3}}
@@ -172,24 +188,34 @@ for k = 1, #KEYS, 2 do
         created = redis.call("HSET", key, unpack(ARGV, first + 1, last)) > 0 or created
       end
     end
-  elseif kind == "f" then
-    for i = first, last, 5 do
-      local version, field = ARGV[i], ARGV[i + 1]
-      if not older(version, redis.call("HGET", versions, field)) then
-        created = redis.call("HSET", versions, field, version) == 1 or created
-        created = redis.call("HSET", key, field, ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]) > 0
-          or created
+  else -- "f": per metric (version, metric, value, metric:ts, time); "z": per member
+    -- (version, score, member). The stored versions in one HMGET, then one write of what
+    -- applies to each of the two keys, whatever the number of metrics or members.
+    local step, at = kind == "f" and 5 or 3, kind == "f" and 1 or 2 -- the name's place
+    local names = {}
+    for i = first, last, step do names[#names + 1] = ARGV[i + at] end
+    local stored = batched("HMGET", versions, names, 1)
+    local newest, version_items, items = {}, {}, {}
+    for j = 1, #names do
+      local i, name = first + (j - 1) * step, names[j]
+      local old = newest[name] or stored[j] -- named twice: the later against the earlier
+      if not older(ARGV[i], old) then
+        newest[name] = ARGV[i]
+        version_items[#version_items + 1] = name
+        version_items[#version_items + 1] = ARGV[i]
+        if kind == "f" then
+          for m = i + 1, i + 4 do items[#items + 1] = ARGV[m] end
+        else
+          items[#items + 1] = ARGV[i + 1]
+          items[#items + 1] = name
+        end
         applied = applied + 1
       end
     end
-  else -- "z"
-    for i = first, last, 3 do
-      local version, member = ARGV[i], ARGV[i + 2]
-      if not older(version, redis.call("HGET", versions, member)) then
-        created = redis.call("HSET", versions, member, version) == 1 or created
-        created = redis.call("ZADD", key, ARGV[i + 1], member) == 1 or created
-        applied = applied + 1
-      end
+    if applied > 0 then
+      created = batched("HSET", versions, version_items, 2) > 0
+      created = batched(kind == "f" and "HSET" or "ZADD", key, items, kind == "f" and 4 or 2)
+        > 0 or created
     end
   end
   if applied == 0 then

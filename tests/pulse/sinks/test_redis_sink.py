@@ -923,6 +923,33 @@ def test_one_call_fences_each_key_of_every_kind_on_its_own(
     assert client.hgetall(gone) == {b"count": b"1"}
 
 
+def test_a_key_with_more_members_than_lua_unpacks_at_once_is_written_whole(
+    redis_url: str, topic_prefix: str
+) -> None:
+    """A top key of 10,000 members (a board of 10,000 devices) in one write: more values than
+    Lua's unpack holds at once (8,000), so the script reads and writes them in parts."""
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    top = f"{topic_prefix}:top"
+    members = [(f"10:{i % 7}", f"{i}.5", f"dev-{i}") for i in range(10_000)]
+    assert fence(client, 60, (top, "z", True, tuple(a for m in members for a in m))) == 0
+    assert client.zcard(top) == 10_000
+    assert client.zscore(top, "dev-9999") == 9999.5
+    assert client.hlen(f"{{{top}}}:v") == 10_000
+    # Older versions for the even devices, newer for the odd ones: only the odd ones apply.
+    again = [
+        (f"9:{i}" if i % 2 == 0 else f"11:{i}", "-1.0", f"dev-{i}") for i in range(10_000)
+    ]
+    assert fence(client, 60, (top, "z", True, tuple(a for m in again for a in m))) == 0
+    scores = dict(client.zrange(top, 0, -1, withscores=True))
+    assert scores == {
+        f"dev-{i}".encode(): (-1.0 if i % 2 else i + 0.5) for i in range(10_000)
+    }
+    assert client.hget(f"{{{top}}}:v", "dev-3") == b"11:3"
+    assert client.hget(f"{{{top}}}:v", "dev-4") == b"10:4"
+    assert 0 < client.ttl(top) <= 60
+
+
 def test_a_malformed_call_is_an_error_reply_and_writes_nothing(
     redis_url: str, topic_prefix: str
 ) -> None:
