@@ -70,23 +70,24 @@ class PartitionOwner(FlushPipeline):
         now_ms = time.time() * 1000
         async with self._lock:
             for partition, state in self.states.items():
-                if now - self._last_record.get(partition, now) < self.settings.idle_close:
-                    continue
                 tp = TopicPartition(self.settings.topic_readings, partition)
                 try:
                     highwater = consumer.highwater(tp)
                     polled_ms = consumer.last_poll_timestamp(tp)
                 except (AssertionError, IllegalStateError):
                     continue  # revoked meanwhile
+                if polled_ms is None or now_ms - polled_ms > 2000:
+                    # No fresh fetch response (the broker away, the partition paused): readings
+                    # may be held up on their way. Quiet time counts again from here, at every
+                    # look, so that it starts over when fetches are fresh again.
+                    self._last_record[partition] = now
+                    continue
+                if now - self._last_record.get(partition, now) < self.settings.idle_close:
+                    continue
                 # Caught up means: every record below the high watermark of a fetch response
                 # is applied (not merely handed out by the consumer), and that response is
                 # fresh, so no record can be waiting unseen.
-                if highwater is None or polled_ms is None or state.next_offset < highwater:
-                    continue
-                if now_ms - polled_ms > 2000:
-                    # No fresh fetch response: the broker may be away, and readings held up
-                    # meanwhile are on their way. Quiet time counts again from here.
-                    self._last_record[partition] = now
+                if highwater is None or state.next_offset < highwater:
                     continue
                 state.advance_idle(floor_us)
 

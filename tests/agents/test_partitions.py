@@ -211,6 +211,33 @@ def test_idle_close_raises_only_caught_up_quiet_partitions() -> None:
     assert processor.states[3].watermark != before[3]
 
 
+def test_quiet_time_starts_over_after_every_stale_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker outage shorter than PULSE_IDLE_CLOSE after the last record: quiet time counts
+    from the last look at a stale fetch, so the partition is closed only PULSE_IDLE_CLOSE
+    after fetches are fresh again (not as soon as they are, which made the readings that
+    waited out the outage late)."""
+    processor = processor_with_fakes({"PULSE_IDLE_CLOSE": "10"})
+    consumer, _ = fakes(processor)
+    clock = [1000.0]
+    monkeypatch.setattr(agents.partitions.time, "monotonic", lambda: clock[0])
+    processor.states[0] = state_with_a_reading(parse_windows("10s"), "d0")
+    processor.note_records(0, 1000.0)  # the last record before the outage
+    consumer.highwaters[tp(0)] = 1
+    before = processor.states[0].watermark
+
+    def look(at: float, fresh: bool) -> bool:
+        clock[0] = at
+        consumer.polled_ms[tp(0)] = time.time() * 1000 - (0 if fresh else 5000)
+        asyncio.run(processor.close_idle())
+        return processor.states[0].watermark != before
+
+    assert not look(1003.0, fresh=False)  # the broker is away
+    assert not look(1009.0, fresh=False)  # still away, 9 s after the last record
+    assert not look(1012.0, fresh=True)  # back: 12 s after the last record, 3 s after the look
+    assert not look(1018.5, fresh=True)
+    assert look(1019.0, fresh=True)  # 10 s of fresh fetches without a record
+
+
 class StartStop:
     """A changelog producer that only starts and stops."""
 
