@@ -12,9 +12,9 @@ from collections.abc import AsyncIterable
 
 import faust
 import orjson
-import redis.asyncio as aioredis
 
 from pulse.app import pulse_agent
+from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def register(app: faust.App, settings: Settings) -> None:
     topic = app.topic(settings.topic_dlq, value_serializer="raw", key_serializer="raw")
     counts_key = f"{settings.redis_prefix}:dlq:counts"
     recent_key = f"{settings.redis_prefix}:dlq:recent"
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
 
     @app.agent(topic, name="dead-letter-monitor")
     async def monitor_dead_letters(letters: AsyncIterable[bytes]) -> None:

@@ -29,6 +29,7 @@ from pulse.changelog import (
     transactions_unsupported,
 )
 from pulse.kafka_clients import client_options
+from pulse.redis_clients import resp_options
 from pulse.settings import Settings
 from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
@@ -74,7 +75,7 @@ class ReadingsProcessor(PartitionOwner):
         self.writer.on_lost = self.partition_lost
         self.sinks = [
             KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq),
-            RedisSink(s.redis_url, s.redis_prefix, s.state_ttl),
+            RedisSink(s.redis_url, s.redis_prefix, s.state_ttl, **resp_options(s)),
             InfluxSink(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket),
         ]
         for sink in self.sinks:

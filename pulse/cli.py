@@ -39,6 +39,24 @@ def _kafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def _check_redis(settings: Settings) -> None:
+    """Connect to Redis once as every client will (see
+    :func:`pulse.redis_clients.check_connection`): a wrong CA, a missing client certificate
+    or a wrong password stops here with one message saying which."""
+    from pulse.redis_clients import RedisConnectError, check_connection
+
+    try:
+        loop = asyncio.new_event_loop()  # not asyncio.run: Faust's worker wants the loop unset
+        try:
+            loop.run_until_complete(check_connection(settings))
+        finally:
+            loop.close()
+    except SettingsError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
+    except RedisConnectError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 class _Main(click.Group):
     """The ``pulse`` group; ``stack`` is loaded only when asked for, as it needs the
     ``local`` extra, which the worker and its image do without."""
@@ -63,7 +81,9 @@ def main() -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run the worker (Faust's worker; its options pass through, e.g. ``-l info``)."""
-    _kafka_options(_settings())  # fail here, naming the variable or problem, before Faust
+    settings = _settings()
+    _kafka_options(settings)  # fail here, naming the variable or problem, before Faust
+    _check_redis(settings)
     from faust.cli.faust import cli as faust_cli
 
     faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
@@ -138,20 +158,29 @@ def produce(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def state(device: str, as_json: bool) -> None:
     """Show DEVICE's latest values, open and last closed windows (from Redis)."""
-    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
 
     from pulse.live_state import device_state
+    from pulse.redis_clients import address, describe, redis_client
 
     settings = _settings()
+    _check_redis(settings)
 
     async def read() -> dict:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings)
         try:
             return await device_state(client, settings, device)
         finally:
             await client.aclose()
 
-    found = asyncio.run(read())
+    try:
+        found = asyncio.run(read())
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            settings.redact(
+                f"cannot read from Redis ({describe(settings)}): {address(settings)}: {exc}"
+            )
+        ) from None
     if as_json:
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return

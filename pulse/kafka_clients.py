@@ -23,7 +23,8 @@ from aiokafka.conn import create_conn
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import CredentialsT
 
-from pulse.settings import Settings, SettingsError
+from pulse import tls
+from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +47,22 @@ def uses_tls(settings: Settings) -> bool:
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of the ``SSL`` and ``SASL_SSL`` protocols (None for the others).
-
-    It verifies the broker's certificate against ``PULSE_KAFKA_SSL_CAFILE`` (the system's CAs
-    when unset) and its host name, with Python's default protocol versions and ciphers, and
-    presents ``PULSE_KAFKA_SSL_CERTFILE`` (and ``_KEYFILE``) when set. A file that does not
-    load raises :class:`SettingsError` naming its variable.
-    """
+    """The TLS context of the ``SSL`` and ``SASL_SSL`` protocols (None for the others): see
+    :func:`pulse.tls.client_context`, with the ``PULSE_KAFKA_SSL_*`` files."""
     if not uses_tls(settings):
         return None
-    cafile = settings.kafka_ssl_cafile or None
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-    except ssl.SSLError as exc:
-        raise SettingsError(
-            f"PULSE_KAFKA_SSL_CAFILE={cafile!r}: no PEM CA certificate could be loaded ({exc})"
-        ) from None
-    if settings.kafka_ssl_certfile:
-        try:
-            context.load_cert_chain(
-                settings.kafka_ssl_certfile,
-                settings.kafka_ssl_keyfile or None,
-                password=_no_key_password,
-            )
-        except (ssl.SSLError, _EncryptedKey) as exc:
-            raise SettingsError(
-                f"PULSE_KAFKA_SSL_CERTFILE={settings.kafka_ssl_certfile!r}, "
-                f"PULSE_KAFKA_SSL_KEYFILE={settings.kafka_ssl_keyfile!r}: the client "
-                f"certificate and its unencrypted PEM private key could not be loaded ({exc})"
-            ) from None
-    return context
+    return tls.client_context(_tls_files(settings))
 
 
-class _EncryptedKey(Exception):
-    def __str__(self) -> str:
-        return "the private key is encrypted"
-
-
-def _no_key_password() -> str:
-    # Without this callback OpenSSL would prompt on the terminal for an encrypted key's
-    # password, which would hang a worker.
-    raise _EncryptedKey
+def _tls_files(settings: Settings) -> tls.TLSFiles:
+    return tls.TLSFiles(
+        settings.kafka_ssl_cafile,
+        settings.kafka_ssl_certfile,
+        settings.kafka_ssl_keyfile,
+        "PULSE_KAFKA_SSL_CAFILE",
+        "PULSE_KAFKA_SSL_CERTFILE",
+        "PULSE_KAFKA_SSL_KEYFILE",
+    )
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -159,7 +135,7 @@ async def check_connection(settings: Settings, timeout: float = CHECK_TIMEOUT) -
                 host, int(port), request_timeout_ms=int(timeout * 1000), **options
             )
         except (OSError, errors.KafkaError) as exc:
-            reason, security = _explain(exc, timeout)
+            reason, security = _explain(exc, settings, timeout)
             failures.append(settings.redact(f"{server}: {reason}"))
             refused_by_security |= security
             if not security:
@@ -173,16 +149,11 @@ async def check_connection(settings: Settings, timeout: float = CHECK_TIMEOUT) -
         )
 
 
-def _explain(exc: BaseException, timeout: float) -> tuple[str, bool]:
+def _explain(exc: BaseException, settings: Settings, timeout: float) -> tuple[str, bool]:
     """What went wrong, in words, and whether it was the TLS handshake or authentication."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate verify failed: {exc.verify_message} (the broker's certificate "
-            "is not signed by a CA in PULSE_KAFKA_SSL_CAFILE, or not for this host)",
-            True,
-        )
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}", True
+    handshake = tls.handshake_failure(exc, "broker", _tls_files(settings))
+    if handshake is not None:
+        return handshake, True
     if isinstance(exc, errors.SaslAuthenticationFailed):
         said = exc.args[0] if exc.args else exc.description
         return (

@@ -3,20 +3,23 @@
 This module is the one place configuration is documented; ``docs/configuration.md`` is generated
 from :data:`VARIABLES` (``pulse config``) and a test keeps the two equal.
 
-Secrets (``Variable.secret``: the InfluxDB token, the Kafka SASL password) are taken verbatim,
-never shown: not in :class:`Settings`' repr, not in :meth:`Settings.shown` (``pulse config``),
-not in an error message. How Kafka clients use the ``PULSE_KAFKA_*`` settings is
-:mod:`pulse.kafka_clients`.
+Secrets (``Variable.secret``: the InfluxDB token, the Kafka SASL password; and the password in
+``PULSE_REDIS_URL``) are never shown: not in :class:`Settings`' repr, not in
+:meth:`Settings.shown` (``pulse config``), not in an error message. Each may instead be read
+from a file (``*_FILE``: one way for all, :func:`_read_secret_file`), which keeps it out of the
+process environment. How the clients use these settings: :mod:`pulse.kafka_clients`,
+:mod:`pulse.redis_clients`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse, urlsplit
 
 from tables import _native
 from tables.windows import WindowSpec, WindowSpecError, parse_windows
@@ -34,6 +37,15 @@ class Variable:
     parse: Callable[[str], Any] = field(repr=False)
     secret: bool = False
     """Taken verbatim (not stripped) and never shown: see the module's docstring."""
+    mask: Callable[[str], str] | None = field(default=None, repr=False)
+    """For a value that may hold a secret (a URL with a password): the value as it may be
+    shown."""
+
+    def shown(self, raw: str) -> str:
+        """``raw`` as it may be printed or logged."""
+        if self.secret:
+            return REDACTED if raw else raw
+        return self.mask(raw) if self.mask else raw
 
 
 REDACTED = "<redacted>"
@@ -81,6 +93,47 @@ def _url(*schemes: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _redis_url(text: str) -> str:
+    _url("redis", "rediss", "unix")(text)
+    if "password" in parse_qs(urlsplit(text).query):
+        raise ValueError(
+            "must not hold a password parameter: give the password as the URL's user info "
+            "(redis://[USER]:PASSWORD@HOST:PORT/DB) or in PULSE_REDIS_PASSWORD_FILE"
+        )
+    return text
+
+
+def _url_password(url: str) -> str:
+    """The password in ``url``'s user info, percent-decoded ("" when there is none)."""
+    userinfo = _netloc(url).rpartition("@")[0]
+    _, colon, password = userinfo.partition(":")
+    return unquote(password) if colon else ""
+
+
+def _mask_url_password(url: str) -> str:
+    """``url`` with the password of its user info (and of a ``password`` parameter, which
+    :func:`_redis_url` refuses) replaced by :data:`REDACTED`. Everything up to the last ``@``
+    counts as user info here, so that a URL too malformed to parse (a password with an
+    unescaped ``/``) does not show its password either."""
+    url = _PASSWORD_PARAMETER.sub(rf"\g<1>{REDACTED}", url)
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (separator and at and colon):
+        return url
+    return f"{scheme}://{user}:{REDACTED}@{host}"
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*")
+
+
+def _netloc(url: str) -> str:
+    # Up to the path, query or fragment, as urlsplit (and so redis-py) reads it.
+    rest = url.partition("://")[2]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return rest[: min(ends)] if ends else rest
 
 
 def _name(text: str) -> str:
@@ -135,8 +188,38 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PULSE_REDIS_URL",
         "redis://127.0.0.1:6379/0",
-        "Redis for live state.",
-        _url("redis", "rediss", "unix"),
+        "Redis for live state: `redis://[[USER]:PASSWORD@]HOST:PORT/DB`, or `rediss://` for "
+        "TLS (see `PULSE_REDIS_SSL_CAFILE`). A password here is a secret: shown as "
+        f"`{REDACTED}`; set it here or in `PULSE_REDIS_PASSWORD_FILE`, not both.",
+        _redis_url,
+        mask=_mask_url_password,
+    ),
+    Variable(
+        "PULSE_REDIS_PASSWORD_FILE",
+        "",
+        "File holding the Redis password (e.g. a mounted secret), for a `PULSE_REDIS_URL` "
+        "without one; one trailing newline is ignored. Read once at start-up.",
+        _file,
+    ),
+    Variable(
+        "PULSE_REDIS_SSL_CAFILE",
+        "",
+        "PEM file of the CA certificates that verify Redis's certificate (`rediss://` only); "
+        "unset: the system's CAs. The host name is always verified.",
+        _file,
+    ),
+    Variable(
+        "PULSE_REDIS_SSL_CERTFILE",
+        "",
+        "PEM client certificate (chain) for a Redis that requires one (`tls-auth-clients`); "
+        "it may hold the private key too.",
+        _file,
+    ),
+    Variable(
+        "PULSE_REDIS_SSL_KEYFILE",
+        "",
+        "PEM private key (unencrypted) of `PULSE_REDIS_SSL_CERTFILE`, if not in that file.",
+        _file,
     ),
     Variable(
         "PULSE_INFLUX_URL",
@@ -146,10 +229,18 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "PULSE_INFLUX_TOKEN",
-        "pulse-dev-token",
-        "InfluxDB API token (secret: never shown or logged).",
+        "",
+        "InfluxDB API token (secret: taken verbatim, never shown or logged); set it or "
+        "`PULSE_INFLUX_TOKEN_FILE`, not both. Unset: writes carry no token.",
         _text,
         secret=True,
+    ),
+    Variable(
+        "PULSE_INFLUX_TOKEN_FILE",
+        "",
+        "File holding the InfluxDB API token (e.g. a mounted secret); one trailing newline is "
+        "ignored. Read once at start-up.",
+        _file,
     ),
     Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
     Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
@@ -339,9 +430,11 @@ class Settings:
     """Validated configuration. Build with :meth:`from_env`; immutable afterwards."""
 
     broker: str
-    redis_url: str
+    redis_url: str = field(repr=False)
+    """As given: it may hold the password (``shown()`` masks it)."""
     influx_url: str
     influx_token: str = field(repr=False)
+    """The token itself, also when read from ``influx_token_file``."""
     influx_org: str
     influx_bucket: str
     app_id: str
@@ -372,6 +465,14 @@ class Settings:
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
+    influx_token_file: str = ""
+    redis_password_file: str = ""
+    redis_ssl_cafile: str = ""
+    redis_ssl_certfile: str = ""
+    redis_ssl_keyfile: str = ""
+    redis_password: str = field(default="", repr=False)
+    """The Redis password: the one in ``redis_url``, or the content of ``redis_password_file``
+    ("" for none). Not a variable of its own."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -391,8 +492,7 @@ class Settings:
                 )
                 if str(exc).startswith("invalid literal"):
                     reason = "is not a whole number"
-                shown = REDACTED if var.secret else repr(raw)
-                raise SettingsError(f"{var.name}={shown}: {reason}") from None
+                raise SettingsError(f"{var.name}={_repr(var.shown(raw))}: {reason}") from None
         values.update(overrides)
         if values["state_ttl"] < values["session_timeout"]:
             # The TTL is also how long a removed key's tombstone fences it (pulse/sinks/redis.py)
@@ -404,6 +504,8 @@ class Settings:
                 f"({values['session_timeout']:g})"
             )
         _check_kafka_security(values)
+        _check_influx(values)
+        _check_redis(values)
         return cls(**values)
 
     @property
@@ -431,32 +533,104 @@ class Settings:
             value = getattr(self, _attr(var))
             if var.name == "PULSE_WINDOWS":
                 value = ",".join(spec.label for spec in value)
-            if var.name == "PULSE_KAFKA_SASL_PASSWORD" and self.kafka_sasl_password_file:
+            if var.name in _SECRET_FILES and getattr(self, _attr_of(_SECRET_FILES[var.name])):
                 value = ""
             out[var.name] = str(value)
         return out
 
     def shown(self) -> dict[str, str]:
-        """:meth:`env` with every secret that is set replaced by :data:`REDACTED`: what may
-        be printed or logged (``pulse config``)."""
-        secret = {var.name for var in VARIABLES if var.secret}
-        return {
-            name: REDACTED if name in secret and value else value
-            for name, value in self.env().items()
-        }
+        """:meth:`env` with every secret that is set replaced by :data:`REDACTED`, a URL's
+        password too (wherever a secret's text appears): what may be printed or logged
+        (``pulse config``)."""
+        shown = {var.name: var.shown for var in VARIABLES}
+        return {name: self.redact(shown[name](value)) for name, value in self.env().items()}
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of these settings replaced by :data:`REDACTED`: for
         messages built from what a client or server said, which Pulse does not control."""
-        for var in VARIABLES:
-            value = getattr(self, _attr(var))
-            if var.secret and value:
-                text = text.replace(value, REDACTED)
+        for secret in self._secrets():
+            text = text.replace(secret, REDACTED)
         return text
+
+    def _secrets(self) -> list[str]:
+        """Every secret set, longest first (so that one inside another goes too), each also
+        as it is percent-encoded in a URL."""
+        values = [getattr(self, _attr(var)) for var in VARIABLES if var.secret]
+        values.append(self.redis_password)
+        forms = {form for value in values if value for form in (value, quote(value, safe=""))}
+        return sorted(forms, key=len, reverse=True)
 
 
 def _attr(var: Variable) -> str:
-    return var.name.removeprefix("PULSE_").lower()
+    return _attr_of(var.name)
+
+
+def _attr_of(name: str) -> str:
+    return name.removeprefix("PULSE_").lower()
+
+
+def _repr(shown: str) -> str:
+    return shown if shown == REDACTED else repr(shown)
+
+
+_SECRET_FILES = {
+    "PULSE_KAFKA_SASL_PASSWORD": "PULSE_KAFKA_SASL_PASSWORD_FILE",
+    "PULSE_INFLUX_TOKEN": "PULSE_INFLUX_TOKEN_FILE",
+}
+"""Secret variable -> the variable of the file it may be read from instead."""
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    """The secret in the file ``path`` (of ``variable``): its content without one trailing
+    newline. A file that cannot be read, is not UTF-8 or holds nothing is a
+    :class:`SettingsError` naming the variable and the path, never the content."""
+    try:
+        with open(path, encoding="utf-8") as secret:
+            value = secret.read().removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "is not UTF-8 text"
+        raise SettingsError(f"{variable}={path!r}: {reason}") from None
+    if not value:
+        raise SettingsError(f"{variable}={path!r}: the file is empty")
+    return value
+
+
+def _check_influx(values: dict[str, Any]) -> None:
+    """Read ``PULSE_INFLUX_TOKEN_FILE`` into the token; both set is an error."""
+    path = values["influx_token_file"]
+    if path and values["influx_token"]:
+        raise SettingsError(
+            "PULSE_INFLUX_TOKEN and PULSE_INFLUX_TOKEN_FILE are both set: set one of them"
+        )
+    if path:
+        values["influx_token"] = _read_secret_file("PULSE_INFLUX_TOKEN_FILE", path)
+
+
+def _check_redis(values: dict[str, Any]) -> None:
+    """Take the Redis password from the URL or ``PULSE_REDIS_PASSWORD_FILE`` (not both), and
+    check that the ``PULSE_REDIS_SSL_*`` files go with a ``rediss://`` URL."""
+    url, path = values["redis_url"], values["redis_password_file"]
+    password = _url_password(url)
+    if password and path:
+        raise SettingsError(
+            "PULSE_REDIS_URL holds a password and PULSE_REDIS_PASSWORD_FILE is set: give the "
+            "password in one of them"
+        )
+    values["redis_password"] = (
+        _read_secret_file("PULSE_REDIS_PASSWORD_FILE", path) if path else password
+    )
+    if not url.startswith("rediss://"):
+        for attr in ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile"):
+            if values[attr]:
+                raise SettingsError(
+                    f"{_variable(attr)} is set, but PULSE_REDIS_URL is not a rediss:// URL "
+                    "(TLS): use rediss://, or unset it"
+                )
+    if values["redis_ssl_keyfile"] and not values["redis_ssl_certfile"]:
+        raise SettingsError(
+            "PULSE_REDIS_SSL_KEYFILE is set without PULSE_REDIS_SSL_CERTFILE, the certificate "
+            "it belongs to"
+        )
 
 
 def _check_kafka_security(values: dict[str, Any]) -> None:
@@ -482,15 +656,9 @@ def _check_kafka_security(values: dict[str, Any]) -> None:
                 f"must be set with {given}"
             )
         if path:
-            try:
-                with open(path, encoding="utf-8") as secret:
-                    password = secret.read().removesuffix("\n").removesuffix("\r")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "is not UTF-8 text"
-                raise SettingsError(f"PULSE_KAFKA_SASL_PASSWORD_FILE={path!r}: {reason}") from None
-            if not password:
-                raise SettingsError(f"PULSE_KAFKA_SASL_PASSWORD_FILE={path!r}: the file is empty")
-            values["kafka_sasl_password"] = password
+            values["kafka_sasl_password"] = _read_secret_file(
+                "PULSE_KAFKA_SASL_PASSWORD_FILE", path
+            )
     else:
         for attr in sasl:
             if values[attr]:

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import faust
-import redis.asyncio as aioredis
 from faust.web import Request, Response, View
 
 from pulse.live_state import device_state, top_devices
+from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from tables.partition_state import PartitionState
 
@@ -63,7 +63,7 @@ refresh(); setInterval(refresh, 1000);
 
 
 def register(app: faust.App, settings: Settings, processor: ReadingsProgress) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
 
     @app.page("/health")
     class Health(View):

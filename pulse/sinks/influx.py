@@ -18,6 +18,7 @@ from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
 from models.outputs import ClosedWindow
+from pulse.settings import REDACTED
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
 from pulse.sinks._text import aggregate_text
@@ -119,7 +120,24 @@ class InfluxSink(Sink):
             # Nothing is dropped: 429/503 are backpressure; any other refusal (bad token,
             # missing bucket, type conflict) is an operator's problem, retried until fixed.
             headers: Any = exc.headers or {}
+            answer: Any = exc.body or b""  # bytes from the async client
+            said = (answer if isinstance(answer, str) else answer.decode(errors="replace"))[:200]
+            said = said.strip()
+            if self.token:  # the server's words are its own: never echo the token
+                said = said.replace(self.token, REDACTED)
+            if exc.status in (401, 403):
+                said = f"{said} ({self._refused_token()})" if said else self._refused_token()
             raise RetryLater(
-                f"HTTP {exc.status} {exc.reason}: {(exc.body or '')[:200]}",
+                f"HTTP {exc.status} {exc.reason}: {said}",
                 parse_retry_after(headers.get("Retry-After")),
             ) from None
+
+    def _refused_token(self) -> str:
+        """What a 401 or 403 means, without the token."""
+        if not self.token:
+            return "InfluxDB wants a token: set PULSE_INFLUX_TOKEN or PULSE_INFLUX_TOKEN_FILE"
+        return (
+            "InfluxDB refused the token of PULSE_INFLUX_TOKEN or PULSE_INFLUX_TOKEN_FILE: "
+            f"check that it is valid and may write to bucket {self.bucket!r} of org "
+            f"{self.org!r}"
+        )

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -329,12 +330,23 @@ def is_noscript(error: RedisReplyError) -> bool:
 class RedisSink(Sink):
     name = "redis"
 
-    def __init__(self, url: str, prefix: str, ttl_seconds: int) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        ttl_seconds: int,
+        *,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``password`` and ``tls``: see :class:`RespPipeline` (the worker passes
+        :func:`pulse.redis_clients.resp_options`)."""
         self.keys = RedisKeys(prefix)
         self.ttl = ttl_seconds
         self._load_script = pack("SCRIPT", "LOAD", FENCE_SCRIPT)
-        self.connection = RespPipeline(url, on_connect=[self._load_script])
+        self.connection = RespPipeline(
+            url, on_connect=[self._load_script], password=password, tls=tls
+        )
         # Open-window keys whose TTL was set, with the window start and when: an open key is
         # rewritten on every flush that changes it, but its TTL needs setting only when a new
         # window starts there (or half a TTL later), which halves the work on that path.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pulse.local import kafka
-from pulse.local.stack import ServerProcess
+from pulse.local.stack import ServerProcess, VictoriaSecurity
 
 DATA = Path("/data")
 
@@ -59,9 +59,13 @@ def test_security_adds_listeners_and_properties_to_the_plain_configuration() -> 
     assert "not-shown-4411" not in "\n".join(secured) + repr(security)
 
 
-def test_only_apache_kafka_takes_security(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="only Apache Kafka takes listeners with security"):
+def test_each_server_takes_only_its_own_security(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^tansu does not take BrokerSecurity$"):
         ServerProcess("broker", tmp_path, 9092, kind="tansu", security=kafka.BrokerSecurity())
+    with pytest.raises(ValueError, match=r"^redis does not take BrokerSecurity$"):
+        ServerProcess("redis", tmp_path, 6379, security=kafka.BrokerSecurity())
+    with pytest.raises(ValueError, match=r"^kafka does not take VictoriaSecurity$"):
+        ServerProcess("broker", tmp_path, 9092, kind="kafka", security=VictoriaSecurity("u", "p"))
 
 
 def test_cluster_ids_never_start_with_a_dash() -> None:
