@@ -10,8 +10,9 @@ it with the normal build.
 An input is a fetch of records: their values separated by 0x1E (the separator of RFC 7464
 JSON text sequences), offsets 0, 1, 2... A record's key is the bytes before a 0x1F in its
 text, if there is one (none when empty), else the device a producer keys it by: the text of
-the first ``"device":"..."`` member, raw, or ``dev-1``. So a seed is readable JSON, and the
-fuzzer reaches both a matching and a mismatched key.
+the first ``"device":"..."`` member, raw, or ``dev-1``; nothing after the 0x1F is a
+tombstone (no value). So a seed is readable JSON, and the fuzzer reaches a matching key, a
+mismatched one, none, and a record without a value.
 """
 
 from __future__ import annotations
@@ -97,16 +98,17 @@ def records_of(data: bytes) -> list[ConsumerRecord]:
     records = []
     for offset, text in enumerate(data.split(RECORD_SEPARATOR)[:MAX_RECORDS]):
         key: bytes | None
+        value: bytes | None
         key, separated, value = text.partition(KEY_SEPARATOR)
         if not separated:
             value = text
             device = _DEVICE.search(value)
             key = device.group(1) if device else DEFAULT_KEY
-        elif not key:
-            key = None
-        records.append(
-            ConsumerRecord("readings", 0, offset, 0, 0, key, value, None, 0, len(value), ())
-        )
+        else:
+            key = key or None
+            value = value or None
+        size = -1 if value is None else len(value)
+        records.append(ConsumerRecord("readings", 0, offset, 0, 0, key, value, None, 0, size, ()))
     return records
 
 
@@ -141,11 +143,8 @@ def check(c: ModuleType, data: bytes) -> None:
     the same and leave the same state on the input ``data``, and :class:`ReferenceLeak` if
     the C holds on to a name, a key or a value of the input once its state is dropped."""
     records = records_of(data)
-    given = [
-        *VALID_NAMES.values(),
-        *(r.key for r in records if r.key is not None),
-        *(r.value for r in records),
-    ]
+    given = [x for r in records for x in (r.key, r.value) if x is not None]
+    given += VALID_NAMES.values()
     before = [sys.getrefcount(x) for x in given]
     in_c = run(c.apply_common, records)
     after = [sys.getrefcount(x) for x in given]

@@ -72,8 +72,9 @@ def seeds() -> list[bytes]:
     # json_texts.py's edges: every number as value and ts, every name as device and metric,
     # other members, whitespace and what follows the object
     for number in EDGE_NUMBERS + EDGE_VALUES + EDGE_TIMES:
-        out.append(document([*COMMON[:2], ("value", number), TS]))
-        out.append(document([*COMMON, ("ts", number)]))
+        for separator in (",", ", "):  # the scan's text, and orjson's on both sides
+            out.append(document([*COMMON[:2], ("value", number), TS], separator))
+            out.append(document([*COMMON, ("ts", number)], separator))
     for name in NAMES + EDGE_NAMES + ['"' + "d" * 128 + '"', '"' + "d" * 129 + '"']:
         out.append(document([("device", name), *COMMON[1:], TS]))
         out.append(document([COMMON[0], ("metric", name), COMMON[2], TS]))
@@ -84,9 +85,9 @@ def seeds() -> list[bytes]:
     for before, after in AROUND:
         out.append(before.encode() + document([*COMMON, TS])[1:-1] + after.encode())
     out.append(document([*COMMON, TS, COMMON[0]]))  # a repeated member
-    # keys: another device, none, empty
+    # keys: another device, none; a tombstone
     common = document([*COMMON, TS])
-    out += [b"dev-2" + KEY_SEPARATOR + common, KEY_SEPARATOR + common, b"\x1f\x1f" + common]
+    out += [b"dev-2" + KEY_SEPARATOR + common, KEY_SEPARATOR + common, b"dev-1" + KEY_SEPARATOR]
     # the size limit: a value of exactly MAX_BYTES bytes, and one more
     padded = document([*COMMON[:2], ("value", "21.5" + "0" * (MAX_BYTES - len(common))), TS])
     out += [padded, padded[:-1] + b"0}"]

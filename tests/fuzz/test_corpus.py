@@ -54,13 +54,15 @@ def test_a_disagreement_is_caught() -> None:
 
 def test_an_input_is_a_fetch_of_keyed_records() -> None:
     common = b'{"device":"dev-2","metric":"t","value":1.5,"ts":1.0}'
-    data = b"\x1e".join([b"dev-1\x1f" + common, common, b"\x1f" + common, b"{}"])
+    data = b"\x1e".join([b"dev-1\x1f" + common, common, b"\x1f" + common, b"{}", b"d1\x1f", b""])
     records = harness.records_of(data)
-    assert [(r.offset, r.key, r.value) for r in records] == [
-        (0, b"dev-1", common),
-        (1, b"dev-2", common),
-        (2, None, common),
-        (3, b"dev-1", b"{}"),
+    assert [(r.offset, r.key, r.value, r.serialized_value_size) for r in records] == [
+        (0, b"dev-1", common, len(common)),
+        (1, b"dev-2", common, len(common)),
+        (2, None, common, len(common)),
+        (3, b"dev-1", b"{}", 2),
+        (4, b"d1", None, -1),
+        (5, b"dev-1", b"", 0),
     ]
 
 
