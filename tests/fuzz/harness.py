@@ -1,7 +1,8 @@
 """One fuzz input through both twins of the batch parser: the C extension's apply_common
 (tables/_speedups.c: scan_common, scan_float and scan_name, or orjson when the scan is unsure)
 and its Python definition (tables/_speedups_py.py, always orjson). :func:`check` raises
-:class:`Disagreement` unless the two return (or raise) the same and leave the same state.
+:class:`Disagreement` unless the two return (or raise) the same and leave the same state, and
+:class:`ReferenceLeak` if the C keeps a reference to what it was given.
 
 scripts/fuzz runs it under atheris on an AddressSanitizer build of the extension
 (tests/fuzz/fuzz_parser.py); tests/fuzz/test_corpus.py replays the committed corpus through
