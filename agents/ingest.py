@@ -23,25 +23,29 @@ def process_records(
     state: PartitionState,
     records: list[Any],
     max_bytes: int,
+    max_future_us: int,
     reject: Callable[[Any, str, str], None],
 ) -> None:
     """Apply one fetch of a partition's records (``offset``, ``key``, ``value``,
-    ``timestamp``) to its state in offset order; a record that is no valid reading, or is
-    late for every window, goes to ``reject(record, reason, detail)`` and nothing else.
+    ``timestamp``) to its state in offset order; a record that is no valid reading (see
+    models.reading.parse_reading: ``max_bytes`` and ``max_future_us`` are two of its rules),
+    or is late for every window, goes to ``reject(record, reason, detail)`` and nothing else.
 
     The common readings go through in batches (PartitionState.apply_records); each record
     it leaves is parsed and applied here, and the batch resumes after it.
     """
     apply_records, apply = state.apply_records, state.apply
     end = len(records)
-    at = apply_records(records, 0, max_bytes)
+    at = apply_records(records, 0, max_bytes, max_future_us)
     while at < end:
         record = records[at]
         at += 1
         offset = record.offset
         if offset >= state.next_offset:  # else already in the recovered state
             try:
-                reading = parse_reading(record.key, record.value, record.timestamp, max_bytes)
+                reading = parse_reading(
+                    record.key, record.value, record.timestamp, max_bytes, max_future_us
+                )
             except Rejected as rejected:
                 state.skip(offset)
                 reject(record, rejected.reason, rejected.detail)
@@ -61,7 +65,7 @@ def process_records(
                         f"event time {_iso(reading.t_us)} is before the partition's watermark "
                         f"{_iso(state.watermark)}: every window it belongs to has closed",
                     )
-        at = apply_records(records, at, max_bytes)
+        at = apply_records(records, at, max_bytes, max_future_us)
 
 
 def _iso(t_us: int) -> str:

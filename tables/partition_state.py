@@ -245,14 +245,17 @@ class PartitionState:
                 self.watermark = t - self.grace_us
         return True
 
-    def apply_records(self, records: list[Any], begin: int, max_bytes: int) -> int:
+    def apply_records(
+        self, records: list[Any], begin: int, max_bytes: int, max_future_us: int
+    ) -> int:
         """Apply the common readings of ``records[begin:]`` (Kafka records: ``offset``,
-        ``key``, ``value``) in order; return the index of the first record left to the caller,
-        ``len(records)`` if none is.
+        ``key``, ``value``, ``timestamp``) in order; return the index of the first record left
+        to the caller, ``len(records)`` if none is.
 
         The batch path of the worker: it stops at the first record that is not the common
-        reading (see parse_common in tables/_speedups_py.py) or is late for every window,
-        which the caller then handles one by one (parse_reading, apply, dead letters) before
+        reading (see parse_common in tables/_speedups_py.py: among others, one at most
+        ``max_future_us`` ahead of its record's timestamp) or is late for every window, which
+        the caller then handles one by one (parse_reading, apply, dead letters) before
         calling again from the next. Each record it applies changes the state as
         :meth:`apply` would; with sliding windows configured it applies none.
         """
@@ -264,6 +267,7 @@ class PartitionState:
                 records,
                 begin,
                 max_bytes,
+                max_future_us,
                 VALID_NAMES,
                 orjson.loads,
                 self._spec_math,

@@ -420,7 +420,7 @@ class RedisSink(Sink):
             out.append(window_hset(key, text, view.start_us, view.end_us, version))
 
         # Closed windows: a merged batch may close several windows of a series, and the one
-        # with the latest start is written; each joins its top key unless its mean is null.
+        # with the latest start is written; each joins its top key.
         out += _native.closed_window_writes(
             batch.closed, keys.closed_prefix, keys.top_prefix, WINDOW_FIELDS
         )

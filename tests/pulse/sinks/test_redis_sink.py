@@ -4,7 +4,7 @@ outage), and its fenced writes on a real Redis (a late write never regresses wha
 from __future__ import annotations
 
 import asyncio
-import math
+import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -319,9 +319,11 @@ def closed(
 
 
 def test_closed_window_writes() -> None:
-    overflowed = closed("dev-3", "temperature", "10s", 0, [1e300, 1e300])
-    overflowed.state[1] = math.inf  # its sum overflowed: mean "null", no top member
-    overflowed = overflowed._replace(text=Summary.text(overflowed.state))
+    # The largest sum a window could hold (no sum overflows: models.reading.MAX_ABS_VALUE)
+    # is written as a number, and its mean scores its top member.
+    huge = closed("dev-3", "temperature", "10s", 0, [1e290, 1e290])
+    huge.state[1] = sys.float_info.max
+    huge = huge._replace(text=Summary.text(huge.state))
     kept = closed("dev-1", "temperature", "10s", 10 * S, [23.0])
     other = closed("dév-2", "temperature", "10s", 0, [0.1, 0.2])
     humidity = closed("dev-1", "humidity", "1m", 0, [40.0])._replace(text=None)  # made here
@@ -331,14 +333,14 @@ def test_closed_window_writes() -> None:
         kept,  # newer: replaces the first, in the first's place
         closed("dev-1", "temperature", "10s", 5 * S, [99.0]),  # older than the one kept
         humidity,
-        overflowed,
+        huge,
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     made = _native.closed_window_writes(
         batch, sink.keys.closed_prefix, sink.keys.top_prefix, WINDOW_FIELDS
     )
     expected = []
-    for window in (kept, other, humidity, overflowed):
+    for window in (kept, other, humidity, huge):
         key = f"pülse:closed:{window.window}:{window.device}:{window.metric}"
         expected.append(hset_of(key, Summary.text(window.state), window.start_us, window.end_us))
     mean = repr((0.1 + 0.2) / 2)
@@ -349,6 +351,7 @@ def test_closed_window_writes() -> None:
             True,
             *("10000000:1", "23.0", "dev-1"),
             *("0:2", mean, "dév-2"),
+            *("0:2", repr(sys.float_info.max / 2), "dev-3"),
         ),
         fenced("pülse:top:1m:humidity", "z", True, "0:1", "40.0", "dev-1"),
     ]
@@ -937,14 +940,10 @@ def test_a_key_with_more_members_than_lua_unpacks_at_once_is_written_whole(
     assert client.zscore(top, "dev-9999") == 9999.5
     assert client.hlen(f"{{{top}}}:v") == 10_000
     # Older versions for the even devices, newer for the odd ones: only the odd ones apply.
-    again = [
-        (f"9:{i}" if i % 2 == 0 else f"11:{i}", "-1.0", f"dev-{i}") for i in range(10_000)
-    ]
+    again = [(f"9:{i}" if i % 2 == 0 else f"11:{i}", "-1.0", f"dev-{i}") for i in range(10_000)]
     assert fence(client, 60, (top, "z", True, tuple(a for m in again for a in m))) == 0
-    scores = dict(client.zrange(top, 0, -1, withscores=True))
-    assert scores == {
-        f"dev-{i}".encode(): (-1.0 if i % 2 else i + 0.5) for i in range(10_000)
-    }
+    scores = dict(cast(list[tuple[bytes, float]], client.zrange(top, 0, -1, withscores=True)))
+    assert scores == {f"dev-{i}".encode(): (-1.0 if i % 2 else i + 0.5) for i in range(10_000)}
     assert client.hget(f"{{{top}}}:v", "dev-3") == b"11:3"
     assert client.hget(f"{{{top}}}:v", "dev-4") == b"10:4"
     assert 0 < client.ttl(top) <= 60
