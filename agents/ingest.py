@@ -2,8 +2,9 @@
 
 Records are taken in offset order and those below the state's position (already in a recovered
 state) are skipped, so the state depends only on the records. A record that is no valid
-reading, or is late for every window, goes to the caller's ``reject`` and only moves the
-position past it; so does one whose parse raises unexpectedly: no record stops its partition.
+reading, would put too many tag values in use, or is late for every window, goes to the
+caller's ``reject`` and only moves the position past it; so does one whose parse raises
+unexpectedly: no record stops its partition.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def process_records(
     """Apply one fetch of a partition's records (``offset``, ``key``, ``value``,
     ``timestamp``) to its state in offset order; a record that is no valid reading (see
     models.reading.parse_reading: ``max_bytes`` and ``max_future_us`` are two of its rules),
-    or is late for every window, goes to ``reject(record, reason, detail)`` and nothing else.
+    would put too many tag values in use (PartitionState.apply), or is late for every window,
+    goes to ``reject(record, reason, detail)`` and nothing else.
 
     The common readings go through in batches (PartitionState.apply_records); each record
     it leaves is parsed and applied here, and the batch resumes after it.
@@ -58,7 +60,13 @@ def process_records(
                     f"the reading could not be parsed: {type(exc).__name__}: {exc}",
                 )
             else:
-                if not apply(reading, offset):
+                try:
+                    applied = apply(reading, offset)
+                except Rejected as rejected:  # too many tag values: nothing else changed
+                    state.skip(offset)
+                    reject(record, rejected.reason, rejected.detail)
+                    applied = True
+                if not applied:
                     reject(
                         record,
                         "late",

@@ -249,6 +249,16 @@ VARIABLES: tuple[Variable, ...] = (
         _number(0, maximum=1e9),
     ),
     Variable(
+        "PULSE_MAX_TAG_VALUES",
+        "1000",
+        "Values of a tag key in use at once in a partition, at most (each makes new InfluxDB "
+        "series); a reading whose tag would be one more goes to the dead-letter topic as "
+        "`too_many_tag_values`. A value is in use until the windows of its latest reading "
+        "have closed. Kept in the partition's state and changelog, so a replay rejects the "
+        "same readings. A partition also has at most 64 tag keys in use.",
+        _integer(1),
+    ),
+    Variable(
         "PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1, 65535)
     ),
     Variable(
@@ -376,6 +386,7 @@ class Settings:
     catch_up_flush_interval: float
     max_message_bytes: int
     max_future: float
+    max_tag_values: int
     web_port: int
     partitions: int
     topic_replication: int

@@ -242,3 +242,20 @@ def test_a_reading_from_a_runaway_clock_is_dead_lettered_and_makes_nothing_late(
     expected = PartitionState(parse_windows("10s,1m"), 5 * S)
     assert one_by_one(expected, records) == rejected
     assert everything(state) == everything(expected)
+
+
+def test_a_reading_with_one_tag_value_too_many_is_dead_lettered_and_the_rest_applied() -> None:
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s"), 0, max_tag_values=2)
+    records = [
+        reading(0, ts=T0 + 1, tags={"site": "a"}),
+        reading(1, ts=T0 + 2, tags={"site": "b"}),
+        reading(2, ts=T0 + 3, tags={"site": "c"}),  # a third value in use
+        reading(3, ts=T0 + 4),
+        reading(4, ts=T0 + 5, tags={"site": "a"}),
+    ]
+    rejected = batched(state, records)
+    assert [(offset, reason) for offset, reason, _ in rejected] == [(2, "too_many_tag_values")]
+    assert rejected[0][2].startswith("tag 'site' has 2 values in use in this partition")
+    assert state.next_offset == 5
+    assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [4, 4 * 1.5]
