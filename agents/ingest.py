@@ -2,8 +2,9 @@
 
 Records are taken in offset order and those below the state's position (already in a recovered
 state) are skipped, so the state depends only on the records. A record that is no valid
-reading, or is late for every window, goes to the caller's ``reject`` and only moves the
-position past it; so does one whose parse raises unexpectedly: no record stops its partition.
+reading, would put too many tag values in use, or is late for every window, goes to the
+caller's ``reject`` and only moves the position past it; so does one whose parse raises
+unexpectedly: no record stops its partition.
 """
 
 from __future__ import annotations
@@ -23,25 +24,30 @@ def process_records(
     state: PartitionState,
     records: list[Any],
     max_bytes: int,
+    max_future_us: int,
     reject: Callable[[Any, str, str], None],
 ) -> None:
     """Apply one fetch of a partition's records (``offset``, ``key``, ``value``,
-    ``timestamp``) to its state in offset order; a record that is no valid reading, or is
-    late for every window, goes to ``reject(record, reason, detail)`` and nothing else.
+    ``timestamp``) to its state in offset order; a record that is no valid reading (see
+    models.reading.parse_reading: ``max_bytes`` and ``max_future_us`` are two of its rules),
+    would put too many tag values in use (PartitionState.apply), or is late for every window,
+    goes to ``reject(record, reason, detail)`` and nothing else.
 
     The common readings go through in batches (PartitionState.apply_records); each record
     it leaves is parsed and applied here, and the batch resumes after it.
     """
     apply_records, apply = state.apply_records, state.apply
     end = len(records)
-    at = apply_records(records, 0, max_bytes)
+    at = apply_records(records, 0, max_bytes, max_future_us)
     while at < end:
         record = records[at]
         at += 1
         offset = record.offset
         if offset >= state.next_offset:  # else already in the recovered state
             try:
-                reading = parse_reading(record.key, record.value, record.timestamp, max_bytes)
+                reading = parse_reading(
+                    record.key, record.value, record.timestamp, max_bytes, max_future_us
+                )
             except Rejected as rejected:
                 state.skip(offset)
                 reject(record, rejected.reason, rejected.detail)
@@ -54,14 +60,20 @@ def process_records(
                     f"the reading could not be parsed: {type(exc).__name__}: {exc}",
                 )
             else:
-                if not apply(reading, offset):
+                try:
+                    applied = apply(reading, offset)
+                except Rejected as rejected:  # too many tag values: nothing else changed
+                    state.skip(offset)
+                    reject(record, rejected.reason, rejected.detail)
+                    applied = True
+                if not applied:
                     reject(
                         record,
                         "late",
                         f"event time {_iso(reading.t_us)} is before the partition's watermark "
                         f"{_iso(state.watermark)}: every window it belongs to has closed",
                     )
-        at = apply_records(records, at, max_bytes)
+        at = apply_records(records, at, max_bytes, max_future_us)
 
 
 def _iso(t_us: int) -> str:

@@ -148,6 +148,7 @@ class PartitionOwner(FlushPipeline):
                         s.windows,
                         s.grace_us,
                         read_committed=writer.transactional,
+                        max_tag_values=s.max_tag_values,
                     )
                     for tp in new
                 )
@@ -174,7 +175,12 @@ class PartitionOwner(FlushPipeline):
             now = time.monotonic()
             for tp, (state, base) in zip(new, recovered, strict=True):
                 if state is None:
-                    state = PartitionState(s.windows, s.grace_us, next_offset=starts[tp])
+                    state = PartitionState(
+                        s.windows,
+                        s.grace_us,
+                        next_offset=starts[tp],
+                        max_tag_values=s.max_tag_values,
+                    )
                 writer.adopt(tp.partition, base)
                 consumer.seek(tp, state.next_offset)
                 self.states[tp.partition] = state

@@ -197,6 +197,7 @@ class ReadingsProcessor(PartitionOwner):
             state,
             records,
             self.settings.max_message_bytes,
+            self.settings.max_future_us,
             lambda record, reason, detail: self._dead_letter(tp, record, reason, detail),
         )
 

@@ -124,7 +124,13 @@ def main() -> None:
                 position[partition] = begin + len(chunk)
                 state = states[partition]
                 t0 = clock()
-                process_records(state, chunk, DEFAULTS.max_message_bytes, reject)
+                process_records(
+                    state,
+                    chunk,
+                    DEFAULTS.max_message_bytes,
+                    DEFAULTS.max_future_us,
+                    reject,
+                )
                 times["process"] += clock() - t0
                 chunks += 1
                 if chunks % args.flush_every == 0:

@@ -53,7 +53,7 @@ def closed_windows(spec: DatasetSpec, windows: str) -> list[ClosedWindow]:
     closed: list[ClosedWindow] = []
     for records in consumer_records(spec, "readings").values():
         state = PartitionState(specs, DEFAULTS.grace_us)
-        process_records(state, records, DEFAULTS.max_message_bytes, reject)
+        process_records(state, records, DEFAULTS.max_message_bytes, DEFAULTS.max_future_us, reject)
         state.advance_idle(2**62)
         closed.extend(state.drain().closed)
     return closed

@@ -48,7 +48,8 @@ def fill(keys: int, readings_per_key: int) -> tuple[PartitionState, int]:
             metric = ("temperature", "humidity")[number % 2]
             value = round(rng.gauss(30.0, 8.0), 2)
             raw = orjson.dumps({"device": device, "metric": metric, "value": value, "ts": ts})
-            state.apply(parse_reading(device.encode(), raw, None, 65536), offset)
+            reading = parse_reading(device.encode(), raw, EVENT_TIME_US // 1000, 65536, 0)
+            state.apply(reading, offset)
             offset += 1
         state.drain()  # a flush: the changed sets and the delta are dropped again
     return state, state.open_windows

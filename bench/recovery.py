@@ -53,7 +53,10 @@ def measure_recovery(
     readings = int(seconds * rate)
     spec = DatasetSpec(readings=readings, devices=devices, partitions=1, span_seconds=seconds)
     for offset, (key, value, ts_ms) in enumerate(generate(spec)):
-        live.apply(parse_reading(key, value, ts_ms, DEFAULTS.max_message_bytes), offset)
+        reading = parse_reading(
+            key, value, ts_ms, DEFAULTS.max_message_bytes, DEFAULTS.max_future_us
+        )
+        live.apply(reading, offset)
         if offset % flush_every == flush_every - 1:
             values += encode_parts(live.drain().delta, f"delta-{offset}", 0)
     values += encode_parts(live.drain().delta, "delta-last", 0)

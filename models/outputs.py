@@ -17,8 +17,8 @@ AGGREGATES = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95
 
 AggregateText = tuple[str, ...]
 """The text of each aggregate, in the order of :data:`AGGREGATES`: ``count`` in decimal, the
-others as the shortest text that reads back as the same float (``null`` for a non-finite
-sum or mean). Valid in JSON, line protocol and Redis alike."""
+others as the shortest text that reads back as the same float, always finite (see
+models.reading.MAX_ABS_VALUE). Valid in JSON, line protocol and Redis alike."""
 
 WindowState = list[Any]
 """A window's aggregator state, opaque here (its layout belongs to tables.aggregators)."""

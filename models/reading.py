@@ -3,8 +3,11 @@
 Pure: bytes in, an immutable :class:`Reading` or a :class:`Rejected` error out. The worker
 parses a fetch's common records in one batch (tables.partition_state.apply_records) and calls
 :func:`parse_reading` for each record that leaves, so it is the definition of what a valid
-reading is; it avoids per-record allocations it does not need (validated names are
-remembered; tags are checked only when present).
+reading is (README.md, "The contract", lists its rules); it avoids per-record allocations it
+does not need (validated names are remembered; tags are checked only when present).
+
+Every rule depends on the record alone (its key, value and timestamp), so a replay of the
+same records decides the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 TAG_KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TAGS: Final = 16
 MAX_TAG_VALUE_CHARS: Final = 256
-MAX_ABS_VALUE: Final = 1e300
-"""Values beyond this could overflow a window's sum to infinity, which no sink can store."""
+MAX_ABS_VALUE: Final = 1e290
+"""Values beyond this are rejected, so that no window's sum can overflow to infinity, which no
+output can hold, however many readings it adds: the float nearest infinity is a step of
+2**971 below the next power of two, so adding at most 1e290 (under half a step, 2**970 ~
+9.98e291) to any finite float rounds to a finite float."""
 
 RESERVED_TAG_KEYS: Final = frozenset({"device", "window", "time", *AGGREGATES})
 """``device`` and ``window`` are Pulse's own tags; ``time`` and the field names would make
@@ -33,6 +39,8 @@ MAX_EVENT_TIME_US: Final = 9_223_372_036_854_775
 """The last microsecond InfluxDB can store (int64 nanoseconds, year 2262)."""
 
 _TS_RANGE: Final = "'ts' is outside 1970-01-01 .. 2262-04-11 (InfluxDB's range)"
+_MEMBER_TOKENS: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:]', re.DOTALL)
+"""The strings and the structural characters of a JSON text (to find a repeated member)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 
@@ -86,11 +94,18 @@ def _check_name(field: str, name: object) -> str:
 
 
 def parse_reading(
-    key: bytes | None, value: bytes | None, record_ts_ms: int | None, max_bytes: int
+    key: bytes | None,
+    value: bytes | None,
+    record_ts_ms: int | None,
+    max_bytes: int,
+    max_future_us: int,
 ) -> Reading:
     """Validate one record of topic ``readings``.
 
-    ``record_ts_ms`` is the Kafka record timestamp, used when the reading has no ``ts``.
+    ``record_ts_ms`` is the Kafka record timestamp (None or negative: the record has none):
+    the event time of a reading without ``ts``, and the bound of one with it, which may be at
+    most ``max_future_us`` after it (``PULSE_MAX_FUTURE``): a reading stamped later would
+    move its partition's watermark ahead of the records still to come, making them late.
     Raises :class:`Rejected` with reason ``too_large``, ``invalid_json`` or ``invalid_reading``.
     """
     if value is None:
@@ -103,6 +118,14 @@ def parse_reading(
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise Rejected("invalid_json", f"not valid JSON: {exc}") from None
+    if value.count(b":") != _members(doc):  # a ':' in a string, or a member name repeated
+        repeated = _repeated_member(value)
+        if repeated is not None:
+            raise Rejected(
+                "invalid_json",
+                f"an object repeats the member name {_clip(repeated)!r}: JSON parsers differ "
+                "on which one counts",
+            )
     if doc.__class__ is not dict:
         raise Rejected("invalid_reading", f"the value must be a JSON object, got {_kind(doc)}")
 
@@ -126,14 +149,31 @@ def parse_reading(
         raise Rejected("invalid_reading", f"'value' {number!r} is beyond +-{MAX_ABS_VALUE:g}")
 
     ts = doc.get("ts")
+    no_timestamp = record_ts_ms is None or record_ts_ms < 0
     if ts is None:
-        if record_ts_ms is None or record_ts_ms < 0:
+        if no_timestamp:
             raise Rejected("invalid_reading", "no 'ts' and the record has no timestamp")
+        assert record_ts_ms is not None
         t_us = record_ts_ms * 1000
     else:
         t_us = _event_time_us(ts)
     if not 0 <= t_us <= MAX_EVENT_TIME_US:
         raise Rejected("invalid_reading", _TS_RANGE)
+    if ts is not None:
+        if no_timestamp:
+            raise Rejected(
+                "invalid_reading",
+                "the record has no timestamp, so its 'ts' cannot be held to PULSE_MAX_FUTURE",
+            )
+        assert record_ts_ms is not None
+        ahead = t_us - record_ts_ms * 1000
+        if ahead > max_future_us:
+            raise Rejected(
+                "invalid_reading",
+                f"'ts' {_iso(t_us)} is {_duration(ahead)} ahead of its record's timestamp "
+                f"{_iso(record_ts_ms * 1000)}: more than PULSE_MAX_FUTURE "
+                f"({_duration(max_future_us)})",
+            )
 
     tags = doc.get("tags")
     if tags is not None:
@@ -195,6 +235,60 @@ def _check_tags(tags: object) -> dict[str, str] | None:
         if any(ch < " " or ch == "\x7f" for ch in tag_value):
             raise Rejected("invalid_reading", f"tag {tag_key!r} contains a control character")
     return tags or None
+
+
+def _members(doc: object) -> int:
+    """The members of every object in a parsed JSON document (iteratively: JSON nests up to
+    1,024 deep, deeper than Python's recursion)."""
+    count = 0
+    pending = [doc]
+    while pending:
+        item = pending.pop()
+        if item.__class__ is dict:
+            assert isinstance(item, dict)
+            count += len(item)
+            pending += [v for v in item.values() if v.__class__ is dict or v.__class__ is list]
+        elif item.__class__ is list:
+            assert isinstance(item, list)
+            pending += [v for v in item if v.__class__ is dict or v.__class__ is list]
+    return count
+
+
+def _repeated_member(text: bytes) -> str | None:
+    """The first member name an object of ``text`` (valid JSON) repeats, names compared as
+    decoded (``"\\u0061"`` is ``"a"``); None if there is none."""
+    objects: list[set[str] | None] = []  # per open object its names so far, None for an array
+    name = b""
+    for match in _MEMBER_TOKENS.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first == 0x22:  # '"'
+            name = token
+        elif first == 0x7B:  # '{'
+            objects.append(set())
+        elif first == 0x5B:  # '['
+            objects.append(None)
+        elif first == 0x3A:  # ':' after a member name
+            names = objects[-1]
+            assert names is not None
+            decoded = orjson.loads(name)
+            if decoded in names:
+                return str(decoded)
+            names.add(decoded)
+        else:
+            objects.pop()
+    return None
+
+
+def _iso(t_us: int) -> str:
+    """Epoch microseconds (from 0 to MAX_EVENT_TIME_US) as ISO-8601 in UTC."""
+    return (_EPOCH + timedelta(microseconds=t_us)).isoformat()
+
+
+def _duration(us: int) -> str:
+    """Microseconds as seconds, exactly: ``"2.5 s"``."""
+    whole, part = divmod(us, 1_000_000)
+    return f"{whole}.{part:06d}".rstrip("0").rstrip(".") + " s"
 
 
 def _kind(value: object) -> str:

@@ -59,7 +59,16 @@ SNAPSHOT_MAX_AGE_SECONDS = 24 * 3600
 """...and at least this often, so the latest snapshot is always well inside the changelog's
 retention (:data:`pulse.topics.CHANGELOG_RETENTION_MS`); also once after each assignment."""
 
-_ROW_LISTS = ("windows", "removed", "latest", "latest_removed", "sliding", "sliding_removed")
+_ROW_LISTS = (
+    "windows",
+    "removed",
+    "latest",
+    "latest_removed",
+    "sliding",
+    "sliding_removed",
+    "tag_values",
+    "tag_values_removed",
+)
 
 
 def encode_parts(delta: Delta, delta_id: str, base: int) -> list[bytes]:
@@ -139,7 +148,8 @@ class DeltaAssembler:
         ordered = [parts[number] for number in sorted(parts)]
         whole = dict(ordered[0])
         for name in _ROW_LISTS:
-            whole[name] = [row for p in ordered for row in p[name]]
+            # (the tag lists are absent from the changelogs of earlier versions)
+            whole[name] = [row for p in ordered for row in p.get(name, ())]
         return Delta.from_json(whole)
 
 
@@ -415,6 +425,7 @@ async def recover_partition(
     grace_us: int,
     progress_every: float = 2.0,
     read_committed: bool = False,
+    max_tag_values: int | None = None,
 ) -> tuple[PartitionState | None, int]:
     """Rebuild one partition's state from the changelog, up to the end that fetches report.
 
@@ -424,7 +435,8 @@ async def recover_partition(
     records count and the end is the last stable offset (the caller has opened the
     partition's producer first, which aborted any transaction a previous owner left open).
     ``kafka_options`` are the clients' connection options
-    (:func:`pulse.kafka_clients.client_options`).
+    (:func:`pulse.kafka_clients.client_options`); ``max_tag_values`` is the state's bound of
+    tag values in use (``PULSE_MAX_TAG_VALUES``), whose registry the deltas carry.
     """
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
@@ -447,7 +459,7 @@ async def recover_partition(
             return None, -1
         base = orjson.loads(last_value)["base"]
         consumer.seek(tp, max(base, start))
-        state = PartitionState(specs, grace_us)
+        state = PartitionState(specs, grace_us, max_tag_values=max_tag_values)
         assembler = DeltaAssembler()
         began = last_report = time.monotonic()
         records = applied = 0

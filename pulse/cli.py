@@ -109,7 +109,8 @@ def worker(ctx: click.Context) -> None:
     "--start-ts",
     type=float,
     default=None,
-    help="Event time of the first reading (epoch s); default: the wall clock.",
+    help="Event time of the first reading (epoch s); default: the wall clock. A reading "
+    "stamped more than PULSE_MAX_FUTURE ahead of the time it is written is dead-lettered.",
 )
 @click.option(
     "--step",
@@ -131,9 +132,16 @@ def produce(
 
     from pulse.producer import SyntheticReadings
     from pulse.producer import produce as produce_readings
+    from pulse.topics import TopicRefused, ensure_topics
 
     settings = _settings()
     options = _kafka_options(settings)
+    # Pulse's topics first, as a worker creates them: a broker that creates a topic on the
+    # first write would give the readings topic the producers' clocks as timestamps.
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TopicRefused as exc:
+        raise click.ClickException(str(exc)) from None
     readings = SyntheticReadings(
         devices=devices,
         metrics=tuple(m for m in metrics.split(",") if m),

@@ -55,12 +55,20 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-512")
 
 
-def _number(minimum: float, *, strict: bool = False) -> Callable[[str], float]:
+def _number(
+    minimum: float, *, strict: bool = False, maximum: float | None = None
+) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        if (
+            not math.isfinite(value)
+            or value < minimum
+            or (strict and value == minimum)
+            or (maximum is not None and value > maximum)
+        ):
             bound = "greater than" if strict else "at least"
-            raise ValueError(f"must be a number {bound} {minimum:g}")
+            most = "" if maximum is None else f" and at most {maximum:g}"
+            raise ValueError(f"must be a number {bound} {minimum:g}{most}")
         return value
 
     return parse
@@ -322,6 +330,26 @@ VARIABLES: tuple[Variable, ...] = (
         _integer(1),
     ),
     Variable(
+        "PULSE_MAX_FUTURE",
+        "30",
+        "Seconds a reading's `ts` may be ahead of its record's Kafka timestamp; a reading "
+        "stamped later goes to the dead-letter topic as `invalid_reading`, so that no clock "
+        "that runs ahead can move its partition's watermark past the readings still to come "
+        "(which would make them `late`). The topics Pulse creates take the broker's "
+        "log-append time as the timestamp (docs/operations.md).",
+        _number(0, maximum=1e9),
+    ),
+    Variable(
+        "PULSE_MAX_TAG_VALUES",
+        "1000",
+        "Values of a tag key in use at once in a partition, at most (each makes new InfluxDB "
+        "series); a reading whose tag would be one more goes to the dead-letter topic as "
+        "`too_many_tag_values`. A value is in use until the windows of its latest reading "
+        "have closed. Kept in the partition's state and changelog, so a replay rejects the "
+        "same readings. A partition also has at most 64 tag keys in use.",
+        _integer(1),
+    ),
+    Variable(
         "PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1, 65535)
     ),
     Variable(
@@ -450,6 +478,8 @@ class Settings:
     flush_interval: float
     catch_up_flush_interval: float
     max_message_bytes: int
+    max_future: float
+    max_tag_values: int
     web_port: int
     partitions: int
     topic_replication: int
@@ -520,6 +550,10 @@ class Settings:
     @property
     def grace_us(self) -> int:
         return round(self.grace * 1_000_000)
+
+    @property
+    def max_future_us(self) -> int:
+        return round(self.max_future * 1_000_000)
 
     @property
     def close_spread_us(self) -> int:

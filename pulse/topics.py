@@ -15,6 +15,10 @@ from pulse.settings import Settings
 log = logging.getLogger(__name__)
 
 WEEK_MS = str(7 * 24 * 3600 * 1000)
+LOG_APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+"""The readings topic's records take the broker's clock as their timestamp, not the
+producer's: PULSE_MAX_FUTURE bounds each reading's ``ts`` by it, and a producer's clock that
+runs ahead would otherwise carry its readings' stamps past the bound with it."""
 CHANGELOG_RETENTION_MS = WEEK_MS
 """Each partition writes a full snapshot at least daily (pulse.changelog), so a week keeps
 the latest snapshot and every delta after it with room to spare."""
@@ -23,7 +27,10 @@ the latest snapshot and every delta after it with room to spare."""
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create the readings, aggregates, dead-letter and changelog topics that are missing.
 
-    Configs are set explicitly (some brokers report only explicit configs). The changelog gets
+    Configs are set explicitly (some brokers report only explicit configs). The readings
+    topic takes the broker's log-append time as each record's timestamp (see
+    :data:`LOG_APPEND_TIME`; the local tansu broker keeps the setting but not its effect: the
+    producer's timestamps stay). The changelog gets
     exactly as many partitions as ``readings`` (its partition p holds input partition p's
     state) and a week's retention, well beyond the daily snapshot that supersedes older
     records. Every topic has ``PULSE_TOPIC_REPLICATION`` replicas; with more than one, a
@@ -37,7 +44,10 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         existing = await _partition_counts(admin)
         readings_partitions = existing.get(settings.topic_readings, settings.partitions)
         wanted = {
-            settings.topic_readings: (readings_partitions, {"retention.ms": WEEK_MS}),
+            settings.topic_readings: (
+                readings_partitions,
+                {"retention.ms": WEEK_MS, **LOG_APPEND_TIME},
+            ),
             settings.topic_aggregates: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.topic_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.changelog_topic: (

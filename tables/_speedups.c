@@ -60,7 +60,7 @@ typedef struct {
     PyObject *heappush;      /* heapq.heappush */
     /* Names looked up in a reading's JSON object and on a Kafka record. */
     PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
-    PyObject *attr_offset, *attr_key, *attr_value;
+    PyObject *attr_offset, *attr_key, *attr_value, *attr_timestamp;
     PyObject *small_count_text[SMALL_COUNTS];
     TextSlot *text_cache; /* TEXT_CACHE_SLOTS slots */
 } ModuleState;
@@ -630,18 +630,16 @@ static PyObject *state_text(ModuleState *st, PyObject *state) {
     double p[3];
     if (quantiles(st, PyList_GET_ITEM(state, SKETCH), count, p) < 0) goto fail;
     double mean = total / (double)count;
-    int overflow = isinf(total);
     double values[9] = {total, low, high, mean, first, last, clamp(p[0], low, high),
                         clamp(p[1], low, high), clamp(p[2], low, high)};
     PyObject *count_digits = count_text(st, count);
     if (count_digits == NULL) goto fail;
     PyTuple_SET_ITEM(out, 0, count_digits);
     for (int i = 0; i < 9; i++) {
-        /* sum and mean (0 and 3 here): null when the sum overflowed, and new numbers each
-         * time (not remembered); the rest recur */
-        PyObject *text = (overflow && (i == 0 || i == 3)) ? PyUnicode_FromString("null")
-                         : (i == 0 || i == 3)             ? float_text(values[i])
-                                                          : remembered_text(st, values[i]);
+        /* sum and mean (0 and 3 here): new numbers each time (not remembered); the rest
+         * recur. All finite: see summary_text in tables/_speedups_py.py. */
+        PyObject *text = (i == 0 || i == 3) ? float_text(values[i])
+                                            : remembered_text(st, values[i]);
         if (text == NULL) goto fail;
         PyTuple_SET_ITEM(out, i + 1, text);
     }
@@ -1015,14 +1013,32 @@ fail:
 }
 
 /* The common case of models.reading.parse_reading, or None for anything else (which the
- * Python definition then parses, accepts or rejects with its reason): a record whose value,
- * at most max_bytes, is a JSON object (read by scan_common when it has the compact shape of
- * Pulse's own producers, else loaded by ``loads``, orjson) with a device and a metric
- * among the keys of ``valid_names`` (so validated before), the device equal to the key, a
- * float value within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year
- * 2096), and no tags. Returns reading_type(device, metric, value, t_us, None) with the names
- * as ``valid_names`` holds them, what the Python definition returns for such a record;
- * tests/models/test_reading.py holds it to that. */
+ * Python definition then parses, accepts or rejects with its reason): a record with a
+ * timestamp whose value, at most max_bytes, is a JSON object (read by scan_common when it has
+ * the compact shape of Pulse's own producers, else loaded by ``loads``, orjson, and then with
+ * as many ':' as members) with a device and a metric among the keys of ``valid_names`` (so
+ * validated before), the device equal to the key, a float value within +-MAX_ABS_VALUE, a
+ * float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year 2096) and at most max_future_us
+ * after the record's timestamp, and no tags. Returns reading_type(device, metric, value,
+ * t_us, None) with the names as ``valid_names`` holds them, what the Python definition
+ * returns for such a record; tests/models/test_reading.py holds it to that. */
+
+/* models.reading.MAX_ABS_VALUE: beyond it, a value is not the common reading. */
+#define MAX_ABS_VALUE 1e290
+
+/* The record's timestamp as common_reading takes it (the Python definition: an int from 0 up,
+ * compared exactly): NO_TIMESTAMP_MS when there is none (not an int, or negative); a
+ * timestamp beyond 4e12 ms (year 2096) bounds no common reading, and is LATE_TIMESTAMP_MS. */
+#define NO_TIMESTAMP_MS (-1LL)
+#define LATE_TIMESTAMP_MS 4000000000001LL
+
+/* Whether a common reading at t_us may be applied: at most max_future_us after its record's
+ * timestamp (see timestamp_ms). t_us is at most 4e15, so nothing here overflows. */
+static inline int within_future(long long t_us, long long timestamp_ms, long long max_future_us) {
+    if (timestamp_ms == NO_TIMESTAMP_MS) return 0;
+    if (timestamp_ms >= LATE_TIMESTAMP_MS) return 1;
+    return t_us - timestamp_ms * 1000 <= max_future_us;
+}
 /* The JSON number at *at (JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?)
  * when it has a fraction or an exponent, which makes it a float for orjson: its value in
  * *out and *at moved past it; 1, or 0 if there is no such number there (an int, not JSON).
@@ -1139,9 +1155,9 @@ static PyObject *known_name(PyObject *valid_names, const char *name, Py_ssize_t 
  * for such a record (the same outputs: tests/models/test_reading.py compares the two), or
  * SCAN_UNSURE for any other text, which orjson then parses: this only has to recognise its
  * shape exactly, not to reject anything. */
-static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
-                       PyObject **device_out, PyObject **metric_out, PyObject **number_out,
-                       long long *t_us) {
+static int scan_common(PyObject *key, PyObject *value, long long timestamp_ms,
+                       long long max_future_us, PyObject *valid_names, PyObject **device_out,
+                       PyObject **metric_out, PyObject **number_out, long long *t_us) {
     const char *p = PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
     const char *names[2] = {NULL, NULL};
     Py_ssize_t sizes[2] = {0, 0};
@@ -1177,9 +1193,10 @@ static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
         memcmp(names[0], PyBytes_AS_STRING(key), (size_t)sizes[0]) != 0)
         return 0;
     double v = numbers[0];
-    if (!(v >= -1e300 && v <= 1e300)) return 0;
+    if (!(v >= -MAX_ABS_VALUE && v <= MAX_ABS_VALUE)) return 0;
     double t = nearbyint(numbers[1] * 1e6);
-    if (!(t >= 0.0 && t <= 4e15)) return 0;
+    if (!(t >= 0.0 && t <= 4e15) || !within_future((long long)t, timestamp_ms, max_future_us))
+        return 0;
     PyObject *device = known_name(valid_names, names[0], sizes[0]);
     PyObject *metric = device == NULL ? NULL : known_name(valid_names, names[1], sizes[1]);
     if (metric == NULL) return PyErr_Occurred() ? -1 : 0;
@@ -1196,13 +1213,14 @@ static int scan_common(PyObject *key, PyObject *value, PyObject *valid_names,
 /* The common reading (parse_common in tables/_speedups_py.py): 1 with new references in *device, *metric and *number and the event
  * time in *t_us if the record is the common reading, 0 if it is not, -1 with an exception. */
 static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
-                          Py_ssize_t max_bytes, PyObject *valid_names, PyObject *loads,
-                          PyObject **device_out, PyObject **metric_out, PyObject **number_out,
-                          long long *t_us) {
+                          long long timestamp_ms, Py_ssize_t max_bytes, long long max_future_us,
+                          PyObject *valid_names, PyObject *loads, PyObject **device_out,
+                          PyObject **metric_out, PyObject **number_out, long long *t_us) {
     if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value) ||
-        PyBytes_GET_SIZE(value) > max_bytes)
+        PyBytes_GET_SIZE(value) > max_bytes || timestamp_ms == NO_TIMESTAMP_MS)
         return 0;
-    int scanned = scan_common(key, value, valid_names, device_out, metric_out, number_out, t_us);
+    int scanned = scan_common(key, value, timestamp_ms, max_future_us, valid_names, device_out,
+                              metric_out, number_out, t_us);
     if (scanned != SCAN_UNSURE) return scanned;
     PyObject *doc = PyObject_CallOneArg(loads, value);
     if (doc == NULL) { /* not JSON: the Python definition says why */
@@ -1211,6 +1229,17 @@ static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
     }
     int common = 0;
     if (!PyDict_CheckExact(doc)) goto done;
+    /* As many ':' as members: no nested object, no ':' in a string, no member name repeated
+     * (parse_reading rejects a repeated one; a record with the others it parses itself). */
+    {
+        const char *p = PyBytes_AS_STRING(value), *end = p + PyBytes_GET_SIZE(value);
+        Py_ssize_t colons = 0;
+        while ((p = memchr(p, ':', (size_t)(end - p))) != NULL) {
+            colons++;
+            p++;
+        }
+        if (colons != PyDict_GET_SIZE(doc)) goto done;
+    }
     /* (str keys: a lookup cannot fail) */
     PyObject *device = PyDict_GetItemWithError(doc, st->field_device);
     PyObject *metric = PyDict_GetItemWithError(doc, st->field_metric);
@@ -1237,11 +1266,12 @@ static int common_reading(const ModuleState *st, PyObject *key, PyObject *value,
         memcmp(device_utf8, PyBytes_AS_STRING(key), (size_t)device_size) != 0)
         goto done;
     double v = PyFloat_AS_DOUBLE(number);
-    if (!(v >= -1e300 && v <= 1e300)) goto done;
+    if (!(v >= -MAX_ABS_VALUE && v <= MAX_ABS_VALUE)) goto done;
     /* round(ts * 1_000_000): Python rounds a float half to even, as nearbyint does in the
      * default rounding mode */
     double t = nearbyint(PyFloat_AS_DOUBLE(ts) * 1e6);
-    if (!(t >= 0.0 && t <= 4e15)) goto done;
+    if (!(t >= 0.0 && t <= 4e15) || !within_future((long long)t, timestamp_ms, max_future_us))
+        goto done;
     *t_us = (long long)t;
     *device_out = Py_NewRef(device);
     *metric_out = Py_NewRef(metric);
@@ -1504,10 +1534,8 @@ static PyObject *closed_window_writes(PyObject *module, PyObject *const *args,
         if (version_size < 0) goto window_done;
         made = pack_window(key, at - key, 1, version_bytes, version_size, fields, values, 12);
         if (made == NULL || PyList_Append(out, made) < 0) goto window_done;
-        /* a sorted set's score must be a number: no member for a null mean */
         PyObject *mean = PyTuple_GET_ITEM(text, 4);
-        int is_null = PyUnicode_CompareWithASCIIString(mean, "null") == 0;
-        if (!is_null) {
+        {
             pair = PyTuple_Pack(2, label, metric);
             PyObject *members = pair == NULL ? NULL : PyDict_GetItemWithError(tops, pair);
             if (members == NULL && pair != NULL && !PyErr_Occurred()) {
@@ -2170,9 +2198,21 @@ static int register_open(void *context, PyObject *key, long long end) {
     return failed ? -1 : 0;
 }
 
+/* A record's timestamp (Kafka's, in ms) as common_reading takes it: NO_TIMESTAMP_MS unless
+ * an int from 0 up; LATE_TIMESTAMP_MS from there (also beyond a long long). */
+static long long timestamp_of(PyObject *timestamp) {
+    if (!PyLong_CheckExact(timestamp)) return NO_TIMESTAMP_MS;
+    int overflow = 0;
+    long long ms = PyLong_AsLongLongAndOverflow(timestamp, &overflow);
+    if (overflow > 0) return LATE_TIMESTAMP_MS;
+    if (overflow < 0 || ms < 0) return NO_TIMESTAMP_MS;
+    return ms < LATE_TIMESTAMP_MS ? ms : LATE_TIMESTAMP_MS;
+}
+
 /* The arguments of apply_common, in order. */
 enum {
-    A_RECORDS, A_BEGIN, A_MAX_BYTES, A_VALID_NAMES, A_LOADS, A_SPECS, A_GRACE_US, A_POSITION,
+    A_RECORDS, A_BEGIN, A_MAX_BYTES, A_MAX_FUTURE_US, A_VALID_NAMES, A_LOADS, A_SPECS,
+    A_GRACE_US, A_POSITION,
     A_WINDOWS, A_CHANGED, A_BY_END, A_ENDS, A_NEWEST, A_VIEWS_CHANGED, A_OPEN_PER_KEY,
     A_LATEST, A_LATEST_CHANGED, A_COUNT
 };
@@ -2192,11 +2232,11 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
         !PyDict_Check(args[A_OPEN_PER_KEY]) || !PyDict_Check(args[A_LATEST]) ||
         !PySet_Check(args[A_LATEST_CHANGED])) {
         PyErr_SetString(PyExc_TypeError,
-                        "apply_common(records: list, begin, max_bytes, valid_names: dict, loads, "
-                        "specs, grace_us, position: [next_offset, max_t, watermark], "
-                        "windows: dict, changed: set, by_end: dict, ends: list, newest: dict, "
-                        "views_changed: set, open_per_key: dict, latest: dict, "
-                        "latest_changed: set)");
+                        "apply_common(records: list, begin, max_bytes, max_future_us, "
+                        "valid_names: dict, loads, specs, grace_us, position: [next_offset, "
+                        "max_t, watermark], windows: dict, changed: set, by_end: dict, "
+                        "ends: list, newest: dict, views_changed: set, open_per_key: dict, "
+                        "latest: dict, latest_changed: set)");
         return NULL;
     }
     PyObject *records = args[A_RECORDS], *valid_names = args[A_VALID_NAMES];
@@ -2206,6 +2246,12 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
     if (n < 0) return NULL;
     Py_ssize_t i = PyLong_AsSsize_t(args[A_BEGIN]);
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[A_MAX_BYTES]);
+    long long max_future_us = PyLong_AsLongLong(args[A_MAX_FUTURE_US]);
+    if (max_future_us == -1 && PyErr_Occurred()) return NULL;
+    if (max_future_us < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_future_us must be at least 0");
+        return NULL;
+    }
     long long grace = PyLong_AsLongLong(args[A_GRACE_US]);
     long long next_offset = PyLong_AsLongLong(PyList_GET_ITEM(position, 0));
     long long max_t = PyLong_AsLongLong(PyList_GET_ITEM(position, 1));
@@ -2232,10 +2278,19 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
             failed = 1;
             break;
         }
+        PyObject *timestamp = PyObject_GetAttr(record, st->attr_timestamp);
+        if (timestamp == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(value);
+            failed = 1;
+            break;
+        }
+        long long timestamp_ms = timestamp_of(timestamp);
+        Py_DECREF(timestamp);
         PyObject *device = NULL, *metric = NULL, *number = NULL;
         long long t_us = 0;
-        int common = common_reading(st, key, value, max_bytes, valid_names, loads, &device,
-                                    &metric, &number, &t_us);
+        int common = common_reading(st, key, value, timestamp_ms, max_bytes, max_future_us,
+                                    valid_names, loads, &device, &metric, &number, &t_us);
         Py_DECREF(key);
         Py_DECREF(value);
         if (common <= 0) {
@@ -2347,8 +2402,8 @@ static PyMethodDef methods[] = {
      "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
      "The latest value of a (device, metric)."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
-     "apply_common($module, records, begin, max_bytes, valid_names, loads, specs, "
-     "grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
+     "apply_common($module, records, begin, max_bytes, max_future_us, valid_names, loads, "
+     "specs, grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
      "open_per_key, latest, latest_changed, /)\n--\n\n"
      "Applies a fetch's common readings; the index of the first record left."},
     {NULL, NULL, 0, NULL},
@@ -2366,6 +2421,7 @@ static int module_exec(PyObject *module) {
     st->attr_offset = PyUnicode_InternFromString("offset");
     st->attr_key = PyUnicode_InternFromString("key");
     st->attr_value = PyUnicode_InternFromString("value");
+    st->attr_timestamp = PyUnicode_InternFromString("timestamp");
     st->text_cache = PyMem_Calloc(TEXT_CACHE_SLOTS, sizeof(TextSlot));
     if (st->text_cache == NULL) {
         PyErr_NoMemory();
@@ -2373,7 +2429,8 @@ static int module_exec(PyObject *module) {
     }
     if (st->one == NULL || st->field_device == NULL || st->field_metric == NULL ||
         st->field_value == NULL || st->field_ts == NULL || st->field_tags == NULL ||
-        st->attr_offset == NULL || st->attr_key == NULL || st->attr_value == NULL)
+        st->attr_offset == NULL || st->attr_key == NULL || st->attr_value == NULL ||
+        st->attr_timestamp == NULL)
         return -1;
     PyObject *heapq = PyImport_ImportModule("heapq");
     if (heapq == NULL) return -1;
@@ -2409,6 +2466,7 @@ static void module_free(void *module) {
     Py_CLEAR(st->field_tags);
     Py_CLEAR(st->attr_offset);
     Py_CLEAR(st->attr_key);
+    Py_CLEAR(st->attr_timestamp);
     Py_CLEAR(st->attr_value);
     for (int n = 0; n < SMALL_COUNTS; n++) Py_CLEAR(st->small_count_text[n]);
     if (st->text_cache != NULL) {

@@ -113,6 +113,7 @@ def apply_common(
     records: list[Any],
     begin: int,
     max_bytes: int,
+    max_future_us: int,
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
     specs: tuple[tuple[int, int, int], ...],

@@ -40,7 +40,7 @@ _VERSION_BYTES = 128
 """The longest version of a Redis write, in bytes."""
 _MAX_FIELDS = 64
 _MAX_SPECS = 64
-_MAX_REALISTIC_VALUE = 1e300
+_MAX_REALISTIC_VALUE = 1e290
 """models.reading.MAX_ABS_VALUE: readings beyond it are not the common reading."""
 _MAX_COMMON_T_US = 4_000_000_000_000_000
 """The latest event time of the common reading (year 2096); later ones go to parse_reading."""
@@ -256,8 +256,9 @@ def _quantiles(sketch: dict[int, int], count: int) -> tuple[float, float, float]
 
 def summary_text(state: list[Any], /) -> tuple[str, ...]:
     """Summary.text: the aggregates in the order of models.outputs.AGGREGATES as every output
-    writes them: the count in decimal, the rest the repr of Summary.values; a sum beyond the
-    floats (and so its mean) is ``null``, as JSON has no infinity."""
+    writes them: the count in decimal, the rest the repr of Summary.values. Every one is a
+    finite number: the readings are (models.reading.MAX_ABS_VALUE bounds them so that no sum
+    overflows), and so are the sum, the mean and the percentiles (kept within min and max)."""
     if not isinstance(state, list) or len(state) < 10:
         raise TypeError("a Summary state (list) is expected")
     count = state[_COUNT]
@@ -274,13 +275,12 @@ def summary_text(state: list[Any], /) -> tuple[str, ...]:
         return ("1", one, one, one, one, one, one, one, one, one)
     p50, p95, p99 = _quantiles(state[_SKETCH], count)
     mean = total / count
-    null = math.isinf(total)
     return (
         str(count),
-        "null" if null else repr(total),
+        repr(total),
         repr(low),
         repr(high),
-        "null" if null else repr(mean),
+        repr(mean),
         repr(first),
         repr(last),
         repr(low if p50 < low else high if p50 > high else p50),
@@ -342,6 +342,14 @@ def _long_long(n: Any) -> int:
     value = operator.index(n)
     if not -_LONG_LONG <= value < _LONG_LONG:
         raise OverflowError("Python int too large to convert to C long long")
+    return value
+
+
+def _future(max_future_us: Any) -> int:
+    """PULSE_MAX_FUTURE in microseconds as C reads it: a long long, at least 0."""
+    value = _long_long(max_future_us)
+    if value < 0:
+        raise ValueError("max_future_us must be at least 0")
     return value
 
 
@@ -548,9 +556,8 @@ def closed_window_writes(
     metric), the one with the latest start; per series, in the order it first comes, with
     key = ``{closed_prefix}{window}:{device}:{metric}``: its fenced hash (kind ``w``,
     refresh 1), version ``{start}:{count}``, with the aggregates' text, start and end; and
-    unless its mean is ``null`` (an overflowed sum) (version, mean, device) joins the members
-    of ``{top_prefix}{window}:{metric}``. Then per top key, in the order it first comes, its
-    fenced members (kind ``z``, refresh 1)."""
+    (version, mean, device) joins the members of ``{top_prefix}{window}:{metric}``. Then per
+    top key, in the order it first comes, its fenced members (kind ``z``, refresh 1)."""
     if (
         not isinstance(closed_prefix, str)
         or not isinstance(top_prefix, str)
@@ -577,12 +584,10 @@ def closed_window_writes(
         values = (*text, seconds_text(window[3]), seconds_text(window[4]))
         version = _version(window[3], text[0])
         out.append(_write(key, b"w", True, [version, *_fields(fields, values)]))
-        mean = text[4]
-        if mean != "null":
-            members = tops.get((window[2], window[1]))
-            if members is None:
-                members = tops[(window[2], window[1])] = []
-            members += (version, mean.encode(), window[0].encode())
+        members = tops.get((window[2], window[1]))
+        if members is None:
+            members = tops[(window[2], window[1])] = []
+        members += (version, text[4].encode(), window[0].encode())
     for (label, metric), members in tops.items():
         key = f"{top_prefix}{label}:{metric}".encode()
         if len(key) > _KEY_BYTES:
@@ -626,16 +631,30 @@ def line_protocol_lines(closed: Iterable[Any], line_protocol: Callable[[Any], st
 
 
 def _common_reading(
-    key: Any, value: Any, max_bytes: int, valid_names: dict[str, str], loads: Callable[[bytes], Any]
+    key: Any,
+    value: Any,
+    timestamp: Any,
+    max_bytes: int,
+    max_future_us: int,
+    valid_names: dict[str, str],
+    loads: Callable[[bytes], Any],
 ) -> tuple[str, str, float, int] | None:
     """(device, metric, value, t_us) of the common reading, else None (see parse_common)."""
-    if key.__class__ is not bytes or value.__class__ is not bytes or len(value) > max_bytes:
+    if (
+        key.__class__ is not bytes
+        or value.__class__ is not bytes
+        or len(value) > max_bytes
+        or timestamp.__class__ is not int
+        or timestamp < 0
+    ):
         return None
     try:
         doc = loads(value)
     except Exception:  # not JSON: parse_reading says why
         return None
-    if doc.__class__ is not dict or "tags" in doc:
+    # As many ':' as members: no nested object, no ':' in a string, no member name repeated
+    # (parse_reading rejects a repeated one; a record with the others it parses itself).
+    if doc.__class__ is not dict or "tags" in doc or value.count(b":") != len(doc):
         return None
     device = doc.get("device")
     metric = doc.get("metric")
@@ -664,7 +683,7 @@ def _common_reading(
     if not -1.0 < scaled < 4e15 + 1.0:  # NaN and infinities too
         return None
     t_us = round(scaled)  # half to even, as Python rounds a float
-    if not 0 <= t_us <= _MAX_COMMON_T_US:
+    if not 0 <= t_us <= _MAX_COMMON_T_US or t_us - timestamp * 1000 > max_future_us:
         return None
     return device, metric, number, t_us
 
@@ -672,24 +691,30 @@ def _common_reading(
 def parse_common(
     key: bytes | None,
     value: bytes | None,
+    timestamp: int | None,
     max_bytes: int,
+    max_future_us: int,
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
     reading_type: type[Any],
     /,
 ) -> Any:
     """models.reading.parse_reading for the common record, else None (parse_reading then
-    parses, accepts or rejects it with its reason): a value of at most ``max_bytes`` that
-    ``loads`` (orjson.loads) reads as an object with exactly a str device and metric, both
-    keys of ``valid_names`` (validated before), the device equal to the key, a float value
-    within +-1e300, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year 2096), and
-    no tags member. Returns reading_type(device, metric, value, t_us, None) with the names
-    as ``valid_names`` holds them, which is what parse_reading returns for it."""
+    parses, accepts or rejects it with its reason): a record with a timestamp (an int, at
+    least 0, in milliseconds) and a value of at most ``max_bytes`` that ``loads``
+    (orjson.loads) reads as an object with a str device and metric, both keys of
+    ``valid_names`` (validated before), the device equal to the key, a float value within
+    +-1e290, a float ts with t_us = round(ts * 1e6) from 0 to 4e15 (year 2096) and at most
+    ``max_future_us`` after the timestamp, no tags member, and as many ':' in the text as
+    members (so none repeated). Returns reading_type(device, metric, value, t_us, None) with
+    the names as ``valid_names`` holds them, which is what parse_reading returns for it."""
     if not isinstance(valid_names, dict) or not isinstance(reading_type, type):
         raise TypeError(
-            "parse_common(key, value, max_bytes: int, valid_names: dict, loads, reading_type)"
+            "parse_common(key, value, timestamp, max_bytes: int, max_future_us: int, "
+            "valid_names: dict, loads, reading_type)"
         )
-    common = _common_reading(key, value, max_bytes, valid_names, loads)
+    max_future_us = _future(max_future_us)
+    common = _common_reading(key, value, timestamp, max_bytes, max_future_us, valid_names, loads)
     if common is None:
         return None
     return tuple.__new__(reading_type, (*common, None))
@@ -905,6 +930,7 @@ def apply_common(
     records: list[Any],
     begin: int,
     max_bytes: int,
+    max_future_us: int,
     valid_names: dict[str, str],
     loads: Callable[[bytes], Any],
     specs: tuple[tuple[int, int, int], ...],
@@ -922,9 +948,10 @@ def apply_common(
     /,
 ) -> int:
     """PartitionState.apply_records without sliding windows: applies the common readings of
-    ``records[begin:]`` (Kafka records: offset, key, value) in order, and stops at the first
-    record that is not one (see parse_common) or is late for every window, leaving it to the
-    caller. Returns its index, len(records) if none.
+    ``records[begin:]`` (Kafka records: offset, key, value, timestamp) in order, and stops at
+    the first record that is not one (see parse_common: at most ``max_future_us`` ahead of its
+    timestamp) or is late for every window, leaving it to the caller. Returns its index,
+    len(records) if none.
 
     ``position`` is [next_offset, max_t, watermark] of the partition, updated in place as
     each record is applied (kept also when an error stops the loop); records below
@@ -949,12 +976,13 @@ def apply_common(
         or not isinstance(latest_changed, set)
     ):
         raise TypeError(
-            "apply_common(records: list, begin, max_bytes, valid_names: dict, loads, specs, "
-            "grace_us, position: [next_offset, max_t, watermark], windows: dict, changed: set, "
-            "by_end: dict, ends: list, newest: dict, views_changed: set, open_per_key: dict, "
-            "latest: dict, latest_changed: set)"
+            "apply_common(records: list, begin, max_bytes, max_future_us, valid_names: dict, "
+            "loads, specs, grace_us, position: [next_offset, max_t, watermark], windows: dict, "
+            "changed: set, by_end: dict, ends: list, newest: dict, views_changed: set, "
+            "open_per_key: dict, latest: dict, latest_changed: set)"
         )
     specs = _window_math(specs)
+    max_future_us = _future(max_future_us)
     next_offset, max_t, watermark = (int(x) for x in position)
     grace_us = int(grace_us)
     i = max(begin, 0)
@@ -966,7 +994,15 @@ def apply_common(
             if offset < next_offset:  # already in the recovered state
                 i += 1
                 continue
-            common = _common_reading(record.key, record.value, max_bytes, valid_names, loads)
+            common = _common_reading(
+                record.key,
+                record.value,
+                record.timestamp,
+                max_bytes,
+                max_future_us,
+                valid_names,
+                loads,
+            )
             if common is None:
                 break
             device, metric, number, t_us = common

@@ -185,9 +185,9 @@ class Summary:
     """``text(state)``: the aggregates as every output writes them, formatted once for all.
 
     ``count`` in decimal, the others as ``repr`` of :meth:`values` (the shortest text that
-    reads back as the same float, valid in JSON, line protocol and Redis alike). Only ``sum``
-    and ``mean`` can be non-finite (a sum beyond 1.8e308): they are then ``null``, as JSON has
-    no infinity. A test holds it equal to :meth:`values` and ``repr``.
+    reads back as the same float, valid in JSON, line protocol and Redis alike). Every one is
+    finite: readings are within +-1e290 (models.reading.MAX_ABS_VALUE), which keeps every sum
+    finite. A test holds it equal to :meth:`values` and ``repr``.
     """
 
     @staticmethod

@@ -27,6 +27,17 @@ which no reading that could share a window with the old ones can be applied::
 Closed windows leave the state at once, so the state holds only open windows (and the latest
 value of keys that have one).
 
+Tag values in use (``max_tag_values``): every tag value is a new InfluxDB series (with each
+device, metric and window), so a partition keeps at most ``max_tag_values`` values of each tag
+key in use, and at most :data:`MAX_TAG_KEYS` keys; a reading that would add one more is
+rejected (``Rejected``, reason ``too_many_tag_values``) before it touches the state. A value
+is in use while a window that could hold its latest reading may be open, until
+``W >= its latest event time + the longest window``. The registry (:attr:`tag_values`) is part
+of the state and of its changelog, and whether a value is in use depends on W only, so a
+replay or a recovery admits exactly the same readings::
+
+    tag_values = {key: {value: latest event time applied with it}}
+
 Changelog deltas carry *full values* of the keys that changed (or their removal) plus the
 input offsets they cover, ``[from_offset, to_offset)``. A delta made from a correct state at
 ``from_offset`` and applied to a state at any offset in ``[from_offset, to_offset]`` gives the
@@ -40,13 +51,13 @@ import bisect
 import heapq
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
 from models.outputs import ClosedWindow, Latest, OpenView
-from models.reading import VALID_NAMES, Reading
+from models.reading import VALID_NAMES, Reading, Rejected
 from tables._native import (
     apply_common,
     apply_windows,
@@ -66,6 +77,11 @@ SeriesKey = tuple[str, str, int]
 
 NO_WATERMARK = -(2**63)
 
+MAX_TAG_KEYS = 64
+"""Tag keys in use at once in a partition, at most (see the module doc): a reading has at
+most 16 (models.reading.MAX_TAGS); this bounds how many keys a stream of readings spreads
+over, each key a dimension of InfluxDB's series."""
+
 
 SlidingState = list[Any]
 """``[latest event time, entries]``; entries ``[t_us, offset, value, tags]`` sorted."""
@@ -80,6 +96,8 @@ class Delta:
     ``latest``: ``[device, metric, t_us, value]``; ``latest_removed``: ``[device, metric]``;
     ``sliding``: ``[device, metric, label, latest, entries]`` of changed sliding windows;
     ``sliding_removed``: ``[device, metric, label]`` of expired ones;
+    ``tag_values``: ``[key, value, latest event time]`` of tag values that came into use or
+    were seen at a later time; ``tag_values_removed``: ``[key, value]`` of those forgotten;
     ``max_t`` and ``idle_floor``: the watermark inputs after the delta.
     A snapshot is a delta with ``snapshot=True`` that holds the whole state.
     """
@@ -95,6 +113,8 @@ class Delta:
     sliding: list[list[Any]]
     sliding_removed: list[list[Any]]
     snapshot: bool = False
+    tag_values: list[list[Any]] = field(default_factory=list)
+    tag_values_removed: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +129,8 @@ class Delta:
             "sliding": self.sliding,
             "sliding_removed": self.sliding_removed,
             "snapshot": self.snapshot,
+            "tag_values": self.tag_values,
+            "tag_values_removed": self.tag_values_removed,
         }
 
     @classmethod
@@ -125,6 +147,9 @@ class Delta:
             sliding=doc["sliding"],
             sliding_removed=doc["sliding_removed"],
             snapshot=doc["snapshot"],
+            # absent from the changelogs of versions without the tag registry
+            tag_values=doc.get("tag_values", []),
+            tag_values_removed=doc.get("tag_values_removed", []),
         )
 
     @property
@@ -136,6 +161,8 @@ class Delta:
             or self.latest_removed
             or self.sliding
             or self.sliding_removed
+            or self.tag_values
+            or self.tag_values_removed
         )
 
 
@@ -152,9 +179,23 @@ class Drained(NamedTuple):
 class PartitionState:
     """Open windows of one input partition. Feed :meth:`apply` records in offset order."""
 
-    def __init__(self, specs: tuple[WindowSpec, ...], grace_us: int, next_offset: int = 0):
+    def __init__(
+        self,
+        specs: tuple[WindowSpec, ...],
+        grace_us: int,
+        next_offset: int = 0,
+        max_tag_values: int | None = None,
+    ):
         self.specs = specs
         self.grace_us = grace_us
+        self.max_tag_values = max_tag_values
+        """Tag values in use per tag key, at most (``PULSE_MAX_TAG_VALUES``); None: no bound."""
+        self._tag_horizon = max(spec.size_us for spec in specs)
+        self.tag_values: dict[str, dict[str, int]] = {}
+        """Per tag key, its values in use (or not yet forgotten) and the latest event time
+        applied with each (see the module doc)."""
+        self._tags_changed: set[tuple[str, str]] = set()
+        self._tags_removed: set[tuple[str, str]] = set()
         self._spec_index = {spec.label: i for i, spec in enumerate(specs)}
         self._labels = tuple(spec.label for spec in specs)
         self._sizes = tuple(spec.size_us for spec in specs)
@@ -196,12 +237,16 @@ class PartitionState:
         """Apply a valid reading at input ``offset``; False if it is late for every window.
 
         Records at offsets already applied are ignored (returns True): after a restart the
-        consumer may hand back records the recovered state already holds.
+        consumer may hand back records the recovered state already holds. A reading whose
+        tags would put more values of a key (or more keys) in use than the bound raises
+        :class:`Rejected` (``too_many_tag_values``) and changes nothing but the position.
         """
         if offset < self.next_offset:
             return True
         self.next_offset = offset + 1
         device, metric, value, t, tags = reading
+        if tags is not None and self.max_tag_values is not None:
+            self._admit_tags(tags, self.max_tag_values)
         watermark = self.watermark
         # Each window of WindowSpec.starts_containing(t) that is still open (end > W) gets
         # the reading (Summary.initialize or Summary.add) and goes into _changed.
@@ -238,6 +283,8 @@ class PartitionState:
             applied = True
         if not applied:
             return False
+        if tags is not None and self.max_tag_values is not None:
+            self._note_tags(tags, t)
         update_latest(self.latest, self._latest_changed, device, metric, t, value)
         if t > self.max_t:
             self.max_t = t
@@ -245,14 +292,17 @@ class PartitionState:
                 self.watermark = t - self.grace_us
         return True
 
-    def apply_records(self, records: list[Any], begin: int, max_bytes: int) -> int:
+    def apply_records(
+        self, records: list[Any], begin: int, max_bytes: int, max_future_us: int
+    ) -> int:
         """Apply the common readings of ``records[begin:]`` (Kafka records: ``offset``,
-        ``key``, ``value``) in order; return the index of the first record left to the caller,
-        ``len(records)`` if none is.
+        ``key``, ``value``, ``timestamp``) in order; return the index of the first record left
+        to the caller, ``len(records)`` if none is.
 
         The batch path of the worker: it stops at the first record that is not the common
-        reading (see parse_common in tables/_speedups_py.py) or is late for every window,
-        which the caller then handles one by one (parse_reading, apply, dead letters) before
+        reading (see parse_common in tables/_speedups_py.py: among others, one at most
+        ``max_future_us`` ahead of its record's timestamp) or is late for every window, which
+        the caller then handles one by one (parse_reading, apply, dead letters) before
         calling again from the next. Each record it applies changes the state as
         :meth:`apply` would; with sliding windows configured it applies none.
         """
@@ -264,6 +314,7 @@ class PartitionState:
                 records,
                 begin,
                 max_bytes,
+                max_future_us,
                 VALID_NAMES,
                 orjson.loads,
                 self._spec_math,
@@ -281,6 +332,62 @@ class PartitionState:
             )
         finally:  # the records applied count also when one failed
             self.next_offset, self.max_t, self.watermark = position
+
+    def _admit_tags(self, tags: dict[str, str], limit: int) -> None:
+        """Raise Rejected if ``tags`` would put more than MAX_TAG_KEYS keys, or more than
+        ``limit`` values of a key, in use; a value no longer in use is forgotten first."""
+        registry = self.tag_values
+        new_keys = [key for key in tags if key not in registry]
+        if new_keys and len(registry) + len(new_keys) > MAX_TAG_KEYS:
+            self._forget_stale_tags(list(registry))
+            new_keys = [key for key in tags if key not in registry]
+            if len(registry) + len(new_keys) > MAX_TAG_KEYS:
+                raise Rejected(
+                    "too_many_tag_values",
+                    f"tag key {new_keys[0]!r} would be one more than the {MAX_TAG_KEYS} tag "
+                    "keys in use in this partition (each makes new InfluxDB series)",
+                )
+        for key, value in tags.items():
+            values = registry.get(key)
+            if values is None or value in values or len(values) < limit:
+                continue
+            self._forget_stale_tags([key])
+            if key in registry and len(registry[key]) >= limit:
+                shown = value if len(value) <= 80 else value[:80] + "..."
+                raise Rejected(
+                    "too_many_tag_values",
+                    f"tag {key!r} has {limit} values in use in this partition "
+                    f"(PULSE_MAX_TAG_VALUES); {shown!r} would be one more (each makes new "
+                    "InfluxDB series; a value is in use until the windows of its latest "
+                    "reading have closed)",
+                )
+
+    def _note_tags(self, tags: dict[str, str], t: int) -> None:
+        """The values of ``tags`` are in use until at least ``t`` + the longest window."""
+        registry = self.tag_values
+        for key, value in tags.items():
+            values = registry.get(key)
+            if values is None:
+                values = registry[key] = {}
+            seen = values.get(value)
+            if seen is None or t > seen:
+                values[value] = t
+                self._tags_changed.add((key, value))
+                self._tags_removed.discard((key, value))
+
+    def _forget_stale_tags(self, keys: list[str]) -> None:
+        """Forget the values of ``keys`` no longer in use (the watermark has passed their
+        latest event time by the longest window), and the keys left with none."""
+        stale_before = self.watermark - self._tag_horizon
+        registry = self.tag_values
+        for key in keys:
+            values = registry[key]
+            for value in [v for v, t in values.items() if t <= stale_before]:
+                del values[value]
+                self._tags_changed.discard((key, value))
+                self._tags_removed.add((key, value))
+            if not values:
+                del registry[key]
 
     def skip(self, offset: int) -> None:
         """Record that the record at ``offset`` was handled without applying it (rejected)."""
@@ -469,6 +576,13 @@ class PartitionState:
         else:
             changed = self._changed
             removed = delta_rows(self._removed, None, self._labels)  # [[d, m, label, s], ...]
+        registry = self.tag_values
+        if snapshot:
+            tag_rows = [[k, v, t] for k, values in registry.items() for v, t in values.items()]
+            tags_removed: list[list[Any]] = []
+        else:
+            tag_rows = [[k, v, registry[k][v]] for k, v in self._tags_changed]
+            tags_removed = [[k, v] for k, v in self._tags_removed]
         delta = Delta(
             from_offset=self._drained_offset,
             to_offset=self.next_offset,
@@ -481,6 +595,8 @@ class PartitionState:
             sliding=sliding_rows,
             sliding_removed=sliding_removed,
             snapshot=snapshot,
+            tag_values=tag_rows,
+            tag_values_removed=tags_removed,
         )
         drained = Drained(closed, views, latest, sliding_views, delta)
         self._closed = []
@@ -491,6 +607,8 @@ class PartitionState:
         self._views_changed = set()
         self._sliding_changed = set()
         self._sliding_removed = set()
+        self._tags_changed = set()
+        self._tags_removed = set()
         self._drained_offset = self.next_offset
         return drained
 
@@ -541,6 +659,15 @@ class PartitionState:
             self.latest.pop((device, metric), None)
         for device, metric, t, value in delta.latest:
             self.latest[(device, metric)] = (t, value)
+        registry = self.tag_values
+        for key, value in delta.tag_values_removed:
+            values = registry.get(key)
+            if values is not None:
+                values.pop(value, None)
+                if not values:
+                    del registry[key]
+        for key, value, t in delta.tag_values:
+            registry.setdefault(key, {})[value] = t
         self.next_offset = delta.to_offset
         self.max_t = delta.max_t
         self.idle_floor = delta.idle_floor
@@ -550,6 +677,7 @@ class PartitionState:
         self.windows = {}
         self.latest = {}
         self.sliding = {}
+        self.tag_values = {}
 
     def finish_recovery(self) -> None:
         """Rebuild the indexes derived from the recovered windows; call once after recovery."""

@@ -96,14 +96,23 @@ def _starts(t: int, size: int, step: int) -> list[int]:
     return starts
 
 
+MAX_TAG_KEYS = 64
+"""Tag keys in use at once in a partition, at most (README.md, The contract)."""
+
+
 def compute(
     records: list[Record],
     windows_us: Mapping[str, int | tuple[int, int]],
     grace_us: int,
     sliding_us: dict[str, int] | None = None,
+    max_tag_values: int | None = None,
 ) -> Expected:
     """Windows ``label -> size`` (tumbling) or ``label -> (size, step)`` (hopping), and sliding
-    windows ``label -> size``; every window ends closed (idle close)."""
+    windows ``label -> size``; every window ends closed (idle close). With ``max_tag_values``
+    (``PULSE_MAX_TAG_VALUES``) a reading whose tags would put one value of a key more in use,
+    or one key more than MAX_TAG_KEYS, is dead-lettered as ``too_many_tag_values``; a value is
+    in use while some applied reading with it is within the longest window of the watermark
+    (every window that could hold it may still be open)."""
     expected = Expected()
     sliding_us = sliding_us or {}
     shapes = {
@@ -115,14 +124,29 @@ def compute(
     by_partition: dict[int, list[Record]] = {}
     for record in records:
         by_partition.setdefault(record.partition, []).append(record)
+    longest = max([size for size, _ in shapes.values()] + list(sliding_us.values()))
     for partition, rows in by_partition.items():
         max_t: int | None = None
+        tagged: list[tuple[int, dict[str, str]]] = []  # (t, tags) of the applied readings
         for record in sorted(rows, key=lambda r: r.offset):
             meaning = record.meaning
             if isinstance(meaning, Invalid):
                 expected.dead_letters[(partition, record.offset)] = meaning.reason
                 continue
             watermark = None if max_t is None else max_t - grace_us
+            if max_tag_values is not None and meaning.tags:
+                in_use: dict[str, set[str]] = {}
+                for t_seen, tags_seen in tagged:
+                    if watermark is None or t_seen + longest > watermark:
+                        for tag, tag_value in tags_seen.items():
+                            in_use.setdefault(tag, set()).add(tag_value)
+                if len(set(in_use) | set(meaning.tags)) > MAX_TAG_KEYS or any(
+                    tag_value not in in_use.get(tag, set())
+                    and len(in_use.get(tag, set())) >= max_tag_values
+                    for tag, tag_value in meaning.tags.items()
+                ):
+                    expected.dead_letters[(partition, record.offset)] = "too_many_tag_values"
+                    continue
             hits = belongs = 0
             t = meaning.t_us
             for label, (size, step) in shapes.items():
@@ -168,6 +192,8 @@ def compute(
             if hits == 0:
                 expected.dead_letters[(partition, record.offset)] = "late"
                 continue
+            if meaning.tags:
+                tagged.append((meaning.t_us, meaning.tags))
             if hits < belongs:
                 expected.late_for_some += 1
             pair = (meaning.device, meaning.metric)

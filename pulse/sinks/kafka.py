@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 Send = Callable[[], Awaitable[list[asyncio.Future]]]
 """Queues some records (again, when retried); returns the futures of their acks."""
 
+PARTITIONS_REMEMBERED = 100_000
+"""Devices whose aggregates partition one generation of the sink's cache holds (see
+KafkaSink): a device's partition is computed once while it keeps reporting."""
+
 
 def closed_window_json(window: ClosedWindow) -> bytes:
     """The value of an ``aggregates`` record: one JSON object, keys in this order::
@@ -69,8 +73,12 @@ class KafkaSink(Sink):
         self.dlq_topic = dlq_topic
         self._partitioner = DefaultPartitioner()
         # murmur2 in pure Python costs microseconds per record: remember each device's
-        # partition (bounded; cleared when the partition count changes or it grows too big).
+        # partition, in two generations of at most PARTITIONS_REMEMBERED devices each (a
+        # device found in the older one moves to the newer; a full newer one becomes the
+        # older, and the older is dropped), so devices that stopped reporting are forgotten
+        # and the memory stays bounded; both are cleared when the partition count changes.
         self._partition_of: dict[bytes, int] = {}
+        self._partition_of_before: dict[bytes, int] = {}
         self._partition_count = 0
 
     async def write(self, batch: FlushBatch) -> None:
@@ -124,15 +132,20 @@ class KafkaSink(Sink):
 
     async def _aggregate_sends(self, batch: FlushBatch) -> list[Send]:
         partitions = sorted(await self.producer.partitions_for(self.aggregates_topic))
-        known = self._partition_of
-        if len(partitions) != self._partition_count or len(known) > 1_000_000:
-            known.clear()
+        if len(partitions) != self._partition_count:
+            self._partition_of, self._partition_of_before = {}, {}
             self._partition_count = len(partitions)
+        if len(self._partition_of) > PARTITIONS_REMEMBERED:
+            self._partition_of_before, self._partition_of = self._partition_of, {}
+        known, before = self._partition_of, self._partition_of_before
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for key, value in aggregate_records(batch.closed):
             partition = known.get(key)
             if partition is None:
-                partition = known[key] = self._partitioner(key, partitions, partitions)
+                partition = before.get(key)
+                if partition is None:
+                    partition = self._partitioner(key, partitions, partitions)
+                known[key] = partition
             by_partition.setdefault(partition, []).append((key, value))
         return [
             functools.partial(self._send_batches, partition, records)

@@ -87,6 +87,13 @@ for under a millisecond, so that readers are not held up behind it."""
 COMMANDS_PER_ROUND_TRIP = 20_000 // KEYS_PER_CALL
 """Calls per pipelined round trip: about 20,000 keys."""
 
+DEVICE_TTL_MEMORY = 60.0
+"""Seconds the sink remembers that it set a device key's TTL (at most half the TTL): a device
+written again within them needs no TTL write. Longer than a flush by far, so a device that
+reports every few seconds gets its TTL set once a minute or two, against a write per flush;
+short enough that devices that stopped reporting (a flood of new device names) are
+forgotten, and the sink's memory stays bounded by the devices of the last minutes."""
+
 FENCE_SCRIPT = """\
 -- Pulse's fenced writes, of many keys in one call (pulse/sinks/redis.py). KEYS: per key
 -- written, the key and the hash of its versions ({key}:v, in the same cluster slot).
@@ -352,7 +359,8 @@ class RedisSink(Sink):
         # window starts there (or half a TTL later), which halves the work on that path.
         self._open_ttl_set: dict[str, tuple[int, float]] = {}
         # Device keys whose TTL was set, and when: likewise, a device's hash is rewritten on
-        # every flush with a new reading of it; entries older than half a TTL are pruned.
+        # every flush with a new reading of it; entries older than DEVICE_TTL_MEMORY (or half
+        # a TTL) are pruned.
         self._device_ttl_set: dict[str, float] = {}
         self._prune_device_ttls_at = 0.0
         self.refused = 0
@@ -408,11 +416,12 @@ class RedisSink(Sink):
         keys, ttl = self.keys, self.ttl
         now = time.monotonic()
         ttl_set = self._device_ttl_set
-        if now >= self._prune_device_ttls_at:  # forget devices not seen for half a TTL
+        if now >= self._prune_device_ttls_at:  # forget the TTLs set longer ago
+            memory = min(ttl / 2, DEVICE_TTL_MEMORY)
             self._device_ttl_set = ttl_set = {
-                device: at for device, at in ttl_set.items() if now - at <= ttl / 2
+                device: at for device, at in ttl_set.items() if now - at <= memory
             }
-            self._prune_device_ttls_at = now + ttl / 2
+            self._prune_device_ttls_at = now + memory
         # One write per device. A merged batch (a lane that fell behind) may hold several
         # values of a (device, metric): the last is the newest.
         out = _native.latest_writes(batch.latest, keys.device_prefix, ttl_set, now, ttl)
@@ -432,7 +441,7 @@ class RedisSink(Sink):
             out.append(window_hset(key, text, view.start_us, view.end_us, version))
 
         # Closed windows: a merged batch may close several windows of a series, and the one
-        # with the latest start is written; each joins its top key unless its mean is null.
+        # with the latest start is written; each joins its top key.
         out += _native.closed_window_writes(
             batch.closed, keys.closed_prefix, keys.top_prefix, WINDOW_FIELDS
         )

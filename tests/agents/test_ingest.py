@@ -19,7 +19,7 @@ from agents.ingest import process_records
 from models.reading import VALID_NAMES, Rejected, parse_reading
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
-from tests.helpers.records import T0, reading, record, records_
+from tests.helpers.records import MAX_FUTURE_US, T0, reading, record, records_
 
 S = 1_000_000
 MAX_BYTES = 4096
@@ -33,7 +33,7 @@ def one_by_one(state: PartitionState, records: list[ConsumerRecord]) -> list[Rej
         if r.offset < state.next_offset:
             continue
         try:
-            parsed = parse_reading(r.key, r.value, r.timestamp, MAX_BYTES)
+            parsed = parse_reading(r.key, r.value, r.timestamp, MAX_BYTES, MAX_FUTURE_US)
         except Rejected as exc:
             state.skip(r.offset)
             rejected.append((r.offset, exc.reason, exc.detail))
@@ -49,7 +49,7 @@ def batched(state: PartitionState, records: list[ConsumerRecord]) -> list[Reject
     def reject(r: Any, reason: str, detail: str) -> None:
         rejected.append((r.offset, reason, "" if reason == "late" else detail))
 
-    process_records(state, records, MAX_BYTES, reject)
+    process_records(state, records, MAX_BYTES, MAX_FUTURE_US, reject)
     return rejected
 
 
@@ -87,13 +87,13 @@ def test_apply_records_stops_at_each_record_it_leaves_to_the_caller() -> None:
         reading(6, ts=T0 + 5),  # late for its only window (W = T0 + 30 s)
         record(7, b"{not json"),
     ]
-    assert state.apply_records(records, 0, MAX_BYTES) == 2
+    assert state.apply_records(records, 0, MAX_BYTES, MAX_FUTURE_US) == 2
     assert (state.next_offset, state.max_t) == (2, round((T0 + 2) * S))
-    assert state.apply_records(records, 3, MAX_BYTES) == 4
-    assert state.apply_records(records, 5, MAX_BYTES) == 6
+    assert state.apply_records(records, 3, MAX_BYTES, MAX_FUTURE_US) == 4
+    assert state.apply_records(records, 5, MAX_BYTES, MAX_FUTURE_US) == 6
     assert state.watermark == round((T0 + 30) * S)
-    assert state.apply_records(records, 7, MAX_BYTES) == 7
-    assert state.apply_records(records, 8, MAX_BYTES) == 8
+    assert state.apply_records(records, 7, MAX_BYTES, MAX_FUTURE_US) == 7
+    assert state.apply_records(records, 8, MAX_BYTES, MAX_FUTURE_US) == 8
     assert state.next_offset == 6  # the records left (3, 5 and 7) were not applied
     first = state.windows[("d1", "m", 0, round(T0 * S))]
     assert first[:2] == [3, 1.5 * 3]  # offsets 0, 1 and 3 (not 2, left to the caller)
@@ -103,7 +103,7 @@ def test_apply_records_skips_records_already_applied() -> None:
     VALID_NAMES.update(d1="d1", m="m")
     state = PartitionState(parse_windows("10s"), 0, next_offset=10)
     records = [reading(8), reading(9), reading(10, value=2.0)]
-    assert state.apply_records(records, 0, MAX_BYTES) == 3
+    assert state.apply_records(records, 0, MAX_BYTES, MAX_FUTURE_US) == 3
     assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [1, 2.0]
     assert state.next_offset == 11
 
@@ -148,10 +148,10 @@ def test_an_unexpected_error_of_the_parse_dead_letters_the_record_and_goes_on(
     # the record is dead-lettered with the error, the rest applied. (Tags: the Python path.)
     import agents.ingest
 
-    def parse_with_a_bug(key: Any, value: Any, ts_ms: Any, max_bytes: int) -> Any:
+    def parse_with_a_bug(key: Any, value: Any, ts_ms: Any, max_bytes: int, future: int) -> Any:
         if b"bug" in value:
             raise ZeroDivisionError("division by zero")
-        return parse_reading(key, value, ts_ms, max_bytes)
+        return parse_reading(key, value, ts_ms, max_bytes, future)
 
     monkeypatch.setattr(agents.ingest, "parse_reading", parse_with_a_bug)
     VALID_NAMES.clear()
@@ -168,7 +168,7 @@ def test_an_error_inside_the_batch_keeps_the_offsets_of_the_records_applied() ->
     state = PartitionState(parse_windows("10s"), 0)
     records: list[Any] = [reading(0), reading(1), object()]
     with pytest.raises(AttributeError):
-        state.apply_records(records, 0, MAX_BYTES)
+        state.apply_records(records, 0, MAX_BYTES, MAX_FUTURE_US)
     assert state.next_offset == 2
     assert state.windows[("d1", "m", 0, round(T0 * S))][0] == 2
 
@@ -209,3 +209,53 @@ def test_every_key_shares_the_one_str_of_each_name() -> None:
     keys = [*state.windows, *state.latest, *state._open_per_key]
     assert len(keys) == 5 + 1 + 1  # four 10 s windows and one minute; one latest; one pair
     assert all(key[0] is device and key[1] is metric for key in keys)
+
+
+def test_a_reading_from_a_runaway_clock_is_dead_lettered_and_makes_nothing_late() -> None:
+    # One reading stamped ten years ahead once moved its partition's watermark there, and
+    # every later reading of every device of the partition was late. Now it is rejected for
+    # being more than PULSE_MAX_FUTURE ahead of its record's timestamp, on the batch path
+    # (the compact shape, through C) as on parse_reading's (tags), and moves nothing.
+    VALID_NAMES.clear()
+    ten_years = 10 * 365 * 86_400
+    records = [reading(0, ts=T0 + 1), reading(1, ts=T0 + 1 + ten_years)]
+    records.append(reading(2, ts=T0 + 2 + ten_years, tags={"site": "x"}))
+    stamp = round((T0 + 3) * 1000)  # the broker's clock, a few seconds after the readings
+    records += [
+        reading(offset, device=f"d{offset % 7}", ts=T0 + 3 + offset / 1000, timestamp=stamp)
+        for offset in range(3, 2003)
+    ]
+    state = PartitionState(parse_windows("10s,1m"), 5 * S)
+    rejected = batched(state, records)
+    assert [(offset, reason) for offset, reason, _ in rejected] == [
+        (1, "invalid_reading"),
+        (2, "invalid_reading"),
+    ]
+    assert rejected[0][2] == (
+        "'ts' 2036-11-19T02:44:01+00:00 is 315359801 s ahead of its record's timestamp "
+        "2026-11-22T02:47:20+00:00: more than PULSE_MAX_FUTURE (30 s)"
+    )
+    assert state.next_offset == 2003
+    assert state.max_t == round((T0 + 3 + 2002 / 1000) * S)
+    assert sum(w[0] for k, w in state.windows.items() if k[2] == 1) == 2001  # none late
+    VALID_NAMES.clear()
+    expected = PartitionState(parse_windows("10s,1m"), 5 * S)
+    assert one_by_one(expected, records) == rejected
+    assert everything(state) == everything(expected)
+
+
+def test_a_reading_with_one_tag_value_too_many_is_dead_lettered_and_the_rest_applied() -> None:
+    VALID_NAMES.clear()
+    state = PartitionState(parse_windows("10s"), 0, max_tag_values=2)
+    records = [
+        reading(0, ts=T0 + 1, tags={"site": "a"}),
+        reading(1, ts=T0 + 2, tags={"site": "b"}),
+        reading(2, ts=T0 + 3, tags={"site": "c"}),  # a third value in use
+        reading(3, ts=T0 + 4),
+        reading(4, ts=T0 + 5, tags={"site": "a"}),
+    ]
+    rejected = batched(state, records)
+    assert [(offset, reason) for offset, reason, _ in rejected] == [(2, "too_many_tag_values")]
+    assert rejected[0][2].startswith("tag 'site' has 2 values in use in this partition")
+    assert state.next_offset == 5
+    assert state.windows[("d1", "m", 0, round(T0 * S))][:2] == [4, 4 * 1.5]

@@ -114,8 +114,10 @@ def fakes(processor: ReadingsProcessor) -> tuple[FakeConsumer, FakeProducer]:
 def state_with_a_reading(specs: tuple[WindowSpec, ...], device: str) -> PartitionState:
     state = PartitionState(specs, 0)
     doc = {"device": device, "metric": "m", "value": 1.5, "ts": T0_US / 1e6}
-    record = ConsumerRecord(TOPIC, 0, 0, 0, 0, device.encode(), orjson.dumps(doc), None, 0, 0, ())
-    process_records(state, [record], 4096, lambda *rejected: pytest.fail(f"{rejected}"))
+    stamp = T0_US // 1000
+    value = orjson.dumps(doc)
+    record = ConsumerRecord(TOPIC, 0, 0, stamp, 0, device.encode(), value, None, 0, 0, ())
+    process_records(state, [record], 4096, 0, lambda *rejected: pytest.fail(f"{rejected}"))
     assert state.next_offset == 1
     return state
 

@@ -180,7 +180,8 @@ def assert_dead_letters(
     for letter in letters:
         original = by_position[(letter["partition"], letter["offset"])]
         assert letter["topic"] == env["PULSE_TOPIC_READINGS"]
-        assert letter["key"] == (original.key.decode() if original.key is not None else None)
+        key = original.key.decode("utf-8", "replace") if original.key is not None else None
+        assert letter["key"] == key
         assert letter["detail"]
         if original.value is None:
             assert letter["value"] is None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import random
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.reading import MAX_ABS_VALUE
 from tables.aggregators import Summary
 
 
@@ -200,10 +203,17 @@ def test_float_text_is_repr() -> None:
     assert float_text(math.nan) == "nan"
 
 
-def test_text_of_an_overflowing_sum_is_null() -> None:
-    state = run([(1, 1e300, None)])
-    state[1] = math.inf  # as if 1.8e8 readings of 1e300 had been added
-    state[0] = 2
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_no_sum_overflows_so_every_aggregate_is_a_finite_number(sign: float) -> None:
+    # Readings are within +-1e290 (models.reading.MAX_ABS_VALUE): added to any finite sum,
+    # one rounds to a finite float, so a window's sum stays finite however many it adds.
+    top = sign * sys.float_info.max
+    assert MAX_ABS_VALUE == 1e290
+    state = run([(1, sign * MAX_ABS_VALUE, None)])
+    state[1] = top  # the largest sum there is (readings stall far below it: about 1.4e306)
+    for t in range(2, 1002):
+        Summary.add(state, t, sign * MAX_ABS_VALUE, None)
+    assert state[1] == top
     text = Summary.text(state)
-    assert (text[1], text[4]) == ("null", "null")
-    assert text[2] == repr(1e300)
+    assert all(math.isfinite(float(x)) for x in text)
+    assert (text[1], text[4]) == (repr(top), repr(top / 1001))

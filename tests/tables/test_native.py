@@ -163,11 +163,17 @@ for windows in ("10s,1m", "30s/10s,sliding:20s"):
                 record.value = orjson.dumps({**doc, "value": int(doc["value"])})
             elif number % 13 == 6:
                 record.value = record.value[:-1]
+            elif number % 17 == 8:  # 60 s ahead of its record's timestamp: too far
+                record.timestamp -= 60_000
+            elif number % 19 == 9:  # a repeated member
+                record.value = record.value[:-1] + b',"value":1.0}'
+            elif number % 23 == 10:  # a ':' in a string
+                record.value = orjson.dumps({**doc, "unit": "m:s"})
         state = PartitionState(parse_windows(windows), 2_000_000)
         rejected = []
         reject = lambda record, *why: rejected.append(why)
         for begin in range(0, len(records), 250):
-            process_records(state, records[begin : begin + 250], 4096, reject)
+            process_records(state, records[begin : begin + 250], 4096, 30_000_000, reject)
             drained = state.drain(snapshot=begin % 2000 == 0, spread_us=3_000_000)
             batch = FlushBatch.of([drained], [])
             for part in (drained, sink._commands(batch), aggregate_records(batch.closed),

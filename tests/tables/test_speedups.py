@@ -38,7 +38,7 @@ from tables.aggregators import QuantileSketch, Summary
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
 from tests.helpers.json_texts import hand_written_json
-from tests.helpers.records import records_
+from tests.helpers.records import MAX_FUTURE_US, records_
 
 pytestmark = pytest.mark.skipif(
     not _native.IN_C, reason="the C extension is not in use (PULSE_NO_EXTENSIONS, or not built)"
@@ -89,16 +89,16 @@ def test_the_extension_and_the_definitions_have_the_same_functions_and_signature
 # -- generated values -----------------------------------------------------------------------------
 
 EDGES = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1e-9, -1e-9, 1.0000001e-9]
-EDGES += [1e-3, 0.1, 0.5, 1.0, 1e15, 2.0**53, 1e300, -1e300, 1.7976931348623157e308]
+EDGES += [1e-3, 0.1, 0.5, 1.0, 1e15, 2.0**53, 1e290, -1e290, 1e300, 1.7976931348623157e308]
 finite = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from(EDGES),
-    st.floats(min_value=1e290, max_value=1e300),  # sums of a few overflow
-    st.floats(min_value=-1e300, max_value=-1e290),
+    st.floats(min_value=1e280, max_value=1e300),  # the largest readings, and beyond them
+    st.floats(min_value=-1e300, max_value=-1e280),
     st.floats(-1e-300, 1e-300),  # subnormals and the zero bucket
     st.floats(-100, 100).map(lambda x: round(x, 2)),  # readings as sensors write them
 )
-reading_values = finite.filter(lambda x: abs(x) <= 1e300)
+reading_values = finite.filter(lambda x: abs(x) <= 1e290)  # models.reading.MAX_ABS_VALUE
 tags: st.SearchStrategy[dict[str, str] | None] = st.one_of(
     st.none(), st.just({}), st.dictionaries(st.sampled_from(["site", "z"]), st.text())
 )
@@ -149,8 +149,9 @@ def test_summaries_and_their_text(readings: list[tuple[int, float, Any]]) -> Non
 def test_summary_text_of_any_state(
     count: int, total: float, values: list[float], sketch: dict[int, int]
 ) -> None:
-    # States as the changelog could hold them: an overflowed sum, an empty sketch, a count
-    # that disagrees with the sketch, zero and negative buckets (keys past NEGATIVE).
+    # States as a corrupt changelog could hold them: a sum beyond the floats (no reading
+    # makes one), an empty sketch, a count that disagrees with the sketch, zero and negative
+    # buckets (keys past NEGATIVE).
     low, high, first, last, extra = values
     sketch = {**sketch, **({QuantileSketch.key(extra): 2} if extra else {})}
     state = [count, total, low, high, 1, first, 2, last, None, sketch]
@@ -300,7 +301,7 @@ def test_the_worker_steps_call_both_sides_alike(
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     flushes = iter(drains * (len(records) // chunk + 2))
     for begin in range(0, len(records) + 1, chunk):
-        process_records(state, records[begin : begin + chunk], 4096, lambda *_: None)
+        process_records(state, records[begin : begin + chunk], 4096, MAX_FUTURE_US, lambda *_: None)
         how = next(flushes)
         if how == "idle":
             state.advance_idle(state.watermark + 20 * S)
@@ -339,10 +340,10 @@ windows_ = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(closed=st.lists(windows_, max_size=8), overflow=st.booleans())
-def test_closed_window_outputs(closed: list[ClosedWindow], overflow: bool) -> None:
-    if overflow and closed:  # a sum beyond the floats: null sum and mean, no top member
-        closed[0].state[1] = math.inf
+@given(closed=st.lists(windows_, max_size=8), largest=st.booleans())
+def test_closed_window_outputs(closed: list[ClosedWindow], largest: bool) -> None:
+    if largest and closed:  # the largest sum a window can hold: written as any other
+        closed[0].state[1] = -1.7976931348623157e308
         closed[0] = closed[0]._replace(text=Summary.text(closed[0].state))
     same("aggregate_records", closed, closed_window_json)
     same("line_protocol_lines", closed, line_protocol)
@@ -485,25 +486,43 @@ DOCUMENT = {"device": "dev-1", "metric": "t", "value": 1.5, "ts": 1795315444.25}
     ),
     key=st.sampled_from([b"dev-1", b"dev-2", b"t", b"", None]),
     max_bytes=st.sampled_from([4096, 30]),
+    timestamp=st.one_of(
+        st.integers(1_795_315_400_000, 1_795_315_500_000),  # around DOCUMENT's ts
+        st.integers(-(2**64), 2**64),
+        st.sampled_from([None, -1, 0, 4 * 10**12, 4 * 10**12 + 1, 2**63 - 1, 2**63, 1.5e12]),
+    ),
+    max_future_us=st.one_of(
+        st.sampled_from([0, 30_000_000, 2**63 - 1]),
+        st.integers(0, 10**8),
+        st.sampled_from([-1, 2**63, 1.5]),  # ValueError, OverflowError, TypeError
+    ),
 )
 def test_apply_common_parses_like_the_definition(
-    value: bytes, key: bytes | None, max_bytes: int
+    value: bytes, key: bytes | None, max_bytes: int, timestamp: Any, max_future_us: Any
 ) -> None:
     # apply_common's C scans the common reading's JSON by hand (orjson only when unsure):
-    # it must take and refuse exactly the records the Python definition does.
+    # it must take and refuse exactly the records the Python definition does, also by how
+    # far ahead of its record's timestamp (any int, or none) a reading is.
     VALID_NAMES.update({"dev-1": "dev-1", "dev-2": "dev-2", "t": "t", "temperature": "temperature"})
-    applied_alike(key, value, max_bytes)
+    applied_alike(key, value, max_bytes, timestamp, max_future_us)
 
 
-def applied_alike(key: bytes | None, value: bytes, max_bytes: int) -> tuple[Any, ...]:
+def applied_alike(
+    key: bytes | None,
+    value: bytes,
+    max_bytes: int,
+    timestamp: Any = 1_795_315_444_250,
+    max_future_us: Any = 30_000_000,
+) -> tuple[Any, ...]:
     """apply_common on a fresh partition's state and one record, on both sides (see same)."""
-    record = ConsumerRecord("readings", 0, 7, 0, 0, key, value, None, 0, 0, ())
+    record = ConsumerRecord("readings", 0, 7, timestamp, 0, key, value, None, 0, 0, ())
     no_time = partition_state.NO_WATERMARK
     return same(
         "apply_common",
         [record],
         0,
         max_bytes,
+        max_future_us,
         VALID_NAMES,
         orjson.loads,
         ((0, 10 * S, 10 * S),),
@@ -527,8 +546,10 @@ def test_the_common_reading_is_applied_alike() -> None:
     position = [0, partition_state.NO_WATERMARK, partition_state.NO_WATERMARK]
     latest: dict[Any, Any] = {}
     value = orjson.dumps(DOCUMENT)
-    record = ConsumerRecord("readings", 0, 7, 0, 0, b"dev-1", value, None, 0, 0, ())
+    stamp = 1_795_315_444_250 - 30_000  # the ts is exactly PULSE_MAX_FUTURE ahead of it
+    record = ConsumerRecord("readings", 0, 7, stamp, 0, b"dev-1", value, None, 0, 0, ())
     args: tuple[Any, ...] = (
+        30_000_000,
         VALID_NAMES,
         orjson.loads,
         ((0, 10 * S, 10 * S),),
@@ -542,3 +563,26 @@ def test_the_common_reading_is_applied_alike() -> None:
     assert c.apply_common([record], 0, 4096, *args, {}, set(), {}, latest, set()) == 1
     assert latest == {("dev-1", "t"): (1795315444250000, 1.5)}
     assert position == [8, 1795315444250000, 1795315444250000]
+
+
+@pytest.mark.parametrize(
+    ("ts", "stamp", "taken"),
+    [
+        (1795315444.25, 1_795_315_414_250, True),  # exactly PULSE_MAX_FUTURE ahead
+        (1795315444.250001, 1_795_315_414_250, False),  # a microsecond more
+        (1795315444.25, 1_795_315_414_249, False),
+        (1795315444.25, 1_795_315_444_250 - 10 * 365 * 86_400_000, False),  # ten years
+        (1795315444.25, None, False),  # no timestamp to hold it to
+        (1795315444.25, -1, False),
+    ],
+)
+def test_a_reading_too_far_ahead_of_its_record_is_left_on_both_sides(
+    ts: float, stamp: int | None, taken: bool
+) -> None:
+    # The batch path takes a reading at most PULSE_MAX_FUTURE ahead of its record's
+    # timestamp, and leaves a later one to parse_reading (which rejects it): in C as in
+    # Python, in the compact shape and through orjson.
+    VALID_NAMES.update({"dev-1": "dev-1", "t": "t"})
+    doc = {**DOCUMENT, "ts": ts}
+    for value in (orjson.dumps(doc), orjson.dumps(doc, option=orjson.OPT_INDENT_2)):
+        assert applied_alike(b"dev-1", value, 4096, stamp) == ("returned", 1 if taken else 0)

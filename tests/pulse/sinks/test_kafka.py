@@ -11,6 +11,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 
 from models.outputs import ClosedWindow, DeadLetter
+from pulse.sinks import kafka as kafka_sink
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.kafka import KafkaSink, closed_window_json
 from tables.aggregators import Summary
@@ -186,3 +187,26 @@ def test_a_bug_is_not_retried() -> None:
 
 async def no_sleep(delay: float) -> None:
     pass
+
+
+def test_the_partitions_of_devices_that_stopped_reporting_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A flood of new device names must not grow the sink's cache of partitions without end:
+    # it keeps two generations of at most PARTITIONS_REMEMBERED devices, and a device that
+    # keeps reporting stays in the newer one.
+    monkeypatch.setattr(kafka_sink, "PARTITIONS_REMEMBERED", 10)
+    sink = KafkaSink(cast(Any, None), "aggregates", "dlq")
+    sink.producer = cast(Any, FlakyProducer({}))
+    for flush in range(30):
+        devices = ["dev-steady", *(f"dev-{flush}-{i}" for i in range(4))]
+        batch = FlushBatch(closed=[window()._replace(device=d) for d in devices])
+        asyncio.run(sink.write(batch))
+        remembered = {**sink._partition_of_before, **sink._partition_of}
+        assert len(remembered) <= 2 * (10 + len(devices))
+        assert b"dev-0-0" not in remembered or flush < 6
+        assert sink._partition_of[b"dev-steady"] == sink._partitioner(
+            b"dev-steady", [0, 1, 2], [0, 1, 2]
+        )
+    for key, partition in {**sink._partition_of_before, **sink._partition_of}.items():
+        assert partition == sink._partitioner(key, [0, 1, 2], [0, 1, 2])

@@ -4,7 +4,8 @@ outage), and its fenced writes on a real Redis (a late write never regresses wha
 from __future__ import annotations
 
 import asyncio
-import math
+import itertools
+import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -319,9 +320,11 @@ def closed(
 
 
 def test_closed_window_writes() -> None:
-    overflowed = closed("dev-3", "temperature", "10s", 0, [1e300, 1e300])
-    overflowed.state[1] = math.inf  # its sum overflowed: mean "null", no top member
-    overflowed = overflowed._replace(text=Summary.text(overflowed.state))
+    # The largest sum a window could hold (no sum overflows: models.reading.MAX_ABS_VALUE)
+    # is written as a number, and its mean scores its top member.
+    huge = closed("dev-3", "temperature", "10s", 0, [1e290, 1e290])
+    huge.state[1] = sys.float_info.max
+    huge = huge._replace(text=Summary.text(huge.state))
     kept = closed("dev-1", "temperature", "10s", 10 * S, [23.0])
     other = closed("dév-2", "temperature", "10s", 0, [0.1, 0.2])
     humidity = closed("dev-1", "humidity", "1m", 0, [40.0])._replace(text=None)  # made here
@@ -331,14 +334,14 @@ def test_closed_window_writes() -> None:
         kept,  # newer: replaces the first, in the first's place
         closed("dev-1", "temperature", "10s", 5 * S, [99.0]),  # older than the one kept
         humidity,
-        overflowed,
+        huge,
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     made = _native.closed_window_writes(
         batch, sink.keys.closed_prefix, sink.keys.top_prefix, WINDOW_FIELDS
     )
     expected = []
-    for window in (kept, other, humidity, overflowed):
+    for window in (kept, other, humidity, huge):
         key = f"pülse:closed:{window.window}:{window.device}:{window.metric}"
         expected.append(hset_of(key, Summary.text(window.state), window.start_us, window.end_us))
     mean = repr((0.1 + 0.2) / 2)
@@ -349,6 +352,7 @@ def test_closed_window_writes() -> None:
             True,
             *("10000000:1", "23.0", "dev-1"),
             *("0:2", mean, "dév-2"),
+            *("0:2", repr(sys.float_info.max / 2), "dev-3"),
         ),
         fenced("pülse:top:1m:humidity", "z", True, "0:1", "40.0", "dev-1"),
     ]
@@ -500,6 +504,36 @@ def test_a_device_key_gets_its_ttl_once_per_half_ttl(monkeypatch: pytest.MonkeyP
     clock[0] += 100.0
     assert flush("dev-2") == [keys[2]]
     assert set(sink._device_ttl_set) == {"dev-2"}
+
+
+def test_devices_that_stopped_reporting_are_forgotten_within_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With a day's TTL the sink still forgets a device it set the TTL of more than
+    # DEVICE_TTL_MEMORY ago: a flood of new device names leaves it the last minutes' devices,
+    # and a device that keeps reporting gets its TTL set again once in a while.
+    assert redis_sink.DEVICE_TTL_MEMORY == 60.0
+    clock = [1000.0]
+    monkeypatch.setattr(redis_sink.time, "monotonic", lambda: clock[0])
+    sink = RedisSink("redis://127.0.0.1:1", "p", ttl_seconds=86_400)
+
+    def flush(*devices: str) -> list[bytes]:
+        batch = FlushBatch(latest=[Latest(device, "temp", 1 * S, 1.0, 0) for device in devices])
+        calls = sink._commands(batch)
+        return [key for call in calls for key, _, refresh, _ in writes_in(call) if refresh == b"1"]
+
+    steady_set_at = []
+    for step in range(120):  # ten minutes, a flush every 5 s
+        new = [f"new-{step}-{i}" for i in range(3)]
+        refreshed = flush("steady", *new)
+        assert set(refreshed) - {b"p:device:steady"} == {f"p:device:{d}".encode() for d in new}
+        if b"p:device:steady" in refreshed:
+            steady_set_at.append(clock[0])
+        assert len(sink._device_ttl_set) <= 1 + 3 * (2 * 60 // 5 + 1)  # two minutes' worth
+        clock[0] += 5.0
+    assert steady_set_at[0] == 1000.0
+    assert {b - a for a, b in itertools.pairwise(steady_set_at)} == {120.0}
+    assert "new-0-0" not in sink._device_ttl_set
 
 
 # -- fenced writes on a real Redis ------------------------------------------------------------
