@@ -51,7 +51,7 @@ MAX_FUTURE_US = 30_000_000
 """PULSE_MAX_FUTURE's default: a reading more than 30 s ahead of its record's timestamp is
 left to parse_reading (dead-lettered), on both sides."""
 RECORD_TIMESTAMP_MS = 1_800_000_000_000
-"""Every record's broker timestamp (2027-01-15): the seeds' readings are behind it, so they
+"""Every record's broker timestamp, in epoch ms: the seeds' readings are behind it, so they
 take the common path, and a fuzzed ts far ahead of it takes the future rule's."""
 
 KNOWN_NAMES = (
