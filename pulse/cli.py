@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import click
@@ -27,15 +28,9 @@ def _kafka_options(settings: Settings) -> dict[str, Any]:
 
     try:
         options = client_options(settings)
-        loop = asyncio.new_event_loop()  # not asyncio.run: Faust's worker wants the loop unset
-        try:
-            loop.run_until_complete(check_connection(settings))
-        finally:
-            loop.close()
     except SettingsError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
-    except KafkaConnectError as exc:
-        raise click.ClickException(str(exc)) from None
+    _connect_once(check_connection(settings), KafkaConnectError)
     return options
 
 
@@ -45,15 +40,21 @@ def _check_redis(settings: Settings) -> None:
     or a wrong password stops here with one message saying which."""
     from pulse.redis_clients import RedisConnectError, check_connection
 
+    _connect_once(check_connection(settings), RedisConnectError)
+
+
+def _connect_once(check: Coroutine[Any, Any, None], refused: type[Exception]) -> None:
+    """Run a connection check; a bad setting or a refused connection stops the command with
+    one message (no traceback)."""
     try:
         loop = asyncio.new_event_loop()  # not asyncio.run: Faust's worker wants the loop unset
         try:
-            loop.run_until_complete(check_connection(settings))
+            loop.run_until_complete(check)
         finally:
             loop.close()
     except SettingsError as exc:
         raise click.ClickException(f"bad configuration: {exc}") from None
-    except RedisConnectError as exc:
+    except refused as exc:
         raise click.ClickException(str(exc)) from None
 
 
