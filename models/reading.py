@@ -118,7 +118,7 @@ def parse_reading(
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise Rejected("invalid_json", f"not valid JSON: {exc}") from None
-    if value.count(b":") != _members(doc):  # a ':' in a string, or a member name repeated
+    if _may_repeat_a_member(value, doc):
         repeated = _repeated_member(value)
         if repeated is not None:
             raise Rejected(
@@ -237,21 +237,39 @@ def _check_tags(tags: object) -> dict[str, str] | None:
     return tags or None
 
 
-def _members(doc: object) -> int:
-    """The members of every object in a parsed JSON document (iteratively: JSON nests up to
-    1,024 deep, deeper than Python's recursion)."""
-    count = 0
+def _may_repeat_a_member(text: bytes, doc: object) -> bool:
+    """False when no object of ``text`` (valid JSON, parsed as ``doc``) repeats a member
+    name, found by counting: each member of the text has one ':' outside strings, so without
+    escapes (with which the text's strings are their decoded values byte for byte) the text's
+    ':' are its members plus the ':' in the strings of ``doc``, which has one member per
+    name. With an escape anywhere, only a text with no ':' in its strings is counted."""
+    members = strings = 0
     pending = [doc]
-    while pending:
+    while pending:  # iteratively: JSON nests up to 1,024 deep, deeper than Python's recursion
         item = pending.pop()
         if item.__class__ is dict:
             assert isinstance(item, dict)
-            count += len(item)
-            pending += [v for v in item.values() if v.__class__ is dict or v.__class__ is list]
+            members += len(item)
+            for key, value in item.items():
+                strings += key.count(":")
+                if value.__class__ is str:
+                    strings += value.count(":")
+                elif value.__class__ is dict or value.__class__ is list:
+                    pending.append(value)
         elif item.__class__ is list:
             assert isinstance(item, list)
-            pending += [v for v in item if v.__class__ is dict or v.__class__ is list]
-    return count
+            for value in item:
+                if value.__class__ is str:
+                    strings += value.count(":")
+                elif value.__class__ is dict or value.__class__ is list:
+                    pending.append(value)
+        elif item.__class__ is str:
+            assert isinstance(item, str)
+            strings += item.count(":")
+    colons = text.count(b":")
+    if b"\\" in text:
+        return colons != members
+    return colons != members + strings
 
 
 def _repeated_member(text: bytes) -> str | None:
@@ -271,7 +289,7 @@ def _repeated_member(text: bytes) -> str | None:
         elif first == 0x3A:  # ':' after a member name
             names = objects[-1]
             assert names is not None
-            decoded = orjson.loads(name)
+            decoded = orjson.loads(name) if b"\\" in name else name[1:-1].decode()
             if decoded in names:
                 return str(decoded)
             names.add(decoded)
