@@ -239,37 +239,23 @@ def _check_tags(tags: object) -> dict[str, str] | None:
 
 def _may_repeat_a_member(text: bytes, doc: object) -> bool:
     """False when no object of ``text`` (valid JSON, parsed as ``doc``) repeats a member
-    name, found by counting: each member of the text has one ':' outside strings, so without
-    escapes (with which the text's strings are their decoded values byte for byte) the text's
-    ':' are its members plus the ':' in the strings of ``doc``, which has one member per
-    name. With an escape anywhere, only a text with no ':' in its strings is counted."""
-    members = strings = 0
-    pending = [doc]
-    while pending:  # iteratively: JSON nests up to 1,024 deep, deeper than Python's recursion
-        item = pending.pop()
-        if item.__class__ is dict:
-            assert isinstance(item, dict)
-            members += len(item)
-            for key, value in item.items():
-                strings += key.count(":")
-                if value.__class__ is str:
-                    strings += value.count(":")
-                elif value.__class__ is dict or value.__class__ is list:
-                    pending.append(value)
-        elif item.__class__ is list:
-            assert isinstance(item, list)
-            for value in item:
-                if value.__class__ is str:
-                    strings += value.count(":")
-                elif value.__class__ is dict or value.__class__ is list:
-                    pending.append(value)
-        elif item.__class__ is str:
-            assert isinstance(item, str)
-            strings += item.count(":")
+    name, found by counting ':'. Each member of the text has one outside its strings, and
+    ``doc`` (or its JSON as orjson writes it, one member per name) has each name once: so a
+    text with as many ':' as ``doc`` and its tags have members repeats none, and a text
+    without escapes (whose strings are then their decoded values byte for byte) repeats none
+    when it has as many ':' as orjson's JSON of ``doc``. Anything else may."""
     colons = text.count(b":")
+    if doc.__class__ is dict:
+        assert isinstance(doc, dict)
+        tags = doc.get("tags")
+        if colons == len(doc) + (len(tags) if tags.__class__ is dict else 0):
+            return False
     if b"\\" in text:
-        return colons != members
-    return colons != members + strings
+        return True
+    try:
+        return colons != orjson.dumps(doc).count(b":")
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return True
 
 
 def _repeated_member(text: bytes) -> str | None:
