@@ -118,7 +118,7 @@ def parse_reading(
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise Rejected("invalid_json", f"not valid JSON: {exc}") from None
-    if value.count(b":") != _members(doc):  # a ':' in a string, or a member name repeated
+    if _may_repeat_a_member(value, doc):
         repeated = _repeated_member(value)
         if repeated is not None:
             raise Rejected(
@@ -237,21 +237,25 @@ def _check_tags(tags: object) -> dict[str, str] | None:
     return tags or None
 
 
-def _members(doc: object) -> int:
-    """The members of every object in a parsed JSON document (iteratively: JSON nests up to
-    1,024 deep, deeper than Python's recursion)."""
-    count = 0
-    pending = [doc]
-    while pending:
-        item = pending.pop()
-        if item.__class__ is dict:
-            assert isinstance(item, dict)
-            count += len(item)
-            pending += [v for v in item.values() if v.__class__ is dict or v.__class__ is list]
-        elif item.__class__ is list:
-            assert isinstance(item, list)
-            pending += [v for v in item if v.__class__ is dict or v.__class__ is list]
-    return count
+def _may_repeat_a_member(text: bytes, doc: object) -> bool:
+    """False when no object of ``text`` (valid JSON, parsed as ``doc``) repeats a member
+    name, found by counting ':'. Each member of the text has one outside its strings, and
+    ``doc`` (or its JSON as orjson writes it, one member per name) has each name once: so a
+    text with as many ':' as ``doc`` and its tags have members repeats none, and a text
+    without escapes (whose strings are then their decoded values byte for byte) repeats none
+    when it has as many ':' as orjson's JSON of ``doc``. Anything else may."""
+    colons = text.count(b":")
+    if doc.__class__ is dict:
+        assert isinstance(doc, dict)
+        tags = doc.get("tags")
+        if colons == len(doc) + (len(tags) if tags.__class__ is dict else 0):
+            return False
+    if b"\\" in text:
+        return True
+    try:
+        return colons != orjson.dumps(doc).count(b":")
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return True
 
 
 def _repeated_member(text: bytes) -> str | None:
@@ -271,7 +275,7 @@ def _repeated_member(text: bytes) -> str | None:
         elif first == 0x3A:  # ':' after a member name
             names = objects[-1]
             assert names is not None
-            decoded = orjson.loads(name)
+            decoded = orjson.loads(name) if b"\\" in name else name[1:-1].decode()
             if decoded in names:
                 return str(decoded)
             names.add(decoded)

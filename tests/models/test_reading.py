@@ -327,6 +327,12 @@ def test_non_finite_value_is_not_json(literal: bytes, field: bytes) -> None:
         (b'{"device":"dev-0042","metric":"m","value":1,"\\u0076alue":2}', "value"),  # escaped
         (b'{"device":"dev-0042","metric":"m","value":1,"tags":{"s":"a","s":"b"}}', "s"),
         (b'{"device":"dev-0042","metric":"m","value":1,"x":[{"a:b":1,"a:b":2}]}', "a:b"),
+        # beside the ':' of a time, and beside an escaped ':' (which one more member hides)
+        (
+            b'{"device":"dev-0042","metric":"m","ts":"2026-11-22T10:04:04Z","value":1,"value":2}',
+            "value",
+        ),
+        (b'{"device":"dev-0042","metric":"m","note":"\\u003a","value":1,"value":2}', "value"),
     ],
 )
 def test_a_repeated_member_name_is_rejected(value: bytes, name: str) -> None:
