@@ -194,6 +194,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
     Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
     Variable(
+        "PULSE_TOPIC_OUTPUT_DLQ",
+        "aggregates-dlq",
+        "Dead-letter topic for outputs their target refused for their content (a line "
+        "InfluxDB will not take, a record Kafka refuses as too large), each with the "
+        "target's answer.",
+        _name,
+    ),
+    Variable(
         "PULSE_REDIS_PREFIX",
         "pulse",
         "Prefix of every Redis key Pulse writes (no braces: a key's versions are in its "
@@ -352,6 +360,7 @@ class Settings:
     topic_readings: str
     topic_aggregates: str
     topic_dlq: str
+    topic_output_dlq: str
     redis_prefix: str
     state_ttl: int
     flush_interval: float

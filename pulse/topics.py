@@ -21,7 +21,8 @@ the latest snapshot and every delta after it with room to spare."""
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create the readings, aggregates, dead-letter and changelog topics that are missing.
+    """Create the readings, aggregates, both dead-letter and the changelog topics that are
+    missing.
 
     Configs are set explicitly (some brokers report only explicit configs). The changelog gets
     exactly as many partitions as ``readings`` (its partition p holds input partition p's
@@ -40,6 +41,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             settings.topic_readings: (readings_partitions, {"retention.ms": WEEK_MS}),
             settings.topic_aggregates: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.topic_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
+            settings.topic_output_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.changelog_topic: (
                 readings_partitions,
                 {"retention.ms": CHANGELOG_RETENTION_MS, "cleanup.policy": "delete"},

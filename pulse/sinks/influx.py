@@ -17,10 +17,17 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
-from models.outputs import ClosedWindow
+from models.outputs import ClosedWindow, RefusedOutput
 from pulse.sinks._base import FlushBatch, Sink
-from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
+from pulse.sinks._retry import (
+    ContentRefused,
+    RefusedByTarget,
+    RetryLater,
+    parse_retry_after,
+    retry_forever,
+)
 from pulse.sinks._text import aggregate_text
+from pulse.sinks.dead_letters import OutputDeadLetters
 from tables import _native
 from tables.aggregators import Summary
 
@@ -64,12 +71,45 @@ def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
     return _native.line_protocol_lines(closed, line_protocol)
 
 
+BACKPRESSURE_STATUSES = frozenset({408, 429})
+"""Besides every 5xx: answers that mean "later" (Retry-After honoured)."""
+CONTENT_STATUSES = frozenset({400, 413, 422})
+"""Answers that refuse what was sent: InfluxDB 2 answers 400 for a line it cannot parse
+(rejecting the request), 422 when it dropped some points (a field type conflict, a point
+outside the retention; it wrote the others), 413 for a request too large."""
+
+
 class InfluxSink(Sink):
+    """Closed windows to InfluxDB 2's ``/api/v2/write``, each request retried until written.
+
+    Every answer is sorted (pulse/sinks/_retry.py): 429 and 5xx (and connection errors) are
+    backpressure, waited out; 400, 413 and 422 refuse the content: the request is split in
+    halves until each refused line is alone (the lines of a half that goes through are
+    written; a repeat of a line InfluxDB already took is an identical point), and each such
+    line goes to the output dead-letter topic with InfluxDB's answer; after a 413 this
+    sink's requests stay at most half as long. Any other refusal (401, 403, a missing bucket's
+    404) is the client's: kept, retried with backoff, shown in :attr:`health`.
+    """
+
     name = "influx"
 
-    def __init__(self, url: str, token: str, org: str, bucket: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        org: str,
+        bucket: str,
+        dead_letters: OutputDeadLetters | None = None,
+    ) -> None:
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
+        self.dead_letters = dead_letters
         self.client: InfluxDBClientAsync | None = None
+        self.lines_per_request = LINES_PER_REQUEST
+
+    @property
+    def target(self) -> str:
+        """Where the lines go, for logs and dead letters (no token)."""
+        return f"InfluxDB {self.url} bucket {self.bucket}"
 
     async def start(self) -> None:
         self.client = InfluxDBClientAsync(
@@ -85,26 +125,57 @@ class InfluxSink(Sink):
         if not batch.closed:
             return
         lines = line_protocol_lines(batch.closed)
-        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        await self.write_lines(lines, [window.device.encode() for window in batch.closed])
 
-        async def post(begin: int) -> None:
+    async def write_lines(self, lines: Sequence[str], keys: Sequence[bytes | None]) -> None:
+        """Write ``lines`` (``keys[i]``: the device of ``lines[i]``, for its dead letter);
+        returns once every line is written or, refused for its content, dead-lettered."""
+        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        refused: list[RefusedOutput] = []
+
+        async def post(begin: int, end: int) -> None:
             async with slots:  # a body is built only when its request can go out
-                body = "\n".join(lines[begin : begin + LINES_PER_REQUEST])
-                await retry_forever(
-                    "influx write",
-                    lambda: self._post(body),
-                    (aiohttp.ClientError, asyncio.TimeoutError, OSError),
-                )
+                body = "\n".join(lines[begin:end])
+                try:
+                    await retry_forever(
+                        "influx write",
+                        lambda: self._post(body),
+                        (aiohttp.ClientError, asyncio.TimeoutError, OSError),
+                        self.health,
+                    )
+                    return
+                except ContentRefused as exc:
+                    answer = exc
+            if end - begin == 1:
+                refused.append(self._refused(answer.answer, keys[begin], lines[begin]))
+                return
+            if answer.too_large:
+                self.lines_per_request = min(self.lines_per_request, max((end - begin) // 2, 1))
+            middle = (begin + end) // 2
+            requests.create_task(post(begin, middle))
+            requests.create_task(post(middle, end))
 
         # Each request is retried on its own until it is written (points are idempotent, so
         # their order does not matter); a bug in one cancels the others and propagates as
         # itself, as from the other sinks, not wrapped in the task group's ExceptionGroup.
         try:
             async with asyncio.TaskGroup() as requests:
-                for begin in range(0, len(lines), LINES_PER_REQUEST):
-                    requests.create_task(post(begin))
+                step = self.lines_per_request
+                for begin in range(0, len(lines), step):
+                    requests.create_task(post(begin, min(begin + step, len(lines))))
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        if refused:
+            refused.sort(key=lambda letter: letter.output)  # the same order whatever the timing
+            await self._dead_letters().store(refused, self.health)
+
+    def _refused(self, answer: str, key: bytes | None, line: str) -> RefusedOutput:
+        return self._dead_letters().refused(self.name, self.target, answer, key, line.encode())
+
+    def _dead_letters(self) -> OutputDeadLetters:
+        if self.dead_letters is None:
+            raise RuntimeError("InfluxSink: a refused line, and no output dead-letter topic")
+        return self.dead_letters
 
     async def _post(self, body: str) -> None:
         assert self.client is not None, "start() the sink first"
@@ -116,10 +187,20 @@ class InfluxSink(Sink):
                 write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
-            # Nothing is dropped: 429/503 are backpressure; any other refusal (bad token,
-            # missing bucket, type conflict) is an operator's problem, retried until fixed.
-            headers: Any = exc.headers or {}
-            raise RetryLater(
-                f"HTTP {exc.status} {exc.reason}: {(exc.body or '')[:200]}",
-                parse_retry_after(headers.get("Retry-After")),
-            ) from None
+            raise refusal(exc.status, exc.reason, exc.body, exc.headers) from None
+
+
+def refusal(
+    status: int | None, reason: str | None, body: str | bytes | None, headers: Any
+) -> Exception:
+    """The exception of pulse/sinks/_retry.py that InfluxDB's answer ``status`` means."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    answer = f"HTTP {status} {reason or ''}".rstrip() + (f": {body.strip()}" if body else "")
+    code = status or 0
+    if code >= 500 or code in BACKPRESSURE_STATUSES or code == 0:
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        return RetryLater(answer[:500], retry_after)
+    if code in CONTENT_STATUSES:
+        return ContentRefused(answer, too_large=code == 413)
+    return RefusedByTarget(answer[:500])

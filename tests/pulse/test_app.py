@@ -38,7 +38,13 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     assert [type(child).__name__ for child in app._children] == ["ReadingsProcessor"]
     assert app._children[0] is processor
     assert list(app.agents) == ["dead-letter-monitor"]
-    assert sorted(app.web.views) == ["/", "/health", "/state/{device}", "/top/{window}/{metric}"]
+    assert sorted(app.web.views) == [
+        "/",
+        "/health",
+        "/metrics",
+        "/state/{device}",
+        "/top/{window}/{metric}",
+    ]
     # Each app gets agents of its own.
     another = create_app(Settings.from_env({}))
     assert another.pulse_processor is not processor  # type: ignore[attr-defined]

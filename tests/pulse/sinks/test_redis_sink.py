@@ -937,14 +937,10 @@ def test_a_key_with_more_members_than_lua_unpacks_at_once_is_written_whole(
     assert client.zscore(top, "dev-9999") == 9999.5
     assert client.hlen(f"{{{top}}}:v") == 10_000
     # Older versions for the even devices, newer for the odd ones: only the odd ones apply.
-    again = [
-        (f"9:{i}" if i % 2 == 0 else f"11:{i}", "-1.0", f"dev-{i}") for i in range(10_000)
-    ]
+    again = [(f"9:{i}" if i % 2 == 0 else f"11:{i}", "-1.0", f"dev-{i}") for i in range(10_000)]
     assert fence(client, 60, (top, "z", True, tuple(a for m in again for a in m))) == 0
-    scores = dict(client.zrange(top, 0, -1, withscores=True))
-    assert scores == {
-        f"dev-{i}".encode(): (-1.0 if i % 2 else i + 0.5) for i in range(10_000)
-    }
+    scores = dict(client.zrange(top, 0, -1, withscores=True))  # type: ignore[arg-type]
+    assert scores == {f"dev-{i}".encode(): (-1.0 if i % 2 else i + 0.5) for i in range(10_000)}
     assert client.hget(f"{{{top}}}:v", "dev-3") == b"11:3"
     assert client.hget(f"{{{top}}}:v", "dev-4") == b"10:4"
     assert 0 < client.ttl(top) <= 60
