@@ -32,7 +32,6 @@ from pulse.kafka_clients import client_options
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
 from pulse.sinks.dead_letters import OutputDeadLetters
-from pulse.sinks.influx import InfluxSink
 from pulse.sinks.kafka import KafkaSink
 from pulse.sinks.redis import RedisSink
 from pulse.topics import ensure_topics
@@ -79,10 +78,11 @@ class ReadingsProcessor(PartitionOwner):
         )
         self.writer.on_lost = self.partition_lost
         dead_letters = OutputDeadLetters(self.producer, s.topic_output_dlq, s.max_message_bytes)
+        # InfluxDB is written from the aggregates topic by its own writer
+        # (agents/influx_writer.py): a flush waits for Kafka and Redis only.
         self.sinks = [
             KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq, dead_letters),
             RedisSink(s.redis_url, s.redis_prefix, s.state_ttl),
-            InfluxSink(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket, dead_letters),
         ]
         for sink in self.sinks:
             await sink.start()

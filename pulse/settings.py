@@ -154,6 +154,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
     Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
     Variable(
+        "PULSE_INFLUX_WRITER",
+        "on",
+        "Whether `pulse worker` also runs the InfluxDB writer, which reads the aggregates "
+        "topic back into InfluxDB (consumer group `{PULSE_APP_ID}-influx`): `on`, or `off` "
+        "where it runs alone (`pulse influx-writer`).",
+        _choice("on", "off"),
+    ),
+    Variable(
         "PULSE_APP_ID",
         "pulse",
         "Application id: the readings consumer group, and the prefix of Pulse's internal topics.",
@@ -352,6 +360,7 @@ class Settings:
     influx_token: str = field(repr=False)
     influx_org: str
     influx_bucket: str
+    influx_writer: str
     app_id: str
     windows: tuple[WindowSpec, ...]
     grace: float

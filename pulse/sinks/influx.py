@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
-from models.outputs import ClosedWindow, RefusedOutput
+from models.outputs import AGGREGATES, ClosedWindow, RefusedOutput
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._retry import (
     ContentRefused,
@@ -46,24 +47,77 @@ def line_protocol(window: ClosedWindow) -> str:
     Device, metric, window label and tag keys are validated names that need no escaping
     (see models/reading.py and tables/windows.py); tag values are escaped.
     """
-    tags = Summary.tags(window.state)
+    return _line(
+        window.metric,
+        window.device,
+        window.window,
+        Summary.tags(window.state),
+        aggregate_text(window),
+        window.start_us // 1000,
+    )
+
+
+def _line(
+    metric: str,
+    device: str,
+    window: str,
+    tags: dict[str, str],
+    texts: Sequence[str],
+    start_ms: int,
+) -> str:
     if tags:
         tags = dict(tags)
-        tags["device"] = window.device
-        tags["window"] = window.window
+        tags["device"] = device
+        tags["window"] = window
         tag_text = ",".join(
             f"{key}={value.translate(_TAG_ESCAPES)}"
             for key, value in sorted(tags.items())
             if value  # InfluxDB has no empty tag values: an empty tag is no tag
         )
     else:
-        tag_text = f"device={window.device},window={window.window}"
-    count, total, low, high, mean, first, last, p50, p95, p99 = aggregate_text(window)
+        tag_text = f"device={device},window={window}"
+    count, total, low, high, mean, first, last, p50, p95, p99 = texts
     return (
-        f"{window.metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
-        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} "
-        f"{window.start_us // 1000}"
+        f"{metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
+        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} {start_ms}"
     )
+
+
+def record_line(value: bytes | None) -> str:
+    """The line of an ``aggregates`` record (pulse/sinks/kafka.py, closed_window_json):
+    exactly :func:`line_protocol` of its window, so that the InfluxDB writer, which reads the
+    topic back (agents/influx_writer.py), writes the points the flush wrote before.
+
+    The record holds every part of the line: the numbers as the shortest text of their
+    floats (``repr`` of the parsed float gives that text back), the count, the tags of the
+    reading that gave ``last``, and the window start in seconds (a whole number of
+    milliseconds, window steps being whole milliseconds). Raises ValueError for a value that
+    is not such a record.
+    """
+    try:
+        doc = orjson.loads(value or b"")
+        names = (doc["device"], doc["metric"], doc["window"])
+        start, tags, count = doc["start"], doc["tags"], doc["count"]
+        numbers = [doc[name] for name in AGGREGATES[1:]]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an aggregates record ({type(exc).__name__}: {exc})") from None
+    if not all(isinstance(name, str) and name for name in names):
+        raise ValueError("not an aggregates record: device, metric or window is no name")
+    if type(count) is not int or type(start) not in (int, float) or not isinstance(tags, dict):
+        raise ValueError("not an aggregates record: count, start or tags of the wrong type")
+    if not all(isinstance(v, str) for v in tags.values()):
+        raise ValueError("not an aggregates record: a tag value is not text")
+    texts = [str(count)]
+    for number in numbers:
+        if number is None:
+            texts.append("null")  # an overflowed sum or mean, written as the flush wrote it
+        elif type(number) in (int, float):
+            texts.append(repr(number))
+        else:
+            raise ValueError("not an aggregates record: an aggregate is not a number")
+    device, metric, window = names
+    start_ms = start * 1000 if type(start) is int else round(start * 1000)
+    return _line(metric, device, window, tags, texts, start_ms)
 
 
 def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
