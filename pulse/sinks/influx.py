@@ -4,11 +4,14 @@ One point per closed window: measurement = metric; tags ``device``, ``window`` a
 of the reading that gave ``last``; fields ``count`` (integer) and ``sum, min, max, mean,
 first, last, p50, p95, p99`` (floats); timestamp = window start in milliseconds. Line
 protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
+The InfluxDB writer (agents/influx_writer.py) makes each line from the window's ``aggregates``
+record (:func:`record_line`) and writes them with :class:`InfluxSink`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +86,19 @@ def _line(
     )
 
 
+_NUMBER = r"(-?[0-9][0-9.eE+-]*|null)"
+_RECORD = re.compile(
+    r'\{"device":"([^"\\]+)","metric":"([^"\\]+)","window":"([^"\\]+)",'
+    r'"start":(-?[0-9][0-9.eE+-]*),"end":-?[0-9][0-9.eE+-]*,"count":([0-9]+),'
+    + ",".join(f'"{name}":{_NUMBER}' for name in AGGREGATES[1:])
+    + r',"tags":(\{.*\})\}',
+    re.DOTALL,
+)
+"""The compact record closed_window_json writes (keys in its order, no whitespace, names as
+they are): its parts' texts are taken as they are, without parsing and formatting the
+numbers again (a sixth of the cost). Any other text goes through orjson."""
+
+
 def record_line(value: bytes | None) -> str:
     """The line of an ``aggregates`` record (pulse/sinks/kafka.py, closed_window_json):
     exactly :func:`line_protocol` of its window, so that the InfluxDB writer, which reads the
@@ -91,9 +107,28 @@ def record_line(value: bytes | None) -> str:
     The record holds every part of the line: the numbers as the shortest text of their
     floats (``repr`` of the parsed float gives that text back), the count, the tags of the
     reading that gave ``last``, and the window start in seconds (a whole number of
-    milliseconds, window steps being whole milliseconds). Raises ValueError for a value that
-    is not such a record.
+    milliseconds, window steps being whole milliseconds). The compact records Pulse writes
+    are cut into their parts' texts (:data:`_RECORD`); anything else is parsed. Raises
+    ValueError for a value that is not such a record.
     """
+    try:
+        match = _RECORD.fullmatch((value or b"").decode())
+    except UnicodeDecodeError:
+        match = None
+    if match is not None:
+        device, metric, window, start, *numbers, tags = match.groups()
+        try:
+            start_ms = int(start) * 1000 if start.lstrip("-").isdigit() else None
+            if start_ms is None:
+                start_ms = round(float(start) * 1000)
+            tag_values = {} if tags == "{}" else orjson.loads(tags)
+        except (ValueError, orjson.JSONDecodeError):
+            pass
+        else:
+            if isinstance(tag_values, dict) and all(
+                isinstance(v, str) for v in tag_values.values()
+            ):
+                return _line(metric, device, window, tag_values, numbers, start_ms)
     try:
         doc = orjson.loads(value or b"")
         names = (doc["device"], doc["metric"], doc["window"])
