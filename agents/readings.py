@@ -22,7 +22,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest import process_records
 from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
-from pulse.app import pulse_agent
+from pulse.app import pulse_agent, sink_health
 from pulse.changelog import (
     ChangelogWriter,
     transactional_producer_factory,
@@ -31,7 +31,8 @@ from pulse.changelog import (
 from pulse.kafka_clients import client_options
 from pulse.redis_clients import resp_options
 from pulse.settings import Settings
-from pulse.sinks.influx import InfluxSink
+from pulse.sinks._base import SinkHealth
+from pulse.sinks.dead_letters import OutputDeadLetters
 from pulse.sinks.kafka import KafkaSink
 from pulse.sinks.redis import RedisSink
 from pulse.topics import ensure_topics
@@ -45,9 +46,13 @@ MAX_RECORDS_PER_FETCH = 20_000
 class ReadingsProcessor(PartitionOwner):
     """Consumes ``readings`` in batches and keeps exact event-time windows per partition."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, sink_health: list[SinkHealth] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(settings, **kwargs)
         self.producer: AIOKafkaProducer | None = None
+        self.sink_health = [] if sink_health is None else sink_health
+        """Where the health of this processor's sinks is shown (see pulse.app.sink_health)."""
 
     @property
     def group_id(self) -> str:
@@ -73,13 +78,16 @@ class ReadingsProcessor(PartitionOwner):
             self.producer, s.changelog_topic, factory if transactional else None
         )
         self.writer.on_lost = self.partition_lost
+        dead_letters = OutputDeadLetters(self.producer, s.topic_output_dlq, s.max_message_bytes)
+        # InfluxDB is written from the aggregates topic by its own writer
+        # (agents/influx_writer.py): a flush waits for Kafka and Redis only.
         self.sinks = [
-            KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq),
+            KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq, dead_letters),
             RedisSink(s.redis_url, s.redis_prefix, s.state_ttl, **resp_options(s)),
-            InfluxSink(s.influx_url, s.influx_token, s.influx_org, s.influx_bucket),
         ]
         for sink in self.sinks:
             await sink.start()
+            self.sink_health.append(sink.health)
         session_ms = int(s.session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
             **client_options(s),
@@ -219,7 +227,7 @@ class ReadingsProcessor(PartitionOwner):
 @pulse_agent
 def register(app: faust.App, settings: Settings) -> None:
     """Add the readings processor to ``app`` (as ``app.pulse_processor``)."""
-    processor = ReadingsProcessor(settings)
+    processor = ReadingsProcessor(settings, sink_health(app))
     app.pulse_processor = processor  # type: ignore[attr-defined]
     # A child of the app, not an @app.service: those start only after Faust's own consumer
     # group has formed, and two group joins in a row would double the start-up time.

@@ -51,6 +51,7 @@ def pulse_env(context: BenchContext, app_id: str, idle_close: float = IDLE_CLOSE
         "PULSE_TOPIC_READINGS": context.topic,
         "PULSE_TOPIC_AGGREGATES": f"{app_id}-aggregates",
         "PULSE_TOPIC_DLQ": f"{app_id}-dlq",
+        "PULSE_TOPIC_OUTPUT_DLQ": f"{app_id}-output-dlq",
         "PULSE_REDIS_PREFIX": app_id,
         "PULSE_PARTITIONS": str(context.partitions),
         "PULSE_SESSION_TIMEOUT": str(SESSION_TIMEOUT_SECONDS),

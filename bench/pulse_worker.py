@@ -2,11 +2,12 @@
 
 ``python -m bench.pulse_worker --expected N --work-dir DIR --result-file FILE`` runs exactly
 what ``pulse worker`` runs (Faust's worker CLI on ``pulse.app:app``, configured by the
-``PULSE_*`` environment the parent sets), with one change: ``agents.readings.ReadingsProcessor``
+``PULSE_*`` environment the parent sets), with two changes: ``agents.readings.ReadingsProcessor``
 is replaced, before the app is built, by :class:`BenchProcessor`, a subclass that only
-observes. Nothing on the per-record path changes: it counts the records of each fetch, adds
-a sink that counts the closed windows (and dead letters) of each flush, and reads the clocks
-around fetches and offset commits. Every record, window, sink write, changelog delta and
+observes, and ``agents.influx_writer.InfluxWriter`` by :class:`BenchWriter`, which only makes
+itself known to it. Nothing on the per-record path changes: it counts the records of each
+fetch, adds a sink that counts the closed windows (and dead letters) of each flush, and reads
+the clocks around fetches and offset commits. Every record, window, sink write, changelog delta and
 offset commit is Pulse's own.
 
 What it measures (wall clock ``perf_counter`` and process CPU ``getrusage``, all threads),
@@ -18,8 +19,8 @@ offsets committed), the processor's sink list and ``PartitionState.advance_idle`
   ``getmany`` and the end of the partition assignment (so the group join never counts, but the
   first fetch does, as for the ceiling).
 * **caught up** C: the first offset commit that covers every fetched reading, once all ``N``
-  were fetched: every reading's effect is in Redis, VictoriaMetrics, the aggregates topic and
-  the changelog, and every window the data itself closes has been emitted (no partition has
+  were fetched: every reading's effect is in Redis, the aggregates topic and the changelog,
+  and every window the data itself closes has been emitted (no partition has
   windows waiting to be closed: while readings arrive outside catch-up, windows that end
   together close spread over ``PULSE_CLOSE_SPREAD`` of event time, so over several flushes).
 * The windows still open then (the last 10 s and 1 m window of each series, and those within
@@ -28,7 +29,13 @@ offsets committed), the processor's sink list and ``PartitionState.advance_idle`
   that raised a watermark (of a partition with open windows) to the commit of the flush that
   emitted the last of its windows is added instead.
 
-``seconds = (C - S) + the idle-close stretches after C``; ``cpu_seconds`` the same in CPU time,
+* VictoriaMetrics is written by the InfluxDB writer from the aggregates topic, after the
+  flushes: once the last window is emitted, the wait until the writer (the same process) has
+  written and committed every emitted window is added too, so the run still counts every
+  output.
+
+``seconds = (C - S) + the idle-close stretches after C + the writer's wait``; ``cpu_seconds``
+the same in CPU time,
 and ``servers_cpu_seconds`` the same in each local server's CPU time (``BENCH_SERVER_PIDS``).
 The raw interval from S to the last window, idle wait included, is in the note. The process
 stops itself (SIGTERM, Faust's graceful shutdown) once no partition has an open window left
@@ -47,7 +54,7 @@ import signal
 import time
 from typing import Any
 
-from agents import readings
+from agents import influx_writer, readings
 from bench.measure import (
     RunResult,
     cpu_spent,
@@ -190,6 +197,17 @@ class BenchProcessor(readings.ReadingsProcessor):
 
     def _finish(self) -> None:
         self._finished = True
+        self.add_future(self._finish_after_influx(_clock()))
+
+    async def _finish_after_influx(self, emitted: Clock) -> None:
+        """Once the InfluxDB writer has written every emitted window: the result, then stop."""
+        while _writer is None or _writer.written < self.windows_emitted:
+            await asyncio.sleep(0.02)
+        now = _clock()
+        self._tail_wall += now[0] - emitted[0]
+        self._tail_cpu += now[1] - emitted[1]
+        for name, spent in cpu_spent(emitted[2], now[2]).items():
+            self._tail_servers[name] += spent
         assert self._start is not None and self._caught_up is not None
         start, caught, last = self._start, self._caught_up, self._last_emit or self._caught_up
         seconds = caught[0] - start[0] + self._tail_wall
@@ -220,7 +238,17 @@ class BenchProcessor(readings.ReadingsProcessor):
 
 
 _processor: BenchProcessor | None = None
+_writer: BenchWriter | None = None
 _advance_idle = PartitionState.advance_idle
+
+
+class BenchWriter(influx_writer.InfluxWriter):
+    """The InfluxDB writer, made known to BenchProcessor (it reads ``written``)."""
+
+    async def on_start(self) -> None:
+        global _writer
+        await super().on_start()
+        _writer = self
 
 
 def _observed_advance_idle(self: PartitionState, floor_us: int) -> None:
@@ -242,6 +270,7 @@ def main() -> None:
     # create_app() discovers agents.readings, whose register() builds
     # ``readings.ReadingsProcessor(settings)``: it gets this one.
     readings.ReadingsProcessor = BenchProcessor  # type: ignore[misc]
+    influx_writer.InfluxWriter = BenchWriter  # type: ignore[misc]
     PartitionState.advance_idle = _observed_advance_idle  # type: ignore[method-assign]
 
     from pulse.cli import main as pulse_cli

@@ -109,6 +109,54 @@ class DeadLetter:
         return doc
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedOutput:
+    """An output its target refused for its content (a line InfluxDB will not take, a record
+    Kafka refuses as too large), for the output dead-letter topic.
+
+    ``sink``: which sink (``influx``, ``kafka``); ``target``: where it was going (a topic, a
+    bucket); ``reason``: ``refused`` (the target refused it) or ``unreadable`` (an
+    ``aggregates`` record the InfluxDB writer cannot read); ``answer``: what the target said;
+    ``key``: the output's key (the device); ``output``: the output itself as it was sent.
+    """
+
+    sink: str
+    target: str
+    reason: str
+    answer: str
+    key: bytes | None
+    output: bytes
+    max_output_bytes: int
+
+    def document(self) -> dict[str, Any]:
+        """The JSON value of the dead-letter record: the fields above, the output as UTF-8
+        text (base64 with ``"output_encoding": "base64"`` when not UTF-8), cut to
+        ``max_output_bytes`` (``"output_truncated": true`` and ``"output_size"``) so that
+        the dead letter of an output refused as too large is not too large itself."""
+        doc: dict[str, Any] = {
+            "reason": self.reason,
+            "sink": self.sink,
+            "target": self.target,
+            "answer": self.answer[:MAX_ANSWER_CHARS],
+            "key": _text_or_none(self.key),
+        }
+        output = self.output
+        if len(output) > self.max_output_bytes:
+            doc["output_truncated"] = True
+            doc["output_size"] = len(output)
+            output = output[: self.max_output_bytes]
+        try:
+            doc["output"] = output.decode("utf-8")
+        except UnicodeDecodeError:
+            doc["output"] = base64.b64encode(output).decode("ascii")
+            doc["output_encoding"] = "base64"
+        return doc
+
+
+MAX_ANSWER_CHARS = 4096
+"""A target's answer is kept up to this long in a dead letter (InfluxDB's are a few lines)."""
+
+
 def _text_or_none(raw: bytes | None) -> str | None:
     if raw is None:
         return None

@@ -17,6 +17,7 @@ import faust
 
 from pulse.kafka_clients import broker_credentials
 from pulse.settings import Settings
+from pulse.sinks._base import SinkHealth
 
 AGENT_PACKAGES = ("agents",)
 """The packages create_app discovers agents in: it imports every module of each (as Faust's
@@ -33,6 +34,16 @@ def pulse_agent(register: AgentRegistration) -> AgentRegistration:
     which the web views read (:class:`pulse.web.ReadingsProgress`)."""
     _registrations.append(register)
     return register
+
+
+def sink_health(app: faust.App) -> list[SinkHealth]:
+    """The health of every sink the app's agents run (``/health``, ``/metrics``): an agent
+    appends its sinks' when it starts them."""
+    found: list[SinkHealth] | None = getattr(app, "pulse_sink_health", None)
+    if found is None:
+        found = []
+        app.pulse_sink_health = found  # type: ignore[attr-defined]
+    return found
 
 
 def discover_agents(packages: Iterable[str] = AGENT_PACKAGES) -> list[AgentRegistration]:
@@ -75,7 +86,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     processor = getattr(app, "pulse_processor", None)
     if processor is None:
         raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
-    web.register(app, settings, processor)
+    web.register(app, settings, processor, sink_health(app))
     return app
 
 

@@ -90,6 +90,24 @@ def worker(ctx: click.Context) -> None:
     faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
 
 
+@main.command(name="influx-writer")
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def influx_writer(loglevel: str) -> None:
+    """Run only the InfluxDB writer (the aggregates topic into InfluxDB), e.g. beside workers
+    started with PULSE_INFLUX_WRITER=off."""
+    import importlib
+
+    from mode import Worker
+
+    settings = _settings()
+    _kafka_options(settings)
+    from pulse.app import AGENT_PACKAGES
+
+    # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.influx_writer")
+    Worker(module.InfluxWriter(settings), loglevel=loglevel).execute_from_commandline()
+
+
 @main.command()
 @click.option("--devices", default=100, show_default=True, help="Number of devices.")
 @click.option(

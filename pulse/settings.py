@@ -253,6 +253,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_INFLUX_ORG", "pulse", "InfluxDB organisation.", _name),
     Variable("PULSE_INFLUX_BUCKET", "pulse", "InfluxDB bucket.", _name),
     Variable(
+        "PULSE_INFLUX_WRITER",
+        "on",
+        "Whether `pulse worker` also runs the InfluxDB writer, which reads the aggregates "
+        "topic back into InfluxDB (consumer group `{PULSE_APP_ID}-influx`): `on`, or `off` "
+        "where it runs alone (`pulse influx-writer`).",
+        _choice("on", "off"),
+    ),
+    Variable(
         "PULSE_APP_ID",
         "pulse",
         "Application id: the readings consumer group, and the prefix of Pulse's internal topics.",
@@ -292,6 +300,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_TOPIC_READINGS", "readings", "Input topic.", _name),
     Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
     Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
+    Variable(
+        "PULSE_TOPIC_OUTPUT_DLQ",
+        "aggregates-dlq",
+        "Dead-letter topic for outputs their target refused for their content (a line "
+        "InfluxDB will not take, a record Kafka refuses as too large), each with the "
+        "target's answer.",
+        _name,
+    ),
     Variable(
         "PULSE_REDIS_PREFIX",
         "pulse",
@@ -465,6 +481,7 @@ class Settings:
     """The token itself, also when read from ``influx_token_file``."""
     influx_org: str
     influx_bucket: str
+    influx_writer: str
     app_id: str
     windows: tuple[WindowSpec, ...]
     grace: float
@@ -473,6 +490,7 @@ class Settings:
     topic_readings: str
     topic_aggregates: str
     topic_dlq: str
+    topic_output_dlq: str
     redis_prefix: str
     state_ttl: int
     flush_interval: float

@@ -1,6 +1,8 @@
 """The worker's HTTP API and live page (Faust's web server, port ``PULSE_WEB_PORT``).
 
-* ``GET /health``: readiness and per-partition progress of the readings processor.
+* ``GET /health``: readiness and per-partition progress of the readings processor, and the
+  state of each sink (``ok``, ``waiting``, ``refused_by_target`` with the reason, since when).
+* ``GET /metrics``: Prometheus metrics: each sink's state and its outputs dead-lettered.
 * ``GET /state/{device}``: the device's live state from Redis (see :mod:`pulse.live_state`).
 * ``GET /top/{window}/{metric}``: devices with the highest mean in their last closed window.
 * ``GET /``: a live page that polls the API.
@@ -9,15 +11,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import faust
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from pulse.live_state import device_state, top_devices
 from pulse.redis_clients import redis_client
 from pulse.settings import Settings
+from pulse.sinks._base import SinkHealth
 from tables.partition_state import PartitionState
 
 
@@ -62,8 +68,49 @@ refresh(); setInterval(refresh, 1000);
 """
 
 
-def register(app: faust.App, settings: Settings, processor: ReadingsProgress) -> None:
+class SinkMetrics(Collector):
+    """The sinks' state and dead-letter counts, read when ``/metrics`` is scraped."""
+
+    def __init__(self, sinks: Sequence[SinkHealth]) -> None:
+        self.sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "pulse_sink_state",
+            "1 for the state each sink is in (ok, waiting: backpressure, refused_by_target)",
+            labels=["sink", "state"],
+        )
+        since = GaugeMetricFamily(
+            "pulse_sink_state_since_seconds",
+            "When each sink entered its state (epoch seconds)",
+            labels=["sink"],
+        )
+        letters = CounterMetricFamily(
+            "pulse_output_dead_letters",
+            "Outputs a sink's target refused, stored in the output dead-letter topic",
+            labels=["sink"],
+        )
+        for health in self.sinks:
+            for state in (SinkHealth.OK, SinkHealth.WAITING, SinkHealth.REFUSED):
+                states.add_metric([health.name, state], float(health.state == state))
+            since.add_metric([health.name], health.since)
+            letters.add_metric([health.name], health.dead_letters)
+        yield states
+        yield since
+        yield letters
+
+
+def register(
+    app: faust.App,
+    settings: Settings,
+    processor: ReadingsProgress,
+    sinks: Sequence[SinkHealth] = (),
+) -> None:
+    """Add the API's views to ``app``; ``sinks``: the health of the sinks its agents run,
+    read at each request (agents add theirs as they start)."""
     client = redis_client(settings)
+    metrics = CollectorRegistry(auto_describe=False)
+    metrics.register(SinkMetrics(sinks))
 
     @app.page("/health")
     class Health(View):
@@ -75,8 +122,15 @@ def register(app: faust.App, settings: Settings, processor: ReadingsProgress) ->
                     "open_windows": sum(s.open_windows for s in processor.states.values()),
                     "next_offsets": {p: s.next_offset for p, s in processor.states.items()},
                     "flushes": processor.flushes,
+                    "sinks": {health.name: health.document() for health in sinks},
                 }
             )
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            body = generate_latest(metrics)
+            return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/state/{device}")
     class DeviceState(View):

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import abc
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.outputs import ClosedWindow, DeadLetter, Latest, OpenView
 from tables.partition_state import Drained
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +66,82 @@ class FlushBatch:
         )
 
 
+class SinkHealth:
+    """A sink's state as ``/health`` and ``/metrics`` show it, and its log of changes.
+
+    ``state``: ``ok`` (the last write went through), ``waiting`` (backpressure: the target
+    asked to wait or could not be reached) or ``refused_by_target`` (it refused the client:
+    an operator must act), with ``reason`` (the target's answer) and ``since`` (epoch
+    seconds of the change). A change of state is logged once, not each retry: an outage of
+    an hour is two lines in the log, not thousands. ``dead_letters``: the refused outputs
+    this sink has stored in the output dead-letter topic.
+    """
+
+    OK = "ok"
+    WAITING = "waiting"
+    REFUSED = "refused_by_target"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = self.OK
+        self.reason: str | None = None
+        self.since = time.time()
+        self.dead_letters = 0
+
+    def ok(self) -> None:
+        if self.state != self.OK:
+            log.warning(
+                "%s sink: ok again after %.1f s %s",
+                self.name,
+                time.time() - self.since,
+                "waiting" if self.state == self.WAITING else "refused",
+            )
+            self._set(self.OK, None)
+
+    def waiting(self, reason: str) -> None:
+        if self.state != self.WAITING:
+            log.warning(
+                "%s sink: waiting (backpressure), outputs kept and retried: %s", self.name, reason
+            )
+            self._set(self.WAITING, reason)
+        self.reason = reason
+
+    def refused(self, reason: str) -> None:
+        if self.state != self.REFUSED:
+            log.error(
+                "%s sink: refused by its target (fix the configuration or the target; outputs "
+                "are kept and retried): %s",
+                self.name,
+                reason,
+            )
+            self._set(self.REFUSED, reason)
+        self.reason = reason
+
+    def _set(self, state: str, reason: str | None) -> None:
+        self.state, self.reason, self.since = state, reason, time.time()
+
+    def document(self) -> dict[str, Any]:
+        """What ``/health`` shows of this sink."""
+        doc: dict[str, Any] = {"state": self.state, "since": self.since}
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        doc["dead_letters"] = self.dead_letters
+        return doc
+
+
 class Sink(abc.ABC):
     """Where flushed outputs go. A connector implements :meth:`write`; start/stop are optional.
 
     Guarantees a sink must give:
 
     * ``write`` returns only once the batch is durable in the target; it raises only for a
-      programming error, never for a target that is slow, full or away. Backpressure
-      (HTTP 429, ``Retry-After``, connection refused) is a reason to wait and retry, never to
-      drop: the processor stops consuming while a write is pending.
+      programming error, never for a target that is slow, full, away or refusing. Backpressure
+      (HTTP 429, ``Retry-After``, connection refused) and a refusal of the client (a bad
+      token, a missing bucket) are reasons to wait and retry, never to drop (pulse/sinks/
+      _retry.py), reported in :attr:`health`. An output the target refuses for its content
+      is stored in the output dead-letter topic with the target's answer
+      (pulse/sinks/dead_letters.py) and the rest of the batch written: one bad output never
+      holds back the others.
     * ``write`` is idempotent: after a crash the same windows are flushed again with identical
       content, and the target must end up as if they were written once (overwrite by key, or
       identical repeats).
@@ -83,6 +155,14 @@ class Sink(abc.ABC):
     """
 
     name: str = "sink"
+
+    @property
+    def health(self) -> SinkHealth:
+        """This sink's state (see :class:`SinkHealth`), made on first use."""
+        health: SinkHealth | None = self.__dict__.get("_health")
+        if health is None:
+            health = self.__dict__["_health"] = SinkHealth(self.name)
+        return health
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect. Called once before the first write."""

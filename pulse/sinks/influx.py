@@ -4,24 +4,35 @@ One point per closed window: measurement = metric; tags ``device``, ``window`` a
 of the reading that gave ``last``; fields ``count`` (integer) and ``sum, min, max, mean,
 first, last, p50, p95, p99`` (floats); timestamp = window start in milliseconds. Line
 protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
+The InfluxDB writer (agents/influx_writer.py) makes each line from the window's ``aggregates``
+record (:func:`record_line`) and writes them with :class:`InfluxSink`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
-from models.outputs import ClosedWindow
+from models.outputs import AGGREGATES, ClosedWindow, RefusedOutput
 from pulse.settings import REDACTED
 from pulse.sinks._base import FlushBatch, Sink
-from pulse.sinks._retry import RetryLater, parse_retry_after, retry_forever
+from pulse.sinks._retry import (
+    ContentRefused,
+    RefusedByTarget,
+    RetryLater,
+    parse_retry_after,
+    retry_forever,
+)
 from pulse.sinks._text import aggregate_text
+from pulse.sinks.dead_letters import OutputDeadLetters
 from tables import _native
 from tables.aggregators import Summary
 
@@ -40,24 +51,107 @@ def line_protocol(window: ClosedWindow) -> str:
     Device, metric, window label and tag keys are validated names that need no escaping
     (see models/reading.py and tables/windows.py); tag values are escaped.
     """
-    tags = Summary.tags(window.state)
+    return _line(
+        window.metric,
+        window.device,
+        window.window,
+        Summary.tags(window.state),
+        aggregate_text(window),
+        window.start_us // 1000,
+    )
+
+
+def _line(
+    metric: str,
+    device: str,
+    window: str,
+    tags: dict[str, str],
+    texts: Sequence[str],
+    start_ms: int,
+) -> str:
     if tags:
         tags = dict(tags)
-        tags["device"] = window.device
-        tags["window"] = window.window
+        tags["device"] = device
+        tags["window"] = window
         tag_text = ",".join(
             f"{key}={value.translate(_TAG_ESCAPES)}"
             for key, value in sorted(tags.items())
             if value  # InfluxDB has no empty tag values: an empty tag is no tag
         )
     else:
-        tag_text = f"device={window.device},window={window.window}"
-    count, total, low, high, mean, first, last, p50, p95, p99 = aggregate_text(window)
+        tag_text = f"device={device},window={window}"
+    count, total, low, high, mean, first, last, p50, p95, p99 = texts
     return (
-        f"{window.metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
-        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} "
-        f"{window.start_us // 1000}"
+        f"{metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
+        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} {start_ms}"
     )
+
+
+_NUMBER = r"(-?[0-9][0-9.eE+-]*)"
+_RECORD = re.compile(
+    r'\{"device":"([^"\\]+)","metric":"([^"\\]+)","window":"([^"\\]+)",'
+    r'"start":(-?[0-9][0-9.eE+-]*),"end":-?[0-9][0-9.eE+-]*,"count":([0-9]+),'
+    + ",".join(f'"{name}":{_NUMBER}' for name in AGGREGATES[1:])
+    + r',"tags":(\{.*\})\}',
+    re.DOTALL,
+)
+"""The compact record closed_window_json writes (keys in its order, no whitespace, names as
+they are): its parts' texts are taken as they are, without parsing and formatting the
+numbers again (a sixth of the cost). Any other text goes through orjson."""
+
+
+def record_line(value: bytes | None) -> str:
+    """The line of an ``aggregates`` record (pulse/sinks/kafka.py, closed_window_json):
+    exactly :func:`line_protocol` of its window, so that the InfluxDB writer, which reads the
+    topic back (agents/influx_writer.py), writes the points the flush wrote before.
+
+    The record holds every part of the line: the numbers as the shortest text of their
+    floats (``repr`` of the parsed float gives that text back), the count, the tags of the
+    reading that gave ``last``, and the window start in seconds (a whole number of
+    milliseconds, window steps being whole milliseconds). The compact records Pulse writes
+    are cut into their parts' texts (:data:`_RECORD`); anything else is parsed. Raises
+    ValueError for a value that is not such a record.
+    """
+    try:
+        match = _RECORD.fullmatch((value or b"").decode())
+    except UnicodeDecodeError:
+        match = None
+    if match is not None:
+        device, metric, window, start, *numbers, tags = match.groups()
+        try:
+            start_ms = int(start) * 1000 if start.lstrip("-").isdigit() else None
+            if start_ms is None:
+                start_ms = round(float(start) * 1000)
+            tag_values = {} if tags == "{}" else orjson.loads(tags)
+        except (ValueError, orjson.JSONDecodeError):
+            pass
+        else:
+            if isinstance(tag_values, dict) and all(
+                isinstance(v, str) for v in tag_values.values()
+            ):
+                return _line(metric, device, window, tag_values, numbers, start_ms)
+    try:
+        doc = orjson.loads(value or b"")
+        names = (doc["device"], doc["metric"], doc["window"])
+        start, tags, count = doc["start"], doc["tags"], doc["count"]
+        numbers = [doc[name] for name in AGGREGATES[1:]]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an aggregates record ({type(exc).__name__}: {exc})") from None
+    if not all(isinstance(name, str) and name for name in names):
+        raise ValueError("not an aggregates record: device, metric or window is no name")
+    if type(count) is not int or type(start) not in (int, float) or not isinstance(tags, dict):
+        raise ValueError("not an aggregates record: count, start or tags of the wrong type")
+    if not all(isinstance(v, str) for v in tags.values()):
+        raise ValueError("not an aggregates record: a tag value is not text")
+    texts = [str(count)]
+    for number in numbers:
+        if type(number) in (int, float):
+            texts.append(repr(number))
+        else:
+            raise ValueError("not an aggregates record: an aggregate is not a number")
+    device, metric, window = names
+    start_ms = start * 1000 if type(start) is int else round(start * 1000)
+    return _line(metric, device, window, tags, texts, start_ms)
 
 
 def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
@@ -65,12 +159,45 @@ def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
     return _native.line_protocol_lines(closed, line_protocol)
 
 
+BACKPRESSURE_STATUSES = frozenset({408, 429})
+"""Besides every 5xx: answers that mean "later" (Retry-After honoured)."""
+CONTENT_STATUSES = frozenset({400, 413, 422})
+"""Answers that refuse what was sent: InfluxDB 2 answers 400 for a line it cannot parse
+(rejecting the request), 422 when it dropped some points (a field type conflict, a point
+outside the retention; it wrote the others), 413 for a request too large."""
+
+
 class InfluxSink(Sink):
+    """Closed windows to InfluxDB 2's ``/api/v2/write``, each request retried until written.
+
+    Every answer is sorted (pulse/sinks/_retry.py): 429 and 5xx (and connection errors) are
+    backpressure, waited out; 400, 413 and 422 refuse the content: the request is split in
+    halves until each refused line is alone (the lines of a half that goes through are
+    written; a repeat of a line InfluxDB already took is an identical point), and each such
+    line goes to the output dead-letter topic with InfluxDB's answer; after a 413 this
+    sink's requests stay at most half as long. Any other refusal (401, 403, a missing bucket's
+    404) is the client's: kept, retried with backoff, shown in :attr:`health`.
+    """
+
     name = "influx"
 
-    def __init__(self, url: str, token: str, org: str, bucket: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        org: str,
+        bucket: str,
+        dead_letters: OutputDeadLetters | None = None,
+    ) -> None:
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
+        self.dead_letters = dead_letters
         self.client: InfluxDBClientAsync | None = None
+        self.lines_per_request = LINES_PER_REQUEST
+
+    @property
+    def target(self) -> str:
+        """Where the lines go, for logs and dead letters (no token)."""
+        return f"InfluxDB {self.url} bucket {self.bucket}"
 
     async def start(self) -> None:
         self.client = InfluxDBClientAsync(
@@ -86,26 +213,57 @@ class InfluxSink(Sink):
         if not batch.closed:
             return
         lines = line_protocol_lines(batch.closed)
-        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        await self.write_lines(lines, [window.device.encode() for window in batch.closed])
 
-        async def post(begin: int) -> None:
+    async def write_lines(self, lines: Sequence[str], keys: Sequence[bytes | None]) -> None:
+        """Write ``lines`` (``keys[i]``: the device of ``lines[i]``, for its dead letter);
+        returns once every line is written or, refused for its content, dead-lettered."""
+        slots = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        refused: list[RefusedOutput] = []
+
+        async def post(begin: int, end: int) -> None:
             async with slots:  # a body is built only when its request can go out
-                body = "\n".join(lines[begin : begin + LINES_PER_REQUEST])
-                await retry_forever(
-                    "influx write",
-                    lambda: self._post(body),
-                    (aiohttp.ClientError, asyncio.TimeoutError, OSError),
-                )
+                body = "\n".join(lines[begin:end])
+                try:
+                    await retry_forever(
+                        "influx write",
+                        lambda: self._post(body),
+                        (aiohttp.ClientError, asyncio.TimeoutError, OSError),
+                        self.health,
+                    )
+                    return
+                except ContentRefused as exc:
+                    answer = exc
+            if end - begin == 1:
+                refused.append(self._refused(answer.answer, keys[begin], lines[begin]))
+                return
+            if answer.too_large:
+                self.lines_per_request = min(self.lines_per_request, max((end - begin) // 2, 1))
+            middle = (begin + end) // 2
+            requests.create_task(post(begin, middle))
+            requests.create_task(post(middle, end))
 
         # Each request is retried on its own until it is written (points are idempotent, so
         # their order does not matter); a bug in one cancels the others and propagates as
         # itself, as from the other sinks, not wrapped in the task group's ExceptionGroup.
         try:
             async with asyncio.TaskGroup() as requests:
-                for begin in range(0, len(lines), LINES_PER_REQUEST):
-                    requests.create_task(post(begin))
+                step = self.lines_per_request
+                for begin in range(0, len(lines), step):
+                    requests.create_task(post(begin, min(begin + step, len(lines))))
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        if refused:
+            refused.sort(key=lambda letter: letter.output)  # the same order whatever the timing
+            await self._dead_letters().store(refused, self.health)
+
+    def _refused(self, answer: str, key: bytes | None, line: str) -> RefusedOutput:
+        return self._dead_letters().refused(self.name, self.target, answer, key, line.encode())
+
+    def _dead_letters(self) -> OutputDeadLetters:
+        if self.dead_letters is None:
+            raise RuntimeError("InfluxSink: a refused line, and no output dead-letter topic")
+        return self.dead_letters
 
     async def _post(self, body: str) -> None:
         assert self.client is not None, "start() the sink first"
@@ -117,20 +275,15 @@ class InfluxSink(Sink):
                 write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             )
         except ApiException as exc:
-            # Nothing is dropped: 429/503 are backpressure; any other refusal (bad token,
-            # missing bucket, type conflict) is an operator's problem, retried until fixed.
-            headers: Any = exc.headers or {}
+            # The server's words are its own: never echo the token; a 401 or 403 says
+            # which setting to check.
             answer: Any = exc.body or b""  # bytes from the async client
-            said = (answer if isinstance(answer, str) else answer.decode(errors="replace"))[:200]
-            said = said.strip()
-            if self.token:  # the server's words are its own: never echo the token
+            said = (answer if isinstance(answer, str) else answer.decode(errors="replace")).strip()
+            if self.token:
                 said = said.replace(self.token, REDACTED)
             if exc.status in (401, 403):
                 said = f"{said} ({self._refused_token()})" if said else self._refused_token()
-            raise RetryLater(
-                f"HTTP {exc.status} {exc.reason}: {said}",
-                parse_retry_after(headers.get("Retry-After")),
-            ) from None
+            raise refusal(exc.status, exc.reason, said, exc.headers) from None
 
     def _refused_token(self) -> str:
         """What a 401 or 403 means, without the token."""
@@ -141,3 +294,19 @@ class InfluxSink(Sink):
             f"check that it is valid and may write to bucket {self.bucket!r} of org "
             f"{self.org!r}"
         )
+
+
+def refusal(
+    status: int | None, reason: str | None, body: str | bytes | None, headers: Any
+) -> Exception:
+    """The exception of pulse/sinks/_retry.py that InfluxDB's answer ``status`` means."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    answer = f"HTTP {status} {reason or ''}".rstrip() + (f": {body.strip()}" if body else "")
+    code = status or 0
+    if code >= 500 or code in BACKPRESSURE_STATUSES or code == 0:
+        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
+        return RetryLater(answer[:500], retry_after)
+    if code in CONTENT_STATUSES:
+        return ContentRefused(answer, too_large=code == 413)
+    return RefusedByTarget(answer[:500])

@@ -70,8 +70,8 @@ from typing import Any
 
 from models.outputs import AGGREGATES, AggregateText
 from pulse.sinks._base import FlushBatch, Sink
-from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
-from pulse.sinks._retry import retry_forever
+from pulse.sinks._resp import RedisRefused, RedisReplyError, RespPipeline, pack
+from pulse.sinks._retry import RefusedByTarget, RetryLater, retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
 from tables import _native
 from tables._native import Write
@@ -334,6 +334,25 @@ def is_noscript(error: RedisReplyError) -> bool:
     return bool(error.errors) and all(e.startswith("NOSCRIPT") for e in error.errors)
 
 
+BUSY_REPLIES = ("LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "TRYAGAIN", "MASTERDOWN")
+"""Error replies of a server that cannot write now (loading its data, out of memory, a
+replica, a failed save): backpressure, waited out."""
+REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
+"""Error replies refusing the client (credentials, ACL): an operator's problem."""
+
+
+def server_refusal(error: RedisReplyError) -> Exception:
+    """The exception of pulse/sinks/_retry.py for Redis's error replies: backpressure or a
+    refusal of the client; any other error (a bug in a write) as it is. The writes are
+    idempotent (fenced by version), so the chunk may be sent again whole."""
+    first = error.errors[0]
+    if first.startswith(REFUSED_REPLIES):
+        return RefusedByTarget(f"Redis: {first}")
+    if first.startswith(BUSY_REPLIES):
+        return RetryLater(f"Redis: {first}")
+    return error
+
+
 class RedisSink(Sink):
     name = "redis"
 
@@ -380,6 +399,7 @@ class RedisSink(Sink):
                     "redis write",
                     lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
+                    self.health,
                 )
                 refused = sum(replies)  # each call answers how many of its keys it refused
                 if refused:
@@ -399,12 +419,17 @@ class RedisSink(Sink):
         behind a proxy, failed over, flushed) load it and write the chunk again (writes are
         idempotent)."""
         try:
-            return await self.connection.execute(chunk)
+            try:
+                return await self.connection.execute(chunk)
+            except RedisReplyError as exc:
+                if not is_noscript(exc):
+                    raise
+                await self.connection.execute([self._load_script])
+                return await self.connection.execute(chunk)
         except RedisReplyError as exc:
-            if not is_noscript(exc):
-                raise
-            await self.connection.execute([self._load_script])
-            return await self.connection.execute(chunk)
+            raise server_refusal(exc) from None
+        except RedisRefused as exc:  # credentials or ACL on connecting: the operator's problem
+            raise RefusedByTarget(str(exc)) from None
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         """The batch's fenced calls: every key's write (:meth:`_writes`), packed."""

@@ -53,6 +53,7 @@ def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> d
         "PULSE_TOPIC_READINGS": f"{prefix}-readings",
         "PULSE_TOPIC_AGGREGATES": f"{prefix}-aggregates",
         "PULSE_TOPIC_DLQ": f"{prefix}-dlq",
+        "PULSE_TOPIC_OUTPUT_DLQ": f"{prefix}-output-dlq",
         "PULSE_REDIS_PREFIX": prefix,
         "PULSE_WINDOWS": "10s,1m",
         "PULSE_GRACE": "5",
@@ -279,6 +280,20 @@ def assert_api_and_cli(worker: WorkerProcess, env: dict[str, str], expected: Exp
         shown = via_http["closed"][label][metric]
         assert (shown["start"], shown["end"]) == (start / 1_000_000, (start + size) / 1_000_000)
         assert shown["count"] == expected.windows[(device, metric, label, start)]["count"]
+    # Every sink ok, none with a refused output; the same in the Prometheus metrics.
+    health = worker.health() or {}
+    assert {name: (s["state"], s["dead_letters"]) for name, s in health["sinks"].items()} == {
+        "kafka": ("ok", 0),
+        "redis": ("ok", 0),
+        "influx": ("ok", 0),
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        metrics = response.read().decode()
+    for name in ("kafka", "redis", "influx"):
+        assert f'pulse_sink_state{{sink="{name}",state="ok"}} 1.0' in metrics
+        assert f'pulse_sink_state{{sink="{name}",state="waiting"}} 0.0' in metrics
+        assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics
     label = sorted(expected.window_sizes)[0]
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/top/{label}/{metric}") as resp:
         top = json.loads(resp.read())

@@ -34,11 +34,24 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor starts with the app, as its child (not an @app.service).
-    assert [type(child).__name__ for child in app._children] == ["ReadingsProcessor"]
-    assert app._children[0] is processor
+    # The readings processor and the InfluxDB writer start with the app, as its children (not
+    # @app.service); PULSE_INFLUX_WRITER=off leaves the writer out.
+    # (in the order their modules were first imported)
+    assert sorted(type(child).__name__ for child in app._children) == [
+        "InfluxWriter",
+        "ReadingsProcessor",
+    ]
+    assert processor in app._children
+    alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
+    assert [type(child).__name__ for child in alone._children] == ["ReadingsProcessor"]
     assert list(app.agents) == ["dead-letter-monitor"]
-    assert sorted(app.web.views) == ["/", "/health", "/state/{device}", "/top/{window}/{metric}"]
+    assert sorted(app.web.views) == [
+        "/",
+        "/health",
+        "/metrics",
+        "/state/{device}",
+        "/top/{window}/{metric}",
+    ]
     # Each app gets agents of its own.
     another = create_app(Settings.from_env({}))
     assert another.pulse_processor is not processor  # type: ignore[attr-defined]

@@ -207,9 +207,9 @@ def test_a_refused_password_is_retried_like_a_failed_connection(
     topic_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The sink's connection: a wrong password is a :class:`RedisRefused` (a ConnectionError),
-    which the sink waits out with the other connection failures, logging why; it never stops
-    the worker."""
+    """The sink's connection: a wrong password is a :class:`RedisRefused`, which the sink
+    reports as a refusal of the client (logged once, with why, and in its health) and retries;
+    it never stops the worker."""
     env = refused_env(
         secured_redis, tmp_path, topic_prefix, {"PULSE_REDIS_PASSWORD_FILE": "{wrong_password}"}
     )
@@ -235,20 +235,26 @@ def test_a_refused_password_is_retried_like_a_failed_connection(
             sink.write(FlushBatch(latest=[Latest("dev-1", "t", 1 * S, 1.0, 1)]))
         )
         for _ in range(100):  # until it has tried three times, at most 10 s
-            if len(caplog.records) >= 3:
+            if len(tries(logging.DEBUG)) >= 3:
                 break
             await asyncio.sleep(0.1)
         assert not write.done()  # still trying
+        assert (sink.health.state, sink.health.reason) == ("refused_by_target", str(raised.value))
         write.cancel()
         await sink.stop()
 
-    with caplog.at_level(logging.WARNING, logger="pulse.sinks._retry"):
+    def tries(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    with caplog.at_level(logging.DEBUG, logger="pulse.sinks"):
         asyncio.run(write_a_while())
-    tries = [r.getMessage() for r in caplog.records]
-    assert len(tries) >= 3
+    assert len(tries(logging.DEBUG)) >= 3
     assert all(
         message.startswith(f"redis write failed (try {n}), retrying in ")
-        and message.endswith(str(raised.value))
-        for n, message in enumerate(tries, 1)
+        for n, message in enumerate(tries(logging.DEBUG), 1)
     )
+    assert tries(logging.ERROR) == [
+        "redis sink: refused by its target (fix the configuration or the target; outputs are "
+        f"kept and retried): {raised.value}"
+    ]
     assert secured_redis.reader().exists(f"{topic_prefix}:device:dev-1") == 0

@@ -20,7 +20,7 @@ from pulse.cli import main
 from pulse.redis_clients import describe, redis_client, resp_options, tls_context
 from pulse.settings import REDACTED, Settings, SettingsError
 from pulse.sinks import influx
-from pulse.sinks._retry import RetryLater
+from pulse.sinks._retry import RefusedByTarget
 from tests.helpers.tls import CertificateAuthority, Issued
 
 TOKEN = "influx-T0ken-5e1b"
@@ -277,10 +277,10 @@ def test_influxdb_refusing_the_token_says_so_without_it(
     """A real VictoriaMetrics that wants other credentials answers 401 to any token."""
     sink = influx.InfluxSink(guarded_influx_url, token, "plant-a", "readings")
 
-    async def post() -> RetryLater:
+    async def post() -> RefusedByTarget:
         await sink.start()
         try:
-            with pytest.raises(RetryLater) as raised:
+            with pytest.raises(RefusedByTarget) as raised:
                 await sink._post("m,device=d f=1 1700000000000")
             return raised.value
         finally:
@@ -294,4 +294,3 @@ def test_influxdb_refusing_the_token_says_so_without_it(
         else "InfluxDB wants a token: set PULSE_INFLUX_TOKEN or PULSE_INFLUX_TOKEN_FILE"
     )
     assert str(refused) == f"HTTP 401 Unauthorized: {wanted}"
-    assert refused.retry_after is None

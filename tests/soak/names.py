@@ -49,7 +49,7 @@ from pulse.changelog import encode_parts
 from pulse.settings import Settings
 from pulse.sinks import redis as redis_sink
 from pulse.sinks._base import FlushBatch
-from pulse.sinks.influx import line_protocol_lines
+from pulse.sinks.influx import record_line
 from pulse.sinks.kafka import KafkaSink
 from pulse.sinks.redis import RedisSink
 from tables.partition_state import PartitionState
@@ -144,8 +144,10 @@ def pure_run(seconds: float, rate: int, every: float) -> list[tuple[float, float
         clock[0] = tick / 4
         batch = FlushBatch.of(drained, [])
         sink._commands(batch)
-        loop.run_until_complete(kafka_sink._aggregate_sends(batch))
-        line_protocol_lines(batch.closed)
+        parts = loop.run_until_complete(kafka_sink._aggregate_parts(batch))
+        for aggregates in parts:  # the InfluxDB writer's step: each record's line
+            for _, value in aggregates.records:
+                record_line(value)
         for part in drained:
             encode_parts(part.delta, "soak", 0)
         if tick % int(every * 4) == int(every * 4) - 1:

@@ -1,5 +1,5 @@
 """closed_window_json: the value of an ``aggregates`` record; KafkaSink sends again what
-the producer gave up on, until stored."""
+the producer gave up on, until stored, and dead-letters what the broker refuses."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaTimeoutError
 
 from models.outputs import ClosedWindow, DeadLetter
 from pulse.sinks import kafka as kafka_sink
 from pulse.sinks._base import FlushBatch
+from pulse.sinks.dead_letters import OutputDeadLetters
 from pulse.sinks.kafka import KafkaSink, closed_window_json
 from tables.aggregators import Summary
+from tests.helpers import kafka
 
 S = 1_000_000
 
@@ -140,19 +144,24 @@ class FlakyProducer:
 def test_failed_sends_are_sent_again_until_stored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "sleep", no_sleep)
     windows = [window()._replace(device=f"dev-{i}") for i in range(12)]
-    letters = [DeadLetter("late", "", "readings", 0, i, b"k%d" % i, b"{}", 100) for i in range(3)]
+    # Keys k0, k2, k3 fall on partitions 2, 0 and 1 of three.
+    letters = [DeadLetter("late", "", "readings", 0, i, b"k%d" % i, b"{}", 100) for i in (0, 2, 3)]
     sink = KafkaSink(cast(Any, None), "aggregates", "dlq")
     partition_of = {
         w.device: sink._partitioner(w.device.encode(), [0, 1, 2], [0, 1, 2]) for w in windows
     }
     assert set(partition_of.values()) == {0, 1, 2}
     acked_late, queued_late = partition_of["dev-0"], (partition_of["dev-0"] + 1) % 3
+    letter_partitions = {
+        letter.key: sink._partitioner(letter.key, [0, 1, 2], [0, 1, 2]) for letter in letters
+    }
+    assert sorted(letter_partitions.values()) == [0, 1, 2]  # one dead letter per partition
     producer = FlakyProducer(
         {
             ("aggregates", acked_late): "ack",
             ("aggregates", queued_late): "queue",
-            ("dlq", b"k1"): "ack",
-            ("dlq", b"k2"): "queue",
+            ("dlq", letter_partitions[b"k3"]): "ack",
+            ("dlq", letter_partitions[b"k2"]): "queue",
         }
     )
     sink.producer = cast(Any, producer)
@@ -161,14 +170,14 @@ def test_failed_sends_are_sent_again_until_stored(monkeypatch: pytest.MonkeyPatc
     assert sorted(v for t, _, v in producer.stored if t == "aggregates") == sorted(
         closed_window_json(w) for w in windows
     )
-    assert sorted(k for t, k, _ in producer.stored if t == "dlq") == [b"k0", b"k1", b"k2"]
+    assert sorted(k for t, k, _ in producer.stored if t == "dlq") == [b"k0", b"k2", b"k3"]
     assert producer.attempts == {
         ("aggregates", acked_late): 2,
         ("aggregates", queued_late): 2,
         ("aggregates", 3 - acked_late - queued_late): 1,
-        ("dlq", b"k0"): 1,
-        ("dlq", b"k1"): 2,
-        ("dlq", b"k2"): 2,
+        ("dlq", letter_partitions[b"k0"]): 1,
+        ("dlq", letter_partitions[b"k3"]): 2,
+        ("dlq", letter_partitions[b"k2"]): 2,
     }
 
 
@@ -176,7 +185,7 @@ def test_a_bug_is_not_retried() -> None:
     sink = KafkaSink(cast(Any, None), "aggregates", "dlq")
 
     class Broken(FlakyProducer):
-        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        async def send_batch(self, batch: Builder, topic: str, *, partition: int) -> asyncio.Future:
             raise ValueError("a bug")
 
     sink.producer = cast(Any, Broken({}))
@@ -210,3 +219,71 @@ def test_the_partitions_of_devices_that_stopped_reporting_are_forgotten(
         )
     for key, partition in {**sink._partition_of_before, **sink._partition_of}.items():
         assert partition == sink._partitioner(key, [0, 1, 2], [0, 1, 2])
+
+
+async def _create_topic(broker: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap(broker))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+def test_records_the_broker_refuses_are_dead_lettered_and_the_rest_stored(
+    kafka_broker: str, topic_prefix: str
+) -> None:
+    # Apache Kafka refuses record batches above the topic's max.message.bytes. The sink
+    # splits the refused batches until they pass, and a record too large alone goes to the
+    # output dead-letter topic with the broker's answer; every other record is stored once.
+    aggregates, dlq, output_dlq = (
+        f"{topic_prefix}-aggregates",
+        f"{topic_prefix}-dlq",
+        f"{topic_prefix}-output-dlq",
+    )
+    windows = [window()._replace(device=f"{topic_prefix}-{i}") for i in range(60)]
+    huge = {7, 31}
+    for i in huge:  # tags of about 3 KB: a record no batch can hold
+        windows[i] = window({"site": "x" * 3000})._replace(device=f"{topic_prefix}-{i}")
+    letter = DeadLetter("late", "", "readings", 0, 5, b"k", b"{}", 100)
+
+    async def run() -> KafkaSink:
+        await _create_topic(kafka_broker, aggregates, {"max.message.bytes": "2000"})
+        await _create_topic(kafka_broker, dlq, {})
+        await _create_topic(kafka_broker, output_dlq, {})
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap(kafka_broker), acks="all")
+        await producer.start()
+        try:
+            dead_letters = OutputDeadLetters(producer, output_dlq, 65536)
+            sink = KafkaSink(producer, aggregates, dlq, dead_letters)
+            await sink.write(FlushBatch(closed=windows, dead_letters=[letter]))
+            return sink
+        finally:
+            await producer.stop()
+
+    sink = asyncio.run(run())
+    stored = asyncio.run(kafka.read_all(kafka_broker, aggregates))
+    assert sorted(r.value or b"" for r in stored) == sorted(
+        closed_window_json(w) for i, w in enumerate(windows) if i not in huge
+    )
+    assert [r.value for r in asyncio.run(kafka.read_all(kafka_broker, dlq))] == [
+        orjson.dumps(letter.document())
+    ]
+    refused = asyncio.run(kafka.read_all(kafka_broker, output_dlq))
+    letters = sorted((orjson.loads(r.value or b"") for r in refused), key=lambda d: d["key"])
+    assert [r.key for r in sorted(refused, key=lambda r: r.key or b"")] == sorted(
+        f"{topic_prefix}-{i}".encode() for i in huge
+    )
+    assert letters == [
+        {
+            "reason": "refused",
+            "sink": "kafka",
+            "target": f"topic {aggregates}",
+            "answer": "MessageSizeTooLargeError()",
+            "key": f"{topic_prefix}-{i}",
+            "output": closed_window_json(windows[i]).decode(),
+        }
+        for i in sorted(huge, key=lambda i: f"{topic_prefix}-{i}")
+    ]
+    assert sink.health.dead_letters == 2
+    assert sink.health.state == "ok"

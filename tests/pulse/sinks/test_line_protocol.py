@@ -1,15 +1,20 @@
-"""line_protocol: one InfluxDB line per closed window."""
+"""line_protocol: one InfluxDB line per closed window; record_line: the same line from the
+window's ``aggregates`` record."""
 
 from __future__ import annotations
 
 import sys
 
 import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.outputs import ClosedWindow
-from pulse.sinks.influx import line_protocol, line_protocol_lines
+from pulse.sinks.influx import line_protocol, line_protocol_lines, record_line
 from pulse.sinks.kafka import aggregate_records, closed_window_json
 from tables.aggregators import Summary
+from tests.tables.test_speedups import closed_window, reading_values, tags
 
 S = 1_000_000
 
@@ -107,3 +112,75 @@ def test_the_sinks_write_each_window_as_its_python_definition() -> None:
     ]
     assert line_protocol_lines(windows) == [line_protocol(window) for window in windows]
     assert aggregate_records(windows)[5][1].startswith(b'{"device":"dev-0042"')
+
+
+# -- the line of an aggregates record (what the InfluxDB writer reads back) ------------------
+
+aligned_windows = st.builds(
+    closed_window,
+    st.sampled_from(["dev-1", "dév-2", "d" * 128]),
+    st.sampled_from(["temperature", "m", "power.kW-1_a"]),
+    st.sampled_from(["10s", "1m", "5m/1m", "250ms"]),
+    # Window starts are whole milliseconds (window steps are), from long before the epoch
+    # to far beyond any reading.
+    st.integers(-(2**40), 2**40).map(lambda ms: ms * 1000) | st.sampled_from([0, 1_000]),
+    st.lists(reading_values, min_size=1, max_size=4),
+    tags,
+    st.booleans(),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(window=aligned_windows)
+def test_an_aggregates_record_gives_the_line_of_its_window(window: ClosedWindow) -> None:
+    line = line_protocol(window)
+    assert record_line(closed_window_json(window)) == line
+    # The same record written by another JSON writer (other float texts, e.g. 1e300 for
+    # 1e+300): the same point, field by field.
+    again = record_line(orjson.dumps(orjson.loads(closed_window_json(window))))
+    assert point(again) == point(line)
+
+
+def point(line: str) -> tuple[str, dict[str, float | str], str]:
+    """(series, fields by name as numbers, timestamp) of a line of Pulse's."""
+    series, fields, timestamp = line.rsplit(" ", 2)
+    values: dict[str, float | str] = {}
+    for field in fields.split(","):
+        name, text = field.split("=")
+        values[name] = text if text.endswith("i") else float(text)
+    return series, values, timestamp
+
+
+def test_the_records_of_the_tests_windows_give_their_lines() -> None:
+    windows = [
+        closed({"site": "plant-a"}),
+        closed({"zone": "a b", "area": "x,y=z", "b": "back\\slash"}, window="5m/1m"),
+        closed({"site": "", "line": "2"}),
+        closed(None, values=(1.0, 2.0, 3.0, 1e300, -0.5)),
+        closed(None, start_us=1_795_315_444_250_000),
+        closed(None, start_us=-20 * S, values=(-0.0,)),
+    ]
+    for window in windows:
+        assert record_line(closed_window_json(window)) == line_protocol(window)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"not json",
+        b"[]",
+        b'{"device": "d"}',
+        orjson.dumps({**orjson.loads(closed_window_json(closed(None))), "count": 2.5}),
+        orjson.dumps({**orjson.loads(closed_window_json(closed(None))), "sum": "1"}),
+        orjson.dumps({**orjson.loads(closed_window_json(closed(None))), "device": ""}),
+        orjson.dumps({**orjson.loads(closed_window_json(closed(None))), "tags": {"a": 1}}),
+        orjson.dumps({**orjson.loads(closed_window_json(closed(None))), "start": "10"}),
+    ],
+)
+def test_a_record_that_is_no_aggregates_record_is_refused_with_a_reason(
+    value: bytes | None,
+) -> None:
+    with pytest.raises(ValueError, match="not an aggregates record"):
+        record_line(value)

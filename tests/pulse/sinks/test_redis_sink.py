@@ -447,6 +447,39 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
     asyncio.run(run())
 
 
+def test_a_server_that_cannot_write_now_is_waited_out_and_its_state_shown(
+    tmp_path: Path,
+) -> None:
+    # Redis out of memory (maxmemory reached) answers every write with -OOM: backpressure.
+    # The sink waits (state "waiting", with Redis's answer), writes once memory is given back,
+    # and is "ok" again.
+    server = start_redis(tmp_path, stop_with_parent=True)
+    sink = RedisSink(server.url, "p", 60)
+    client = redis.Redis(port=server.port)
+    batch = FlushBatch(latest=[Latest("dev-1", "temp", 1_700_000_000 * S, 21.5, 8)])
+
+    async def run() -> None:
+        await sink.start()
+        try:
+            await sink.write(FlushBatch(latest=[Latest("dev-0", "temp", S, 1.0, 1)]))
+            client.config_set("maxmemory", "1")
+            pending = asyncio.ensure_future(sink.write(batch))
+            await asyncio.sleep(1.0)
+            assert not pending.done()
+            assert sink.health.state == "waiting"
+            assert sink.health.reason is not None
+            assert sink.health.reason.startswith("Redis: OOM command not allowed")
+            client.config_set("maxmemory", "0")
+            await asyncio.wait_for(pending, 10)
+            assert client.hgetall("p:device:dev-1") == {b"temp": b"21.5", b"temp:ts": b"1700000000"}
+            assert sink.health.state == "ok"
+        finally:
+            await sink.stop()
+            server.stop()
+
+    asyncio.run(run())
+
+
 def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
     redis_url: str, topic_prefix: str
 ) -> None:
