@@ -1,4 +1,4 @@
-"""Flushes of the readings processor: every output durable before the state that produced it.
+"""Flushes of the readings processor: the outputs durable before the state that produced them.
 
 A flush drains each partition's state (closed windows, changed views, latest values and the
 changelog delta) and writes it in the background: each sink on its own lane in flush order;
@@ -9,7 +9,9 @@ offsets are committed. A crash in between replays the same
 records from the last delta and emits the same windows again, identical: outputs are
 at-least-once with identical repeats, state is exactly-once. At most MAX_FLUSHES_IN_FLIGHT
 flushes (MAX_WINDOWS_IN_FLIGHT closed windows) are in flight; beyond that processing waits for
-the oldest, so a stalled sink holds back consumption and nothing is dropped.
+the oldest, so a stalled Kafka holds back consumption and nothing is dropped. Redis, a mirror
+of the state, is waited for only while it keeps up (MirrorLane): away, it is rewritten from
+the state on its return.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 from mode import Service
 
-from models.outputs import DeadLetter
+from models.outputs import DeadLetter, Latest, OpenView
 from pulse.changelog import ChangelogWriter, EncodedDelta
 from pulse.settings import Settings
-from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._base import FlushBatch, Sink, SinkHealth
 from tables.partition_state import Drained, PartitionState
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,163 @@ class SinkLane:
                     written.set_result(None)
 
 
+class MirrorLane:
+    """The lane of a sink that mirrors the state (``Sink.mirrors_state``: Redis).
+
+    While its target answers it is a :class:`SinkLane`: writes in flush order, and a flush
+    completes only once this sink wrote it. When a write fails (the sink's health leaves
+    ``ok``) the lane detaches: every flush waiting on it completes at once, and the batches
+    of later flushes are folded into one pending batch holding the newest entry per key
+    (:meth:`FlushBatch.newest_per_key`), so its memory is bounded by the keys however long
+    the target is away, and Kafka, InfluxDB and the changelog go on. Once the sink's
+    retried write goes through, the lane writes the pending batch together with every live
+    key of the current state (``live_state``: latest values, open and sliding windows),
+    which overwrites whatever the target lost or missed meanwhile (a restarted server's
+    missing or older keys), then attaches again. The writes are fenced by version, so the
+    rewrite cannot take a key back.
+    """
+
+    def __init__(self, sink: Sink, live_state: Callable[[], FlushBatch], patience: float) -> None:
+        self.sink = sink
+        self.live_state = live_state
+        self.patience = patience
+        self._waiting: list[
+            tuple[FlushBatch, asyncio.Future[None], Callable[[], Awaitable[None]] | None]
+        ] = []
+        self._writing: list[asyncio.Future[None]] = []
+        self._pending: FlushBatch | None = None
+        self.detached = False
+        """Flushes complete without this sink (its target is away or being rewritten)."""
+        self._rewrite_due = False
+        self.rewrites = 0
+        """Rewrites of the whole state done (for tests and logs)."""
+        self._task: asyncio.Future[None] | None = None
+        sink.health.listeners.append(self._health_changed)
+
+    @property
+    def idle(self) -> bool:
+        return (
+            not self._waiting
+            and self._pending is None
+            and not self._rewrite_due
+            and (self._task is None or self._task.done())
+        )
+
+    def submit(
+        self, batch: FlushBatch, gate: Callable[[], Awaitable[None]] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a batch; the future is done once the sink has written it, or at once while
+        the lane is detached (``gate``: see SinkLane.submit; skipped while detached)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.detached:
+            self._fold(batch)
+            written.set_result(None)
+        else:
+            self._waiting.append((batch, written, gate))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return written
+
+    async def close(self) -> None:
+        """Stop writing (the worker stops): what is pending is left to the next rewrite."""
+        if self._pending is not None or self._rewrite_due:
+            log.warning(
+                "%s: stopping while its target is away; its keys are rewritten when a worker "
+                "that owns the partitions next finds the target back",
+                self.sink.name,
+            )
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _fold(self, batch: FlushBatch) -> None:
+        if self._pending is None:
+            self._pending = FlushBatch.newest_per_key([batch])
+        else:
+            self._pending = FlushBatch.newest_per_key([self._pending, batch])
+
+    def _health_changed(self, state: str) -> None:
+        if state != SinkHealth.OK:
+            self._rewrite_due = True  # the target may have lost or missed writes
+            self._detach(f"its target is away ({state})")
+
+    def _detach(self, why: str) -> None:
+        if self.detached:
+            return
+        self.detached = True
+        log.warning(
+            "%s sink: flushes go on without it, %s; its keys are written again when it keeps up",
+            self.sink.name,
+            why,
+        )
+        # The write under way is retried until it goes through; nothing waits for it.
+        for written in self._writing:
+            if not written.done():
+                written.set_result(None)
+        for batch, written, _ in self._waiting:
+            self._fold(batch)
+            if not written.done():
+                written.set_result(None)
+        self._waiting = []
+
+    async def _run(self) -> None:
+        while True:
+            if self.detached and not self._rewrite_due and self.sink.health.state == SinkHealth.OK:
+                self.detached = False  # back: what is pending goes first, then each flush
+                if self._pending is not None:
+                    done = asyncio.get_running_loop().create_future()
+                    done.set_result(None)
+                    self._waiting.insert(0, (self._pending, done, None))
+                    self._pending = None
+                log.warning("%s sink: caught up, flushes wait for it again", self.sink.name)
+            if self.detached:
+                batches = [] if self._pending is None else [self._pending]
+                self._pending = None
+                if self._rewrite_due:
+                    self._rewrite_due = False
+                    batches.append(self.live_state())
+                    self.rewrites += 1
+                batch = FlushBatch.newest_per_key(batches)
+                gates: list[Callable[[], Awaitable[None]]] = []
+            elif self._waiting:
+                taken, self._waiting = self._waiting, []
+                self._writing = [written for _, written, _ in taken]
+                batches = [batch for batch, _, _ in taken]
+                batch = batches[0] if len(batches) == 1 else FlushBatch.merge(batches)
+                gates = [gate for _, _, gate in taken if gate is not None]
+            else:
+                return
+            try:
+                for gate in gates:
+                    await gate()
+                await self._write(batch)
+            except Exception as exc:  # a bug in the sink: every flush waiting on it fails
+                for written in self._writing + [w for _, w, _ in self._waiting]:
+                    if not written.done():
+                        written.set_exception(exc)
+                self._waiting, self._writing = [], []
+                return
+            for written in self._writing:
+                if not written.done():
+                    written.set_result(None)
+            self._writing = []
+
+    async def _write(self, batch: FlushBatch) -> None:
+        """The sink's write; one under way longer than ``patience`` detaches the lane (a
+        frozen target answers nothing, not even an error, until a timeout)."""
+        write = asyncio.ensure_future(self.sink.write(batch))
+        try:
+            if not self.detached:
+                done, _ = await asyncio.wait({write}, timeout=self.patience)
+                if not done:  # the sink says ok again once the write goes through
+                    self.sink.health.waiting(f"a write under way for {self.patience:.1f} s")
+            await write
+        except asyncio.CancelledError:
+            write.cancel()
+            raise
+
+
 class ChangelogLane:
     """The changelog's writes: deltas in flush order, one round at a time.
 
@@ -231,7 +390,7 @@ class FlushPipeline(Service):
         self._windows_in_flight = 0
         self._flush_tail: asyncio.Future[None] | None = None
         """The newest flush's deltas handed to the changelog lane (or its failure)."""
-        self._lanes: dict[int, SinkLane] = {}
+        self._lanes: dict[int, SinkLane | MirrorLane] = {}
         self._changelog: ChangelogLane | None = None
         self.flushes = 0
         """Flushes whose deltas the changelog has acked."""
@@ -317,7 +476,11 @@ class FlushPipeline(Service):
             for index, sink in enumerate(self.sinks):
                 lane = self._lanes.get(index)
                 if lane is None or lane.sink is not sink:
-                    lane = self._lanes[index] = SinkLane(sink)
+                    lane = self._lanes[index] = (
+                        MirrorLane(sink, self.live_state, self._mirror_patience)
+                        if sink.mirrors_state
+                        else SinkLane(sink)
+                    )
                 gate = None
                 if sink.name == "redis" and self._freeze.wanted("between_sinks", number):
                     gate = self._freeze_between_sinks(by_name.get("kafka"), number)
@@ -354,6 +517,32 @@ class FlushPipeline(Service):
         if batch.empty and not deltas:
             return None
         return batch, deltas
+
+    @property
+    def _mirror_patience(self) -> float:
+        """How long a mirroring sink's write may take before flushes stop waiting for it:
+        half the time the in-flight bound lets flushes queue, so that a frozen Redis never
+        holds back consumption."""
+        return MAX_FLUSHES_IN_FLIGHT * self.settings.flush_interval / 2
+
+    def live_state(self) -> FlushBatch:
+        """Every live output of the assigned partitions' states, as they are now (see
+        PartitionState.live_views): what a mirroring sink's rewrite writes."""
+        views: list[OpenView] = []
+        latest: list[Latest] = []
+        sliding: list[OpenView] = []
+        for state in self.states.values():
+            state_views, state_latest, state_sliding = state.live_views()
+            views += state_views
+            latest += state_latest
+            sliding += state_sliding
+        return FlushBatch((), views, latest, (), sliding)
+
+    async def close_lanes(self) -> None:
+        """Stop the mirroring lanes' writes (at stop, after the last flush)."""
+        for lane in self._lanes.values():
+            if isinstance(lane, MirrorLane):
+                await lane.close()
 
     def _freeze_between_sinks(
         self, kafka_written: asyncio.Future[None] | None, number: int | None

@@ -141,6 +141,7 @@ class ReadingsProcessor(PartitionOwner):
             async with self._lock:
                 await self._flush_now()
             await self.consumer.stop()
+        await self.close_lanes()
         if self.writer is not None:
             await self.writer.release_all()
         if self.producer is not None:

@@ -612,6 +612,38 @@ class PartitionState:
         self._drained_offset = self.next_offset
         return drained
 
+    def live_views(self) -> tuple[list[OpenView], list[Latest], list[OpenView]]:
+        """Every live output of the state as it is, changing nothing: the newest open window
+        of each series, each kept latest value (versioned by ``next_offset``) and each
+        sliding window, as a drain would give them had all changed. What a target that
+        mirrors the state needs to be rewritten whole (agents/flush.py, MirrorLane)."""
+        views = open_views(
+            set(self._newest),
+            set(),
+            self._newest,
+            self.windows,
+            self._labels,
+            self._sizes,
+            [],
+            OpenView,
+        )
+        offset = self.next_offset
+        latest = [Latest(d, m, t, value, offset) for (d, m), (t, value) in self.latest.items()]
+        sliding = []
+        for (device, metric, index), (latest_t, entries) in self.sliding.items():
+            spec = self.specs[index]
+            sliding.append(
+                OpenView(
+                    device,
+                    metric,
+                    spec.label,
+                    latest_t - spec.size_us,
+                    latest_t,
+                    _summarize(entries),
+                )
+            )
+        return views, latest, sliding
+
     # -- recovery ------------------------------------------------------------------------
 
     def apply_delta(self, delta: Delta) -> bool:

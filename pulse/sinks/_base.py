@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,37 @@ class FlushBatch:
             [view for batch in batches for view in batch.sliding],
         )
 
+    @classmethod
+    def newest_per_key(cls, batches: Sequence[FlushBatch]) -> FlushBatch:
+        """Consecutive batches as one that holds, per key of a target that keeps only the
+        newest state per key (Redis), the newest entry: the last latest value per (device,
+        metric), open and sliding view per (window, device, metric), and the closed window
+        with the latest start per (window, device, metric) (ties: the later). Dead letters
+        are left out. Its size is bounded by the keys, however many batches it folds."""
+        latest: dict[tuple[str, str], Latest] = {}
+        views: dict[tuple[str, str, str], OpenView] = {}
+        sliding: dict[tuple[str, str, str], OpenView] = {}
+        closed: dict[tuple[str, str, str], ClosedWindow] = {}
+        for batch in batches:
+            for value in batch.latest:
+                latest[(value.device, value.metric)] = value
+            for view in batch.open_views:
+                views[(view.window, view.device, view.metric)] = view
+            for view in batch.sliding:
+                sliding[(view.window, view.device, view.metric)] = view
+            for window in batch.closed:
+                key = (window.window, window.device, window.metric)
+                before = closed.get(key)
+                if before is None or before.start_us <= window.start_us:
+                    closed[key] = window
+        return cls(
+            list(closed.values()),
+            list(views.values()),
+            list(latest.values()),
+            (),
+            list(sliding.values()),
+        )
+
     @property
     def empty(self) -> bool:
         return not (
@@ -87,6 +118,8 @@ class SinkHealth:
         self.reason: str | None = None
         self.since = time.time()
         self.dead_letters = 0
+        self.listeners: list[Callable[[str], None]] = []
+        """Called with the new state at each change (agents/flush.py's MirrorLane)."""
 
     def ok(self) -> None:
         if self.state != self.OK:
@@ -119,6 +152,8 @@ class SinkHealth:
 
     def _set(self, state: str, reason: str | None) -> None:
         self.state, self.reason, self.since = state, reason, time.time()
+        for listener in self.listeners:
+            listener(state)
 
     def document(self) -> dict[str, Any]:
         """What ``/health`` shows of this sink."""
@@ -155,6 +190,11 @@ class Sink(abc.ABC):
     """
 
     name: str = "sink"
+    mirrors_state: bool = False
+    """True for a sink whose target holds only the newest state per key, rewritable from the
+    worker's state (Redis): while its target is away, flushes complete without it and,
+    once it answers again, it gets every key of the state rewritten (agents/flush.py,
+    MirrorLane). Every other sink's outputs are durable before the state moves on."""
 
     @property
     def health(self) -> SinkHealth:

@@ -353,8 +353,18 @@ def server_refusal(error: RedisReplyError) -> Exception:
     return error
 
 
+MAX_RETRY_DELAY = 1.0
+"""Longest wait between two tries of a write: a refused connection costs nothing, and Redis
+back must get its keys rewritten within a second or two."""
+
+
 class RedisSink(Sink):
+    """Live state to Redis (see the module doc). It mirrors the state: while Redis is away,
+    flushes complete without it, and once it answers again every key of the worker's state
+    is rewritten (``mirrors_state``; agents/flush.py, MirrorLane)."""
+
     name = "redis"
+    mirrors_state = True
 
     def __init__(
         self,
@@ -400,6 +410,7 @@ class RedisSink(Sink):
                     lambda chunk=chunk: self._execute(chunk),  # type: ignore[misc]
                     (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                     self.health,
+                    max_delay=MAX_RETRY_DELAY,
                 )
                 refused = sum(replies)  # each call answers how many of its keys it refused
                 if refused:

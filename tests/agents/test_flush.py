@@ -4,18 +4,29 @@ itself until the in-flight bound, and a flush completes only when every sink has
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from aiokafka.structs import TopicPartition
 
 from agents import flush
 from agents.readings import ReadingsProcessor
 from models.outputs import DeadLetter
+from models.reading import Reading
 from pulse.changelog import ChangelogWriter, EncodedDelta
+from pulse.local.stack import free_port, start_redis
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks.redis import RedisSink
+from tables.partition_state import PartitionState
+from tables.windows import parse_windows
+
+S = 1_000_000
 
 
 class RecordingSink(Sink):
@@ -227,3 +238,90 @@ def test_the_test_only_freeze_is_off_unless_asked_for_and_checks_its_value() -> 
     for bad in ("sinks", "sinks:0", "sinks:x", "later:1"):
         with pytest.raises(ValueError, match=flush.FREEZE_VARIABLE):
             flush.FlushFreeze.from_env({flush.FREEZE_VARIABLE: bad})
+
+
+def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
+    tmp_path: Path,
+) -> None:
+    # A real redis-server, frozen (SIGSTOP: it answers nothing), then killed and started
+    # again empty on the same port. Flushes complete without it once a write has been under
+    # way for the lane's patience (64 flushes of 0.02 s / 2 = 0.64 s); the batches of later
+    # flushes fold into one; on its return the lane writes them with every live key of the
+    # state, then waits for Redis again.
+    port = free_port()
+    server = start_redis(tmp_path / "one", port=port, stop_with_parent=True)
+    state = PartitionState(parse_windows("10s"), 0)
+    offset = 0
+
+    def apply(device: str, t_s: int, value: float) -> FlushBatch:
+        nonlocal offset
+        state.apply(Reading(device, "t", value, t_s * S, None), offset)
+        offset += 1
+        return FlushBatch.of([state.drain()], [])
+
+    async def run() -> flush.MirrorLane:
+        processor = ReadingsProcessor(Settings.from_env({"PULSE_FLUSH_INTERVAL": "0.02"}))
+        sink = RedisSink(server.url, "m", 600)
+        processor.sinks = [sink]
+        processor.states = {0: state}
+        processor._submit_flush(apply("a", 1, 1.0), [])
+        await processor._settle(0)  # Redis answers: the flush waits for it
+        lane = processor._lanes[0]
+        assert isinstance(lane, flush.MirrorLane) and not lane.detached
+
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        processor._submit_flush(apply("a", 12, 2.0), [])  # closes a's [0, 10)
+        began = time.monotonic()
+        await processor._settle(0)
+        assert 0.6 < time.monotonic() - began < 5
+        assert lane.detached and sink.health.state == "waiting"
+        assert sink.health.reason == "a write under way for 0.6 s"
+        processor._submit_flush(apply("b", 13, 3.0), [])
+        processor._submit_flush(apply("a", 14, 4.0), [])
+        await processor._settle(0)  # done at once: folded
+        assert lane._pending is not None
+        assert sorted((x.device, x.value) for x in lane._pending.latest) == [
+            ("a", 4.0),
+            ("b", 3.0),
+        ]
+
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()
+        back = start_redis(tmp_path / "two", port=port, stop_with_parent=True)
+        try:
+            for _ in range(100):
+                if lane.idle and not lane.detached:
+                    break
+                await asyncio.sleep(0.05)
+            assert lane.idle and not lane.detached and sink.health.state == "ok"
+            processor._submit_flush(apply("b", 15, 5.0), [])
+            await processor._settle(0)  # attached again: waited for
+            await sink.stop()
+            return lane
+        finally:
+            stored = redis.Redis.from_url(back.url)
+            keys = sorted(k.decode() for k in stored.scan_iter("m:*"))
+            devices = {d: stored.hgetall(f"m:device:{d}") for d in ("a", "b")}
+            closed = stored.hgetall("m:closed:10s:a:t")
+            opened = {d: stored.hget(f"m:open:10s:{d}:t", "count") for d in ("a", "b")}
+            top = stored.zrange("m:top:10s:t", 0, -1, withscores=True)
+            back.stop()
+            assert keys == [
+                "m:closed:10s:a:t",
+                "m:device:a",
+                "m:device:b",
+                "m:open:10s:a:t",
+                "m:open:10s:b:t",
+                "m:top:10s:t",
+            ]
+            assert devices == {
+                "a": {b"t": b"4.0", b"t:ts": b"14"},
+                "b": {b"t": b"5.0", b"t:ts": b"15"},
+            }
+            assert (closed[b"start"], closed[b"count"], closed[b"sum"]) == (b"0", b"1", b"1.0")
+            assert opened == {"a": b"2", "b": b"2"}
+            assert top == [(b"a", 1.0)]
+
+    lane = asyncio.run(run())
+    assert lane.rewrites == 1

@@ -654,6 +654,23 @@ def run_checked(
             ref.latest_changed.clear()
             # the state only holds open windows
             assert state.open_windows == sum(1 for k in ref.windows if k not in ref.closed)
+            # live_views: every series' newest open window and every kept latest value, as
+            # they are, whatever the drains took (a mirror's rewrite after Redis was away)
+            live, live_latest, _ = state.live_views()
+            shown = {(v.device, v.metric, v.window): v for v in live}
+            assert len(shown) == len(live)
+            assert all(v.state is not None for v in live)
+            assert {k: (v.start_us, window_result(v.state or [])) for k, v in shown.items()} == {
+                k: view for k, view in ref.views_now().items() if view is not None
+            }
+            for view in live:
+                assert view.state is not None
+                assert view.end_us == view.start_us + sizes[view.window]
+                assert view.text == Summary.text(view.state)
+            for latest in live_latest:
+                assert (latest.t_us, latest.value) == ref.latest[(latest.device, latest.metric)]
+                assert latest.offset == offset
+            assert {(d, m) for d, m, _ in shown} <= {(x.device, x.metric) for x in live_latest}
             yield "drained", drained
     # everything closed, each window once
     assert {(w.device, w.metric, w.window, w.start_us) for w in all_closed} == set(ref.windows)

@@ -81,6 +81,12 @@ def test_sliding_state_matches_brute_force(readings: list[tuple[str, int, float]
             total += v
         assert summary[1] == total
     assert {d for d, _, _ in state.sliding} == set(expected)
+    # live_views gives each live key's window as last shown, changing nothing.
+    _, _, live = state.live_views()
+    assert {v.device: (v.start_us, v.end_us, v.state) for v in live} == {
+        device: shown[device] for device in expected
+    }
+    assert state.drain().sliding_views == []
 
 
 def test_min_and_max_stay_exact_as_readings_leave() -> None:
