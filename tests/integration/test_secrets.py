@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -147,7 +146,8 @@ def test_a_worker_with_secrets_shows_none_of_them(
         wait_for_all_closed(reader, topic_prefix, len(series))
         assert_aggregates_topic(tansu, env, expected)
         assert_redis(reader, topic_prefix, expected)
-        assert_api_and_cli(worker, env, expected)  # /state, /top and pulse state over TLS
+        # /state, /top and pulse state over TLS; InfluxDB refuses the token
+        assert_api_and_cli(worker, env, expected, influx="refused_by_target")
         assert_dead_letter_counts(reader, topic_prefix, expected)  # the Faust agent's client
         # InfluxDB refuses the token: the worker says so, keeps it all, and keeps running.
         wait_for_log(
@@ -170,9 +170,9 @@ def test_a_worker_with_secrets_shows_none_of_them(
             assert done.returncode == 0, done.stderr
             outputs[f"pulse {' '.join(args)}"] = done.stdout + done.stderr
     finally:
-        # A worker stops only once every sink has written its flushes (nothing is dropped),
-        # which InfluxDB refuses here: kill it (its successor writes them from the changelog).
-        assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+        # InfluxDB is off the flush path: a worker stops at once while it refuses the token
+        # (the closed windows wait in the aggregates topic for the InfluxDB writer).
+        assert worker.stop() == 0, worker.log_tail()
     outputs["worker log"] = worker.log_path.read_text(errors="replace")
 
     config = outputs["pulse config"]
