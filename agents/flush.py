@@ -400,8 +400,9 @@ class FlushPipeline(Service):
 
     @property
     def sinks_idle(self) -> bool:
-        """Every sink has written every flush submitted to it."""
-        return all(lane.idle for lane in self._lanes.values())
+        """Every sink that paces flushes (``Sink.paces_flushes``) has written every flush
+        submitted to it."""
+        return all(lane.idle for lane in self._lanes.values() if lane.sink.paces_flushes)
 
     def note_fetch(self, began: float, got_records: bool) -> None:
         """Record a fetch that the loop began at ``began`` (monotonic seconds)."""

@@ -83,7 +83,20 @@ class ReadingsProcessor(PartitionOwner):
         # (agents/influx_writer.py): a flush waits for Kafka and Redis only.
         self.sinks = [
             KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq, dead_letters),
-            RedisSink(s.redis_url, s.redis_prefix, s.state_ttl, **resp_options(s)),
+            RedisSink(
+                s.redis_url,
+                s.redis_prefix,
+                s.state_ttl,
+                parts=frozenset({RedisSink.LATEST}),
+                **resp_options(s),
+            ),
+            RedisSink(
+                s.redis_url,
+                s.redis_prefix,
+                s.state_ttl,
+                parts=frozenset({RedisSink.WINDOWS}),
+                **resp_options(s),
+            ),
         ]
         for sink in self.sinks:
             await sink.start()
@@ -178,9 +191,10 @@ class ReadingsProcessor(PartitionOwner):
                         await self._start_flush(spread_closes=False)
                 continue
             idle = self.sinks_idle
-            # At least every interval; sooner (up to 5x) while the sinks have written the
-            # previous flushes, which keeps the delay from a reading to Redis low when the
-            # load allows it.
+            # At least every interval; sooner (up to 5x) while the sinks that pace flushes
+            # (Kafka, Redis's latest values; not Redis's windows, which catch up with merged
+            # batches) have written the previous flushes, which keeps the delay from a
+            # reading to its latest value in Redis low when the load allows it.
             if since >= interval or (idle and since >= interval / 5):
                 async with self._lock:
                     await self._start_flush(spread_closes=True)

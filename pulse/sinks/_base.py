@@ -196,6 +196,12 @@ class Sink(abc.ABC):
     once it answers again, it gets every key of the state rewritten (agents/flush.py,
     MirrorLane). Every other sink's outputs are durable before the state moves on."""
 
+    paces_flushes: bool = True
+    """Whether flushes come sooner while this sink has written the previous ones (see
+    ``PULSE_FLUSH_INTERVAL``). False for a sink whose lane catches up with merged batches
+    when it falls behind (Redis's window keys): waiting for it would slow the flushes that
+    keep the latest values fresh."""
+
     @property
     def health(self) -> SinkHealth:
         """This sink's state (see :class:`SinkHealth`), made on first use."""

@@ -366,6 +366,9 @@ class RedisSink(Sink):
     name = "redis"
     mirrors_state = True
 
+    LATEST = "latest"
+    WINDOWS = "windows"
+
     def __init__(
         self,
         url: str,
@@ -374,9 +377,20 @@ class RedisSink(Sink):
         *,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        parts: frozenset[str] = frozenset({LATEST, WINDOWS}),
     ) -> None:
         """``password`` and ``tls``: see :class:`RespPipeline` (the worker passes
-        :func:`pulse.redis_clients.resp_options`)."""
+        :func:`pulse.redis_clients.resp_options`). ``parts``: which keys of a batch this sink
+        writes, its latest values (``P:device:*``) and its windows (open, sliding, closed
+        and top keys): the worker writes them through two sinks (``redis-latest`` and
+        ``redis``), each on its own connection and lane, so that a device's latest value
+        never waits behind the window writes of an earlier flush."""
+        self.parts = parts
+        if parts == {self.LATEST}:
+            self.name = "redis-latest"
+            self.paces_flushes = True
+        elif parts == {self.WINDOWS}:
+            self.paces_flushes = False
         self.keys = RedisKeys(prefix)
         self.ttl = ttl_seconds
         self._load_script = pack("SCRIPT", "LOAD", FENCE_SCRIPT)
@@ -460,7 +474,13 @@ class RedisSink(Sink):
             self._prune_device_ttls_at = now + memory
         # One write per device. A merged batch (a lane that fell behind) may hold several
         # values of a (device, metric): the last is the newest.
-        out = _native.latest_writes(batch.latest, keys.device_prefix, ttl_set, now, ttl)
+        out = (
+            _native.latest_writes(batch.latest, keys.device_prefix, ttl_set, now, ttl)
+            if self.LATEST in self.parts
+            else []
+        )
+        if self.WINDOWS not in self.parts:
+            return out
 
         # Per open view: its removal when no window is open any more, else its hash (with the
         # TTLs when a new window starts at the key, or half a TTL after the last).

@@ -287,13 +287,19 @@ def assert_api_and_cli(
     health = worker.health() or {}
     assert {name: (s["state"], s["dead_letters"]) for name, s in health["sinks"].items()} == {
         "kafka": ("ok", 0),
+        "redis-latest": ("ok", 0),
         "redis": ("ok", 0),
         "influx": (influx, 0),
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         metrics = response.read().decode()
-    for name, state in (("kafka", "ok"), ("redis", "ok"), ("influx", influx)):
+    for name, state in (
+        ("kafka", "ok"),
+        ("redis-latest", "ok"),
+        ("redis", "ok"),
+        ("influx", influx),
+    ):
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics
     label = sorted(expected.window_sizes)[0]
