@@ -151,18 +151,23 @@ class MirrorLane:
 
     While its target answers it is a :class:`SinkLane`: writes in flush order, and a flush
     completes only once this sink wrote it. When a write fails (the sink's health leaves
-    ``ok``) the lane detaches: every flush waiting on it completes at once, and the batches
-    of later flushes are folded into one pending batch holding the newest entry per key
-    (:meth:`FlushBatch.newest_per_key`), so its memory is bounded by the keys however long
-    the target is away, and Kafka, InfluxDB and the changelog go on. Once the sink's
-    retried write goes through, the lane writes the pending batch together with every live
-    key of the current state (``live_state``: latest values, open and sliding windows),
-    which overwrites whatever the target lost or missed meanwhile (a restarted server's
-    missing or older keys), then attaches again. The writes are fenced by version, so the
-    rewrite cannot take a key back.
+    ``ok``, or a write has been under way for ``patience``) the lane detaches: every flush
+    waiting on it completes at once, and the batches of later flushes are folded into one
+    pending batch holding the newest entry per key (:meth:`FlushBatch.newest_per_key`), so
+    its memory is bounded by the keys however long the target is away or slow, and Kafka,
+    InfluxDB and the changelog go on. Once the sink's retried write goes through, the lane
+    writes the pending batch, then attaches again. When a write made a new connection (the
+    server may be a restarted one that lost keys or holds older ones), the lane also writes
+    every live key of the current state (``live_state``: latest values, open and sliding
+    windows). The writes are fenced by version, so neither can take a key back.
     """
 
-    def __init__(self, sink: Sink, live_state: Callable[[], FlushBatch], patience: float) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        live_state: Callable[[], FlushBatch],
+        patience: float,
+    ) -> None:
         self.sink = sink
         self.live_state = live_state
         self.patience = patience
@@ -224,8 +229,7 @@ class MirrorLane:
 
     def _health_changed(self, state: str) -> None:
         if state != SinkHealth.OK:
-            self._rewrite_due = True  # the target may have lost or missed writes
-            self._detach(f"its target is away ({state})")
+            self._detach(f"its target is away or slow ({state})")
 
     def _detach(self, why: str) -> None:
         if self.detached:
@@ -248,15 +252,13 @@ class MirrorLane:
 
     async def _run(self) -> None:
         while True:
-            if self.detached and not self._rewrite_due and self.sink.health.state == SinkHealth.OK:
-                self.detached = False  # back: what is pending goes first, then each flush
-                if self._pending is not None:
-                    done = asyncio.get_running_loop().create_future()
-                    done.set_result(None)
-                    self._waiting.insert(0, (self._pending, done, None))
-                    self._pending = None
+            if self.detached and self._pending is None and not self._rewrite_due:
+                if self.sink.health.state != SinkHealth.OK:
+                    return  # the next submit goes on
+                self.detached = False
                 log.warning("%s sink: caught up, flushes wait for it again", self.sink.name)
-            if self.detached:
+            gates: list[Callable[[], Awaitable[None]]] = []
+            if self.detached or self._rewrite_due:
                 batches = [] if self._pending is None else [self._pending]
                 self._pending = None
                 if self._rewrite_due:
@@ -264,7 +266,6 @@ class MirrorLane:
                     batches.append(self.live_state())
                     self.rewrites += 1
                 batch = FlushBatch.newest_per_key(batches)
-                gates: list[Callable[[], Awaitable[None]]] = []
             elif self._waiting:
                 taken, self._waiting = self._waiting, []
                 self._writing = [written for _, written, _ in taken]
@@ -273,6 +274,7 @@ class MirrorLane:
                 gates = [gate for _, _, gate in taken if gate is not None]
             else:
                 return
+            connections = self.sink.connections
             try:
                 for gate in gates:
                     await gate()
@@ -287,6 +289,10 @@ class MirrorLane:
                 if not written.done():
                     written.set_result(None)
             self._writing = []
+            if connections and self.sink.connections > connections:
+                # A new connection during the write: it may reach a restarted or failed-over
+                # server that lost keys or holds older ones. Every key of the state again.
+                self._rewrite_due = True
 
     async def _write(self, batch: FlushBatch) -> None:
         """The sink's write; one under way longer than ``patience`` detaches the lane (a

@@ -203,6 +203,12 @@ class Sink(abc.ABC):
     keep the latest values fresh."""
 
     @property
+    def connections(self) -> int:
+        """Connections made to the target so far (0: not counted). A new one may reach a
+        restarted server that lost what it held (agents/flush.py, MirrorLane)."""
+        return 0
+
+    @property
     def health(self) -> SinkHealth:
         """This sink's state (see :class:`SinkHealth`), made on first use."""
         health: SinkHealth | None = self.__dict__.get("_health")

@@ -410,6 +410,10 @@ class RedisSink(Sink):
         """Writes refused so far, wholly: older than what Redis holds (a worker that lost
         its partitions and wrote late)."""
 
+    @property
+    def connections(self) -> int:
+        return self.connection.connections
+
     async def stop(self) -> None:
         await self.connection.close()
 
