@@ -774,8 +774,9 @@ class Soak:
         self.goal(
             influx_phase.sink_states.get("influx", set()) >= {"waiting"}
             and influx_phase.sink_states.get("redis") == {"ok"}
+            and influx_phase.sink_states.get("redis-latest") == {"ok"}
             and influx_phase.sink_states.get("kafka") == {"ok"},
-            "/health while InfluxDB was away: influx waiting, redis and kafka ok "
+            "/health while InfluxDB was away: influx waiting, redis, redis-latest and kafka ok "
             f"({ {k: sorted(v) for k, v in sorted(influx_phase.sink_states.items())} })",
         )
         redis_phase = self.phases[3]
@@ -795,13 +796,14 @@ class Soak:
         )
         self.goal(
             redis_phase.sink_states.get("redis", set()) >= {"waiting"}
+            and redis_phase.sink_states.get("redis-latest", set()) >= {"waiting"}
             and redis_phase.sink_states.get("kafka") == {"ok"},
-            "/health while Redis was away: redis waiting, kafka ok "
+            "/health while Redis was away: redis and redis-latest waiting, kafka ok "
             f"({ {k: sorted(v) for k, v in sorted(redis_phase.sink_states.items())} })",
         )
         end_states = {k: sorted(v) for k, v in sorted(self.phases[-1].sink_states.items())}
         self.goal(
-            all(v == ["ok"] for v in end_states.values()) and len(end_states) == 3,
+            all(v == ["ok"] for v in end_states.values()) and len(end_states) == 4,
             f"/health at the end: every sink ok ({end_states})",
         )
         limit = baseline * (1 + self.args.rss_growth / 100)
