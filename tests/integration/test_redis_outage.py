@@ -87,7 +87,15 @@ def test_redis_away_for_long_delays_only_redis_and_is_rewritten_on_return(
             worker._check_alive()
             producer.check()
             time.sleep(0.5)
-        assert sum(next_offsets(worker).values()) >= 0.6 * producer.total > applied
+        # Still frozen: the worker has applied (or soon applies) all that was produced.
+        produced = len(producer.stored)
+        assert produced > applied + 100
+        wait_until(
+            lambda: sum(next_offsets(worker).values()) >= produced,
+            "the worker keeping up while Redis is frozen",
+            [worker],
+            producer,
+        )
         assert aggregates_count(broker, env) > closed
         for name in ("redis-latest", "redis"):  # each on its own connection and lane
             away = sink_state(worker, name)
