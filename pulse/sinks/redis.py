@@ -136,6 +136,11 @@ local function compare(a, b)
   if a == b then return 0 end
   if a == "inf" then return 1 end
   if b == "inf" then return -1 end
+  if #a < 16 and #b < 16 then -- at most 15 digits: exact in a Lua number, one comparison
+    local x, y = tonumber(a), tonumber(b)
+    if x == y then return 0 end
+    return x < y and -1 or 1
+  end
   local negative = a:sub(1, 1) == "-"
   if negative ~= (b:sub(1, 1) == "-") then return negative and -1 or 1 end
   local sign = 1
@@ -150,7 +155,7 @@ end
 
 -- Whether version new is older than version old (false when there is none).
 local function older(new, old)
-  if not old then return false end
+  if not old or new == old then return false end
   local i, j = 1, 1
   while true do
     local new_end, old_end = new:find(":", i, true), old:find(":", j, true)

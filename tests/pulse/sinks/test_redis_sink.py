@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import hiredis
 import pytest
@@ -1179,6 +1180,88 @@ def test_a_malformed_call_is_an_error_reply_and_writes_nothing(
     assert all_keys(client, p) == set()
     assert fence(client, 60, good) == 0  # the good write alone applies
     assert client.hgetall(f"{p}:a") == {b"count": b"1", b"v": b"1:1"}
+
+
+version_parts = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.integers(-(10**16), 10**16),
+    st.integers(-(10**30), 10**30),
+    st.sampled_from([0, 1, -1, 10**15 - 1, 10**15, -(10**15), 2**53 + 1, 2**63 - 1]),
+    st.just(math.inf),
+)
+
+
+def _related(old: list[Any], other: list[Any], how: int) -> tuple[list[Any], list[Any]]:
+    """(stored, written) versions: equal, one a prefix of the other, differing in the last
+    part only (by one, where a Lua number would not tell them apart), or any two."""
+    if how == 0:
+        return old, list(old)
+    if how in (4, 5) and old[-1] != math.inf:
+        return old, [*old[:-1], old[-1] + (1 if how == 4 else -1)]
+    if how == 1:
+        return old, old + other[:1]
+    if how == 2:
+        return old + other[:1], old
+    if how == 3:
+        return old, old[:-1] + other[:1]
+    return old, other
+
+
+versions_of_parts = st.lists(version_parts, min_size=1, max_size=3)
+two_versions = st.builds(_related, versions_of_parts, versions_of_parts, st.integers(0, 7))
+
+
+EDGE_VERSIONS: list[tuple[list[Any], list[Any]]] = [
+    ([n], [n + delta])
+    for n in (10**15 - 1, 10**15, 2**53, 10**19 + 7, -(10**19) - 7, 10**29)
+    for delta in (-1, 1)
+] + [
+    ([1_795_315_440_000_000, 9], [1_795_315_440_000_001, 0]),  # a later event time
+    ([1_795_315_440_000_000, 9], [1_795_315_439_999_999, 10]),  # an earlier one
+    ([10**20, 5], [10**20]),  # a prefix: below
+    ([10**20], [10**20, math.inf]),
+    ([math.inf], [10**40]),
+    ([-5], [-(10**16)]),
+    ([-(10**16)], [5]),
+]
+"""Pairs of (stored, written) versions that every run of the test below writes: neighbours
+where a Lua number (a double) would not tell them apart, prefixes, signs, ``inf``."""
+
+
+def version_text(parts: list[int | float]) -> str:
+    return ":".join("inf" if part == math.inf else str(part) for part in parts)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pairs=st.lists(two_versions, min_size=1, max_size=200))
+def test_versions_are_compared_as_integers_at_any_size(
+    redis_url: str, topic_prefix: str, pairs: list[tuple[list[Any], list[Any]]]
+) -> None:
+    """A write applies exactly when its version is not below the stored one, in Python's
+    order of tuples of integers (a shorter version that is a prefix of the other below it,
+    ``inf`` above every integer): at any size and sign, beyond the 15 digits a Lua number
+    holds exactly."""
+    p = f"{topic_prefix}:{next(_differential_runs)}"
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    pairs = [*pairs, *EDGE_VERSIONS]
+    keys = [f"{p}:{n}" for n in range(len(pairs))]
+    stored = [
+        (key, "w", False, (version_text(old), "count", "1"))
+        for key, (old, _) in zip(keys, pairs, strict=True)
+    ]
+    assert fence(client, 60, *stored) == 0
+    late = [
+        (key, "w", False, (version_text(new), "count", "2"))
+        for key, (_, new) in zip(keys, pairs, strict=True)
+    ]
+    refused = fence(client, 60, *late)
+    expected = [tuple(new) < tuple(old) for old, new in pairs]
+    assert refused == sum(expected)
+    counts = [client.hget(key, "count") for key in keys]
+    assert counts == [b"1" if was_refused else b"2" for was_refused in expected]
 
 
 PER_KEY_SCRIPT = (Path(__file__).parents[2] / "helpers" / "fence_per_key.lua").read_text()
