@@ -1,17 +1,22 @@
 """What Redis spends on the Redis sink's fenced writes: ``python -m bench.redis_writes``.
 
 Starts a fresh redis-server (``pulse.local.stack.start_redis``) and writes the same ``--writes``
-open windows' hashes (keys ``bench:open:10s:dev-00042:temperature``, the 12 fields of a
-window: ten aggregates, start and end) in each of these ways:
+keys of one kind (``--kind``) in each of these ways:
 
 * ``plain HSET``: one HSET per key, unfenced: the baseline;
 * ``1 key/call``: one call of the fence script per key;
 * ``K keys/call`` for each K of ``--keys-per-call``: the writes packed K keys per call.
 
-The fenced writes are made by the sink's own builders (``open_view_writes``, then
-``fenced_calls``), every one newer than what Redis holds (each round raises the windows'
-counts), so each applies as a flush's would; by default after the first write of each key,
-so without the TTLs (``--refresh``: with them, as closed and sliding windows are written).
+The kinds: ``open`` (the default), open windows' hashes (keys
+``bench:open:10s:dev-00042:temperature``, the 12 fields of a window: ten aggregates, start and
+end); ``device``, devices' hashes (keys ``bench:device:dev-00042``, per metric of
+``--metrics`` its value and ``{metric}:ts``), as the latest values are written.
+
+The fenced writes are made by the sink's own builders (``open_view_writes`` or
+``latest_writes``, then ``fenced_calls``), every one newer than what Redis holds (each round
+raises the windows' counts, or the values' times and offsets), so each applies as a flush's
+would; by default after the first write of each key, so without the TTLs (``--refresh``: with
+them, as closed and sliding windows are written).
 Every way is sent as the sink sends it: pipelined, one round trip per 20,000 keys. A warm-up
 writes every key once first.
 
@@ -33,8 +38,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from models.outputs import OpenView
+from models.outputs import Latest, OpenView
 from pulse.local.stack import start_redis
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._text import seconds_text
@@ -47,6 +53,8 @@ KEYS_PER_ROUND_TRIP = 20_000
 """Keys per pipelined round trip, as the sink sends them."""
 TTL = 3600
 PREFIX = "bench:open:"
+DEVICE_PREFIX = "bench:device:"
+METRICS = ("temperature", "humidity", "pressure", "voltage", "current", "power", "co2", "rpm")
 START_US = 1_795_315_440 * S
 
 
@@ -69,19 +77,51 @@ def views(writes: int, count: int) -> list[OpenView]:
     ]
 
 
+def latest(writes: int, metrics: int, count: int) -> list[Latest]:
+    """The latest values of ``metrics`` metrics of ``writes`` devices, at time ``count`` s
+    after the windows' start and offset ``count`` (the version)."""
+    t_us = START_US + count * S
+    return [
+        Latest(f"dev-{n:05d}", metric, t_us, 21.5 + count * 0.25, count)
+        for n in range(writes)
+        for metric in METRICS[:metrics]
+    ]
+
+
+def batch_of(args: argparse.Namespace, count: int) -> list[OpenView] | list[Latest]:
+    """What a round writes: ``--writes`` keys of ``--kind``, at version ``count``."""
+    if args.kind == "device":
+        return latest(args.writes, args.metrics, count)
+    return views(args.writes, count)
+
+
 def commands(
-    way: Way, batch: list[OpenView], ttl_set: dict[str, tuple[int, float]], refresh: bool
+    way: Way,
+    batch: list[OpenView] | list[Latest],
+    ttl_set: dict[str, Any],
+    refresh: bool,
 ) -> list[bytes]:
     """The commands that write ``batch`` in this way."""
+    devices = [entry for entry in batch if isinstance(entry, Latest)]
     if way.keys_per_call:
         if refresh:
             ttl_set.clear()
         now = time.monotonic()
-        writes = _native.open_view_writes(batch, PREFIX, ttl_set, now, TTL, WINDOW_FIELDS)
+        if devices:
+            writes = _native.latest_writes(devices, DEVICE_PREFIX, ttl_set, now, TTL)
+        else:
+            writes = _native.open_view_writes(batch, PREFIX, ttl_set, now, TTL, WINDOW_FIELDS)
         return fenced_calls(writes, TTL, way.keys_per_call)
     out = []
+    if devices:
+        fields_of: dict[str, list[str]] = {}
+        for entry in devices:
+            fields_of.setdefault(entry.device, []).extend(
+                (entry.metric, repr(entry.value), f"{entry.metric}:ts", seconds_text(entry.t_us))
+            )
+        return [pack("HSET", f"{DEVICE_PREFIX}{d}", *fields) for d, fields in fields_of.items()]
     for view in batch:
-        assert view.text is not None
+        assert isinstance(view, OpenView) and view.text is not None
         values = (*view.text, seconds_text(view.start_us), seconds_text(view.end_us))
         fields = [item for pair in zip(WINDOW_FIELDS, values, strict=True) for item in pair]
         out.append(pack("HSET", f"{PREFIX}10s:{view.device}:{view.metric}", *fields))
@@ -124,18 +164,18 @@ async def measure(
     ways += [Way(f"{k} keys/call", k) for k in args.keys_per_call]
     redis = RespPipeline(f"redis://127.0.0.1:{port}/0", timeout=120)
     await redis.execute([pack("SCRIPT", "LOAD", FENCE_SCRIPT)])
-    ttl_set: dict[str, tuple[int, float]] = {}
+    ttl_set: dict[str, Any] = {}
     version = (await info(redis, "server"))["redis_version"]
     count = 1
     # Warm-up: every key and its versions created, with their TTLs.
     for way in (ways[0], ways[1]):
-        await send(redis, way, commands(way, views(args.writes, count), ttl_set, args.refresh))
+        await send(redis, way, commands(way, batch_of(args, count), ttl_set, args.refresh))
         count += 1
     results: dict[Way, list[tuple[float, float]]] = {way: [] for way in ways}
     order = random.Random(args.seed)
     for round_number in range(1, args.rounds + 1):
         for way in order.sample(ways, len(ways)):
-            packed = commands(way, views(args.writes, count), ttl_set, args.refresh)
+            packed = commands(way, batch_of(args, count), ttl_set, args.refresh)
             count += 1
             await redis.execute([pack("CONFIG", "RESETSTAT")])
             before = await cpu_seconds(redis)
@@ -156,8 +196,13 @@ def table(
     median = statistics.median
     per_key = {way: median([cpu for cpu, _ in runs]) for way, runs in results.items()}
     plain, one = (per_key[way] for way in list(results)[:2])
+    what = (
+        f"device writes ({args.metrics} metrics)"
+        if args.kind == "device"
+        else "window writes (12 fields)"
+    )
     lines = [
-        f"Redis {version}: {args.writes:,} window writes (12 fields) per round, "
+        f"Redis {version}: {args.writes:,} {what} per round, "
         f"{'with' if args.refresh else 'without'} the TTLs, median of {args.rounds} rounds",
         "",
         "| way | Redis CPU us/key | x plain HSET | x 1 key/call | Redis busy per command, us |",
@@ -175,6 +220,16 @@ def table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=20_000, help="keys written per round")
+    parser.add_argument(
+        "--kind", choices=("open", "device"), default="open", help="the keys written"
+    )
+    parser.add_argument(
+        "--metrics",
+        type=int,
+        choices=range(1, len(METRICS) + 1),
+        default=2,
+        help="metrics per device (--kind device)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--keys-per-call",

@@ -1,4 +1,9 @@
-"""Reading Pulse's live state back from Redis (for ``pulse state`` and the HTTP API)."""
+"""Reading Pulse's live state back from Redis (for ``pulse state`` and the HTTP API).
+
+The hashes Pulse writes also hold the versions that fence them (a window's ``v``, a device's
+``{metric}:v``: pulse/sinks/redis.py); readers here leave those out, so what they show is the
+contract's fields only.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ def _number(raw: Any) -> int | float:
 
 
 def _numbers(mapping: Any) -> dict[str, int | float]:
-    return {_text(key): _number(value) for key, value in mapping.items()}
+    """A window's hash as numbers, without its version (field ``v``)."""
+    return {_text(key): _number(value) for key, value in mapping.items() if _text(key) != "v"}
 
 
 def _text(raw: Any) -> str:
@@ -34,7 +40,12 @@ async def device_state(client: aioredis.Redis, settings: Settings, device: str) 
     """
     keys = RedisKeys(settings.redis_prefix)
     raw = await client.hgetall(keys.device(device))
-    fields = _numbers(raw)
+    # Per metric: its value, {metric}:ts and its version {metric}:v (left out).
+    fields = {
+        name: _number(value)
+        for name, value in ((_text(k), v) for k, v in raw.items())
+        if not name.endswith(":v")
+    }
     metrics = sorted(name for name in fields if not name.endswith(":ts"))
     latest = {m: {"value": fields[m], "ts": fields.get(f"{m}:ts")} for m in metrics}
     labels = [spec.label for spec in settings.windows if spec.kind != "sliding"]

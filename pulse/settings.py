@@ -311,8 +311,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PULSE_REDIS_PREFIX",
         "pulse",
-        "Prefix of every Redis key Pulse writes (no braces: a key's versions are in its "
-        "Redis Cluster slot by a hash tag, `{KEY}:v`).",
+        "Prefix of every Redis key Pulse writes (no braces: the versions kept beside a key, "
+        "`{KEY}:v`, are in its Redis Cluster slot by a hash tag).",
         _redis_prefix,
     ),
     Variable(

@@ -742,7 +742,8 @@ static char *put_int(char *at, char *end, PyObject *n) {
 }
 
 /* The per-key fenced writes (see "Redis writes" in tables/_speedups_py.py): each is a tuple
- * (keys, args, argc): keys the RESP bulk strings of the key and "{key}:v", args those of
+ * (keys, args, argc): keys the RESP bulk strings of the key and "{key}:v" (the hash beside
+ * it: a top key's versions, an open window's tombstone), args those of
  *     {kind} {refresh} {n} {arg} ...
  * (the version first among the args) and argc = 3 + n, the bulk strings in args. The sink
  * packs many into one call of the fence script. */

@@ -304,9 +304,10 @@ def seconds_text(t_us: int, /) -> str:
 #
 #     EVALSHA {script} {2K} {key1} {{key1}}:v ... {keyK} {{keyK}}:v {ttl} {write1} ... {writeK}
 #
-# ``{key}:v`` in braces is the hash of the key's versions, in the key's Redis Cluster slot.
-# A key's write is ``{kind} {refresh} {n}`` and its n arguments; refresh is 1 to set both
-# keys' TTLs. Per kind, the arguments:
+# ``{key}:v`` in braces is the hash kept beside the key, in the key's Redis Cluster slot (a
+# top key's versions, an open window's tombstone; a window's and a metric's versions are
+# fields of their own hash: the script decides). A key's write is ``{kind} {refresh} {n}``
+# and its n arguments; refresh is 1 to set the key's TTL. Per kind, the arguments:
 #
 # * ``w`` (a window's hash): its version, then its fields and values; none: remove the key;
 # * ``f`` (a device's hash): per metric its version, metric, value, ``{metric}:ts``, time;
@@ -397,8 +398,8 @@ def window_write(
     /,
 ) -> Write:
     """The fenced write of a window's hash (kind ``w``, refresh 1): ``version name value
-    ...`` (``HSET key name value ...`` unless the key's stored version is newer, with both
-    keys' TTLs set)."""
+    ...`` (``HSET key name value ... v version`` unless the key's stored version is newer,
+    with its TTL set)."""
     if not isinstance(key, str) or not isinstance(version, str):
         raise TypeError("window_write() arguments 1 and 2 must be str")
     if not isinstance(names, tuple) or not isinstance(values, tuple):

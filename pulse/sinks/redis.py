@@ -3,18 +3,23 @@ fenced by the version of the state it reflects.
 
 Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STATE_TTL``):
 
-* ``P:device:{device}`` hash: ``{metric}`` = latest value, ``{metric}:ts`` = its event time.
+* ``P:device:{device}`` hash: ``{metric}`` = latest value, ``{metric}:ts`` = its event time,
+  ``{metric}:v`` = its version (metric names hold no ``:``, so these never collide).
 * ``P:open:{window}:{device}:{metric}`` hash: the newest open window's partial aggregates
-  plus ``start``, ``end``; removed when it closes and no newer window is open.
-* ``P:closed:{window}:{device}:{metric}`` hash: the most recent closed window.
+  plus ``start``, ``end`` and its version ``v``; removed when it closes and no newer window is
+  open.
+* ``P:closed:{window}:{device}:{metric}`` hash: the most recent closed window, and ``v``.
 * ``P:top:{window}:{metric}`` sorted set: device scored by its latest closed window's mean.
 * ``P:sliding:{size}:{device}:{metric}`` hash: a sliding window's aggregates plus ``start``
-  (exclusive) and ``end`` (inclusive, the key's latest event time); ``{size}`` as written
-  after ``sliding:`` in ``PULSE_WINDOWS``.
-* ``{KEY}:v`` hash beside each of those keys (the braces make it a Redis Cluster hash tag: it
-  lives in KEY's slot): the version of what KEY holds, under ``v`` for a window's hash, under
-  the metric for a device's value, under the device for a top member. Readers never see
-  it: it is another key, and scans of ``P:*`` do not match it.
+  (exclusive) and ``end`` (inclusive, the key's latest event time), and ``v``; ``{size}`` as
+  written after ``sliding:`` in ``PULSE_WINDOWS``.
+* ``{KEY}:v`` hash (the braces make it a Redis Cluster hash tag: it lives in KEY's slot),
+  only where KEY cannot hold its versions: beside a top key, each member's version under the
+  device (a member carries no fields); beside an open window's key once it is removed, its
+  tombstone under ``v``. Scans of ``P:*`` do not match it.
+
+Readers (pulse/live_state.py) leave the version fields out: ``v`` of a window's hash, and
+``{metric}:v`` of a device's.
 
 Fencing. A worker that lost its partitions but does not know it yet (a zombie: paused,
 stalled, cut off) may still write what it drained before. Every write therefore carries the
@@ -34,6 +39,17 @@ identical content. The versions, each compared in order:
 * a device's value: (its event time, the partition's input offset at the drain); a device's
   readings are in one partition (keyed by device).
 
+A window's or a metric's version lives in its own hash, so its write is one read of the
+stored version and one HSET of the fields with the new version (a version in a key of its
+own cost a read and two writes, which Redis spends more on). Where the hash holds no version
+(the key is absent, or was written before versions moved into keys), the script reads
+``{KEY}:v``: so the tombstone of a removed open window is consulted exactly when the window's
+key does not exist, and a write that would bring it back is compared with it; the common
+write of an existing key never touches ``{KEY}:v``. A removal deletes the key (its ``v``
+with it) and writes the tombstone; a write newer than the tombstone creates the key again
+and leaves the tombstone to expire (only read while the key is absent, and the key holds a
+version at least as new).
+
 So a late write can neither regress a value nor bring back a removed open window. Versions
 and removal tombstones live as long as keys do (``PULSE_STATE_TTL``, at least the session
 timeout): a write later than that after a key's last write (or removal) meets no version and
@@ -50,12 +66,12 @@ A call answers how many of its keys' writes it refused entirely; the sink counts
 Redis Cluster runs a script on keys of one slot only, so a sink for a cluster will group the
 writes by slot (issue 22); this sink talks to one server.
 
-A key's TTL (and its versions') is set whenever a write creates the key or one of its
-fields, and else when the sink asks: when it first writes a key (for an open window: when a
-new window starts in it), again once half a TTL has passed, and on every write of a closed,
-top or sliding key. So no key is ever left without a TTL. The script is loaded (SCRIPT LOAD)
-on every connection and again when Redis answers NOSCRIPT (a server that lost its scripts
-without a reconnection).
+A key's TTL (and a top key's versions') is set whenever a write creates the key or one of
+its fields, and else when the sink asks: when it first writes a key (for an open window: when
+a new window starts in it), again once half a TTL has passed, and on every write of a closed,
+top or sliding key; a tombstone's whenever a removal writes it. So no key is ever left
+without a TTL. The script is loaded (SCRIPT LOAD) on every connection and again when Redis
+answers NOSCRIPT (a server that lost its scripts without a reconnection).
 """
 
 from __future__ import annotations
@@ -96,19 +112,23 @@ forgotten, and the sink's memory stays bounded by the devices of the last minute
 
 FENCE_SCRIPT = """\
 -- Pulse's fenced writes, of many keys in one call (pulse/sinks/redis.py). KEYS: per key
--- written, the key and the hash of its versions ({key}:v, in the same cluster slot).
--- ARGV[1]: the TTL in seconds. Then per key, in the order of KEYS: its kind of write, "1" to
--- set both keys' TTLs (they are also set whenever the write creates the key or a field), n,
--- and its n arguments, by kind:
---   w  a window's hash: version, then field, value, ...; no field: remove the key and keep
---      the version (a tombstone, with the TTL);
---   f  a device's hash: per metric version, metric, value, metric:ts, time;
---   z  a sorted set: per member version, score, member.
--- A version is decimal integers joined by ":" ("inf" above every integer), compared in
--- order. A write (or a metric's, a member's) applies unless its version is older than the
--- one stored. Returns how many keys' writes were refused entirely (nothing applied). A
--- malformed call (an unknown kind, arguments that do not add up) is an error reply and
--- writes nothing.
+-- written, the key and the hash {key}:v beside it (in the same cluster slot): a top key's
+-- versions, an open window's tombstone. ARGV[1]: the TTL in seconds. Then per key, in the
+-- order of KEYS: its kind of write, "1" to set its TTL (also set whenever the write creates
+-- the key or a field), n, and its n arguments, by kind:
+--   w  a window's hash: version, then field, value, ... (no field named v); the version is
+--      the hash's field v. No field: remove the key and keep the version in {key}:v (a
+--      tombstone, with the TTL);
+--   f  a device's hash: per metric version, metric, value, metric:ts, time; the version is
+--      the hash's field metric:v;
+--   z  a sorted set: per member version, score, member; the versions in {key}:v, by member.
+-- A key that holds no version of a window or a metric (the key does not exist, or was
+-- written while versions were kept beside keys) is compared with {key}:v's, if any: so a
+-- removed window's tombstone is read only while its key is absent. A version is decimal
+-- integers joined by ":" ("inf" above every integer), compared in order. A write (or a
+-- metric's, a member's) applies unless its version is older than the one stored. Returns
+-- how many keys' writes were refused entirely (nothing applied). A malformed call (an
+-- unknown kind, arguments that do not add up) is an error reply and writes nothing.
 local ttl = ARGV[1]
 
 -- -1, 0 or 1 as integer a is below, equal to or above integer b (exact at any size).
@@ -116,6 +136,11 @@ local function compare(a, b)
   if a == b then return 0 end
   if a == "inf" then return 1 end
   if b == "inf" then return -1 end
+  if #a < 16 and #b < 16 then -- at most 15 digits: exact in a Lua number, one comparison
+    local x, y = tonumber(a), tonumber(b)
+    if x == y then return 0 end
+    return x < y and -1 or 1
+  end
   local negative = a:sub(1, 1) == "-"
   if negative ~= (b:sub(1, 1) == "-") then return negative and -1 or 1 end
   local sign = 1
@@ -130,7 +155,7 @@ end
 
 -- Whether version new is older than version old (false when there is none).
 local function older(new, old)
-  if not old then return false end
+  if not old or new == old then return false end
   local i, j = 1, 1
   while true do
     local new_end, old_end = new:find(":", i, true), old:find(":", j, true)
@@ -178,59 +203,86 @@ end
 local refused = 0
 a = 2
 for k = 1, #KEYS, 2 do
-  local key, versions = KEYS[k], KEYS[k + 1]
+  local key, beside = KEYS[k], KEYS[k + 1]
   local kind, refresh = ARGV[a], ARGV[a + 1] == "1"
   local first, last = a + 3, a + 2 + tonumber(ARGV[a + 2]) -- this key's arguments
   a = last + 1
   local applied, created = 0, false
   if kind == "w" then
     local version = ARGV[first]
-    if not older(version, redis.call("HGET", versions, "v")) then
+    -- Its v; a key without one (absent: removed, expired, never written) may have left a
+    -- tombstone beside it.
+    local stored = redis.call("HGET", key, "v") or redis.call("HGET", beside, "v")
+    if not older(version, stored) then
       applied = 1
-      created = redis.call("HSET", versions, "v", version) == 1
       if first == last then -- no field: the key's removal, its version kept as a tombstone
         redis.call("DEL", key)
-        redis.call("EXPIRE", versions, ttl)
-        refresh, created = false, false -- no key left to set a TTL on
+        redis.call("HSET", beside, "v", version)
+        redis.call("EXPIRE", beside, ttl)
+        refresh = false -- no key left to set a TTL on
       else
-        created = redis.call("HSET", key, unpack(ARGV, first + 1, last)) > 0 or created
+        created = redis.call("HSET", key, "v", version, unpack(ARGV, first + 1, last)) > 0
       end
     end
-  else -- "f": per metric (version, metric, value, metric:ts, time); "z": per member
-    -- (version, score, member). The stored versions in one HMGET, then one write of what
-    -- applies to each of the two keys, whatever the number of metrics or members.
-    local step, at = kind == "f" and 5 or 3, kind == "f" and 1 or 2 -- the name's place
+  elseif kind == "f" then -- per metric (version, metric, value, metric:ts, time): the
+    -- stored versions (fields metric:v) in one HMGET, then one HSET of what applies.
     local names = {}
-    for i = first, last, step do names[#names + 1] = ARGV[i + at] end
-    local stored = batched("HMGET", versions, names, 1)
+    for i = first, last, 5 do names[#names + 1] = ARGV[i + 1] .. ":v" end
+    local stored = batched("HMGET", key, names, 1)
+    -- A metric without one (new to the key, or written while versions were kept beside
+    -- keys): the version beside the key, if any.
+    local missing, metrics = {}, {}
+    for j = 1, #names do
+      if not stored[j] then
+        missing[#missing + 1] = j
+        metrics[#metrics + 1] = ARGV[first + (j - 1) * 5 + 1]
+      end
+    end
+    if #missing > 0 then
+      local kept = batched("HMGET", beside, metrics, 1)
+      for m = 1, #missing do stored[missing[m]] = kept[m] end
+    end
+    local newest, items = {}, {}
+    for j = 1, #names do
+      local i, name = first + (j - 1) * 5, names[j]
+      local old = newest[name] or stored[j] -- named twice: the later against the earlier
+      if not older(ARGV[i], old) then
+        newest[name] = ARGV[i]
+        for m = i + 1, i + 4 do items[#items + 1] = ARGV[m] end
+        items[#items + 1] = name
+        items[#items + 1] = ARGV[i]
+        applied = applied + 1
+      end
+    end
+    if applied > 0 then created = batched("HSET", key, items, 6) > 0 end
+  else -- "z": per member (version, score, member), the versions in the hash beside the key:
+    -- the stored ones in one HMGET, then one write of what applies to each of the two keys.
+    local names = {}
+    for i = first, last, 3 do names[#names + 1] = ARGV[i + 2] end
+    local stored = batched("HMGET", beside, names, 1)
     local newest, version_items, items = {}, {}, {}
     for j = 1, #names do
-      local i, name = first + (j - 1) * step, names[j]
+      local i, name = first + (j - 1) * 3, names[j]
       local old = newest[name] or stored[j] -- named twice: the later against the earlier
       if not older(ARGV[i], old) then
         newest[name] = ARGV[i]
         version_items[#version_items + 1] = name
         version_items[#version_items + 1] = ARGV[i]
-        if kind == "f" then
-          for m = i + 1, i + 4 do items[#items + 1] = ARGV[m] end
-        else
-          items[#items + 1] = ARGV[i + 1]
-          items[#items + 1] = name
-        end
+        items[#items + 1] = ARGV[i + 1]
+        items[#items + 1] = name
         applied = applied + 1
       end
     end
     if applied > 0 then
-      created = batched("HSET", versions, version_items, 2) > 0
-      created = batched(kind == "f" and "HSET" or "ZADD", key, items, kind == "f" and 4 or 2)
-        > 0 or created
+      created = batched("HSET", beside, version_items, 2) > 0
+      created = batched("ZADD", key, items, 2) > 0 or created
+      if refresh or created then redis.call("EXPIRE", beside, ttl) end
     end
   end
   if applied == 0 then
     refused = refused + 1
   elseif refresh or created then
     redis.call("EXPIRE", key, ttl)
-    redis.call("EXPIRE", versions, ttl)
   end
 end
 return refused

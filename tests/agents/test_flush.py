@@ -302,7 +302,10 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
         finally:
             stored = redis.Redis.from_url(back.url)
             keys = sorted(k.decode() for k in stored.scan_iter("m:*"))
-            devices = {d: stored.hgetall(f"m:device:{d}") for d in ("a", "b")}
+            devices = {  # without the versions that fence the writes
+                d: {k: v for k, v in stored.hgetall(f"m:device:{d}").items() if b":v" not in k}
+                for d in ("a", "b")
+            }
             closed = stored.hgetall("m:closed:10s:a:t")
             opened = {d: stored.hget(f"m:open:10s:{d}:t", "count") for d in ("a", "b")}
             top = stored.zrange("m:top:10s:t", 0, -1, withscores=True)

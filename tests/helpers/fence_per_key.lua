@@ -1,6 +1,8 @@
 -- The fence script as it was while every Redis write was one call per key (Pulse before its
--- writes were batched): the reference that tests/pulse/sinks/test_redis_sink.py holds the
--- batched script (pulse/sinks/redis.py, FENCE_SCRIPT) to, key by key.
+-- writes were batched), every version kept beside its key in {KEY}:v: the reference that
+-- tests/pulse/sinks/test_redis_sink.py holds the batched script (pulse/sinks/redis.py,
+-- FENCE_SCRIPT) to, key by key, by what each key holds and its versions wherever they are
+-- kept; and the writer of keys whose versions are all beside them.
 --
 -- Pulse's fenced write of one key (pulse/sinks/redis.py). KEYS[1]: the key; KEYS[2]: the
 -- hash of its versions ({KEYS[1]}:v, in the same cluster slot). ARGV[1]: the kind of write,

@@ -202,18 +202,30 @@ def _hash(client: redis.Redis, key: str) -> dict[bytes, bytes]:
     return cast(dict[bytes, bytes], client.hgetall(key))
 
 
+def _window_hash(client: redis.Redis, key: str, version: str) -> dict[str, float]:
+    """A window's hash as numbers, after checking its version (its field ``v``, which the
+    contract's readers leave out): ``version``."""
+    stored = _hash(client, key)
+    assert stored.pop(b"v", None) == version.encode(), key
+    return {k.decode(): float(v) for k, v in stored.items()}
+
+
 def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
     devices: dict[str, dict[str, tuple[int, float]]] = {}
     for (device, metric), (t_us, value) in expected.latest.items():
         devices.setdefault(device, {})[metric] = (t_us, value)
     for device, metrics in devices.items():
         key = f"{prefix}:device:{device}"
-        stored = client.hgetall(key)
+        stored = _hash(client, key)
         want = {}
         for metric, (t_us, value) in metrics.items():
             want[metric.encode()] = repr(value).encode()
             seconds = t_us // 1_000_000 if t_us % 1_000_000 == 0 else t_us / 1_000_000
             want[f"{metric}:ts".encode()] = repr(seconds).encode()
+            # Its version: the value's event time, then the partition's offset at the drain
+            # (which the reference does not follow).
+            version = stored.pop(f"{metric}:v".encode(), b"").decode()
+            assert version.startswith(f"{t_us}:") and version.split(":")[1].isdigit(), device
         assert stored == want, device
         assert 0 < client.ttl(key) <= STATE_TTL
 
@@ -224,7 +236,7 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
     for (label, device, metric), start in newest.items():
         agg = expected.windows[(device, metric, label, start)]
         key = f"{prefix}:closed:{label}:{device}:{metric}"
-        shown = {k.decode(): float(v) for k, v in _hash(client, key).items()}
+        shown = _window_hash(client, key, f"{start}:{agg['count']}")  # (start, count)
         end = start + expected.window_sizes[label]
         fields: dict[str, Any] = {name: agg[name] for name in FIELDS}
         fields["start"] = start // 1_000_000
@@ -252,7 +264,8 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
     }
     assert found == set(wanted)
     for key, fields in wanted.items():
-        stored = {k.decode(): float(v) for k, v in _hash(client, key).items()}
+        version = f"{round(fields['end'] * 1_000_000)}:{fields['count']}"  # (end, count)
+        stored = _window_hash(client, key, version)
         assert_window_fields(stored, fields, key)
         assert 0 < client.ttl(key) <= STATE_TTL
 

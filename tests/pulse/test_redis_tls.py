@@ -73,8 +73,10 @@ def test_the_sink_and_redis_py_connect_over_tls_with_a_client_certificate(
     assert reader.hgetall(key) == {
         b"temperature": b"21.5",
         b"temperature:ts": b"1700000000",
+        b"temperature:v": b"1700000000000000:7",
         b"humidity": b"40.125",
         b"humidity:ts": b"1700000001.25",
+        b"humidity:v": b"1700000001250000:8",
     }
     assert 0 < reader.ttl(key) <= 600
     assert via_pulse == {

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import hiredis
 import pytest
@@ -427,16 +428,14 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
             await asyncio.wait_for(pending, 30)
             client = redis.Redis(port=port)
             stored = client.hgetall("p:device:dev-1")
-            assert stored == {b"temp": b"21.5", b"temp:ts": b"1700000000.5"}
-            assert client.hgetall("{p:device:dev-1}:v") == {b"temp": b"1700000000500000:8"}
+            assert stored == {
+                b"temp": b"21.5",
+                b"temp:ts": b"1700000000.5",
+                b"temp:v": b"1700000000500000:8",
+            }
             # The restarted server lost every key: they are back with their TTLs, although
             # the sink had already set those TTLs on the first server.
-            assert all_keys(client, "p") == {
-                "p:device:dev-1",
-                "{p:device:dev-1}:v",
-                "p:open:10s:dev-1:temp",
-                "{p:open:10s:dev-1:temp}:v",
-            }
+            assert all_keys(client, "p") == {"p:device:dev-1", "p:open:10s:dev-1:temp"}
             assert_every_key_has_a_ttl(client, "p", 60)
             await sink.write(late)  # still fenced: refused
             assert client.hgetall("p:device:dev-1") == stored
@@ -471,7 +470,11 @@ def test_a_server_that_cannot_write_now_is_waited_out_and_its_state_shown(
             assert sink.health.reason.startswith("Redis: OOM command not allowed")
             client.config_set("maxmemory", "0")
             await asyncio.wait_for(pending, 10)
-            assert client.hgetall("p:device:dev-1") == {b"temp": b"21.5", b"temp:ts": b"1700000000"}
+            assert client.hgetall("p:device:dev-1") == {
+                b"temp": b"21.5",
+                b"temp:ts": b"1700000000",
+                b"temp:v": b"1700000000000000:8",
+            }
             assert sink.health.state == "ok"
         finally:
             await sink.stop()
@@ -502,9 +505,14 @@ def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
     ]
     write(sink, merged)
     client = redis.Redis.from_url(redis_url)
-    assert client.hgetall(f"{topic_prefix}:device:dev-1") == {b"temp": b"2.0", b"temp:ts": b"12"}
+    assert client.hgetall(f"{topic_prefix}:device:dev-1") == {
+        b"temp": b"2.0",
+        b"temp:ts": b"12",
+        b"temp:v": b"12000000:2",
+    }
     opened = client.hgetall(f"{topic_prefix}:open:10s:dev-1:temp")
     assert (opened[b"count"], opened[b"sum"], opened[b"start"]) == (b"1", b"2.0", b"10")
+    assert opened[b"v"] == b"10000000:1"
 
 
 def args_of(command: bytes) -> list[bytes]:
@@ -617,11 +625,11 @@ def view_of(
     return OpenView(*closed(device, metric, label, start, values, size))
 
 
-def window_hash(window: ClosedWindow | OpenView) -> dict[str, str]:
-    """What a window's hash holds: its aggregates' text, start and end."""
+def window_hash(window: ClosedWindow | OpenView, version: str) -> dict[str, str]:
+    """What a window's hash holds: its aggregates' text, start and end, and its version."""
     assert window.text is not None
     values = (*window.text, seconds_text(window.start_us), seconds_text(window.end_us))
-    return dict(zip(WINDOW_FIELDS, values, strict=True))
+    return {**dict(zip(WINDOW_FIELDS, values, strict=True)), "v": version}
 
 
 def sliding_of(device: str, metric: str, end: int, values: list[float]) -> OpenView:
@@ -630,9 +638,9 @@ def sliding_of(device: str, metric: str, end: int, values: list[float]) -> OpenV
     return view._replace(text=None)  # the sink formats a sliding view itself
 
 
-def sliding_hash(view: OpenView) -> dict[str, str]:
+def sliding_hash(view: OpenView, version: str) -> dict[str, str]:
     assert view.state is not None
-    return window_hash(view._replace(text=Summary.text(view.state)))
+    return window_hash(view._replace(text=Summary.text(view.state)), version)
 
 
 def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
@@ -654,19 +662,19 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
         sliding=[sliding_of("d1", "t", 31 * S, [4.0, 5.0, 6.0])],
     )
     write(sink, owner)
+    # Every version in its own hash (a window's v, a metric's {metric}:v) but the top
+    # members', beside their key.
     wanted = {
-        f"{p}:closed:10s:d1:t": window_hash(owner.closed[0]),
-        f"{{{p}:closed:10s:d1:t}}:v": {"v": "20000000:2"},
-        f"{p}:closed:10s:d2:t": window_hash(owner.closed[1]),
-        f"{{{p}:closed:10s:d2:t}}:v": {"v": "20000000:1"},
+        f"{p}:closed:10s:d1:t": window_hash(owner.closed[0], "20000000:2"),
+        f"{p}:closed:10s:d2:t": window_hash(owner.closed[1], "20000000:1"),
         f"{p}:top:10s:t": {"d1": 3.5, "d2": 9.0},
         f"{{{p}:top:10s:t}}:v": {"d1": "20000000:2", "d2": "20000000:1"},
-        f"{p}:open:10s:d1:t": window_hash(owner.open_views[0]),
-        f"{{{p}:open:10s:d1:t}}:v": {"v": "30000000:2"},
-        f"{p}:device:d1": {"t": "6.0", "t:ts": "31", "h": "50.0", "h:ts": "25"},
-        f"{{{p}:device:d1}}:v": {"t": "31000000:40", "h": "25000000:40"},
-        f"{p}:sliding:20s:d1:t": sliding_hash(owner.sliding[0]),
-        f"{{{p}:sliding:20s:d1:t}}:v": {"v": "31000000:3"},
+        f"{p}:open:10s:d1:t": window_hash(owner.open_views[0], "30000000:2"),
+        f"{p}:device:d1": {
+            **{"t": "6.0", "t:ts": "31", "t:v": "31000000:40"},
+            **{"h": "50.0", "h:ts": "25", "h:v": "25000000:40"},
+        },
+        f"{p}:sliding:20s:d1:t": sliding_hash(owner.sliding[0], "31000000:3"),
     }
     assert contents(client, p) == wanted
     # The zombie's writes, each older: an earlier closed window (and top member), the same
@@ -707,11 +715,14 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
         sliding=[sliding_of("d1", "t", 31 * S, [4.5, 5.5, 6.5])],
     )
     write(sink, equal)
-    wanted[f"{p}:closed:10s:d1:t"] = window_hash(equal.closed[0])
+    wanted[f"{p}:closed:10s:d1:t"] = window_hash(equal.closed[0], "20000000:2")
     wanted[f"{p}:top:10s:t"] = {"d1": 3.5, "d2": 9.0}
-    wanted[f"{p}:open:10s:d1:t"] = window_hash(equal.open_views[0])
-    wanted[f"{p}:device:d1"] = {"t": "6.5", "t:ts": "31", "h": "50.0", "h:ts": "25"}
-    wanted[f"{p}:sliding:20s:d1:t"] = sliding_hash(equal.sliding[0])
+    wanted[f"{p}:open:10s:d1:t"] = window_hash(equal.open_views[0], "30000000:2")
+    wanted[f"{p}:device:d1"] = {
+        **{"t": "6.5", "t:ts": "31", "t:v": "31000000:40"},
+        **{"h": "50.0", "h:ts": "25", "h:v": "25000000:40"},
+    }
+    wanted[f"{p}:sliding:20s:d1:t"] = sliding_hash(equal.sliding[0], "31000000:3")
     assert contents(client, p) == wanted
     # Newer versions apply, each field and member on its own: a later closed window of d1
     # only, the same window of d2 with more readings, a later count, a later time of one
@@ -728,18 +739,16 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
     write(sink, newer)
     wanted.update(
         {
-            f"{p}:closed:10s:d1:t": window_hash(newer.closed[0]),
-            f"{{{p}:closed:10s:d1:t}}:v": {"v": "30000000:1"},
-            f"{p}:closed:10s:d2:t": window_hash(newer.closed[1]),
-            f"{{{p}:closed:10s:d2:t}}:v": {"v": "20000000:2"},
+            f"{p}:closed:10s:d1:t": window_hash(newer.closed[0], "30000000:1"),
+            f"{p}:closed:10s:d2:t": window_hash(newer.closed[1], "20000000:2"),
             f"{p}:top:10s:t": {"d1": 8.0, "d2": 5.0},
             f"{{{p}:top:10s:t}}:v": {"d1": "30000000:1", "d2": "20000000:2"},
-            f"{p}:open:10s:d1:t": window_hash(newer.open_views[0]),
-            f"{{{p}:open:10s:d1:t}}:v": {"v": "30000000:3"},
-            f"{p}:device:d1": {"t": "7.0", "t:ts": "32", "h": "51.0", "h:ts": "25"},
-            f"{{{p}:device:d1}}:v": {"t": "32000000:41", "h": "25000000:41"},
-            f"{p}:sliding:20s:d1:t": sliding_hash(newer.sliding[0]),
-            f"{{{p}:sliding:20s:d1:t}}:v": {"v": "32000000:1"},
+            f"{p}:open:10s:d1:t": window_hash(newer.open_views[0], "30000000:3"),
+            f"{p}:device:d1": {
+                **{"t": "7.0", "t:ts": "32", "t:v": "32000000:41"},
+                **{"h": "51.0", "h:ts": "25", "h:v": "25000000:41"},
+            },
+            f"{p}:sliding:20s:d1:t": sliding_hash(newer.sliding[0], "32000000:1"),
         }
     )
     assert contents(client, p) == wanted
@@ -749,31 +758,175 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
 def test_a_removed_open_window_cannot_come_back_from_an_older_write(
     redis_url: str, topic_prefix: str
 ) -> None:
+    """An open window's removal deletes its key (its version with it) and keeps the version
+    as a tombstone in ``{KEY}:v``, which a write reads while the key is absent."""
     p = topic_prefix
     client = redis.Redis.from_url(redis_url)
     key, versions = f"{p}:open:10s:d1:t", f"{{{p}:open:10s:d1:t}}:v"
     sink = RedisSink(redis_url, p, 60)
     opened = view_of("d1", "t", "10s", 20 * S, [1.0, 2.0])
+    write(sink, FlushBatch(open_views=[opened]))
+    # While the window is open its version is the hash's field v: no other key.
+    assert contents(client, p) == {key: window_hash(opened, "20000000:2")}
     removed = OpenView("d1", "t", "10s", 20 * S, 30 * S, None)  # the window at 20 s closed
-    write(sink, FlushBatch(open_views=[opened]), FlushBatch(open_views=[removed]))
+    write(sink, FlushBatch(open_views=[removed]))
     # The removal leaves only its tombstone, (start of the closed window, inf), with the TTL.
     assert contents(client, p) == {versions: {"v": "20000000:inf"}}
     assert 0 < client.ttl(versions) <= 60
     # A zombie's writes of that window, whatever its count, or of an earlier one, or the
-    # removal of an earlier window: nothing comes back.
-    for late in (
+    # removal of an earlier window: nothing comes back, each refused whole.
+    late_writes = (
         opened,
         view_of("d1", "t", "10s", 20 * S, [1.0, 2.0, 3.0, 4.0, 5.0]),
         view_of("d1", "t", "10s", 10 * S, [7.0]),
         OpenView("d1", "t", "10s", 10 * S, 20 * S, None),
-    ):
-        write(sink, FlushBatch(open_views=[late]))
+    )
+    for late in late_writes:
+        zombie = RedisSink(redis_url, p, 60)
+        write(zombie, FlushBatch(open_views=[late]))
+        assert zombie.refused == 1, late
         assert contents(client, p) == {versions: {"v": "20000000:inf"}}, late
-    # The series' next window opens: written, with both TTLs.
+    # The series' next window opens: written, with its TTL; the tombstone stays until it
+    # expires, read no more while the key holds a newer version.
     following = view_of("d1", "t", "10s", 30 * S, [4.0])
     write(sink, FlushBatch(open_views=[following]))
-    assert contents(client, p) == {key: window_hash(following), versions: {"v": "30000000:1"}}
+    assert contents(client, p) == {
+        key: window_hash(following, "30000000:1"),
+        versions: {"v": "20000000:inf"},
+    }
     assert_every_key_has_a_ttl(client, p, 60)
+    # The late writes again: now refused by the key's own version.
+    for late in late_writes:
+        zombie = RedisSink(redis_url, p, 60)
+        write(zombie, FlushBatch(open_views=[late]))
+        assert zombie.refused == 1, late
+    # A write of the existing key never reads {KEY}:v: with a value there that no hash
+    # command can read (a string), the next count of the window still applies.
+    client.set(versions, "not a hash")
+    more = view_of("d1", "t", "10s", 30 * S, [4.0, 4.5])
+    write(sink, FlushBatch(open_views=[more]))
+    stored = cast(dict[bytes, bytes], client.hgetall(key))
+    assert {k.decode(): v.decode() for k, v in stored.items()} == window_hash(more, "30000000:2")
+    assert client.get(versions) == b"not a hash"
+    # Its removal writes the tombstone afresh, with the TTL.
+    client.delete(versions)
+    write(sink, FlushBatch(open_views=[OpenView("d1", "t", "10s", 30 * S, 40 * S, None)]))
+    assert contents(client, p) == {versions: {"v": "30000000:inf"}}
+    assert_every_key_has_a_ttl(client, p, 60)
+
+
+def test_each_metric_of_a_device_is_fenced_by_its_own_version_in_the_device_hash(
+    redis_url: str, topic_prefix: str
+) -> None:
+    """A device's hash holds each metric's version as ``{metric}:v``: one write of several
+    metrics applies the newer ones and refuses the late one, in the same call."""
+    p = topic_prefix
+    client = redis.Redis.from_url(redis_url)
+    key = f"{p}:device:d1"
+    owner = FlushBatch(
+        latest=[
+            Latest("d1", "t", 20 * S, 21.5, 50),
+            Latest("d1", "h", 18 * S, 40.0, 50),
+            Latest("d1", "p", 19 * S, 1013.25, 50),
+        ]
+    )
+    write(RedisSink(redis_url, p, 60), owner)
+    assert contents(client, p) == {
+        key: {
+            **{"t": "21.5", "t:ts": "20", "t:v": "20000000:50"},
+            **{"h": "40.0", "h:ts": "18", "h:v": "18000000:50"},
+            **{"p": "1013.25", "p:ts": "19", "p:v": "19000000:50"},
+        }
+    }
+    # One write of the device (a merged batch of a worker): t older (an earlier time), h
+    # newer (a later time), p at the same time and a later offset (newer), and a metric new
+    # to the device.
+    mixed = FlushBatch(
+        latest=[
+            Latest("d1", "t", 19 * S, -5.0, 49),
+            Latest("d1", "h", 21 * S, 41.5, 60),
+            Latest("d1", "p", 19 * S, 1000.5, 60),
+            Latest("d1", "co2", 2 * S, 400.0, 60),
+        ]
+    )
+    sink = RedisSink(redis_url, p, 60)
+    calls = sink._commands(mixed)
+    assert [(k, kind) for call in calls for k, kind, _, _ in writes_in(call)] == [
+        (key.encode(), b"f")
+    ]
+    write(sink, mixed)
+    assert sink.refused == 0  # applied in part: not refused whole
+    assert contents(client, p) == {
+        key: {
+            **{"t": "21.5", "t:ts": "20", "t:v": "20000000:50"},
+            **{"h": "41.5", "h:ts": "21", "h:v": "21000000:60"},
+            **{"p": "1000.5", "p:ts": "19", "p:v": "19000000:60"},
+            **{"co2": "400.0", "co2:ts": "2", "co2:v": "2000000:60"},
+        }
+    }
+    assert_every_key_has_a_ttl(client, p, 60)
+    # Every metric late: refused whole, counted once for the key.
+    zombie = RedisSink(redis_url, p, 60)
+    late = [Latest("d1", "t", 1 * S, 0.0, 1), Latest("d1", "h", 1 * S, 0.0, 1)]
+    write(zombie, FlushBatch(latest=late))
+    assert zombie.refused == 1
+    assert cast(dict[bytes, bytes], client.hgetall(key))[b"t"] == b"21.5"
+
+
+def test_keys_written_with_versions_beside_them_stay_fenced(
+    redis_url: str, topic_prefix: str
+) -> None:
+    """Keys whose versions are all in ``{KEY}:v`` (as the per-key reference script, and Pulse
+    before versions moved into keys, wrote them): a key that holds no version of its own is
+    fenced by those, then gets its own with the first write that applies."""
+    p = topic_prefix
+    client = redis.Redis.from_url(redis_url)
+    per_key_sha = client.script_load(PER_KEY_SCRIPT)
+    client.script_load(FENCE_SCRIPT)
+    win, dev = f"{p}:closed:10s:d1:t", f"{p}:device:d1"
+
+    def v(key: str) -> str:
+        return f"{{{key}}}:v"
+
+    for key, kind, args, applied in (
+        (win, "w", ("20:2", "count", "2"), 1),
+        (dev, "f", ("5:1", "t", "1.5", "t:ts", "5", "5:1", "h", "40.0", "h:ts", "5"), 2),
+    ):
+        assert client.evalsha(per_key_sha, 2, key, v(key), kind, 60, 1, *args) == applied
+    before = contents(client, p)
+    assert before == {
+        win: {"count": "2"},
+        v(win): {"v": "20:2"},
+        dev: {"t": "1.5", "t:ts": "5", "h": "40.0", "h:ts": "5"},
+        v(dev): {"t": "5:1", "h": "5:1"},
+    }
+    # Older writes: refused by the versions beside the keys.
+    refused = fence(
+        client,
+        60,
+        (win, "w", True, ("20:1", "count", "1")),
+        (dev, "f", True, ("4:9", "t", "0.5", "t:ts", "4", "5:0", "h", "1.0", "h:ts", "5")),
+    )
+    assert refused == 2
+    assert contents(client, p) == before
+    # Newer writes apply, each version now in its key; a metric not written stays fenced
+    # by the version beside the key.
+    assert (
+        fence(
+            client,
+            60,
+            (win, "w", True, ("20:3", "count", "3")),
+            (dev, "f", True, ("6:1", "t", "2.5", "t:ts", "6")),
+        )
+        == 0
+    )
+    assert fence(client, 60, (dev, "f", True, ("4:0", "h", "0.0", "h:ts", "4"))) == 1
+    assert contents(client, p) == {
+        win: {"count": "3", "v": "20:3"},
+        v(win): {"v": "20:2"},
+        dev: {"t": "2.5", "t:ts": "6", "t:v": "6:1", "h": "40.0", "h:ts": "5"},
+        v(dev): {"t": "5:1", "h": "5:1"},
+    }
 
 
 def test_every_key_written_has_a_ttl(redis_url: str, topic_prefix: str) -> None:
@@ -811,16 +964,12 @@ def test_every_key_written_has_a_ttl(redis_url: str, topic_prefix: str) -> None:
     )
     assert all_keys(client, p) == {
         f"{p}:closed:10s:d1:t",
-        f"{{{p}:closed:10s:d1:t}}:v",
         f"{p}:top:10s:t",
         f"{{{p}:top:10s:t}}:v",
         f"{p}:open:10s:d1:t",
-        f"{{{p}:open:10s:d1:t}}:v",
-        f"{{{p}:open:1m:d2:t}}:v",
+        f"{{{p}:open:1m:d2:t}}:v",  # the removal's tombstone
         f"{p}:device:d1",
-        f"{{{p}:device:d1}}:v",
         f"{p}:sliding:20s:d1:t",
-        f"{{{p}:sliding:20s:d1:t}}:v",
     }
     assert_every_key_has_a_ttl(client, p, 60)
 
@@ -848,10 +997,7 @@ def test_writes_go_on_after_the_server_lost_the_script(redis_url: str, topic_pre
 
     asyncio.run(run())
     assert sink.connection.connections == 1  # no reconnection: the NOSCRIPT path
-    assert contents(client, p) == {
-        f"{p}:device:d1": {"t": "2.0", "t:ts": "2"},
-        f"{{{p}:device:d1}}:v": {"t": "2000000:2"},
-    }
+    assert contents(client, p) == {f"{p}:device:d1": {"t": "2.0", "t:ts": "2", "t:v": "2000000:2"}}
 
 
 # -- the fence script on a real Redis: many keys per call --------------------------------------
@@ -937,42 +1083,38 @@ def test_one_call_fences_each_key_of_every_kind_on_its_own(
         (new, "w", False, ("1:1", "count", "1")),
     )
     assert refused == 2
+    # A window's version is its hash's v, a metric's its {metric}:v; a member's is in {KEY}:v,
+    # and so is a removed window's (its tombstone).
     assert contents(client, p) == {
-        win: {"count": "3", "sum": "6.0"},
-        v(win): {"v": "10:3"},
-        old: {"count": "1"},
-        v(old): {"v": "10:1"},
-        again: {"count": "1", "sum": "4.5"},
-        v(again): {"v": "10:1"},
+        win: {"count": "3", "sum": "6.0", "v": "10:3"},
+        old: {"count": "1", "v": "10:1"},
+        again: {"count": "1", "sum": "4.5", "v": "10:1"},
         v(gone): {"v": "20:inf"},
-        dev: {"t": "1.5", "t:ts": "5", "h": "41.0", "h:ts": "6", "p": "1.0", "p:ts": "1"},
-        v(dev): {"t": "5:1", "h": "6:0", "p": "1:0"},
+        dev: {
+            **{"t": "1.5", "t:ts": "5", "t:v": "5:1"},
+            **{"h": "41.0", "h:ts": "6", "h:v": "6:0"},
+            **{"p": "1.0", "p:ts": "1", "p:v": "1:0"},
+        },
         top: {"d1": 1.25, "d2": 2.5},
         v(top): {"d1": "10:2", "d2": "10:1"},
         lost: {"d1": 7.0},
         v(lost): {"d1": "10:2"},
-        new: {"count": "1"},
-        v(new): {"v": "1:1"},
+        new: {"count": "1", "v": "1:1"},
     }
-    # TTLs: none again where no write set one; 30 s where the call set them (the versions of
-    # keys written before kept their 60 s unless the call set them too).
+    # TTLs: none again where no write set one; 30 s where the call set them (a top key's
+    # versions kept their 60 s unless the call set them too).
     rounded = {key: -1 if t == -1 else 30 if t <= 30 else 60 for key, t in ttls(client, p).items()}
     assert rounded == {
         win: -1,
-        v(win): 60,
         old: -1,
-        v(old): 60,
         again: 30,
-        v(again): 30,
         v(gone): 30,
         dev: 30,
-        v(dev): 30,
         top: -1,
         v(top): 60,
         lost: -1,
         v(lost): 60,
         new: 30,
-        v(new): 30,
     }
     # The tombstone refuses an older write of the removed window; the call goes on after it.
     refused = fence(
@@ -984,10 +1126,10 @@ def test_one_call_fences_each_key_of_every_kind_on_its_own(
     assert refused == 1
     assert client.exists(gone) == 0
     assert client.hgetall(v(gone)) == {b"v": b"20:inf"}
-    assert client.hgetall(old) == {b"count": b"9"}
+    assert client.hgetall(old) == {b"count": b"9", b"v": b"11:1"}
     # A newer window than the tombstone's applies.
     assert fence(client, 60, (gone, "w", True, ("30:1", "count", "1"))) == 0
-    assert client.hgetall(gone) == {b"count": b"1"}
+    assert client.hgetall(gone) == {b"count": b"1", b"v": b"30:1"}
 
 
 def test_a_key_with_more_members_than_lua_unpacks_at_once_is_written_whole(
@@ -1037,11 +1179,94 @@ def test_a_malformed_call_is_an_error_reply_and_writes_nothing(
         client.evalsha(FENCE_SHA, 1, f"{p}:a", 60, "w", 1, 1, "1:1")
     assert all_keys(client, p) == set()
     assert fence(client, 60, good) == 0  # the good write alone applies
-    assert client.hgetall(f"{p}:a") == {b"count": b"1"}
+    assert client.hgetall(f"{p}:a") == {b"count": b"1", b"v": b"1:1"}
+
+
+version_parts = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.integers(-(10**16), 10**16),
+    st.integers(-(10**30), 10**30),
+    st.sampled_from([0, 1, -1, 10**15 - 1, 10**15, -(10**15), 2**53 + 1, 2**63 - 1]),
+    st.just(math.inf),
+)
+
+
+def _related(old: list[Any], other: list[Any], how: int) -> tuple[list[Any], list[Any]]:
+    """(stored, written) versions: equal, one a prefix of the other, differing in the last
+    part only (by one, where a Lua number would not tell them apart), or any two."""
+    if how == 0:
+        return old, list(old)
+    if how in (4, 5) and old[-1] != math.inf:
+        return old, [*old[:-1], old[-1] + (1 if how == 4 else -1)]
+    if how == 1:
+        return old, old + other[:1]
+    if how == 2:
+        return old + other[:1], old
+    if how == 3:
+        return old, old[:-1] + other[:1]
+    return old, other
+
+
+versions_of_parts = st.lists(version_parts, min_size=1, max_size=3)
+two_versions = st.builds(_related, versions_of_parts, versions_of_parts, st.integers(0, 7))
+
+
+EDGE_VERSIONS: list[tuple[list[Any], list[Any]]] = [
+    ([n], [n + delta])
+    for n in (10**15 - 1, 10**15, 2**53, 10**19 + 7, -(10**19) - 7, 10**29)
+    for delta in (-1, 1)
+] + [
+    ([1_795_315_440_000_000, 9], [1_795_315_440_000_001, 0]),  # a later event time
+    ([1_795_315_440_000_000, 9], [1_795_315_439_999_999, 10]),  # an earlier one
+    ([10**20, 5], [10**20]),  # a prefix: below
+    ([10**20], [10**20, math.inf]),
+    ([math.inf], [10**40]),
+    ([-5], [-(10**16)]),
+    ([-(10**16)], [5]),
+]
+"""Pairs of (stored, written) versions that every run of the test below writes: neighbours
+where a Lua number (a double) would not tell them apart, prefixes, signs, ``inf``."""
+
+
+def version_text(parts: list[int | float]) -> str:
+    return ":".join("inf" if part == math.inf else str(part) for part in parts)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pairs=st.lists(two_versions, min_size=1, max_size=200))
+def test_versions_are_compared_as_integers_at_any_size(
+    redis_url: str, topic_prefix: str, pairs: list[tuple[list[Any], list[Any]]]
+) -> None:
+    """A write applies exactly when its version is not below the stored one, in Python's
+    order of tuples of integers (a shorter version that is a prefix of the other below it,
+    ``inf`` above every integer): at any size and sign, beyond the 15 digits a Lua number
+    holds exactly."""
+    p = f"{topic_prefix}:{next(_differential_runs)}"
+    client = redis.Redis.from_url(redis_url)
+    client.script_load(FENCE_SCRIPT)
+    pairs = [*pairs, *EDGE_VERSIONS]
+    keys = [f"{p}:{n}" for n in range(len(pairs))]
+    stored = [
+        (key, "w", False, (version_text(old), "count", "1"))
+        for key, (old, _) in zip(keys, pairs, strict=True)
+    ]
+    assert fence(client, 60, *stored) == 0
+    late = [
+        (key, "w", False, (version_text(new), "count", "2"))
+        for key, (_, new) in zip(keys, pairs, strict=True)
+    ]
+    refused = fence(client, 60, *late)
+    expected = [tuple(new) < tuple(old) for old, new in pairs]
+    assert refused == sum(expected)
+    counts = [client.hget(key, "count") for key in keys]
+    assert counts == [b"1" if was_refused else b"2" for was_refused in expected]
 
 
 PER_KEY_SCRIPT = (Path(__file__).parents[2] / "helpers" / "fence_per_key.lua").read_text()
-"""The fence script as it was with one call per key: the reference."""
+"""The fence script as it was with one call per key, every version in ``{KEY}:v``: the
+reference."""
 
 KINDS = {"w1": "w", "w2": "w", "f1": "f", "z1": "z"}
 """The keys of the differential test, each always written with one kind."""
@@ -1093,7 +1318,8 @@ def test_one_batched_call_does_what_a_call_per_key_did(
     redis_url: str, topic_prefix: str, calls: list[tuple[list[KeyWrite], set[str]]]
 ) -> None:
     """Any calls of writes of every kind (removals, equal, older and newer versions, refresh
-    or not) applied per key by the old script and batched by the new one: the same contents,
+    or not) applied per key by the old script (every version in ``{KEY}:v``) and batched by
+    the new one (a window's and a metric's in the key): the same contents, the same versions,
     the same keys with a TTL, the same writes refused."""
     run = next(_differential_runs)
     one, batched = f"{topic_prefix}:{run}:one", f"{topic_prefix}:{run}:all"
@@ -1113,12 +1339,37 @@ def test_one_batched_call_does_what_a_call_per_key_did(
             refused_one += applied == 0
         renamed = [(f"{batched}:{name}", *rest) for name, *rest in writes]
         assert fence(client, 60, *renamed) == refused_one  # type: ignore[arg-type]
-        assert fenced_state(client, one) == fenced_state(client, batched)
+        assert fenced_state(client, one, False) == fenced_state(client, batched, True)
 
 
-def fenced_state(client: redis.Redis, prefix: str) -> tuple[dict[str, object], dict[str, bool]]:
-    """The contents of the keys under ``prefix`` and whether each has a TTL, the prefix
-    written ``P``."""
-    stored = {k.replace(prefix, "P"): v for k, v in contents(client, prefix).items()}
-    with_ttl = {k.replace(prefix, "P"): t > 0 for k, t in ttls(client, prefix).items()}
-    return stored, with_ttl
+def fenced_state(
+    client: redis.Redis, prefix: str, in_keys: bool
+) -> dict[str, tuple[object, dict[str, str], bool | None, bool | None]]:
+    """Per key of the differential test under ``prefix``: what it holds without versions,
+    its versions (a window's under ``v``, a metric's, a member's), whether it has a TTL, and
+    whether the versions kept beside it (a tombstone, a top key's) have one (None: no such
+    key). ``in_keys``: a window's and a metric's versions are in the key itself (the layout
+    of FENCE_SCRIPT), else all in ``{KEY}:v`` (the per-key reference)."""
+    stored, with_ttl = contents(client, prefix), ttls(client, prefix)
+    out: dict[str, tuple[object, dict[str, str], bool | None, bool | None]] = {}
+    for name, kind in KINDS.items():
+        key, beside = f"{prefix}:{name}", f"{{{prefix}:{name}}}:v"
+        data = cast(dict[str, object], stored.get(key, {}))
+        kept = cast(dict[str, str], stored.get(beside, {}))
+        if in_keys and kind != "z":
+            named = {k for k in data if (k == "v" if kind == "w" else k.endswith(":v"))}
+            versions = {k.removesuffix(":v"): str(data[k]) for k in named}
+            data = {k: v for k, v in data.items() if k not in named}
+            if kind == "w" and key not in stored:
+                versions = kept  # the key is absent: its tombstone, if any
+        else:
+            versions = kept
+        key_ttl = with_ttl[key] > 0 if key in with_ttl else None
+        # The TTL of versions kept beside the key where the key cannot hold them: a top
+        # key's, an absent window's tombstone.
+        if kind == "z" or (kind == "w" and key not in stored):
+            beside_ttl = with_ttl[beside] > 0 if beside in with_ttl else None
+        else:
+            beside_ttl = None
+        out[name] = (data, versions, key_ttl, beside_ttl)
+    return out
