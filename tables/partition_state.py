@@ -546,21 +546,7 @@ class PartitionState:
             OpenView,
         )
         latest, latest_rows, latest_removed = self._latest_changes()
-        sliding_views = []
-        for key in self._sliding_changed:
-            device, metric, index = key
-            latest_t, entries = self.sliding[key]
-            spec = self.specs[index]
-            sliding_views.append(
-                OpenView(
-                    device,
-                    metric,
-                    spec.label,
-                    latest_t - spec.size_us,
-                    latest_t,
-                    _summarize(entries),
-                )
-            )
+        sliding_views = [self._sliding_view(key) for key in self._sliding_changed]
         sliding_keys: Iterable[SeriesKey] = (
             self.sliding.keys() if snapshot else self._sliding_changed
         )
@@ -629,20 +615,16 @@ class PartitionState:
         )
         offset = self.next_offset
         latest = [Latest(d, m, t, value, offset) for (d, m), (t, value) in self.latest.items()]
-        sliding = []
-        for (device, metric, index), (latest_t, entries) in self.sliding.items():
-            spec = self.specs[index]
-            sliding.append(
-                OpenView(
-                    device,
-                    metric,
-                    spec.label,
-                    latest_t - spec.size_us,
-                    latest_t,
-                    _summarize(entries),
-                )
-            )
-        return views, latest, sliding
+        return views, latest, [self._sliding_view(key) for key in self.sliding]
+
+    def _sliding_view(self, key: SeriesKey) -> OpenView:
+        """The view of a sliding window: ``(latest - size, latest]``, its entries' aggregates."""
+        device, metric, index = key
+        latest_t, entries = self.sliding[key]
+        spec = self.specs[index]
+        return OpenView(
+            device, metric, spec.label, latest_t - spec.size_us, latest_t, _summarize(entries)
+        )
 
     # -- recovery ------------------------------------------------------------------------
 
