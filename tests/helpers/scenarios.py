@@ -214,6 +214,12 @@ def next_offsets(worker: WorkerProcess) -> dict[int, int]:
     return {int(p): o for p, o in health.get("next_offsets", {}).items()}
 
 
+def sink_state(worker: WorkerProcess, name: str) -> dict[str, Any]:
+    """What ``/health`` shows of the sink ``name`` ({} if unknown)."""
+    health = worker.health() or {}
+    return dict(health.get("sinks", {}).get(name, {}))
+
+
 def wait_until(
     condition: Callable[[], Any],
     what: str,

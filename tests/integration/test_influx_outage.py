@@ -33,6 +33,7 @@ from tests.helpers.scenarios import (
     next_offsets,
     reference_of,
     scenario_env,
+    sink_state,
     wait_until,
 )
 from tests.helpers.worker import WorkerProcess
@@ -55,11 +56,6 @@ def newest_closed_start(client: redis.Redis, prefix: str) -> float:
         if (start := client.hget(key, "start")) is not None
     ]
     return max(starts, default=0.0)
-
-
-def sink_state(worker: WorkerProcess, name: str) -> dict:
-    health = worker.health() or {}
-    return dict(health.get("sinks", {}).get(name, {}))
 
 
 def test_influx_away_for_long_delays_only_influx_and_loses_nothing(

@@ -31,6 +31,7 @@ from tests.helpers.scenarios import (
     next_offsets,
     reference_of,
     scenario_env,
+    sink_state,
     wait_until,
 )
 from tests.helpers.worker import WorkerProcess
@@ -41,11 +42,6 @@ pytestmark = pytest.mark.integration
 PER_DEVICE = 300
 FROZEN_SECONDS = 15.0
 """Longer than the in-flight bound lets flushes queue at the test's flush interval (6.4 s)."""
-
-
-def sink_state(worker: WorkerProcess, name: str) -> dict:
-    health = worker.health() or {}
-    return dict(health.get("sinks", {}).get(name, {}))
 
 
 def aggregates_count(broker: str, env: dict[str, str]) -> int:
