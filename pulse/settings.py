@@ -369,6 +369,59 @@ VARIABLES: tuple[Variable, ...] = (
         "PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1, 65535)
     ),
     Variable(
+        "PULSE_WORKER_SERVES_API",
+        "false",
+        "Whether `pulse worker` also serves the HTTP API and the live page on "
+        "`PULSE_WEB_PORT` (for the demo and small setups). Off, the worker serves its health "
+        "and metrics only, and `pulse api` serves the API in a process of its own, so that no "
+        "request waits on the worker's event loop.",
+        _choice("true", "false"),
+    ),
+    Variable(
+        "PULSE_API_PORT",
+        "6067",
+        "Port `pulse api` serves the HTTP API and the live page on.",
+        _integer(1, 65535),
+    ),
+    Variable(
+        "PULSE_API_TOKEN",
+        "",
+        "Token every `/api` request must carry as `Authorization: Bearer TOKEN` (secret: "
+        "taken verbatim, never shown or logged); the live page signs in with it once and then "
+        "uses a session cookie. Set it or `PULSE_API_TOKEN_FILE`, not both. Unset: the API is "
+        "open. Health and metrics are always open.",
+        _text,
+        secret=True,
+    ),
+    Variable(
+        "PULSE_API_TOKEN_FILE",
+        "",
+        "File holding the API token (e.g. a mounted secret); one trailing newline is ignored. "
+        "Read once at start-up.",
+        _file,
+    ),
+    Variable(
+        "PULSE_HISTORY_LENGTH",
+        "360",
+        "Closed windows kept in Redis per (window, device, metric) for `/api/history`; older "
+        "ones are read from the time-series store.",
+        _integer(1, 100_000),
+    ),
+    Variable(
+        "PULSE_HISTORY_CACHE_TTL",
+        "300",
+        "Seconds a range of history read from the time-series store stays cached in Redis.",
+        _integer(1),
+    ),
+    Variable(
+        "PULSE_HISTORY_STORE",
+        "influx",
+        "How the API reads history older than Redis holds from `PULSE_INFLUX_URL`: `influx` "
+        "(InfluxDB 2, a Flux query) or `victoria` (VictoriaMetrics standing in for it, as the "
+        "local stack runs it: its export API).",
+        _choice("influx", "victoria"),
+    ),
+    Variable(
         "PULSE_PARTITIONS",
         "8",
         "Partitions of the topics Pulse creates when they do not "
@@ -499,6 +552,14 @@ class Settings:
     max_future: float
     max_tag_values: int
     web_port: int
+    worker_serves_api: str
+    api_port: int
+    api_token: str = field(repr=False)
+    """The token itself, also when read from ``api_token_file``."""
+    api_token_file: str
+    history_length: int
+    history_cache_ttl: int
+    history_store: str
     partitions: int
     topic_replication: int
     session_timeout: float
@@ -554,6 +615,7 @@ class Settings:
         _check_kafka_security(values)
         _check_influx(values)
         _check_redis(values)
+        _check_api(values)
         return cls(**values)
 
     @property
@@ -628,6 +690,7 @@ def _repr(shown: str) -> str:
 _SECRET_FILES = {
     "PULSE_KAFKA_SASL_PASSWORD": "PULSE_KAFKA_SASL_PASSWORD_FILE",
     "PULSE_INFLUX_TOKEN": "PULSE_INFLUX_TOKEN_FILE",
+    "PULSE_API_TOKEN": "PULSE_API_TOKEN_FILE",
 }
 """Secret variable -> the variable of the file it may be read from instead."""
 
@@ -656,6 +719,17 @@ def _check_influx(values: dict[str, Any]) -> None:
         )
     if path:
         values["influx_token"] = _read_secret_file("PULSE_INFLUX_TOKEN_FILE", path)
+
+
+def _check_api(values: dict[str, Any]) -> None:
+    """Read ``PULSE_API_TOKEN_FILE`` into the token; both set is an error."""
+    path = values["api_token_file"]
+    if path and values["api_token"]:
+        raise SettingsError(
+            "PULSE_API_TOKEN and PULSE_API_TOKEN_FILE are both set: set one of them"
+        )
+    if path:
+        values["api_token"] = _read_secret_file("PULSE_API_TOKEN_FILE", path)
 
 
 def _check_redis(values: dict[str, Any]) -> None:

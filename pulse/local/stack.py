@@ -102,6 +102,7 @@ class Endpoints:
             "PULSE_BROKER": self.broker,
             "PULSE_REDIS_URL": self.redis_url,
             "PULSE_INFLUX_URL": self.influx_url,
+            "PULSE_HISTORY_STORE": "victoria",
         }
 
 
