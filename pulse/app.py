@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import faust
 
 from pulse.kafka_clients import broker_credentials
+from pulse.metrics import WorkerMetrics
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
 
@@ -43,6 +44,16 @@ def sink_health(app: faust.App) -> list[SinkHealth]:
     if found is None:
         found = []
         app.pulse_sink_health = found  # type: ignore[attr-defined]
+    return found
+
+
+def worker_metrics(app: faust.App) -> WorkerMetrics:
+    """What the app's agents count for ``/metrics`` (pulse.metrics): the readings processor
+    and the InfluxDB writer count into it and register themselves on it."""
+    found: WorkerMetrics | None = getattr(app, "pulse_worker_metrics", None)
+    if found is None:
+        found = WorkerMetrics()
+        app.pulse_worker_metrics = found  # type: ignore[attr-defined]
     return found
 
 
@@ -86,7 +97,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
     processor = getattr(app, "pulse_processor", None)
     if processor is None:
         raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
-    web.register(app, settings, processor, sink_health(app))
+    web.register(app, settings, processor, sink_health(app), worker_metrics(app))
     return app
 
 

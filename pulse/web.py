@@ -2,7 +2,7 @@
 
 * ``GET /health``: readiness and per-partition progress of the readings processor, and the
   state of each sink (``ok``, ``waiting``, ``refused_by_target`` with the reason, since when).
-* ``GET /metrics``: Prometheus metrics: each sink's state and its outputs dead-lettered.
+* ``GET /metrics``: Prometheus metrics of the worker (pulse.metrics).
 * ``GET /state/{device}``: the device's live state from Redis (see :mod:`pulse.live_state`).
 * ``GET /top/{window}/{metric}``: devices with the highest mean in their last closed window.
 * ``GET /``: a live page that polls the API.
@@ -11,16 +11,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import faust
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse.live_state import device_state, top_devices
+from pulse.metrics import WorkerMetrics, worker_registry
 from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
@@ -68,49 +67,18 @@ refresh(); setInterval(refresh, 1000);
 """
 
 
-class SinkMetrics(Collector):
-    """The sinks' state and dead-letter counts, read when ``/metrics`` is scraped."""
-
-    def __init__(self, sinks: Sequence[SinkHealth]) -> None:
-        self.sinks = sinks
-
-    def collect(self) -> Iterator[Metric]:
-        states = GaugeMetricFamily(
-            "pulse_sink_state",
-            "1 for the state each sink is in (ok, waiting: backpressure, refused_by_target)",
-            labels=["sink", "state"],
-        )
-        since = GaugeMetricFamily(
-            "pulse_sink_state_since_seconds",
-            "When each sink entered its state (epoch seconds)",
-            labels=["sink"],
-        )
-        letters = CounterMetricFamily(
-            "pulse_output_dead_letters",
-            "Outputs a sink's target refused, stored in the output dead-letter topic",
-            labels=["sink"],
-        )
-        for health in self.sinks:
-            for state in (SinkHealth.OK, SinkHealth.WAITING, SinkHealth.REFUSED):
-                states.add_metric([health.name, state], float(health.state == state))
-            since.add_metric([health.name], health.since)
-            letters.add_metric([health.name], health.dead_letters)
-        yield states
-        yield since
-        yield letters
-
-
 def register(
     app: faust.App,
     settings: Settings,
     processor: ReadingsProgress,
     sinks: Sequence[SinkHealth] = (),
+    worker_metrics: WorkerMetrics | None = None,
 ) -> None:
     """Add the API's views to ``app``; ``sinks``: the health of the sinks its agents run,
-    read at each request (agents add theirs as they start)."""
+    read at each request (agents add theirs as they start); ``worker_metrics``: what its
+    agents count (pulse.metrics)."""
     client = redis_client(settings)
-    metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(SinkMetrics(sinks))
+    metrics = worker_registry(worker_metrics or WorkerMetrics(), sinks)
 
     @app.page("/health")
     class Health(View):
