@@ -73,7 +73,7 @@ class InfluxWriter(Service):
         self.written = 0
         """Records written (or dead-lettered) and committed so far."""
         self.positions: dict[int, int] = {}
-        """Per partition fetched from, the offset after the last record written."""
+        """Per partition fetched from, the offset of the first record not written yet."""
 
     @property
     def group_id(self) -> str:
@@ -152,6 +152,8 @@ class InfluxWriter(Service):
                         )
                         continue
                     keys.append(record.key)
+            for tp, records in batches.items():
+                self.positions[tp.partition] = records[0].offset  # the first not written
             began = time.monotonic()
             await sink.write_lines(lines, keys)
             if unreadable:
@@ -166,8 +168,9 @@ class InfluxWriter(Service):
 
     def lag(self) -> dict[int, int]:
         """Per partition of the aggregates topic this writer holds and has fetched from,
-        records not yet written: the consumer's high watermark minus the offset after the
-        last record written (for ``/metrics``)."""
+        records not yet written: the consumer's high watermark as of its last fetch minus the
+        offset of the first record not written (for ``/metrics``). While a write waits out
+        InfluxDB the writer fetches nothing, so the lag shown then stays where it was."""
         consumer = self.consumer
         lags: dict[int, int] = {}
         if consumer is None:

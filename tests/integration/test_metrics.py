@@ -9,6 +9,7 @@ no lag left, no open window, and one flush-latency observation per flush.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import kafka
 from tests.helpers.scenarios import wait_until
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import (
@@ -130,5 +132,46 @@ def test_metrics_count_what_the_reference_computes(
             for kind in ("backpressure", "refused", "dead_lettered"):
                 assert value(samples, "pulse_sink_errors_total", sink=sink, kind=kind) == 0
             assert value(samples, "pulse_sink_state", sink=sink, state="ok") == 1
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+
+def test_metrics_show_a_refused_influxdb_and_what_waits_for_it(
+    broker: str, redis_url: str, guarded_influx_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """InfluxDB refuses the writer's token: its sink counts refusals (and nothing else), the
+    writer has written nothing, and shows a lag in each partition it fetched from."""
+    env = pipeline_env(topic_prefix, broker, redis_url, guarded_influx_url)
+    records, ends = produce_dataset(broker, env["PULSE_TOPIC_READINGS"], topic_prefix)
+    expected = compute(records, WINDOWS_US, GRACE_US)
+    worker = WorkerProcess(env, tmp_path).start()
+    try:
+        worker.wait_ready()
+        worker.wait_caught_up(ends)
+        client = redis.Redis.from_url(redis_url)
+        series = {(d, m, label) for d, m, label, _ in expected.windows}
+        wait_for_all_closed(client, topic_prefix, len(series))
+        stored = asyncio.run(kafka.read_all(broker, env["PULSE_TOPIC_AGGREGATES"]))
+        assert len(stored) == len(expected.windows)
+        in_topic = Counter(str(record.partition) for record in stored)
+
+        def refused() -> Samples | None:
+            samples = scrape(worker)
+            lags = by_label(samples, "pulse_influx_lag", "partition")
+            shown = value(samples, "pulse_sink_state", sink="influx", state="refused_by_target")
+            return samples if lags and shown == 1 else None
+
+        samples = wait_until(refused, "the InfluxDB sink refused", [worker], timeout=30)
+        # The high watermark is the one of the writer's last fetch, which the write it is
+        # stuck in may have left behind the topic's end.
+        lags = by_label(samples, "pulse_influx_lag", "partition")
+        assert all(1 <= lag <= in_topic[partition] for partition, lag in lags.items()), lags
+        assert value(samples, "pulse_influx_written_total") == 0
+        assert value(samples, "pulse_sink_errors_total", sink="influx", kind="refused") >= 1
+        for sink in SINKS:
+            for kind in ("backpressure", "refused", "dead_lettered"):
+                if (sink, kind) != ("influx", "refused"):
+                    found = value(samples, "pulse_sink_errors_total", sink=sink, kind=kind)
+                    assert found == 0, (sink, kind)
     finally:
         assert worker.stop() == 0, worker.log_tail()
