@@ -87,7 +87,12 @@ def worker(ctx: click.Context) -> None:
     _check_redis(settings)
     from faust.cli.faust import cli as faust_cli
 
-    faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
+    # Pulse's own HTTP server (pulse.app.worker_http) serves PULSE_WEB_PORT; Faust's worker
+    # command would otherwise enable Faust's web server again (its --with-web is the default,
+    # whatever the app says) and bind port 6066, which two workers on one host cannot share.
+    faust_cli.main(
+        ["-A", "pulse.app:app", "worker", "--without-web", *ctx.args], prog_name="pulse worker"
+    )
 
 
 @main.command(name="influx-writer")
@@ -106,6 +111,28 @@ def influx_writer(loglevel: str) -> None:
     # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
     module = importlib.import_module(f"{AGENT_PACKAGES[0]}.influx_writer")
     Worker(module.InfluxWriter(settings), loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def api(loglevel: str) -> None:
+    """Serve the HTTP API and the live page on PULSE_API_PORT, reading Redis (and the
+    time-series store for older history); run as many as you like behind a load balancer."""
+    from mode import Worker
+
+    from pulse.api import ApiContext, HttpServer, Readiness, create_api
+    from pulse.metrics import api_registry
+    from pulse.redis_clients import redis_client
+
+    settings = _settings()
+    _check_redis(settings)
+
+    async def readiness() -> Readiness:
+        return Readiness(True)
+
+    context = ApiContext(settings, redis_client(settings), api_registry(), readiness)
+    server = HttpServer(create_api(context), settings.api_port)
+    Worker(server, loglevel=loglevel).execute_from_commandline()
 
 
 @main.command()

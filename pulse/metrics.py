@@ -253,3 +253,8 @@ def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, int])
     for key, value in sorted(values.items()):
         family.add_metric([str(key)], value)
     return family
+
+
+def api_registry() -> CollectorRegistry:
+    """The registry ``pulse api`` serves at ``/metrics``."""
+    return CollectorRegistry(auto_describe=False)

@@ -80,9 +80,13 @@ def test_metrics_count_what_the_reference_computes(
         series = {(d, m, label) for d, m, label, _ in expected.windows}
         wait_for_all_closed(client, topic_prefix, len(series))
 
+        last_flushes = [-1.0]
+
         def settled() -> Samples | None:
-            # Every window closed and written to InfluxDB, and no lag left.
+            # Every window closed and written to InfluxDB, no lag left, and no flush since
+            # the previous look (the last one's changelog round may still have been under way).
             samples = scrape(worker)
+            flushes, last_flushes[0] = last_flushes[0], value(samples, "pulse_flushes_total")
             lags = by_label(samples, "pulse_consumer_lag", "partition")
             influx_lags = by_label(samples, "pulse_influx_lag", "partition")
             done = (
@@ -91,10 +95,11 @@ def test_metrics_count_what_the_reference_computes(
                 and value(samples, "pulse_influx_written_total") == len(expected.windows)
                 and lags == {str(p): 0.0 for p in range(4)}
                 and set(influx_lags.values()) == {0.0}
+                and flushes == last_flushes[0]
             )
             return samples if done else None
 
-        samples = wait_until(settled, "the metrics to settle", [worker], timeout=30)
+        samples = wait_until(settled, "the metrics to settle", [worker], timeout=30, poll=1.5)
         consumed = by_label(samples, "pulse_readings_consumed_total", "partition")
         assert consumed == {str(p): float(n) for p, n in per_partition.items()}
         assert {str(p): float(n) for p, n in ends.items()} == consumed  # offsets from 0
