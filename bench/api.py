@@ -18,8 +18,9 @@ pulse api``, each in its own process, and:
    measured from that due time to the end of its body, so a server that falls behind shows
    its queue in the figures (no coordinated omission).
 
-Prints JSON: per phase the requests, the statuses, p50, p99 and max in ms; and the
-freshness (bench.latency.LatencyResult) over both phases.
+Prints JSON: per phase the requests, the statuses and error messages, p50, p99 and max in
+ms; and the freshness (bench.latency.LatencyResult) over both phases. The servers' data and
+the logs stay in the work directory the result names.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class PhaseResult:
     max_ms: float | None
     late_start_ms: float | None = None
     """p99 of how late requests were sent after their due time (the driver's own delay)."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """The ``error`` messages of the answers other than 200, by message."""
 
 
 @dataclass
@@ -114,6 +117,7 @@ def phase_result(
     latencies_ms: list[float],
     statuses: Counter[str],
     late_ms: list[float],
+    errors: Counter[str] | None = None,
 ) -> PhaseResult:
     """Percentiles over every request answered 200 (the others are counted by status)."""
     ordered = sorted(latencies_ms)
@@ -128,6 +132,7 @@ def phase_result(
         p99_ms=_round(percentile(ordered, 0.99)),
         max_ms=_round(ordered[-1] if ordered else None),
         late_start_ms=_round(percentile(lateness, 0.99)),
+        errors=dict((errors or Counter()).most_common(5)),
     )
 
 
@@ -139,6 +144,7 @@ async def drive(
     latencies: list[float] = []
     late: list[float] = []
     statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=30)
@@ -151,8 +157,10 @@ async def drive(
             late.append((time.perf_counter() - due) * 1000)
             try:
                 async with session.get(base_url + path_of(number)) as response:
-                    await response.read()
+                    body = await response.read()
                     status = str(response.status)
+                if status != "200":
+                    errors[_error_of(body)] += 1
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = type(exc).__name__
             statuses[status] += 1
@@ -165,7 +173,15 @@ async def drive(
             for number, due in enumerate(due_times(start, rate, seconds))
         ]
         await asyncio.gather(*tasks)
-    return phase_result(label, rate, seconds, latencies, statuses, late)
+    return phase_result(label, rate, seconds, latencies, statuses, late, errors)
+
+
+def _error_of(body: bytes) -> str:
+    """The API's error message in ``body`` (its first 100 characters otherwise)."""
+    try:
+        return str(orjson.loads(body)["error"])[:100]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:100].decode(errors="replace")
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> None:
@@ -224,7 +240,7 @@ def _start(command: str, env: dict[str, str], work_dir: Path) -> tuple[subproces
     log_path = work_dir / f"{command}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pulse", command, "-l", "warning"],
+            [sys.executable, "-m", "pulse", command, "-l", "warn"],
             cwd=work_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
