@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import faust
@@ -29,8 +30,9 @@ from aiokafka.structs import TopicPartition
 from mode import Service
 
 from models.outputs import RefusedOutput
-from pulse.app import pulse_agent, sink_health
+from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.kafka_clients import client_options
+from pulse.metrics import WorkerMetrics
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
 from pulse.sinks.dead_letters import OutputDeadLetters
@@ -52,17 +54,26 @@ class InfluxWriter(Service):
     """Reads ``aggregates`` with group ``{PULSE_APP_ID}-influx`` and writes it to InfluxDB."""
 
     def __init__(
-        self, settings: Settings, sink_health: list[SinkHealth] | None = None, **kwargs: Any
+        self,
+        settings: Settings,
+        sink_health: list[SinkHealth] | None = None,
+        metrics: WorkerMetrics | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.sink_health = [] if sink_health is None else sink_health
+        self.metrics = WorkerMetrics() if metrics is None else metrics
+        """Where this writer's progress and write latency show (``/metrics``)."""
+        self.metrics.influx = self
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.sink: InfluxSink | None = None
         self._running: asyncio.Future[None] | None = None
         self.written = 0
         """Records written (or dead-lettered) and committed so far."""
+        self.positions: dict[int, int] = {}
+        """Per partition fetched from, the offset of the first record not written yet."""
 
     @property
     def group_id(self) -> str:
@@ -141,13 +152,38 @@ class InfluxWriter(Service):
                         )
                         continue
                     keys.append(record.key)
+            for tp, records in batches.items():
+                self.positions[tp.partition] = records[0].offset  # the first not written
+            began = time.monotonic()
             await sink.write_lines(lines, keys)
             if unreadable:
                 assert sink.dead_letters is not None
                 await sink.dead_letters.store(unreadable, sink.health)
+            self.metrics.sink_write_seconds.labels(sink.name).observe(time.monotonic() - began)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
             await self._commit(consumer, offsets)
             self.written += sum(len(records) for records in batches.values())
+            for tp, offset in offsets.items():
+                self.positions[tp.partition] = offset
+
+    def lag(self) -> dict[int, int]:
+        """Per partition of the aggregates topic this writer holds and has fetched from,
+        records not yet written: the consumer's high watermark as of its last fetch minus the
+        offset of the first record not written (for ``/metrics``). While a write waits out
+        InfluxDB the writer fetches nothing, so the lag shown then stays where it was."""
+        consumer = self.consumer
+        lags: dict[int, int] = {}
+        if consumer is None:
+            return lags
+        for tp in consumer.assignment():
+            position = self.positions.get(tp.partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except (AssertionError, IllegalStateError):
+                continue
+            if position is not None and highwater is not None:
+                lags[tp.partition] = max(highwater - position, 0)
+        return lags
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -163,4 +199,4 @@ def register(app: faust.App, settings: Settings) -> None:
     """Add the InfluxDB writer to ``app`` (unless ``PULSE_INFLUX_WRITER=off``)."""
     if settings.influx_writer == "off":
         return
-    app.add_dependency(InfluxWriter(settings, sink_health(app)))
+    app.add_dependency(InfluxWriter(settings, sink_health(app), worker_metrics(app)))
