@@ -34,16 +34,20 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor and the InfluxDB writer start with the app, as its children (not
-    # @app.service); PULSE_INFLUX_WRITER=off leaves the writer out.
-    # (in the order their modules were first imported)
+    # The readings processor, the history writer and the InfluxDB writer start with the app,
+    # as its children (not @app.service); PULSE_INFLUX_WRITER=off leaves the InfluxDB writer
+    # out.
     assert sorted(type(child).__name__ for child in app._children) == [
+        "HistoryWriter",
         "InfluxWriter",
         "ReadingsProcessor",
     ]
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
-    assert [type(child).__name__ for child in alone._children] == ["ReadingsProcessor"]
+    assert sorted(type(child).__name__ for child in alone._children) == [
+        "HistoryWriter",
+        "ReadingsProcessor",
+    ]
     assert list(app.agents) == ["dead-letter-monitor"]
     assert sorted(app.web.views) == [
         "/",
