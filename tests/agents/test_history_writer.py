@@ -19,25 +19,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from agents.history_writer import HistoryWriter
-from models.outputs import ClosedWindow
 from pulse.settings import Settings
 from pulse.sinks.kafka import aggregate_records
-from tables.aggregators import Summary
 from tests.helpers import kafka
+from tests.helpers.history import closed_window
 
-START = 1_700_000_000 * 1_000_000
 LENGTH = 5
 TTL = 3600
-
-
-def window(
-    device: str, metric: str, label: str, size_s: int, k: int, values: list[float]
-) -> ClosedWindow:
-    start = START + k * size_s * 1_000_000
-    state = Summary.initialize(start, values[0], None)
-    for i, value in enumerate(values[1:], 1):
-        Summary.add(state, start + i, value, {"site": "a"} if i % 2 else None)
-    return ClosedWindow(device, metric, label, start, start + size_s * 1_000_000, state)
 
 
 def history_reference(
@@ -119,13 +107,13 @@ def test_the_history_holds_the_newest_windows_once_and_a_replay_changes_nothing(
     broker: str, redis_url: str, topic_prefix: str
 ) -> None:
     p = topic_prefix
-    a = [window(f"{p}-a", "t", "10s", 10, k, [float(k), k + 0.5]) for k in range(1, 9)]
-    older = window(f"{p}-a", "t", "10s", 10, 0, [7.0])  # older than the newest LENGTH
-    b1 = window(f"{p}-b", "h", "1m", 60, 1, [1.0, 2.0])
-    b2_early = window(f"{p}-b", "h", "1m", 60, 2, [3.0])
-    b2_full = window(f"{p}-b", "h", "1m", 60, 2, [3.0, 4.0, 5.0])
-    b3 = window(f"{p}-b", "h", "1m", 60, 3, [6.0])
-    c1 = window(f"{p}-c", "t", "30s/10s", 30, 1, [1.25, -2.5])
+    a = [closed_window(f"{p}-a", "t", "10s", 10, k, [float(k), k + 0.5]) for k in range(1, 9)]
+    older = closed_window(f"{p}-a", "t", "10s", 10, 0, [7.0])  # older than the newest LENGTH
+    b1 = closed_window(f"{p}-b", "h", "1m", 60, 1, [1.0, 2.0])
+    b2_early = closed_window(f"{p}-b", "h", "1m", 60, 2, [3.0])
+    b2_full = closed_window(f"{p}-b", "h", "1m", 60, 2, [3.0, 4.0, 5.0])
+    b3 = closed_window(f"{p}-b", "h", "1m", 60, 3, [6.0])
+    c1 = closed_window(f"{p}-c", "t", "30s/10s", 30, 1, [1.25, -2.5])
     partition_0 = aggregate_records([*a, older])
     partition_1 = aggregate_records([b1, b2_early, b2_full, b2_early, c1, c1, b3])
     garbage = [
