@@ -1,7 +1,7 @@
 """The Faust app: the frame that runs the readings processor, agents, timers and web views.
 
-``pulse worker`` (or ``faust -A pulse.app worker``) runs it. Settings come from the
-environment when the module is imported, so a bad ``PULSE_*`` value stops startup at once
+``pulse worker`` (or ``faust -A pulse.app worker --without-web``) runs it. Settings come from
+the environment when the module is imported, so a bad ``PULSE_*`` value stops startup at once
 with a message naming it.
 """
 
@@ -88,12 +88,14 @@ def create_app(settings: Settings | None = None) -> faust.App:
         key_serializer="raw",
     )
     app.pulse_settings = settings  # type: ignore[attr-defined]
+    # First, so that /health/live answers while the partitions are being assigned.
+    app.add_dependency(
+        worker_http(settings, lambda: app.pulse_processor, sink_health(app))  # type: ignore[attr-defined]
+    )
     for register in discover_agents():
         register(app, settings)
-    processor = getattr(app, "pulse_processor", None)
-    if processor is None:
+    if getattr(app, "pulse_processor", None) is None:
         raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
-    app.add_dependency(worker_http(settings, processor, sink_health(app)))
     return app
 
 
@@ -115,7 +117,7 @@ class ReadingsProgress(Protocol):
 
 
 def worker_http(
-    settings: Settings, processor: ReadingsProgress, sinks: Sequence[SinkHealth]
+    settings: Settings, processor_of: Callable[[], ReadingsProgress], sinks: Sequence[SinkHealth]
 ) -> HttpServer:
     """The worker's HTTP server on ``PULSE_WEB_PORT``: health and metrics, and the whole API
     with ``PULSE_WORKER_SERVES_API=true``. Ready once the first assignment is recovered; the
@@ -123,6 +125,7 @@ def worker_http(
     (``sinks``: read at each request, agents add theirs as they start)."""
 
     async def readiness() -> Readiness:
+        processor = processor_of()
         states = processor.states
         detail = {
             "partitions": sorted(states),
@@ -171,7 +174,8 @@ def tune_gc() -> None:
 
 def __getattr__(name: str) -> faust.App:
     # ``pulse.app:app`` is built on first use, not at import, so tests can import this module.
-    # It is the worker's app (``pulse worker``, ``faust -A pulse.app:app worker``).
+    # It is the worker's app (``pulse worker``, ``faust -A pulse.app:app worker --without-web``:
+    # Pulse serves HTTP itself).
     if name == "app":
         built = create_app()
         tune_gc()

@@ -87,7 +87,10 @@ def worker(ctx: click.Context) -> None:
     _check_redis(settings)
     from faust.cli.faust import cli as faust_cli
 
-    faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
+    # Pulse's own HTTP server (pulse/api) serves PULSE_WEB_PORT; Faust's stays off.
+    faust_cli.main(
+        ["-A", "pulse.app:app", "worker", "--without-web", *ctx.args], prog_name="pulse worker"
+    )
 
 
 @main.command(name="influx-writer")
