@@ -36,6 +36,7 @@ from redis.exceptions import (
     AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     NoPermissionError,
     NoScriptError,
@@ -121,9 +122,10 @@ def _reply_text(error: Exception) -> str:
     return str(error) if isinstance(error, ResponseError) else f"ERR {error}"
 
 
-_AWAY = (RedisConnectionError, RedisTimeoutError, RedisClusterException, AskError)
-"""What redis-py raises (or answers) while a node is away, a slot not yet served or still
-moving after its retries: the write is tried again later."""
+_AWAY = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ClusterError, AskError)
+"""What redis-py raises (or answers) while a node is away, or a slot not yet served or still
+moving after its retries (``TTL exhausted``: redirections that did not settle): the write
+is tried again later."""
 
 
 @contextlib.contextmanager
