@@ -67,8 +67,9 @@ many keys; a flush sends the calls pipelined, one round trip per
 :data:`COMMANDS_PER_ROUND_TRIP` calls. Within a call each key is checked and written on its
 own, exactly as by a call of its own: an older write of one key refuses nothing of another.
 A call answers how many of its keys' writes it refused entirely; the sink counts them. A
-Redis Cluster runs a script on keys of one slot only, so a sink for a cluster will group the
-writes by slot (issue 22); this sink talks to one server.
+Redis Cluster runs a script on keys of one slot only: for a ``redis+cluster://`` URL the
+writes are grouped by slot first and sent through redis-py's cluster client
+(pulse/sinks/_cluster.py), which routes each call to its slot's master.
 
 A key's TTL (and a top key's versions') is set whenever a write creates the key or one of
 its fields, and else when the sink asks: when it first writes a key (for an open window: when
