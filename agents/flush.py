@@ -301,6 +301,11 @@ class MirrorLane:
             if connections and self.sink.connections > connections:
                 # A new connection during the write: it may reach a restarted or failed-over
                 # server that lost keys or holds older ones. Every key of the state again.
+                log.info(
+                    "%s sink: new connection (the server may be a restarted or failed-over "
+                    "one that lacks the last writes): every live key is written again",
+                    self.sink.name,
+                )
                 self._rewrite_due = True
 
     async def _write(self, batch: FlushBatch) -> None:

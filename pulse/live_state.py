@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
+from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
 from pulse.sinks.redis import RedisKeys
 
@@ -33,7 +33,7 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-async def device_state(client: aioredis.Redis, settings: Settings, device: str) -> dict[str, Any]:
+async def device_state(client: RedisClient, settings: Settings, device: str) -> dict[str, Any]:
     """``{"device", "latest": {metric: {"value", "ts"}}, "open": {...}, "closed": {...},
     "sliding": {...}}``.
 
@@ -90,7 +90,7 @@ def _latest(raw: Any) -> dict[str, dict[str, int | float | None]]:
 
 
 async def devices_page(
-    client: aioredis.Redis,
+    client: RedisClient,
     settings: Settings,
     prefix: str,
     after: tuple[float, str] | None,
@@ -144,9 +144,7 @@ async def devices_page(
     return page, (None if exhausted else position)
 
 
-async def dead_letters(
-    client: aioredis.Redis, settings: Settings, recent: int = 20
-) -> dict[str, Any]:
+async def dead_letters(client: RedisClient, settings: Settings, recent: int = 20) -> dict[str, Any]:
     """``{"by_reason": {reason: count}, "recent": [record, ...]}`` (newest first): the
     dead-letter monitor's keys (agents/dead_letters.py)."""
     pipe = client.pipeline(transaction=False)
@@ -166,7 +164,7 @@ async def dead_letters(
 
 
 async def top_devices(
-    client: aioredis.Redis,
+    client: RedisClient,
     settings: Settings,
     window: str,
     metric: str,

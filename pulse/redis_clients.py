@@ -6,7 +6,8 @@
 - :func:`resp_options`: the password and TLS context of the Redis sink's own connection
   (:class:`pulse.sinks._resp.RespPipeline`);
 - :func:`redis_client`: redis-py's client with the same password and TLS context (``pulse
-  state``, the HTTP API, the dead-letter monitor);
+  state``, the HTTP API, the dead-letter monitor); for a ``redis+cluster://`` URL its cluster
+  client (:func:`pulse.sinks._cluster.cluster_client`), which the sink writes through too;
 - :func:`check_connection`: one connection made as those do before the worker starts, so that
   a wrong CA, a missing client certificate or a wrong password stops start-up with one message
   that says so.
@@ -26,7 +27,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection, parse_url
 
 from pulse import tls
-from pulse.settings import Settings
+from pulse.settings import Settings, redis_cluster_nodes, redis_is_cluster, redis_uses_tls
+from pulse.sinks._cluster import ClusterPipeline, cluster_client
 from pulse.sinks._resp import RedisRefused, RedisReplyError, RespPipeline, pack
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,17 @@ class RedisConnectError(RuntimeError):
     ``TLS certificate verify failed``, ``WRONGPASS``) and no secret."""
 
 
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+"""What :func:`redis_client` makes: readers use the commands both have."""
+
+
 def uses_tls(settings: Settings) -> bool:
-    return settings.redis_url.startswith("rediss://")
+    return redis_uses_tls(settings.redis_url)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of a ``rediss://`` URL (None for the others); a file that does not load
+    """The TLS context of a ``rediss://`` or ``rediss+cluster://`` URL (None for the others);
+    a file that does not load
     raises :class:`pulse.settings.SettingsError` naming its variable."""
     if not uses_tls(settings):
         return None
@@ -86,9 +93,12 @@ CLIENT_WAIT = 5.0
 it fails (the API answers 503)."""
 
 
-def redis_client(settings: Settings) -> aioredis.Redis:
-    """A redis-py client of ``PULSE_REDIS_URL`` with the password and TLS context of
-    :func:`resp_options`; ``aclose()`` closes its connections."""
+def redis_client(settings: Settings) -> RedisClient:
+    """A redis-py client of ``PULSE_REDIS_URL`` (of a Redis Cluster: its cluster client)
+    with the password and TLS context of :func:`resp_options`; ``aclose()`` closes its
+    connections."""
+    if redis_is_cluster(settings.redis_url):
+        return cluster_client(settings.redis_url, **resp_options(settings))
     options: dict[str, Any] = dict(parse_url(settings.redis_url))
     options.setdefault("socket_connect_timeout", CLIENT_WAIT)
     options.setdefault("socket_timeout", CLIENT_WAIT)
@@ -105,7 +115,10 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 def address(settings: Settings) -> str:
-    """Where Redis is, for messages: ``host:port`` or the socket's path."""
+    """Where Redis is, for messages: ``host:port`` (a cluster's nodes as listed, joined by
+    ``,``) or the socket's path."""
+    if redis_is_cluster(settings.redis_url):
+        return ",".join(f"{host}:{port}" for host, port in redis_cluster_nodes(settings.redis_url))
     options = parse_url(settings.redis_url)
     if "path" in options:
         return str(options["path"])
@@ -115,10 +128,11 @@ def address(settings: Settings) -> str:
 def describe(settings: Settings) -> str:
     """How the clients connect, for messages: TLS or not, the user, where the password comes
     from, the CA and client certificate files."""
-    options = parse_url(settings.redis_url)
     parts = ["TLS" if uses_tls(settings) else "no TLS"]
-    if options.get("username"):
-        parts.append(f"as user {options['username']!r}")
+    if redis_is_cluster(settings.redis_url):
+        parts.insert(0, "Redis Cluster")
+    if _username(settings):
+        parts.append(f"as user {_username(settings)!r}")
     if settings.redis_password_file:
         parts.append(f"password file {settings.redis_password_file!r}")
     elif settings.redis_password:
@@ -129,6 +143,15 @@ def describe(settings: Settings) -> str:
         if settings.redis_ssl_certfile:
             parts.append(f"client certificate {settings.redis_ssl_certfile!r}")
     return ", ".join(parts)
+
+
+def _username(settings: Settings) -> str | None:
+    url = settings.redis_url
+    userinfo = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+    if redis_is_cluster(url):  # read as redis-py reads a single server's user info
+        url = f"redis://{userinfo}@h:1" if userinfo else "redis://h:1"
+    username: str | None = parse_url(url).get("username")
+    return username
 
 
 async def check_connection(settings: Settings, timeout: float = CHECK_TIMEOUT) -> None:
@@ -143,7 +166,11 @@ async def check_connection(settings: Settings, timeout: float = CHECK_TIMEOUT) -
     """
     if not (uses_tls(settings) or settings.redis_password):
         return
-    connection = RespPipeline(settings.redis_url, timeout, **resp_options(settings))
+    connection: RespPipeline | ClusterPipeline = (
+        ClusterPipeline(settings.redis_url, timeout, **resp_options(settings))
+        if redis_is_cluster(settings.redis_url)
+        else RespPipeline(settings.redis_url, timeout, **resp_options(settings))
+    )
     try:
         await connection.execute([pack("PING")])
     except (OSError, asyncio.IncompleteReadError, RedisReplyError) as exc:

@@ -103,8 +103,58 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""The schemes of a ``PULSE_REDIS_URL`` that names a Redis Cluster (the second with TLS)."""
+
+
+def redis_is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.partition("://")[0] in REDIS_CLUSTER_SCHEMES
+
+
+def redis_uses_tls(url: str) -> bool:
+    """Whether ``url`` asks for TLS (``rediss://`` or ``rediss+cluster://``)."""
+    return url.partition("://")[0] in ("rediss", "rediss+cluster")
+
+
+def redis_cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` of each node a ``redis+cluster://`` URL lists, in order: where a
+    client starts to discover the cluster (any one that answers gives the whole layout).
+
+    Raises ValueError saying what is wrong: a node without a host or a port, a database
+    other than 0 (a cluster has no other), a URL that is not of a cluster.
+    """
+    form = "redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]"
+    if not redis_is_cluster(url):
+        raise ValueError(f"must be {form}")
+    rest = url.partition("://")[2]
+    netloc = _netloc(url)
+    after = rest[len(netloc) :]
+    path = after.split("?", 1)[0].split("#", 1)[0]
+    if path not in ("", "/", "/0"):
+        raise ValueError(f"a Redis Cluster has only database 0: leave {path!r} out ({form})")
+    hosts = netloc.rpartition("@")[2]
+    nodes = []
+    for part in hosts.split(","):
+        host, colon, port = part.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # an IPv6 address
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"node {part!r} is not HOST:PORT ({form})")
+        nodes.append((host, int(port)))
+    return nodes
+
+
 def _redis_url(text: str) -> str:
-    _url("redis", "rediss", "unix")(text)
+    if redis_is_cluster(text):
+        redis_cluster_nodes(text)
+    else:
+        try:
+            _url("redis", "rediss", "unix")(text)
+        except ValueError:
+            raise ValueError(
+                "must be a URL with scheme redis, rediss or unix, or a Redis Cluster's "
+                "redis+cluster://HOST:PORT[,HOST:PORT...] (rediss+cluster:// with TLS)"
+            ) from None
     if "password" in parse_qs(urlsplit(text).query):
         raise ValueError(
             "must not hold a password parameter: give the password as the URL's user info "
@@ -197,7 +247,9 @@ VARIABLES: tuple[Variable, ...] = (
         "PULSE_REDIS_URL",
         "redis://127.0.0.1:6379/0",
         "Redis for live state: `redis://[[USER]:PASSWORD@]HOST:PORT/DB`, or `rediss://` for "
-        "TLS (see `PULSE_REDIS_SSL_CAFILE`). A password here is a secret: shown as "
+        "TLS (see `PULSE_REDIS_SSL_CAFILE`); a Redis Cluster: "
+        "`redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]` (some or all of its "
+        "nodes; `rediss+cluster://` for TLS). A password here is a secret: shown as "
         f"`{REDACTED}`; set it here or in `PULSE_REDIS_PASSWORD_FILE`, not both.",
         _redis_url,
         mask=_mask_url_password,
@@ -212,7 +264,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PULSE_REDIS_SSL_CAFILE",
         "",
-        "PEM file of the CA certificates that verify Redis's certificate (`rediss://` only); "
+        "PEM file of the CA certificates that verify Redis's certificate (`rediss://` or "
+        "`rediss+cluster://` only); "
         "unset: the system's CAs. The host name is always verified.",
         _file,
     ),
@@ -749,12 +802,12 @@ def _check_redis(values: dict[str, Any]) -> None:
     values["redis_password"] = (
         _read_secret_file("PULSE_REDIS_PASSWORD_FILE", path) if path else password
     )
-    if not url.startswith("rediss://"):
+    if not redis_uses_tls(url):
         for attr in ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile"):
             if values[attr]:
                 raise SettingsError(
-                    f"{_variable(attr)} is set, but PULSE_REDIS_URL is not a rediss:// URL "
-                    "(TLS): use rediss://, or unset it"
+                    f"{_variable(attr)} is set, but PULSE_REDIS_URL is not a rediss:// or "
+                    "rediss+cluster:// URL (TLS): use one, or unset it"
                 )
     if values["redis_ssl_keyfile"] and not values["redis_ssl_certfile"]:
         raise SettingsError(

@@ -11,6 +11,9 @@
 - ``secured_redis``: a redis-server that speaks only TLS and requires a client certificate and
   a password, with the CA, certificates and password to reach it; ``guarded_influx_url``: a
   VictoriaMetrics that answers 401 to any InfluxDB token (tests/helpers/secured_redis.py).
+- ``redis_cluster``: a Redis Cluster of six redis-servers (three masters, each with a replica;
+  pulse/local/redis_cluster.py); its ``url`` is ``PULSE_REDIS_URL``'s cluster form. A test
+  that kills a node starts a cluster of its own instead.
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
 
 The servers live for the whole session. A server that cannot start makes the test ERROR with
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pulse.local.redis_cluster import RedisCluster, start_redis_cluster
 from pulse.local.stack import ServerProcess
 from tests.helpers.secured_kafka import SecuredKafka, start_secured_kafka
 from tests.helpers.secured_redis import SecuredRedis, start_guarded_influx, start_secured_redis
@@ -64,6 +68,25 @@ def redis_url(_session_servers: SessionServers) -> str:
 def influx_url(_session_servers: SessionServers) -> str:
     """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics (the InfluxDB stand-in)."""
     return _session_servers.get("influx").url
+
+
+@pytest.fixture(scope="session")
+def _session_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(_session_redis_cluster: RedisCluster) -> RedisCluster:
+    """The session's Redis Cluster (three masters, three replicas), healthy; an error if a
+    node died."""
+    for node in _session_redis_cluster.nodes:
+        if not node.alive():
+            raise RuntimeError(
+                f"a node of the session's Redis Cluster ({node.address}) died:\n{node.log_tail()}"
+            )
+    return _session_redis_cluster
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from pulse.history import HistoryStore
+from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
 
 
@@ -30,7 +30,7 @@ class ApiContext:
     """The API's dependencies, one per process (``pulse api`` or a worker serving it)."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: RedisClient
     registry: CollectorRegistry
     readiness: Callable[[], Awaitable[Readiness]]
     """The process's own readiness (a worker: partitions assigned and recovered); the

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from pulse.api import _params, openapi
 from pulse.api._context import CONTEXT
 from pulse.api._errors import ApiError
 from pulse.history import WINDOW_FIELDS, HistoryReader, HistoryStore
+from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
 
 routes = web.RouteTableDef()
@@ -40,7 +40,7 @@ def default_window(settings: Settings) -> str:
 
 async def history_answer(
     settings: Settings,
-    client: aioredis.Redis,
+    client: RedisClient,
     store: HistoryStore | None,
     device: str,
     metric: str,

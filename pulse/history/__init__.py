@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-import redis.asyncio as aioredis
 
 from pulse.history._store import WINDOW_FIELDS, HistoryStore, StoreUnavailable, Window
 from pulse.history.influx import InfluxStore, flux_query
 from pulse.history.victoria import VictoriaStore
+from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
 from pulse.sinks.redis import RedisKeys
 
@@ -83,7 +83,7 @@ class HistoryReader:
     ``store_error`` saying so)."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, store: HistoryStore | None, cache_ttl: int
+        self, client: RedisClient, prefix: str, store: HistoryStore | None, cache_ttl: int
     ) -> None:
         self.client, self.prefix, self.store, self.cache_ttl = client, prefix, store, cache_ttl
 

@@ -212,8 +212,9 @@ class Sink(abc.ABC):
 
     @property
     def connections(self) -> int:
-        """Connections made to the target so far (0: not counted). A new one may reach a
-        restarted server that lost what it held (agents/flush.py, MirrorLane)."""
+        """Connections made to the target so far (0: not counted; for a Redis Cluster, the
+        readings of its layout). A new one may reach a restarted or failed-over server that
+        lost what it held (agents/flush.py, MirrorLane)."""
         return 0
 
     @property

@@ -210,7 +210,7 @@ class HistorySink(RecordSink[HistoryEntry]):
             replies = await retry_forever(
                 "history write",
                 lambda chunk=chunk: execute_scripted(  # type: ignore[misc]
-                    self.connection, chunk, self._load_script
+                    self.connection, chunk, self._load_script, HISTORY_SCRIPT
                 ),
                 (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
                 self.health,

@@ -67,8 +67,9 @@ many keys; a flush sends the calls pipelined, one round trip per
 :data:`COMMANDS_PER_ROUND_TRIP` calls. Within a call each key is checked and written on its
 own, exactly as by a call of its own: an older write of one key refuses nothing of another.
 A call answers how many of its keys' writes it refused entirely; the sink counts them. A
-Redis Cluster runs a script on keys of one slot only, so a sink for a cluster will group the
-writes by slot (issue 22); this sink talks to one server.
+Redis Cluster runs a script on keys of one slot only: for a ``redis+cluster://`` URL the
+writes are grouped by slot first and sent through redis-py's cluster client
+(pulse/sinks/_cluster.py), which routes each call to its slot's master.
 
 A key's TTL (and a top key's versions') is set whenever a write creates the key or one of
 its fields, and else when the sink asks: when it first writes a key (for an open window: when
@@ -88,8 +89,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis.crc import key_slot
+
 from models.outputs import AGGREGATES, AggregateText
+from pulse.settings import redis_is_cluster
 from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._cluster import ClusterPipeline
 from pulse.sinks._resp import RedisRefused, RedisReplyError, RespPipeline, pack
 from pulse.sinks._retry import RefusedByTarget, RetryLater, retry_forever
 from pulse.sinks._text import aggregate_text, seconds_text
@@ -376,18 +381,33 @@ def _bulk(part: bytes) -> bytes:
 _EVALSHA = _bulk(b"EVALSHA") + _bulk(FENCE_SHA.encode())
 
 
-def fenced_calls(writes: Sequence[Write], ttl: int, keys_per_call: int) -> list[bytes]:
-    """The calls of :data:`FENCE_SCRIPT` that make ``writes`` (per-key writes of
-    tables/_native: keys, args, argc), in order: consecutive writes packed at most
-    ``keys_per_call`` keys per call, each call in RESP as hiredis.pack_command packs
-    ``EVALSHA FENCE_SHA 2K key1 {key1}:v ... keyK {keyK}:v ttl write1 ... writeK``.
+def write_slot(write: Write) -> int:
+    """The Redis Cluster slot of a write's key (its ``{KEY}:v`` is in the same one)."""
+    return key_slot(write[0].split(b"\r\n", 2)[1])
 
-    A Redis Cluster runs a script only on keys of one slot, so a sink writing to a cluster
-    will group the writes by slot first (issue 22); this sink talks to one server, where any
-    keys go together.
+
+def fenced_calls(
+    writes: Sequence[Write], ttl: int, keys_per_call: int, by_slot: bool = False
+) -> list[bytes]:
+    """The calls of :data:`FENCE_SCRIPT` that make ``writes`` (per-key writes of
+    tables/_native: keys, args, argc): consecutive writes packed at most ``keys_per_call``
+    keys per call, each call in RESP as hiredis.pack_command packs ``EVALSHA FENCE_SHA 2K
+    key1 {key1}:v ... keyK {keyK}:v ttl write1 ... writeK``.
+
+    ``by_slot`` (a Redis Cluster, which runs a script only on keys of one slot): the writes
+    are first grouped by the slot of their key, each group in the order of ``writes``, and
+    a call holds keys of one slot only. Each key is fenced on its own, so only the order of
+    a key's own writes matters, and that is kept.
     """
     if keys_per_call < 1:
         raise ValueError("keys_per_call must be at least 1")
+    if by_slot:
+        groups: dict[int, list[Write]] = {}
+        for write in writes:
+            groups.setdefault(write_slot(write), []).append(write)
+        return [
+            call for group in groups.values() for call in fenced_calls(group, ttl, keys_per_call)
+        ]
     ttl_part = _bulk(b"%d" % ttl)
     calls = []
     for begin in range(0, len(writes), keys_per_call):
@@ -403,11 +423,12 @@ def fenced_calls(writes: Sequence[Write], ttl: int, keys_per_call: int) -> list[
 
 
 async def execute_scripted(
-    connection: RespPipeline, chunk: list[bytes], load_script: bytes
+    connection: RespPipeline | ClusterPipeline, chunk: list[bytes], load_script: bytes, script: str
 ) -> list[Any]:
     """Send a chunk of script calls (EVALSHA), return the replies; when the server has lost
     the script (restarted behind a proxy, failed over, flushed) load it (``load_script``:
-    the packed SCRIPT LOAD) and send the chunk again, so the calls must be idempotent. Redis's
+    the packed SCRIPT LOAD of ``script``; on a cluster, on every master) and send the chunk
+    again, so the calls must be idempotent. Redis's
     error replies and refusals come out as the exceptions of pulse/sinks/_retry.py
     (:func:`server_refusal`), for retry_forever."""
     try:
@@ -416,7 +437,10 @@ async def execute_scripted(
         except RedisReplyError as exc:
             if not is_noscript(exc):
                 raise
-            await connection.execute([load_script])
+            if isinstance(connection, ClusterPipeline):
+                await connection.load_script(script)
+            else:
+                await connection.execute([load_script])
             return await connection.execute(chunk)
     except RedisReplyError as exc:
         raise server_refusal(exc) from None
@@ -429,9 +453,11 @@ def is_noscript(error: RedisReplyError) -> bool:
     return bool(error.errors) and all(e.startswith("NOSCRIPT") for e in error.errors)
 
 
-BUSY_REPLIES = ("LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "TRYAGAIN", "MASTERDOWN")
+BUSY_REPLIES = (
+    "LOADING", "BUSY", "OOM", "READONLY", "MISCONF", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"
+)  # fmt: skip
 """Error replies of a server that cannot write now (loading its data, out of memory, a
-replica, a failed save): backpressure, waited out."""
+replica, a failed save, a cluster failing over): backpressure, waited out."""
 REFUSED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
 """Error replies refusing the client (credentials, ACL): an operator's problem."""
 
@@ -489,8 +515,12 @@ class RedisSink(Sink):
         self.keys = RedisKeys(prefix)
         self.ttl = ttl_seconds
         self._load_script = pack("SCRIPT", "LOAD", FENCE_SCRIPT)
-        self.connection = RespPipeline(
-            url, on_connect=[self._load_script], password=password, tls=tls
+        self.cluster = redis_is_cluster(url)
+        """A Redis Cluster: writes grouped by slot, through redis-py's cluster client."""
+        self.connection: RespPipeline | ClusterPipeline = (
+            ClusterPipeline(url, password=password, tls=tls)
+            if self.cluster
+            else RespPipeline(url, on_connect=[self._load_script], password=password, tls=tls)
         )
         # Open-window keys whose TTL was set, with the window start and when: an open key is
         # rewritten on every flush that changes it, but its TTL needs setting only when a new
@@ -549,7 +579,7 @@ class RedisSink(Sink):
             self._device_ttl_set.clear()
 
     async def _execute(self, chunk: list[bytes]) -> list[Any]:
-        return await execute_scripted(self.connection, chunk, self._load_script)
+        return await execute_scripted(self.connection, chunk, self._load_script, FENCE_SCRIPT)
 
     def _device_index(self, batch: FlushBatch) -> list[bytes]:
         """``P:devices`` for the batch's latest values: one ``ZADD GT`` of each device's
@@ -578,7 +608,7 @@ class RedisSink(Sink):
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         """The batch's fenced calls: every key's write (:meth:`_writes`), packed."""
-        return fenced_calls(self._writes(batch), self.ttl, KEYS_PER_CALL)
+        return fenced_calls(self._writes(batch), self.ttl, KEYS_PER_CALL, self.cluster)
 
     def _writes(self, batch: FlushBatch) -> list[Write]:
         """One fenced write per key of the batch: latest values, open views, sliding windows,

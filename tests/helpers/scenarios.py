@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-import redis
 from aiokafka import AIOKafkaProducer
 
 from tests.helpers import kafka
+from tests.helpers.redis_cluster import sync_redis
 from tests.helpers.worker import WorkerProcess
 from tests.integration import dataset
 from tests.integration.test_pipeline import (
@@ -259,7 +259,7 @@ def assert_outputs_exact(
     dead-letter the same records again (identical copies); otherwise each exactly once.
     """
     prefix = env["PULSE_REDIS_PREFIX"]
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     series = {(d, m, label) for d, m, label, _ in expected.windows}
     wait_for_all_closed(client, prefix, len(series))
     assert_aggregates_topic(broker, env, expected)

@@ -22,9 +22,9 @@ from typing import Any, cast
 
 import orjson
 import pytest
-import redis
 
 from tests.helpers import kafka, victoria
+from tests.helpers.redis_cluster import SyncRedis, sync_redis
 from tests.helpers.worker import WorkerProcess
 from tests.integration import dataset
 from tests.reference import QUANTILE_ACCURACY, Expected, Record, assert_window_fields, compute
@@ -89,7 +89,7 @@ def produce_dataset(broker: str, topic: str, prefix: str) -> tuple[list[Record],
 
 
 def wait_for_all_closed(
-    client: redis.Redis, prefix: str, expected_closed: int, timeout: float = 40.0
+    client: SyncRedis, prefix: str, expected_closed: int, timeout: float = 40.0
 ) -> None:
     """Idle close ends every window: wait until no open window is left in Redis."""
     deadline = time.monotonic() + timeout
@@ -130,7 +130,7 @@ def test_pipeline_outputs_equal_the_reference(
     try:
         worker.wait_ready()
         worker.wait_caught_up(ends)
-        client = redis.Redis.from_url(redis_url)
+        client = sync_redis(redis_url)
         series = {(d, m, label) for d, m, label, _ in expected.windows}
         wait_for_all_closed(client, topic_prefix, len(series))
         assert_aggregates_topic(broker, env, expected)
@@ -206,12 +206,12 @@ def assert_dead_letters(
             assert letter["value"].encode() == original.value
 
 
-def _hash(client: redis.Redis, key: str) -> dict[bytes, bytes]:
+def _hash(client: SyncRedis, key: str) -> dict[bytes, bytes]:
     """HGETALL; the client returns bytes (no decode_responses), whatever its types say."""
     return cast(dict[bytes, bytes], client.hgetall(key))
 
 
-def _window_hash(client: redis.Redis, key: str, version: str) -> dict[str, float]:
+def _window_hash(client: SyncRedis, key: str, version: str) -> dict[str, float]:
     """A window's hash as numbers, after checking its version (its field ``v``, which the
     contract's readers leave out): ``version``."""
     stored = _hash(client, key)
@@ -219,7 +219,7 @@ def _window_hash(client: redis.Redis, key: str, version: str) -> dict[str, float
     return {k.decode(): float(v) for k, v in stored.items()}
 
 
-def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
+def assert_redis(client: SyncRedis, prefix: str, expected: Expected) -> None:
     devices: dict[str, dict[str, tuple[int, float]]] = {}
     for (device, metric), (t_us, value) in expected.latest.items():
         devices.setdefault(device, {})[metric] = (t_us, value)
@@ -264,7 +264,7 @@ def assert_redis(client: redis.Redis, prefix: str, expected: Expected) -> None:
     assert list(client.scan_iter(f"{prefix}:open:*")) == []
 
 
-def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None:
+def assert_sliding(client: SyncRedis, prefix: str, expected: Expected) -> None:
     """Sliding windows as last shown; the state behind them expired (idle close)."""
     found = {k.decode() for k in client.scan_iter(f"{prefix}:sliding:*")}
     wanted = {
@@ -280,7 +280,7 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
 
 
 def assert_history(
-    client: redis.Redis, prefix: str, expected: Expected, timeout: float = 30.0
+    client: SyncRedis, prefix: str, expected: Expected, timeout: float = 30.0
 ) -> None:
     """The history writer's keys: per series the newest HISTORY_LENGTH windows of the
     reference, each as its aggregates document, scored by its start, with the TTL; and one
@@ -404,7 +404,7 @@ def assert_api_and_cli(
     assert [(row["device"], row["mean"]) for row in top] == [(d, m) for m, d in ranked][:10]
 
 
-def assert_dead_letter_counts(client: redis.Redis, prefix: str, expected: Expected) -> None:
+def assert_dead_letter_counts(client: SyncRedis, prefix: str, expected: Expected) -> None:
     """The dead-letter monitor agent (a Faust agent) counts the DLQ by reason."""
     wanted = dict(Counter(expected.dead_letters.values()))
     deadline = time.monotonic() + 30

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote
 
 import pytest
+import redis.asyncio as aioredis
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
@@ -78,9 +80,16 @@ def test_the_redis_password_from_the_url_or_a_file(tmp_path: Path) -> None:
     assert from_file.redis_url == url
     assert Settings.from_env(from_file.env()) == from_file
     assert resp_options(from_file)["password"] == PASSWORD
-    pool = redis_client(from_file).connection_pool
+    client = redis_client(from_file)
+    assert isinstance(client, aioredis.Redis)
+    pool = client.connection_pool
     assert pool.connection_kwargs["password"] == PASSWORD
     assert pool.connection_kwargs["username"] == "pulse"
+    # A cluster's client: the same user and password on every node's connections.
+    cluster_url = "rediss+cluster://pulse@h1:7000,h2:7001"
+    cluster = Settings.from_env({"PULSE_REDIS_URL": cluster_url, "PULSE_REDIS_PASSWORD_FILE": path})
+    options = cast(aioredis.RedisCluster, redis_client(cluster)).connection_kwargs
+    assert (options["username"], options["password"]) == ("pulse", PASSWORD)
     assert Settings.from_env({}).redis_password == ""
     assert resp_options(Settings.from_env({}))["password"] is None
 
@@ -135,13 +144,13 @@ def test_a_file_that_cannot_be_read_names_the_variable_and_the_path(
         ),
         (
             {"PULSE_REDIS_URL": f"redis://:{IN_URL}@h:1/0", "PULSE_REDIS_SSL_CAFILE": "{file}"},
-            "PULSE_REDIS_SSL_CAFILE is set, but PULSE_REDIS_URL is not a rediss:// URL (TLS): "
-            "use rediss://, or unset it",
+            "PULSE_REDIS_SSL_CAFILE is set, but PULSE_REDIS_URL is not a rediss:// or "
+            "rediss+cluster:// URL (TLS): use one, or unset it",
         ),
         (
             {"PULSE_REDIS_URL": "redis://h:1/0", "PULSE_REDIS_SSL_CERTFILE": "{file}"},
-            "PULSE_REDIS_SSL_CERTFILE is set, but PULSE_REDIS_URL is not a rediss:// URL (TLS): "
-            "use rediss://, or unset it",
+            "PULSE_REDIS_SSL_CERTFILE is set, but PULSE_REDIS_URL is not a rediss:// or "
+            "rediss+cluster:// URL (TLS): use one, or unset it",
         ),
         (
             {"PULSE_REDIS_URL": "rediss://h:1/0", "PULSE_REDIS_SSL_KEYFILE": "{file}"},
@@ -150,14 +159,16 @@ def test_a_file_that_cannot_be_read_names_the_variable_and_the_path(
         ),
         (
             {"PULSE_REDIS_URL": f"http://:{IN_URL}@h:1/0"},
-            f"PULSE_REDIS_URL='http://:{REDACTED}@h:1/0': must be a URL with scheme redis or "
-            "rediss or unix",
+            f"PULSE_REDIS_URL='http://:{REDACTED}@h:1/0': must be a URL with scheme redis, "
+            "rediss or unix, or a Redis Cluster's redis+cluster://HOST:PORT[,HOST:PORT...] "
+            "(rediss+cluster:// with TLS)",
         ),
         (
             # Unescaped, the password's '/' ends the host part: no host, and still not shown.
             {"PULSE_REDIS_URL": f"redis://:{PASSWORD}@h:1/0"},
-            f"PULSE_REDIS_URL='redis://:{REDACTED}@h:1/0': must be a URL with scheme redis or "
-            "rediss or unix",
+            f"PULSE_REDIS_URL='redis://:{REDACTED}@h:1/0': must be a URL with scheme redis, "
+            "rediss or unix, or a Redis Cluster's redis+cluster://HOST:PORT[,HOST:PORT...] "
+            "(rediss+cluster:// with TLS)",
         ),
         (
             {"PULSE_REDIS_URL": f"redis://h:1/0?password={IN_URL}&db=1"},

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.settings import VARIABLES, Settings, SettingsError
+from pulse.settings import (
+    VARIABLES,
+    Settings,
+    SettingsError,
+    redis_cluster_nodes,
+    redis_is_cluster,
+    redis_uses_tls,
+)
 from tables.windows import WindowSpec
 
 S = 1_000_000
@@ -64,6 +71,27 @@ def test_values_are_read_and_stripped() -> None:
     assert settings.web_port == 8080
 
 
+CLUSTER_FORM = "redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]"
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes", "tls"),
+    [
+        ("redis+cluster://h1:7000", [("h1", 7000)], False),
+        ("redis+cluster://h1:7000,10.0.0.2:7001/0", [("h1", 7000), ("10.0.0.2", 7001)], False),
+        ("rediss+cluster://u:p%40ss@h1:7000,[::1]:7001/", [("h1", 7000), ("::1", 7001)], True),
+    ],
+)
+def test_a_redis_cluster_url_names_its_nodes(
+    url: str, nodes: list[tuple[str, int]], tls: bool
+) -> None:
+    settings = Settings.from_env({"PULSE_REDIS_URL": url})
+    assert redis_is_cluster(settings.redis_url)
+    assert redis_cluster_nodes(settings.redis_url) == nodes
+    assert redis_uses_tls(settings.redis_url) is tls
+    assert settings.redis_password == ("p@ss" if "@" in url else "")
+
+
 def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULSE_GRACE", "2.5")
     assert Settings.from_env().grace_us == 2_500_000
@@ -75,7 +103,27 @@ def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.Monkey
         ("PULSE_BROKER", "http://h:9092", "must be kafka://HOST:PORT[,HOST:PORT...]"),
         ("PULSE_BROKER", "kafka://h", "must be kafka://HOST:PORT[,HOST:PORT...]"),
         ("PULSE_BROKER", "kafka://h:1,", "must be kafka://HOST:PORT[,HOST:PORT...]"),
-        ("PULSE_REDIS_URL", "http://h:6379", "must be a URL with scheme redis or rediss or unix"),
+        (
+            "PULSE_REDIS_URL",
+            "http://h:6379",
+            "must be a URL with scheme redis, rediss or unix, or a Redis Cluster's "
+            "redis+cluster://HOST:PORT[,HOST:PORT...] (rediss+cluster:// with TLS)",
+        ),
+        *(
+            ("PULSE_REDIS_URL", url, f"node {node!r} is not HOST:PORT ({CLUSTER_FORM})")
+            for url, node in (
+                ("redis+cluster://h1", "h1"),
+                ("redis+cluster://h1:7000,h2", "h2"),
+                ("redis+cluster://h1:7000,", ""),
+                ("rediss+cluster://:7000", ":7000"),
+                ("redis+cluster://u@h1:70000", "h1:70000"),
+            )
+        ),
+        (
+            "PULSE_REDIS_URL",
+            "redis+cluster://h1:7000,h2:7001/1",
+            f"a Redis Cluster has only database 0: leave '/1' out ({CLUSTER_FORM})",
+        ),
         ("PULSE_INFLUX_URL", "localhost:8086", "must be a URL with scheme http or https"),
         ("PULSE_INFLUX_ORG", "", "must be a non-empty name without spaces, '/', ':' or ','"),
         ("PULSE_INFLUX_BUCKET", "a b", "must be a non-empty name without spaces, '/', ':' or ','"),
