@@ -291,7 +291,6 @@
       element("th", {}, "metric"),
       element("th", {}, "window"),
       ...FIELDS.map((field) => element("th", {}, field)),
-      element("th", {}, "time"),
     );
     const rows = [];
     const metrics = Object.keys(detail.latest).sort();
@@ -302,11 +301,10 @@
           "tr",
           { "data-metric": metric, "data-kind": "latest" },
           element("td", {}, metric),
-          element("td", {}, "latest"),
+          element("td", {}, "latest", element("span", { class: "span" }, formatTime(latest.ts))),
           ...FIELDS.map((field) =>
             field === "last" ? numberCell("value", latest.value) : element("td", {}),
           ),
-          element("td", { "data-field": "ts", "data-value": latest.ts }, formatTime(latest.ts)),
         ),
       );
       for (const kind of ["closed", "open", "sliding"]) {
@@ -326,9 +324,8 @@
       "tr",
       { "data-metric": metric, "data-kind": kind, "data-window": label, "data-start": fields.start },
       element("td", {}, metric),
-      element("td", {}, name),
+      element("td", {}, name, element("span", { class: "span" }, span)),
       ...FIELDS.map((field) => numberCell(field, fields[field])),
-      element("td", {}, span),
     );
   }
 
@@ -367,14 +364,16 @@
 
   function makeChart(metric, label) {
     const plotBox = element("div", { class: "plot" });
+    const lastLine = element("p", { class: "note last" }, "no closed window yet");
     const chartElement = element(
       "div",
       { class: "chart", "data-metric": metric, "data-window": label, "data-points": 0 },
       element("h3", {}, `${metric} · mean, min–max per ${label}`),
       plotBox,
+      lastLine,
     );
     $("charts").append(chartElement);
-    const chart = { element: chartElement, plotBox, plot: null, data: [[], [], [], []], ends: [] };
+    const chart = { element: chartElement, plotBox, lastLine, plot: null, data: [[], [], [], []], ends: [] };
     state.charts.set(metric, chart);
     return chart;
   }
@@ -398,9 +397,13 @@
     }
     const last = starts.length - 1;
     chart.element.dataset.points = String(starts.length);
-    chart.element.dataset.lastStart = String(starts[last]);
-    chart.element.dataset.lastEnd = String(chart.ends[last]);
-    chart.element.dataset.lastMean = String(means[last]);
+    const line = chart.lastLine;
+    line.dataset.start = String(starts[last]);
+    line.dataset.end = String(chart.ends[last]);
+    line.dataset.mean = String(means[last]);
+    line.textContent =
+      `last closed ${formatTime(starts[last])}–${formatTime(chart.ends[last])}: ` +
+      `mean ${formatNumber(means[last])}, min ${formatNumber(mins[last])}, max ${formatNumber(maxes[last])}`;
   }
 
   function drawChart(chart) {
@@ -533,7 +536,11 @@
     table.dataset.window = label;
     table.dataset.metric = metric;
     table.replaceChildren(
-      element("thead", {}, element("tr", {}, element("th", {}, "#"), element("th", {}, "device"), element("th", {}, "mean"))),
+      element(
+        "thead",
+        {},
+        element("tr", {}, element("th", {}, "#"), element("th", { class: "name" }, "device"), element("th", {}, "mean")),
+      ),
       element(
         "tbody",
         {},
@@ -542,7 +549,7 @@
             "tr",
             { "data-device": row.device },
             element("td", {}, index + 1),
-            element("td", {}, row.device),
+            element("td", { class: "name" }, row.device),
             numberCell("mean", row.mean),
           ),
         ),
