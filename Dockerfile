@@ -26,6 +26,6 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /app pulse
 
 USER pulse
-# The worker's HTTP API and live page (PULSE_WEB_PORT).
-EXPOSE 6066
+# The worker's health and metrics (PULSE_WEB_PORT); `pulse api` serves on PULSE_API_PORT.
+EXPOSE 6066 6067
 CMD ["pulse", "worker", "-l", "info"]

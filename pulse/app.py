@@ -7,17 +7,24 @@ with a message naming it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
 import pkgutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import faust
+from prometheus_client import CollectorRegistry
 
+from pulse.api import ApiContext, HttpServer, Readiness, create_api
 from pulse.kafka_clients import broker_credentials
+from pulse.metrics import SinkMetrics
+from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
+from tables.partition_state import PartitionState
 
 AGENT_PACKAGES = ("agents",)
 """The packages create_app discovers agents in: it imports every module of each (as Faust's
@@ -60,8 +67,6 @@ def discover_agents(packages: Iterable[str] = AGENT_PACKAGES) -> list[AgentRegis
 
 def create_app(settings: Settings | None = None) -> faust.App:
     """Build the app for ``settings`` (default: from the environment)."""
-    from pulse import web
-
     settings = settings or Settings.from_env()
     # Every recovery consumer would log its (manual) subscription at INFO.
     logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
@@ -69,7 +74,8 @@ def create_app(settings: Settings | None = None) -> faust.App:
         settings.app_id,
         broker=settings.broker,
         broker_credentials=broker_credentials(settings),
-        web_port=settings.web_port,
+        # Pulse's own aiohttp application serves the HTTP side (pulse/api), not Faust's.
+        web_enabled=False,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.session_timeout / 6,
         topic_partitions=settings.partitions,
@@ -86,8 +92,55 @@ def create_app(settings: Settings | None = None) -> faust.App:
     processor = getattr(app, "pulse_processor", None)
     if processor is None:
         raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
-    web.register(app, settings, processor, sink_health(app))
+    app.add_dependency(worker_http(settings, processor, sink_health(app)))
     return app
+
+
+class ReadingsProgress(Protocol):
+    """What the worker's health shows of the readings processor (agents/readings.py provides
+    it as ``app.pulse_processor``)."""
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the first assignment has been recovered."""
+
+    @property
+    def states(self) -> Mapping[int, PartitionState]:
+        """The state of each assigned partition."""
+
+    @property
+    def flushes(self) -> int:
+        """Flushes completed so far."""
+
+
+def worker_http(
+    settings: Settings, processor: ReadingsProgress, sinks: Sequence[SinkHealth]
+) -> HttpServer:
+    """The worker's HTTP server on ``PULSE_WEB_PORT``: health and metrics, and the whole API
+    with ``PULSE_WORKER_SERVES_API=true``. Ready once the first assignment is recovered; the
+    body shows the partitions, their next offsets, the flushes done and each sink's state
+    (``sinks``: read at each request, agents add theirs as they start)."""
+
+    async def readiness() -> Readiness:
+        states = processor.states
+        detail = {
+            "partitions": sorted(states),
+            "open_windows": sum(s.open_windows for s in states.values()),
+            "next_offsets": {p: s.next_offset for p, s in states.items()},
+            "flushes": processor.flushes,
+            "sinks": {health.name: health.document() for health in sinks},
+        }
+        if not processor.ready.is_set():
+            return Readiness(False, "partitions not yet assigned and recovered", detail)
+        return Readiness(True, "", detail)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SinkMetrics(sinks))
+    context = ApiContext(
+        settings, redis_client(settings), registry, readiness, serves_from_redis=False
+    )
+    full = settings.worker_serves_api == "true"
+    return HttpServer(create_api(context, full=full), settings.web_port)
 
 
 GC_THRESHOLDS = (20_000, 20, 100)

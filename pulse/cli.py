@@ -109,6 +109,28 @@ def influx_writer(loglevel: str) -> None:
 
 
 @main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def api(loglevel: str) -> None:
+    """Serve the HTTP API and the live page on PULSE_API_PORT, reading Redis (and the
+    time-series store for older history); run as many as you like behind a load balancer."""
+    from mode import Worker
+
+    from pulse.api import ApiContext, HttpServer, Readiness, create_api
+    from pulse.metrics import api_registry
+    from pulse.redis_clients import redis_client
+
+    settings = _settings()
+    _check_redis(settings)
+
+    async def readiness() -> Readiness:
+        return Readiness(True)
+
+    context = ApiContext(settings, redis_client(settings), api_registry(), readiness)
+    server = HttpServer(create_api(context), settings.api_port)
+    Worker(server, loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
 @click.option("--devices", default=100, show_default=True, help="Number of devices.")
 @click.option(
     "--metrics",

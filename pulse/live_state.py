@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from pulse.settings import Settings
@@ -33,49 +34,155 @@ def _text(raw: Any) -> str:
 
 
 async def device_state(client: aioredis.Redis, settings: Settings, device: str) -> dict[str, Any]:
-    """``{"device", "latest": {metric: {"value", "ts"}}, "open": {...}, "closed": {...}}``.
+    """``{"device", "latest": {metric: {"value", "ts"}}, "open": {...}, "closed": {...},
+    "sliding": {...}}``.
 
-    ``open`` and ``closed`` map ``window -> metric -> fields``; windows with no data are left
-    out. Everything comes from one pipelined round trip after reading the device hash.
+    ``open`` and ``closed`` map ``window -> metric -> fields``, ``sliding`` maps ``size ->
+    metric -> fields``; windows with no data are left out. Everything comes from one
+    pipelined round trip after reading the device hash.
     """
     keys = RedisKeys(settings.redis_prefix)
-    raw = await client.hgetall(keys.device(device))
-    # Per metric: its value, {metric}:ts and its version {metric}:v (left out).
+    latest = _latest(await client.hgetall(keys.device(device)))
+    metrics = sorted(latest)
+    wanted: list[tuple[str, str, str]] = []
+    for spec in settings.windows:
+        for metric in metrics:
+            if spec.kind == "sliding":
+                wanted.append(("sliding", spec.label, metric))
+            else:
+                wanted += [("open", spec.label, metric), ("closed", spec.label, metric)]
+    pipe = client.pipeline(transaction=False)
+    for kind, label, metric in wanted:
+        if kind == "open":
+            pipe.hgetall(keys.open(label, device, metric))
+        elif kind == "closed":
+            pipe.hgetall(keys.closed(label, device, metric))
+        else:
+            pipe.hgetall(keys.sliding(label, device, metric))
+    results = await pipe.execute() if wanted else []
+    out: dict[str, Any] = {
+        "device": device,
+        "latest": latest,
+        "open": {},
+        "closed": {},
+        "sliding": {},
+    }
+    for (kind, label, metric), mapping in zip(wanted, results, strict=True):
+        if mapping:
+            name = label.removeprefix("sliding:")
+            out[kind].setdefault(name, {})[metric] = _numbers(mapping)
+    return out
+
+
+def _latest(raw: Any) -> dict[str, dict[str, int | float | None]]:
+    """A device hash's latest values: ``{metric: {"value", "ts"}}`` by metric name, without
+    the versions (``{metric}:v``)."""
     fields = {
         name: _number(value)
         for name, value in ((_text(k), v) for k, v in raw.items())
         if not name.endswith(":v")
     }
-    metrics = sorted(name for name in fields if not name.endswith(":ts"))
-    latest = {m: {"value": fields[m], "ts": fields.get(f"{m}:ts")} for m in metrics}
-    labels = [spec.label for spec in settings.windows if spec.kind != "sliding"]
-    pipe = client.pipeline(transaction=False)
-    wanted = [
-        (kind, label, metric)
-        for kind in ("open", "closed")
-        for label in labels
-        for metric in metrics
-    ]
-    for kind, label, metric in wanted:
-        key = (
-            keys.open(label, device, metric)
-            if kind == "open"
-            else keys.closed(label, device, metric)
+    return {
+        m: {"value": fields[m], "ts": fields.get(f"{m}:ts")}
+        for m in sorted(fields)
+        if not m.endswith(":ts")
+    }
+
+
+async def devices_page(
+    client: aioredis.Redis,
+    settings: Settings,
+    prefix: str,
+    after: tuple[float, str] | None,
+    limit: int,
+    scan_limit: int = 10_000,
+) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+    """Known devices whose name starts with ``prefix``, most recently seen first (by
+    ``P:devices``: last event time, then name, both descending), after the position
+    ``after`` (the last one of the previous page), at most ``limit``, each with its latest
+    values. Returns the page and the position to continue from (None at the end). At most
+    ``scan_limit`` entries are read per call, so a rare prefix answers a short page with a
+    position rather than walking the whole index."""
+    key = RedisKeys(settings.redis_prefix).devices
+    found: list[tuple[str, float]] = []
+    top = "+inf" if after is None else repr(after[0])
+    chunk = max(limit, 500)
+    offset = scanned = 0
+    position = after
+    exhausted = False
+    while len(found) < limit and scanned < scan_limit:
+        rows: Any = await client.zrevrangebyscore(
+            key, top, "-inf", start=offset, num=chunk, withscores=True
         )
-        pipe.hgetall(key)
-    results = await pipe.execute() if wanted else []
-    out: dict[str, Any] = {"device": device, "latest": latest, "open": {}, "closed": {}}
-    for (kind, label, metric), mapping in zip(wanted, results, strict=True):
-        if mapping:
-            out[kind].setdefault(label, {})[metric] = _numbers(mapping)
-    return out
+        offset += len(rows)
+        last = len(rows) - 1
+        for index, (raw_member, raw_score) in enumerate(rows):
+            member, score = _text(raw_member), float(raw_score)
+            if after is not None and not (
+                score < after[0] or (score == after[0] and member < after[1])
+            ):
+                continue  # at or before the position: the previous pages'
+            scanned += 1
+            position = (score, member)
+            if member.startswith(prefix):
+                found.append((member, score))
+            if len(found) == limit or scanned >= scan_limit:
+                last = index
+                break
+        if len(rows) < chunk and last == len(rows) - 1:
+            exhausted = True
+            break
+    pipe = client.pipeline(transaction=False)
+    keys = RedisKeys(settings.redis_prefix)
+    for device, _ in found:
+        pipe.hgetall(keys.device(device))
+    hashes = await pipe.execute() if found else []
+    page = [
+        {"device": device, "last_seen": score, "latest": _latest(raw)}
+        for (device, score), raw in zip(found, hashes, strict=True)
+    ]
+    return page, (None if exhausted else position)
+
+
+async def dead_letters(
+    client: aioredis.Redis, settings: Settings, recent: int = 20
+) -> dict[str, Any]:
+    """``{"by_reason": {reason: count}, "recent": [record, ...]}`` (newest first): the
+    dead-letter monitor's keys (agents/dead_letters.py)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(f"{settings.redis_prefix}:dlq:counts")
+    pipe.lrange(f"{settings.redis_prefix}:dlq:recent", 0, recent - 1)
+    counts, records = await pipe.execute()
+    shown = []
+    for raw in records:
+        try:
+            shown.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            shown.append({"unreadable": _text(raw)[:200]})
+    return {
+        "by_reason": {_text(k): int(v) for k, v in sorted(counts.items())},
+        "recent": shown,
+    }
 
 
 async def top_devices(
-    client: aioredis.Redis, settings: Settings, window: str, metric: str, limit: int = 10
-) -> list[tuple[str, float]]:
-    """Devices with the highest mean in their latest closed ``window`` of ``metric``."""
-    rows: Any = await client.zrevrange(
-        RedisKeys(settings.redis_prefix).top(window, metric), 0, limit - 1, withscores=True
-    )
+    client: aioredis.Redis,
+    settings: Settings,
+    window: str,
+    metric: str,
+    limit: int = 10,
+    descending: bool = True,
+) -> list[tuple[str, float]] | None:
+    """Devices with the highest (or lowest) mean in their latest closed ``window`` of
+    ``metric``; None when no window of that metric has closed (the key does not exist)."""
+    key = RedisKeys(settings.redis_prefix).top(window, metric)
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(key)
+    if descending:
+        pipe.zrevrange(key, 0, limit - 1, withscores=True)
+    else:
+        pipe.zrange(key, 0, limit - 1, withscores=True)
+    exists, rows = await pipe.execute()
+    if not exists:
+        return None
     return [(_text(member), float(score)) for member, score in rows]

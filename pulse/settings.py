@@ -366,7 +366,11 @@ VARIABLES: tuple[Variable, ...] = (
         _integer(1),
     ),
     Variable(
-        "PULSE_WEB_PORT", "6066", "Port of the worker's HTTP API and live page.", _integer(1, 65535)
+        "PULSE_WEB_PORT",
+        "6066",
+        "Port of the worker's health and metrics (`/health/live`, `/health/ready`, `/metrics`), "
+        "and of the API and live page when `PULSE_WORKER_SERVES_API=true`.",
+        _integer(1, 65535),
     ),
     Variable(
         "PULSE_WORKER_SERVES_API",

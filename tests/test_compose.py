@@ -85,7 +85,7 @@ def _service_at(services: dict[str, dict[str, Any]], host: str) -> str:
 
 
 def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "redis", "influxdb", "postgres", "worker"}
+    assert set(services) == {"kafka", "redis", "influxdb", "postgres", "worker", "api"}
     assert {name: ("image" in svc) != ("build" in svc) for name, svc in services.items()} == {
         name: True for name in services
     }

@@ -5,6 +5,10 @@ Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STA
 
 * ``P:device:{device}`` hash: ``{metric}`` = latest value, ``{metric}:ts`` = its event time,
   ``{metric}:v`` = its version (metric names hold no ``:``, so these never collide).
+* ``P:devices`` sorted set: every device, scored by its latest event time in seconds (``ZADD
+  GT``: a score only grows, so a late write cannot move a device back); devices last seen
+  more than the TTL before the newest event time written are trimmed, about once a minute
+  (by event time, so a replay of old readings keeps its devices).
 * ``P:open:{window}:{device}:{metric}`` hash: the newest open window's partial aggregates
   plus ``start``, ``end`` and its version ``v``; removed when it closes and no newer window is
   open.
@@ -102,6 +106,9 @@ for under a millisecond, so that readers are not held up behind it."""
 
 COMMANDS_PER_ROUND_TRIP = 20_000 // KEYS_PER_CALL
 """Calls per pipelined round trip: about 20,000 keys."""
+
+DEVICE_INDEX_TRIM_INTERVAL = 60.0
+"""Seconds between two trims of ``P:devices`` (devices not seen for a TTL leave it)."""
 
 DEVICE_TTL_MEMORY = 60.0
 """Seconds the sink remembers that it set a device key's TTL (at most half the TTL): a device
@@ -307,6 +314,11 @@ class RedisKeys:
         return f"{self.device_prefix}{device}"
 
     @property
+    def devices(self) -> str:
+        """The sorted set of devices by latest event time."""
+        return f"{self.prefix}:devices"
+
+    @property
     def open_prefix(self) -> str:
         return f"{self.prefix}:open:"
 
@@ -458,6 +470,7 @@ class RedisSink(Sink):
         # a TTL) are pruned.
         self._device_ttl_set: dict[str, float] = {}
         self._prune_device_ttls_at = 0.0
+        self._trim_devices_at = 0.0
         self.refused = 0
         """Writes refused so far, wholly: older than what Redis holds (a worker that lost
         its partitions and wrote late)."""
@@ -486,6 +499,15 @@ class RedisSink(Sink):
                 if refused:
                     self.refused += refused
                     log.info("redis: %d late writes refused (older than what Redis holds)", refused)
+            index = self._device_index(batch)
+            if index:
+                await retry_forever(
+                    "redis write",
+                    lambda index=index: self._execute(index),  # type: ignore[misc]
+                    (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
+                    self.health,
+                    max_delay=MAX_RETRY_DELAY,
+                )
             # The first connection ever is no reconnection: nothing was remembered before it.
             if self.connection.connections <= max(connections, 1):
                 return
@@ -511,6 +533,31 @@ class RedisSink(Sink):
             raise server_refusal(exc) from None
         except RedisRefused as exc:  # credentials or ACL on connecting: the operator's problem
             raise RefusedByTarget(str(exc)) from None
+
+    def _device_index(self, batch: FlushBatch) -> list[bytes]:
+        """``P:devices`` for the batch's latest values: one ``ZADD GT`` of each device's
+        newest event time (after the values themselves, which readers wait for first), its
+        TTL, and now and then the trim of devices not seen for a TTL of event time before the
+        batch's newest. Not fenced by a version:
+        the score is its own, and GT keeps the highest."""
+        if self.LATEST not in self.parts or not batch.latest:
+            return []
+        newest: dict[str, int] = {}
+        for entry in batch.latest:
+            if entry.t_us > newest.get(entry.device, -1):
+                newest[entry.device] = entry.t_us
+        items: list[str] = []
+        for device, t_us in newest.items():
+            items.append(seconds_text(t_us))
+            items.append(device)
+        key = self.keys.devices
+        commands = [pack("ZADD", key, "GT", *items), pack("EXPIRE", key, self.ttl)]
+        now = time.monotonic()
+        if now >= self._trim_devices_at:
+            self._trim_devices_at = now + DEVICE_INDEX_TRIM_INTERVAL
+            newest_s = max(newest.values()) / 1e6
+            commands.append(pack("ZREMRANGEBYSCORE", key, "-inf", f"({newest_s - self.ttl}"))
+        return commands
 
     def _commands(self, batch: FlushBatch) -> list[bytes]:
         """The batch's fenced calls: every key's write (:meth:`_writes`), packed."""

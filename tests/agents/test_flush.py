@@ -314,6 +314,7 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
                 "m:closed:10s:a:t",
                 "m:device:a",
                 "m:device:b",
+                "m:devices",
                 "m:open:10s:a:t",
                 "m:open:10s:b:t",
                 "m:top:10s:t",

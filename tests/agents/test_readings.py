@@ -6,14 +6,14 @@ from __future__ import annotations
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from agents.readings import MAX_RECORDS_PER_FETCH, ReadingsProcessor
+from pulse.app import ReadingsProgress
 from pulse.changelog import ChangelogWriter
 from pulse.settings import Settings
-from pulse.web import ReadingsProgress
 from tables.partition_state import PartitionState
 
 
 def test_the_processor_is_the_progress_the_web_views_read() -> None:
-    # Checked by mypy too: ReadingsProcessor satisfies pulse.web.ReadingsProgress.
+    # Checked by mypy too: ReadingsProcessor satisfies pulse.app.ReadingsProgress.
     progress: ReadingsProgress = ReadingsProcessor(Settings.from_env({}))
     assert not progress.ready.is_set()
     assert progress.states == {}

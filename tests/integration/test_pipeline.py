@@ -63,6 +63,7 @@ def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> d
         "PULSE_MAX_MESSAGE_BYTES": str(dataset.MAX_MESSAGE_BYTES),
         "PULSE_PARTITIONS": "4",
         "PULSE_SESSION_TIMEOUT": "2",
+        "PULSE_WORKER_SERVES_API": "true",
     }
 
 
@@ -273,10 +274,10 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
 def assert_api_and_cli(
     worker: WorkerProcess, env: dict[str, str], expected: Expected, influx: str = "ok"
 ) -> None:
-    """``GET /state/{device}`` and ``pulse state --json`` show what Redis holds; ``/health``
-    and ``/metrics`` every sink ok (InfluxDB's: in state ``influx``)."""
+    """``GET /api/devices/{device}`` and ``pulse state --json`` show what Redis holds;
+    ``/health`` and ``/metrics`` every sink ok (InfluxDB's: in state ``influx``)."""
     device, metric = sorted(expected.latest)[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/state/{device}") as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/api/devices/{device}") as response:
         via_http = json.loads(response.read())
     cli = subprocess.run(
         [sys.executable, "-m", "pulse", "state", device, "--json"],
@@ -316,8 +317,8 @@ def assert_api_and_cli(
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics
     label = sorted(expected.window_sizes)[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/top/{label}/{metric}") as resp:
-        top = json.loads(resp.read())
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/api/top/{label}/{metric}") as resp:
+        top = json.loads(resp.read())["devices"]
     means: dict[str, tuple[int, float]] = {}
     for (d, m, lab, start), agg in expected.windows.items():
         if (m, lab) == (metric, label) and start >= means.get(d, (-1, 0))[0]:

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faust
+
+from pulse.api import HttpServer
 from pulse.app import GC_THRESHOLDS, create_app
 from pulse.settings import Settings
 
@@ -34,24 +37,31 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor and the InfluxDB writer start with the app, as its children (not
-    # @app.service); PULSE_INFLUX_WRITER=off leaves the writer out.
-    # (in the order their modules were first imported)
+    # The readings processor, the InfluxDB writer and the HTTP server start with the app, as
+    # its children (not @app.service); PULSE_INFLUX_WRITER=off leaves the writer out.
     assert sorted(type(child).__name__ for child in app._children) == [
+        "HttpServer",
         "InfluxWriter",
         "ReadingsProcessor",
     ]
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
-    assert [type(child).__name__ for child in alone._children] == ["ReadingsProcessor"]
-    assert list(app.agents) == ["dead-letter-monitor"]
-    assert sorted(app.web.views) == [
-        "/",
-        "/health",
-        "/metrics",
-        "/state/{device}",
-        "/top/{window}/{metric}",
+    assert sorted(type(child).__name__ for child in alone._children) == [
+        "HttpServer",
+        "ReadingsProcessor",
     ]
+    assert list(app.agents) == ["dead-letter-monitor"]
+    assert not app.conf.web_enabled  # Pulse's own aiohttp application serves HTTP
+
+    def paths(built: faust.App) -> set[str]:
+        (server,) = [c for c in built._children if isinstance(c, HttpServer)]
+        return {r.resource.canonical for r in server.app.router.routes() if r.resource}
+
+    health = {"/health", "/health/live", "/health/ready", "/metrics"}
+    assert paths(app) == health
+    serving = create_app(Settings.from_env({"PULSE_WORKER_SERVES_API": "true"}))
+    assert health < paths(serving)
+    assert {"/api/devices", "/api/devices/{device}", "/api/openapi.json"} < paths(serving)
     # Each app gets agents of its own.
     another = create_app(Settings.from_env({}))
     assert another.pulse_processor is not processor  # type: ignore[attr-defined]

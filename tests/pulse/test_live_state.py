@@ -95,7 +95,7 @@ def test_readers_show_the_contract_fields_without_versions(
     settings = Settings.from_env(env)
     sink = RedisSink(redis_url, topic_prefix, 600)
 
-    async def write_then_read() -> tuple[dict[str, Any], list[tuple[str, float]]]:
+    async def write_then_read() -> tuple[dict[str, Any], list[tuple[str, float]] | None]:
         await sink.start()
         try:
             await sink.write(batch())
@@ -133,7 +133,13 @@ def test_readers_show_the_contract_fields_without_versions(
         "start": 1_700_000_010,
         "end": 1_700_000_020,
     }
-    assert {k: v for k, v in state.items() if k not in ("open", "closed")} == {
+    sliding_shown = state["sliding"]["20s"]["temperature"]
+    assert {k: v for k, v in sliding_shown.items() if k not in percentiles} == {
+        **window(2, 45.5, 22.0, 23.5, 22.0, 23.5),
+        "start": 1_699_999_990,
+        "end": 1_700_000_010,
+    }
+    assert {k: v for k, v in state.items() if k not in ("open", "closed", "sliding")} == {
         "device": "dev-1",
         "latest": {
             "humidity": {"value": 40.25, "ts": 1_700_000_002.5},

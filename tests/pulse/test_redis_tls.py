@@ -87,6 +87,7 @@ def test_the_sink_and_redis_py_connect_over_tls_with_a_client_certificate(
         },
         "open": {},
         "closed": {},
+        "sliding": {},
     }
 
 
@@ -104,6 +105,7 @@ def test_pulse_state_reads_over_tls(
         "latest": {"t": {"value": 1.5, "ts": 12}},
         "open": {},
         "closed": {},
+        "sliding": {},
     }
 
 

@@ -105,6 +105,7 @@ def test_local_stack_serves_kafka_redis_and_influx_and_stops(local_stack: LocalS
         "PULSE_BROKER": endpoints.broker,
         "PULSE_REDIS_URL": endpoints.redis_url,
         "PULSE_INFLUX_URL": endpoints.influx_url,
+        "PULSE_HISTORY_STORE": "victoria",
     }
 
     # Kafka: one record through a real producer and consumer.
@@ -248,6 +249,7 @@ def test_cli_up_prints_exports_status_and_down(tmp_path: Path) -> None:
             "PULSE_BROKER": f"kafka://127.0.0.1:{recorded['broker']['port']}",
             "PULSE_REDIS_URL": f"redis://127.0.0.1:{recorded['redis']['port']}/0",
             "PULSE_INFLUX_URL": f"http://127.0.0.1:{recorded['influx']['port']}",
+            "PULSE_HISTORY_STORE": "victoria",
         }
         assert "stop with: pulse stack down" in up.stderr
 

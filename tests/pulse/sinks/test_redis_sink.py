@@ -435,7 +435,11 @@ def test_sink_waits_while_redis_is_down_and_writes_when_it_is_back(tmp_path: Pat
             }
             # The restarted server lost every key: they are back with their TTLs, although
             # the sink had already set those TTLs on the first server.
-            assert all_keys(client, "p") == {"p:device:dev-1", "p:open:10s:dev-1:temp"}
+            assert all_keys(client, "p") == {
+                "p:device:dev-1",
+                "p:devices",
+                "p:open:10s:dev-1:temp",
+            }
             assert_every_key_has_a_ttl(client, "p", 60)
             await sink.write(late)  # still fenced: refused
             assert client.hgetall("p:device:dev-1") == stored
@@ -675,6 +679,7 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
             **{"h": "50.0", "h:ts": "25", "h:v": "25000000:40"},
         },
         f"{p}:sliding:20s:d1:t": sliding_hash(owner.sliding[0], "31000000:3"),
+        f"{p}:devices": {"d1": 31.0},  # by its newest event time
     }
     assert contents(client, p) == wanted
     # The zombie's writes, each older: an earlier closed window (and top member), the same
@@ -749,6 +754,7 @@ def test_late_writes_of_every_kind_are_refused_and_equal_or_newer_ones_apply(
                 **{"h": "51.0", "h:ts": "25", "h:v": "25000000:41"},
             },
             f"{p}:sliding:20s:d1:t": sliding_hash(newer.sliding[0], "32000000:1"),
+            f"{p}:devices": {"d1": 32.0},
         }
     )
     assert contents(client, p) == wanted
@@ -836,7 +842,8 @@ def test_each_metric_of_a_device_is_fenced_by_its_own_version_in_the_device_hash
             **{"t": "21.5", "t:ts": "20", "t:v": "20000000:50"},
             **{"h": "40.0", "h:ts": "18", "h:v": "18000000:50"},
             **{"p": "1013.25", "p:ts": "19", "p:v": "19000000:50"},
-        }
+        },
+        f"{p}:devices": {"d1": 20.0},
     }
     # One write of the device (a merged batch of a worker): t older (an earlier time), h
     # newer (a later time), p at the same time and a later offset (newer), and a metric new
@@ -862,7 +869,8 @@ def test_each_metric_of_a_device_is_fenced_by_its_own_version_in_the_device_hash
             **{"h": "41.5", "h:ts": "21", "h:v": "21000000:60"},
             **{"p": "1000.5", "p:ts": "19", "p:v": "19000000:60"},
             **{"co2": "400.0", "co2:ts": "2", "co2:v": "2000000:60"},
-        }
+        },
+        f"{p}:devices": {"d1": 21.0},
     }
     assert_every_key_has_a_ttl(client, p, 60)
     # Every metric late: refused whole, counted once for the key.
@@ -969,6 +977,7 @@ def test_every_key_written_has_a_ttl(redis_url: str, topic_prefix: str) -> None:
         f"{p}:open:10s:d1:t",
         f"{{{p}:open:1m:d2:t}}:v",  # the removal's tombstone
         f"{p}:device:d1",
+        f"{p}:devices",
         f"{p}:sliding:20s:d1:t",
     }
     assert_every_key_has_a_ttl(client, p, 60)
@@ -997,7 +1006,10 @@ def test_writes_go_on_after_the_server_lost_the_script(redis_url: str, topic_pre
 
     asyncio.run(run())
     assert sink.connection.connections == 1  # no reconnection: the NOSCRIPT path
-    assert contents(client, p) == {f"{p}:device:d1": {"t": "2.0", "t:ts": "2", "t:v": "2000000:2"}}
+    assert contents(client, p) == {
+        f"{p}:device:d1": {"t": "2.0", "t:ts": "2", "t:v": "2000000:2"},
+        f"{p}:devices": {"d1": 2.0},
+    }
 
 
 # -- the fence script on a real Redis: many keys per call --------------------------------------

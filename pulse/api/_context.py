@@ -1,0 +1,44 @@
+"""What every handler of the API reaches: settings, the Redis client, the metrics registry,
+the process's readiness (and, once built, the history store)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from pulse.settings import Settings
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the process can serve: ``reason`` says why not (empty when ready); ``detail``
+    adds what ``/health/ready`` shows of the process (the worker's partitions and sinks)."""
+
+    ready: bool
+    reason: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ApiContext:
+    """The API's dependencies, one per process (``pulse api`` or a worker serving it)."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    registry: CollectorRegistry
+    readiness: Callable[[], Awaitable[Readiness]]
+    """The process's own readiness (a worker: partitions assigned and recovered); the
+    dependencies (Redis) are checked beside it by ``/health/*``."""
+    store: Any = None
+    """The history store reader (pulse/history), None where history is not served."""
+    serves_from_redis: bool = True
+    """Whether the process cannot serve without Redis (``pulse api``): then Redis away makes
+    ``/health/ready`` 503. A worker goes on without Redis (it mirrors to it)."""
+
+
+CONTEXT: web.AppKey[ApiContext] = web.AppKey("pulse_context", ApiContext)

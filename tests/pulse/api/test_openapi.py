@@ -1,0 +1,81 @@
+"""``pulse api`` (a real process on a real Redis) against its own OpenAPI document with
+schemathesis: for generated requests to every documented operation, no 500, and every
+answer's status, content type and body as the document says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from pulse.local.stack import free_port
+
+
+@pytest.fixture(scope="module")
+def api_url(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``pulse api`` on a free port, over a Redis holding one device."""
+    import redis
+
+    prefix = "openapi"
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"{prefix}:device:dev-1", mapping={"rpm": 7, "rpm:ts": 1790000000, "rpm:v": "1:1"})
+    client.zadd(f"{prefix}:devices", {"dev-1": 1790000000})
+    port = free_port()
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    env = {
+        "PULSE_REDIS_URL": redis_url,
+        "PULSE_REDIS_PREFIX": prefix,
+        "PULSE_API_PORT": str(port),
+        "PATH": "/usr/bin:/bin",
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pulse", "api"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health/ready", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"pulse api did not start:\n{Path(log).read_text()}"
+                    ) from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _document() -> dict:
+    from pulse.api import API_MODULES, _health, openapi
+
+    return orjson.loads(
+        orjson.dumps(openapi.document([_health.PATHS, *(m.PATHS for m in API_MODULES)]))
+    )
+
+
+schema = schemathesis.openapi.from_dict(_document())
+
+
+@schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_operation_answers_as_documented(case: schemathesis.Case, api_url: str) -> None:
+    case.call_and_validate(base_url=api_url)
+
+
+def test_the_served_document_is_the_one_tested(api_url: str) -> None:
+    with urllib.request.urlopen(f"{api_url}/api/openapi.json") as response:
+        assert orjson.loads(response.read()) == _document()
