@@ -7,10 +7,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from models.outputs import ClosedWindow, DeadLetter, Latest, OpenView
 from tables.partition_state import Drained
+
+if TYPE_CHECKING:
+    from pulse.sinks.dead_letters import OutputDeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +228,28 @@ class Sink(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once after the last write."""
+
+
+Item = TypeVar("Item")
+
+
+class RecordSink(Sink, Generic[Item]):
+    """A sink written from the ``aggregates`` topic read back rather than by the flush
+    (agents/aggregates_writer.py: InfluxDB, Redis history): each record is first read into
+    the sink's own item (:meth:`read_record`), then a fetch's items are written together
+    (:meth:`write_records`), under the guarantees of :meth:`Sink.write`. A record that is no
+    aggregates record goes to ``dead_letters`` as ``unreadable``; the rest are written.
+    """
+
+    dead_letters: OutputDeadLetters | None = None
+
+    @abc.abstractmethod
+    def read_record(self, value: bytes | None) -> Item:
+        """The item of one ``aggregates`` record's value; ValueError (saying why) for a value
+        that is not such a record."""
+
+    @abc.abstractmethod
+    async def write_records(self, items: Sequence[Item], keys: Sequence[bytes | None]) -> None:
+        """Write ``items`` (``keys[i]``: the record key of ``items[i]``, the device), in
+        order; returns once every one is durable or, refused for its content,
+        dead-lettered."""

@@ -5,7 +5,8 @@ of the reading that gave ``last``; fields ``count`` (integer) and ``sum, min, ma
 first, last, p50, p95, p99`` (floats); timestamp = window start in milliseconds. Line
 protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
 The InfluxDB writer (agents/influx_writer.py) makes each line from the window's ``aggregates``
-record (:func:`record_line`) and writes them with :class:`InfluxSink`.
+record (:func:`record_line`, :meth:`InfluxSink.read_record`) and writes them with
+:class:`InfluxSink`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from influxdb_client.rest import ApiException
 
 from models.outputs import AGGREGATES, ClosedWindow, RefusedOutput
 from pulse.settings import REDACTED
-from pulse.sinks._base import FlushBatch, Sink
+from pulse.sinks._base import FlushBatch, RecordSink
 from pulse.sinks._retry import (
     ContentRefused,
     RefusedByTarget,
@@ -167,7 +168,7 @@ CONTENT_STATUSES = frozenset({400, 413, 422})
 outside the retention; it wrote the others), 413 for a request too large."""
 
 
-class InfluxSink(Sink):
+class InfluxSink(RecordSink[str]):
     """Closed windows to InfluxDB 2's ``/api/v2/write``, each request retried until written.
 
     Every answer is sorted (pulse/sinks/_retry.py): 429 and 5xx (and connection errors) are
@@ -213,9 +214,13 @@ class InfluxSink(Sink):
         if not batch.closed:
             return
         lines = line_protocol_lines(batch.closed)
-        await self.write_lines(lines, [window.device.encode() for window in batch.closed])
+        await self.write_records(lines, [window.device.encode() for window in batch.closed])
 
-    async def write_lines(self, lines: Sequence[str], keys: Sequence[bytes | None]) -> None:
+    def read_record(self, value: bytes | None) -> str:
+        """The line of an ``aggregates`` record (:func:`record_line`)."""
+        return record_line(value)
+
+    async def write_records(self, lines: Sequence[str], keys: Sequence[bytes | None]) -> None:
         """Write ``lines`` (``keys[i]``: the device of ``lines[i]``, for its dead letter);
         returns once every line is written or, refused for its content, dead-lettered."""
         slots = asyncio.Semaphore(CONCURRENT_REQUESTS)

@@ -343,6 +343,15 @@ class RedisKeys:
         size = window.removeprefix("sliding:")
         return f"{self.prefix}:sliding:{size}:{device}:{metric}"
 
+    def history(self, window: str, device: str, metric: str) -> str:
+        """The sorted set of a series' last closed windows (pulse/sinks/history.py)."""
+        return f"{self.prefix}:history:{window}:{device}:{metric}"
+
+    @property
+    def events(self) -> str:
+        """The stream of closed windows (pulse/sinks/history.py)."""
+        return f"{self.prefix}:events"
+
     @staticmethod
     def versions(key: str) -> str:
         """The hash of the versions of ``key``, in its Redis Cluster slot."""
@@ -391,6 +400,28 @@ def fenced_calls(writes: Sequence[Write], ttl: int, keys_per_call: int) -> list[
         parts += [write[1] for write in chunk]
         calls.append(b"".join(parts))
     return calls
+
+
+async def execute_scripted(
+    connection: RespPipeline, chunk: list[bytes], load_script: bytes
+) -> list[Any]:
+    """Send a chunk of script calls (EVALSHA), return the replies; when the server has lost
+    the script (restarted behind a proxy, failed over, flushed) load it (``load_script``:
+    the packed SCRIPT LOAD) and send the chunk again, so the calls must be idempotent. Redis's
+    error replies and refusals come out as the exceptions of pulse/sinks/_retry.py
+    (:func:`server_refusal`), for retry_forever."""
+    try:
+        try:
+            return await connection.execute(chunk)
+        except RedisReplyError as exc:
+            if not is_noscript(exc):
+                raise
+            await connection.execute([load_script])
+            return await connection.execute(chunk)
+    except RedisReplyError as exc:
+        raise server_refusal(exc) from None
+    except RedisRefused as exc:  # credentials or ACL on connecting: the operator's problem
+        raise RefusedByTarget(str(exc)) from None
 
 
 def is_noscript(error: RedisReplyError) -> bool:
@@ -518,21 +549,7 @@ class RedisSink(Sink):
             self._device_ttl_set.clear()
 
     async def _execute(self, chunk: list[bytes]) -> list[Any]:
-        """Write a chunk, return the replies; when the server has lost the script (restarted
-        behind a proxy, failed over, flushed) load it and write the chunk again (writes are
-        idempotent)."""
-        try:
-            try:
-                return await self.connection.execute(chunk)
-            except RedisReplyError as exc:
-                if not is_noscript(exc):
-                    raise
-                await self.connection.execute([self._load_script])
-                return await self.connection.execute(chunk)
-        except RedisReplyError as exc:
-            raise server_refusal(exc) from None
-        except RedisRefused as exc:  # credentials or ACL on connecting: the operator's problem
-            raise RefusedByTarget(str(exc)) from None
+        return await execute_scripted(self.connection, chunk, self._load_script)
 
     def _device_index(self, batch: FlushBatch) -> list[bytes]:
         """``P:devices`` for the batch's latest values: one ``ZADD GT`` of each device's

@@ -41,6 +41,8 @@ WINDOW_SETS: dict[str, tuple[str, Mapping[str, int | tuple[int, int]], dict[str,
 }
 GRACE_US = 5_000_000
 STATE_TTL = 3600
+HISTORY_LENGTH = 5
+"""Fewer than the dataset's longest series has windows (8): the history keeps the newest."""
 FIELDS = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
 
 
@@ -59,6 +61,7 @@ def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> d
         "PULSE_GRACE": "5",
         "PULSE_IDLE_CLOSE": "2",
         "PULSE_STATE_TTL": str(STATE_TTL),
+        "PULSE_HISTORY_LENGTH": str(HISTORY_LENGTH),
         "PULSE_FLUSH_INTERVAL": "0.1",
         "PULSE_MAX_MESSAGE_BYTES": str(dataset.MAX_MESSAGE_BYTES),
         "PULSE_PARTITIONS": "4",
@@ -131,6 +134,7 @@ def test_pipeline_outputs_equal_the_reference(
         assert_dead_letters(broker, env, expected, records)
         assert_redis(client, topic_prefix, expected)
         assert_sliding(client, topic_prefix, expected)
+        assert_history(client, topic_prefix, expected)
         assert_api_and_cli(worker, env, expected)
         assert_dead_letter_counts(client, topic_prefix, expected)
         assert_influx(influx_url, topic_prefix, expected)
@@ -271,6 +275,42 @@ def assert_sliding(client: redis.Redis, prefix: str, expected: Expected) -> None
         assert 0 < client.ttl(key) <= STATE_TTL
 
 
+def assert_history(
+    client: redis.Redis, prefix: str, expected: Expected, timeout: float = 30.0
+) -> None:
+    """The history writer's keys: per series the newest HISTORY_LENGTH windows of the
+    reference, each as its aggregates document, scored by its start, with the TTL; and one
+    event per closed window (every window entered its series' history when it closed, the
+    newest then; no run here repeats one)."""
+    docs = expected.aggregate_documents()
+    wanted: dict[str, list[dict[str, Any]]] = {}
+    for window in sorted(docs, key=lambda k: k[3]):
+        device, metric, label, _ = window
+        wanted.setdefault(f"{prefix}:history:{label}:{device}:{metric}", []).append(docs[window])
+    wanted = {key: windows[-HISTORY_LENGTH:] for key, windows in wanted.items()}
+    assert max(len(w) for w in wanted.values()) == HISTORY_LENGTH
+    events: list[tuple[bytes, dict[bytes, bytes]]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # the writer trails the topic
+        events = client.xrange(f"{prefix}:events")  # type: ignore[assignment]
+        if len(events) >= len(docs):
+            break
+        time.sleep(0.3)
+    assert {k.decode() for k in client.scan_iter(f"{prefix}:history:*")} == set(wanted)
+    for history_key, windows in wanted.items():
+        held: list[tuple[bytes, float]] = client.zrange(history_key, 0, -1, withscores=True)  # type: ignore[assignment]
+        assert [score for _, score in held] == [w["start"] for w in windows], history_key
+        for (member, _), want in zip(held, windows, strict=True):
+            assert_window_fields(orjson.loads(member), want, history_key)
+        assert 0 < client.ttl(history_key) <= STATE_TTL
+    streamed = [orjson.loads(fields[b"window"]) for _, fields in events]
+    by_window = {(d["device"], d["metric"], d["window"], d["start"]): d for d in streamed}
+    assert len(streamed) == len(by_window) == len(docs)
+    assert set(by_window) == set(docs)
+    for key, doc in docs.items():
+        assert_window_fields(by_window[key], doc, key)
+
+
 def assert_api_and_cli(
     worker: WorkerProcess, env: dict[str, str], expected: Expected, influx: str = "ok"
 ) -> None:
@@ -304,6 +344,7 @@ def assert_api_and_cli(
         "redis-latest": ("ok", 0),
         "redis": ("ok", 0),
         "influx": (influx, 0),
+        "history": ("ok", 0),
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -313,6 +354,7 @@ def assert_api_and_cli(
         ("redis-latest", "ok"),
         ("redis", "ok"),
         ("influx", influx),
+        ("history", "ok"),
     ):
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics

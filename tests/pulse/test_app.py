@@ -37,9 +37,11 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor, the InfluxDB writer and the HTTP server start with the app, as
-    # its children (not @app.service); PULSE_INFLUX_WRITER=off leaves the writer out.
+    # The readings processor, the history and InfluxDB writers and the HTTP server start with
+    # the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off leaves the InfluxDB
+    # writer out.
     assert sorted(type(child).__name__ for child in app._children) == [
+        "HistoryWriter",
         "HttpServer",
         "InfluxWriter",
         "ReadingsProcessor",
@@ -47,6 +49,7 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
     assert sorted(type(child).__name__ for child in alone._children) == [
+        "HistoryWriter",
         "HttpServer",
         "ReadingsProcessor",
     ]

@@ -1,0 +1,245 @@
+"""Closed windows into Redis history and the event stream, from the ``aggregates`` topic.
+
+Keys (``P`` is ``PULSE_REDIS_PREFIX``):
+
+* ``P:history:{window}:{device}:{metric}`` sorted set: the series' last
+  ``PULSE_HISTORY_LENGTH`` closed windows, each member the window's ``aggregates`` record
+  (its JSON as the topic holds it), scored by the window start in epoch seconds; TTL
+  ``PULSE_STATE_TTL``, set again by every write.
+* ``P:events`` stream, capped at about :data:`EVENTS_MAXLEN` entries (approximate trimming):
+  one entry per closed window that a history write changed, field ``window`` = the JSON.
+  Readers resume after an entry id (``/api/live``'s ``Last-Event-ID``).
+
+Exactness. The writer (agents/history_writer.py) reads the topic with its own consumer
+group and commits only what this sink wrote, so a crash or rebalance makes it write some
+records again; the topic itself may repeat a window with identical content, and a zombie's
+early idle close may put the same window there with fewer readings before the full one.
+:data:`HISTORY_SCRIPT` therefore keys each series' history by window start: a window whose
+start is held already replaces the member only if its count is higher (a window's readings
+are a prefix of its readings in offset order, so an equal count is the same content); the
+set is trimmed by rank to the newest ``PULSE_HISTORY_LENGTH``; and an event is added only
+for a window that is in the set after its write and was not before. So a replay rewrites
+nothing and adds no event, and a window older than the newest ``length`` adds none either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from models.outputs import AGGREGATES
+from models.reading import NAME_PATTERN
+from pulse.sinks._base import FlushBatch, RecordSink
+from pulse.sinks._resp import RespPipeline, pack
+from pulse.sinks._retry import retry_forever
+from pulse.sinks.dead_letters import OutputDeadLetters
+from pulse.sinks.kafka import aggregate_records
+from pulse.sinks.redis import MAX_RETRY_DELAY, RedisKeys, execute_scripted
+from tables.windows import WindowSpecError, parse_window_spec
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAXLEN = 10_000
+"""About how many entries ``P:events`` keeps (MAXLEN ~: Redis trims whole nodes, so a few
+more): a client that reconnects with ``Last-Event-ID`` gets what it missed while the stream
+still holds it."""
+WINDOWS_PER_CALL = 50
+"""Windows written per call of :data:`HISTORY_SCRIPT`: a call keeps Redis busy for well
+under a millisecond, so that readers are not held up behind it."""
+CALLS_PER_ROUND_TRIP = 400
+"""Calls pipelined per round trip (20,000 windows, a writer's fetch)."""
+
+HISTORY_SCRIPT = """\
+-- Pulse's history writes (pulse/sinks/history.py). KEYS[1]: the event stream; KEYS[2..]:
+-- history sorted sets. ARGV: length, TTL in seconds, the stream's MAXLEN, then per window
+-- (in order) the index of its key in KEYS, its start (the score), its count and its JSON.
+-- A window whose start is held replaces the member only with a higher count; the set keeps
+-- the newest `length` by rank; an event is added for each window that the write put in the
+-- set. Returns the number of events added.
+local length, ttl, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local added = 0
+local written = {}
+for a = 4, #ARGV, 4 do
+  local key = KEYS[tonumber(ARGV[a])]
+  local start, count, json = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local held = redis.call("ZRANGEBYSCORE", key, start, start)
+  local write = true
+  for _, member in ipairs(held) do
+    if member == json then
+      write = false
+    else
+      local ok, old = pcall(cjson.decode, member)
+      local old_count = ok and type(old) == "table" and tonumber(old["count"])
+      if old_count and old_count >= count then write = false end
+    end
+  end
+  if write then
+    for _, member in ipairs(held) do redis.call("ZREM", key, member) end
+    redis.call("ZADD", key, start, json)
+    local size = redis.call("ZCARD", key)
+    if size > length then redis.call("ZREMRANGEBYRANK", key, 0, size - length - 1) end
+    if redis.call("ZSCORE", key, json) then
+      redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "window", json)
+      added = added + 1
+    end
+  end
+  written[key] = true
+end
+for key in pairs(written) do redis.call("EXPIRE", key, ttl) end
+return added
+"""
+HISTORY_SHA = hashlib.sha1(HISTORY_SCRIPT.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One closed window as the history sink writes it."""
+
+    key: str
+    """Its series' history key."""
+    start: float
+    """The window start, epoch seconds (the member's score)."""
+    count: int
+    value: bytes
+    """The ``aggregates`` record as the topic holds it: the member and the event."""
+
+
+def history_entry(keys: RedisKeys, value: bytes | None) -> HistoryEntry:
+    """The history entry of an ``aggregates`` record (pulse/sinks/kafka.py,
+    closed_window_json); ValueError saying why for a value that is not one. Device and
+    metric must be names of the reading contract and the window a window label (they make
+    the key), start and end finite numbers, count a whole number of at least 1 and the other
+    aggregates numbers."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not an aggregates record (not JSON: {exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not an aggregates record (not a JSON object)")
+    missing = [
+        n
+        for n in ("device", "metric", "window", "start", "end", *AGGREGATES, "tags")
+        if n not in doc
+    ]
+    if missing:
+        raise ValueError(f"not an aggregates record: no {', '.join(missing)}")
+    device, metric, window = doc["device"], doc["metric"], doc["window"]
+    for name in (device, metric):
+        if not isinstance(name, str) or NAME_PATTERN.match(name) is None:
+            raise ValueError(f"not an aggregates record: device or metric {name!r} is no name")
+    if not isinstance(window, str) or window.startswith("sliding:") or ":" in window:
+        raise ValueError(f"not an aggregates record: window {window!r} is no label")
+    try:
+        parse_window_spec(window)
+    except (WindowSpecError, ValueError):
+        raise ValueError(
+            f"not an aggregates record: window {window!r} is no window label"
+        ) from None
+    count = doc["count"]
+    if type(count) is not int or count < 1:
+        raise ValueError("not an aggregates record: count is not a whole number of at least 1")
+    for name in ("start", "end", *AGGREGATES[1:]):
+        number = doc[name]
+        if type(number) not in (int, float) or not math.isfinite(number):
+            raise ValueError(f"not an aggregates record: {name} is not a number")
+    if not isinstance(doc["tags"], dict):
+        raise ValueError("not an aggregates record: tags is not an object")
+    return HistoryEntry(
+        keys.history(window, device, metric), float(doc["start"]), count, value or b""
+    )
+
+
+class HistorySink(RecordSink[HistoryEntry]):
+    """Closed windows to ``P:history:*`` and ``P:events`` (see the module doc), through one
+    connection of its own; Redis away, refusing or busy is waited out (retry_forever, state
+    in :attr:`health`). Written by agents/history_writer.py from the ``aggregates`` topic."""
+
+    name = "history"
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        length: int,
+        ttl_seconds: int,
+        *,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        dead_letters: OutputDeadLetters | None = None,
+        events_maxlen: int = EVENTS_MAXLEN,
+    ) -> None:
+        self.keys = RedisKeys(prefix)
+        self.length = length
+        self.ttl = ttl_seconds
+        self.events_maxlen = events_maxlen
+        self.dead_letters = dead_letters
+        self._load_script = pack("SCRIPT", "LOAD", HISTORY_SCRIPT)
+        self.connection = RespPipeline(
+            url, on_connect=[self._load_script], password=password, tls=tls
+        )
+        self.events_added = 0
+        """Events added to the stream so far (windows the history write changed)."""
+
+    @property
+    def connections(self) -> int:
+        return self.connection.connections
+
+    async def stop(self) -> None:
+        await self.connection.close()
+
+    def read_record(self, value: bytes | None) -> HistoryEntry:
+        return history_entry(self.keys, value)
+
+    async def write(self, batch: FlushBatch) -> None:
+        entries = [history_entry(self.keys, value) for _, value in aggregate_records(batch.closed)]
+        await self.write_records(entries, [window.device.encode() for window in batch.closed])
+
+    async def write_records(
+        self, entries: Sequence[HistoryEntry], keys: Sequence[bytes | None]
+    ) -> None:
+        calls = self.calls(entries)
+        for begin in range(0, len(calls), CALLS_PER_ROUND_TRIP):
+            chunk = calls[begin : begin + CALLS_PER_ROUND_TRIP]
+            replies = await retry_forever(
+                "history write",
+                lambda chunk=chunk: execute_scripted(  # type: ignore[misc]
+                    self.connection, chunk, self._load_script
+                ),
+                (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
+                self.health,
+                max_delay=MAX_RETRY_DELAY,
+            )
+            self.events_added += sum(replies)
+
+    def calls(self, entries: Sequence[HistoryEntry]) -> list[bytes]:
+        """The packed calls of :data:`HISTORY_SCRIPT` that write ``entries`` in order, at most
+        :data:`WINDOWS_PER_CALL` windows each."""
+        out = []
+        for begin in range(0, len(entries), WINDOWS_PER_CALL):
+            chunk = entries[begin : begin + WINDOWS_PER_CALL]
+            index: dict[str, int] = {}
+            args: list[bytes | str | int] = []
+            for entry in chunk:
+                position = index.setdefault(entry.key, len(index) + 2)
+                args += [position, repr(entry.start), entry.count, entry.value]
+            out.append(
+                pack(
+                    "EVALSHA",
+                    HISTORY_SHA,
+                    len(index) + 1,
+                    self.keys.events,
+                    *index,
+                    self.length,
+                    self.ttl,
+                    self.events_maxlen,
+                    *args,
+                )
+            )
+        return out
