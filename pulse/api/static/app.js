@@ -26,6 +26,7 @@
     metrics: [],
     chartWindow: null,
     charts: new Map(), // metric -> {element, plot, data: [starts, mins, means, maxes], ends}
+    recent: [], // the selected device's latest closed windows from /api/live, for loadCharts
     live: null,
     timers: [],
     pending: new Map(), // throttled loaders: name -> timeout id
@@ -255,6 +256,7 @@
     $("windows").replaceChildren();
     for (const chart of state.charts.values()) chart.plot && chart.plot.destroy();
     state.charts.clear();
+    state.recent = [];
     startLive();
     quietly(loadDevice(true));
   }
@@ -358,6 +360,10 @@
       if (windows === null) continue; // a metric this device does not have
       const chart = makeChart(metric, label);
       for (const window of windows) addPoint(chart, window);
+      // A window that closed while the history was read came over the stream meanwhile.
+      for (const event of state.recent) {
+        if (event.metric === metric && event.window === label) addPoint(chart, event.fields);
+      }
       drawChart(chart);
     }
   }
@@ -479,6 +485,8 @@
     const event = JSON.parse(message.data);
     const fields = event.aggregates ? { ...event.aggregates, start: event.start, end: event.end } : event;
     if (event.device === state.selected) {
+      state.recent.push({ metric: event.metric, window: event.window, fields });
+      if (state.recent.length > 100) state.recent.shift();
       const line = $("last-closed");
       line.textContent =
         `last closed: ${event.metric} ${event.window} ` +
@@ -611,6 +619,7 @@
       $(id).addEventListener("change", () => quietly(loadTop()));
     }
     $("chart-window").addEventListener("change", (event) => {
+      if (event.target.value === state.chartWindow) return;
       state.chartWindow = event.target.value;
       quietly(loadCharts());
     });
