@@ -19,6 +19,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from pulse.api import ApiContext, HttpServer, Readiness, create_api
+from pulse.history import history_store
 from pulse.kafka_clients import broker_credentials
 from pulse.metrics import SinkMetrics
 from pulse.redis_clients import redis_client
@@ -136,10 +137,15 @@ def worker_http(
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SinkMetrics(sinks))
-    context = ApiContext(
-        settings, redis_client(settings), registry, readiness, serves_from_redis=False
-    )
     full = settings.worker_serves_api == "true"
+    context = ApiContext(
+        settings,
+        redis_client(settings),
+        registry,
+        readiness,
+        history_store(settings) if full else None,
+        serves_from_redis=False,
+    )
     return HttpServer(create_api(context, full=full), settings.web_port)
 
 

@@ -1,4 +1,4 @@
-"""The ``pulse`` command: worker, produce, state, config, and the local stack."""
+"""The ``pulse`` command: worker, produce, state, history, config, and the local stack."""
 
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ def api(loglevel: str) -> None:
     from mode import Worker
 
     from pulse.api import ApiContext, HttpServer, Readiness, create_api
+    from pulse.history import history_store
     from pulse.metrics import api_registry
     from pulse.redis_clients import redis_client
 
@@ -125,7 +126,9 @@ def api(loglevel: str) -> None:
     async def readiness() -> Readiness:
         return Readiness(True)
 
-    context = ApiContext(settings, redis_client(settings), api_registry(), readiness)
+    context = ApiContext(
+        settings, redis_client(settings), api_registry(), readiness, history_store(settings)
+    )
     server = HttpServer(create_api(context), settings.api_port)
     Worker(server, loglevel=loglevel).execute_from_commandline()
 
@@ -250,6 +253,81 @@ def state(device: str, as_json: bool) -> None:
                     f"  {kind:<6} {label:<6} {metric:<16} [{fields['start']!r}, "
                     f"{fields['end']!r}) {numbers}"
                 )
+
+
+@main.command()
+@click.argument("device")
+@click.argument("metric")
+@click.option("--window", default=None, help="A window of PULSE_WINDOWS (default: the first).")
+@click.option(
+    "--since",
+    default=None,
+    help="Start: epoch seconds, ISO-8601, or a duration before now (90s, 15m, 1h, 2d); "
+    "default: as far back as Redis keeps history.",
+)
+@click.option("--until", default=None, help="End (excluded), as --since; default: now.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as /api/history) instead.")
+def history(
+    device: str,
+    metric: str,
+    window: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Show the closed windows of DEVICE's METRIC (from Redis, older ones from the store)."""
+    from redis.exceptions import RedisError
+
+    from pulse.api._errors import ApiError
+    from pulse.api._history import history_answer
+    from pulse.history import history_store
+    from pulse.redis_clients import address, describe, redis_client
+
+    settings = _settings()
+    _check_redis(settings)
+
+    async def read() -> dict[str, Any]:
+        client = redis_client(settings)
+        store = history_store(settings)
+        try:
+            return await history_answer(
+                settings, client, store, device, metric, window, since, until
+            )
+        finally:
+            await store.close()
+            await client.aclose()
+
+    try:
+        found = asyncio.run(read())
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            settings.redact(
+                f"cannot read from Redis ({describe(settings)}): {address(settings)}: {exc}"
+            )
+        ) from None
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(
+        f"{found['device']} {found['metric']} {found['window']}: {len(found['windows'])} "
+        f"windows from {_utc(found['since'])} to {_utc(found['until'])}"
+    )
+    names = ("count", "mean", "min", "max", "first", "last", "p95")
+    click.echo(f"{'start (UTC)':<24} {'source':<6} " + " ".join(f"{n:>12}" for n in names))
+    for w in found["windows"]:
+        numbers = " ".join(f"{w[n]:>12.6g}" if n != "count" else f"{w[n]:>12}" for n in names)
+        click.echo(f"{_utc(w['start']):<24} {w['source']:<6} {numbers}")
+    if found["store_error"]:
+        click.echo(f"older windows missing: {found['store_error']}", err=True)
+
+
+def _utc(seconds: float) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @main.command()

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
-from pulse.api import _auth, _health, _page, _state, openapi
+from pulse.api import _auth, _health, _history, _live, _page, _state, openapi
 from pulse.api._context import CONTEXT, ApiContext, Readiness
 from pulse.api._errors import ApiError, error_middleware
 
@@ -25,7 +25,7 @@ __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
 log = logging.getLogger(__name__)
 
-API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _page)
+API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live, _page)
 """The route modules of the full API and the live page, besides health and metrics (always
 served)."""
 
@@ -38,12 +38,22 @@ def create_api(context: ApiContext, *, full: bool = True) -> web.Application:
         middlewares.append(_auth.auth_middleware)
     app = web.Application(middlewares=middlewares)
     app[CONTEXT] = context
+    if context.store is not None:
+        app.on_cleanup.append(_close_store)
     app.add_routes(_health.ROUTES)
     if full:
         for module in API_MODULES:
             app.add_routes(module.ROUTES)
+        app[_live.STREAMS] = set()
+        app.on_shutdown.append(_live.close_streams)
         app.add_routes([openapi.route([_health.PATHS, *(m.PATHS for m in API_MODULES)])])
     return app
+
+
+async def _close_store(app: web.Application) -> None:
+    store = app[CONTEXT].store
+    if store is not None:
+        await store.close()
 
 
 class HttpServer(Service):

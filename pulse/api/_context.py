@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from pulse.history import HistoryStore
 from pulse.settings import Settings
 
 
@@ -34,8 +35,9 @@ class ApiContext:
     readiness: Callable[[], Awaitable[Readiness]]
     """The process's own readiness (a worker: partitions assigned and recovered); the
     dependencies (Redis) are checked beside it by ``/health/*``."""
-    store: Any = None
-    """The history store reader (pulse/history), None where history is not served."""
+    store: HistoryStore | None = None
+    """The time-series store that history older than Redis holds is read from
+    (pulse/history), None where there is none; closed when the application is cleaned up."""
     serves_from_redis: bool = True
     """Whether the process cannot serve without Redis (``pulse api``): then Redis away makes
     ``/health/ready`` 503. A worker goes on without Redis (it mirrors to it)."""

@@ -4,23 +4,20 @@ Redis sink, served by a real aiohttp server on a free port (pulse/api)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from prometheus_client import CollectorRegistry
 
 from models.outputs import ClosedWindow, Latest
-from pulse.api import ApiContext, Readiness, create_api
 from pulse.local.stack import free_port
 from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.redis import RedisSink
 from tables.aggregators import Summary
+from tests.helpers.api import serving
 
 S = 1_000_000
 T0 = 1_790_000_000 * S
@@ -42,25 +39,6 @@ def settings_for(redis_url: str, prefix: str, **extra: str) -> Settings:
             **extra,
         }
     )
-
-
-async def ready() -> Readiness:
-    return Readiness(True)
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    """The full API for ``settings`` on a free port, and a client session."""
-    context = ApiContext(settings, redis_client(settings), CollectorRegistry(), ready)
-    server = TestServer(create_api(context), port=free_port())
-    await server.start_server()
-    try:
-        # unsafe: keep cookies of an IP address, as a browser does
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-            yield f"http://127.0.0.1:{server.port}", session
-    finally:
-        await server.close()
-        await context.redis.aclose()
 
 
 async def write(settings: Settings, batch: FlushBatch) -> None:
