@@ -14,6 +14,7 @@
   const CHART_WINDOWS = 60; // windows of history each chart asks for
   const CHART_HEIGHT = 170;
   const FIELDS = ["count", "mean", "min", "max", "p50", "p95", "p99", "first", "last"];
+  const NARROW_HIDDEN = new Set(["p50", "p95", "p99", "first"]); // columns a phone leaves out
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -74,7 +75,8 @@
   }
 
   function numberCell(field, value) {
-    return element("td", { class: "num", "data-field": field, "data-value": value }, formatNumber(value));
+    const kind = NARROW_HIDDEN.has(field) ? "num wide-only" : "num";
+    return element("td", { class: kind, "data-field": field, "data-value": value }, formatNumber(value));
   }
 
   // A window label's size in seconds ("10s", "5m/1m": 5 minutes), or null.
@@ -292,7 +294,7 @@
       {},
       element("th", {}, "metric"),
       element("th", {}, "window"),
-      ...FIELDS.map((field) => element("th", {}, field)),
+      ...FIELDS.map((field) => element("th", { class: NARROW_HIDDEN.has(field) ? "wide-only" : null }, field)),
     );
     const rows = [];
     const metrics = Object.keys(detail.latest).sort();
@@ -305,7 +307,9 @@
           element("td", {}, metric),
           element("td", {}, "latest", element("span", { class: "span" }, formatTime(latest.ts))),
           ...FIELDS.map((field) =>
-            field === "last" ? numberCell("value", latest.value) : element("td", {}),
+            field === "last"
+              ? numberCell("value", latest.value)
+              : element("td", { class: NARROW_HIDDEN.has(field) ? "wide-only" : null }),
           ),
         ),
       );
@@ -522,7 +526,7 @@
       const chosen = select.value;
       select.replaceChildren(...names.map((name) => element("option", { value: name }, name)));
       if (names.includes(chosen)) select.value = chosen;
-      if (!chosen && names.length) soon("top", loadTop);
+      if (!chosen && names.length) quietly(loadTop());
     }
   }
 
