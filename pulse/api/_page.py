@@ -25,7 +25,8 @@ CONTENT_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".LICENSE": "text/plain; charset=utf-8",
 }
-"""The content type of each kind of file under ``static/`` (by the end of its name)."""
+"""The content type of each kind of file under ``static/`` (by the end of its name); a file of
+another kind there stops the import, so that none is ever served with a guessed type."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -6,8 +6,8 @@ What a person at the wall screen sees is checked against what Redis holds (read 
 redis-py) and, for a window that closes while the page is open, against the independent
 reference (tests/reference.py): the numbers, a new closed window arriving without a reload,
 the device search, the sign-in with ``PULSE_API_TOKEN``, and no sideways scrolling on a
-390x844 phone. Screenshots of each step are kept in ``$PULSE_TEST_ARTIFACTS/page/`` (default
-``test-artifacts/page/`` in the repository).
+390x844 phone. Screenshots of each step are kept in ``test-artifacts/page/{test}/`` in the
+repository (ignored by git), replaced by each run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from tests.helpers import kafka
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import pipeline_env
-from tests.reference import Record, Valid, assert_window_fields, compute
+from tests.reference import Expected, Record, Valid, assert_window_fields, compute
 
 # Playwright's package never fetches a browser of its own here: it drives Debian's.
 os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
@@ -73,8 +73,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def artifacts(request: pytest.FixtureRequest) -> Path:
-    base = Path(os.environ.get("PULSE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
-    folder = base / "page" / request.node.name
+    folder = ROOT / "test-artifacts" / "page" / request.node.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -392,6 +391,12 @@ def live(
         worker.stop()
 
 
+def reference(producer: LiveProducer) -> Expected:
+    """The reference's outputs for the readings acknowledged so far."""
+    records = [Record(s.partition, s.offset, s.reading) for s in list(producer.sent)]
+    return compute(records, WINDOWS_US, int(GRACE * 1_000_000), SLIDING_US)
+
+
 def wait_for_history(client: redis.Redis, prefix: str, device: str, windows: int) -> None:
     key = f"{prefix}:history:2s:{device}:temperature"
     poll(lambda: client.zcard(key) >= windows, f"{windows} closed 2s windows in {key}", 30)
@@ -473,6 +478,10 @@ def test_the_page_shows_what_redis_holds_and_follows_the_stream(
     assert len(held) == 1
     window = json.loads(held[0])
     assert after["mean"] == window["mean"]
+    # Closed: every reading of it was produced before, so the reference knows it whole.
+    expected = reference(producer)
+    agg = expected.windows[(device, "temperature", "2s", int(after["start"]) * 1_000_000)]
+    assert_window_fields({f: window[f] for f in FIELDS}, {f: agg[f] for f in FIELDS}, window)
     assert after["text"].endswith(
         f": mean {shown(window['mean'])}, min {shown(window['min'])}, max {shown(window['max'])}"
     )
@@ -506,8 +515,7 @@ def test_the_page_shows_what_redis_holds_and_follows_the_stream(
     page.screenshot(path=artifacts / "4-settled.png", full_page=True)
     assert not problems, "\n".join(problems)
     # Redis's content is the reference's: the engine was exact on what the page shows.
-    records = [Record(s.partition, s.offset, s.reading) for s in producer.sent]
-    expected = compute(records, WINDOWS_US, int(GRACE * 1_000_000), SLIDING_US)
+    expected = reference(producer)
     for metric in METRICS:
         newest = max(s for d, m, w, s in expected.windows if (d, m, w) == (device, metric, "2s"))
         agg = expected.windows[(device, metric, "2s", newest)]
