@@ -19,6 +19,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -28,6 +29,7 @@ from mode import Service
 
 from models.outputs import RefusedOutput
 from pulse.kafka_clients import client_options
+from pulse.metrics import WorkerMetrics
 from pulse.settings import Settings
 from pulse.sinks._base import RecordSink, SinkHealth
 from pulse.sinks.dead_letters import OutputDeadLetters
@@ -51,11 +53,19 @@ class AggregatesWriter(Service, abc.ABC):
     group_suffix: str
 
     def __init__(
-        self, settings: Settings, sink_health: list[SinkHealth] | None = None, **kwargs: Any
+        self,
+        settings: Settings,
+        sink_health: list[SinkHealth] | None = None,
+        metrics: WorkerMetrics | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.sink_health = [] if sink_health is None else sink_health
+        self.metrics = WorkerMetrics() if metrics is None else metrics
+        """Where this writer's write latency shows (``/metrics``)."""
+        self.positions: dict[int, int] = {}
+        """Per partition fetched from, the offset of the first record not written yet."""
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.sink: RecordSink[Any] | None = None
@@ -141,14 +151,39 @@ class AggregatesWriter(Service, abc.ABC):
                         )
                         continue
                     keys.append(record.key)
+            for tp, records in batches.items():
+                self.positions[tp.partition] = records[0].offset  # the first not written
+            began = time.monotonic()
             if items:
                 await sink.write_records(items, keys)
             if unreadable:
                 assert sink.dead_letters is not None
                 await sink.dead_letters.store(unreadable, sink.health)
+            self.metrics.sink_write_seconds.labels(sink.name).observe(time.monotonic() - began)
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
             await self._commit(consumer, offsets)
             self.written += sum(len(records) for records in batches.values())
+            for tp, offset in offsets.items():
+                self.positions[tp.partition] = offset
+
+    def lag(self) -> dict[int, int]:
+        """Per partition of the aggregates topic this writer holds and has fetched from,
+        records not yet written: the consumer's high watermark as of its last fetch minus the
+        offset of the first record not written (for ``/metrics``). While a write waits out
+        its target the writer fetches nothing, so the lag shown then stays where it was."""
+        consumer = self.consumer
+        lags: dict[int, int] = {}
+        if consumer is None:
+            return lags
+        for tp in consumer.assignment():
+            position = self.positions.get(tp.partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except (AssertionError, IllegalStateError):
+                continue
+            if position is not None and highwater is not None:
+                lags[tp.partition] = max(highwater - position, 0)
+        return lags
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:

@@ -34,6 +34,7 @@ from mode import Service
 
 from models.outputs import DeadLetter, Latest, OpenView
 from pulse.changelog import ChangelogWriter, EncodedDelta
+from pulse.metrics import WorkerMetrics
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink, SinkHealth
 from tables.partition_state import Drained, PartitionState
@@ -102,8 +103,10 @@ class SinkLane:
     fewer, larger writes (Redis then writes each key once, with its newest value).
     """
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, observe: Callable[[float], None] | None = None) -> None:
         self.sink = sink
+        self.observe = observe
+        """Called with the seconds of each write that went through (pulse.metrics)."""
         self._waiting: list[
             tuple[FlushBatch, asyncio.Future[None], Callable[[], Awaitable[None]] | None]
         ] = []
@@ -132,9 +135,12 @@ class SinkLane:
                 for _, _, gate in taken:
                     if gate is not None:
                         await gate()
+                began = time.monotonic()
                 await self.sink.write(
                     batches[0] if len(batches) == 1 else FlushBatch.merge(batches)
                 )
+                if self.observe is not None:
+                    self.observe(time.monotonic() - began)
             except Exception as exc:  # a bug in a sink: every flush waiting on it fails
                 for _, written, _ in taken + self._waiting:
                     if not written.done():
@@ -167,10 +173,13 @@ class MirrorLane:
         sink: Sink,
         live_state: Callable[[], FlushBatch],
         patience: float,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self.sink = sink
         self.live_state = live_state
         self.patience = patience
+        self.observe = observe
+        """Called with the seconds of each write that went through (pulse.metrics)."""
         self._waiting: list[
             tuple[FlushBatch, asyncio.Future[None], Callable[[], Awaitable[None]] | None]
         ] = []
@@ -297,6 +306,7 @@ class MirrorLane:
     async def _write(self, batch: FlushBatch) -> None:
         """The sink's write; one under way longer than ``patience`` detaches the lane (a
         frozen target answers nothing, not even an error, until a timeout)."""
+        began = time.monotonic()
         write = asyncio.ensure_future(self.sink.write(batch))
         try:
             if not self.detached:
@@ -304,6 +314,8 @@ class MirrorLane:
                 if not done:  # the sink says ok again once the write goes through
                     self.sink.health.waiting(f"a write under way for {self.patience:.1f} s")
             await write
+            if self.observe is not None:
+                self.observe(time.monotonic() - began)
         except asyncio.CancelledError:
             write.cancel()
             raise
@@ -372,9 +384,13 @@ class FlushPipeline(Service):
     ``PULSE_CLOSE_SPREAD`` of event time (:meth:`close_spread_us`).
     """
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self, settings: Settings, metrics: WorkerMetrics | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.metrics = WorkerMetrics() if metrics is None else metrics
+        """What this processor counts for ``/metrics``, per fetch and per flush."""
         self.states: dict[int, PartitionState] = {}
         """The assigned partitions' states (see PartitionOwner)."""
         # Set up by ReadingsProcessor.on_start: the input's consumer (offsets are committed
@@ -403,6 +419,8 @@ class FlushPipeline(Service):
         self._closing_flushes = 0
         """Flushes submitted that held closed windows (numbered for FlushFreeze)."""
         self._freeze = FlushFreeze.from_env(os.environ)
+        self._drain_timing = (time.monotonic(), 0.0)
+        """When the last flush prepared began its drain, and the seconds the drain took."""
 
     @property
     def sinks_idle(self) -> bool:
@@ -483,10 +501,11 @@ class FlushPipeline(Service):
             for index, sink in enumerate(self.sinks):
                 lane = self._lanes.get(index)
                 if lane is None or lane.sink is not sink:
+                    observe = self.metrics.sink_write_seconds.labels(sink.name).observe
                     lane = self._lanes[index] = (
-                        MirrorLane(sink, self.live_state, self._mirror_patience)
+                        MirrorLane(sink, self.live_state, self._mirror_patience, observe)
                         if sink.mirrors_state
-                        else SinkLane(sink)
+                        else SinkLane(sink, observe)
                     )
                 gate = None
                 if sink.name == "redis" and self._freeze.wanted("between_sinks", number):
@@ -497,7 +516,9 @@ class FlushPipeline(Service):
         # Retrieved here, so that a failure is not reported again when no flush follows.
         handed.add_done_callback(lambda f: f.cancelled() or f.exception())
         finished = asyncio.ensure_future(
-            self._complete_flush(self._flush_tail, written, deltas, handed, number)
+            self._complete_flush(
+                self._flush_tail, written, deltas, handed, number, self._drain_timing
+            )
         )
         self._flush_tail = handed
         self._in_flight.append((finished, len(batch.closed)))
@@ -507,20 +528,24 @@ class FlushPipeline(Service):
         self, partitions: set[int] | None = None, spread_closes: bool = False
     ) -> tuple[FlushBatch, list[EncodedDelta]] | None:
         assert self.writer is not None
-        self._last_flush = time.monotonic()
+        began = self._last_flush = time.monotonic()
         spread_us = self.close_spread_us(self._last_flush) if spread_closes else 0
         drains: list[Drained] = []
         deltas: list[EncodedDelta] = []
+        closed: dict[int, int] = {}
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
             drained = state.drain(self.writer.snapshot_due(partition), spread_us)
             drains.append(drained)
+            closed[partition] = len(drained.closed)
             delta = drained.delta
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
                 deltas.append(self.writer.encode(partition, delta))
         batch = FlushBatch.of(drains, self._dead_letters)
+        self.metrics.count_flush(closed, (letter.reason for letter in self._dead_letters))
         self._dead_letters = []
+        self._drain_timing = (began, time.monotonic() - began)
         if batch.empty and not deltas:
             return None
         return batch, deltas
@@ -571,9 +596,12 @@ class FlushPipeline(Service):
         deltas: list[EncodedDelta],
         handed: asyncio.Future[None],
         number: int | None = None,
+        drain_timing: tuple[float, float] | None = None,
     ) -> None:
         """After every sink wrote this flush and the previous flush handed its deltas to the
-        changelog lane: this flush's deltas (stored), then the input offsets."""
+        changelog lane: this flush's deltas (stored), then the input offsets.
+        ``drain_timing``: when its drain began and how long it took (observed in
+        pulse.metrics once the deltas are stored)."""
         try:
             if written:
                 await asyncio.gather(*written)
@@ -590,6 +618,10 @@ class FlushPipeline(Service):
         handed.set_result(None)
         stored = await stored_future
         self.flushes += 1
+        if drain_timing is not None:
+            began, drain_seconds = drain_timing
+            self.metrics.flush_seconds.observe(time.monotonic() - began)
+            self.metrics.drain_seconds.observe(drain_seconds)
         self._freeze.at("commit", number)
         assert self.consumer is not None
         topic = self.settings.topic_readings

@@ -17,7 +17,7 @@ from __future__ import annotations
 import faust
 
 from agents.aggregates_writer import AggregatesWriter
-from pulse.app import pulse_agent, sink_health
+from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.redis_clients import resp_options
 from pulse.settings import Settings
 from pulse.sinks.dead_letters import OutputDeadLetters
@@ -44,4 +44,4 @@ class HistoryWriter(AggregatesWriter):
 @pulse_agent
 def register(app: faust.App, settings: Settings) -> None:
     """Add the history writer to ``app``."""
-    app.add_dependency(HistoryWriter(settings, sink_health(app)))
+    app.add_dependency(HistoryWriter(settings, sink_health(app), worker_metrics(app)))

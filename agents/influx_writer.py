@@ -7,7 +7,7 @@ Each record becomes the line the flush used to write (pulse/sinks/influx.py,
 committed only once InfluxDB has acknowledged them (or the output dead-letter topic holds the
 lines it refused). So an InfluxDB away for hours delays only InfluxDB, and a crash anywhere
 replays from the last commit, writing identical points again (same measurement, tags and
-time: overwritten).
+time: overwritten). Its progress and lag show in ``/metrics`` (pulse.metrics).
 
 It runs in every worker (a child service of the app, beside the readings processor) unless
 ``PULSE_INFLUX_WRITER=off``, and alone with ``pulse influx-writer``; the group shares the
@@ -16,10 +16,12 @@ topic's partitions among all of them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from agents.aggregates_writer import AggregatesWriter
-from pulse.app import pulse_agent, sink_health
+from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.settings import Settings
 from pulse.sinks.dead_letters import OutputDeadLetters
 from pulse.sinks.influx import InfluxSink
@@ -29,6 +31,10 @@ class InfluxWriter(AggregatesWriter):
     """Reads ``aggregates`` with group ``{PULSE_APP_ID}-influx`` and writes it to InfluxDB."""
 
     group_suffix = "influx"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics.influx = self
 
     def make_sink(self, dead_letters: OutputDeadLetters) -> InfluxSink:
         s = self.settings
@@ -40,4 +46,4 @@ def register(app: faust.App, settings: Settings) -> None:
     """Add the InfluxDB writer to ``app`` (unless ``PULSE_INFLUX_WRITER=off``)."""
     if settings.influx_writer == "off":
         return
-    app.add_dependency(InfluxWriter(settings, sink_health(app)))
+    app.add_dependency(InfluxWriter(settings, sink_health(app), worker_metrics(app)))

@@ -10,6 +10,7 @@ backlog waits (see agents/flush.py for what a flush guarantees).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest import process_records
 from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
-from pulse.app import pulse_agent, sink_health
+from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.changelog import (
     ChangelogWriter,
     transactional_producer_factory,
@@ -53,6 +54,7 @@ class ReadingsProcessor(PartitionOwner):
         self.producer: AIOKafkaProducer | None = None
         self.sink_health = [] if sink_health is None else sink_health
         """Where the health of this processor's sinks is shown (see pulse.app.sink_health)."""
+        self.metrics.processor = self
 
     @property
     def group_id(self) -> str:
@@ -215,7 +217,33 @@ class ReadingsProcessor(PartitionOwner):
                 waiting += max(highwater - state.next_offset, 0)
         return waiting > MAX_RECORDS_PER_FETCH
 
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition a fetch has reported on, records not applied yet: the
+        consumer's high watermark minus the state's position (for ``/metrics``)."""
+        consumer = self.consumer
+        lags: dict[int, int] = {}
+        if consumer is None:
+            return lags
+        for partition, state in list(self.states.items()):
+            try:
+                highwater = consumer.highwater(
+                    TopicPartition(self.settings.topic_readings, partition)
+                )
+            except (AssertionError, IllegalStateError):
+                continue  # revoked meanwhile
+            if highwater is not None:
+                lags[partition] = max(highwater - state.next_offset, 0)
+        return lags
+
     def _process(self, tp: TopicPartition, state: PartitionState, records: list[Any]) -> None:
+        before = state.next_offset
+        # Records below the state's position are already in it (a recovered state) and are
+        # skipped; counted per fetch, from the offsets (in order), not per record.
+        taken = (
+            len(records)
+            if records[0].offset >= before
+            else len(records) - bisect.bisect_left(records, before, key=lambda r: r.offset)
+        )
         process_records(
             state,
             records,
@@ -223,6 +251,7 @@ class ReadingsProcessor(PartitionOwner):
             self.settings.max_future_us,
             lambda record, reason, detail: self._dead_letter(tp, record, reason, detail),
         )
+        self.metrics.count_fetch(tp.partition, taken)
 
     def _dead_letter(self, tp: TopicPartition, record: Any, reason: str, detail: str) -> None:
         self._dead_letters.append(
@@ -242,7 +271,7 @@ class ReadingsProcessor(PartitionOwner):
 @pulse_agent
 def register(app: faust.App, settings: Settings) -> None:
     """Add the readings processor to ``app`` (as ``app.pulse_processor``)."""
-    processor = ReadingsProcessor(settings, sink_health(app))
+    processor = ReadingsProcessor(settings, sink_health(app), metrics=worker_metrics(app))
     app.pulse_processor = processor  # type: ignore[attr-defined]
     # A child of the app, not an @app.service: those start only after Faust's own consumer
     # group has formed, and two group joins in a row would double the start-up time.

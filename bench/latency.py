@@ -271,8 +271,13 @@ class WarmUp:
     settle: float
     """Seconds after that end: grace + close spread + time to write the outputs."""
     lead: float = 20.0
+    fixed: float | None = None
+    """Seconds of warm-up instead, whatever the windows (bench.api: its requests begin when
+    the measured part does)."""
 
     def seconds_from(self, now: float) -> float:
+        if self.fixed is not None:
+            return self.fixed
         first_end = math.ceil((now + self.lead) / self.longest) * self.longest
         return first_end + self.settle - now
 

@@ -1,7 +1,7 @@
 """The Faust app: the frame that runs the readings processor, agents, timers and web views.
 
-``pulse worker`` (or ``faust -A pulse.app worker``) runs it. Settings come from the
-environment when the module is imported, so a bad ``PULSE_*`` value stops startup at once
+``pulse worker`` (or ``faust -A pulse.app worker --without-web``) runs it. Settings come from
+the environment when the module is imported, so a bad ``PULSE_*`` value stops startup at once
 with a message naming it.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from pulse.api import ApiContext, HttpServer, Readiness, create_api
 from pulse.history import history_store
 from pulse.kafka_clients import broker_credentials
-from pulse.metrics import SinkMetrics
+from pulse.metrics import WorkerMetrics, worker_collectors
 from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
@@ -39,7 +39,7 @@ _registrations: list[AgentRegistration] = []
 def pulse_agent(register: AgentRegistration) -> AgentRegistration:
     """Decorator: ``register(app, settings)`` adds an agent (or service) to every app that
     :func:`create_app` builds. The readings processor registers as ``app.pulse_processor``,
-    which the web views read (:class:`pulse.web.ReadingsProgress`)."""
+    which the worker's health reads (:class:`ReadingsProgress`)."""
     _registrations.append(register)
     return register
 
@@ -51,6 +51,16 @@ def sink_health(app: faust.App) -> list[SinkHealth]:
     if found is None:
         found = []
         app.pulse_sink_health = found  # type: ignore[attr-defined]
+    return found
+
+
+def worker_metrics(app: faust.App) -> WorkerMetrics:
+    """What the app's agents count for ``/metrics`` (pulse.metrics): the readings processor
+    and the InfluxDB writer count into it and register themselves on it."""
+    found: WorkerMetrics | None = getattr(app, "pulse_worker_metrics", None)
+    if found is None:
+        found = WorkerMetrics()
+        app.pulse_worker_metrics = found  # type: ignore[attr-defined]
     return found
 
 
@@ -88,12 +98,19 @@ def create_app(settings: Settings | None = None) -> faust.App:
         key_serializer="raw",
     )
     app.pulse_settings = settings  # type: ignore[attr-defined]
+    # First, so that /health/live answers while the partitions are being assigned.
+    app.add_dependency(
+        worker_http(
+            settings,
+            lambda: app.pulse_processor,  # type: ignore[attr-defined]
+            sink_health(app),
+            worker_metrics(app),
+        )
+    )
     for register in discover_agents():
         register(app, settings)
-    processor = getattr(app, "pulse_processor", None)
-    if processor is None:
+    if getattr(app, "pulse_processor", None) is None:
         raise RuntimeError(f"no module of {AGENT_PACKAGES} added the readings processor")
-    app.add_dependency(worker_http(settings, processor, sink_health(app)))
     return app
 
 
@@ -115,14 +132,19 @@ class ReadingsProgress(Protocol):
 
 
 def worker_http(
-    settings: Settings, processor: ReadingsProgress, sinks: Sequence[SinkHealth]
+    settings: Settings,
+    processor_of: Callable[[], ReadingsProgress],
+    sinks: Sequence[SinkHealth],
+    metrics: WorkerMetrics | None = None,
 ) -> HttpServer:
     """The worker's HTTP server on ``PULSE_WEB_PORT``: health and metrics, and the whole API
     with ``PULSE_WORKER_SERVES_API=true``. Ready once the first assignment is recovered; the
     body shows the partitions, their next offsets, the flushes done and each sink's state
-    (``sinks``: read at each request, agents add theirs as they start)."""
+    (``sinks``: read at each request, agents add theirs as they start). ``/metrics`` shows
+    what the agents count into ``metrics`` (pulse.metrics) and the sinks' state."""
 
     async def readiness() -> Readiness:
+        processor = processor_of()
         states = processor.states
         detail = {
             "partitions": sorted(states),
@@ -136,7 +158,8 @@ def worker_http(
         return Readiness(True, "", detail)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SinkMetrics(sinks))
+    for collector in worker_collectors(metrics or WorkerMetrics(), sinks):
+        registry.register(collector)
     full = settings.worker_serves_api == "true"
     context = ApiContext(
         settings,
@@ -171,7 +194,8 @@ def tune_gc() -> None:
 
 def __getattr__(name: str) -> faust.App:
     # ``pulse.app:app`` is built on first use, not at import, so tests can import this module.
-    # It is the worker's app (``pulse worker``, ``faust -A pulse.app:app worker``).
+    # It is the worker's app (``pulse worker``, ``faust -A pulse.app:app worker --without-web``:
+    # Pulse serves HTTP itself).
     if name == "app":
         built = create_app()
         tune_gc()

@@ -1,16 +1,24 @@
-"""The ``pulse`` command: worker, produce, state, history, config, and the local stack."""
+"""The ``pulse`` command: worker, api, produce, state, history, config, the live views
+(top, watch), and the local stack."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import sys
-from collections.abc import Coroutine
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import click
 import orjson
 
 from pulse.settings import Settings, SettingsError, configuration_markdown
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -87,7 +95,12 @@ def worker(ctx: click.Context) -> None:
     _check_redis(settings)
     from faust.cli.faust import cli as faust_cli
 
-    faust_cli.main(["-A", "pulse.app:app", "worker", *ctx.args], prog_name="pulse worker")
+    # Pulse's own HTTP server (pulse.app.worker_http) serves PULSE_WEB_PORT; Faust's worker
+    # command would otherwise enable Faust's web server again (its --with-web is the default,
+    # whatever the app says) and bind port 6066, which two workers on one host cannot share.
+    faust_cli.main(
+        ["-A", "pulse.app:app", "worker", "--without-web", *ctx.args], prog_name="pulse worker"
+    )
 
 
 @main.command(name="influx-writer")
@@ -312,18 +325,19 @@ def history(
         return
     click.echo(
         f"{found['device']} {found['metric']} {found['window']}: {len(found['windows'])} "
-        f"windows from {_utc(found['since'])} to {_utc(found['until'])}"
+        f"windows from {_iso_utc(found['since'])} to {_iso_utc(found['until'])}"
     )
     names = ("count", "mean", "min", "max", "first", "last", "p95")
     click.echo(f"{'start (UTC)':<24} {'source':<6} " + " ".join(f"{n:>12}" for n in names))
     for w in found["windows"]:
         numbers = " ".join(f"{w[n]:>12.6g}" if n != "count" else f"{w[n]:>12}" for n in names)
-        click.echo(f"{_utc(w['start']):<24} {w['source']:<6} {numbers}")
+        click.echo(f"{_iso_utc(w['start']):<24} {w['source']:<6} {numbers}")
     if found["store_error"]:
         click.echo(f"older windows missing: {found['store_error']}", err=True)
 
 
-def _utc(seconds: float) -> str:
+def _iso_utc(seconds: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds (``...Z``)."""
     import datetime
 
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -339,3 +353,231 @@ def config(markdown: bool) -> None:
         return
     for name, value in _settings().shown().items():
         click.echo(f"{name}={value}")
+
+
+# -- live views: top and watch (the same validation and messages as the HTTP API) ---------
+
+
+class _BadParameter(click.ClickException):
+    """A parameter the API would answer 400 (or 404 for a window in its path) for: exit 2,
+    as click's own usage errors, with the API's message."""
+
+    exit_code = 2
+
+
+def _checked(check: Callable[[], T]) -> T:
+    """Run one of pulse.api._params' checks; its ApiError stops the command with its message."""
+    from pulse.api._errors import ApiError
+
+    try:
+        return check()
+    except ApiError as exc:
+        raise _BadParameter(exc.message) from None
+
+
+def _read_redis(settings: Settings, read: Callable[[Any], Awaitable[T]]) -> T:
+    """``read(client)`` on a fresh Redis client; Redis away stops the command with one
+    message (as ``pulse state``)."""
+    from redis.exceptions import RedisError
+
+    from pulse.redis_clients import address, describe, redis_client
+
+    async def run() -> T:
+        client = redis_client(settings)
+        try:
+            return await read(client)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            settings.redact(
+                f"cannot read from Redis ({describe(settings)}): {address(settings)}: {exc}"
+            )
+        ) from None
+
+
+@main.command()
+@click.argument("window")
+@click.argument("metric")
+@click.option("-n", "count", default="10", show_default=True, help="Devices to show (1-1000).")
+@click.option(
+    "--order",
+    type=click.Choice(["desc", "asc"]),
+    default="desc",
+    show_default=True,
+    help="Highest means first (desc) or lowest (asc).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def top(window: str, metric: str, count: str, order: str, as_json: bool) -> None:
+    """The devices with the highest (or lowest) mean in their last closed WINDOW of METRIC,
+    as GET /api/top/{window}/{metric} shows them (from Redis)."""
+    from pulse.api import _params
+    from pulse.live_state import top_devices
+
+    settings = _settings()
+    window = _checked(lambda: _params.window_label(settings, window))
+    metric = _checked(lambda: _params.metric_name(metric))
+    n = _checked(lambda: _params.limit(count, "n", 10, TOP_MAX))
+    _check_redis(settings)
+    rows = _read_redis(
+        settings,
+        lambda client: top_devices(client, settings, window, metric, n, order == "desc"),
+    )
+    if rows is None:
+        raise click.ClickException(f"metric {metric!r}: no closed {window} window yet")
+    document = {
+        "window": window,
+        "metric": metric,
+        "order": order,
+        "devices": [{"device": device, "mean": mean} for device, mean in rows],
+    }
+    if as_json:
+        click.echo(orjson.dumps(document).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metric}: mean of the last closed {window} window ({order})")
+    table.add_column("#", justify="right")
+    table.add_column("device")
+    table.add_column("mean", justify="right")
+    for rank, (device, mean) in enumerate(rows, 1):
+        table.add_row(str(rank), device, repr(mean))
+    Console().print(table)
+
+
+TOP_MAX = 1000
+"""Devices ``pulse top -n`` shows at most (as ``/api/top``)."""
+
+
+@main.command()
+@click.argument("devices", nargs=-1)
+@click.option(
+    "-n",
+    "count",
+    default="10",
+    show_default=True,
+    help="Without DEVICE: how many of the most recently seen devices (1-1000).",
+)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between two refreshes.")
+@click.option(
+    "--refreshes",
+    default=0,
+    show_default=True,
+    help="Stop after this many refreshes (0: until interrupted).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per refresh.")
+def watch(
+    devices: tuple[str, ...], count: str, interval: float, refreshes: int, as_json: bool
+) -> None:
+    """A live table of DEVICEs' latest values and their open and last closed windows,
+    refreshed from Redis; without DEVICE, the most recently seen devices.
+
+    With --json, each refresh prints one line: {"time": epoch seconds, "devices": [...]},
+    each device as GET /api/devices/{device} shows it."""
+    from pulse.api import _params
+
+    settings = _settings()
+    names = [_checked(functools.partial(_params.device_name, device)) for device in devices]
+    n = _checked(lambda: _params.limit(count, "n", 10, TOP_MAX))
+    if not (interval > 0 and math.isfinite(interval)):
+        raise _BadParameter("interval: must be a positive number of seconds")
+    if refreshes < 0:
+        raise _BadParameter("refreshes: must be 0 or more")
+    _check_redis(settings)
+    if as_json:
+        _watch(settings, names, n, interval, refreshes, _print_json)
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    labels = [spec.label for spec in settings.windows if spec.kind != "sliding"]
+    with Live(console=console, auto_refresh=False) as live:
+
+        def show(document: dict[str, Any]) -> None:
+            live.update(watch_table(document, labels), refresh=True)
+
+        _watch(settings, names, n, interval, refreshes, show)
+
+
+def _print_json(document: dict[str, Any]) -> None:
+    click.echo(orjson.dumps(document).decode())
+
+
+def _watch(
+    settings: Settings,
+    names: list[str],
+    count: int,
+    interval: float,
+    refreshes: int,
+    show: Callable[[dict[str, Any]], None],
+) -> None:
+    """Read the devices' state every ``interval`` and ``show`` it, ``refreshes`` times (0:
+    until interrupted); Redis away stops it with one message."""
+    from pulse.live_state import device_state, devices_page
+
+    async def snapshot(client: Any) -> dict[str, Any]:
+        chosen = names
+        if not chosen:
+            page, _ = await devices_page(client, settings, "", None, count)
+            chosen = [entry["device"] for entry in page]
+        states = [await device_state(client, settings, name) for name in chosen]
+        return {"time": time.time(), "devices": states}
+
+    async def loop(client: Any) -> None:
+        done = 0
+        while True:
+            began = time.monotonic()
+            show(await snapshot(client))
+            done += 1
+            if done == refreshes:
+                return
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _read_redis(settings, loop)
+
+
+def watch_rows(document: dict[str, Any], labels: list[str]) -> list[list[str]]:
+    """The rows of ``pulse watch``'s table: per device and metric, its latest value and its
+    time (UTC), then per window (``labels``) the open window and the last closed one as
+    ``count x mean``; ``-`` where there is none. A device without live state is one row."""
+    rows = []
+    for state in document["devices"]:
+        if not state["latest"]:
+            rows.append([state["device"], "-", "no live state", *["-"] * (1 + 2 * len(labels))])
+            continue
+        for metric, latest in state["latest"].items():
+            row = [state["device"], metric, repr(latest["value"]), _clock_utc(latest["ts"])]
+            for label in labels:
+                for kind in ("open", "closed"):
+                    fields = state[kind].get(label, {}).get(metric)
+                    row.append("-" if fields is None else f"{fields['count']} x {fields['mean']!r}")
+            rows.append(row)
+    return rows
+
+
+def watch_table(document: dict[str, Any], labels: list[str]) -> Any:
+    """``pulse watch``'s rich table of one refresh (see :func:`watch_rows`)."""
+    from rich.table import Table
+
+    table = Table(title=f"pulse watch ({_clock_utc(document['time'])})")
+    for name in ("device", "metric", "latest", "at"):
+        table.add_column(name, justify="right" if name == "latest" else "left")
+    for label in labels:
+        table.add_column(f"{label} open", justify="right")
+        table.add_column(f"{label} closed", justify="right")
+    for row in watch_rows(document, labels):
+        table.add_row(*row)
+    return table
+
+
+def _clock_utc(seconds: float | None) -> str:
+    """Epoch seconds as ``HH:MM:SS.mmm`` UTC (``-`` for none)."""
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%H:%M:%S.%f")[:-3]

@@ -1,14 +1,198 @@
-"""The worker's Prometheus metrics (``GET /metrics``, prometheus_client's text format)."""
+"""The worker's Prometheus metrics: what its agents count as they go, read at each scrape.
+
+The readings processor and the InfluxDB writer count into one :class:`WorkerMetrics` per
+process (``pulse.app.worker_metrics``), per fetch and per flush, never per reading: plain ints
+and dicts, and histograms observed once per flush or sink write. Everything else (consumer
+lag, open windows, state memory, the sinks' state) is read from the agents when ``/metrics``
+is scraped, by :class:`WorkerCollector`; :func:`worker_collectors` gives the collectors to
+register on the registry ``/metrics`` serves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pulse.sinks._base import SinkHealth
+from tables.partition_state import PartitionState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Seconds: a flush or a sink write takes milliseconds while its target keeps up, and up to
+as long as the target is away (a write returns only once durable)."""
+DRAIN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Seconds: a drain holds the event loop, so its tail is what readings wait behind."""
+
+
+class ReadingsSource(Protocol):
+    """What the collector reads of the readings processor at a scrape."""
+
+    @property
+    def states(self) -> Mapping[int, PartitionState]:
+        """The state of each assigned partition."""
+
+    @property
+    def flushes(self) -> int:
+        """Flushes completed so far."""
+
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition, records in the topic not applied yet (the consumer's
+        high watermark minus the state's position), for the partitions a fetch has
+        reported on."""
+
+
+class InfluxSource(Protocol):
+    """What the collector reads of the InfluxDB writer at a scrape."""
+
+    @property
+    def written(self) -> int:
+        """Records of the aggregates topic written (or dead-lettered) and committed."""
+
+    def lag(self) -> dict[int, int]:
+        """Per partition of the aggregates topic it has fetched from, records not yet
+        written."""
+
+
+class WorkerMetrics:
+    """The counts of one worker process, kept by its agents (see the module doc).
+
+    Counters are per process: a partition that moves to another worker keeps its counts
+    here, and the new owner counts from where it took over (a replay after a crash is
+    counted again, as its outputs are written again).
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[int, int] = {}
+        """Per partition of the readings topic, records applied or dead-lettered."""
+        self.dead_letters: dict[str, int] = {}
+        """Per reason, records of the readings topic dead-lettered."""
+        self.windows_closed: dict[int, int] = {}
+        """Per partition, windows closed (each one output to the sinks)."""
+        self.flush_seconds = Histogram(
+            "pulse_flush_seconds",
+            "From a flush's drain to its changelog delta stored: its outputs are durable",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.drain_seconds = Histogram(
+            "pulse_flush_drain_seconds",
+            "The drain of each completed flush: the part that holds the event loop",
+            buckets=DRAIN_BUCKETS,
+            registry=None,
+        )
+        self.sink_write_seconds = Histogram(
+            "pulse_sink_write_seconds",
+            "Each write of a sink, until durable (a lane that fell behind writes several "
+            "flushes at once; InfluxDB: one fetch of the aggregates topic)",
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.processor: ReadingsSource | None = None
+        """The readings processor, once it runs in this process."""
+        self.influx: InfluxSource | None = None
+        """The InfluxDB writer, once it runs in this process."""
+
+    def count_fetch(self, partition: int, records: int) -> None:
+        """``records`` records of ``partition`` were applied or dead-lettered (one fetch)."""
+        self.records[partition] = self.records.get(partition, 0) + records
+
+    def count_flush(self, closed: Mapping[int, int], reasons: Iterable[str]) -> None:
+        """One flush's closed windows per partition and its dead letters' reasons."""
+        for partition, count in closed.items():
+            if count:
+                self.windows_closed[partition] = self.windows_closed.get(partition, 0) + count
+        for reason in reasons:
+            self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+
+
+class WorkerCollector(Collector):
+    """The worker's metrics (see :meth:`collect`), read from ``metrics`` and ``sinks``."""
+
+    def __init__(self, metrics: WorkerMetrics, sinks: Sequence[SinkHealth]) -> None:
+        self.metrics = metrics
+        self.sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield _counter(
+            "pulse_readings_consumed",
+            "Records of the readings topic taken in (applied or dead-lettered), per partition",
+            "partition",
+            m.records,
+        )
+        yield _counter(
+            "pulse_dead_letters",
+            "Records of the readings topic dead-lettered, by reason",
+            "reason",
+            m.dead_letters,
+        )
+        yield _counter(
+            "pulse_windows_closed",
+            "Windows closed and handed to the sinks, per partition",
+            "partition",
+            m.windows_closed,
+        )
+        processor = m.processor
+        flushes = CounterMetricFamily("pulse_flushes", "Flushes completed (changelog stored)")
+        flushes.add_metric([], processor.flushes if processor is not None else 0)
+        yield flushes
+        yield from m.flush_seconds.collect()
+        yield from m.drain_seconds.collect()
+        yield from m.sink_write_seconds.collect()
+        errors = CounterMetricFamily(
+            "pulse_sink_errors",
+            "Failed tries of each sink by kind: backpressure (the target asked to wait or "
+            "was away), refused (it refused the client), dead_lettered (outputs it refused "
+            "for their content, in the output dead-letter topic)",
+            labels=["sink", "kind"],
+        )
+        for health in self.sinks:
+            errors.add_metric([health.name, "backpressure"], health.backpressure)
+            errors.add_metric([health.name, "refused"], health.refusals)
+            errors.add_metric([health.name, "dead_lettered"], health.dead_letters)
+        yield errors
+        yield from SinkMetrics(self.sinks).collect()
+        states = dict(processor.states) if processor is not None else {}
+        yield _gauge(
+            "pulse_consumer_lag",
+            "Records of the readings topic not applied yet, per assigned partition (the "
+            "consumer's high watermark minus the state's position)",
+            "partition",
+            processor.lag() if processor is not None else {},
+        )
+        yield _gauge(
+            "pulse_open_windows",
+            "Open windows in the state, per assigned partition",
+            "partition",
+            {p: s.open_windows for p, s in states.items()},
+        )
+        yield _gauge(
+            "pulse_state_memory_bytes",
+            "An estimate of the window state's memory per assigned partition, from a sample "
+            "of its entries (PartitionState.memory_estimate; process_resident_memory_bytes "
+            "is the measure)",
+            "partition",
+            {p: s.memory_estimate() for p, s in states.items()},
+        )
+        influx = m.influx
+        written = CounterMetricFamily(
+            "pulse_influx_written",
+            "Records of the aggregates topic the InfluxDB writer wrote (or dead-lettered) "
+            "and committed",
+        )
+        written.add_metric([], influx.written if influx is not None else 0)
+        yield written
+        yield _gauge(
+            "pulse_influx_lag",
+            "Records of the aggregates topic not yet written to InfluxDB, per partition the "
+            "writer has fetched from",
+            "partition",
+            influx.lag() if influx is not None else {},
+        )
 
 
 class SinkMetrics(Collector):
@@ -41,6 +225,34 @@ class SinkMetrics(Collector):
         yield states
         yield since
         yield letters
+
+
+def worker_collectors(metrics: WorkerMetrics, sinks: Sequence[SinkHealth]) -> list[Collector]:
+    """The collectors of a worker's ``/metrics``, to register on the registry it serves
+    (``sinks``: read at each scrape, so sinks started later are shown)."""
+    return [WorkerCollector(metrics, sinks)]
+
+
+def worker_registry(metrics: WorkerMetrics, sinks: Sequence[SinkHealth]) -> CollectorRegistry:
+    """A registry holding :func:`worker_collectors`."""
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in worker_collectors(metrics, sinks):
+        registry.register(collector)
+    return registry
+
+
+def _counter(name: str, documentation: str, label: str, values: Mapping[Any, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
+
+
+def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, int]) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
 
 
 def api_registry() -> CollectorRegistry:

@@ -78,17 +78,30 @@ class _TLSConnection(SSLConnection):
         self.ssl_context.context = tls_context  # what RedisSSLContext.get() hands out
 
 
+CLIENT_CONNECTIONS = 64
+"""Connections a redis-py client opens at most; a request that finds them all busy waits
+for one (up to :data:`CLIENT_WAIT` seconds) rather than failing at once."""
+CLIENT_WAIT = 5.0
+"""Seconds a request waits for a free connection, or for Redis to connect or answer, before
+it fails (the API answers 503)."""
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A redis-py client of ``PULSE_REDIS_URL`` with the password and TLS context of
     :func:`resp_options`; ``aclose()`` closes its connections."""
     options: dict[str, Any] = dict(parse_url(settings.redis_url))
+    options.setdefault("socket_connect_timeout", CLIENT_WAIT)
+    options.setdefault("socket_timeout", CLIENT_WAIT)
     if settings.redis_password:
         options["password"] = settings.redis_password
     context = tls_context(settings)
     if context is not None:
         options["connection_class"] = _TLSConnection
         options["tls_context"] = context
-    return aioredis.Redis.from_pool(aioredis.ConnectionPool(**options))
+    pool = aioredis.BlockingConnectionPool(
+        max_connections=CLIENT_CONNECTIONS, timeout=CLIENT_WAIT, **options
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def address(settings: Settings) -> str:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -722,10 +723,62 @@ class PartitionState:
     def open_windows(self) -> int:
         return len(self.windows)
 
+    def memory_estimate(self, sample: int = 32) -> int:
+        """An estimate of the bytes this state holds: each table's own size plus its entry
+        count times the mean size of up to ``sample`` of its entries (keys and values, every
+        list, tuple, dict and number in them, each object once; not the device and metric
+        strings, which every key shares with the parser's cache, nor the window keys the
+        index by end shares with the windows). An estimate, not a measure: the entries
+        sampled are the oldest, a number two windows share (a reading's value in both) counts
+        in each, and memory the allocator keeps is not seen. Costs O(sample).
+        """
+        total = sys.getsizeof(self._ends) + 8 * len(self._ends)
+        for table in (
+            self.windows,
+            self.latest,
+            self.sliding,
+            self._newest,
+            self._open_per_key,
+            self.tag_values,
+        ):
+            total += sys.getsizeof(table)
+            if table:
+                taken = list(itertools.islice(table.items(), sample))
+                each = sum(_deep_size(entry, set()) for entry in taken) / len(taken)
+                total += int(each * len(table))
+        total += sys.getsizeof(self._by_end)
+        for end, keys in itertools.islice(self._by_end.items(), sample):
+            total += int(
+                (sys.getsizeof(end) + sys.getsizeof(keys))
+                * len(self._by_end)
+                / min(sample, len(self._by_end))
+            )
+        return total
+
     @property
     def closing(self) -> bool:
         """Whether windows the watermark has passed wait to be closed by a drain."""
         return bool(self._ends) and self._ends[0] <= self.watermark
+
+
+def _deep_size(value: Any, seen: set[int]) -> int:
+    """Bytes of ``value`` and of the containers and numbers in it, each object once (by
+    ``seen``); strings count as shared (see PartitionState.memory_estimate), and so do the
+    interpreter's own single objects (None, booleans, the small ints from -5 to 256)."""
+    if (
+        value is None
+        or isinstance(value, str | bool)
+        or (type(value) is int and -5 <= value <= 256)
+        or id(value) in seen
+    ):
+        return 0
+    seen.add(id(value))
+    size = sys.getsizeof(value)
+    if isinstance(value, (list, tuple)):
+        size += sum(_deep_size(item, seen) for item in value)
+    elif isinstance(value, dict):
+        size += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in value.items())
+    return size
 
 
 def _summarize(entries: list[list[Any]]) -> SummaryState:

@@ -20,6 +20,7 @@ from mode import Service
 from pulse.api import _auth, _health, _history, _live, _page, _state, openapi
 from pulse.api._context import CONTEXT, ApiContext, Readiness
 from pulse.api._errors import ApiError, error_middleware
+from pulse.api._metrics import request_metrics
 
 __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
@@ -33,7 +34,8 @@ served)."""
 def create_api(context: ApiContext, *, full: bool = True) -> web.Application:
     """The application: health and metrics, and with ``full`` the API, its OpenAPI document
     and the live page."""
-    middlewares: list[Any] = [error_middleware]
+    # First, so that it counts the status the error middleware answers with.
+    middlewares: list[Any] = [request_metrics(context.registry), error_middleware]
     if full:
         middlewares.append(_auth.auth_middleware)
     app = web.Application(middlewares=middlewares)

@@ -108,7 +108,8 @@ class SinkHealth:
     an operator must act), with ``reason`` (the target's answer) and ``since`` (epoch
     seconds of the change). A change of state is logged once, not each retry: an outage of
     an hour is two lines in the log, not thousands. ``dead_letters``: the refused outputs
-    this sink has stored in the output dead-letter topic.
+    this sink has stored in the output dead-letter topic. ``backpressure`` and ``refusals``:
+    the failed tries of each kind so far (every retry counts, for ``/metrics``).
     """
 
     OK = "ok"
@@ -121,6 +122,8 @@ class SinkHealth:
         self.reason: str | None = None
         self.since = time.time()
         self.dead_letters = 0
+        self.backpressure = 0
+        self.refusals = 0
         self.listeners: list[Callable[[str], None]] = []
         """Called with the new state at each change (agents/flush.py's MirrorLane)."""
 
@@ -135,6 +138,7 @@ class SinkHealth:
             self._set(self.OK, None)
 
     def waiting(self, reason: str) -> None:
+        self.backpressure += 1
         if self.state != self.WAITING:
             log.warning(
                 "%s sink: waiting (backpressure), outputs kept and retried: %s", self.name, reason
@@ -143,6 +147,7 @@ class SinkHealth:
         self.reason = reason
 
     def refused(self, reason: str) -> None:
+        self.refusals += 1
         if self.state != self.REFUSED:
             log.error(
                 "%s sink: refused by its target (fix the configuration or the target; outputs "

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Mapping
@@ -113,6 +114,8 @@ def test_pipeline_outputs_equal_the_reference(
     spec, windows, sliding = WINDOW_SETS[window_set]
     env = pipeline_env(topic_prefix, broker, redis_url, influx_url)
     env["PULSE_WINDOWS"] = spec
+    env["PULSE_WORKER_SERVES_API"] = "true"  # /api/history, over Redis and VictoriaMetrics
+    env["PULSE_HISTORY_STORE"] = "victoria"
     records, ends = produce_dataset(broker, env["PULSE_TOPIC_READINGS"], topic_prefix)
     expected = compute(records, windows, GRACE_US, sliding)
     # The dataset must exercise every rule it is meant to.
@@ -138,6 +141,7 @@ def test_pipeline_outputs_equal_the_reference(
         assert_api_and_cli(worker, env, expected)
         assert_dead_letter_counts(client, topic_prefix, expected)
         assert_influx(influx_url, topic_prefix, expected)
+        assert_history_api(worker, expected)
     finally:
         assert worker.stop() == 0, worker.log_tail()
 
@@ -309,6 +313,37 @@ def assert_history(
     assert set(by_window) == set(docs)
     for key, doc in docs.items():
         assert_window_fields(by_window[key], doc, key)
+
+
+def assert_history_api(worker: WorkerProcess, expected: Expected) -> None:
+    """The worker's ``/api/history`` of the series with the most windows, over all time: every
+    window of the reference, the newest HISTORY_LENGTH from Redis, the older ones from the
+    store (VictoriaMetrics, which the InfluxDB writer wrote: to 12 significant digits)."""
+    docs = expected.aggregate_documents()
+    counts = Counter((d, m, label) for d, m, label, _ in docs)
+    (device, metric, label), count = max(counts.items(), key=lambda item: (item[1], item[0]))
+    assert count > HISTORY_LENGTH
+    want = sorted(
+        (doc for key, doc in docs.items() if key[:3] == (device, metric, label)),
+        key=lambda doc: doc["start"],
+    )
+    query = urllib.parse.urlencode({"window": label, "since": "0", "until": "4000000000"})
+    url = f"http://127.0.0.1:{worker.port}/api/history/{device}/{metric}?{query}"
+    with urllib.request.urlopen(url) as response:
+        body = json.loads(response.read())
+    assert body["store_error"] is None
+    assert body["sources"] == {"redis": HISTORY_LENGTH, "store": count - HISTORY_LENGTH, "cache": 0}
+    assert [w["start"] for w in body["windows"]] == [doc["start"] for doc in want]
+    for found, doc in zip(body["windows"], want, strict=True):
+        shown = {k: v for k, v in doc.items() if k not in ("device", "metric", "window", "tags")}
+        source = found.pop("source")
+        if source == "redis":
+            assert_window_fields(found, shown, (device, metric, doc["start"]))
+        else:
+            assert source == "store"
+            for name, value in shown.items():
+                rel = QUANTILE_ACCURACY + 1e-9 if name in ("p50", "p95", "p99") else 1e-11
+                assert found[name] == pytest.approx(value, rel=rel, abs=1e-9), name
 
 
 def assert_api_and_cli(

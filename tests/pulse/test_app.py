@@ -19,7 +19,7 @@ PULSE = Path(__file__).resolve().parents[2] / "pulse"
 SHOW_GC = """
 import gc, json
 import pulse.app
-pulse.app.app  # what `pulse worker` and `faust -A pulse.app:app worker` load
+pulse.app.app  # what `pulse worker` and `faust -A pulse.app:app worker --without-web` load
 print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))
 """
 

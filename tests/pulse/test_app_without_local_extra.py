@@ -60,7 +60,18 @@ def test_the_worker_builds_its_app_without_the_local_extra() -> None:
     # `pulse stack` is still listed: it loads only when asked for
     listing = result["help"].split("Commands:")[1].splitlines()
     commands = [line.split()[0] for line in listing if line.strip()]
-    assert commands == ["api", "config", "influx-writer", "produce", "stack", "state", "worker"]
+    assert commands == [
+        "api",
+        "config",
+        "history",
+        "influx-writer",
+        "produce",
+        "stack",
+        "state",
+        "top",
+        "watch",
+        "worker",
+    ]
 
 
 def test_the_local_stack_is_an_extra_not_a_dependency() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import math
+import random
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -861,3 +863,33 @@ def test_latest_of_a_key_forgotten_and_removed_in_one_flush_is_drained_once() ->
     assert sorted(drained.delta.latest) == [["d", "m", 1 * S, 1.5], ["e", "m", 12 * S, 2.5]]
     assert drained.delta.latest_removed == [["d", "m"]]
     assert state.latest == {("e", "m"): (12 * S, 2.5)}
+
+
+def test_memory_estimate_is_near_what_the_state_allocates() -> None:
+    """PartitionState.memory_estimate against tracemalloc's count of what filling the state
+    allocated (the names made beforehand: the estimate counts them as shared), with several
+    readings per window so that the sketches differ in size."""
+
+    names = [(f"dev-{n:05d}", metric) for n in range(2_000) for metric in ("t", "h")]
+    readings = [
+        Reading(device, metric, round(random.Random(n).gauss(30, 8), 2), 1_000_000 + n, None)
+        for n, (device, metric) in enumerate(names * 3)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        state = PartitionState(parse_windows("10s,1m"), 5_000_000)
+        for offset, reading in enumerate(readings):
+            state.apply(reading, offset)
+        state.drain()
+        gc.collect()
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert state.open_windows == 2 * len(names)
+    estimate = state.memory_estimate()
+    # Numbers the windows share (a reading's value in both) count in each: it errs high.
+    assert allocated <= estimate <= 1.5 * allocated, (estimate, allocated)
+    empty = PartitionState(parse_windows("10s,1m"), 5_000_000).memory_estimate()
+    assert 0 < empty < estimate / 100

@@ -1,0 +1,40 @@
+"""The pure parts of bench/api.py: the open-loop schedule, the history it produces and asks
+for, and the figures of a phase."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from bench.api import HISTORY_WINDOWS, due_times, history_starts, phase_result
+from bench.latency import WarmUp
+
+
+def test_requests_are_due_at_a_steady_rate_from_the_start() -> None:
+    due = due_times(100.0, 200.0, 2.5)
+    assert len(due) == 500
+    assert due[0] == 100.0
+    assert due[1] == 100.005
+    assert due[-1] == 100.0 + 499 / 200
+
+
+def test_the_history_is_the_windows_before_the_current_one() -> None:
+    starts = history_starts(1_796_300_007.5, HISTORY_WINDOWS)
+    assert len(starts) == 360
+    assert starts[-1] == 1_796_299_990  # the window before [..000, ..010)
+    assert starts[0] == 1_796_299_990 - 359 * 10
+    assert [b - a for a, b in itertools.pairwise(starts)] == [10] * 359
+
+
+def test_a_phase_reports_percentiles_of_the_answered_requests_only() -> None:
+    latencies = [float(n) for n in range(1, 101)]  # 1 .. 100 ms
+    statuses = Counter({"200": 100, "404": 3, "ServerTimeoutError": 1})
+    result = phase_result("/api/x", 200.0, 0.52, latencies, statuses, [0.0] * 98 + [4.0, 9.0])
+    assert result.requests == 104
+    assert result.statuses == {"200": 100, "404": 3, "ServerTimeoutError": 1}
+    assert (result.p50_ms, result.p99_ms, result.max_ms) == (50.0, 99.0, 100.0)
+    assert result.late_start_ms == 4.0
+
+
+def test_a_fixed_warm_up_ignores_the_windows() -> None:
+    assert WarmUp(longest=10.0, settle=0.0, fixed=30.0).seconds_from(1_796_300_007.5) == 30.0
