@@ -200,7 +200,12 @@
         learn(state.metrics, metrics);
         return element(
           "li",
-          { "data-device": device.device, "aria-selected": device.device === state.selected },
+          {
+            "data-device": device.device,
+            "aria-selected": device.device === state.selected,
+            role: "option",
+            tabindex: 0,
+          },
           element("span", { class: "id" }, device.device),
           element("span", { class: "seen", "data-value": device.last_seen }, formatTime(device.last_seen)),
           element(
@@ -618,6 +623,7 @@
     $("signin").addEventListener("submit", (event) => quietly(signIn(event)));
     $("search").addEventListener("input", onSearch);
     $("devices").addEventListener("click", onDeviceClick);
+    $("devices").addEventListener("keydown", (event) => event.key === "Enter" && onDeviceClick(event));
     $("top").addEventListener("click", onTopClick);
     for (const id of ["top-window", "top-metric", "top-order"]) {
       $(id).addEventListener("change", () => quietly(loadTop()));
