@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
-from pulse.api import _auth, _health, _history, _live, _state, openapi
+from pulse.api import _auth, _health, _history, _live, _page, _state, openapi
 from pulse.api._context import CONTEXT, ApiContext, Readiness
 from pulse.api._errors import ApiError, error_middleware
 from pulse.api._metrics import request_metrics
@@ -26,8 +26,9 @@ __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
 log = logging.getLogger(__name__)
 
-API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live)
-"""The route modules of the full API, besides health and metrics (always served)."""
+API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live, _page)
+"""The route modules of the full API and the live page, besides health and metrics (always
+served)."""
 
 
 def create_api(context: ApiContext, *, full: bool = True) -> web.Application:
