@@ -50,6 +50,7 @@ TOKEN = "influx-Wr0ng-T0ken-c4a7"
 EXIT_TIMEOUT = 30.0
 """Seconds within which a worker that Redis refuses must have exited."""
 ENDPOINTS = (
+    "/",
     "/health",
     "/health/live",
     "/api/devices/{device}",
