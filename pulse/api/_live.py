@@ -4,7 +4,9 @@ Each event is one entry of the stream (pulse/sinks/history.py: one per closed wi
 entered its series' history): ``id:`` the entry's id, ``event: window``, ``data:`` the
 window's ``aggregates`` record. A client that reconnects sends the last id it got as
 ``Last-Event-ID`` and gets every entry after it that the stream still holds (it keeps about
-10,000), with no gap and no repeat; without it, the events from now on. ``?device=`` and
+10,000), with no repeat; when entries after that id may have been trimmed meanwhile,
+``event: reset`` comes first, so the client reloads what it shows rather than miss windows
+silently. Without it, the events from now on. ``?device=`` and
 ``?metric=`` keep only that device's or metric's windows. A comment line goes out when
 nothing was sent for :data:`KEEP_ALIVE` seconds (proxies close idle connections), and the
 handler ends when the client goes (the next write fails) or the server stops (its streams
@@ -21,6 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pulse.api import _params
@@ -60,11 +63,15 @@ async def live(request: web.Request) -> web.StreamResponse:
     stream = RedisKeys(context.settings.redis_prefix).events
     client = context.redis
     last_id = request.headers.get("Last-Event-ID", "").strip()
+    reset = b""
     if last_id:
         if STREAM_ID.match(last_id) is None:
             raise ApiError(
                 400, "Last-Event-ID must be an event id (as 1700000000000-0)", "Last-Event-ID"
             )
+        if await _trimmed_after(client, stream, last_id):
+            # Entries after last_id may be trimmed away: say so rather than skip them silently.
+            reset = b'event: reset\ndata: {"after": "%s"}\n\n' % last_id.encode()
     else:  # from now on: after the newest entry (a Redis error here is a 503, not a stream)
         newest: list[Entry] = await client.xrevrange(stream, count=1)  # type: ignore[assignment]
         last_id = newest[0][0].decode() if newest else "0-0"
@@ -76,6 +83,8 @@ async def live(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    if reset:
+        await response.write(reset)
     sent_at = time.monotonic()
     streams, task = request.app.get(STREAMS), asyncio.current_task()
     if streams is not None and task is not None:
@@ -106,6 +115,28 @@ async def live(request: web.Request) -> web.StreamResponse:
         if streams is not None and task is not None:
             streams.discard(task)
     return response
+
+
+async def _trimmed_after(client: Any, stream: str, last_id: str) -> bool:
+    """Whether entries after ``last_id`` may have been trimmed from ``stream``: some were
+    trimmed (XINFO STREAM: more entries added than held) and the oldest held is newer than
+    ``last_id``. The stream does not keep which ids it trimmed, so the entry just after
+    ``last_id`` being the oldest held also counts: a reload too many, never a gap unsaid."""
+    try:
+        info = await client.xinfo_stream(stream)
+    except ResponseError:  # no such key
+        return False
+    if int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
+        return False
+    first = info.get("recorded-first-entry-id", b"0-0")
+    first_id = first.decode() if isinstance(first, bytes) else str(first)
+    return _order(first_id) > _order(last_id)
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream id's order: ``1700000000000-5`` -> (1700000000000, 5)."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence)
 
 
 def _wanted(value: bytes, device: str | None, metric: str | None) -> bool:

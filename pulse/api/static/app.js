@@ -473,6 +473,8 @@
     state.live = source;
     source.addEventListener("open", () => setStatus("live", "live"));
     source.addEventListener("window", onWindowEvent);
+    // The server no longer holds every window after the last one this page got: reload them.
+    source.addEventListener("reset", () => quietly(loadDevice(true)));
     source.addEventListener("error", () => {
       if (source !== state.live) return;
       setStatus("connecting", "reconnecting…");
