@@ -548,7 +548,9 @@ class FlushPipeline(Service):
             if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
                 deltas.append(self.writer.encode(partition, delta))
         batch = FlushBatch.of(drains, self._dead_letters)
-        self.metrics.count_flush(closed, (letter.reason for letter in self._dead_letters))
+        self.metrics.count_flush(
+            closed, ((letter.partition, letter.reason) for letter in self._dead_letters)
+        )
         self._dead_letters = []
         self._drain_timing = (began, time.monotonic() - began)
         if batch.empty and not deltas:

@@ -31,6 +31,16 @@ output can hold, however many readings it adds: the float nearest infinity is a 
 2**971 below the next power of two, so adding at most 1e290 (under half a step, 2**970 ~
 9.98e291) to any finite float rounds to a finite float."""
 
+DEAD_LETTER_REASONS: Final = (
+    "invalid_json",
+    "too_large",
+    "invalid_reading",
+    "too_many_tag_values",
+    "late",
+)
+"""Every reason a record of the readings topic is dead-lettered for (README.md, "The
+contract"): the values of a dead letter's ``reason``."""
+
 RESERVED_TAG_KEYS: Final = frozenset({"device", "window", "time", *AGGREGATES})
 """``device`` and ``window`` are Pulse's own tags; ``time`` and the field names would make
 InfluxDB queries ambiguous. Keys starting with ``_`` are InfluxDB's own and rejected too."""

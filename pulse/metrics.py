@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pulse.measurements import PULSE_STATS, PULSE_STATS_SINK, PULSE_STATS_WORKER
 from pulse.sinks._base import SinkHealth
 from tables.partition_state import PartitionState
 
@@ -67,8 +68,8 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.records: dict[int, int] = {}
         """Per partition of the readings topic, records applied or dead-lettered."""
-        self.dead_letters: dict[str, int] = {}
-        """Per reason, records of the readings topic dead-lettered."""
+        self.dead_letters: dict[int, dict[str, int]] = {}
+        """Per partition and reason, records of the readings topic dead-lettered."""
         self.windows_closed: dict[int, int] = {}
         """Per partition, windows closed (each one output to the sinks)."""
         self.flush_seconds = Histogram(
@@ -100,13 +101,25 @@ class WorkerMetrics:
         """``records`` records of ``partition`` were applied or dead-lettered (one fetch)."""
         self.records[partition] = self.records.get(partition, 0) + records
 
-    def count_flush(self, closed: Mapping[int, int], reasons: Iterable[str]) -> None:
-        """One flush's closed windows per partition and its dead letters' reasons."""
+    def count_flush(
+        self, closed: Mapping[int, int], dead_letters: Iterable[tuple[int, str]]
+    ) -> None:
+        """One flush's closed windows per partition and its dead letters' (partition,
+        reason)."""
         for partition, count in closed.items():
             if count:
                 self.windows_closed[partition] = self.windows_closed.get(partition, 0) + count
-        for reason in reasons:
-            self.dead_letters[reason] = self.dead_letters.get(reason, 0) + 1
+        for partition, reason in dead_letters:
+            reasons = self.dead_letters.setdefault(partition, {})
+            reasons[reason] = reasons.get(reason, 0) + 1
+
+    def dead_letters_by_reason(self) -> dict[str, int]:
+        """Records dead-lettered per reason, over every partition."""
+        total: dict[str, int] = {}
+        for reasons in self.dead_letters.values():
+            for reason, count in reasons.items():
+                total[reason] = total.get(reason, 0) + count
+        return total
 
 
 class WorkerCollector(Collector):
@@ -128,7 +141,7 @@ class WorkerCollector(Collector):
             "pulse_dead_letters",
             "Records of the readings topic dead-lettered, by reason",
             "reason",
-            m.dead_letters,
+            m.dead_letters_by_reason(),
         )
         yield _counter(
             "pulse_windows_closed",
@@ -239,6 +252,57 @@ def worker_registry(metrics: WorkerMetrics, sinks: Sequence[SinkHealth]) -> Coll
     for collector in worker_collectors(metrics, sinks):
         registry.register(collector)
     return registry
+
+
+def stats_lines(
+    metrics: WorkerMetrics, sinks: Sequence[SinkHealth], worker: str, time_ms: int
+) -> list[str]:
+    """The pipeline's health as InfluxDB lines (pulse/measurements.py, ``STATS``), from the
+    same counts ``/metrics`` shows: a ``pulse_stats`` point per partition the readings
+    processor owns, a ``pulse_stats_worker`` point and a ``pulse_stats_sink`` point per sink,
+    all at ``time_ms`` and tagged ``worker``. None before the processor runs, and no
+    partition's point before a fetch has reported its lag."""
+    processor = metrics.processor
+    if processor is None:
+        return []
+    states = dict(processor.states)
+    lags = processor.lag()
+    lines = []
+    for partition in sorted(states.keys() & lags.keys()):
+        reasons = metrics.dead_letters.get(partition, {})
+        fields: dict[str, float] = {
+            "readings": metrics.records.get(partition, 0),
+            "windows_closed": metrics.windows_closed.get(partition, 0),
+            "lag": lags[partition],
+            "open_windows": states[partition].open_windows,
+        }
+        for name in PULSE_STATS.field_names:
+            if name.startswith("dead_letters_"):
+                fields[name] = reasons.get(name.removeprefix("dead_letters_"), 0)
+        tags = {"worker": worker, "partition": str(partition)}
+        lines.append(PULSE_STATS.line(tags, fields, time_ms))
+    (family,) = metrics.flush_seconds.collect()
+    timed = {sample.name: sample.value for sample in family.samples}
+    lines.append(
+        PULSE_STATS_WORKER.line(
+            {"worker": worker},
+            {
+                "flushes": processor.flushes,
+                "flush_seconds_sum": timed["pulse_flush_seconds_sum"],
+                "flush_seconds_count": timed["pulse_flush_seconds_count"],
+            },
+            time_ms,
+        )
+    )
+    for health in sinks:
+        fields = {
+            "errors_backpressure": health.backpressure,
+            "errors_refused": health.refusals,
+            "errors_dead_lettered": health.dead_letters,
+        }
+        tags = {"worker": worker, "sink": health.name}
+        lines.append(PULSE_STATS_SINK.line(tags, fields, time_ms))
+    return lines
 
 
 def _counter(name: str, documentation: str, label: str, values: Mapping[Any, int]) -> Metric:

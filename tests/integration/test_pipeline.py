@@ -68,6 +68,9 @@ def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> d
         "PULSE_PARTITIONS": "4",
         "PULSE_SESSION_TIMEOUT": "2",
         "PULSE_WORKER_SERVES_API": "true",
+        # The pipeline's health in InfluxDB every second (agents/stats.py): its sink has
+        # written, in the InfluxDB sink's state, by the time a test looks at /health.
+        "PULSE_STATS_INTERVAL": "1",
     }
 
 
@@ -380,6 +383,7 @@ def assert_api_and_cli(
         "redis": ("ok", 0),
         "influx": (influx, 0),
         "history": ("ok", 0),
+        "influx-stats": (influx, 0),
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -390,6 +394,7 @@ def assert_api_and_cli(
         ("redis", "ok"),
         ("influx", influx),
         ("history", "ok"),
+        ("influx-stats", influx),
     ):
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics

@@ -37,20 +37,29 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor, the history and InfluxDB writers and the HTTP server start with
-    # the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off leaves the InfluxDB
-    # writer out.
+    # The readings processor, the history, InfluxDB and stats writers and the HTTP server
+    # start with the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off leaves
+    # the InfluxDB writer out, PULSE_STATS_INTERVAL=0 the stats writer.
     assert sorted(type(child).__name__ for child in app._children) == [
         "HistoryWriter",
         "HttpServer",
         "InfluxWriter",
         "ReadingsProcessor",
+        "StatsWriter",
     ]
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
     assert sorted(type(child).__name__ for child in alone._children) == [
         "HistoryWriter",
         "HttpServer",
+        "ReadingsProcessor",
+        "StatsWriter",
+    ]
+    quiet = create_app(Settings.from_env({"PULSE_STATS_INTERVAL": "0"}))
+    assert sorted(type(child).__name__ for child in quiet._children) == [
+        "HistoryWriter",
+        "HttpServer",
+        "InfluxWriter",
         "ReadingsProcessor",
     ]
     assert list(app.agents) == ["dead-letter-monitor"]
