@@ -33,10 +33,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
+from redis.crc import key_slot
 
 from models.outputs import AGGREGATES
 from models.reading import NAME_PATTERN
+from pulse.settings import redis_is_cluster
 from pulse.sinks._base import FlushBatch, RecordSink
+from pulse.sinks._cluster import ClusterPipeline
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._retry import retry_forever
 from pulse.sinks.dead_letters import OutputDeadLetters
@@ -57,16 +60,20 @@ CALLS_PER_ROUND_TRIP = 400
 """Calls pipelined per round trip (20,000 windows, a writer's fetch)."""
 
 HISTORY_SCRIPT = """\
--- Pulse's history writes (pulse/sinks/history.py). KEYS[1]: the event stream; KEYS[2..]:
--- history sorted sets. ARGV: length, TTL in seconds, the stream's MAXLEN, then per window
--- (in order) the index of its key in KEYS, its start (the score), its count and its JSON.
--- A window whose start is held replaces the member only with a higher count; the set keeps
--- the newest `length` by rank; an event is added for each window that the write put in the
--- set. Returns the number of events added.
+-- Pulse's history writes (pulse/sinks/history.py). KEYS[1]: the event stream (on a Redis
+-- Cluster, where it is in another slot, the first history key instead: the caller adds the
+-- events); KEYS[2..]: history sorted sets. ARGV: length, TTL in seconds, the stream's
+-- MAXLEN, "1" when KEYS[1] is the stream, then per window (in order) the index of its key
+-- in KEYS, its start (the score), its count and its JSON. A window whose start is
+-- held replaces the member only with a higher count; the set keeps the newest `length` by
+-- rank; an event is added for each window that the write put in the set (the stream gets
+-- the TTL too). Returns the number of events added, or on a cluster the windows' JSON to add.
 local length, ttl, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local added = 0
+local to_add = {}
+local stream = ARGV[4] == "1" and KEYS[1] or nil
 local written = {}
-for a = 4, #ARGV, 4 do
+for a = 5, #ARGV, 4 do
   local key = KEYS[tonumber(ARGV[a])]
   local start, count, json = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
   local held = redis.call("ZRANGEBYSCORE", key, start, start)
@@ -86,13 +93,19 @@ for a = 4, #ARGV, 4 do
     local size = redis.call("ZCARD", key)
     if size > length then redis.call("ZREMRANGEBYRANK", key, 0, size - length - 1) end
     if redis.call("ZSCORE", key, json) then
-      redis.call("XADD", KEYS[1], "MAXLEN", "~", maxlen, "*", "window", json)
+      if stream then
+        redis.call("XADD", stream, "MAXLEN", "~", maxlen, "*", "window", json)
+      else
+        to_add[#to_add + 1] = json
+      end
       added = added + 1
     end
   end
   written[key] = true
 end
 for key in pairs(written) do redis.call("EXPIRE", key, ttl) end
+if not stream then return to_add end
+if added > 0 then redis.call("EXPIRE", stream, ttl) end
 return added
 """
 HISTORY_SHA = hashlib.sha1(HISTORY_SCRIPT.encode()).hexdigest()
@@ -181,8 +194,11 @@ class HistorySink(RecordSink[HistoryEntry]):
         self.events_maxlen = events_maxlen
         self.dead_letters = dead_letters
         self._load_script = pack("SCRIPT", "LOAD", HISTORY_SCRIPT)
-        self.connection = RespPipeline(
-            url, on_connect=[self._load_script], password=password, tls=tls
+        self.cluster = redis_is_cluster(url)
+        self.connection: RespPipeline | ClusterPipeline = (
+            ClusterPipeline(url, password=password, tls=tls)
+            if self.cluster
+            else RespPipeline(url, on_connect=[self._load_script], password=password, tls=tls)
         )
         self.events_added = 0
         """Events added to the stream so far (windows the history write changed)."""
@@ -216,11 +232,47 @@ class HistorySink(RecordSink[HistoryEntry]):
                 self.health,
                 max_delay=MAX_RETRY_DELAY,
             )
-            self.events_added += sum(replies)
+            if not self.cluster:
+                self.events_added += sum(replies)
+                continue
+            # A cluster: the history keys' slots are not the stream's, so the events go after
+            # the history writes. A crash between the two loses those events (the replay
+            # finds the windows in the history already): at most once, where one server's
+            # single script makes them exactly once.
+            events = [json for reply in replies for json in reply]
+            if events:
+                stream = self.keys.events
+                appends = [
+                    pack("XADD", stream, "MAXLEN", "~", self.events_maxlen, "*", "window", json)
+                    for json in events
+                ]
+                appends.append(pack("EXPIRE", stream, self.ttl))
+                await retry_forever(
+                    "history events",
+                    lambda appends=appends: execute_scripted(  # type: ignore[misc]
+                        self.connection, appends, self._load_script, HISTORY_SCRIPT
+                    ),
+                    (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
+                    self.health,
+                    max_delay=MAX_RETRY_DELAY,
+                )
+                self.events_added += len(events)
 
     def calls(self, entries: Sequence[HistoryEntry]) -> list[bytes]:
         """The packed calls of :data:`HISTORY_SCRIPT` that write ``entries`` in order, at most
         :data:`WINDOWS_PER_CALL` windows each."""
+        out = []
+        groups: list[Sequence[HistoryEntry]] = [entries]
+        if self.cluster:  # a script call's keys in one slot: the windows grouped by slot
+            by_slot: dict[int, list[HistoryEntry]] = {}
+            for entry in entries:
+                by_slot.setdefault(key_slot(entry.key.encode()), []).append(entry)
+            groups = list(by_slot.values())
+        for group in groups:
+            out += self._calls(group)
+        return out
+
+    def _calls(self, entries: Sequence[HistoryEntry]) -> list[bytes]:
         out = []
         for begin in range(0, len(entries), WINDOWS_PER_CALL):
             chunk = entries[begin : begin + WINDOWS_PER_CALL]
@@ -234,11 +286,12 @@ class HistorySink(RecordSink[HistoryEntry]):
                     "EVALSHA",
                     HISTORY_SHA,
                     len(index) + 1,
-                    self.keys.events,
+                    chunk[0].key if self.cluster else self.keys.events,
                     *index,
                     self.length,
                     self.ttl,
                     self.events_maxlen,
+                    0 if self.cluster else 1,
                     *args,
                 )
             )
