@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from pulse.api import _params, openapi
@@ -99,7 +100,7 @@ async def history(request: web.Request) -> web.Response:
         query.get("since"),
         query.get("until"),
     )
-    return web.json_response(answer)
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
 ROUTES = list(routes)

@@ -105,7 +105,7 @@ class HistoryReader:
         if since < upper:
             older, source = await self._older(answer, device, metric, window, since, upper)
             older = [{**w, "source": source} for w in older if since <= w["start"] < upper]
-        recent = [{**_window(member), "source": "redis"} for member in members]
+        recent = [_window(member, "redis") for member in members]
         answer.windows = older + recent
         for w in answer.windows:
             answer.sources[w["source"]] += 1
@@ -132,6 +132,8 @@ class HistoryReader:
         return windows, "store"
 
 
-def _window(member: bytes) -> Window:
+def _window(member: bytes, source: str) -> Window:
     doc = orjson.loads(member)
-    return {name: doc[name] for name in WINDOW_FIELDS}
+    window: Window = {name: doc[name] for name in WINDOW_FIELDS}
+    window["source"] = source
+    return window
