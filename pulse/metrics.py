@@ -322,3 +322,51 @@ def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, int])
 def api_registry() -> CollectorRegistry:
     """The registry ``pulse api`` serves at ``/metrics``."""
     return CollectorRegistry(auto_describe=False)
+
+
+class RegistrySource(Protocol):
+    """What the registry collector reads of a process's registry cache
+    (pulse.registry.cache.RegistryCache) at a scrape."""
+
+    hits: int
+    misses: int
+
+    @property
+    def version(self) -> int | None:
+        """The registry version of the copy in use (None: none loaded yet)."""
+
+    def age(self) -> float | None:
+        """Seconds since the copy in use was loaded (None: none loaded yet)."""
+
+
+class RegistryCollector(Collector):
+    """The registry cache's hits, misses, and the version and age of the copy in use."""
+
+    def __init__(self, cache: RegistrySource) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            "pulse_registry_cache_hits",
+            "Registry snapshots loaded from Redis (another process had put that version there)",
+        )
+        hits.add_metric([], self.cache.hits)
+        yield hits
+        misses = CounterMetricFamily(
+            "pulse_registry_cache_misses",
+            "Registry snapshots Redis did not hold, read from PostgreSQL",
+        )
+        misses.add_metric([], self.cache.misses)
+        yield misses
+        version, age = self.cache.version, self.cache.age()
+        if version is not None and age is not None:
+            yield GaugeMetricFamily(
+                "pulse_registry_version",
+                "The registry version of the snapshot in use",
+                value=version,
+            )
+            yield GaugeMetricFamily(
+                "pulse_registry_snapshot_age_seconds",
+                "Seconds since the snapshot in use was loaded (a change reloads it)",
+                value=age,
+            )

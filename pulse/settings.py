@@ -3,12 +3,12 @@
 This module is the one place configuration is documented; ``docs/configuration.md`` is generated
 from :data:`VARIABLES` (``pulse config``) and a test keeps the two equal.
 
-Secrets (``Variable.secret``: the InfluxDB token, the Kafka SASL password; and the password in
-``PULSE_REDIS_URL``) are never shown: not in :class:`Settings`' repr, not in
-:meth:`Settings.shown` (``pulse config``), not in an error message. Each may instead be read
-from a file (``*_FILE``: one way for all, :func:`_read_secret_file`), which keeps it out of the
-process environment. How the clients use these settings: :mod:`pulse.kafka_clients`,
-:mod:`pulse.redis_clients`.
+Secrets (``Variable.secret``: the InfluxDB token, the Kafka SASL password; and the passwords in
+``PULSE_REDIS_URL`` and ``PULSE_POSTGRES_URL``) are never shown: not in :class:`Settings`'
+repr, not in :meth:`Settings.shown` (``pulse config``), not in an error message. Each may
+instead be read from a file (``*_FILE``: one way for all, :func:`_read_secret_file`), which
+keeps it out of the process environment. How the clients use these settings:
+:mod:`pulse.kafka_clients`, :mod:`pulse.redis_clients`, :mod:`pulse.registry._db`.
 """
 
 from __future__ import annotations
@@ -163,6 +163,23 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _postgres_url(text: str) -> str:
+    url = urlsplit(text)
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname:
+        raise ValueError(
+            "must be postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?sslmode=...] "
+            "(libpq's URL)"
+        )
+    if "password" in parse_qs(url.query):
+        raise ValueError(
+            "must not hold a password parameter: give the password as the URL's user info "
+            "or in PULSE_POSTGRES_PASSWORD_FILE"
+        )
+    if url.path in ("", "/"):
+        raise ValueError("must name the database: postgresql://USER@HOST:PORT/DATABASE")
+    return text
+
+
 def _url_password(url: str) -> str:
     """The password in ``url``'s user info, percent-decoded ("" when there is none)."""
     userinfo = _netloc(url).rpartition("@")[0]
@@ -281,6 +298,40 @@ VARIABLES: tuple[Variable, ...] = (
         "",
         "PEM private key (unencrypted) of `PULSE_REDIS_SSL_CERTFILE`, if not in that file.",
         _file,
+    ),
+    Variable(
+        "PULSE_POSTGRES_URL",
+        "postgresql://pulse@127.0.0.1:5433/pulse",
+        "PostgreSQL of the device registry (`pulse db upgrade` makes its schema): "
+        "`postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?sslmode=...]`, libpq's URL. A "
+        f"password here is a secret: shown as `{REDACTED}`; set it here or in "
+        "`PULSE_POSTGRES_PASSWORD_FILE`, not both.",
+        _postgres_url,
+        mask=_mask_url_password,
+    ),
+    Variable(
+        "PULSE_POSTGRES_PASSWORD_FILE",
+        "",
+        "File holding the PostgreSQL password (e.g. a mounted secret), for a "
+        "`PULSE_POSTGRES_URL` without one; one trailing newline is ignored. Read once at "
+        "start-up.",
+        _file,
+    ),
+    Variable(
+        "PULSE_REGISTRY_CACHE_TTL",
+        "300",
+        "Seconds a registry snapshot read from PostgreSQL stays cached in Redis "
+        "(`{PULSE_REDIS_PREFIX}:registry:snapshot`); a change drops it at once (NOTIFY), so "
+        "the TTL only bounds how long a copy outlives a missed notification.",
+        _integer(1),
+    ),
+    Variable(
+        "PULSE_REGISTRY_REQUIRED",
+        "false",
+        "Whether the worker dead-letters the readings of devices that are not in the registry "
+        "or are disabled (reason `unknown_device`). Declared for the worker's use; not yet "
+        "honoured.",
+        _choice("true", "false"),
     ),
     Variable(
         "PULSE_INFLUX_URL",
@@ -648,6 +699,14 @@ class Settings:
     redis_password: str = field(default="", repr=False)
     """The Redis password: the one in ``redis_url``, or the content of ``redis_password_file``
     ("" for none). Not a variable of its own."""
+    postgres_url: str = field(default="postgresql://pulse@127.0.0.1:5433/pulse", repr=False)
+    """As given: it may hold the password (``shown()`` masks it)."""
+    postgres_password_file: str = ""
+    registry_cache_ttl: int = 300
+    registry_required: str = "false"
+    postgres_password: str = field(default="", repr=False)
+    """The PostgreSQL password from ``postgres_password_file`` ("" for none: then libpq takes
+    the URL's own, or none). Not a variable of its own."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -681,6 +740,7 @@ class Settings:
         _check_kafka_security(values)
         _check_influx(values)
         _check_redis(values)
+        _check_postgres(values)
         _check_api(values)
         return cls(**values)
 
@@ -737,6 +797,8 @@ class Settings:
         as it is percent-encoded in a URL."""
         values = [getattr(self, _attr(var)) for var in VARIABLES if var.secret]
         values.append(self.redis_password)
+        values.append(self.postgres_password)
+        values.append(_url_password(self.postgres_url))
         forms = {form for value in values if value for form in (value, quote(value, safe=""))}
         return sorted(forms, key=len, reverse=True)
 
@@ -796,6 +858,19 @@ def _check_api(values: dict[str, Any]) -> None:
         )
     if path:
         values["api_token"] = _read_secret_file("PULSE_API_TOKEN_FILE", path)
+
+
+def _check_postgres(values: dict[str, Any]) -> None:
+    """Read ``PULSE_POSTGRES_PASSWORD_FILE``; a password in the URL as well is an error."""
+    path = values["postgres_password_file"]
+    if path and _url_password(values["postgres_url"]):
+        raise SettingsError(
+            "PULSE_POSTGRES_URL holds a password and PULSE_POSTGRES_PASSWORD_FILE is set: give "
+            "the password in one of them"
+        )
+    values["postgres_password"] = (
+        _read_secret_file("PULSE_POSTGRES_PASSWORD_FILE", path) if path else ""
+    )
 
 
 def _check_redis(values: dict[str, Any]) -> None:

@@ -14,6 +14,10 @@
 - ``redis_cluster``: a Redis Cluster of six redis-servers (three masters, each with a replica;
   pulse/local/redis_cluster.py); its ``url`` is ``PULSE_REDIS_URL``'s cluster form. A test
   that kills a node starts a cluster of its own instead.
+- ``postgres_server``: the session's PostgreSQL (pulse/local/stack.py: ``initdb`` in a temporary
+  directory, run as the ``postgres`` user when root); ``postgres_url``: a fresh empty database
+  of it per test; ``registry_url``: a fresh database with the registry's schema
+  (``pulse db upgrade``).
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
 
 The servers live for the whole session. A server that cannot start makes the test ERROR with
@@ -29,7 +33,7 @@ from collections.abc import Iterator
 import pytest
 
 from pulse.local.redis_cluster import RedisCluster, start_redis_cluster
-from pulse.local.stack import ServerProcess
+from pulse.local.stack import ServerProcess, create_database
 from tests.helpers.secured_kafka import SecuredKafka, start_secured_kafka
 from tests.helpers.secured_redis import SecuredRedis, start_guarded_influx, start_secured_redis
 from tests.servers import SessionServers
@@ -68,6 +72,33 @@ def redis_url(_session_servers: SessionServers) -> str:
 def influx_url(_session_servers: SessionServers) -> str:
     """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics (the InfluxDB stand-in)."""
     return _session_servers.get("influx").url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(_session_servers: SessionServers) -> ServerProcess:
+    """The session's PostgreSQL (superuser ``pulse``, trust authentication on loopback)."""
+    return _session_servers.get("postgres")
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: ServerProcess) -> str:
+    """``postgresql://pulse@127.0.0.1:PORT/DB`` of a database no other test uses, empty."""
+    name = f"t{next(_database_numbers)}x{_session_token}"
+    create_database(postgres_server, name)
+    return postgres_server.url.rpartition("/")[0] + f"/{name}"
+
+
+@pytest.fixture
+def registry_url(postgres_url: str) -> str:
+    """A fresh database with the registry's schema, as ``pulse db upgrade`` makes it."""
+    from pulse.registry import migrate
+    from pulse.settings import Settings
+
+    migrate.upgrade(Settings.from_env({"PULSE_POSTGRES_URL": postgres_url}))
+    return postgres_url
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,26 @@ raises :class:`pulse.local.stack.StackError` with its log tail, which makes the 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from pulse.local.stack import ServerProcess, start_broker, start_redis, start_victoria
+from pulse.local.stack import (
+    ServerProcess,
+    postgres_data_dir,
+    start_broker,
+    start_postgres,
+    start_redis,
+    start_victoria,
+)
 
 _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "broker": start_broker,
     "kafka": partial(start_broker, kind="kafka"),
     "redis": start_redis,
     "influx": start_victoria,
+    "postgres": start_postgres,
 }
 
 
@@ -29,8 +38,8 @@ class SessionServers:
         self._running: dict[str, ServerProcess] = {}
 
     def get(self, name: str) -> ServerProcess:
-        """The running server ``name`` ("broker" (tansu), "kafka" (Apache Kafka), "redis" or
-        "influx"), started if needed.
+        """The running server ``name`` ("broker" (tansu), "kafka" (Apache Kafka), "redis",
+        "influx" or "postgres"), started if needed.
 
         A server that died since it was started is an error, not something to restart
         silently: every test after it would otherwise run against a fresh, empty server.
@@ -53,6 +62,8 @@ class SessionServers:
         for server in self._running.values():
             try:
                 server.stop()
+                if server.kind == "postgres":  # its data may live outside the session's root
+                    shutil.rmtree(postgres_data_dir(server.work_dir), ignore_errors=True)
             except Exception as exc:
                 errors.append(f"{server.name}: {exc}")
         self._running.clear()

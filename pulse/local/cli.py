@@ -33,7 +33,8 @@ def _state_dir_option(command: F) -> F:
 
 @click.group()
 def stack() -> None:
-    """Run a Kafka broker (tansu or Apache Kafka), Redis and VictoriaMetrics on loopback."""
+    """Run a Kafka broker (tansu or Apache Kafka), Redis, VictoriaMetrics and PostgreSQL on
+    loopback."""
 
 
 @stack.command()
@@ -41,7 +42,8 @@ def stack() -> None:
 @click.option(
     "--free-ports",
     is_flag=True,
-    help="Use free ports instead of the defaults (broker 9092, redis 6390, influx 8428).",
+    help="Use free ports instead of the defaults (broker 9092, redis 6390, influx 8428, "
+    "postgres 5433).",
 )
 @click.option(
     "--broker",
@@ -100,6 +102,6 @@ def status(state_dir: Path) -> None:
         pid = server["pid"] if server["pid"] is not None else "-"
         url = server["url"] or "-"
         kind = server["kind"] or "-"
-        click.echo(f"{name:<7} {kind:<8} {state:<13} pid={pid} {url}")
+        click.echo(f"{name:<8} {kind:<8} {state:<13} pid={pid} {url}")
     if not all(server["answering"] for server in info.values()):
         raise SystemExit(1)

@@ -1,4 +1,5 @@
-"""The embedded local stack: a Kafka-compatible broker, Redis and an InfluxDB stand-in on loopback.
+"""The embedded local stack: a Kafka-compatible broker, Redis, an InfluxDB stand-in and
+PostgreSQL on loopback.
 
 Each server runs as a child process in its own sub-folder of a state directory, with its output
 in ``server.log`` there. Starting a server waits until it answers a real protocol request; a
@@ -11,8 +12,11 @@ server that cannot start raises :class:`StackError` carrying the tail of its log
   certificates required, and a password.
 - influx: ``victoria-metrics``, which accepts InfluxDB's ``/api/v2/write``; with
   :class:`VictoriaSecurity`, only with HTTP basic authentication (any token is refused).
+- postgres: Debian's PostgreSQL (``/usr/lib/postgresql/VERSION/bin``), a cluster made by
+  ``initdb`` on first start (superuser ``pulse``, trust authentication on loopback, TCP only),
+  run as the ``postgres`` user when we are root (PostgreSQL refuses to run as root).
 
-:class:`LocalStack` runs all three detached for ``pulse stack up``; the test fixtures use the
+:class:`LocalStack` runs all four detached for ``pulse stack up``; the test fixtures use the
 ``start_*`` functions on free ports.
 
 The ``start_*`` functions share their keywords: ``port`` (None picks a free one, retried if
@@ -27,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +41,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,11 +53,15 @@ from typing import Any, BinaryIO
 from pulse.local import kafka
 
 LOOPBACK = "127.0.0.1"
-SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx")
+SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx", "postgres")
 BROKERS: tuple[str, ...] = ("tansu", "kafka")
 """The kinds of server that can be the stack's broker: tansu (the default) or Apache Kafka."""
 # Pulse's default ports; redis avoids 6379 because a system redis-server usually owns it.
-DEFAULT_PORTS: Mapping[str, int] = {"broker": 9092, "redis": 6390, "influx": 8428}
+DEFAULT_PORTS: Mapping[str, int] = {"broker": 9092, "redis": 6390, "influx": 8428, "postgres": 5433}
+POSTGRES_USER = "pulse"
+"""The superuser of the clusters the local stack makes (trust authentication on loopback)."""
+POSTGRES_DATABASE = "pulse"
+"""The database ``initdb`` makes beside ``postgres`` for Pulse (the stack's URL names it)."""
 START_TIMEOUT = 30.0
 KAFKA_START_TIMEOUT = 120.0
 """Apache Kafka's first start on a slow machine: a JVM, and the broker's own start-up."""
@@ -90,11 +100,12 @@ def port_is_free(port: int) -> bool:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a client finds the three servers."""
+    """Where a client finds the four servers."""
 
     broker: str
     redis_url: str
     influx_url: str
+    postgres_url: str
 
     def env(self) -> dict[str, str]:
         """The ``PULSE_*`` variables that point Pulse at these servers."""
@@ -103,6 +114,7 @@ class Endpoints:
             "PULSE_REDIS_URL": self.redis_url,
             "PULSE_INFLUX_URL": self.influx_url,
             "PULSE_HISTORY_STORE": "victoria",
+            "PULSE_POSTGRES_URL": self.postgres_url,
         }
 
 
@@ -235,6 +247,31 @@ def victoria_answers(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def postgres_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether PostgreSQL on ``127.0.0.1:port`` accepts a session of :data:`POSTGRES_USER`
+    (protocol 3.0 startup, trust authentication) up to ReadyForQuery: a server still starting
+    or recovering answers an error instead."""
+    params = b"user\0%s\0database\0postgres\0\0" % POSTGRES_USER.encode()
+    startup = struct.pack("!ii", 8 + len(params), 196608) + params
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(startup)
+            while True:
+                header = _recv_exact(sock, 5)
+                kind, length = header[:1], struct.unpack("!i", header[1:])[0]
+                body = _recv_exact(sock, length - 4)
+                if kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                    return False  # asks for a password: not a cluster of ours
+                if kind == b"E":
+                    return False
+                if kind == b"Z":
+                    sock.sendall(b"X\0\0\0\4")  # Terminate
+                    return True
+    except (OSError, struct.error):
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # What each server is: its executable, its command line, its probe and its client URL.
 
@@ -250,6 +287,9 @@ class _ServerKind:
     url: Callable[[int], str]
     stop_timeout: float = STOP_TIMEOUT
     """Seconds from SIGTERM to SIGKILL: Apache Kafka's controlled shutdown takes seconds."""
+    stop_signal: int = signal.SIGTERM
+    """The signal that stops it: PostgreSQL's fast shutdown is SIGINT (its SIGTERM waits for
+    every client to leave)."""
 
 
 def _installed(program: str) -> Callable[[], str]:
@@ -349,6 +389,77 @@ def _redis_command(
     ]  # fmt: skip
 
 
+def _postgres_bin(program: str) -> str:
+    """``program`` of the newest PostgreSQL in /usr/lib/postgresql (Debian keeps it off PATH)."""
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{program}"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    if not versions:
+        raise ServerNotInstalled(
+            f"PostgreSQL's {program} is not installed (no /usr/lib/postgresql/*/bin/{program}); "
+            "run scripts/setup, which installs Debian's postgresql"
+        )
+    return str(versions[-1])
+
+
+def postgres_data_dir(work_dir: Path) -> Path:
+    """Where the cluster of ``work_dir`` keeps its data: ``work_dir/data``, or, when we are
+    root, a directory of the ``postgres`` user under the system's temporary directory named
+    after ``work_dir`` (the server runs as that user, which may not reach into ``work_dir``:
+    pytest's are private to root)."""
+    if os.geteuid() != 0:
+        return Path(work_dir) / "data"
+    digest = hashlib.sha1(str(Path(work_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pulse-postgres-{digest}"
+
+
+def _run_as_postgres() -> list[str]:
+    """The prefix that runs a command as the ``postgres`` user when we are root, else none."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise StackError("PostgreSQL refuses to run as root, and setpriv (util-linux) is missing")
+    return [setpriv, "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+def _postgres_command(exe: str, port: int, work_dir: Path, _: int) -> list[str]:
+    """The server's argv; makes its cluster with ``initdb`` first if there is none."""
+    data = postgres_data_dir(work_dir)
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+        initdb = subprocess.run(
+            [
+                *_run_as_postgres(), _postgres_bin("initdb"),
+                "-D", str(data), "-U", POSTGRES_USER, "--auth=trust", "-E", "UTF8",
+                "--locale=C", "--no-sync",
+            ],
+            stdin=subprocess.DEVNULL, capture_output=True, check=False, timeout=120,
+        )  # fmt: skip
+        if initdb.returncode != 0:
+            raise StackError(
+                f"initdb failed for {data}: {initdb.stderr.decode(errors='replace')[-2000:]}"
+            )
+    return [
+        *_run_as_postgres(), exe,
+        "-D", str(data),
+        "-p", str(port),
+        "-c", f"listen_addresses={LOOPBACK}",
+        "-c", "unix_socket_directories=",
+        # A development and test server: durability against a machine crash is not needed.
+        "-c", "fsync=off",
+        "-c", "synchronous_commit=off",
+        "-c", "full_page_writes=off",
+    ]  # fmt: skip
+
+
+def _postgres_url(port: int) -> str:
+    return f"postgresql://{POSTGRES_USER}@{LOOPBACK}:{port}/{POSTGRES_DATABASE}"
+
+
 def _victoria_command(
     exe: str, port: int, work_dir: Path, _: int, security: VictoriaSecurity | None = None
 ) -> list[str]:
@@ -386,6 +497,10 @@ _KINDS: dict[str, _ServerKind] = {
     "influx": _ServerKind(
         "influx", _installed("victoria-metrics"), _victoria_command, victoria_answers,
         lambda port: f"http://{LOOPBACK}:{port}",
+    ),
+    "postgres": _ServerKind(
+        "postgres", functools.partial(_postgres_bin, "postgres"), _postgres_command,
+        postgres_answers, _postgres_url, stop_timeout=15.0, stop_signal=signal.SIGINT,
     ),
 }  # fmt: skip
 
@@ -517,6 +632,9 @@ def _dies_with_parent(command: list[str]) -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return command
+    if command[0] == setpriv:
+        # One setpriv for both: a change of user clears the parent-death signal set before it.
+        return [setpriv, "--pdeathsig", "TERM", *command[1:]]
     return [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
@@ -648,7 +766,7 @@ class ServerProcess:
         if timeout is None:
             timeout = self._kind.stop_timeout
         if self.alive():
-            self._signal(signal.SIGTERM)
+            self._signal(self._kind.stop_signal)
             if not self._wait_gone(timeout):
                 self._signal(signal.SIGKILL)
                 if not self._wait_gone(timeout):
@@ -837,10 +955,57 @@ def start_victoria(
     )
 
 
+def start_postgres(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    detached: bool = False,
+    stop_with_parent: bool = False,
+    timeout: float = START_TIMEOUT,
+) -> ServerProcess:
+    """Start PostgreSQL in ``state_dir/postgres`` (its cluster made by ``initdb`` on first
+    start, in :func:`postgres_data_dir`), with the database :data:`POSTGRES_DATABASE`; returns
+    once a session of :data:`POSTGRES_USER` gets ReadyForQuery.
+
+    Raises :class:`ServerNotInstalled` if PostgreSQL is missing (run ``scripts/setup``).
+    """
+    server = _start(
+        "postgres",
+        state_dir,
+        port,
+        detached=detached,
+        stop_with_parent=stop_with_parent,
+        timeout=timeout,
+    )
+    create_database(server, POSTGRES_DATABASE)
+    return server
+
+
+def create_database(server: ServerProcess, name: str) -> None:
+    """``CREATE DATABASE name`` on ``server`` unless it exists (psql, as a client would)."""
+    psql = [_postgres_bin("psql"), "-h", LOOPBACK, "-p", str(server.port), "-U", POSTGRES_USER]
+    exists = subprocess.run(
+        [*psql, "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+        capture_output=True, check=False, timeout=30,
+    )  # fmt: skip
+    if exists.returncode == 0 and exists.stdout.strip() == b"1":
+        return
+    made = subprocess.run(
+        [*psql, "-d", "postgres", "-c", f'CREATE DATABASE "{name}"'],
+        capture_output=True, check=False, timeout=30,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise StackError(
+            f"cannot create database {name!r} on postgres (port {server.port}): "
+            f"{made.stderr.decode(errors='replace')[-1000:]}"
+        )
+
+
 _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "broker": start_broker,
     "redis": start_redis,
     "influx": start_victoria,
+    "postgres": start_postgres,
 }
 
 
@@ -849,10 +1014,11 @@ _STARTERS: dict[str, Callable[..., ServerProcess]] = {
 
 
 class LocalStack:
-    """The three servers run detached from ``state_dir``, recorded in ``state_dir/stack.json``.
+    """The four servers run detached from ``state_dir``, recorded in ``state_dir/stack.json``.
 
-    ``default_ports=True`` prefers Pulse's default ports (broker 9092, redis 6390, influx 8428)
-    and falls back to a free port for any that is taken; ``False`` always uses free ports.
+    ``default_ports=True`` prefers Pulse's default ports (broker 9092, redis 6390, influx 8428,
+    postgres 5433) and falls back to a free port for any that is taken; ``False`` always uses
+    free ports.
     """
 
     def __init__(self, state_dir: Path, *, default_ports: bool = True) -> None:
@@ -971,6 +1137,7 @@ class LocalStack:
             broker=servers["broker"].url,
             redis_url=servers["redis"].url,
             influx_url=servers["influx"].url,
+            postgres_url=servers["postgres"].url,
         )
 
     def _load(self) -> dict[str, ServerProcess]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -32,6 +34,7 @@ from pulse.local.stack import (
     StackError,
     free_port,
     kafka_answers,
+    postgres_data_dir,
     redis_answers,
     start_redis,
     start_victoria,
@@ -91,22 +94,35 @@ def local_stack(tmp_path: Path) -> Iterator[LocalStack]:
     local = LocalStack(tmp_path / "stack", default_ports=False)
     yield local
     local.down()
+    shutil.rmtree(postgres_data_dir(local.state_dir / "postgres"), ignore_errors=True)
 
 
-def test_local_stack_serves_kafka_redis_and_influx_and_stops(local_stack: LocalStack) -> None:
+def test_local_stack_serves_kafka_redis_influx_and_postgres_and_stops(
+    local_stack: LocalStack,
+) -> None:
     endpoints = local_stack.up()
     ports = {name: info["port"] for name, info in local_stack.status().items()}
     assert endpoints == Endpoints(
         broker=f"kafka://127.0.0.1:{ports['broker']}",
         redis_url=f"redis://127.0.0.1:{ports['redis']}/0",
         influx_url=f"http://127.0.0.1:{ports['influx']}",
+        postgres_url=f"postgresql://pulse@127.0.0.1:{ports['postgres']}/pulse",
     )
     assert endpoints.env() == {
         "PULSE_BROKER": endpoints.broker,
         "PULSE_REDIS_URL": endpoints.redis_url,
         "PULSE_INFLUX_URL": endpoints.influx_url,
         "PULSE_HISTORY_STORE": "victoria",
+        "PULSE_POSTGRES_URL": endpoints.postgres_url,
     }
+
+    # PostgreSQL: a row written and read back in the stack's database.
+    with psycopg.connect(endpoints.postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE stack_check (n integer)")
+        conn.execute("INSERT INTO stack_check VALUES (42)")
+        assert conn.execute("SELECT n, current_database() FROM stack_check").fetchall() == [
+            (42, "pulse")
+        ]
 
     # Kafka: one record through a real producer and consumer.
     records = asyncio.run(_kafka_round_trip(endpoints.broker, "stack-check"))
@@ -150,12 +166,13 @@ def test_local_stack_serves_kafka_redis_and_influx_and_stops(local_stack: LocalS
         "broker": "tansu",
         "redis": "redis",
         "influx": "influx",
+        "postgres": "postgres",
     }
     pids = [info["pid"] for info in status.values()]
 
     local_stack.down()
     assert not local_stack.record_path.exists()
-    assert [_pid_exists(pid) for pid in pids] == [False, False, False]
+    assert [_pid_exists(pid) for pid in pids] == [False, False, False, False]
     assert local_stack.status() == {
         name: {
             "kind": None,
@@ -179,7 +196,7 @@ def test_up_with_apache_kafka_replaces_the_broker_and_keeps_the_others(
     assert after["broker"]["kind"] == "kafka" and after["broker"]["answering"]
     assert after["broker"]["pid"] != before["broker"]["pid"]
     assert not _pid_exists(before["broker"]["pid"])  # the tansu it replaced is stopped
-    for name in ("redis", "influx"):
+    for name in ("redis", "influx", "postgres"):
         assert after[name]["pid"] == before[name]["pid"]  # untouched
     assert [server.name for server in local_stack.last_started] == ["broker"]
     ready = local_stack.last_started[0].ready_seconds
@@ -250,6 +267,9 @@ def test_cli_up_prints_exports_status_and_down(tmp_path: Path) -> None:
             "PULSE_REDIS_URL": f"redis://127.0.0.1:{recorded['redis']['port']}/0",
             "PULSE_INFLUX_URL": f"http://127.0.0.1:{recorded['influx']['port']}",
             "PULSE_HISTORY_STORE": "victoria",
+            "PULSE_POSTGRES_URL": (
+                f"postgresql://pulse@127.0.0.1:{recorded['postgres']['port']}/pulse"
+            ),
         }
         assert "stop with: pulse stack down" in up.stderr
 
@@ -259,10 +279,12 @@ def test_cli_up_prints_exports_status_and_down(tmp_path: Path) -> None:
             ["broker", "tansu", "up"],
             ["redis", "redis", "up"],
             ["influx", "influx", "up"],
+            ["postgres", "postgres", "up"],
         ]
         assert "broker: tansu kafka://127.0.0.1:" in up.stderr and "ready in" in up.stderr
     finally:
         down = runner.invoke(stack_cli, ["down", "--state-dir", str(state_dir)])
+        shutil.rmtree(postgres_data_dir(state_dir / "postgres"), ignore_errors=True)
     assert down.exit_code == 0, down.output
     status = runner.invoke(stack_cli, ["status", "--state-dir", str(state_dir)])
     assert status.exit_code == 1
@@ -270,6 +292,7 @@ def test_cli_up_prints_exports_status_and_down(tmp_path: Path) -> None:
         ["broker", "-", "stopped", "pid=-", "-"],
         ["redis", "-", "stopped", "pid=-", "-"],
         ["influx", "-", "stopped", "pid=-", "-"],
+        ["postgres", "-", "stopped", "pid=-", "-"],
     ]
 
 
@@ -309,13 +332,14 @@ def test_cli_up_in_a_process_that_exits_leaves_the_servers_running(tmp_path: Pat
         assert LocalStack(state_dir).status() == started
     finally:
         down = subprocess.run([*command, "down", *options], capture_output=True, text=True)
+        shutil.rmtree(postgres_data_dir(state_dir / "postgres"), ignore_errors=True)
     assert down.returncode == 0, down.stderr
     pids = [info["pid"] for info in started.values()]
     deadline = time.monotonic() + 5
     # Not our children: init reaps them, shortly after they exit.
     while any(_pid_exists(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [_pid_exists(pid) for pid in pids] == [False, False, False]
+    assert [_pid_exists(pid) for pid in pids] == [False, False, False, False]
 
 
 def test_session_fixtures_are_real_servers(
