@@ -103,8 +103,15 @@ class RegistryCache:
     starts listening; :meth:`stop` ends both. Counts for ``/metrics``: ``hits`` (loads
     served by Redis), ``misses`` (loads that had to read PostgreSQL) and ``loaded_at``."""
 
-    def __init__(self, settings: Settings, store: RegistryStore, redis: RedisClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RegistryStore,
+        redis: RedisClient,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+    ) -> None:
         self.settings = settings
+        self.reconnect_seconds = reconnect_seconds
         self.store = store
         self.redis = redis
         self.key = f"{settings.redis_prefix}:registry:snapshot"
@@ -182,7 +189,7 @@ class RegistryCache:
 
     async def _listen(self) -> None:
         """LISTEN, load, then reload at each notification; on any failure of PostgreSQL say
-        so once and start over every :data:`RECONNECT_SECONDS`."""
+        so once and start over every ``reconnect_seconds``."""
         while True:
             conn: AsyncConnection | None = None
             try:
@@ -206,4 +213,4 @@ class RegistryCache:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
-            await asyncio.sleep(RECONNECT_SECONDS)
+            await asyncio.sleep(self.reconnect_seconds)

@@ -38,7 +38,7 @@ from models.registry import (
     check_silence_target,
     check_webhook_url,
 )
-from pulse.registry._db import connect_kwargs
+from pulse.registry._db import CONNECT_TIMEOUT, connect_kwargs
 from pulse.settings import Settings
 
 T = TypeVar("T")
@@ -69,16 +69,19 @@ class RegistryStore:
     """The registry's reads and changes over a pool of connections (psycopg_pool), opened
     by :meth:`open` and closed by :meth:`close`."""
 
-    def __init__(self, settings: Settings, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(self, settings: Settings, *, max_size: int = 4) -> None:
         self.settings = settings
+        # Connections are made when needed and checked before each use: while PostgreSQL is
+        # away the pool does not keep trying (and logging) in the background, and one that
+        # comes back is used again without a stale connection failing the first change.
         self.pool = AsyncConnectionPool(
             settings.postgres_url,
             kwargs=connect_kwargs(settings),
-            min_size=min_size,
+            min_size=0,
             max_size=max_size,
             open=False,
-            timeout=10,
-            reconnect_timeout=0,
+            timeout=CONNECT_TIMEOUT,
+            check=AsyncConnectionPool.check_connection,
         )
 
     async def open(self) -> None:
