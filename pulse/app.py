@@ -23,6 +23,8 @@ from pulse.history import history_store
 from pulse.kafka_clients import broker_credentials
 from pulse.metrics import WorkerMetrics, worker_collectors
 from pulse.redis_clients import redis_client
+from pulse.registry.cache import RegistryCache
+from pulse.registry.store import RegistryStore
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
 from tables.partition_state import PartitionState
@@ -161,12 +163,14 @@ def worker_http(
     for collector in worker_collectors(metrics or WorkerMetrics(), sinks):
         registry.register(collector)
     full = settings.worker_serves_api == "true"
+    redis = redis_client(settings)
     context = ApiContext(
         settings,
-        redis_client(settings),
+        redis,
         registry,
         readiness,
         history_store(settings) if full else None,
+        device_registry=RegistryCache(settings, RegistryStore(settings), redis) if full else None,
         serves_from_redis=False,
     )
     return HttpServer(create_api(context, full=full), settings.web_port)

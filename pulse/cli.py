@@ -132,6 +132,8 @@ def api(loglevel: str) -> None:
     from pulse.history import history_store
     from pulse.metrics import api_registry
     from pulse.redis_clients import redis_client
+    from pulse.registry.cache import RegistryCache
+    from pulse.registry.store import RegistryStore
 
     settings = _settings()
     _check_redis(settings)
@@ -139,8 +141,14 @@ def api(loglevel: str) -> None:
     async def readiness() -> Readiness:
         return Readiness(True)
 
+    redis = redis_client(settings)
     context = ApiContext(
-        settings, redis_client(settings), api_registry(), readiness, history_store(settings)
+        settings,
+        redis,
+        api_registry(),
+        readiness,
+        history_store(settings),
+        device_registry=RegistryCache(settings, RegistryStore(settings), redis),
     )
     server = HttpServer(create_api(context), settings.api_port)
     Worker(server, loglevel=loglevel).execute_from_commandline()
@@ -581,3 +589,387 @@ def _clock_utc(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+# -- the registry: devices, rules, silences, webhooks (PostgreSQL), and its schema ----------
+
+
+def _registry(settings: Settings, change: Callable[[Any], Awaitable[T]]) -> T:
+    """``change(store)`` on a fresh :class:`pulse.registry.store.RegistryStore`. A value the
+    registry refuses stops the command with exit 2 and the message naming the field; an
+    unknown entry with exit 1; PostgreSQL away or refusing with exit 1 and what it said."""
+    import psycopg
+    import psycopg_pool
+
+    from models.registry import RegistryInputError
+    from pulse.registry._db import describe_error
+    from pulse.registry.store import RegistryNotFound, RegistryStore
+
+    async def run() -> T:
+        store = RegistryStore(settings, max_size=1)
+        await store.open()
+        try:
+            return await change(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except RegistryInputError as exc:
+        raise _BadParameter(str(exc)) from None
+    except RegistryNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
+        raise click.ClickException(
+            f"cannot use the registry: {describe_error(settings, exc)} (is PostgreSQL up, and "
+            "its schema made by `pulse db upgrade`?)"
+        ) from None
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise _BadParameter(f"labels: {pair[:80]!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _echo_json(document: Any) -> None:
+    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.group()
+def db() -> None:
+    """The registry's PostgreSQL schema (PULSE_POSTGRES_URL)."""
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply the registry's migrations not yet applied (none: nothing changes)."""
+    import sqlalchemy.exc
+
+    from pulse.registry import migrate
+    from pulse.registry._db import describe_error
+
+    settings = _settings()
+    try:
+        before, after = migrate.upgrade(settings)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise click.ClickException(
+            f"cannot upgrade the registry: {describe_error(settings, cause)}"
+        ) from None
+    if before == after:
+        click.echo(f"registry schema at revision {after}: nothing to do")
+    else:
+        click.echo(f"registry schema upgraded from {before or 'nothing'} to revision {after}")
+
+
+@main.group()
+def devices() -> None:
+    """The devices of the registry."""
+
+
+@devices.command("add")
+@click.argument("device_id", metavar="ID")
+@click.option("--site", default=None, help="The device's site.")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option("--disabled", is_flag=True, help="Register it disabled.")
+def devices_add(device_id: str, site: str | None, labels: tuple[str, ...], disabled: bool) -> None:
+    """Register device ID."""
+    from models.registry import Device
+
+    settings = _settings()
+    device = Device(device_id, site, _labels(labels), not disabled)
+    version = _registry(settings, lambda store: store.add_device(device))
+    click.echo(f"device {device_id} added: registry version {version}")
+
+
+@devices.command("set")
+@click.argument("device_id", metavar="ID")
+@click.option("--site", default=None, help="A new site.")
+@click.option("--no-site", is_flag=True, help="Clear the site.")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE: replaces every label.")
+@click.option("--enable/--disable", "enabled", default=None, help="Enable or disable it.")
+def devices_set(
+    device_id: str, site: str | None, no_site: bool, labels: tuple[str, ...], enabled: bool | None
+) -> None:
+    """Change device ID (what is not given stays)."""
+    from pulse.registry.store import KEEP
+
+    if site is not None and no_site:
+        raise _BadParameter("site: give --site or --no-site, not both")
+    settings = _settings()
+    new_site: Any = None if no_site else (site if site is not None else KEEP)
+    new_labels = _labels(labels) if labels else None
+    version = _registry(
+        settings,
+        lambda store: store.set_device(
+            device_id, site=new_site, labels=new_labels, enabled=enabled
+        ),
+    )
+    click.echo(f"device {device_id} changed: registry version {version}")
+
+
+@devices.command("rm")
+@click.argument("device_id", metavar="ID")
+def devices_rm(device_id: str) -> None:
+    """Remove device ID (its history stays: earlier versions still hold it)."""
+    version = _registry(_settings(), lambda store: store.remove_device(device_id))
+    click.echo(f"device {device_id} removed: registry version {version}")
+
+
+def _version_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--version", "version", type=int, default=None, help="As of this registry version."
+    )(command)
+
+
+@devices.command("list")
+@_version_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def devices_list(version: int | None, as_json: bool) -> None:
+    """The registered devices (as of --version, default the newest)."""
+    from models.registry import device_document
+
+    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    if as_json:
+        _echo_json(
+            {
+                "version": snapshot.version,
+                "devices": [device_document(d) for d in snapshot.devices.values()],
+            }
+        )
+        return
+    click.echo(f"registry version {snapshot.version}: {len(snapshot.devices)} devices")
+    for device in snapshot.devices.values():
+        labels = ",".join(f"{k}={v}" for k, v in device.labels.items()) or "-"
+        state = "enabled" if device.enabled else "disabled"
+        click.echo(f"{device.id:<24} {device.site or '-':<16} {state:<9} {labels}")
+
+
+@main.group()
+def rules() -> None:
+    """The alert and absence rules of the registry."""
+
+
+@rules.command("add")
+@click.argument("name")
+@click.option("--metric", required=True, help="The metric the rule watches.")
+@click.option("--window", default=None, help="A tumbling or hopping window (10s, 5m/1m).")
+@click.option("--aggregate", default=None, help="count, sum, min, max, mean, first, last, p50...")
+@click.option("--op", "comparison", default=None, help="> >= < <=")
+@click.option("--threshold", default=None, help="Fires beyond it.")
+@click.option("--clear", "clear_threshold", default=None, help="Resolves past it (hysteresis).")
+@click.option("--for", "for_count", default=1, show_default=True, type=int,
+              help="Consecutive windows to fire and to resolve.")  # fmt: skip
+@click.option("--absent-for", default=None, help="An absence rule: no reading for (90s, 15m...).")
+@click.option("--device", default=None, help="Only this device.")
+@click.option("--site", default=None, help="Only the devices of this site.")
+@click.option("--severity", default="warning", show_default=True, help="info, warning, critical")
+@click.option("--disabled", is_flag=True, help="Add it disabled.")
+def rules_add(
+    name: str,
+    metric: str,
+    window: str | None,
+    aggregate: str | None,
+    comparison: str | None,
+    threshold: str | None,
+    clear_threshold: str | None,
+    for_count: int,
+    absent_for: str | None,
+    device: str | None,
+    site: str | None,
+    severity: str,
+    disabled: bool,
+) -> None:
+    """Add an alert rule NAME (--window, --aggregate, --op, --threshold) or an absence rule
+    (--absent-for), for all devices, one --device or a --site."""
+    from models.registry import AbsenceRule, AlertRule
+    from pulse.api import _params
+
+    if device is not None and site is not None:
+        raise _BadParameter("selector: give --device or --site, not both")
+    selector, value = ("device", device) if device else ("site", site) if site else ("all", None)
+    settings = _settings()
+    if absent_for is not None:
+        for option, given in (("window", window), ("aggregate", aggregate), ("op", comparison),
+                              ("threshold", threshold), ("clear", clear_threshold)):  # fmt: skip
+            if given is not None:
+                raise _BadParameter(f"{option}: an absence rule (--absent-for) takes no --{option}")
+        seconds = _checked(lambda: _params.duration(absent_for, "absent-for"))
+        absence = AbsenceRule(name, metric, seconds, selector, value, severity, not disabled)
+        version = _registry(settings, lambda store: store.add_absence_rule(absence))
+        click.echo(f"absence rule {name} added: registry version {version}")
+        return
+    for option, given in (("window", window), ("aggregate", aggregate), ("op", comparison),
+                          ("threshold", threshold)):  # fmt: skip
+        if given is None:
+            raise _BadParameter(f"{option}: an alert rule needs --{option} (or --absent-for)")
+    assert window and aggregate and comparison and threshold is not None
+    rule = AlertRule(
+        name, metric, window, aggregate, comparison, threshold,  # type: ignore[arg-type]
+        threshold if clear_threshold is None else clear_threshold,  # type: ignore[arg-type]
+        for_count, selector, value, severity, not disabled,
+    )  # fmt: skip
+    version = _registry(settings, lambda store: store.add_rule(rule))
+    click.echo(f"rule {name} added: registry version {version}")
+
+
+@rules.command("rm")
+@click.argument("name")
+def rules_rm(name: str) -> None:
+    """Remove the alert or absence rule NAME."""
+    version = _registry(_settings(), lambda store: store.remove_rule(name))
+    click.echo(f"rule {name} removed: registry version {version}")
+
+
+@rules.command("list")
+@_version_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as /api/rules).")
+def rules_list(version: int | None, as_json: bool) -> None:
+    """The alert and absence rules (as of --version, default the newest)."""
+    from pulse.api._registry import rules_document
+
+    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    document = rules_document(snapshot)
+    if as_json:
+        _echo_json(document)
+        return
+    click.echo(
+        f"registry version {snapshot.version}: {len(snapshot.rules)} alert rules, "
+        f"{len(snapshot.absence_rules)} absence rules"
+    )
+    for r in snapshot.rules.values():
+        scope = r.selector if r.selector_value is None else f"{r.selector}={r.selector_value}"
+        click.echo(
+            f"{r.name:<20} {r.aggregate}({r.metric}, {r.window}) {r.comparison} {r.threshold!r} "
+            f"clear {r.clear_threshold!r} for {r.for_count} {scope} {r.severity}"
+            + ("" if r.enabled else " disabled")
+        )
+    for a in snapshot.absence_rules.values():
+        scope = a.selector if a.selector_value is None else f"{a.selector}={a.selector_value}"
+        click.echo(
+            f"{a.name:<20} no {a.metric} for {a.duration:g} s {scope} {a.severity}"
+            + ("" if a.enabled else " disabled")
+        )
+
+
+@main.group()
+def silence() -> None:
+    """Silences: a rule (or every rule) muted for a device or a site until a time."""
+
+
+@silence.command("add")
+@click.option("--rule", default=None, help="The rule to mute (default: every rule).")
+@click.option("--device", default=None, help="Mute it for this device...")
+@click.option("--site", default=None, help="...or for the devices of this site.")
+@click.option("--until", "until_text", default=None, help="Until: epoch seconds or ISO-8601.")
+@click.option("--for", "for_text", default=None, help="Or for a duration (90s, 15m, 1h, 2d).")
+def silence_add(
+    rule: str | None,
+    device: str | None,
+    site: str | None,
+    until_text: str | None,
+    for_text: str | None,
+) -> None:
+    """Add a silence; prints its id."""
+    from pulse.api import _params
+
+    if (device is None) == (site is None):
+        raise _BadParameter("target: give --device or --site (one of them)")
+    if (until_text is None) == (for_text is None):
+        raise _BadParameter("until: give --until or --for (one of them)")
+    now = time.time()
+    if until_text is not None:
+        until = _checked(lambda: _params.time_bound(until_text, "until", now))
+    else:
+        assert for_text is not None
+        until = now + _checked(lambda: _params.duration(for_text, "for"))
+    target, value = ("device", device) if device is not None else ("site", site)
+    assert value is not None
+    settings = _settings()
+    silence_id, version = _registry(
+        settings, lambda store: store.add_silence(rule, target, value, until)
+    )
+    click.echo(f"silence {silence_id} added: registry version {version}")
+
+
+@silence.command("rm")
+@click.argument("silence_id", metavar="ID", type=int)
+def silence_rm(silence_id: int) -> None:
+    """Remove silence ID."""
+    version = _registry(_settings(), lambda store: store.remove_silence(silence_id))
+    click.echo(f"silence {silence_id} removed: registry version {version}")
+
+
+@silence.command("list")
+@_version_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def silence_list(version: int | None, as_json: bool) -> None:
+    """The silences (as of --version), including those whose time has passed."""
+    from models.registry import silence_document
+
+    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    if as_json:
+        _echo_json(
+            {
+                "version": snapshot.version,
+                "silences": [silence_document(s) for s in snapshot.silences.values()],
+            }
+        )
+        return
+    click.echo(f"registry version {snapshot.version}: {len(snapshot.silences)} silences")
+    for s in snapshot.silences.values():
+        click.echo(
+            f"{s.id:<6} {s.rule or '(every rule)':<20} {s.target}={s.target_value} "
+            f"until {_iso_utc(s.until)}"
+        )
+
+
+@main.group()
+def notify() -> None:
+    """Webhooks: where alerts are sent, per rule or severity (or all)."""
+
+
+@notify.command("add")
+@click.argument("url")
+@click.option("--rule", default=None, help="Only this rule's alerts.")
+@click.option("--severity", default=None, help="Only alerts of this severity.")
+def notify_add(url: str, rule: str | None, severity: str | None) -> None:
+    """Send alerts to URL; prints the webhook's id."""
+    settings = _settings()
+    hook_id, version = _registry(settings, lambda store: store.add_webhook(url, rule, severity))
+    click.echo(f"webhook {hook_id} added: registry version {version}")
+
+
+@notify.command("rm")
+@click.argument("webhook_id", metavar="ID", type=int)
+def notify_rm(webhook_id: int) -> None:
+    """Remove webhook ID."""
+    version = _registry(_settings(), lambda store: store.remove_webhook(webhook_id))
+    click.echo(f"webhook {webhook_id} removed: registry version {version}")
+
+
+@notify.command("list")
+@_version_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def notify_list(version: int | None, as_json: bool) -> None:
+    """The webhooks (as of --version)."""
+    from models.registry import webhook_document
+
+    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    if as_json:
+        _echo_json(
+            {
+                "version": snapshot.version,
+                "webhooks": [webhook_document(w) for w in snapshot.webhooks.values()],
+            }
+        )
+        return
+    click.echo(f"registry version {snapshot.version}: {len(snapshot.webhooks)} webhooks")
+    for w in snapshot.webhooks.values():
+        scope = f"rule {w.rule}" if w.rule else f"severity {w.severity}" if w.severity else "all"
+        click.echo(f"{w.id:<6} {w.url} ({scope})")

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
-from pulse.api import _auth, _health, _history, _live, _page, _state, openapi
+from pulse.api import _auth, _health, _history, _live, _page, _registry, _state, openapi
 from pulse.api._context import CONTEXT, ApiContext, Readiness
 from pulse.api._errors import ApiError, error_middleware
 from pulse.api._metrics import request_metrics
@@ -26,7 +26,7 @@ __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
 log = logging.getLogger(__name__)
 
-API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live, _page)
+API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live, _registry, _page)
 """The route modules of the full API and the live page, besides health and metrics (always
 served)."""
 
@@ -42,6 +42,9 @@ def create_api(context: ApiContext, *, full: bool = True) -> web.Application:
     app[CONTEXT] = context
     if context.store is not None:
         app.on_cleanup.append(_close_store)
+    if context.device_registry is not None:
+        app.on_startup.append(_start_registry)
+        app.on_cleanup.append(_stop_registry)
     app.add_routes(_health.ROUTES)
     if full:
         for module in API_MODULES:
@@ -56,6 +59,19 @@ async def _close_store(app: web.Application) -> None:
     store = app[CONTEXT].store
     if store is not None:
         await store.close()
+
+
+async def _start_registry(app: web.Application) -> None:
+    device_registry = app[CONTEXT].device_registry
+    if device_registry is not None:
+        # Redis's snapshot at once, PostgreSQL's in the background (it may be away).
+        await device_registry.start()
+
+
+async def _stop_registry(app: web.Application) -> None:
+    device_registry = app[CONTEXT].device_registry
+    if device_registry is not None:
+        await device_registry.stop()
 
 
 class HttpServer(Service):

@@ -1,5 +1,5 @@
 """What every handler of the API reaches: settings, the Redis client, the metrics registry,
-the process's readiness (and, once built, the history store)."""
+the process's readiness (and, once built, the history store and the registry cache)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from pulse.history import HistoryStore
 from pulse.redis_clients import RedisClient
+from pulse.registry.cache import RegistryCache
 from pulse.settings import Settings
 
 
@@ -38,6 +39,10 @@ class ApiContext:
     store: HistoryStore | None = None
     """The time-series store that history older than Redis holds is read from
     (pulse/history), None where there is none; closed when the application is cleaned up."""
+    device_registry: RegistryCache | None = None
+    """The device registry's cache (pulse/registry), for ``/api/registry/*`` and
+    ``/api/rules``; started with the application and stopped at its cleanup. None: this
+    process serves no registry (those paths answer 503)."""
     serves_from_redis: bool = True
     """Whether the process cannot serve without Redis (``pulse api``): then Redis away makes
     ``/health/ready`` 503. A worker goes on without Redis (it mirrors to it)."""

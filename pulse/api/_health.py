@@ -4,7 +4,8 @@
 ``live`` answers 200 while the process runs and its event loop turns; ``ready`` answers 200
 when the process can serve (a worker: its partitions assigned and recovered; ``pulse api``:
 Redis answers) and 503 with the reason otherwise. Both list each dependency with its state
-(Redis ``ok`` or ``unavailable``; a worker's sinks as in pulse/sinks/_base.py), so a
+(Redis ``ok`` or ``unavailable``; the registry's PostgreSQL likewise where the process
+serves the registry; a worker's sinks as in pulse/sinks/_base.py), so a
 dependency away shows without making ``live`` fail, which would only get the process
 restarted.
 """
@@ -30,7 +31,10 @@ async def _dependencies(context: ApiContext) -> dict[str, Any]:
         redis: dict[str, Any] = {"state": "ok"}
     except Exception as exc:
         redis = {"state": "unavailable", "reason": type(exc).__name__}
-    return {"redis": redis}
+    found = {"redis": redis}
+    if context.device_registry is not None:
+        found["registry"] = context.device_registry.health.document()
+    return found
 
 
 async def _document(context: ApiContext) -> tuple[bool, dict[str, Any]]:

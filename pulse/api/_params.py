@@ -81,6 +81,16 @@ def time_bound(text: str, parameter: str, now: float) -> float:
     return moment.timestamp()
 
 
+def duration(text: str, parameter: str) -> float:
+    """Seconds from a duration such as ``90s``, ``15m``, ``1h``, ``2d``."""
+    found = _DURATION.match(text.strip())
+    if found is None:
+        raise ApiError(
+            400, f"{parameter}: {text[:40]!r} is not a duration (90s, 15m, 1h, 2d)", parameter
+        )
+    return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+
+
 def limit(text: str | None, parameter: str, default: int, maximum: int) -> int:
     """A whole number from 1 to ``maximum`` in decimal digits (``default`` when absent)."""
     if text is None:

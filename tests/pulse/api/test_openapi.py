@@ -4,6 +4,7 @@ answer's status, content type and body as the document says."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -16,15 +17,39 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from pulse.local.stack import free_port
+from models.registry import AlertRule, Device
+from pulse.local.stack import ServerProcess, create_database, free_port
+from pulse.registry import migrate
+from pulse.registry.store import RegistryStore
+from pulse.settings import Settings
+
+
+async def _fill_registry(settings: Settings) -> None:
+    store = RegistryStore(settings)
+    await store.open()
+    try:
+        await store.add_device(Device("dev-1", "plant-a", {"rack": "r1"}))
+        await store.add_rule(AlertRule("hot", "rpm", "10s", "mean", ">", 9.0, 8.0, 2))
+    finally:
+        await store.close()
 
 
 @pytest.fixture(scope="module")
 def api_url(
-    redis_url: str, influx_url: str, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str,
+    influx_url: str,
+    postgres_server: ServerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """``pulse api`` on a free port, over a Redis holding one device."""
+    """``pulse api`` on a free port, over a Redis holding one device and a registry holding
+    one device and one rule."""
     import redis
+
+    postgres_url = postgres_server.url.rpartition("/")[0] + "/openapi"
+    create_database(postgres_server, "openapi")
+    registry_settings = Settings.from_env({"PULSE_POSTGRES_URL": postgres_url})
+    migrate.upgrade(registry_settings)
+    asyncio.run(_fill_registry(registry_settings))
 
     prefix = "openapi"
     client = redis.Redis.from_url(redis_url)
@@ -40,6 +65,7 @@ def api_url(
         # away would make it a 503, which schemathesis counts as a server error).
         "PULSE_INFLUX_URL": influx_url,
         "PULSE_HISTORY_STORE": "victoria",
+        "PULSE_POSTGRES_URL": postgres_url,
         "PATH": "/usr/bin:/bin",
     }
     with open(log, "wb") as out:
@@ -51,7 +77,8 @@ def api_url(
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health/ready", timeout=1):
+                # Ready, and the registry loaded (it loads in the background).
+                with urllib.request.urlopen(f"{url}/api/rules", timeout=1):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
