@@ -602,10 +602,13 @@ def _registry(settings: Settings, change: Callable[[Any], Awaitable[T]]) -> T:
     import psycopg_pool
 
     from models.registry import RegistryInputError
-    from pulse.registry._db import describe_error
+    from pulse.registry._db import connect, describe_error
     from pulse.registry.store import RegistryNotFound, RegistryStore
 
     async def run() -> T:
+        # One connection first, as every later one: PostgreSQL away or refusing stops here
+        # at once with libpq's own reason, not after the pool's retries.
+        await (await connect(settings)).close()
         store = RegistryStore(settings, max_size=1)
         await store.open()
         try:

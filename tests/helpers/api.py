@@ -13,6 +13,8 @@ from pulse.api import ApiContext, Readiness, create_api
 from pulse.history import HistoryStore
 from pulse.local.stack import free_port
 from pulse.redis_clients import redis_client
+from pulse.registry.cache import RegistryCache
+from pulse.registry.store import RegistryStore
 from pulse.settings import Settings
 
 
@@ -22,11 +24,14 @@ async def ready() -> Readiness:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, store: HistoryStore | None = None
+    settings: Settings, store: HistoryStore | None = None, *, registry: bool = False
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    """The full API for ``settings`` (and the history ``store``, closed afterwards) on a free
-    port, and a client session."""
-    context = ApiContext(settings, redis_client(settings), CollectorRegistry(), ready, store)
+    """The full API for ``settings`` (and the history ``store``, closed afterwards; with
+    ``registry``, the device registry's cache on ``PULSE_POSTGRES_URL``) on a free port, and a
+    client session."""
+    redis = redis_client(settings)
+    cache = RegistryCache(settings, RegistryStore(settings), redis) if registry else None
+    context = ApiContext(settings, redis, CollectorRegistry(), ready, store, device_registry=cache)
     server = TestServer(create_api(context), port=free_port())
     await server.start_server()
     try:

@@ -1,0 +1,228 @@
+"""The registry's commands (``pulse db upgrade``, ``pulse devices|rules|silence|notify``)
+in real processes on a real PostgreSQL: what each prints and changes, and every bad input
+stopped with exit 2 and a message naming the field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _pulse(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PULSE_POSTGRES_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "pulse", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _ok(url: str, *args: str) -> str:
+    done = _pulse(url, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None:
+    assert _ok(postgres_url, "db", "upgrade") == (
+        "registry schema upgraded from nothing to revision 0001\n"
+    )
+    assert _ok(postgres_url, "db", "upgrade") == "registry schema at revision 0001: nothing to do\n"
+    url = postgres_url
+    assert _ok(url, "devices", "add", "dev-0", "--site", "plant-a", "--label", "rack=r1") == (
+        "device dev-0 added: registry version 1\n"
+    )
+    assert _ok(url, "devices", "add", "dev-1", "--disabled") == (
+        "device dev-1 added: registry version 2\n"
+    )
+    assert _ok(url, "devices", "set", "dev-1", "--site", "plant-b", "--enable") == (
+        "device dev-1 changed: registry version 3\n"
+    )
+    assert _ok(
+        url, "rules", "add", "hot", "--metric", "temperature", "--window", "10s",
+        "--aggregate", "p95", "--op", ">=", "--threshold", "30", "--clear", "28.5",
+        "--for", "3", "--site", "plant-a", "--severity", "critical",
+    ) == "rule hot added: registry version 4\n"  # fmt: skip
+    assert _ok(url, "rules", "add", "quiet", "--metric", "temperature", "--absent-for", "5m") == (
+        "absence rule quiet added: registry version 5\n"
+    )
+    assert _ok(url, "silence", "add", "--rule", "hot", "--device", "dev-0", "--until",
+               "2030-01-01T00:00:00Z") == "silence 1 added: registry version 6\n"  # fmt: skip
+    assert _ok(url, "notify", "add", "http://127.0.0.1:9/hook", "--severity", "critical") == (
+        "webhook 1 added: registry version 7\n"
+    )
+    assert _ok(url, "devices", "rm", "dev-1") == "device dev-1 removed: registry version 8\n"
+
+    assert orjson.loads(_ok(url, "devices", "list", "--json")) == {
+        "version": 8,
+        "devices": [{"id": "dev-0", "site": "plant-a", "labels": {"rack": "r1"}, "enabled": True}],
+    }
+    assert orjson.loads(_ok(url, "devices", "list", "--json", "--version", "3"))["devices"] == [
+        {"id": "dev-0", "site": "plant-a", "labels": {"rack": "r1"}, "enabled": True},
+        {"id": "dev-1", "site": "plant-b", "labels": {}, "enabled": True},
+    ]
+    assert orjson.loads(_ok(url, "rules", "list", "--json")) == {
+        "version": 8,
+        "rules": [
+            {
+                "name": "hot", "metric": "temperature", "window": "10s", "aggregate": "p95",
+                "comparison": ">=", "threshold": 30.0, "clear_threshold": 28.5, "for_count": 3,
+                "selector": "site", "selector_value": "plant-a", "severity": "critical",
+                "enabled": True,
+            }
+        ],
+        "absence_rules": [
+            {
+                "name": "quiet", "metric": "temperature", "duration": 300.0, "selector": "all",
+                "selector_value": None, "severity": "warning", "enabled": True,
+            }
+        ],
+    }  # fmt: skip
+    assert orjson.loads(_ok(url, "silence", "list", "--json"))["silences"] == [
+        {"id": 1, "rule": "hot", "target": "device", "target_value": "dev-0",
+         "until": 1893456000.0}
+    ]  # fmt: skip
+    assert orjson.loads(_ok(url, "notify", "list", "--json"))["webhooks"] == [
+        {"id": 1, "url": "http://127.0.0.1:9/hook", "rule": None, "severity": "critical"}
+    ]
+    assert _ok(url, "silence", "rm", "1") == "silence 1 removed: registry version 9\n"
+    assert _ok(url, "notify", "rm", "1") == "webhook 1 removed: registry version 10\n"
+    assert _ok(url, "rules", "rm", "quiet") == "rule quiet removed: registry version 11\n"
+    assert _ok(url, "devices", "list").splitlines()[0] == "registry version 11: 1 devices"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["devices", "add", "dev 0"], "Error: id: 'dev 0' is not a name"),
+        (["devices", "add", "dev-9", "--site", "a/b"], "Error: site: 'a/b' is not a name"),
+        (["devices", "add", "dev-9", "--label", "rack"], "Error: labels: 'rack' is not KEY=VALUE"),
+        (["devices", "add", "dev-0"], "Error: id: device 'dev-0' is already registered"),
+        (["devices", "set", "dev-0", "--site", "s", "--no-site"], "Error: site: give --site"),
+        (
+            [
+                "rules",
+                "add",
+                "r",
+                "--metric",
+                "m",
+                "--window",
+                "10s",
+                "--aggregate",
+                "avg",
+                "--op",
+                ">",
+                "--threshold",
+                "1",
+            ],
+            "Error: aggregate: 'avg' is not one of count, sum, min, max, mean, first, last, "
+            "p50, p95, p99",
+        ),
+        (
+            [
+                "rules",
+                "add",
+                "r",
+                "--metric",
+                "m",
+                "--window",
+                "10s",
+                "--aggregate",
+                "mean",
+                "--op",
+                "=",
+                "--threshold",
+                "1",
+            ],
+            "Error: comparison: '=' is not one of >, >=, <, <=",
+        ),
+        (
+            [
+                "rules",
+                "add",
+                "r",
+                "--metric",
+                "m",
+                "--window",
+                "10s",
+                "--aggregate",
+                "mean",
+                "--op",
+                ">",
+                "--threshold",
+                "hot",
+            ],
+            "Error: threshold: 'hot' is not a number",
+        ),
+        (
+            [
+                "rules",
+                "add",
+                "r",
+                "--metric",
+                "m",
+                "--window",
+                "10s",
+                "--aggregate",
+                "mean",
+                "--op",
+                "<",
+                "--threshold",
+                "5",
+                "--clear",
+                "4",
+            ],
+            "Error: clear_threshold: must be at least the threshold (5.0) for comparison '<', "
+            "not 4.0",
+        ),
+        (["rules", "add", "r", "--metric", "m", "--window", "10s"], "Error: aggregate: an alert"),
+        (
+            ["rules", "add", "r", "--metric", "m", "--absent-for", "soon"],
+            "Error: absent-for: 'soon'",
+        ),
+        (
+            ["rules", "add", "r", "--metric", "m", "--absent-for", "1m", "--severity", "loud"],
+            "Error: severity: 'loud' is not one of info, warning, critical",
+        ),
+        (["silence", "add", "--device", "dev-0"], "Error: until: give --until or --for"),
+        (["silence", "add", "--for", "1h"], "Error: target: give --device or --site"),
+        (
+            ["silence", "add", "--site", "s", "--until", "noon"],
+            "Error: until: 'noon' is not a time",
+        ),
+        (["notify", "add", "mailto:a@b"], "Error: url: 'mailto:a@b' is not an http"),
+        (
+            ["notify", "add", "http://x", "--rule", "r", "--severity", "info"],
+            "Error: severity: a webhook is for a rule or a severity, not both",
+        ),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(
+    registry_url: str, args: list[str], message: str
+) -> None:
+    _ok(registry_url, "devices", "add", "dev-0")
+    done = _pulse(registry_url, *args)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(message), done.stderr
+    assert orjson.loads(_ok(registry_url, "devices", "list", "--json"))["version"] == 1
+
+
+def test_unknown_entries_and_postgres_away_exit_1(registry_url: str) -> None:
+    done = _pulse(registry_url, "devices", "rm", "dev-9")
+    assert (done.returncode, done.stderr) == (1, "Error: id: no device 'dev-9' in the registry\n")
+    done = _pulse(registry_url, "devices", "list", "--version", "7")
+    assert (done.returncode, done.stderr) == (
+        1, "Error: version: no registry version 7 (newest: 0)\n"
+    )  # fmt: skip
+    away = "postgresql://pulse:s3cret@127.0.0.1:1/pulse"
+    done = _pulse(away, "devices", "list")
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "Error: cannot use the registry: PostgreSQL (postgresql://pulse:<redacted>@127.0.0.1:1/"
+        "pulse): "
+    ), done.stderr
+    assert "s3cret" not in done.stderr
