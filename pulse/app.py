@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from pulse.api import ApiContext, HttpServer, Readiness, create_api
 from pulse.history import history_store
 from pulse.kafka_clients import broker_credentials
-from pulse.metrics import WorkerMetrics, worker_collectors
+from pulse.metrics import RegistryCollector, WorkerMetrics, worker_collectors
 from pulse.redis_clients import redis_client
 from pulse.registry.cache import RegistryCache
 from pulse.registry.store import RegistryStore
@@ -164,13 +164,18 @@ def worker_http(
         registry.register(collector)
     full = settings.worker_serves_api == "true"
     redis = redis_client(settings)
+    # The registry's cache where the worker serves the API (/api/rules...); the worker's own
+    # use of the registry (alerts) comes with it later.
+    cache = RegistryCache(settings, RegistryStore(settings), redis) if full else None
+    if cache is not None:
+        registry.register(RegistryCollector(cache))
     context = ApiContext(
         settings,
         redis,
         registry,
         readiness,
         history_store(settings) if full else None,
-        device_registry=RegistryCache(settings, RegistryStore(settings), redis) if full else None,
+        device_registry=cache,
         serves_from_redis=False,
     )
     return HttpServer(create_api(context, full=full), settings.web_port)

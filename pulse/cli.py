@@ -130,7 +130,7 @@ def api(loglevel: str) -> None:
 
     from pulse.api import ApiContext, HttpServer, Readiness, create_api
     from pulse.history import history_store
-    from pulse.metrics import api_registry
+    from pulse.metrics import RegistryCollector, api_registry
     from pulse.redis_clients import redis_client
     from pulse.registry.cache import RegistryCache
     from pulse.registry.store import RegistryStore
@@ -142,13 +142,11 @@ def api(loglevel: str) -> None:
         return Readiness(True)
 
     redis = redis_client(settings)
+    cache = RegistryCache(settings, RegistryStore(settings), redis)
+    metrics = api_registry()
+    metrics.register(RegistryCollector(cache))
     context = ApiContext(
-        settings,
-        redis,
-        api_registry(),
-        readiness,
-        history_store(settings),
-        device_registry=RegistryCache(settings, RegistryStore(settings), redis),
+        settings, redis, metrics, readiness, history_store(settings), device_registry=cache
     )
     server = HttpServer(create_api(context), settings.api_port)
     Worker(server, loglevel=loglevel).execute_from_commandline()

@@ -114,3 +114,17 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case, api_url:
 def test_the_served_document_is_the_one_tested(api_url: str) -> None:
     with urllib.request.urlopen(f"{api_url}/api/openapi.json") as response:
         assert orjson.loads(response.read()) == _document()
+
+
+def test_pulse_api_shows_its_registry_cache_in_metrics_and_health(api_url: str) -> None:
+    with urllib.request.urlopen(f"{api_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    # The registry filled by the fixture: two changes, loaded from PostgreSQL at least once.
+    assert "pulse_registry_version 2.0" in text
+    misses = [
+        line for line in text.splitlines() if line.startswith("pulse_registry_cache_misses_total ")
+    ]
+    assert len(misses) == 1 and float(misses[0].split()[1]) >= 1
+    with urllib.request.urlopen(f"{api_url}/health/ready", timeout=5) as response:
+        health = orjson.loads(response.read())
+    assert health["dependencies"]["registry"]["state"] == "ok"
