@@ -147,9 +147,12 @@ def redis_cluster_nodes(url: str) -> list[tuple[str, int]]:
 def _redis_url(text: str) -> str:
     if redis_is_cluster(text):
         redis_cluster_nodes(text)
+    elif text.startswith("unix://"):
+        if not urlsplit(text).path.strip("/"):
+            raise ValueError("must name the socket's path: unix:///PATH/TO/redis.sock[?db=N]")
     else:
         try:
-            _url("redis", "rediss", "unix")(text)
+            _url("redis", "rediss")(text)
         except ValueError:
             raise ValueError(
                 "must be a URL with scheme redis, rediss or unix, or a Redis Cluster's "
@@ -264,7 +267,8 @@ VARIABLES: tuple[Variable, ...] = (
         "PULSE_REDIS_URL",
         "redis://127.0.0.1:6379/0",
         "Redis for live state: `redis://[[USER]:PASSWORD@]HOST:PORT/DB`, or `rediss://` for "
-        "TLS (see `PULSE_REDIS_SSL_CAFILE`); a Redis Cluster: "
+        "TLS (see `PULSE_REDIS_SSL_CAFILE`); a unix socket: `unix:///PATH?db=N`; a Redis "
+        "Cluster: "
         "`redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]` (some or all of its "
         "nodes; `rediss+cluster://` for TLS). A password here is a secret: shown as "
         f"`{REDACTED}`; set it here or in `PULSE_REDIS_PASSWORD_FILE`, not both.",

@@ -227,3 +227,224 @@ def _aggregate(readings: list[tuple[int, float, Any]]) -> dict[str, Any]:
         **{name: ordered[int(q * (len(ordered) - 1))] for name, q in QUANTILES},
         "tags": last[2] or {},
     }
+
+
+# Alerts (issue 23), from the rules of docs/architecture.md "Alerts" alone: the engine is
+# tables/alerts.py. Rules and registries are read as plain data (their fields); which rule
+# applies, what breaches, clears, fires and resolves is decided here by brute force.
+
+
+def _covers(selector: Any, device: Any) -> bool:
+    if selector.device is not None:
+        return bool(selector.device == device.id)
+    if selector.site is not None:
+        return bool(selector.site == device.site)
+    return True
+
+
+def _enabled_device(registry: Any, device_id: str) -> Any:
+    for device in registry.devices:
+        if device.id == device_id and device.enabled:
+            return device
+    return None
+
+
+def _any_device(registry: Any, device_id: str) -> Any:
+    for device in registry.devices:
+        if device.id == device_id:
+            return device
+    return None
+
+
+def _verdict(comparison: str, value: float, threshold: float, clear: float) -> str:
+    """``B`` breaching, ``C`` clear, ``-`` neither (between the thresholds)."""
+    if comparison == ">":
+        return "B" if value > threshold else "C" if value <= clear else "-"
+    if comparison == ">=":
+        return "B" if value >= threshold else "C" if value < clear else "-"
+    if comparison == "<":
+        return "B" if value < threshold else "C" if value >= clear else "-"
+    return "B" if value <= threshold else "C" if value > clear else "-"
+
+
+def _silenced(registry: Any, rule: str, device: str, site: str | None, t_us: int) -> bool:
+    return any(
+        t_us < s.until_us
+        and s.rule in (None, rule)
+        and s.device in (None, device)
+        and s.site in (None, site)
+        for s in registry.silences
+    )
+
+
+def alert_id(rule: str, device: str, window: str | None, start_us: int) -> str:
+    import hashlib
+
+    text = "\x1f".join([rule, device, window or "", str(start_us)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class AlertReference:
+    """Alert transitions of one partition as dicts of the ``alerts`` JSON, in emission order.
+
+    Window rules: per (rule, device, metric, window) the verdicts since its last transition
+    (firing or not); it fires when its last ``for_count`` verdicts are all ``B`` and resolves
+    when they are all ``C``. Absence: per (rule, device, metric) the last reading and whether
+    it fires."""
+
+    history: dict[tuple[str, str, str, str], tuple[bool, list[str], Any]] = field(
+        default_factory=dict
+    )
+    absent: dict[tuple[str, str, str], tuple[int, bool, str]] = field(default_factory=dict)
+    out: list[dict[str, Any]] = field(default_factory=list)
+
+    def _emit(self, registry: Any, **fields: Any) -> None:
+        device = _any_device(registry, fields["device"])
+        site = device.site if device is not None else None
+        doc = {
+            "id": alert_id(fields["rule"], fields["device"], fields["window"], fields["start"]),
+            "rule": fields["rule"],
+            "device": fields["device"],
+            "site": site,
+            "labels": dict(device.labels) if device is not None else {},
+            "metric": fields["metric"],
+            "window": fields["window"],
+            "start": _seconds(fields["start"]),
+            "end": _seconds(fields["end"]),
+            "aggregate": fields["aggregate"],
+            "value": fields["value"],
+            "threshold": fields["threshold"],
+            "state": fields["state"],
+            "severity": fields["severity"],
+            "silenced": _silenced(registry, fields["rule"], fields["device"], site, fields["end"]),
+        }
+        self.out.append(doc)
+
+    def window(
+        self,
+        registry: Any,
+        device_id: str,
+        metric: str,
+        label: str,
+        start_us: int,
+        end_us: int,
+        aggregates: dict[str, Any],
+    ) -> None:
+        device = _enabled_device(registry, device_id)
+        applying = {
+            rule.name: rule
+            for rule in registry.rules
+            if device is not None
+            and rule.enabled
+            and rule.metric == metric
+            and rule.window == label
+            and _covers(rule.selector, device)
+        }
+        remembered = {k[0] for k in self.history if k[1:] == (device_id, metric, label)}
+        for name in sorted(set(applying) | remembered):
+            key = (name, device_id, metric, label)
+            firing, verdicts, was = self.history.pop(key, (False, [], None))
+            where = dict(
+                rule=name, device=device_id, metric=metric, window=label, start=start_us, end=end_us
+            )
+            if name not in applying:
+                if firing:
+                    self._emit(
+                        registry, **where, aggregate=was.aggregate,
+                        value=aggregates[was.aggregate], threshold=float(was.threshold),
+                        state="resolved", severity=was.severity,
+                    )  # fmt: skip
+                continue
+            rule = applying[name]
+            clear = rule.threshold if rule.clear_threshold is None else rule.clear_threshold
+            value = aggregates[rule.aggregate]
+            verdicts = [*verdicts, _verdict(rule.comparison, value, rule.threshold, clear)]
+            wanted = "C" if firing else "B"
+            last = verdicts[-rule.for_count :]
+            if len(last) == rule.for_count and all(v == wanted for v in last):
+                self._emit(
+                    registry, **where, aggregate=rule.aggregate, value=value,
+                    threshold=float(rule.threshold),
+                    state="resolved" if firing else "firing", severity=rule.severity,
+                )  # fmt: skip
+                firing, verdicts = not firing, []
+            if firing or verdicts[-1:] == [wanted]:
+                self.history[key] = (firing, verdicts, rule)
+
+    def watermark(
+        self, registry: Any, watermark_us: int, last_seen: dict[tuple[str, str], int]
+    ) -> None:
+        def applies(name: str, device_id: str, metric: str) -> Any:
+            device = _enabled_device(registry, device_id)
+            for rule in registry.absence_rules:
+                if (
+                    rule.name == name
+                    and rule.enabled
+                    and rule.metric == metric
+                    and device is not None
+                    and _covers(rule.selector, device)
+                ):
+                    return rule
+            return None
+
+        first: list[tuple[tuple[str, str, str], dict[str, Any]]] = []
+        for (device_id, metric), t in sorted(last_seen.items()):
+            for rule in registry.absence_rules:
+                if applies(rule.name, device_id, metric) is None:
+                    continue
+                key = (rule.name, device_id, metric)
+                if key not in self.absent:
+                    self.absent[key] = (t, False, rule.severity)
+                elif t > self.absent[key][0]:
+                    if self.absent[key][1]:
+                        first.append(
+                            (
+                                (device_id, metric, rule.name),
+                                dict(
+                                    rule=rule.name, device=device_id, metric=metric, window=None,
+                                    start=t, end=t, aggregate=None, value=None,
+                                    threshold=rule.duration_us / 1_000_000, state="resolved",
+                                    severity=rule.severity,
+                                ),
+                            )
+                        )  # fmt: skip
+                    self.absent[key] = (t, False, rule.severity)
+        then: list[tuple[tuple[str, str, str], dict[str, Any]]] = []
+        for key in sorted(self.absent):
+            name, device_id, metric = key
+            last_t, firing, severity = self.absent[key]
+            rule = applies(name, device_id, metric)
+            if rule is None:
+                del self.absent[key]
+                if firing:
+                    same_name = [r for r in registry.absence_rules if r.name == name]
+                    duration = same_name[0].duration_us if same_name else 0
+                    then.append(
+                        (
+                            (device_id, metric, name),
+                            dict(
+                                rule=name, device=device_id, metric=metric, window=None,
+                                start=watermark_us, end=watermark_us, aggregate=None, value=None,
+                                threshold=duration / 1_000_000, state="resolved",
+                                severity=severity,
+                            ),
+                        )
+                    )  # fmt: skip
+                continue
+            self.absent[key] = (last_t, firing, rule.severity)
+            if not firing and watermark_us - last_t >= rule.duration_us:
+                self.absent[key] = (last_t, True, rule.severity)
+                then.append(
+                    (
+                        (device_id, metric, name),
+                        dict(
+                            rule=name, device=device_id, metric=metric, window=None,
+                            start=last_t, end=last_t + rule.duration_us, aggregate=None,
+                            value=None, threshold=rule.duration_us / 1_000_000,
+                            state="firing", severity=rule.severity,
+                        ),
+                    )
+                )  # fmt: skip
+        for _, fields in sorted(first, key=lambda p: p[0]) + sorted(then, key=lambda p: p[0]):
+            self._emit(registry, **fields)

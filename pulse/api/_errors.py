@@ -33,15 +33,22 @@ class ApiError(Exception):
         self.parameter = parameter
 
 
-def error_response(
-    status: int, message: str, parameter: str | None = None, headers: dict[str, str] | None = None
+def json_response(
+    document: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
+    """Every JSON answer of the API: ``document`` by orjson (integer keys as text)."""
     return web.Response(
         status=status,
-        body=orjson.dumps({"error": message, "parameter": parameter}),
+        body=orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS),
         content_type="application/json",
         headers=headers,
     )
+
+
+def error_response(
+    status: int, message: str, parameter: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": message, "parameter": parameter}, status, headers)
 
 
 @web.middleware

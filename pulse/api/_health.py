@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pulse.api._context import CONTEXT, ApiContext
+from pulse.api._errors import json_response
 
 PING_TIMEOUT = 1.0
 """Seconds Redis gets to answer a health check's PING."""
@@ -51,18 +51,12 @@ async def _document(context: ApiContext) -> tuple[bool, dict[str, Any]]:
 async def live(request: web.Request) -> web.Response:
     _, document = await _document(request.app[CONTEXT])
     document["live"] = True
-    return web.Response(
-        body=orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS), content_type="application/json"
-    )
+    return json_response(document)
 
 
 async def ready(request: web.Request) -> web.Response:
     is_ready, document = await _document(request.app[CONTEXT])
-    return web.Response(
-        status=200 if is_ready else 503,
-        body=orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS),
-        content_type="application/json",
-    )
+    return json_response(document, 200 if is_ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from pulse.api import _params, openapi
 from pulse.api._context import CONTEXT
-from pulse.api._errors import ApiError
+from pulse.api._errors import ApiError, json_response
 from pulse.history import WINDOW_FIELDS, HistoryReader, HistoryStore
 from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
@@ -100,7 +99,7 @@ async def history(request: web.Request) -> web.Response:
         query.get("since"),
         query.get("until"),
     )
-    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+    return json_response(answer)
 
 
 ROUTES = list(routes)

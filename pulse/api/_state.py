@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import re
 
-import orjson
 from aiohttp import web
 
 from pulse import live_state
 from pulse.api import _params
 from pulse.api._context import CONTEXT
-from pulse.api._errors import ApiError
+from pulse.api._errors import ApiError, json_response
 
 MAX_PAGE = 1000
 """Devices per page of ``/api/devices`` at most."""
-
-
-def json_response(document: object) -> web.Response:
-    return web.Response(body=orjson.dumps(document), content_type="application/json")
 
 
 def _cursor(text: str | None) -> tuple[float, str] | None:

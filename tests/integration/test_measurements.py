@@ -34,7 +34,7 @@ from tests.reference import Valid, compute
 
 pytestmark = pytest.mark.integration
 
-SINKS = {"kafka", "redis-latest", "redis", "influx", "influx-stats"}
+SINKS = {"kafka", "redis-latest", "redis", "influx", "influx-stats", "history"}
 
 Latest = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 """(series name, its labels but the name) -> the value of its latest point."""

@@ -186,7 +186,13 @@ def test_a_refused_connection_says_why_without_the_password(
         monkeypatch.setenv(name, value)
     shown = CliRunner().invoke(main, ["state", "dev-1"])
     assert shown.exit_code == 1
-    assert shown.output == f"Error: {message}\n"
+    # The same message, but for the server's answer: TLS 1.3 sends its refusal after the
+    # handshake, so which of the problem's texts a connection meets is a matter of timing.
+    head, _, _ = message.rpartition(said)
+    assert shown.output.startswith(f"Error: {head}") and shown.output.endswith("\n")
+    assert shown.output[len(f"Error: {head}") : -1] in (
+        problem if isinstance(problem, tuple) else (problem,)
+    )
 
 
 def test_a_redis_that_cannot_be_reached_is_left_to_the_sink(

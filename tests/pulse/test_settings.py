@@ -109,6 +109,11 @@ def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.Monkey
             "must be a URL with scheme redis, rediss or unix, or a Redis Cluster's "
             "redis+cluster://HOST:PORT[,HOST:PORT...] (rediss+cluster:// with TLS)",
         ),
+        (
+            "PULSE_REDIS_URL",
+            "unix://",
+            "must name the socket's path: unix:///PATH/TO/redis.sock[?db=N]",
+        ),
         *(
             ("PULSE_REDIS_URL", url, f"node {node!r} is not HOST:PORT ({CLUSTER_FORM})")
             for url, node in (
