@@ -184,12 +184,15 @@ class AbsenceRule:
 class Silence:
     """Mutes the transitions of ``rule`` (None: every rule) for ``device`` or the devices of
     ``site`` (neither: every device) whose event time is before ``until_us``. Muted
-    transitions are still emitted, with ``silenced=True``."""
+    transitions are still emitted, with ``silenced=True``. ``id`` is the registry's number
+    for it (what ``pulse silence rm`` takes), None for one made outside the registry; it
+    plays no part in what the silence covers."""
 
     rule: str | None = None
     device: str | None = None
     site: str | None = None
     until_us: int = 0
+    id: int | None = None
 
     def __post_init__(self) -> None:
         if self.rule is None and self.device is None and self.site is None:

@@ -1,13 +1,19 @@
-"""The device registry as an immutable value: what PostgreSQL held as of one registry version.
+"""What the registry adds to the alert values of :mod:`models.alerts`: webhooks, the snapshot
+a process holds, the checks of what the registry takes, and the snapshot's JSON form.
 
-A :class:`RegistrySnapshot` holds the devices, alert rules, absence rules, silences and
-webhooks of one version; equal versions of one registry give equal snapshots, whoever read
-them and through which cache. Every entry is a frozen dataclass, so a snapshot handed to the
-hot path cannot change under it.
+The devices, rules, absence rules and silences of a registry version are the types of
+:mod:`models.alerts` (one definition, in their units: times and durations in µs), gathered in
+a :class:`models.alerts.Registry`. A :class:`RegistrySnapshot` is that registry plus the
+webhooks of the same version (the notifier's, not the worker's). Both are values: every
+tuple is in :func:`registry_of`'s order (by id or name), so two snapshots of one version are
+equal whoever read them and through which cache.
 
-The ``check_*`` functions are the one definition of a valid entry: the CLI, the writer
-(pulse/registry) and the schema's CHECK constraints say the same, and a bad value raises
-:class:`RegistryInputError` naming the field. No I/O here.
+The ``new_*`` functions build a value from raw input (the CLI's strings, or the fields of a
+value, by the ``check_*`` functions) and are the one definition of what the registry takes:
+stricter than the types' own checks (names for sites, the window's label, severities, bounds)
+and with the schema's CHECK constraints saying the same. A value they refuse raises
+:class:`RegistryInputError` naming the field, a :class:`models.alerts.RegistryError`, so one
+``except RegistryError`` catches both. No I/O here.
 """
 
 from __future__ import annotations
@@ -15,28 +21,36 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
+from models.alerts import (
+    COMPARISONS,
+    AbsenceRule,
+    AlertRule,
+    Device,
+    Registry,
+    RegistryError,
+    Selector,
+    Silence,
+)
 from models.outputs import AGGREGATES
 from models.reading import NAME_PATTERN
 
-COMPARISONS = (">", ">=", "<", "<=")
-"""How an alert rule compares a window's aggregate with its threshold."""
-SELECTORS = ("device", "site", "all")
-"""What an alert or absence rule applies to: one device, the devices of a site, or all."""
 SEVERITIES = ("info", "warning", "critical")
 """An alert's severity; webhooks may be configured per severity."""
-SILENCE_TARGETS = ("device", "site")
-"""What a silence mutes: one device, or the devices of a site."""
 MAX_LABELS = 16
 WINDOW_LABEL = re.compile(r"^[0-9]{1,9}(ms|s|m|h|d)(/[0-9]{1,9}(ms|s|m|h|d))?$")
 """A tumbling (``10s``) or hopping (``5m/1m``) window's label, as in ``PULSE_WINDOWS``."""
 URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+MAX_FOR = 1000
+MAX_ABSENCE_US = 365 * 86400 * 1_000_000
+"""The longest absence rule's duration: a year."""
+MAX_UNTIL_US = 253_402_300_799_999_999
+"""The last µs of year 9999 (UTC): the latest end of a silence."""
 
 
-class RegistryInputError(ValueError):
+class RegistryInputError(RegistryError):
     """A value the registry does not take; ``field`` names it, the message says why."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -45,77 +59,9 @@ class RegistryInputError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Device:
-    id: str
-    site: str | None = None
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    enabled: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRule:
-    """Fires after ``for_count`` consecutive closed windows whose ``aggregate`` compares with
-    ``threshold`` by ``comparison``; resolves after ``for_count`` consecutive ones that are
-    clear of ``clear_threshold`` (the same comparison fails), which lies on the safe side of
-    the threshold (hysteresis)."""
-
-    name: str
-    metric: str
-    window: str
-    aggregate: str
-    comparison: str
-    threshold: float
-    clear_threshold: float
-    for_count: int = 1
-    selector: str = "all"
-    selector_value: str | None = None
-    """The device id (``selector`` ``device``) or site (``site``); None for ``all``."""
-    severity: str = "warning"
-    enabled: bool = True
-
-    def applies_to(self, device: Device) -> bool:
-        return _selects(self.selector, self.selector_value, device)
-
-
-@dataclass(frozen=True, slots=True)
-class AbsenceRule:
-    """Fires when a selected device's ``metric`` has had no reading for ``duration`` seconds
-    of event time."""
-
-    name: str
-    metric: str
-    duration: float
-    selector: str = "all"
-    selector_value: str | None = None
-    severity: str = "warning"
-    enabled: bool = True
-
-    def applies_to(self, device: Device) -> bool:
-        return _selects(self.selector, self.selector_value, device)
-
-
-@dataclass(frozen=True, slots=True)
-class Silence:
-    """Mutes ``rule`` (None: every rule) for ``target`` (a device or a site) until ``until``
-    (epoch seconds, excluded)."""
-
-    id: int
-    rule: str | None
-    target: str
-    target_value: str
-    until: float
-
-    def mutes(self, rule: str, device: Device, at: float) -> bool:
-        if at >= self.until or (self.rule is not None and self.rule != rule):
-            return False
-        if self.target == "device":
-            return device.id == self.target_value
-        return device.site == self.target_value
-
-
-@dataclass(frozen=True, slots=True)
 class Webhook:
-    """Where alerts are sent: those of ``rule``, or of ``severity``, or (neither) all."""
+    """Where alerts are sent: those of ``rule``, or of ``severity``, or (neither) all.
+    ``id`` is the registry's number for it (what ``pulse notify rm`` takes)."""
 
     id: int
     url: str
@@ -123,16 +69,40 @@ class Webhook:
     severity: str | None = None
 
 
-@dataclass(frozen=True)
-class RegistrySnapshot:
-    """The registry as of ``version`` (0: before any change). Maps by key, read-only."""
+def registry_of(
+    version: int,
+    devices: Iterable[Device] = (),
+    rules: Iterable[AlertRule] = (),
+    absence_rules: Iterable[AbsenceRule] = (),
+    silences: Iterable[Silence] = (),
+) -> Registry:
+    """The :class:`~models.alerts.Registry` of these entries in the registry's one order:
+    devices by id, rules by name, silences by id (ids first, then by what they mute), so that
+    equal contents make equal values."""
+    return Registry(
+        version,
+        tuple(sorted(devices, key=lambda d: d.id)),
+        tuple(sorted(rules, key=lambda r: r.name)),
+        tuple(sorted(absence_rules, key=lambda r: r.name)),
+        tuple(sorted(silences, key=_silence_order)),
+    )
 
-    version: int
-    devices: Mapping[str, Device] = field(default_factory=lambda: MappingProxyType({}))
-    rules: Mapping[str, AlertRule] = field(default_factory=lambda: MappingProxyType({}))
-    absence_rules: Mapping[str, AbsenceRule] = field(default_factory=lambda: MappingProxyType({}))
-    silences: Mapping[int, Silence] = field(default_factory=lambda: MappingProxyType({}))
-    webhooks: Mapping[int, Webhook] = field(default_factory=lambda: MappingProxyType({}))
+
+def _silence_order(s: Silence) -> tuple[Any, ...]:
+    return (s.id is None, s.id or 0, s.rule or "", s.device or "", s.site or "", s.until_us)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot:
+    """The registry as of one version (0: before any change): ``registry`` (what the worker
+    judges with) and the ``webhooks`` of that version, by id."""
+
+    registry: Registry
+    webhooks: tuple[Webhook, ...] = ()
+
+    @property
+    def version(self) -> int:
+        return self.registry.version
 
     @classmethod
     def of(
@@ -144,85 +114,141 @@ class RegistrySnapshot:
         silences: Iterable[Silence] = (),
         webhooks: Iterable[Webhook] = (),
     ) -> RegistrySnapshot:
-        """A snapshot of these entries, each map in key order."""
+        """A snapshot of these entries, each kind in the registry's order (:func:`registry_of`)."""
         return cls(
-            version,
-            _frozen({d.id: d for d in devices}),
-            _frozen({r.name: r for r in rules}),
-            _frozen({r.name: r for r in absence_rules}),
-            _frozen({s.id: s for s in silences}),
-            _frozen({w.id: w for w in webhooks}),
+            registry_of(version, devices, rules, absence_rules, silences),
+            tuple(sorted(webhooks, key=lambda w: w.id)),
         )
 
     def document(self) -> dict[str, Any]:
-        """The snapshot as JSON-ready data (the Redis cache's value; :meth:`from_document`
-        reads it back equal)."""
+        """The snapshot as JSON-ready data (the Redis cache's value):
+        :meth:`from_document` reads it back equal, float for float and µs for µs."""
+        registry = self.registry
         return {
-            "version": self.version,
-            "devices": [device_document(d) for d in self.devices.values()],
-            "rules": [rule_document(r) for r in self.rules.values()],
-            "absence_rules": [absence_document(r) for r in self.absence_rules.values()],
-            "silences": [silence_document(s) for s in self.silences.values()],
-            "webhooks": [webhook_document(w) for w in self.webhooks.values()],
+            "version": registry.version,
+            "devices": [device_document(d) for d in registry.devices],
+            "rules": [rule_document(r) for r in registry.rules],
+            "absence_rules": [absence_document(r) for r in registry.absence_rules],
+            "silences": [silence_document(s) for s in registry.silences],
+            "webhooks": [webhook_document(w) for w in self.webhooks],
         }
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> RegistrySnapshot:
-        """The snapshot :meth:`document` gave; KeyError or TypeError for anything else."""
-        return cls.of(
-            int(doc["version"]),
-            [
-                Device(d["id"], d["site"], _frozen(d["labels"]), d["enabled"])
-                for d in doc["devices"]
-            ],
-            [AlertRule(**r) for r in doc["rules"]],
-            [AbsenceRule(**r) for r in doc["absence_rules"]],
-            [Silence(**s) for s in doc["silences"]],
-            [Webhook(**w) for w in doc["webhooks"]],
+        """The snapshot :meth:`document` gave; KeyError, TypeError or RegistryError for
+        anything else."""
+        return cls(
+            Registry(
+                int(doc["version"]),
+                tuple(map(device_from_document, doc["devices"])),
+                tuple(map(rule_from_document, doc["rules"])),
+                tuple(map(absence_from_document, doc["absence_rules"])),
+                tuple(map(silence_from_document, doc["silences"])),
+            ),
+            tuple(map(webhook_from_document, doc["webhooks"])),
         )
+
+
+# -- the JSON form of each entry (the Redis cache, the API, `pulse ... list --json`) ---------
 
 
 def device_document(device: Device) -> dict[str, Any]:
     return {
         "id": device.id,
         "site": device.site,
-        "labels": dict(device.labels),
+        "labels": dict(sorted(device.labels.items())),
         "enabled": device.enabled,
     }
 
 
+def selector_document(selector: Selector) -> dict[str, Any]:
+    """``{"device", "site"}``: one device, the devices of a site, or (both null) all."""
+    return {"device": selector.device, "site": selector.site}
+
+
 def rule_document(rule: AlertRule) -> dict[str, Any]:
-    return {name: getattr(rule, name) for name in AlertRule.__dataclass_fields__}
+    """``clear_threshold`` null: the threshold."""
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "window": rule.window,
+        "aggregate": rule.aggregate,
+        "comparison": rule.comparison,
+        "threshold": rule.threshold,
+        "clear_threshold": rule.clear_threshold,
+        "for_count": rule.for_count,
+        "selector": selector_document(rule.selector),
+        "severity": rule.severity,
+        "enabled": rule.enabled,
+    }
 
 
 def absence_document(rule: AbsenceRule) -> dict[str, Any]:
-    return {name: getattr(rule, name) for name in AbsenceRule.__dataclass_fields__}
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "duration_us": rule.duration_us,
+        "selector": selector_document(rule.selector),
+        "severity": rule.severity,
+        "enabled": rule.enabled,
+    }
 
 
 def silence_document(silence: Silence) -> dict[str, Any]:
-    return {name: getattr(silence, name) for name in Silence.__dataclass_fields__}
+    return {
+        "id": silence.id,
+        "rule": silence.rule,
+        "device": silence.device,
+        "site": silence.site,
+        "until_us": silence.until_us,
+    }
 
 
 def webhook_document(webhook: Webhook) -> dict[str, Any]:
-    return {name: getattr(webhook, name) for name in Webhook.__dataclass_fields__}
+    return {
+        "id": webhook.id,
+        "url": webhook.url,
+        "rule": webhook.rule,
+        "severity": webhook.severity,
+    }
 
 
-def _frozen(mapping: dict[Any, Any]) -> Mapping[Any, Any]:
-    return MappingProxyType(dict(sorted(mapping.items())))
+def device_from_document(doc: Mapping[str, Any]) -> Device:
+    """The device :func:`device_document` gave (and so for each kind below)."""
+    return Device(doc["id"], doc["site"], doc["labels"], doc["enabled"])
 
 
-def _selects(selector: str, value: str | None, device: Device) -> bool:
-    if selector == "all":
-        return True
-    if selector == "device":
-        return device.id == value
-    return device.site == value
+def selector_from_document(doc: Mapping[str, Any]) -> Selector:
+    return Selector(doc["device"], doc["site"])
 
 
-# -- checks: one definition of a valid entry ------------------------------------------------
+def rule_from_document(doc: Mapping[str, Any]) -> AlertRule:
+    return AlertRule(
+        doc["name"], doc["metric"], doc["window"], doc["aggregate"], doc["comparison"],
+        doc["threshold"], doc["clear_threshold"], doc["for_count"],
+        selector_from_document(doc["selector"]), doc["severity"], doc["enabled"],
+    )  # fmt: skip
 
 
-def check_name(text: str, field: str) -> str:
+def absence_from_document(doc: Mapping[str, Any]) -> AbsenceRule:
+    return AbsenceRule(
+        doc["name"], doc["metric"], doc["duration_us"], selector_from_document(doc["selector"]),
+        doc["severity"], doc["enabled"],
+    )  # fmt: skip
+
+
+def silence_from_document(doc: Mapping[str, Any]) -> Silence:
+    return Silence(doc["rule"], doc["device"], doc["site"], doc["until_us"], doc["id"])
+
+
+def webhook_from_document(doc: Mapping[str, Any]) -> Webhook:
+    return Webhook(doc["id"], doc["url"], doc["rule"], doc["severity"])
+
+
+# -- what the registry takes: one definition ----------------------------------------------
+
+
+def check_name(text: Any, field: str) -> str:
     """A device, metric, site, rule or label name: the reading contract's names."""
     if not isinstance(text, str) or NAME_PATTERN.match(text) is None or text.endswith("\n"):
         raise RegistryInputError(
@@ -231,14 +257,16 @@ def check_name(text: str, field: str) -> str:
     return text
 
 
-def check_choice(text: str, field: str, choices: tuple[str, ...]) -> str:
+def check_choice(text: Any, field: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise RegistryInputError(field, f"{str(text)[:40]!r} is not one of {', '.join(choices)}")
-    return text
+    return str(text)
 
 
 def check_number(value: Any, field: str) -> float:
-    """A finite number (a string of one too, as the CLI gives it)."""
+    """A finite number (a string of one too, as the CLI gives it), as a float."""
+    if isinstance(value, bool):
+        raise RegistryInputError(field, f"{value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -248,7 +276,16 @@ def check_number(value: Any, field: str) -> float:
     return number
 
 
-def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+def check_whole(value: Any, field: str, low: int, high: int, unit: str = "") -> int:
+    """A whole number (an int, not a bool) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RegistryInputError(
+            field, f"must be a whole number{unit} from {low} to {high}, not {value!r}"
+        )
+    return value
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise RegistryInputError("labels", f"at most {MAX_LABELS} labels, not {len(labels)}")
     for key, value in labels.items():
@@ -257,80 +294,172 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
             raise RegistryInputError(
                 "labels", f"{key}: the value must be at most 256 characters, no control ones"
             )
-    return _frozen(dict(labels))
+    return dict(sorted(labels.items()))
 
 
-def check_device(device: Device) -> Device:
-    check_name(device.id, "id")
-    if device.site is not None:
-        check_name(device.site, "site")
-    return Device(device.id, device.site, check_labels(device.labels), bool(device.enabled))
+def check_selector(device: str | None, site: str | None) -> Selector:
+    """One device, the devices of a site, or (neither) all."""
+    if device is not None and site is not None:
+        raise RegistryInputError("selector", "a rule is for a device or a site, not both")
+    if device is not None:
+        check_name(device, "device")
+    if site is not None:
+        check_name(site, "site")
+    return Selector(device, site)
 
 
-def check_selector(selector: str, value: str | None) -> None:
-    check_choice(selector, "selector", SELECTORS)
-    if selector == "all":
-        if value is not None:
-            raise RegistryInputError("selector", "a rule for all devices names no device or site")
-    elif value is None:
-        raise RegistryInputError("selector", f"a {selector} selector needs the {selector}")
-    else:
-        check_name(value, selector)
+def check_severity(severity: Any) -> str:
+    return check_choice(severity, "severity", SEVERITIES)
 
 
-def check_rule(rule: AlertRule) -> AlertRule:
-    check_name(rule.name, "name")
-    check_name(rule.metric, "metric")
-    if WINDOW_LABEL.match(rule.window) is None:
+def new_device(
+    device_id: str, site: str | None = None, labels: Mapping[str, str] | None = None,
+    enabled: bool = True,
+) -> Device:  # fmt: skip
+    """A device entry the registry takes (``site`` and label names are names too)."""
+    check_name(device_id, "id")
+    if site is not None:
+        check_name(site, "site")
+    return Device(device_id, site, check_labels(labels or {}), bool(enabled))
+
+
+def new_rule(
+    name: str,
+    metric: str,
+    window: str,
+    aggregate: str,
+    comparison: str,
+    threshold: Any,
+    clear_threshold: Any = None,
+    for_count: int = 1,
+    *,
+    device: str | None = None,
+    site: str | None = None,
+    severity: str = "warning",
+    enabled: bool = True,
+) -> AlertRule:
+    """An alert rule the registry takes. ``threshold`` and ``clear_threshold`` may be the
+    CLI's text; ``clear_threshold`` None means the threshold, and otherwise lies on the safe
+    side of it (at most it for ``>``/``>=``, at least it for ``<``/``<=``: hysteresis)."""
+    check_name(name, "name")
+    check_name(metric, "metric")
+    if not isinstance(window, str) or WINDOW_LABEL.match(window) is None:
         raise RegistryInputError(
-            "window", f"{rule.window[:40]!r} is not a tumbling or hopping window (10s, 5m/1m)"
+            "window", f"{str(window)[:40]!r} is not a tumbling or hopping window (10s, 5m/1m)"
         )
-    check_choice(rule.aggregate, "aggregate", AGGREGATES)
-    check_choice(rule.comparison, "comparison", COMPARISONS)
-    threshold = check_number(rule.threshold, "threshold")
-    clear = check_number(rule.clear_threshold, "clear_threshold")
-    above = rule.comparison in (">", ">=")
-    if (above and clear > threshold) or (not above and clear < threshold):
+    check_choice(aggregate, "aggregate", AGGREGATES)
+    check_choice(comparison, "comparison", COMPARISONS)
+    limit = check_number(threshold, "threshold")
+    clear = None if clear_threshold is None else check_number(clear_threshold, "clear_threshold")
+    above = comparison in (">", ">=")
+    if clear is not None and ((above and clear > limit) or (not above and clear < limit)):
         side = "at most" if above else "at least"
         raise RegistryInputError(
             "clear_threshold",
-            f"must be {side} the threshold ({threshold!r}) for comparison {rule.comparison!r}, "
+            f"must be {side} the threshold ({limit!r}) for comparison {comparison!r}, "
             f"not {clear!r}",
         )
-    if not isinstance(rule.for_count, int) or not 1 <= rule.for_count <= 1000:
-        raise RegistryInputError(
-            "for", f"must be a whole number from 1 to 1000, not {rule.for_count!r}"
-        )
-    check_selector(rule.selector, rule.selector_value)
-    check_choice(rule.severity, "severity", SEVERITIES)
+    check_whole(for_count, "for", 1, MAX_FOR)
+    selector = check_selector(device, site)
+    check_severity(severity)
     return AlertRule(
-        rule.name, rule.metric, rule.window, rule.aggregate, rule.comparison, threshold, clear,
-        rule.for_count, rule.selector, rule.selector_value, rule.severity, bool(rule.enabled),
+        name, metric, window, aggregate, comparison, limit, clear,  # type: ignore[arg-type]
+        for_count, selector, severity, bool(enabled),
+    )  # fmt: skip
+
+
+def new_absence_rule(
+    name: str,
+    metric: str,
+    duration_us: int,
+    *,
+    device: str | None = None,
+    site: str | None = None,
+    severity: str = "warning",
+    enabled: bool = True,
+) -> AbsenceRule:
+    """An absence rule the registry takes: ``duration_us`` of event time, up to a year."""
+    check_name(name, "name")
+    check_name(metric, "metric")
+    if (
+        isinstance(duration_us, bool)
+        or not isinstance(duration_us, int)
+        or not 0 < duration_us <= MAX_ABSENCE_US
+    ):
+        raise RegistryInputError(
+            "duration", f"must be more than 0 and at most a year, in whole µs, not {duration_us!r}"
+        )
+    selector = check_selector(device, site)
+    check_severity(severity)
+    return AbsenceRule(name, metric, duration_us, selector, severity, bool(enabled))
+
+
+def new_silence(
+    rule: str | None = None,
+    device: str | None = None,
+    site: str | None = None,
+    until_us: int = 0,
+    silence_id: int | None = None,
+) -> Silence:
+    """A silence the registry takes: of a rule (None: every rule), for a device or a site
+    (neither: every device), at least one of the three named, until ``until_us`` (epoch µs,
+    excluded, up to year 9999)."""
+    if rule is not None:
+        check_name(rule, "rule")
+    if rule is None and device is None and site is None:
+        raise RegistryInputError("target", "a silence mutes a rule, a device or a site: name one")
+    if device is not None and site is not None:
+        raise RegistryInputError("target", "a silence is for a device or a site, not both")
+    if device is not None:
+        check_name(device, "device")
+    if site is not None:
+        check_name(site, "site")
+    check_whole(until_us, "until", 0, MAX_UNTIL_US, " of epoch µs")
+    return Silence(rule, device, site, until_us, silence_id)
+
+
+def check_webhook_url(url: Any) -> str:
+    if not isinstance(url, str) or len(url) > 2048 or URL.match(url) is None:
+        raise RegistryInputError("url", f"{str(url)[:80]!r} is not an http:// or https:// URL")
+    return url
+
+
+def new_webhook(
+    webhook_id: int, url: str, rule: str | None = None, severity: str | None = None
+) -> Webhook:
+    """A webhook the registry takes: for a rule, or a severity, or (neither) every alert."""
+    check_webhook_url(url)
+    if rule is not None:
+        check_name(rule, "rule")
+    if severity is not None:
+        check_severity(severity)
+    if rule is not None and severity is not None:
+        raise RegistryInputError("severity", "a webhook is for a rule or a severity, not both")
+    return Webhook(webhook_id, url, rule, severity)
+
+
+def check_device(device: Device) -> Device:
+    """``device`` if the registry takes it (:func:`new_device`'s checks on its fields)."""
+    return new_device(device.id, device.site, device.labels, device.enabled)
+
+
+def check_rule(rule: AlertRule) -> AlertRule:
+    """``rule`` if the registry takes it (:func:`new_rule`'s checks on its fields)."""
+    return new_rule(
+        rule.name, rule.metric, rule.window, rule.aggregate, rule.comparison, rule.threshold,
+        rule.clear_threshold, rule.for_count, device=rule.selector.device,
+        site=rule.selector.site, severity=rule.severity, enabled=rule.enabled,
     )  # fmt: skip
 
 
 def check_absence_rule(rule: AbsenceRule) -> AbsenceRule:
-    check_name(rule.name, "name")
-    check_name(rule.metric, "metric")
-    duration = check_number(rule.duration, "duration")
-    if not 0 < duration <= 365 * 86400:
-        raise RegistryInputError(
-            "duration", f"must be more than 0 s and at most a year, not {duration!r}"
-        )
-    check_selector(rule.selector, rule.selector_value)
-    check_choice(rule.severity, "severity", SEVERITIES)
-    return AbsenceRule(
-        rule.name, rule.metric, duration, rule.selector, rule.selector_value, rule.severity,
-        bool(rule.enabled),
+    """``rule`` if the registry takes it (:func:`new_absence_rule`'s checks on its fields)."""
+    return new_absence_rule(
+        rule.name, rule.metric, rule.duration_us, device=rule.selector.device,
+        site=rule.selector.site, severity=rule.severity, enabled=rule.enabled,
     )  # fmt: skip
 
 
-def check_silence_target(target: str, value: str) -> None:
-    check_choice(target, "target", SILENCE_TARGETS)
-    check_name(value, target)
-
-
-def check_webhook_url(url: str) -> str:
-    if not isinstance(url, str) or len(url) > 2048 or URL.match(url) is None:
-        raise RegistryInputError("url", f"{str(url)[:80]!r} is not an http:// or https:// URL")
-    return url
+def check_silence(silence: Silence) -> Silence:
+    """``silence`` if the registry takes it (:func:`new_silence`'s checks on its fields)."""
+    return new_silence(silence.rule, silence.device, silence.site, silence.until_us, silence.id)

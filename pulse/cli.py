@@ -599,7 +599,7 @@ def _registry(settings: Settings, change: Callable[[Any], Awaitable[T]]) -> T:
     import psycopg
     import psycopg_pool
 
-    from models.registry import RegistryInputError
+    from models.alerts import RegistryError
     from pulse.registry._db import connect, describe_error
     from pulse.registry.store import RegistryNotFound, RegistryStore
 
@@ -616,7 +616,7 @@ def _registry(settings: Settings, change: Callable[[Any], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except RegistryInputError as exc:
+    except RegistryError as exc:
         raise _BadParameter(str(exc)) from None
     except RegistryNotFound as exc:
         raise click.ClickException(str(exc)) from None
@@ -627,6 +627,17 @@ def _registry(settings: Settings, change: Callable[[Any], Awaitable[T]]) -> T:
         ) from None
 
 
+def _entry(build: Callable[[], T]) -> T:
+    """A registry entry built from the command's input (models.registry's ``new_*``): a
+    value the registry refuses stops the command with exit 2, before PostgreSQL is asked."""
+    from models.alerts import RegistryError
+
+    try:
+        return build()
+    except RegistryError as exc:
+        raise _BadParameter(str(exc)) from None
+
+
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     labels = {}
     for pair in pairs:
@@ -635,6 +646,11 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
             raise _BadParameter(f"labels: {pair[:80]!r} is not KEY=VALUE")
         labels[key] = value
     return labels
+
+
+def _microseconds(seconds: float) -> int:
+    """Seconds (the command line's unit) as the registry's whole µs."""
+    return round(seconds * 1_000_000)
 
 
 def _echo_json(document: Any) -> None:
@@ -680,10 +696,10 @@ def devices() -> None:
 @click.option("--disabled", is_flag=True, help="Register it disabled.")
 def devices_add(device_id: str, site: str | None, labels: tuple[str, ...], disabled: bool) -> None:
     """Register device ID."""
-    from models.registry import Device
+    from models.registry import new_device
 
     settings = _settings()
-    device = Device(device_id, site, _labels(labels), not disabled)
+    device = _entry(lambda: new_device(device_id, site, _labels(labels), not disabled))
     version = _registry(settings, lambda store: store.add_device(device))
     click.echo(f"device {device_id} added: registry version {version}")
 
@@ -735,18 +751,18 @@ def devices_list(version: int | None, as_json: bool) -> None:
     """The registered devices (as of --version, default the newest)."""
     from models.registry import device_document
 
-    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    registry = _registry(_settings(), lambda store: store.snapshot(version)).registry
     if as_json:
         _echo_json(
             {
-                "version": snapshot.version,
-                "devices": [device_document(d) for d in snapshot.devices.values()],
+                "version": registry.version,
+                "devices": [device_document(d) for d in registry.devices],
             }
         )
         return
-    click.echo(f"registry version {snapshot.version}: {len(snapshot.devices)} devices")
-    for device in snapshot.devices.values():
-        labels = ",".join(f"{k}={v}" for k, v in device.labels.items()) or "-"
+    click.echo(f"registry version {registry.version}: {len(registry.devices)} devices")
+    for device in registry.devices:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "-"
         state = "enabled" if device.enabled else "disabled"
         click.echo(f"{device.id:<24} {device.site or '-':<16} {state:<9} {labels}")
 
@@ -763,7 +779,8 @@ def rules() -> None:
 @click.option("--aggregate", default=None, help="count, sum, min, max, mean, first, last, p50...")
 @click.option("--op", "comparison", default=None, help="> >= < <=")
 @click.option("--threshold", default=None, help="Fires beyond it.")
-@click.option("--clear", "clear_threshold", default=None, help="Resolves past it (hysteresis).")
+@click.option("--clear", "clear_threshold", default=None,
+              help="Resolves past it (hysteresis; default: the threshold).")  # fmt: skip
 @click.option("--for", "for_count", default=1, show_default=True, type=int,
               help="Consecutive windows to fire and to resolve.")  # fmt: skip
 @click.option("--absent-for", default=None, help="An absence rule: no reading for (90s, 15m...).")
@@ -788,12 +805,9 @@ def rules_add(
 ) -> None:
     """Add an alert rule NAME (--window, --aggregate, --op, --threshold) or an absence rule
     (--absent-for), for all devices, one --device or a --site."""
-    from models.registry import AbsenceRule, AlertRule
+    from models.registry import new_absence_rule, new_rule
     from pulse.api import _params
 
-    if device is not None and site is not None:
-        raise _BadParameter("selector: give --device or --site, not both")
-    selector, value = ("device", device) if device else ("site", site) if site else ("all", None)
     settings = _settings()
     if absent_for is not None:
         for option, given in (("window", window), ("aggregate", aggregate), ("op", comparison),
@@ -801,7 +815,12 @@ def rules_add(
             if given is not None:
                 raise _BadParameter(f"{option}: an absence rule (--absent-for) takes no --{option}")
         seconds = _checked(lambda: _params.duration(absent_for, "absent-for"))
-        absence = AbsenceRule(name, metric, seconds, selector, value, severity, not disabled)
+        absence = _entry(
+            lambda: new_absence_rule(
+                name, metric, _microseconds(seconds), device=device, site=site, severity=severity,
+                enabled=not disabled,
+            )
+        )  # fmt: skip
         version = _registry(settings, lambda store: store.add_absence_rule(absence))
         click.echo(f"absence rule {name} added: registry version {version}")
         return
@@ -810,10 +829,11 @@ def rules_add(
         if given is None:
             raise _BadParameter(f"{option}: an alert rule needs --{option} (or --absent-for)")
     assert window and aggregate and comparison and threshold is not None
-    rule = AlertRule(
-        name, metric, window, aggregate, comparison, threshold,  # type: ignore[arg-type]
-        threshold if clear_threshold is None else clear_threshold,  # type: ignore[arg-type]
-        for_count, selector, value, severity, not disabled,
+    rule = _entry(
+        lambda: new_rule(
+            name, metric, window, aggregate, comparison, threshold, clear_threshold, for_count,
+            device=device, site=site, severity=severity, enabled=not disabled,
+        )
     )  # fmt: skip
     version = _registry(settings, lambda store: store.add_rule(rule))
     click.echo(f"rule {name} added: registry version {version}")
@@ -827,6 +847,12 @@ def rules_rm(name: str) -> None:
     click.echo(f"rule {name} removed: registry version {version}")
 
 
+def _scope(selector: Any) -> str:
+    if selector.device is not None:
+        return f"device={selector.device}"
+    return "all" if selector.site is None else f"site={selector.site}"
+
+
 @rules.command("list")
 @_version_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (as /api/rules).")
@@ -834,39 +860,37 @@ def rules_list(version: int | None, as_json: bool) -> None:
     """The alert and absence rules (as of --version, default the newest)."""
     from pulse.api._registry import rules_document
 
-    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
-    document = rules_document(snapshot)
+    registry = _registry(_settings(), lambda store: store.snapshot(version)).registry
     if as_json:
-        _echo_json(document)
+        _echo_json(rules_document(registry))
         return
     click.echo(
-        f"registry version {snapshot.version}: {len(snapshot.rules)} alert rules, "
-        f"{len(snapshot.absence_rules)} absence rules"
+        f"registry version {registry.version}: {len(registry.rules)} alert rules, "
+        f"{len(registry.absence_rules)} absence rules"
     )
-    for r in snapshot.rules.values():
-        scope = r.selector if r.selector_value is None else f"{r.selector}={r.selector_value}"
+    for r in registry.rules:
         click.echo(
             f"{r.name:<20} {r.aggregate}({r.metric}, {r.window}) {r.comparison} {r.threshold!r} "
-            f"clear {r.clear_threshold!r} for {r.for_count} {scope} {r.severity}"
+            f"clear {r.clear_at!r} for {r.for_count} {_scope(r.selector)} {r.severity}"
             + ("" if r.enabled else " disabled")
         )
-    for a in snapshot.absence_rules.values():
-        scope = a.selector if a.selector_value is None else f"{a.selector}={a.selector_value}"
+    for a in registry.absence_rules:
         click.echo(
-            f"{a.name:<20} no {a.metric} for {a.duration:g} s {scope} {a.severity}"
-            + ("" if a.enabled else " disabled")
+            f"{a.name:<20} no {a.metric} for {a.duration_us / 1_000_000:g} s "
+            f"{_scope(a.selector)} {a.severity}" + ("" if a.enabled else " disabled")
         )
 
 
 @main.group()
 def silence() -> None:
-    """Silences: a rule (or every rule) muted for a device or a site until a time."""
+    """Silences: a rule (or every rule) muted for a device, a site or every device until a
+    time."""
 
 
 @silence.command("add")
 @click.option("--rule", default=None, help="The rule to mute (default: every rule).")
 @click.option("--device", default=None, help="Mute it for this device...")
-@click.option("--site", default=None, help="...or for the devices of this site.")
+@click.option("--site", default=None, help="...or the devices of this site (default: all).")
 @click.option("--until", "until_text", default=None, help="Until: epoch seconds or ISO-8601.")
 @click.option("--for", "for_text", default=None, help="Or for a duration (90s, 15m, 1h, 2d).")
 def silence_add(
@@ -876,11 +900,11 @@ def silence_add(
     until_text: str | None,
     for_text: str | None,
 ) -> None:
-    """Add a silence; prints its id."""
+    """Add a silence (of --rule, for --device or --site: at least one of them); prints its
+    id."""
+    from models.registry import new_silence
     from pulse.api import _params
 
-    if (device is None) == (site is None):
-        raise _BadParameter("target: give --device or --site (one of them)")
     if (until_text is None) == (for_text is None):
         raise _BadParameter("until: give --until or --for (one of them)")
     now = time.time()
@@ -889,12 +913,9 @@ def silence_add(
     else:
         assert for_text is not None
         until = now + _checked(lambda: _params.duration(for_text, "for"))
-    target, value = ("device", device) if device is not None else ("site", site)
-    assert value is not None
+    muted = _entry(lambda: new_silence(rule, device, site, _microseconds(until)))
     settings = _settings()
-    silence_id, version = _registry(
-        settings, lambda store: store.add_silence(rule, target, value, until)
-    )
+    silence_id, version = _registry(settings, lambda store: store.add_silence(muted))
     click.echo(f"silence {silence_id} added: registry version {version}")
 
 
@@ -913,20 +934,23 @@ def silence_list(version: int | None, as_json: bool) -> None:
     """The silences (as of --version), including those whose time has passed."""
     from models.registry import silence_document
 
-    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    registry = _registry(_settings(), lambda store: store.snapshot(version)).registry
     if as_json:
         _echo_json(
             {
-                "version": snapshot.version,
-                "silences": [silence_document(s) for s in snapshot.silences.values()],
+                "version": registry.version,
+                "silences": [silence_document(s) for s in registry.silences],
             }
         )
         return
-    click.echo(f"registry version {snapshot.version}: {len(snapshot.silences)} silences")
-    for s in snapshot.silences.values():
+    click.echo(f"registry version {registry.version}: {len(registry.silences)} silences")
+    for s in registry.silences:
+        target = (
+            f"device={s.device}" if s.device else f"site={s.site}" if s.site else "every device"
+        )
         click.echo(
-            f"{s.id:<6} {s.rule or '(every rule)':<20} {s.target}={s.target_value} "
-            f"until {_iso_utc(s.until)}"
+            f"{s.id:<6} {s.rule or '(every rule)':<20} {target} "
+            f"until {_iso_utc(s.until_us / 1_000_000)}"
         )
 
 
@@ -941,6 +965,9 @@ def notify() -> None:
 @click.option("--severity", default=None, help="Only alerts of this severity.")
 def notify_add(url: str, rule: str | None, severity: str | None) -> None:
     """Send alerts to URL; prints the webhook's id."""
+    from models.registry import new_webhook
+
+    _entry(lambda: new_webhook(0, url, rule, severity))
     settings = _settings()
     hook_id, version = _registry(settings, lambda store: store.add_webhook(url, rule, severity))
     click.echo(f"webhook {hook_id} added: registry version {version}")
@@ -966,11 +993,11 @@ def notify_list(version: int | None, as_json: bool) -> None:
         _echo_json(
             {
                 "version": snapshot.version,
-                "webhooks": [webhook_document(w) for w in snapshot.webhooks.values()],
+                "webhooks": [webhook_document(w) for w in snapshot.webhooks],
             }
         )
         return
     click.echo(f"registry version {snapshot.version}: {len(snapshot.webhooks)} webhooks")
-    for w in snapshot.webhooks.values():
+    for w in snapshot.webhooks:
         scope = f"rule {w.rule}" if w.rule else f"severity {w.severity}" if w.severity else "all"
         click.echo(f"{w.id:<6} {w.url} ({scope})")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from models.alerts import COMPARISONS, Registry
+from models.outputs import AGGREGATES
 from models.registry import (
-    AGGREGATES,
-    COMPARISONS,
-    SELECTORS,
     SEVERITIES,
     RegistrySnapshot,
     absence_document,
@@ -25,7 +23,7 @@ from models.registry import (
 )
 from pulse.api import _params
 from pulse.api._context import CONTEXT
-from pulse.api._errors import ApiError
+from pulse.api._errors import ApiError, json_response
 
 
 def _snapshot(request: web.Request) -> RegistrySnapshot:
@@ -41,30 +39,28 @@ def _snapshot(request: web.Request) -> RegistrySnapshot:
     return snapshot
 
 
-def rules_document(snapshot: RegistrySnapshot) -> dict[str, Any]:
-    """``/api/rules``' answer (and ``pulse rules list --json``)."""
+def rules_document(registry: Registry) -> dict[str, Any]:
+    """``/api/rules``' answer (and ``pulse rules list --json``): the rules by name."""
     return {
-        "version": snapshot.version,
-        "rules": [rule_document(r) for r in snapshot.rules.values()],
-        "absence_rules": [absence_document(r) for r in snapshot.absence_rules.values()],
+        "version": registry.version,
+        "rules": [rule_document(r) for r in registry.rules],
+        "absence_rules": [absence_document(r) for r in registry.absence_rules],
     }
 
 
 async def device(request: web.Request) -> web.Response:
     name = _params.device_name(request.match_info["device"])
-    snapshot = _snapshot(request)
-    found = snapshot.devices.get(name)
+    registry = _snapshot(request).registry
+    found = registry.entry(name)
     if found is None:
         raise ApiError(
-            404, f"device {name!r}: not in the registry (version {snapshot.version})", "device"
+            404, f"device {name!r}: not in the registry (version {registry.version})", "device"
         )
-    body = {"version": snapshot.version, "device": device_document(found)}
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return json_response({"version": registry.version, "device": device_document(found)})
 
 
 async def rules(request: web.Request) -> web.Response:
-    body = rules_document(_snapshot(request))
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return json_response(rules_document(_snapshot(request).registry))
 
 
 ROUTES = [
@@ -74,28 +70,37 @@ ROUTES = [
 
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}
 _OPTIONAL_NAME = {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,128}$"}
-_SCOPE = {"selector": {"enum": list(SELECTORS)}, "selector_value": _OPTIONAL_NAME}
+_SELECTOR = {
+    "type": "object",
+    "description": "One device, the devices of a site, or (both null) every device",
+    "required": ["device", "site"],
+    "properties": {"device": _OPTIONAL_NAME, "site": _OPTIONAL_NAME},
+}
 _RULE = {
     "type": "object",
     "required": [
         "name", "metric", "window", "aggregate", "comparison", "threshold", "clear_threshold",
-        "for_count", "selector", "selector_value", "severity", "enabled",
+        "for_count", "selector", "severity", "enabled",
     ],
     "properties": {
         "name": _NAME, "metric": _NAME, "window": {"type": "string"},
         "aggregate": {"enum": list(AGGREGATES)}, "comparison": {"enum": list(COMPARISONS)},
-        "threshold": {"type": "number"}, "clear_threshold": {"type": "number"},
-        "for_count": {"type": "integer", "minimum": 1}, **_SCOPE,
+        "threshold": {"type": "number"},
+        "clear_threshold": {"type": ["number", "null"], "description": "null: the threshold"},
+        "for_count": {"type": "integer", "minimum": 1}, "selector": _SELECTOR,
         "severity": {"enum": list(SEVERITIES)}, "enabled": {"type": "boolean"},
     },
 }  # fmt: skip
 _ABSENCE = {
     "type": "object",
-    "required": ["name", "metric", "duration", "selector", "selector_value", "severity",
-                 "enabled"],
+    "required": ["name", "metric", "duration_us", "selector", "severity", "enabled"],
     "properties": {
-        "name": _NAME, "metric": _NAME, "duration": {"type": "number"}, **_SCOPE,
-        "severity": {"enum": list(SEVERITIES)}, "enabled": {"type": "boolean"},
+        "name": _NAME, "metric": _NAME,
+        "duration_us": {
+            "type": "integer", "minimum": 1, "description": "µs of event time without a reading"
+        },
+        "selector": _SELECTOR, "severity": {"enum": list(SEVERITIES)},
+        "enabled": {"type": "boolean"},
     },
 }  # fmt: skip
 _ERRORS = {code: {"$ref": "#/components/responses/Error"} for code in ("400", "401", "404", "503")}

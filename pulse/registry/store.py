@@ -19,24 +19,18 @@ from psycopg import AsyncConnection, IsolationLevel, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from models.alerts import AbsenceRule, AlertRule, Device, Selector, Silence
 from models.registry import (
-    SEVERITIES,
-    AbsenceRule,
-    AlertRule,
-    Device,
     RegistryInputError,
     RegistrySnapshot,
-    Silence,
     Webhook,
     check_absence_rule,
-    check_choice,
     check_device,
-    check_labels,
     check_name,
-    check_number,
     check_rule,
-    check_silence_target,
-    check_webhook_url,
+    check_silence,
+    new_device,
+    new_webhook,
 )
 from pulse.registry._db import CONNECT_TIMEOUT, connect_kwargs
 from pulse.settings import Settings
@@ -102,7 +96,10 @@ class RegistryStore:
 
     async def snapshot(self, version: int | None = None) -> RegistrySnapshot:
         """The registry as of ``version`` (None: the newest), read in one repeatable-read
-        transaction; :class:`RegistryNotFound` for a version not made yet."""
+        transaction: per key, the newest row of a version ``<= version`` unless a removal.
+        Exact and final: no change of a version ``<= version`` can commit after the newest
+        version seen (module doc), so every read of one version gives an equal snapshot.
+        :class:`RegistryNotFound` for a version not made yet."""
         async with self.pool.connection() as conn:
             await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)  # one view of all
             await conn.set_read_only(True)
@@ -152,13 +149,13 @@ class RegistryStore:
             row = await _current(conn, "devices", device_id)
             if row is None:
                 raise RegistryNotFound("id", f"no device {device_id!r} in the registry")
-            new = Device(
+            new = new_device(
                 device_id,
                 row["site"] if site is KEEP else site,  # type: ignore[arg-type]
                 row["labels"] if labels is None else labels,
                 row["enabled"] if enabled is None else enabled,
             )
-            await _insert_device(conn, version, check_device(new))
+            await _insert_device(conn, version, new)
 
         return await self._change(f"set device {device_id}", change)
 
@@ -173,12 +170,12 @@ class RegistryStore:
             await _name_free(conn, rule.name)
             await conn.execute(
                 'INSERT INTO alert_rules (name, version, metric, "window", aggregate, '
-                "comparison, threshold, clear_threshold, for_count, selector, selector_value, "
+                "comparison, threshold, clear_threshold, for_count, device, site, "
                 "severity, enabled) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     rule.name, version, rule.metric, rule.window, rule.aggregate,
                     rule.comparison, rule.threshold, rule.clear_threshold, rule.for_count,
-                    rule.selector, rule.selector_value, rule.severity, rule.enabled,
+                    rule.selector.device, rule.selector.site, rule.severity, rule.enabled,
                 ),
             )  # fmt: skip
 
@@ -190,11 +187,11 @@ class RegistryStore:
         async def change(conn: AsyncConnection, version: int) -> None:
             await _name_free(conn, rule.name)
             await conn.execute(
-                "INSERT INTO absence_rules (name, version, metric, duration, selector, "
-                "selector_value, severity, enabled) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO absence_rules (name, version, metric, duration_us, device, "
+                "site, severity, enabled) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
-                    rule.name, version, rule.metric, rule.duration, rule.selector,
-                    rule.selector_value, rule.severity, rule.enabled,
+                    rule.name, version, rule.metric, rule.duration_us, rule.selector.device,
+                    rule.selector.site, rule.severity, rule.enabled,
                 ),
             )  # fmt: skip
 
@@ -213,15 +210,10 @@ class RegistryStore:
 
         return await self._change(f"remove rule {name}", change)
 
-    async def add_silence(
-        self, rule: str | None, target: str, target_value: str, until: float
-    ) -> tuple[int, int]:
-        """Mute ``rule`` (None: every rule) for a device or site until ``until`` (epoch
-        seconds); returns (the silence's id, the version)."""
-        if rule is not None:
-            check_name(rule, "rule")
-        check_silence_target(target, target_value)
-        until = check_number(until, "until")
+    async def add_silence(self, silence: Silence) -> tuple[int, int]:
+        """Add ``silence`` (its ``id`` is ignored: the registry numbers it); returns (the
+        silence's id, the version)."""
+        silence = check_silence(silence)
         made: list[int] = []
 
         async def change(conn: AsyncConnection, version: int) -> None:
@@ -229,12 +221,14 @@ class RegistryStore:
             assert row is not None
             made.append(int(row[0]))
             await conn.execute(
-                "INSERT INTO silences (id, version, rule, target, target_value, until) "
+                "INSERT INTO silences (id, version, rule, device, site, until_us) "
                 "VALUES (%s, %s, %s, %s, %s, %s)",
-                (made[0], version, rule, target, target_value, until),
+                (made[0], version, silence.rule, silence.device, silence.site, silence.until_us),
             )
 
-        version = await self._change(f"add silence of {target} {target_value}", change)
+        muted = silence.device or silence.site or "every device"
+        version = await self._change(f"add silence of {silence.rule or 'every rule'} for "
+                                     f"{muted}", change)  # fmt: skip
         return made[0], version
 
     async def remove_silence(self, silence_id: int) -> int:
@@ -245,13 +239,7 @@ class RegistryStore:
     ) -> tuple[int, int]:
         """Send the alerts of ``rule``, or of ``severity``, or (neither) all, to ``url``;
         returns (the webhook's id, the version)."""
-        check_webhook_url(url)
-        if rule is not None:
-            check_name(rule, "rule")
-        if severity is not None:
-            check_choice(severity, "severity", SEVERITIES)
-        if rule is not None and severity is not None:
-            raise RegistryInputError("severity", "a webhook is for a rule or a severity, not both")
+        new_webhook(0, url, rule, severity)
         made: list[int] = []
 
         async def change(conn: AsyncConnection, version: int) -> None:
@@ -333,7 +321,7 @@ async def _insert_device(conn: AsyncConnection, version: int, device: Device) ->
         "INSERT INTO devices (id, version, site, labels, enabled) VALUES (%s, %s, %s, %s, %s)",
         (
             device.id, version, device.site,
-            orjson.dumps(dict(check_labels(device.labels))).decode(), device.enabled,
+            orjson.dumps(dict(sorted(device.labels.items()))).decode(), device.enabled,
         ),
     )  # fmt: skip
 
@@ -394,36 +382,22 @@ async def _snapshot(conn: AsyncConnection, version: int | None) -> RegistrySnaps
         [Device(r["id"], r["site"], r["labels"], r["enabled"]) for r in rows["devices"]],
         [
             AlertRule(
-                r["name"],
-                r["metric"],
-                r["window"],
-                r["aggregate"],
-                r["comparison"],
-                r["threshold"],
-                r["clear_threshold"],
-                r["for_count"],
-                r["selector"],
-                r["selector_value"],
-                r["severity"],
-                r["enabled"],
+                r["name"], r["metric"], r["window"], r["aggregate"], r["comparison"],
+                r["threshold"], r["clear_threshold"], r["for_count"],
+                Selector(r["device"], r["site"]), r["severity"], r["enabled"],
             )
             for r in rows["alert_rules"]
         ],
         [
             AbsenceRule(
-                r["name"],
-                r["metric"],
-                r["duration"],
-                r["selector"],
-                r["selector_value"],
-                r["severity"],
-                r["enabled"],
+                r["name"], r["metric"], r["duration_us"], Selector(r["device"], r["site"]),
+                r["severity"], r["enabled"],
             )
             for r in rows["absence_rules"]
         ],
         [
-            Silence(r["id"], r["rule"], r["target"], r["target_value"], r["until"])
+            Silence(r["rule"], r["device"], r["site"], r["until_us"], r["id"])
             for r in rows["silences"]
         ],
         [Webhook(r["id"], r["url"], r["rule"], r["severity"]) for r in rows["webhooks"]],
-    )
+    )  # fmt: skip

@@ -17,7 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from models.registry import AlertRule, Device
+from models.alerts import AbsenceRule, AlertRule, Device, Selector
 from pulse.local.stack import ServerProcess, create_database, free_port
 from pulse.registry import migrate
 from pulse.registry.store import RegistryStore
@@ -30,6 +30,10 @@ async def _fill_registry(settings: Settings) -> None:
     try:
         await store.add_device(Device("dev-1", "plant-a", {"rack": "r1"}))
         await store.add_rule(AlertRule("hot", "rpm", "10s", "mean", ">", 9.0, 8.0, 2))
+        cold = AlertRule("cold", "rpm", "10s", "min", "<", 1.0, None, 1, Selector("dev-1"))
+        await store.add_rule(cold)
+        quiet = AbsenceRule("quiet", "rpm", 60_000_000, Selector(site="plant-a"))
+        await store.add_absence_rule(quiet)
     finally:
         await store.close()
 
@@ -42,7 +46,7 @@ def api_url(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """``pulse api`` on a free port, over a Redis holding one device and a registry holding
-    one device and one rule."""
+    one device, two rules and an absence rule."""
     import redis
 
     postgres_url = postgres_server.url.rpartition("/")[0] + "/openapi"
@@ -119,8 +123,8 @@ def test_the_served_document_is_the_one_tested(api_url: str) -> None:
 def test_pulse_api_shows_its_registry_cache_in_metrics_and_health(api_url: str) -> None:
     with urllib.request.urlopen(f"{api_url}/metrics", timeout=5) as response:
         text = response.read().decode()
-    # The registry filled by the fixture: two changes, loaded from PostgreSQL at least once.
-    assert "pulse_registry_version 2.0" in text
+    # The registry filled by the fixture: four changes, loaded from PostgreSQL at least once.
+    assert "pulse_registry_version 4.0" in text
     misses = [
         line for line in text.splitlines() if line.startswith("pulse_registry_cache_misses_total ")
     ]

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from models.registry import AbsenceRule, AlertRule, Device
+from models.alerts import AbsenceRule, AlertRule, Device, Selector
 from pulse.registry.store import RegistryStore
 from pulse.settings import Settings
 from tests.helpers.api import serving
@@ -54,7 +54,9 @@ def test_registry_answers_follow_the_changes(registry_url: str, redis_url: str) 
         await store.open()
         try:
             await store.add_device(Device("dev-0", "plant-a", {"rack": "r1"}))
-            await store.add_rule(AlertRule("hot", "temperature", "1m", "max", "<", 2.0, 3.0))
+            await store.add_rule(
+                AlertRule("hot", "temperature", "1m", "max", "<", 2.0, 3.0, 2, Selector("dev-0"))
+            )
             async with serving(settings, registry=True) as (base, session):
                 await _until_version(session, base, 2)
                 assert await _get(session, f"{base}/api/registry/devices/dev-0") == (
@@ -75,20 +77,29 @@ def test_registry_answers_follow_the_changes(registry_url: str, redis_url: str) 
                             {
                                 "name": "hot", "metric": "temperature", "window": "1m",
                                 "aggregate": "max", "comparison": "<", "threshold": 2.0,
-                                "clear_threshold": 3.0, "for_count": 1, "selector": "all",
-                                "selector_value": None, "severity": "warning", "enabled": True,
+                                "clear_threshold": 3.0, "for_count": 2,
+                                "selector": {"device": "dev-0", "site": None},
+                                "severity": "warning", "enabled": True,
                             }
                         ],
                         "absence_rules": [],
                     },
                 )  # fmt: skip
                 await store.set_device("dev-0", enabled=False)
-                await store.add_absence_rule(AbsenceRule("quiet", "temperature", 60.0))
+                await store.add_absence_rule(
+                    AbsenceRule("quiet", "temperature", 60_000_000, Selector(site="plant-a"))
+                )
                 await _until_version(session, base, 4)
                 status, body = await _get(session, f"{base}/api/registry/devices/dev-0")
                 assert (status, body["version"], body["device"]["enabled"]) == (200, 4, False)
                 status, body = await _get(session, f"{base}/api/rules")
-                assert [r["name"] for r in body["absence_rules"]] == ["quiet"]
+                assert body["absence_rules"] == [
+                    {
+                        "name": "quiet", "metric": "temperature", "duration_us": 60_000_000,
+                        "selector": {"device": None, "site": "plant-a"}, "severity": "warning",
+                        "enabled": True,
+                    }
+                ]  # fmt: skip
                 assert await _get(session, f"{base}/api/registry/devices/dev-9") == (
                     404,
                     {

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from models.registry import Device, RegistrySnapshot
+from models.alerts import Device
+from models.registry import RegistrySnapshot
 from pulse.local.stack import postgres_data_dir, start_postgres
 from pulse.metrics import RegistryCollector
 from pulse.redis_clients import redis_client
@@ -71,7 +72,7 @@ def test_notify_reaches_every_listener_which_uses_exactly_the_new_version(
             await _until(lambda: first.version == 1 and second.version == 1, "both reload")
             expected = await writer.snapshot(1)
             assert first.snapshot == second.snapshot == expected
-            assert expected.devices["dev-0"] == Device("dev-0", "plant-a", {"rack": "r1"})
+            assert expected.registry.devices == (Device("dev-0", "plant-a", {"rack": "r1"}),)
             # 3 loads before (1 from Redis), then one each for version 1 (1+ from PostgreSQL).
             loads = first.hits + first.misses + second.hits + second.misses
             assert loads == 5 and first.misses + second.misses >= 3
@@ -141,7 +142,8 @@ def test_postgres_away_keeps_the_snapshot_and_a_change_after_its_return_is_used(
                 assert version == 2
                 await _until(lambda: cache.version == 2, "the change after the return is used")
                 assert cache.snapshot == await writer.snapshot(2)
-                assert sorted(cache.snapshot.devices) == ["dev-0", "dev-1"]
+                assert cache.snapshot is not None
+                assert [d.id for d in cache.snapshot.registry.devices] == ["dev-0", "dev-1"]
                 back = [r for r in caplog.records if "answers again" in r.getMessage()]
                 assert len(back) == 1
             finally:

@@ -71,28 +71,53 @@ def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None
             {
                 "name": "hot", "metric": "temperature", "window": "10s", "aggregate": "p95",
                 "comparison": ">=", "threshold": 30.0, "clear_threshold": 28.5, "for_count": 3,
-                "selector": "site", "selector_value": "plant-a", "severity": "critical",
+                "selector": {"device": None, "site": "plant-a"}, "severity": "critical",
                 "enabled": True,
             }
         ],
         "absence_rules": [
             {
-                "name": "quiet", "metric": "temperature", "duration": 300.0, "selector": "all",
-                "selector_value": None, "severity": "warning", "enabled": True,
+                "name": "quiet", "metric": "temperature", "duration_us": 300_000_000,
+                "selector": {"device": None, "site": None}, "severity": "warning",
+                "enabled": True,
             }
         ],
     }  # fmt: skip
+    assert _ok(url, "rules", "list").splitlines() == [
+        "registry version 8: 1 alert rules, 1 absence rules",
+        "hot                  p95(temperature, 10s) >= 30.0 clear 28.5 for 3 site=plant-a critical",
+        "quiet                no temperature for 300 s all warning",
+    ]
     assert orjson.loads(_ok(url, "silence", "list", "--json"))["silences"] == [
-        {"id": 1, "rule": "hot", "target": "device", "target_value": "dev-0",
-         "until": 1893456000.0}
+        {"id": 1, "rule": "hot", "device": "dev-0", "site": None,
+         "until_us": 1_893_456_000_000_000}
     ]  # fmt: skip
+    assert _ok(url, "silence", "list").splitlines() == [
+        "registry version 8: 1 silences",
+        "1      hot                  device=dev-0 until 2030-01-01T00:00:00.000Z",
+    ]
     assert orjson.loads(_ok(url, "notify", "list", "--json"))["webhooks"] == [
         {"id": 1, "url": "http://127.0.0.1:9/hook", "rule": None, "severity": "critical"}
     ]
     assert _ok(url, "silence", "rm", "1") == "silence 1 removed: registry version 9\n"
     assert _ok(url, "notify", "rm", "1") == "webhook 1 removed: registry version 10\n"
     assert _ok(url, "rules", "rm", "quiet") == "rule quiet removed: registry version 11\n"
-    assert _ok(url, "devices", "list").splitlines()[0] == "registry version 11: 1 devices"
+    assert _ok(url, "devices", "list").splitlines() == [
+        "registry version 11: 1 devices",
+        "dev-0                    plant-a          enabled   rack=r1",
+    ]
+    # A rule without --clear keeps none (the threshold); a silence of a rule on every device.
+    assert _ok(url, "rules", "add", "cold", "--metric", "temperature", "--window", "10s",
+               "--aggregate", "min", "--op", "<", "--threshold", "-5") == (
+        "rule cold added: registry version 12\n"
+    )  # fmt: skip
+    assert orjson.loads(_ok(url, "rules", "list", "--json"))["rules"][0]["clear_threshold"] is None
+    assert _ok(url, "silence", "add", "--rule", "cold", "--until", "1893456000.25") == (
+        "silence 2 added: registry version 13\n"
+    )
+    assert orjson.loads(_ok(url, "silence", "list", "--json"))["silences"] == [
+        {"id": 2, "rule": "cold", "device": None, "site": None, "until_us": 1_893_456_000_250_000}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -189,7 +214,31 @@ def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None
             "Error: severity: 'loud' is not one of info, warning, critical",
         ),
         (["silence", "add", "--device", "dev-0"], "Error: until: give --until or --for"),
-        (["silence", "add", "--for", "1h"], "Error: target: give --device or --site"),
+        (["silence", "add", "--for", "1h"], "Error: target: a silence mutes a rule, a device"),
+        (
+            ["silence", "add", "--device", "d", "--site", "s", "--for", "1h"],
+            "Error: target: a silence is for a device or a site, not both",
+        ),
+        (
+            [
+                "rules",
+                "add",
+                "r",
+                "--metric",
+                "m",
+                "--absent-for",
+                "1m",
+                "--device",
+                "d",
+                "--site",
+                "s",
+            ],
+            "Error: selector: a rule is for a device or a site, not both",
+        ),
+        (
+            ["rules", "add", "r", "--metric", "m", "--absent-for", "0s"],
+            "Error: duration: must be more than 0 and at most a year",
+        ),
         (
             ["silence", "add", "--site", "s", "--until", "noon"],
             "Error: until: 'noon' is not a time",

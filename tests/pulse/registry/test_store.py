@@ -12,15 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from models.registry import (
-    AbsenceRule,
-    AlertRule,
-    Device,
-    RegistryInputError,
-    RegistrySnapshot,
-    Silence,
-    Webhook,
-)
+from models.alerts import AbsenceRule, AlertRule, Device, Selector, Silence
+from models.registry import MAX_UNTIL_US, RegistryInputError, RegistrySnapshot, Webhook
 from pulse.registry import migrate
 from pulse.registry.store import KEEP, RegistryNotFound, RegistryStore
 from pulse.settings import Settings
@@ -39,8 +32,8 @@ async def _with_store(url: str, body: Callable[[RegistryStore], Awaitable[Any]])
         await store.close()
 
 
-RULE = AlertRule("hot", "temperature", "10s", "mean", ">", 30.0, 28.0, 3, "site", "plant-a")
-ABSENT = AbsenceRule("quiet", "temperature", 300.0, "all", None, "critical")
+RULE = AlertRule("hot", "temperature", "10s", "mean", ">", 30.0, 28.0, 3, Selector(site="plant-a"))
+ABSENT = AbsenceRule("quiet", "temperature", 300_000_000, Selector(), "critical")
 
 
 def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> None:
@@ -77,11 +70,19 @@ def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> N
         record(await store.add_rule(RULE))
         model["absence"][ABSENT.name] = ABSENT
         record(await store.add_absence_rule(ABSENT))
-        silence_id, version = await store.add_silence("hot", "site", "plant-a", 1_900_000_000.5)
+        muted = Silence("hot", site="plant-a", until_us=1_900_000_000_000_001)
+        silence_id, version = await store.add_silence(muted)
         model["silences"][silence_id] = Silence(
-            silence_id, "hot", "site", "plant-a", 1_900_000_000.5
+            "hot", None, "plant-a", 1_900_000_000_000_001, silence_id
         )
         record(version)
+        # A silence of a rule on every device, one of every rule on a device.
+        for muted in (Silence("hot", until_us=1), Silence(device="dev-0", until_us=MAX_UNTIL_US)):
+            silence_id, version = await store.add_silence(muted)
+            model["silences"][silence_id] = Silence(
+                muted.rule, muted.device, muted.site, muted.until_us, silence_id
+            )
+            record(version)
         hook_id, version = await store.add_webhook("http://127.0.0.1:9/hook", severity="critical")
         model["webhooks"][hook_id] = Webhook(hook_id, "http://127.0.0.1:9/hook", None, "critical")
         record(version)
@@ -90,9 +91,13 @@ def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> N
         del model["rules"]["hot"]
         record(await store.remove_rule("hot"))
         # A name freed by a removal can be taken again, with other content.
-        again = AlertRule("hot", "humidity", "1m", "p95", "<=", 10.0, 12.5, 1, "device", "dev-0")
+        again = AlertRule("hot", "humidity", "1m", "p95", "<=", 10.0, 12.5, 1, Selector("dev-0"))
         model["rules"]["hot"] = again
         record(await store.add_rule(again))
+        # Without a clear threshold (None: the threshold), which reads back as None.
+        plain = AlertRule("cold", "temperature", "10s/5s", "min", "<", -5, None, 2)
+        model["rules"]["cold"] = plain
+        record(await store.add_rule(plain))
         del model["silences"][silence_id]
         record(await store.remove_silence(silence_id))
         device = Device("dev-2", None, {}, True)
@@ -100,15 +105,17 @@ def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> N
         record(await store.add_device(device))
 
         versions = sorted(expected)
-        assert versions == list(range(15))  # one version per change, from one sequence
+        assert versions == list(range(18))  # one version per change, from one sequence
         for version in versions:
             assert await store.snapshot(version) == expected[version], version
         assert await store.snapshot() == expected[versions[-1]]
         assert await store.latest_version() == versions[-1]
+        cold = (await store.snapshot()).registry.rules[0]
+        assert (cold.name, cold.clear_threshold, cold.threshold) == ("cold", None, -5.0)
         with pytest.raises(
-            RegistryNotFound, match=r"^version: no registry version 15 \(newest: 14\)"
+            RegistryNotFound, match=r"^version: no registry version 18 \(newest: 17\)"
         ):
-            await store.snapshot(15)
+            await store.snapshot(18)
 
     asyncio.run(_with_store(registry_url, run))
 
@@ -143,46 +150,55 @@ def test_nothing_is_changed_in_place(registry_url: str) -> None:
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        (lambda s: s.add_device(Device("dev 0")), RegistryInputError, "^id: 'dev 0' is not a name"),
+        # Values the types of models.alerts take but the registry does not.
         (lambda s: s.add_device(Device("d", "a:b")), RegistryInputError, "^site: 'a:b' is not"),
+        (
+            lambda s: s.add_device(Device("d", None, {"a b": "x"})),
+            RegistryInputError,
+            "^labels: 'a b' is not a name",
+        ),
         (
             lambda s: s.add_device(Device("dev-0")),
             RegistryInputError,
             "^id: device 'dev-0' is already",
         ),
         (lambda s: s.set_device("dev-9", enabled=True), RegistryNotFound, "^id: no device 'dev-9'"),
+        (lambda s: s.set_device("dev-0", site="a b"), RegistryInputError, "^site: 'a b' is not"),
         (lambda s: s.remove_device("dev-9"), RegistryNotFound, "^id: no device 'dev-9'"),
         (lambda s: s.remove_rule("nope"), RegistryNotFound, "^name: no rule 'nope'"),
         (lambda s: s.remove_silence(99), RegistryNotFound, "^id: no silence 99"),
+        (lambda s: s.remove_webhook(99), RegistryNotFound, "^id: no webhook 99"),
         (
-            lambda s: s.add_rule(AlertRule("r", "m", "10s", "avg", ">", 1, 1)),
+            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 1, severity="loud")),
             RegistryInputError,
-            "^aggregate: 'avg' is not one of count, sum",
+            "^severity: 'loud' is not one of info, warning, critical",
         ),
         (
-            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 10, 11)),
+            lambda s: s.add_rule(AlertRule("r", "m", "1x", "mean", ">", 1)),
             RegistryInputError,
-            "^clear_threshold: must be at most the threshold",
+            "^window: '1x' is not a tumbling or hopping window",
         ),
         (
-            lambda s: s.add_rule(AlertRule("r", "m", "sliding:1m", "mean", ">", 1, 1)),
+            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 1, None, 1001)),
             RegistryInputError,
-            "^window: 'sliding:1m' is not a tumbling or hopping window",
+            "^for: must be a whole number from 1 to 1000, not 1001",
         ),
         (
-            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 1, 1, 0)),
+            lambda s: s.add_rule(
+                AlertRule("r", "m", "10s", "mean", ">", 1, selector=Selector(site="a b"))
+            ),
             RegistryInputError,
-            "^for: must be a whole number from 1 to 1000, not 0",
+            "^site: 'a b' is not a name",
         ),
         (
-            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 1, 1, 1, "site")),
+            lambda s: s.add_rule(AlertRule("r", "m", "10s", "mean", ">", 1e300)),
             RegistryInputError,
-            "^selector: a site selector needs the site",
+            "^threshold: '1e\\+300' is not a finite number",
         ),
         (
-            lambda s: s.add_absence_rule(AbsenceRule("r", "m", 0)),
+            lambda s: s.add_absence_rule(AbsenceRule("r", "m", 365 * 86400 * 10**6 + 1)),
             RegistryInputError,
-            "^duration: must be more than 0 s",
+            "^duration: must be more than 0 and at most a year",
         ),
         (
             lambda s: s.add_webhook("ftp://x/y"),
@@ -190,9 +206,14 @@ def test_nothing_is_changed_in_place(registry_url: str) -> None:
             "^url: 'ftp://x/y' is not an http",
         ),
         (
-            lambda s: s.add_silence(None, "rack", "r1", 1e9),
+            lambda s: s.add_silence(Silence("r b", until_us=1)),
             RegistryInputError,
-            "^target: 'rack' is not one of device, site",
+            "^rule: 'r b' is not a name",
+        ),
+        (
+            lambda s: s.add_silence(Silence(device="dev-0", until_us=-1)),
+            RegistryInputError,
+            "^until: must be a whole number of epoch µs from 0",
         ),
     ],
 )

@@ -15,10 +15,13 @@ NAME = "'^[A-Za-z0-9_.-]{1,128}$'"
 WINDOW = "'^[0-9]{1,9}(ms|s|m|h|d)(/[0-9]{1,9}(ms|s|m|h|d))?$'"
 AGGREGATES = "'count','sum','min','max','mean','first','last','p50','p95','p99'"
 SEVERITIES = "'info','warning','critical'"
+# models.alerts.Selector: one device, the devices of a site, or (neither) all.
 SELECTOR = f"""
-    selector text NOT NULL CHECK (selector IN ('device', 'site', 'all')),
-    selector_value text CHECK (selector_value ~ {NAME}),
-    CHECK ((selector = 'all') = (selector_value IS NULL))"""
+    device text CHECK (device ~ {NAME}),
+    site text CHECK (site ~ {NAME}),
+    CHECK (device IS NULL OR site IS NULL)"""
+MAX_ABSENCE_US = 365 * 86400 * 1_000_000  # a year
+MAX_UNTIL_US = 253_402_300_799_999_999  # the end of year 9999
 VERSIONED = """
     version bigint NOT NULL REFERENCES registry_versions (version),
     removed boolean NOT NULL DEFAULT false"""
@@ -51,12 +54,13 @@ CREATE TABLE alert_rules (
     aggregate text NOT NULL CHECK (aggregate IN ({AGGREGATES})),
     comparison text NOT NULL CHECK (comparison IN ('>', '>=', '<', '<=')),
     threshold double precision NOT NULL,
-    clear_threshold double precision NOT NULL,
+    clear_threshold double precision,  -- null: the threshold
     for_count integer NOT NULL CHECK (for_count BETWEEN 1 AND 1000),
     {SELECTOR},
     severity text NOT NULL CHECK (severity IN ({SEVERITIES})),
     enabled boolean NOT NULL DEFAULT true,
-    CHECK (CASE WHEN comparison IN ('>', '>=') THEN clear_threshold <= threshold
+    CHECK (clear_threshold IS NULL OR
+           CASE WHEN comparison IN ('>', '>=') THEN clear_threshold <= threshold
                 ELSE clear_threshold >= threshold END),
     PRIMARY KEY (name, version)
 );
@@ -65,7 +69,7 @@ CREATE TABLE absence_rules (
     name text NOT NULL CHECK (name ~ {NAME}),
     {VERSIONED},
     metric text NOT NULL CHECK (metric ~ {NAME}),
-    duration double precision NOT NULL CHECK (duration > 0 AND duration <= 31536000),
+    duration_us bigint NOT NULL CHECK (duration_us BETWEEN 1 AND {MAX_ABSENCE_US}),
     {SELECTOR},
     severity text NOT NULL CHECK (severity IN ({SEVERITIES})),
     enabled boolean NOT NULL DEFAULT true,
@@ -76,10 +80,12 @@ CREATE SEQUENCE silence_id_seq;
 CREATE TABLE silences (
     id bigint NOT NULL,
     {VERSIONED},
-    rule text CHECK (rule ~ {NAME}),
-    target text NOT NULL CHECK (target IN ('device', 'site')),
-    target_value text NOT NULL CHECK (target_value ~ {NAME}),
-    until double precision NOT NULL,
+    rule text CHECK (rule ~ {NAME}),  -- null: every rule
+    device text CHECK (device ~ {NAME}),  -- device and site null: every device
+    site text CHECK (site ~ {NAME}),
+    until_us bigint NOT NULL CHECK (until_us BETWEEN 0 AND {MAX_UNTIL_US}),
+    CHECK (rule IS NOT NULL OR device IS NOT NULL OR site IS NOT NULL),
+    CHECK (device IS NULL OR site IS NULL),
     PRIMARY KEY (id, version)
 );
 
