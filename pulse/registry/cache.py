@@ -157,6 +157,10 @@ class RegistryCache:
         self._loaded_at: float | None = None
         self._history: OrderedDict[int, Registry] = OrderedDict()
         self._listeners: list[Listener] = []
+        self.listening = asyncio.Event()
+        """Set while the cache LISTENs and, since it began to, has loaded PostgreSQL's newest
+        version (so the copy in use is no staler than a notification in flight); cleared
+        when PostgreSQL is lost. At start the copy may come from Redis before it is set."""
         self._task: asyncio.Task[None] | None = None
         self._put = self.redis.register_script(_PUT)
         self._drop_older = self.redis.register_script(_DROP_OLDER)
@@ -320,6 +324,7 @@ class RegistryCache:
                 # Listening before loading: a change committed in between is notified.
                 await self.load()
                 self.health.ok()
+                self.listening.set()
                 async for notice in conn.notifies():
                     announced = int(notice.payload)
                     if self._snapshot is not None and announced <= self._snapshot.version:
@@ -330,6 +335,7 @@ class RegistryCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.listening.clear()
                 self.health.unavailable(describe_error(self.settings, exc))
             finally:
                 if conn is not None:

@@ -68,7 +68,10 @@ def test_notify_reaches_every_listener_which_uses_exactly_the_new_version(
             assert (first.hits, first.misses) == (0, 1)  # Redis was empty: read PostgreSQL
             await second.start()
             assert second.version == 0 and (second.hits, second.misses) == (1, 0)  # Redis's
-            await _until(lambda: second.misses == 1, "the second cache loads on LISTEN")
+            # Then PostgreSQL's, once listening (before the change below: else that load
+            # could already read version 1, and the notification of 1 would load nothing).
+            await asyncio.wait_for(second.listening.wait(), 15)
+            assert (second.hits, second.misses) == (1, 1)
 
             version = await writer.add_device(Device("dev-0", "plant-a", {"rack": "r1"}))
             assert version == 1
@@ -125,6 +128,7 @@ def test_postgres_away_keeps_the_snapshot_and_a_change_after_its_return_is_used(
 
                 server.stop()
                 await _until(lambda: cache.health.state == "unavailable", "PostgreSQL is away")
+                assert not cache.listening.is_set()
                 await asyncio.sleep(1.0)  # several reconnection tries meanwhile
                 assert cache.snapshot is before and cache.version == 1
                 away = [r for r in caplog.records if "PostgreSQL unavailable" in r.getMessage()]
@@ -141,6 +145,7 @@ def test_postgres_away_keeps_the_snapshot_and_a_change_after_its_return_is_used(
 
                 server = start_postgres(tmp_path, port=server.port, stop_with_parent=True)
                 await _until(lambda: cache.health.state == "ok", "PostgreSQL is back")
+                assert cache.listening.is_set()
                 version = await writer.add_device(Device("dev-1", None, {}, False))
                 assert version == 2
                 await _until(lambda: cache.version == 2, "the change after the return is used")
