@@ -417,6 +417,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_TOPIC_AGGREGATES", "aggregates", "Output topic of closed windows.", _name),
     Variable("PULSE_TOPIC_DLQ", "readings-dlq", "Dead-letter topic for rejected records.", _name),
     Variable(
+        "PULSE_TOPIC_ALERTS",
+        "alerts",
+        "Output topic of alert transitions (firing, resolved), keyed by device.",
+        _name,
+    ),
+    Variable(
         "PULSE_TOPIC_OUTPUT_DLQ",
         "aggregates-dlq",
         "Dead-letter topic for outputs their target refused for their content (a line "
@@ -663,6 +669,7 @@ class Settings:
     topic_readings: str
     topic_aggregates: str
     topic_dlq: str
+    topic_alerts: str
     topic_output_dlq: str
     redis_prefix: str
     state_ttl: int

@@ -25,8 +25,8 @@ the latest snapshot and every delta after it with room to spare."""
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create the readings, aggregates, both dead-letter and the changelog topics that are
-    missing.
+    """Create the readings, aggregates, alerts, both dead-letter and the changelog topics
+    that are missing.
 
     Configs are set explicitly (some brokers report only explicit configs). The readings
     topic takes the broker's log-append time as each record's timestamp (see
@@ -51,6 +51,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
             ),
             settings.topic_aggregates: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.topic_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
+            settings.topic_alerts: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.topic_output_dlq: (settings.partitions, {"retention.ms": WEEK_MS}),
             settings.changelog_topic: (
                 readings_partitions,

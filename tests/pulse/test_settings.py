@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert settings.topic_readings == "readings"
     assert settings.topic_aggregates == "aggregates"
     assert settings.topic_dlq == "readings-dlq"
+    assert settings.topic_alerts == "alerts"
     assert settings.redis_prefix == "pulse"
     assert settings.state_ttl == 86400
     assert settings.flush_interval == 0.25
@@ -140,6 +141,7 @@ def test_environment_is_read_when_no_mapping_is_given(monkeypatch: pytest.Monkey
             "must be a non-empty name without spaces, '/', ':' or ','",
         ),
         ("PULSE_TOPIC_DLQ", " ", "must be a non-empty name without spaces, '/', ':' or ','"),
+        ("PULSE_TOPIC_ALERTS", "a/b", "must be a non-empty name without spaces, '/', ':' or ','"),
         *(
             (
                 "PULSE_REDIS_PREFIX",

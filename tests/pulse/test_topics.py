@@ -46,6 +46,7 @@ def test_topics_are_created_with_their_partitions_and_configs(
             "PULSE_TOPIC_READINGS": f"{topic_prefix}-readings",
             "PULSE_TOPIC_AGGREGATES": f"{topic_prefix}-aggregates",
             "PULSE_TOPIC_DLQ": f"{topic_prefix}-dlq",
+            "PULSE_TOPIC_ALERTS": f"{topic_prefix}-alerts",
             "PULSE_TOPIC_OUTPUT_DLQ": f"{topic_prefix}-output-dlq",
             "PULSE_PARTITIONS": "3",
         }
@@ -55,6 +56,7 @@ def test_topics_are_created_with_their_partitions_and_configs(
         settings.topic_readings,
         settings.topic_aggregates,
         settings.topic_dlq,
+        settings.topic_alerts,
         settings.topic_output_dlq,
         settings.changelog_topic,
     ]
@@ -74,6 +76,12 @@ def test_topics_are_created_with_their_partitions_and_configs(
             "message.timestamp.type": "CreateTime",
         },
         settings.topic_dlq: {
+            "retention.ms": WEEK_MS,
+            "cleanup.policy": "delete",
+            "min.insync.replicas": "1",
+            "message.timestamp.type": "CreateTime",
+        },
+        settings.topic_alerts: {
             "retention.ms": WEEK_MS,
             "cleanup.policy": "delete",
             "min.insync.replicas": "1",
@@ -192,6 +200,7 @@ def test_topics_just_created_are_awaited(monkeypatch: pytest.MonkeyPatch) -> Non
             "PULSE_TOPIC_READINGS": "t-readings",
             "PULSE_TOPIC_AGGREGATES": "t-aggregates",
             "PULSE_TOPIC_DLQ": "t-dlq",
+            "PULSE_TOPIC_ALERTS": "t-alerts",
             "PULSE_TOPIC_OUTPUT_DLQ": "t-output-dlq",
             "PULSE_PARTITIONS": "2",
         }
@@ -201,6 +210,7 @@ def test_topics_just_created_are_awaited(monkeypatch: pytest.MonkeyPatch) -> Non
         "t-readings": 4,
         "t-aggregates": 2,
         "t-dlq": 2,
+        "t-alerts": 2,
         "t-output-dlq": 2,
         "t-readings-state": 4,
     }
