@@ -1,7 +1,7 @@
 """The InfluxDB writer: topic ``aggregates`` read back and written to InfluxDB, at its own pace.
 
 InfluxDB is not on the flush path: the closed windows a flush wrote to ``aggregates`` are
-this writer's input (agents/aggregates_writer.py: consumer group ``{PULSE_APP_ID}-influx``).
+this writer's input (agents/topic_writer.py: consumer group ``{PULSE_APP_ID}-influx``).
 Each record becomes the line the flush used to write (pulse/sinks/influx.py,
 ``record_line``); a fetch's lines go through InfluxSink, and the group's offsets are
 committed only once InfluxDB has acknowledged them (or the output dead-letter topic holds the
@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from agents.aggregates_writer import AggregatesWriter
+from agents.topic_writer import AggregatesWriter
 from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.settings import Settings
 from pulse.sinks.dead_letters import OutputDeadLetters
