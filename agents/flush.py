@@ -25,13 +25,14 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 from mode import Service
 
+from models.alerts import Registry
 from models.outputs import DeadLetter, Latest, OpenView
 from pulse.changelog import ChangelogWriter, EncodedDelta
 from pulse.metrics import WorkerMetrics
@@ -93,6 +94,17 @@ class FlushFreeze:
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os.kill(os.getpid(), signal.SIGSTOP)
+
+
+class RegistrySource(Protocol):
+    """Where the processor gets the registry it judges alerts by (pulse/registry's cache)."""
+
+    def current(self) -> Registry | None:
+        """The newest registry this process has loaded (None: none yet); no I/O."""
+
+    async def at_version(self, version: int) -> Registry:
+        """The registry exactly as of ``version`` (a recovered partition's); raises if it
+        cannot be read now."""
 
 
 class SinkLane:
@@ -426,6 +438,13 @@ class FlushPipeline(Service):
         self._freeze = FlushFreeze.from_env(os.environ)
         self._drain_timing = (time.monotonic(), 0.0)
         """When the last flush prepared began its drain, and the seconds the drain took."""
+        self.registry_source: RegistrySource | None = None
+        """The registry alerts are judged by (None: no registry, no alerts)."""
+        self.registry_required = False
+        """``PULSE_REGISTRY_REQUIRED``: readings of devices not in the registry are
+        dead-lettered (PartitionState.use_registry)."""
+        self._switching = False
+        """The flush prepared last records a new registry version (see _prepare_flush)."""
 
     @property
     def sinks_idle(self) -> bool:
@@ -477,6 +496,11 @@ class FlushPipeline(Service):
         prepared = self._prepare_flush(spread_closes=spread_closes)
         if prepared is not None:
             self._submit_flush(*prepared)
+        if self._switching:
+            # A new registry version is in this flush's deltas: nothing judged by it may
+            # reach a sink before they are stored (a replay must judge by it too), so the
+            # loop waits for this flush, under the lock, before it applies more records.
+            await self._settle(0)
 
     async def _settle(self, flushes: int, windows: int | None = None) -> None:
         """Wait for the oldest flushes until at most ``flushes`` (and ``windows`` closed
@@ -538,14 +562,28 @@ class FlushPipeline(Service):
         drains: list[Drained] = []
         deltas: list[EncodedDelta] = []
         closed: dict[int, int] = {}
+        source = self.registry_source
+        wanted = None if source is None else source.current()
+        self._switching = False
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
-            drained = state.drain(self.writer.snapshot_due(partition), spread_us)
+            switch = None
+            if wanted is not None and (
+                wanted.version != state.registry_version or state.registry is None
+            ):
+                switch = wanted
+                self._switching = True
+            drained = state.drain(self.writer.snapshot_due(partition), spread_us, switch)
             drains.append(drained)
             closed[partition] = len(drained.closed)
             delta = drained.delta
-            if delta.snapshot or not delta.empty or delta.to_offset != delta.from_offset:
+            if (
+                delta.snapshot
+                or not delta.empty
+                or delta.to_offset != delta.from_offset
+                or switch is not None
+            ):
                 deltas.append(self.writer.encode(partition, delta))
         batch = FlushBatch.of(drains, self._dead_letters)
         self.metrics.count_flush(

@@ -160,6 +160,13 @@ class PartitionOwner(FlushPipeline):
             unstarted = [tp for tp, offset in starts.items() if offset is None]
             if unstarted:
                 starts.update(await consumer.beginning_offsets(unstarted))
+            # A recovered partition judges by the registry version its changelog recorded,
+            # exactly, until its next flush records a newer one (PartitionState.drain).
+            source = self.registry_source
+            for state, _ in recovered:
+                if state is not None and state.registry_version and source is not None:
+                    registry = await source.at_version(state.registry_version)
+                    state.use_registry(registry, self.registry_required)
         except Exception:
             # aiokafka would log it and carry on with partitions nobody processes: give them
             # up and let the group assign them again, after a pause.
@@ -181,6 +188,7 @@ class PartitionOwner(FlushPipeline):
                         next_offset=starts[tp],
                         max_tag_values=s.max_tag_values,
                     )
+                    state.use_registry(None, self.registry_required)
                 writer.adopt(tp.partition, base)
                 consumer.seek(tp, state.next_offset)
                 self.states[tp.partition] = state

@@ -84,7 +84,7 @@ class ReadingsProcessor(PartitionOwner):
         # InfluxDB is written from the aggregates topic by its own writer
         # (agents/influx_writer.py): a flush waits for Kafka and Redis only.
         self.sinks = [
-            KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq, dead_letters),
+            KafkaSink(self.producer, s.topic_aggregates, s.topic_dlq, dead_letters, s.topic_alerts),
             RedisSink(
                 s.redis_url,
                 s.redis_prefix,

@@ -37,6 +37,7 @@ DEAD_LETTER_REASONS: Final = (
     "invalid_reading",
     "too_many_tag_values",
     "late",
+    "unknown_device",
 )
 """Every reason a record of the readings topic is dead-lettered for (README.md, "The
 contract"): the values of a dead letter's ``reason``."""

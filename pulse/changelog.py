@@ -68,6 +68,8 @@ _ROW_LISTS = (
     "sliding_removed",
     "tag_values",
     "tag_values_removed",
+    "alert_series",
+    "alert_absence",
 )
 
 
@@ -148,7 +150,7 @@ class DeltaAssembler:
         ordered = [parts[number] for number in sorted(parts)]
         whole = dict(ordered[0])
         for name in _ROW_LISTS:
-            # (the tag lists are absent from the changelogs of earlier versions)
+            # (the tag and alert lists are absent from the changelogs of earlier versions)
             whole[name] = [row for p in ordered for row in p.get(name, ())]
         return Delta.from_json(whole)
 

@@ -2215,31 +2215,38 @@ enum {
     A_RECORDS, A_BEGIN, A_MAX_BYTES, A_MAX_FUTURE_US, A_VALID_NAMES, A_LOADS, A_SPECS,
     A_GRACE_US, A_POSITION,
     A_WINDOWS, A_CHANGED, A_BY_END, A_ENDS, A_NEWEST, A_VIEWS_CHANGED, A_OPEN_PER_KEY,
-    A_LATEST, A_LATEST_CHANGED, A_COUNT
+    A_LATEST, A_LATEST_CHANGED, A_STOPS, A_ADMITTED, A_COUNT
 };
 
 /* PartitionState.apply_records without sliding windows: applies the common readings of
- * records[begin:] in order and stops at the first record that is not one, or is late for
- * every window, leaving it to the caller; see apply_common in tables/_speedups_py.py.
- * ``position`` is [next_offset, max_t, watermark], updated in place, also when it fails.
- * Returns the index of the record it stopped at (len(records): none). */
+ * records[begin:] in order and stops at the first record that is not one, is late for
+ * every window, is of a device ``admitted`` (a dict, or None: all) lacks or of a (device,
+ * metric) ``stops`` maps to True, leaving it to the caller; or right after a record that
+ * raises the watermark to stop_watermark or beyond. See apply_common in
+ * tables/_speedups_py.py. ``position`` is [next_offset, max_t, watermark, stop_watermark],
+ * the first three updated in place, also when it fails. Returns the index of the record it
+ * stopped at (len(records): none). */
 static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     NEED_CONFIGURED(st);
     if (nargs != A_COUNT || !PyList_Check(args[A_RECORDS]) || !PyDict_Check(args[A_VALID_NAMES]) ||
-        !PyList_Check(args[A_POSITION]) || PyList_GET_SIZE(args[A_POSITION]) != 3 ||
+        !PyList_Check(args[A_POSITION]) || PyList_GET_SIZE(args[A_POSITION]) != 4 ||
         !PyDict_Check(args[A_WINDOWS]) || !PySet_Check(args[A_CHANGED]) ||
         !PyDict_Check(args[A_BY_END]) || !PyList_Check(args[A_ENDS]) ||
         !PyDict_Check(args[A_NEWEST]) || !PySet_Check(args[A_VIEWS_CHANGED]) ||
         !PyDict_Check(args[A_OPEN_PER_KEY]) || !PyDict_Check(args[A_LATEST]) ||
-        !PySet_Check(args[A_LATEST_CHANGED])) {
+        !PySet_Check(args[A_LATEST_CHANGED]) || !PyDict_Check(args[A_STOPS]) ||
+        !(args[A_ADMITTED] == Py_None || PyDict_Check(args[A_ADMITTED]))) {
         PyErr_SetString(PyExc_TypeError,
                         "apply_common(records: list, begin, max_bytes, max_future_us, "
                         "valid_names: dict, loads, specs, grace_us, position: [next_offset, "
-                        "max_t, watermark], windows: dict, changed: set, by_end: dict, "
-                        "ends: list, newest: dict, views_changed: set, open_per_key: dict, "
-                        "latest: dict, latest_changed: set)");
+                        "max_t, watermark, stop_watermark], windows: dict, changed: set, "
+                        "by_end: dict, ends: list, newest: dict, views_changed: set, "
+                        "open_per_key: dict, latest: dict, latest_changed: set, stops: dict, "
+                        "admitted: dict | None)");
         return NULL;
     }
+    PyObject *stops = args[A_STOPS];
+    PyObject *admitted = args[A_ADMITTED] == Py_None ? NULL : args[A_ADMITTED];
     PyObject *records = args[A_RECORDS], *valid_names = args[A_VALID_NAMES];
     PyObject *loads = args[A_LOADS], *position = args[A_POSITION];
     WindowMath specs[MAX_SPECS];
@@ -2257,6 +2264,7 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
     long long next_offset = PyLong_AsLongLong(PyList_GET_ITEM(position, 0));
     long long max_t = PyLong_AsLongLong(PyList_GET_ITEM(position, 1));
     long long watermark = PyLong_AsLongLong(PyList_GET_ITEM(position, 2));
+    long long stop_watermark = PyLong_AsLongLong(PyList_GET_ITEM(position, 3));
     if (PyErr_Occurred()) return NULL;
     long long start_offset = next_offset, start_max_t = max_t, start_watermark = watermark;
     OpenIndexes ix = {st,         args[A_BY_END],        args[A_ENDS], args[A_NEWEST],
@@ -2303,6 +2311,24 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
         int applied = -1;
         if (pair != NULL) {
             PyObject_GC_UnTrack(pair); /* strs: see UNTRACKED */
+            int left = 0;
+            if (admitted != NULL) {
+                int known = PyDict_Contains(admitted, device);
+                left = known < 0 ? -1 : !known;
+            }
+            if (left == 0 && PyDict_GET_SIZE(stops) > 0) {
+                PyObject *stop = PyDict_GetItemWithError(stops, pair);
+                left = stop == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(stop);
+            }
+            if (left != 0) { /* unknown device, or watched: left to the caller (-1: error) */
+                Py_DECREF(pair);
+                Py_DECREF(t);
+                Py_DECREF(device);
+                Py_DECREF(metric);
+                Py_DECREF(number);
+                failed = left < 0;
+                break;
+            }
             ix.pair = pair;
             applied = apply_to_windows(st, args[A_WINDOWS], args[A_CHANGED], specs, n, device,
                                        metric, number, t, t_us, Py_None, watermark,
@@ -2324,6 +2350,10 @@ static PyObject *apply_common(PyObject *module, PyObject *const *args, Py_ssize_
         if (t_us > max_t) {
             max_t = t_us;
             if (t_us - grace > watermark) watermark = t_us - grace;
+        }
+        if (watermark >= stop_watermark) {
+            i++;
+            break;
         }
     }
     /* The position of the records applied, written back even when one failed. */
@@ -2405,7 +2435,7 @@ static PyMethodDef methods[] = {
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
      "apply_common($module, records, begin, max_bytes, max_future_us, valid_names, loads, "
      "specs, grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
-     "open_per_key, latest, latest_changed, /)\n--\n\n"
+     "open_per_key, latest, latest_changed, stops, admitted, /)\n--\n\n"
      "Applies a fetch's common readings; the index of the first record left."},
     {NULL, NULL, 0, NULL},
 };

@@ -128,5 +128,7 @@ def apply_common(
     open_per_key: dict[tuple[str, str], int],
     latest: dict[tuple[str, str], tuple[int, float]],
     latest_changed: set[tuple[str, str]],
+    stops: dict[tuple[str, str], bool],
+    admitted: dict[str, Any] | None,
     /,
 ) -> int: ...

@@ -946,26 +946,31 @@ def apply_common(
     open_per_key: dict[tuple[str, str], int],
     latest: dict[tuple[str, str], tuple[int, float]],
     latest_changed: set[tuple[str, str]],
+    stops: dict[tuple[str, str], bool],
+    admitted: dict[str, Any] | None,
     /,
 ) -> int:
     """PartitionState.apply_records without sliding windows: applies the common readings of
     ``records[begin:]`` (Kafka records: offset, key, value, timestamp) in order, and stops at
     the first record that is not one (see parse_common: at most ``max_future_us`` ahead of its
-    timestamp) or is late for every window, leaving it to the caller. Returns its index,
-    len(records) if none.
+    timestamp), is late for every window, is of a device that ``admitted`` (when not None)
+    lacks, or of a (device, metric) that ``stops`` maps to True, leaving it to the caller.
+    Returns its index, len(records) if none. It also stops right after a record that raises
+    the watermark to ``stop_watermark`` or beyond, returning the index after it.
 
-    ``position`` is [next_offset, max_t, watermark] of the partition, updated in place as
-    each record is applied (kept also when an error stops the loop); records below
-    next_offset are skipped. A record applied goes into its windows as apply_windows puts it
-    (those it opens are registered in ``by_end``, the heap ``ends``, ``newest``,
-    ``views_changed`` and ``open_per_key`` as PartitionState._open does), its latest value
-    as update_latest sets it, and raises max_t and the watermark (max_t - grace_us).
+    ``position`` is [next_offset, max_t, watermark, stop_watermark] of the partition, the
+    first three updated in place as each record is applied (kept also when an error stops
+    the loop); records below next_offset are skipped. A record applied goes into its windows
+    as apply_windows puts it (those it opens are registered in ``by_end``, the heap ``ends``,
+    ``newest``, ``views_changed`` and ``open_per_key`` as PartitionState._open does), its
+    latest value as update_latest sets it, and raises max_t and the watermark (max_t -
+    grace_us).
     """
     if (
         not isinstance(records, list)
         or not isinstance(valid_names, dict)
         or not isinstance(position, list)
-        or len(position) != 3
+        or len(position) != 4
         or not isinstance(windows, dict)
         or not isinstance(changed, set)
         or not isinstance(by_end, dict)
@@ -975,16 +980,19 @@ def apply_common(
         or not isinstance(open_per_key, dict)
         or not isinstance(latest, dict)
         or not isinstance(latest_changed, set)
+        or not isinstance(stops, dict)
+        or not (admitted is None or isinstance(admitted, dict))
     ):
         raise TypeError(
             "apply_common(records: list, begin, max_bytes, max_future_us, valid_names: dict, "
-            "loads, specs, grace_us, position: [next_offset, max_t, watermark], windows: dict, "
-            "changed: set, by_end: dict, ends: list, newest: dict, views_changed: set, "
-            "open_per_key: dict, latest: dict, latest_changed: set)"
+            "loads, specs, grace_us, position: [next_offset, max_t, watermark, "
+            "stop_watermark], windows: dict, changed: set, by_end: dict, ends: list, "
+            "newest: dict, views_changed: set, open_per_key: dict, latest: dict, "
+            "latest_changed: set, stops: dict, admitted: dict | None)"
         )
     specs = _window_math(specs)
     max_future_us = _future(max_future_us)
-    next_offset, max_t, watermark = (int(x) for x in position)
+    next_offset, max_t, watermark, stop_watermark = (int(x) for x in position)
     grace_us = int(grace_us)
     i = max(begin, 0)
     count = len(records)
@@ -1007,12 +1015,16 @@ def apply_common(
             if common is None:
                 break
             device, metric, number, t_us = common
+            if admitted is not None and device not in admitted:
+                break  # an unknown device: left to the caller
+            pair = (device, metric)
+            if stops and stops.get(pair):
+                break  # watched by an alert rule: left to the caller
             opened = apply_windows(
                 windows, changed, specs, device, metric, number, t_us, None, watermark
             )
             if opened is None:  # late for every window: nothing changed, left to the caller
                 break
-            pair = (device, metric)
             for key, end in opened:
                 _register_open(by_end, ends, newest, views_changed, open_per_key, pair, key, end)
             _set_latest(latest, latest_changed, pair, t_us, number)
@@ -1022,8 +1034,10 @@ def apply_common(
                 if t_us - grace_us > watermark:
                     watermark = t_us - grace_us
             i += 1
+            if watermark >= stop_watermark:
+                break
     finally:
-        position[:] = (next_offset, max_t, watermark)
+        position[:3] = (next_offset, max_t, watermark)
     return i
 
 

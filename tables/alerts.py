@@ -62,6 +62,11 @@ class AlertTable:
 
     windows: dict[SeriesKey, dict[str, list[Any]]] = field(default_factory=dict)
     absence: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
+    changed_series: set[SeriesKey] = field(default_factory=set, compare=False)
+    """The series of ``windows`` that :func:`judge` changed, for the changelog's delta
+    (PartitionState.drain empties it)."""
+    changed_absence: set[tuple[str, str, str]] = field(default_factory=set, compare=False)
+    """The keys of ``absence`` that :func:`watch` changed, likewise."""
 
     def __len__(self) -> int:
         return sum(len(rules) for rules in self.windows.values()) + len(self.absence)
@@ -130,6 +135,7 @@ def judge(table: AlertTable, registry: Registry, window: ClosedWindow) -> list[A
         table.windows[key] = entries
     else:
         table.windows.pop(key, None)
+    table.changed_series.add(key)
     return out
 
 
@@ -192,6 +198,7 @@ def watch(
             entry = table.absence.get(key)
             if entry is None:
                 table.absence[key] = [t_us, False, rule.severity]
+                table.changed_absence.add(key)
             elif t_us > entry[0]:
                 if entry[1]:
                     resolved.append(
@@ -201,6 +208,7 @@ def watch(
                         )
                     )
                 table.absence[key] = [t_us, False, rule.severity]
+                table.changed_absence.add(key)
     deadlines: list[tuple[tuple[str, str, str], AlertTransition]] = []
     for key, entry in list(table.absence.items()):
         name, device_id, metric = key
@@ -208,15 +216,19 @@ def watch(
         current = registry.absence_rule(name)
         if current is None or current not in registry.absence_rules_for(device_id, metric):
             del table.absence[key]
+            table.changed_absence.add(key)
             if firing:
                 transition = _absence(
                     registry, key, watermark_us, watermark_us, None, "resolved", severity
                 )
                 deadlines.append(((device_id, metric, name), transition))
             continue
-        entry[2] = current.severity
+        if entry[2] != current.severity:
+            entry[2] = current.severity
+            table.changed_absence.add(key)
         if not firing and watermark_us >= last_t + current.duration_us:
             entry[1] = True
+            table.changed_absence.add(key)
             transition = _absence(
                 registry, key, last_t, last_t + current.duration_us, current.duration_us,
                 "firing", current.severity,
@@ -289,3 +301,53 @@ def decode(raw: bytes) -> AlertTable:
     for name, device, metric, last_t, firing, severity in doc["absence"]:
         table.absence[(name, device, metric)] = [last_t, firing, severity]
     return table
+
+
+def changed_rows(table: AlertTable) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The rows of a changelog delta for what :func:`judge` and :func:`watch` changed since
+    the last call (which this one forgets)::
+
+        series:  [device, metric, window, [[rule, run, firing, aggregate, threshold,
+                  severity], ...]]   (no rules: the series has no entry any more)
+        absence: [rule, device, metric, last event time, firing, severity]
+                 or [rule, device, metric] (the entry is gone)
+
+    Each row is the full value of its key, so :func:`apply_rows` gives the same table
+    however often a row is applied (see PartitionState.apply_delta)."""
+    series = [
+        [*key, [[name, *entry] for name, entry in sorted(table.windows.get(key, {}).items())]]
+        for key in sorted(table.changed_series)
+    ]
+    absence = [
+        [*key, *table.absence[key]] if key in table.absence else list(key)
+        for key in sorted(table.changed_absence)
+    ]
+    table.changed_series = set()
+    table.changed_absence = set()
+    return series, absence
+
+
+def all_rows(table: AlertTable) -> tuple[list[list[Any]], list[list[Any]]]:
+    """:func:`changed_rows` of every entry (a snapshot's), forgetting what changed."""
+    table.changed_series = set(table.windows)
+    table.changed_absence = set(table.absence)
+    return changed_rows(table)
+
+
+def apply_rows(table: AlertTable, series: list[list[Any]], absence: list[list[Any]]) -> None:
+    """Set the keys of :func:`changed_rows`' rows to their values."""
+    for device, metric, window, rules in series:
+        key = (device, metric, window)
+        if rules:
+            table.windows[key] = {
+                name: [run, firing, aggregate, float(threshold), severity]
+                for name, run, firing, aggregate, threshold, severity in rules
+            }
+        else:
+            table.windows.pop(key, None)
+    for row in absence:
+        key = (row[0], row[1], row[2])
+        if len(row) == 3:
+            table.absence.pop(key, None)
+        else:
+            table.absence[key] = [row[3], row[4], row[5]]

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from models.alerts import AlertTransition, Registry
 from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES, Reading, Rejected
 from tables._native import (
@@ -68,6 +69,7 @@ from tables._native import (
     update_latest,
 )
 from tables.aggregators import Summary, SummaryState
+from tables.alerts import AlertTable, all_rows, apply_rows, changed_rows, judge, watch
 from tables.windows import WindowSpec
 
 WindowKey = tuple[str, str, int, int]
@@ -77,6 +79,8 @@ SeriesKey = tuple[str, str, int]
 """(device, metric, index of the window spec): one series of windows."""
 
 NO_WATERMARK = -(2**63)
+NO_DEADLINE = 2**63 - 1
+"""The absence deadline when no absence rule waits for the watermark."""
 
 MAX_TAG_KEYS = 64
 """Tag keys in use at once in a partition, at most (see the module doc): a reading has at
@@ -116,6 +120,9 @@ class Delta:
     snapshot: bool = False
     tag_values: list[list[Any]] = field(default_factory=list)
     tag_values_removed: list[list[Any]] = field(default_factory=list)
+    registry_version: int = 0
+    alert_series: list[list[Any]] = field(default_factory=list)
+    alert_absence: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +139,9 @@ class Delta:
             "snapshot": self.snapshot,
             "tag_values": self.tag_values,
             "tag_values_removed": self.tag_values_removed,
+            "registry_version": self.registry_version,
+            "alert_series": self.alert_series,
+            "alert_absence": self.alert_absence,
         }
 
     @classmethod
@@ -151,6 +161,10 @@ class Delta:
             # absent from the changelogs of versions without the tag registry
             tag_values=doc.get("tag_values", []),
             tag_values_removed=doc.get("tag_values_removed", []),
+            # absent from the changelogs of versions without alerts
+            registry_version=doc.get("registry_version", 0),
+            alert_series=doc.get("alert_series", []),
+            alert_absence=doc.get("alert_absence", []),
         )
 
     @property
@@ -164,6 +178,8 @@ class Delta:
             or self.sliding_removed
             or self.tag_values
             or self.tag_values_removed
+            or self.alert_series
+            or self.alert_absence
         )
 
 
@@ -175,6 +191,7 @@ class Drained(NamedTuple):
     latest: list[Latest]
     sliding_views: list[OpenView]
     delta: Delta
+    alerts: list[AlertTransition]
 
 
 class PartitionState:
@@ -231,6 +248,92 @@ class PartitionState:
         self._sliding_expiry: list[tuple[int, SeriesKey]] = []  # heap, lazily checked
         self._sliding_changed: set[SeriesKey] = set()
         self._sliding_removed: set[SeriesKey] = set()
+        self.registry: Registry | None = None
+        """The registry version this partition judges by (None: no registry: no alerts, and
+        every device admitted); see :meth:`use_registry`."""
+        self.registry_version = 0
+        """Its version, as recorded in the changelog (0: none)."""
+        self.registry_required = False
+        """Readings of devices the registry lacks (or disables) are rejected
+        (``unknown_device``): ``PULSE_REGISTRY_REQUIRED``."""
+        self.alerts = AlertTable()
+        self._transitions: list[AlertTransition] = []
+        """Alert transitions since the last drain, in input order."""
+        self._admitted: dict[str, None] | None = None
+        self._stops: dict[tuple[str, str], bool] = {}
+        self._deadline = NO_DEADLINE
+
+    # -- the registry and absence rules ---------------------------------------------------
+
+    def use_registry(self, registry: Registry | None, required: bool = False) -> None:
+        """Judge by ``registry`` from now on (the caller records its version first: see
+        :meth:`drain`'s ``switch_to``), and with ``required`` reject the readings of devices
+        it lacks or disables."""
+        self.registry = registry
+        self.registry_version = 0 if registry is None else registry.version
+        self.registry_required = required
+        self._admitted = (
+            None
+            if registry is None or not required
+            else {d.id: None for d in registry.devices if d.enabled}
+        )
+        self._stops = {}
+        if registry is not None:
+            for rule in registry.absence_rules:
+                for device in registry.devices:
+                    pair = (device.id, rule.metric)
+                    if pair not in self._stops and registry.absence_rules_for(*pair):
+                        self._update_stop(pair)
+        self._update_deadline()
+
+    def _update_stop(self, pair: tuple[str, str]) -> None:
+        """Whether the batch path must leave the readings of ``pair`` to :meth:`apply`: an
+        absence rule covers it that has no entry for it yet or is firing for it (its next
+        reading starts the watch or resolves it, at that reading's place in the input)."""
+        registry = self.registry
+        rules = () if registry is None else registry.absence_rules_for(*pair)
+        if not rules:
+            self._stops.pop(pair, None)
+            return
+        absence = self.alerts.absence
+        self._stops[pair] = any(
+            (entry := absence.get((rule.name, pair[0], pair[1]))) is None or entry[1]
+            for rule in rules
+        )
+
+    def _update_deadline(self) -> None:
+        """The least watermark at which an absence entry not firing would fire."""
+        registry = self.registry
+        deadline = NO_DEADLINE
+        if registry is not None:
+            for (name, _, _), (last_t, firing, _) in self.alerts.absence.items():
+                rule = registry.absence_rule(name)
+                if not firing and rule is not None and last_t + rule.duration_us < deadline:
+                    deadline = last_t + rule.duration_us
+        self._deadline = deadline
+
+    def _watch(self) -> None:
+        """Judge the absence rules at this point of the input (tables.alerts.watch): the
+        pairs that read since the last drain, then the watermark. Called after each reading
+        the batch path leaves for it and whenever the watermark reaches the deadline, so
+        every absence fires and resolves at the same record whatever the drains' timing."""
+        registry = self.registry
+        if registry is None:
+            return
+        latest, unsent = self.latest, self._latest_unsent
+        last_seen = {}
+        for pair in self._latest_changed:
+            value = latest.get(pair) or unsent.get(pair)
+            if value is not None:
+                last_seen[pair] = value[0]
+        table = self.alerts
+        pending, table.changed_absence = table.changed_absence, set()
+        self._transitions += watch(table, registry, self.watermark, last_seen)
+        touched, table.changed_absence = table.changed_absence, pending
+        for key in touched:
+            self._update_stop((key[1], key[2]))
+        pending |= touched
+        self._update_deadline()
 
     # -- processing ----------------------------------------------------------------------
 
@@ -244,8 +347,15 @@ class PartitionState:
         """
         if offset < self.next_offset:
             return True
-        self.next_offset = offset + 1
         device, metric, value, t, tags = reading
+        if self._admitted is not None and device not in self._admitted:
+            self.next_offset = offset + 1
+            raise Rejected(
+                "unknown_device",
+                f"device {device!r} is not in the registry (version "
+                f"{self.registry_version}) or is disabled (PULSE_REGISTRY_REQUIRED)",
+            )
+        self.next_offset = offset + 1
         if tags is not None and self.max_tag_values is not None:
             self._admit_tags(tags, self.max_tag_values)
         watermark = self.watermark
@@ -291,6 +401,8 @@ class PartitionState:
             self.max_t = t
             if t - self.grace_us > watermark:
                 self.watermark = t - self.grace_us
+        if self.watermark >= self._deadline or self._stops.get((device, metric)):
+            self._watch()
         return True
 
     def apply_records(
@@ -309,30 +421,41 @@ class PartitionState:
         """
         if self._sliding_math:
             return begin  # sliding windows are applied by apply() only
-        position = [self.next_offset, self.max_t, self.watermark]
-        try:
-            return apply_common(
-                records,
-                begin,
-                max_bytes,
-                max_future_us,
-                VALID_NAMES,
-                orjson.loads,
-                self._spec_math,
-                self.grace_us,
-                position,
-                self.windows,
-                self._changed,
-                self._by_end,
-                self._ends,
-                self._newest,
-                self._views_changed,
-                self._open_per_key,
-                self.latest,
-                self._latest_changed,
-            )
-        finally:  # the records applied count also when one failed
-            self.next_offset, self.max_t, self.watermark = position
+        while True:
+            position = [self.next_offset, self.max_t, self.watermark, self._deadline]
+            try:
+                at = apply_common(
+                    records,
+                    begin,
+                    max_bytes,
+                    max_future_us,
+                    VALID_NAMES,
+                    orjson.loads,
+                    self._spec_math,
+                    self.grace_us,
+                    position,
+                    self.windows,
+                    self._changed,
+                    self._by_end,
+                    self._ends,
+                    self._newest,
+                    self._views_changed,
+                    self._open_per_key,
+                    self.latest,
+                    self._latest_changed,
+                    self._stops,
+                    self._admitted,
+                )
+            finally:  # the records applied count also when one failed
+                self.next_offset, self.max_t, self.watermark = position[:3]
+            if self.watermark < self._deadline:
+                return at
+            # stopped right after the record that took the watermark to an absence
+            # deadline: judge there, then go on (the new deadline lies beyond the watermark)
+            self._watch()
+            if at >= len(records):
+                return at
+            begin = at
 
     def _admit_tags(self, tags: dict[str, str], limit: int) -> None:
         """Raise Rejected if ``tags`` would put more than MAX_TAG_KEYS keys, or more than
@@ -523,15 +646,36 @@ class PartitionState:
                 removed.append(list(pair))
         return outputs, rows, removed
 
-    def drain(self, snapshot: bool = False, spread_us: int = 0) -> Drained:
-        """Take the closed windows, changed views and the changelog delta since the last drain.
+    def drain(
+        self, snapshot: bool = False, spread_us: int = 0, switch_to: Registry | None = None
+    ) -> Drained:
+        """Take the closed windows, changed views, alert transitions and the changelog delta
+        since the last drain.
 
         With ``snapshot=True`` the delta holds the whole state instead of the changes.
         ``spread_us`` spreads the closing of windows that end together (see
-        :meth:`close_ready`).
+        :meth:`close_ready`). The windows closed are judged by the registry in use
+        (tables.alerts.judge), in close order, then the absence rules at the watermark.
+
+        ``switch_to``: the registry to judge by after this drain. Its version goes into this
+        delta, so a replay from it judges by the same version; the caller must not let any
+        output judged by it reach a sink before this delta is stored, and must not pass
+        one unless the state's version is to change.
         """
         self.close_ready(spread_us)
         closed = self._closed
+        if self.registry is not None:
+            self._watch()
+            transitions = self._transitions
+            for window in closed:
+                transitions += judge(self.alerts, self.registry, window)
+        if snapshot:
+            alert_series, alert_absence = all_rows(self.alerts)
+        else:
+            alert_series, alert_absence = changed_rows(self.alerts)
+        alerts, self._transitions = self._transitions, []
+        if switch_to is not None:
+            self.use_registry(switch_to, self.registry_required)
         labels = self._labels
         windows = self.windows
         # A series' view changed when its newest window opened or closed (_views_changed)
@@ -584,8 +728,11 @@ class PartitionState:
             snapshot=snapshot,
             tag_values=tag_rows,
             tag_values_removed=tags_removed,
+            registry_version=self.registry_version,
+            alert_series=alert_series,
+            alert_absence=alert_absence,
         )
-        drained = Drained(closed, views, latest, sliding_views, delta)
+        drained = Drained(closed, views, latest, sliding_views, delta, alerts)
         self._closed = []
         self._changed = set()
         self._removed = set()
@@ -683,6 +830,8 @@ class PartitionState:
                     del registry[key]
         for key, value, t in delta.tag_values:
             registry.setdefault(key, {})[value] = t
+        apply_rows(self.alerts, delta.alert_series, delta.alert_absence)
+        self.registry_version = delta.registry_version
         self.next_offset = delta.to_offset
         self.max_t = delta.max_t
         self.idle_floor = delta.idle_floor
@@ -693,9 +842,11 @@ class PartitionState:
         self.latest = {}
         self.sliding = {}
         self.tag_values = {}
+        self.alerts = AlertTable()
 
     def finish_recovery(self) -> None:
-        """Rebuild the indexes derived from the recovered windows; call once after recovery."""
+        """Rebuild the indexes derived from the recovered windows; call once after recovery,
+        then :meth:`use_registry` with the registry of the recovered ``registry_version``."""
         self.watermark = max(self.max_t - self.grace_us, self.idle_floor, NO_WATERMARK)
         self._ends = []
         self._by_end = {}

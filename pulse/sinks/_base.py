@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from models.alerts import AlertTransition
 from models.outputs import ClosedWindow, DeadLetter, Latest, OpenView
 from tables.partition_state import Drained
 
@@ -27,6 +28,7 @@ class FlushBatch:
     the series has no open window any more). ``latest``: changed latest values.
     ``dead_letters``: records rejected since the last flush. ``sliding``: changed sliding
     windows (``start`` exclusive, ``end`` inclusive: the key's latest event time).
+    ``alerts``: the alert transitions since the last flush, in order per partition.
     """
 
     closed: Sequence[ClosedWindow] = ()
@@ -34,6 +36,7 @@ class FlushBatch:
     latest: Sequence[Latest] = ()
     dead_letters: Sequence[DeadLetter] = field(default_factory=tuple)
     sliding: Sequence[OpenView] = ()
+    alerts: Sequence[AlertTransition] = ()
 
     @classmethod
     def of(cls, drains: Sequence[Drained], dead_letters: Sequence[DeadLetter]) -> FlushBatch:
@@ -44,6 +47,7 @@ class FlushBatch:
             [latest for drained in drains for latest in drained.latest],
             dead_letters,
             [view for drained in drains for view in drained.sliding_views],
+            [alert for drained in drains for alert in drained.alerts],
         )
 
     @classmethod
@@ -60,6 +64,7 @@ class FlushBatch:
             [latest for batch in batches for latest in batch.latest],
             [letter for batch in batches for letter in batch.dead_letters],
             [view for batch in batches for view in batch.sliding],
+            [alert for batch in batches for alert in batch.alerts],
         )
 
     @classmethod
@@ -68,7 +73,7 @@ class FlushBatch:
         newest state per key (Redis), the newest entry: the last latest value per (device,
         metric), open and sliding view per (window, device, metric), and the closed window
         with the latest start per (window, device, metric) (ties: the later). Dead letters
-        are left out. Its size is bounded by the keys, however many batches it folds."""
+        and alerts are left out. Its size is bounded by the keys, however many batches it folds."""
         latest: dict[tuple[str, str], Latest] = {}
         views: dict[tuple[str, str, str], OpenView] = {}
         sliding: dict[tuple[str, str, str], OpenView] = {}
@@ -96,7 +101,12 @@ class FlushBatch:
     @property
     def empty(self) -> bool:
         return not (
-            self.closed or self.open_views or self.latest or self.dead_letters or self.sliding
+            self.closed
+            or self.open_views
+            or self.latest
+            or self.dead_letters
+            or self.sliding
+            or self.alerts
         )
 
 

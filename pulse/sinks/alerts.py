@@ -321,7 +321,7 @@ class AlertsSink(RecordSink[AlertRecord]):
         return alert_record(value)
 
     async def write(self, batch: FlushBatch) -> None:
-        """Nothing: a flush's batch holds no alerts; this sink is written from the topic."""
+        """Nothing: this sink is written from the alerts topic, never by a flush."""
 
     async def write_records(
         self, records: Sequence[AlertRecord], keys: Sequence[bytes | None]

@@ -351,7 +351,7 @@ class AlertsInfluxSink(InfluxSink):
         return alert_line(alert_record(value))
 
     async def write(self, batch: FlushBatch) -> None:
-        """Nothing: a flush's batch holds no alerts; this sink is written from the topic."""
+        """Nothing: this sink is written from the alerts topic, never by a flush."""
 
 
 def refusal(

@@ -1,4 +1,5 @@
-"""Closed windows to topic ``aggregates`` and rejected records to the dead-letter topic."""
+"""Closed windows to topic ``aggregates``, alert transitions to ``alerts`` and rejected records
+to the dead-letter topic."""
 
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ class KafkaSink(Sink):
         aggregates_topic: str,
         dlq_topic: str,
         dead_letters: OutputDeadLetters | None = None,
+        alerts_topic: str = "alerts",
     ):
         self.producer = producer
         self.aggregates_topic = aggregates_topic
         self.dlq_topic = dlq_topic
+        self.alerts_topic = alerts_topic
         self.dead_letters = dead_letters
         self._partitioner = DefaultPartitioner()
         # murmur2 in pure Python costs microseconds per record: remember each device's
@@ -106,6 +109,9 @@ class KafkaSink(Sink):
         parts: list[_Part] = []
         if batch.closed:
             parts += await self._until(lambda: self._aggregate_parts(batch))
+        if batch.alerts:
+            alerts: list[Record] = [(t.device.encode(), t.json()) for t in batch.alerts]
+            parts += await self._until(lambda: self._parts(self.alerts_topic, alerts))
         if batch.dead_letters:
             letters: list[Record] = [
                 (letter.key, orjson.dumps(letter.document())) for letter in batch.dead_letters

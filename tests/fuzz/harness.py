@@ -31,7 +31,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tables import _speedups_py as py
 from tables.aggregators import QuantileSketch
-from tables.partition_state import NO_WATERMARK, PartitionState
+from tables.partition_state import NO_DEADLINE, NO_WATERMARK, PartitionState
 from tables.windows import parse_windows
 
 RECORD_SEPARATOR = b"\x1e"
@@ -129,8 +129,8 @@ def run(apply_common: Any, records: list[ConsumerRecord]) -> str:
     each record it leaves to the caller, which the worker parses one by one and skips here.
     Returns the repr of every call's outcome (its result, or its exception's type: the
     exception's text is not part of the contract) and of the state at the end."""
-    position = [0, NO_WATERMARK, NO_WATERMARK]
-    state: tuple[Any, ...] = ({}, set(), {}, [], {}, set(), {}, {}, set())
+    position = [0, NO_WATERMARK, NO_WATERMARK, NO_DEADLINE]
+    state: tuple[Any, ...] = ({}, set(), {}, [], {}, set(), {}, {}, set(), {}, None)
     outcomes: list[Any] = []
     begin = 0
     while begin < len(records):

@@ -81,10 +81,10 @@ def test_the_scan_reads_the_benchmark_records_exactly() -> None:
         raise ValueError("loads must not be called")
 
     c = harness.extension()
-    position = [0, harness.NO_WATERMARK, harness.NO_WATERMARK]
+    position = [0, harness.NO_WATERMARK, harness.NO_WATERMARK, harness.NO_DEADLINE]
     latest: dict[tuple[str, str], tuple[int, float]] = {}
     names = {name: name for name in harness.KNOWN_NAMES}
-    state: tuple[Any, ...] = ({}, set(), {}, [], {}, set(), {}, latest, set())
+    state: tuple[Any, ...] = ({}, set(), {}, [], {}, set(), {}, latest, set(), {}, None)
     stop = c.apply_common(
         records, 0, harness.MAX_BYTES, harness.MAX_FUTURE_US, names, refuse, harness.SPECS,
         harness.GRACE_US, position, *state,

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.ingest import process_records
+from models.alerts import AbsenceRule, Device, Registry
 from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES
 from pulse.sinks import kafka, redis
@@ -287,6 +288,7 @@ def every_call_compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     records=records_(),
     chunk=st.integers(1, 25),
     drains=st.lists(st.sampled_from(["drain", "snapshot", "spread", "idle"]), min_size=3),
+    registry=st.sampled_from(["none", "absence", "required"]),
 )
 def test_the_worker_steps_call_both_sides_alike(
     every_call_compared: None,
@@ -295,9 +297,21 @@ def test_the_worker_steps_call_both_sides_alike(
     records: list[ConsumerRecord],
     chunk: int,
     drains: list[str],
+    registry: str,
 ) -> None:
     VALID_NAMES.clear()
     state = PartitionState(parse_windows(windows), grace_s * S)
+    if registry != "none":
+        # the batch path's stops: readings left for an absence rule, an unknown device (d3),
+        # and right after the record whose watermark reaches an absence deadline
+        state.use_registry(
+            Registry(
+                1,
+                devices=(Device("d1"), Device("d2")),
+                absence_rules=(AbsenceRule("quiet", "m", 3 * S),),
+            ),
+            required=registry == "required",
+        )
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     flushes = iter(drains * (len(records) // chunk + 2))
     for begin in range(0, len(records) + 1, chunk):
@@ -527,7 +541,7 @@ def applied_alike(
         orjson.loads,
         ((0, 10 * S, 10 * S),),
         0,
-        [0, no_time, no_time],
+        [0, no_time, no_time, partition_state.NO_DEADLINE],
         {},
         set(),
         {},
@@ -537,13 +551,20 @@ def applied_alike(
         {},
         {},
         set(),
+        {},
+        None,
     )
 
 
 def test_the_common_reading_is_applied_alike() -> None:
     VALID_NAMES.update({"dev-1": "dev-1", "t": "t"})
     assert applied_alike(b"dev-1", orjson.dumps(DOCUMENT), 4096) == ("returned", 1)
-    position = [0, partition_state.NO_WATERMARK, partition_state.NO_WATERMARK]
+    position = [
+        0,
+        partition_state.NO_WATERMARK,
+        partition_state.NO_WATERMARK,
+        partition_state.NO_DEADLINE,
+    ]
     latest: dict[Any, Any] = {}
     value = orjson.dumps(DOCUMENT)
     stamp = 1_795_315_444_250 - 30_000  # the ts is exactly PULSE_MAX_FUTURE ahead of it
@@ -560,9 +581,9 @@ def test_the_common_reading_is_applied_alike() -> None:
         {},
         [],
     )
-    assert c.apply_common([record], 0, 4096, *args, {}, set(), {}, latest, set()) == 1
+    assert c.apply_common([record], 0, 4096, *args, {}, set(), {}, latest, set(), {}, None) == 1
     assert latest == {("dev-1", "t"): (1795315444250000, 1.5)}
-    assert position == [8, 1795315444250000, 1795315444250000]
+    assert position == [8, 1795315444250000, 1795315444250000, partition_state.NO_DEADLINE]
 
 
 @pytest.mark.parametrize(
