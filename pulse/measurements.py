@@ -183,7 +183,14 @@ PULSE_STATS_SINK = Measurement(
     name="pulse_stats_sink",
     help="Each sink's failed tries in a worker, every PULSE_STATS_INTERVAL seconds: the "
     "sinks are shared by the worker's partitions, so their errors are not per partition.",
-    tags=(WORKER, Tag("sink", "The sink: kafka, redis-latest, redis, influx, influx-stats.")),
+    tags=(
+        WORKER,
+        Tag(
+            "sink",
+            "The sink: kafka, redis-latest, redis, influx, history, alerts, influx-alerts, "
+            "influx-stats.",
+        ),
+    ),
     fields=(
         Field("errors_backpressure", True, "Tries the target asked to wait or was away.", True),
         Field("errors_refused", True, "Tries the target refused the client.", True),
