@@ -17,6 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from pulse.local.stack import free_port
+from tests.helpers.alerts import absence_alert, window_alert
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,13 @@ def api_url(
     client = redis.Redis.from_url(redis_url)
     client.hset(f"{prefix}:device:dev-1", mapping={"rpm": 7, "rpm:ts": 1790000000, "rpm:v": "1:1"})
     client.zadd(f"{prefix}:devices", {"dev-1": 1790000000})
+    # Two active alerts (one of an absence rule, one silenced), as the alerts writer keeps them.
+    for transition in (
+        window_alert("hot", "dev-1", "rpm", "10s", 10, 1, "firing", 91.5),
+        absence_alert("quiet", "dev-1", "rpm", "firing", 5, 30, silenced=True),
+    ):
+        field = f"{transition.rule}:dev-1:rpm:{transition.window or ''}"
+        client.hset(f"{prefix}:alerts:active", field, transition.json())
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {
