@@ -1,7 +1,7 @@
 """The history writer: topic ``aggregates`` read back into Redis history and the event stream.
 
 The closed windows a flush wrote to ``aggregates`` are this writer's input
-(agents/aggregates_writer.py: consumer group ``{PULSE_APP_ID}-history``). Each record goes
+(agents/topic_writer.py: consumer group ``{PULSE_APP_ID}-history``). Each record goes
 into its series' ``P:history:{window}:{device}:{metric}`` and, when that changed the
 history, into the ``P:events`` stream (pulse/sinks/history.py); the group's offsets are
 committed only once Redis has them. So the history never slows the flush, a Redis that is
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import faust
 
-from agents.aggregates_writer import AggregatesWriter
+from agents.topic_writer import AggregatesWriter
 from pulse.app import pulse_agent, sink_health, worker_metrics
 from pulse.redis_clients import resp_options
 from pulse.settings import Settings

@@ -13,6 +13,11 @@ With ``--tags`` every reading carries tags, as the contract allows: such a recor
 common reading the batch path takes, so each is parsed by ``parse_reading`` and applied by
 ``PartitionState.apply``, and its windows' records are written by the sinks' Python code.
 
+``--registry required`` registers every device of the dataset and requires it
+(``PULSE_REGISTRY_REQUIRED``: one lookup per reading); ``--registry alerts`` adds a window
+rule on every series and an absence rule of a minute on every metric (bench.registry_cost
+prints what each costs against none, measured in the same run).
+
 Records (aiokafka ``ConsumerRecord``, as the consumer hands them over) are fed per partition in
 chunks of ``--fetch`` records (like ``getmany``), with a
 drain after every ``--flush-every`` chunks. Nothing is sent: this isolates the Python cost
@@ -32,9 +37,11 @@ import time
 from collections import defaultdict
 
 import orjson
+from aiokafka.structs import ConsumerRecord
 
 from agents.ingest import process_records
 from bench.dataset import DatasetSpec, consumer_records
+from models.alerts import AbsenceRule, AlertRule, Device, Registry
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.settings import Settings
@@ -43,7 +50,7 @@ from pulse.sinks.influx import line_protocol_lines
 from pulse.sinks.kafka import aggregate_records
 from pulse.sinks.redis import RedisSink
 from tables.partition_state import PartitionState
-from tables.windows import parse_windows
+from tables.windows import WindowSpec, parse_windows
 
 DEFAULTS = Settings.from_env({})
 """The worker's default settings (grace, largest accepted reading)."""
@@ -61,6 +68,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the timed part")
     parser.add_argument("--json", action="store_true", help="print the CPU seconds as JSON")
     parser.add_argument("--tags", action="store_true", help="every reading with a tag (site)")
+    parser.add_argument("--registry", choices=("none", "required", "alerts"), default="none")
     args = parser.parse_args()
 
     spec = DatasetSpec(
@@ -77,6 +85,10 @@ def main() -> None:
                 record.value = orjson.dumps({**doc, "tags": {"site": f"plant-{record.offset % 3}"}})
     specs = parse_windows(args.windows)
     states = {p: PartitionState(specs, DEFAULTS.grace_us) for p in by_partition}
+    if args.registry != "none":
+        registry = bench_registry(by_partition, specs, alerts=args.registry == "alerts")
+        for state in states.values():
+            state.use_registry(registry, required=True)
     tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
     times: dict[str, float] = defaultdict(float)
@@ -165,6 +177,37 @@ def main() -> None:
         print(f"  {name:<10} {times[name]:6.2f} s  {times[name] / n * 1e6:6.2f} us/reading")
     print(
         f"  {'total':<10} {total:6.2f} s  {total / n * 1e6:6.2f} us/reading  ({n / total:,.0f}/s)"
+    )
+
+
+def bench_registry(
+    by_partition: dict[int, list[ConsumerRecord]], specs: tuple[WindowSpec, ...], alerts: bool
+) -> Registry:
+    """Every device of the records registered; with ``alerts``, per metric a rule on each
+    tumbling or hopping window (mean above 1e9: counted, never firing) and an absence rule
+    of a minute."""
+    devices = sorted({r.key.decode() for records in by_partition.values() for r in records})
+    metrics = sorted(
+        {
+            orjson.loads(r.value)["metric"]
+            for records in by_partition.values()
+            for r in records[:1000]
+        }
+    )
+    rules = [
+        AlertRule(
+            f"high-{metric}-{spec.label.replace('/', '-')}", metric, spec.label, "mean", ">", 1e9
+        )
+        for metric in metrics
+        for spec in specs
+        if spec.kind != "sliding"
+    ]
+    absence = [AbsenceRule(f"quiet-{metric}", metric, 60_000_000) for metric in metrics]
+    return Registry(
+        1,
+        devices=tuple(Device(d) for d in devices),
+        rules=tuple(rules) if alerts else (),
+        absence_rules=tuple(absence) if alerts else (),
     )
 
 

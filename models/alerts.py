@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -227,6 +227,11 @@ class Registry:
     _absence_by_metric: Mapping[str, tuple[AbsenceRule, ...]] = field(
         init=False, repr=False, compare=False
     )
+    _memo: dict[tuple[str, ...], tuple[Any, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    """The answers of rules_for and absence_rules_for so far: the hot path asks the same
+    ones for every window and reading; bounded by the registered devices' series."""
 
     def __post_init__(self) -> None:
         devices = {device.id: device for device in self.devices}
@@ -268,19 +273,27 @@ class Registry:
     def rules_for(self, device_id: str, metric: str, window: str) -> tuple[AlertRule, ...]:
         """The enabled rules that judge this series of windows, by name: none for a device
         that is not registered or disabled."""
-        device = self.device(device_id)
-        if device is None:
-            return ()
-        return tuple(r for r in self._rules.get((metric, window), ()) if r.selector.covers(device))
+        key = (device_id, metric, window)
+        found = self._memo.get(key)
+        if found is None:
+            device = self.device(device_id)
+            if device is None:
+                return ()
+            rules = self._rules.get((metric, window), ())
+            found = self._memo[key] = tuple(r for r in rules if r.selector.covers(device))
+        return found
 
     def absence_rules_for(self, device_id: str, metric: str) -> tuple[AbsenceRule, ...]:
         """The enabled absence rules that watch this (device, metric), by name."""
-        device = self.device(device_id)
-        if device is None:
-            return ()
-        return tuple(
-            r for r in self._absence_by_metric.get(metric, ()) if r.selector.covers(device)
-        )
+        key = (device_id, metric)
+        found = self._memo.get(key)
+        if found is None:
+            device = self.device(device_id)
+            if device is None:
+                return ()
+            rules = self._absence_by_metric.get(metric, ())
+            found = self._memo[key] = tuple(r for r in rules if r.selector.covers(device))
+        return found
 
     def absence_rule(self, name: str) -> AbsenceRule | None:
         """The absence rule of that name, enabled or not."""

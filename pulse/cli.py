@@ -103,11 +103,8 @@ def worker(ctx: click.Context) -> None:
     )
 
 
-@main.command(name="influx-writer")
-@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
-def influx_writer(loglevel: str) -> None:
-    """Run only the InfluxDB writer (the aggregates topic into InfluxDB), e.g. beside workers
-    started with PULSE_INFLUX_WRITER=off."""
+def _run_writers(module_name: str, classes: tuple[str, ...], loglevel: str) -> None:
+    """Run the topic writers ``classes`` of the agents' module ``module_name`` until stopped."""
     import importlib
 
     from mode import Worker
@@ -117,8 +114,26 @@ def influx_writer(loglevel: str) -> None:
     from pulse.app import AGENT_PACKAGES
 
     # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
-    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.influx_writer")
-    Worker(module.InfluxWriter(settings), loglevel=loglevel).execute_from_commandline()
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.{module_name}")
+    writers = [getattr(module, name)(settings) for name in classes]
+    Worker(*writers, loglevel=loglevel).execute_from_commandline()
+
+
+@main.command(name="influx-writer")
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def influx_writer(loglevel: str) -> None:
+    """Run only the InfluxDB writers (the aggregates topic into InfluxDB, the alerts topic into
+    its alerts measurement), e.g. beside workers started with PULSE_INFLUX_WRITER=off."""
+    _run_writers("influx_writer", ("InfluxWriter", "AlertsInfluxWriter"), loglevel)
+
+
+@main.command(name="alerts-writer")
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def alerts_writer(loglevel: str) -> None:
+    """Run only the alerts writer (the alerts topic into Redis's active alerts and the live
+    event stream), e.g. beside workers started with PULSE_ALERTS_WRITER=off."""
+    _check_redis(_settings())
+    _run_writers("alerts_writer", ("AlertsWriter",), loglevel)
 
 
 @main.command()
@@ -457,6 +472,66 @@ def top(window: str, metric: str, count: str, order: str, as_json: bool) -> None
 
 TOP_MAX = 1000
 """Devices ``pulse top -n`` shows at most (as ``/api/top``)."""
+
+
+@main.command()
+@click.option("--all", "include_silenced", is_flag=True, help="Silenced alerts too.")
+@click.option("--device", default=None, help="Only this device's alerts.")
+@click.option("--site", default=None, help="Only the alerts of this site's devices.")
+@click.option("--severity", default=None, help="Only alerts of this severity.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def alerts(
+    include_silenced: bool,
+    device: str | None,
+    site: str | None,
+    severity: str | None,
+    as_json: bool,
+) -> None:
+    """The alerts firing now, the most recent first, as GET /api/alerts shows them (from
+    Redis); silenced ones only with --all."""
+    from pulse.api._alerts import alerts_answer, alerts_query
+
+    settings = _settings()
+    query = {"all": "true" if include_silenced else "false"}
+    for name, value in (("device", device), ("site", site), ("severity", severity)):
+        if value is not None:
+            query[name] = value
+    _checked(lambda: alerts_query(query))
+    _check_redis(settings)
+    document = _read_redis(settings, lambda client: alerts_answer(settings, client, query))
+    if as_json:
+        click.echo(orjson.dumps(document).decode())
+        return
+    found = document["alerts"]
+    if not found:
+        click.echo("no active alerts" + ("" if include_silenced else " (silenced ones: --all)"))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(found)} active alert{'s' if len(found) != 1 else ''}")
+    for name in ("since (UTC)", "severity", "rule", "device", "site", "metric", "window"):
+        table.add_column(name)
+    table.add_column("value", justify="right")
+    table.add_column("threshold", justify="right")
+    if include_silenced:
+        table.add_column("silenced")
+    for alert in found:
+        row = [
+            _iso_utc(alert["end"]),
+            alert["severity"],
+            alert["rule"],
+            alert["device"],
+            alert["site"] or "-",
+            alert["metric"],
+            alert["window"] or "absence",
+            "-" if alert["value"] is None else repr(alert["value"]),
+            repr(alert["threshold"]),
+        ]
+        if include_silenced:
+            row.append("yes" if alert["silenced"] else "no")
+        table.add_row(*row)
+    Console().print(table)
 
 
 @main.command()

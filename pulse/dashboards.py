@@ -22,8 +22,14 @@ query uses is declared:
   interval, summed per group.
 * ``ratio``: the increase of one counter over another's per worker (the mean flush
   latency: seconds summed over flushes counted).
+* ``alerts``: the alert transitions of the time range in the chosen site, newest first,
+  one row each (its value, threshold and whether it was silenced, pivoted from the
+  ``alerts`` measurement's fields).
+* ``count``: the alert transitions of one state (firing or resolved) per display
+  interval, per severity.
 
-Alerts: Pulse defines none yet, so the template has no alerts dashboard.
+The alerts are the worker's rules' transitions (pulse/measurements.py, ``ALERTS``), not
+InfluxDB checks: the template defines no InfluxDB alerts of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pulse.measurements import (
+    ALERTS,
     PULSE_STATS,
     PULSE_STATS_SINK,
     PULSE_STATS_WORKER,
@@ -150,6 +157,46 @@ def ratio(bucket: str, measurement: Measurement, over: str, under: str, by: str)
     )
 
 
+def _alerts_filter(bucket: str, fields: list[str], state: str | None = None) -> str:
+    for name in fields:
+        ALERTS.field(name)
+    only = "" if state is None else f' and r.state == "{state}"'
+    return (
+        f"{_head(bucket)}\n"
+        f'  |> filter(fn: (r) => r._measurement == "{ALERTS.name}" and ({_fields(fields)})'
+        f"{only})\n"
+        f'  |> filter(fn: (r) => v.site == "{ALL}" or r.{SITE} == v.site)'
+    )
+
+
+ALERT_COLUMNS = ("rule", "device", SITE, "severity", "state", "metric", "window")
+"""The tags of an alert transition the table shows, in its order."""
+
+
+def alerts(bucket: str) -> str:
+    """Shape ``alerts``: each transition of the time range, newest first."""
+    fields = ["value", "threshold", "silenced"]
+    columns = ", ".join(f'"{name}"' for name in ("_time", *ALERT_COLUMNS, *fields))
+    assert set(ALERT_COLUMNS) <= set(ALERTS.tag_names)
+    return (
+        f"{_alerts_filter(bucket, fields)}\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        "  |> group()\n"
+        '  |> sort(columns: ["_time"], desc: true)\n'
+        f"  |> keep(columns: [{columns}])"
+    )
+
+
+def count(bucket: str, state: str, by: str) -> str:
+    """Shape ``count``: the transitions to ``state`` per display interval, per ``by``."""
+    assert state in ("firing", "resolved") and by in ALERTS.tag_names
+    return (
+        f"{_alerts_filter(bucket, ['threshold'], state)}\n"
+        f'  |> group(columns: ["{by}"])\n'
+        "  |> aggregateWindow(every: v.windowPeriod, fn: count, createEmpty: false)"
+    )
+
+
 def _variable(name: str, description: str, query: str) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -167,12 +214,12 @@ def _variable(name: str, description: str, query: str) -> dict[str, Any]:
 
 def variables(bucket: str) -> list[dict[str, Any]]:
     """The dashboards' variables: ``metric``, ``window``, ``device``, ``site``."""
-    health = " and ".join(f'r._value != "{m.name}"' for m in STATS)
+    health = " and ".join(f'r._value != "{m.name}"' for m in (*STATS, ALERTS))
     schema = 'import "influxdata/influxdb/schema"\n\n'
     return [
         _variable(
             "metric",
-            "A metric: the measurements of the windows (Pulse's health left out).",
+            "A metric: the measurements of the windows (Pulse's health and alerts left out).",
             f'{schema}schema.measurements(bucket: "{bucket}")\n  |> filter(fn: (r) => {health})',
         ),
         _variable(
@@ -220,14 +267,14 @@ def _xy(name: str, query: str | list[str], note: str, unit: str = "") -> dict[st
     }
 
 
-def _table(name: str, query: str, note: str) -> dict[str, Any]:
+def _table(name: str, query: str, note: str, sort_by: str = "_value") -> dict[str, Any]:
     return {
         "kind": "Table",
         "name": name,
         "note": note,
         "noteOnEmpty": True,
         "queries": [{"query": query}],
-        "tableOptions": {"sortBy": "_value", "wrapping": "truncate", "fixFirstColumn": True},
+        "tableOptions": {"sortBy": sort_by, "wrapping": "truncate", "fixFirstColumn": True},
         "colors": [{"name": "base", "type": "text", "hex": "#FFFFFF"}],
     }
 
@@ -245,7 +292,8 @@ def _dashboard(name: str, title: str, description: str, charts: list[Any]) -> di
 
 
 def dashboards(bucket: str) -> list[dict[str, Any]]:
-    """One dashboard per concern: the windows of a metric, the top devices, the pipeline."""
+    """One dashboard per concern: the windows of a metric, the top devices, the pipeline,
+    the alerts."""
     stats, worker, sink = PULSE_STATS, PULSE_STATS_WORKER, PULSE_STATS_SINK
     reasons = [name for name in stats.field_names if name.startswith("dead_letters_")]
     errors = [name for name in sink.field_names if name.startswith("errors_")]
@@ -341,7 +389,38 @@ def dashboards(bucket: str) -> list[dict[str, Any]]:
                 ),
             ],
         ),
+        alerts_dashboard(bucket),
     ]
+
+
+def alerts_dashboard(bucket: str) -> dict[str, Any]:
+    """The alert transitions (variable site)."""
+    return _dashboard(
+        "alerts",
+        "Pulse: alerts",
+        "The alert rules' transitions (measurement alerts, from the alerts topic), in the "
+        "chosen site.",
+        [
+            _table(
+                "Alert transitions",
+                alerts(bucket),
+                "Each alert starting to fire or resolving, newest first: rule, device, site, "
+                "severity, state, metric and window (none: an absence rule), the judged value, "
+                "the threshold (an absence rule: its seconds), and whether a silence covered it.",
+                sort_by="_time",
+            ),
+            _xy(
+                "Alerts fired",
+                count(bucket, "firing", "severity"),
+                "Alerts that started to fire, per display interval, per severity.",
+            ),
+            _xy(
+                "Alerts resolved",
+                count(bucket, "resolved", "severity"),
+                "Alerts that resolved, per display interval, per severity.",
+            ),
+        ],
+    )
 
 
 def template(bucket: str = DEFAULT_BUCKET) -> list[dict[str, Any]]:

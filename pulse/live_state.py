@@ -184,3 +184,42 @@ async def top_devices(
     if not exists:
         return None
     return [(_text(member), float(score)) for member, score in rows]
+
+
+async def active_alerts(
+    client: RedisClient,
+    settings: Settings,
+    *,
+    include_silenced: bool = False,
+    device: str | None = None,
+    site: str | None = None,
+    severity: str | None = None,
+) -> list[dict[str, Any]]:
+    """The alerts firing now (``P:alerts:active``, pulse/sinks/alerts.py): each one's firing
+    transition as the ``alerts`` topic holds it, the most recent first (by end, then rule,
+    device, metric, window). Silenced ones only with ``include_silenced``; ``device``,
+    ``site`` and ``severity`` keep only the alerts of that device, site or severity. An
+    entry that is not a JSON object (not written by Pulse) is left out."""
+    raw = await client.hvals(RedisKeys(settings.redis_prefix).alerts_active)
+    alerts = []
+    for value in raw:
+        try:
+            alert = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(alert, dict):
+            continue
+        if (
+            (include_silenced or alert.get("silenced") is not True)
+            and (device is None or alert.get("device") == device)
+            and (site is None or alert.get("site") == site)
+            and (severity is None or alert.get("severity") == severity)
+        ):
+            alerts.append(alert)
+
+    def order(alert: dict[str, Any]) -> tuple[float, list[str]]:
+        end = alert.get("end")
+        names = [str(alert.get(name) or "") for name in ("rule", "device", "metric", "window")]
+        return (-float(end) if isinstance(end, int | float) else 0.0, names)
+
+    return sorted(alerts, key=order)

@@ -184,6 +184,20 @@ class WorkerCollector(Collector):
             {p: s.open_windows for p, s in states.items()},
         )
         yield _gauge(
+            "pulse_registry_version",
+            "The registry version each assigned partition judges alerts by, as its changelog "
+            "records it (0: none yet)",
+            "partition",
+            {p: s.registry_version for p, s in states.items()},
+        )
+        yield _gauge(
+            "pulse_alert_entries",
+            "Alert state entries (window rules' runs and firing alerts, watched absences) "
+            "per assigned partition",
+            "partition",
+            {p: len(s.alerts) for p, s in states.items()},
+        )
+        yield _gauge(
             "pulse_state_memory_bytes",
             "An estimate of the window state's memory per assigned partition, from a sample "
             "of its entries (PartitionState.memory_estimate; process_resident_memory_bytes "
@@ -361,7 +375,7 @@ class RegistryCollector(Collector):
         version, age = self.cache.version, self.cache.age()
         if version is not None and age is not None:
             yield GaugeMetricFamily(
-                "pulse_registry_version",
+                "pulse_registry_cache_version",
                 "The registry version of the snapshot in use",
                 value=version,
             )

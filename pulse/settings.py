@@ -363,9 +363,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "PULSE_INFLUX_WRITER",
         "on",
-        "Whether `pulse worker` also runs the InfluxDB writer, which reads the aggregates "
-        "topic back into InfluxDB (consumer group `{PULSE_APP_ID}-influx`): `on`, or `off` "
-        "where it runs alone (`pulse influx-writer`).",
+        "Whether `pulse worker` also runs the InfluxDB writers, which read the aggregates "
+        "topic back into InfluxDB (consumer group `{PULSE_APP_ID}-influx`) and the alerts "
+        "topic into its `alerts` measurement (`{PULSE_APP_ID}-alerts-influx`): `on`, or "
+        "`off` where they run alone (`pulse influx-writer`).",
+        _choice("on", "off"),
+    ),
+    Variable(
+        "PULSE_ALERTS_WRITER",
+        "on",
+        "Whether `pulse worker` also runs the alerts writer, which reads the alerts topic "
+        "back into Redis (`{PULSE_REDIS_PREFIX}:alerts:active` and the `/api/live` event "
+        "stream; consumer group `{PULSE_APP_ID}-alerts`): `on`, or `off` where it runs alone "
+        "(`pulse alerts-writer`).",
         _choice("on", "off"),
     ),
     Variable(
@@ -661,6 +671,7 @@ class Settings:
     influx_org: str
     influx_bucket: str
     influx_writer: str
+    alerts_writer: str
     app_id: str
     windows: tuple[WindowSpec, ...]
     grace: float

@@ -24,6 +24,7 @@ _REPRESENTATIVES: dict[int, float] = {}
 
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _QUANTILE_LEVELS = tuple(level for _, level in QUANTILES)
+_AGGREGATE_INDEX = {name: i for i, name in enumerate(AGGREGATES)}
 
 
 class QuantileSketch:
@@ -175,6 +176,26 @@ class Summary:
             low if p95 < low else high if p95 > high else p95,
             low if p99 < low else high if p99 > high else p99,
         )
+
+    @staticmethod
+    def value(state: SummaryState, aggregate: str) -> Any:
+        """``values(state)[AGGREGATES.index(aggregate)]``, computing the quantiles only for
+        a quantile (what an alert rule reads of each closed window)."""
+        if aggregate == "count":
+            return state[COUNT]
+        if aggregate == "sum":
+            return state[SUM]
+        if aggregate == "min":
+            return state[MIN]
+        if aggregate == "max":
+            return state[MAX]
+        if aggregate == "mean":
+            return state[SUM] / state[COUNT]
+        if aggregate == "first":
+            return state[FIRST_V]
+        if aggregate == "last":
+            return state[LAST_V]
+        return Summary.values(state)[_AGGREGATE_INDEX[aggregate]]
 
     @staticmethod
     def result(state: SummaryState) -> dict[str, Any]:

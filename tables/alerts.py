@@ -31,20 +31,19 @@ series, and an entry whose rule no longer applies is dropped at the next call th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from models.alerts import AlertTransition, Registry
-from models.outputs import AGGREGATES, ClosedWindow
+from models.outputs import ClosedWindow
 from tables.aggregators import Summary
 
 SeriesKey = tuple[str, str, str]
 """(device, metric, window label)."""
 
-_INDEX = {name: i for i, name in enumerate(AGGREGATES)}
 FORMAT = 1
 """The version of :func:`encode`'s format."""
 
@@ -88,7 +87,7 @@ def judge(table: AlertTable, registry: Registry, window: ClosedWindow) -> list[A
     if not rules and not entries:
         return []
     entries = {} if entries is None else entries
-    values = Summary.values(window.state)
+    summary = window.state
     device = registry.entry(window.device)
     site = None if device is None else device.site
     labels: Mapping[str, str] = {} if device is None else device.labels
@@ -105,12 +104,12 @@ def judge(table: AlertTable, registry: Registry, window: ClosedWindow) -> list[A
                 out.append(
                     _transition(
                         registry, window, name, site, labels, aggregate,
-                        values[_INDEX[aggregate]], threshold, "resolved", severity,
+                        Summary.value(summary, aggregate), threshold, "resolved", severity,
                     )
                 )  # fmt: skip
             continue
         run, firing = (0, False) if entry is None else (entry[0], entry[1])
-        value = values[_INDEX[rule.aggregate]]
+        value = Summary.value(summary, rule.aggregate)
         state = None
         if not firing:
             run = run + 1 if rule.breaching(value) else 0
@@ -176,7 +175,8 @@ def watch(
     last_seen: Mapping[tuple[str, str], int],
 ) -> list[AlertTransition]:
     """The absence transitions when the partition's watermark is ``watermark_us`` and the
-    latest reading of each (device, metric) it holds is at ``last_seen[(device, metric)]``.
+    latest reading of each (device, metric) it holds is at ``last_seen[(device, metric)]``:
+    :func:`seen`, then :func:`due` of every entry.
 
     First the readings: a covered (device, metric) seen for the first time starts to be
     watched; one with a reading later than the one recorded resolves if it was firing.
@@ -191,6 +191,13 @@ def watch(
     series' deadline within one call's span count as the reading first. Replays are exact
     when the calls are made at the same points of the input.
     """
+    return seen(table, registry, last_seen) + due(table, registry, watermark_us)
+
+
+def seen(
+    table: AlertTable, registry: Registry, last_seen: Mapping[tuple[str, str], int]
+) -> list[AlertTransition]:
+    """:func:`watch`'s readings part alone: costs only the pairs of ``last_seen``."""
     resolved: list[tuple[tuple[str, str, str], AlertTransition]] = []
     for (device_id, metric), t_us in last_seen.items():
         for rule in registry.absence_rules_for(device_id, metric):
@@ -209,8 +216,23 @@ def watch(
                     )
                 table.absence[key] = [t_us, False, rule.severity]
                 table.changed_absence.add(key)
+    resolved.sort(key=lambda pair: pair[0])
+    return [t for _, t in resolved]
+
+
+def due(
+    table: AlertTable,
+    registry: Registry,
+    watermark_us: int,
+    keys: Iterable[tuple[str, str, str]] | None = None,
+) -> list[AlertTransition]:
+    """:func:`watch`'s deadlines part, over ``keys`` of ``table.absence`` (None: all of
+    them). A caller that passes keys must pass every entry due at ``watermark_us`` and, after
+    a registry change, call it once with None (PartitionState keeps its deadlines so)."""
     deadlines: list[tuple[tuple[str, str, str], AlertTransition]] = []
-    for key, entry in list(table.absence.items()):
+    chosen = list(table.absence) if keys is None else [k for k in keys if k in table.absence]
+    for key in chosen:
+        entry = table.absence[key]
         name, device_id, metric = key
         last_t, firing, severity = entry
         current = registry.absence_rule(name)
@@ -234,9 +256,8 @@ def watch(
                 "firing", current.severity,
             )  # fmt: skip
             deadlines.append(((device_id, metric, name), transition))
-    resolved.sort(key=lambda pair: pair[0])
     deadlines.sort(key=lambda pair: pair[0])
-    return [t for _, t in resolved] + [t for _, t in deadlines]
+    return [t for _, t in deadlines]
 
 
 def _absence(

@@ -69,7 +69,7 @@ from tables._native import (
     update_latest,
 )
 from tables.aggregators import Summary, SummaryState
-from tables.alerts import AlertTable, all_rows, apply_rows, changed_rows, judge, watch
+from tables.alerts import AlertTable, all_rows, apply_rows, changed_rows, due, judge, seen
 from tables.windows import WindowSpec
 
 WindowKey = tuple[str, str, int, int]
@@ -261,14 +261,21 @@ class PartitionState:
         """Alert transitions since the last drain, in input order."""
         self._admitted: dict[str, None] | None = None
         self._stops: dict[tuple[str, str], bool] = {}
-        self._deadline = NO_DEADLINE
+        self._deadlines: list[tuple[int, tuple[str, str, str]]] = []
+        """A heap of (watermark at which it fires, absence key) of the entries not firing;
+        lazily kept: an item whose entry moved on is dropped or corrected when it comes up."""
+        self._queued: set[tuple[str, str, str]] = set()
+        """The keys with an item in ``_deadlines``: one each."""
 
     # -- the registry and absence rules ---------------------------------------------------
 
     def use_registry(self, registry: Registry | None, required: bool = False) -> None:
         """Judge by ``registry`` from now on (the caller records its version first: see
         :meth:`drain`'s ``switch_to``), and with ``required`` reject the readings of devices
-        it lacks or disables."""
+        it lacks or disables. The absence entries are judged once against it at once (at
+        this watermark): those whose rule no longer applies are dropped, resolving if they
+        fired; a replay from the delta that recorded the version does the same at the same
+        point."""
         self.registry = registry
         self.registry_version = 0 if registry is None else registry.version
         self.registry_required = required
@@ -278,13 +285,28 @@ class PartitionState:
             else {d.id: None for d in registry.devices if d.enabled}
         )
         self._stops = {}
-        if registry is not None:
-            for rule in registry.absence_rules:
-                for device in registry.devices:
-                    pair = (device.id, rule.metric)
-                    if pair not in self._stops and registry.absence_rules_for(*pair):
-                        self._update_stop(pair)
-        self._update_deadline()
+        self._deadlines = []
+        self._queued = set()
+        if registry is None:
+            return
+        if self.alerts.absence:
+            self._transitions += due(self.alerts, registry, self.watermark)
+        for absence_rule in registry.absence_rules:
+            for device in registry.devices:
+                pair = (device.id, absence_rule.metric)
+                if pair not in self._stops:
+                    self._update_stop(pair)
+        for key, (last_t, firing, _) in self.alerts.absence.items():
+            rule = registry.absence_rule(key[0])
+            if not firing and rule is not None:
+                self._deadlines.append((last_t + rule.duration_us, key))
+                self._queued.add(key)
+        heapq.heapify(self._deadlines)
+
+    @property
+    def _deadline(self) -> int:
+        """The least watermark at which an absence entry may fire (the heap's least)."""
+        return self._deadlines[0][0] if self._deadlines else NO_DEADLINE
 
     def _update_stop(self, pair: tuple[str, str]) -> None:
         """Whether the batch path must leave the readings of ``pair`` to :meth:`apply`: an
@@ -301,39 +323,84 @@ class PartitionState:
             for rule in rules
         )
 
-    def _update_deadline(self) -> None:
-        """The least watermark at which an absence entry not firing would fire."""
-        registry = self.registry
-        deadline = NO_DEADLINE
-        if registry is not None:
-            for (name, _, _), (last_t, firing, _) in self.alerts.absence.items():
-                rule = registry.absence_rule(name)
-                if not firing and rule is not None and last_t + rule.duration_us < deadline:
-                    deadline = last_t + rule.duration_us
-        self._deadline = deadline
+    def _seen(self, registry: Registry, last_seen: dict[tuple[str, str], int]) -> None:
+        """tables.alerts.seen, and the stops and deadlines of the entries it touched."""
+        table = self.alerts
+        pending, table.changed_absence = table.changed_absence, set()
+        self._transitions += seen(table, registry, last_seen)
+        touched, table.changed_absence = table.changed_absence, pending
+        self._after(registry, touched)
+        pending |= touched
 
-    def _watch(self) -> None:
-        """Judge the absence rules at this point of the input (tables.alerts.watch): the
-        pairs that read since the last drain, then the watermark. Called after each reading
-        the batch path leaves for it and whenever the watermark reaches the deadline, so
-        every absence fires and resolves at the same record whatever the drains' timing."""
+    def _after(self, registry: Registry, touched: set[tuple[str, str, str]]) -> None:
+        """The stops and deadlines of absence entries that changed. A deadline that moved
+        later keeps its old heap item, corrected when it comes up (see _due); only an entry
+        with no item (new, or no longer firing) gets one."""
+        absence, stops, queued = self.alerts.absence, self._stops, self._queued
+        for key in touched:
+            pair = (key[1], key[2])
+            entry = absence.get(key)
+            if entry is None or entry[1] or stops.get(pair) is not False:
+                self._update_stop(pair)
+            if entry is not None and not entry[1] and key not in queued:
+                rule = registry.absence_rule(key[0])
+                if rule is not None:
+                    heapq.heappush(self._deadlines, (entry[0] + rule.duration_us, key))
+                    queued.add(key)
+
+    def _latest_t(self, pair: tuple[str, str]) -> int | None:
+        value = self.latest.get(pair) or self._latest_unsent.get(pair)
+        return None if value is None else value[0]
+
+    def _due(self, registry: Registry) -> None:
+        """Fire the absences whose deadline the watermark has reached: the heap's entries up
+        to the watermark, each checked against the table (a newer reading moves its deadline;
+        entries gone or firing are skipped), then tables.alerts.due of those still due."""
+        watermark, table, heap = self.watermark, self.alerts, self._deadlines
+        candidates: set[tuple[str, str, str]] = set()
+        queued = self._queued
+        while heap and heap[0][0] <= watermark:
+            deadline, key = heapq.heappop(heap)
+            queued.discard(key)
+            entry = table.absence.get(key)
+            rule = registry.absence_rule(key[0])
+            if entry is None or entry[1] or rule is None:
+                continue
+            pair = (key[1], key[2])
+            t = self._latest_t(pair)
+            if t is not None and t > entry[0]:  # read since: a later deadline
+                self._seen(registry, {pair: t})
+            if entry[0] + rule.duration_us > deadline:  # moved later: its own deadline
+                if key not in queued:
+                    heapq.heappush(heap, (entry[0] + rule.duration_us, key))
+                    queued.add(key)
+                continue
+            candidates.add(key)
+        if candidates:
+            pending, table.changed_absence = table.changed_absence, set()
+            self._transitions += due(table, registry, watermark, sorted(candidates))
+            touched, table.changed_absence = table.changed_absence, pending
+            self._after(registry, touched)
+            pending |= touched
+
+    def _watch(self, pairs: Iterable[tuple[str, str]] | None = None) -> None:
+        """Judge the absence rules at this point of the input: the latest readings of
+        ``pairs`` (None: of every pair read since the last drain), then the watermark.
+        Called after each reading the batch path leaves for it, whenever the watermark
+        reaches the least deadline, and at each drain, so every absence fires and resolves
+        at the same record whatever the fetches and drains."""
         registry = self.registry
         if registry is None:
             return
-        latest, unsent = self.latest, self._latest_unsent
         last_seen = {}
-        for pair in self._latest_changed:
-            value = latest.get(pair) or unsent.get(pair)
-            if value is not None:
-                last_seen[pair] = value[0]
-        table = self.alerts
-        pending, table.changed_absence = table.changed_absence, set()
-        self._transitions += watch(table, registry, self.watermark, last_seen)
-        touched, table.changed_absence = table.changed_absence, pending
-        for key in touched:
-            self._update_stop((key[1], key[2]))
-        pending |= touched
-        self._update_deadline()
+        for each in self._latest_changed if pairs is None else pairs:
+            t = self._latest_t(each)
+            if t is not None:
+                last_seen[each] = t
+        if last_seen:
+            self._seen(registry, last_seen)
+        if self._deadlines and self._deadlines[0][0] <= self.watermark:
+            self._due(registry)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -401,8 +468,11 @@ class PartitionState:
             self.max_t = t
             if t - self.grace_us > watermark:
                 self.watermark = t - self.grace_us
-        if self.watermark >= self._deadline or self._stops.get((device, metric)):
-            self._watch()
+        pair = (device, metric)
+        if self._stops.get(pair):
+            self._watch((pair,))
+        elif self.watermark >= self._deadline:
+            self._watch(())
         return True
 
     def apply_records(
@@ -452,7 +522,7 @@ class PartitionState:
                 return at
             # stopped right after the record that took the watermark to an absence
             # deadline: judge there, then go on (the new deadline lies beyond the watermark)
-            self._watch()
+            self._watch(())
             if at >= len(records):
                 return at
             begin = at

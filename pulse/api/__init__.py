@@ -17,7 +17,17 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
-from pulse.api import _auth, _health, _history, _live, _page, _registry, _state, openapi
+from pulse.api import (
+    _alerts,
+    _auth,
+    _health,
+    _history,
+    _live,
+    _page,
+    _registry,
+    _state,
+    openapi,
+)
 from pulse.api._context import CONTEXT, ApiContext, Readiness
 from pulse.api._errors import ApiError, error_middleware
 from pulse.api._metrics import request_metrics
@@ -26,7 +36,7 @@ __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
 log = logging.getLogger(__name__)
 
-API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _live, _registry, _page)
+API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _alerts, _live, _registry, _page)
 """The route modules of the full API and the live page, besides health and metrics (always
 served)."""
 

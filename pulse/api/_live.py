@@ -1,16 +1,19 @@
-"""``GET /api/live``: closed windows as Server-Sent Events, from the Redis stream ``P:events``.
+"""``GET /api/live``: closed windows and alert transitions as Server-Sent Events, from the
+Redis stream ``P:events``.
 
-Each event is one entry of the stream (pulse/sinks/history.py: one per closed window that
-entered its series' history): ``id:`` the entry's id, ``event: window``, ``data:`` the
-window's ``aggregates`` record. A client that reconnects sends the last id it got as
-``Last-Event-ID`` and gets every entry after it that the stream still holds (it keeps about
-10,000), with no repeat; when entries after that id may have been trimmed meanwhile,
-``event: reset`` comes first, so the client reloads what it shows rather than miss windows
-silently. Without it, the events from now on. ``?device=`` and
-``?metric=`` keep only that device's or metric's windows. A comment line goes out when
-nothing was sent for :data:`KEEP_ALIVE` seconds (proxies close idle connections), and the
-handler ends when the client goes (the next write fails) or the server stops (its streams
-are cancelled on shutdown).
+Each event is one entry of the stream: a closed window that entered its series' history
+(pulse/sinks/history.py) is ``event: window`` with ``data:`` the window's ``aggregates``
+record; an alert transition (pulse/sinks/alerts.py: an alert starting to fire or resolving)
+is ``event: alert`` with ``data:`` the transition's ``alerts`` record; ``id:`` is the
+entry's id. A client that reconnects sends the last id it got as ``Last-Event-ID`` and gets
+every entry after it that the stream still holds (it keeps about 10,000), with no repeat;
+when entries after that id may have been trimmed meanwhile, ``event: reset`` comes first, so
+the client reloads what it shows rather than miss events silently. Without it, the events
+from now on. ``?device=`` and ``?metric=`` keep only that device's or metric's events;
+``?events=window`` or ``?events=alert`` only that kind (default both: ``window,alert``). A
+comment line goes out when nothing was sent for :data:`KEEP_ALIVE` seconds (proxies close
+idle connections), and the handler ends when the client goes (the next write fails) or the
+server stops (its streams are cancelled on shutdown).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ ENTRIES_PER_READ = 500
 Entry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry as redis-py returns it (bytes replies): its id and its fields."""
 STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+EVENT_KINDS = {b"window": b"window", b"alert": b"alert"}
+"""The stream entries' fields that are events, and each one's SSE event type."""
 
 STREAMS = web.AppKey("pulse_live_streams", set[asyncio.Task[Any]])
 """The handlers streaming now, cancelled when the application shuts down
@@ -60,6 +65,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     query = request.query
     device = _params.device_name(query["device"], "device") if query.get("device") else None
     metric = _params.metric_name(query["metric"], "metric") if query.get("metric") else None
+    known = tuple(kind.decode() for kind in EVENT_KINDS)
+    kinds = [k.encode() for k in _params.event_kinds(query.get("events"), "events", known)]
     stream = RedisKeys(context.settings.redis_prefix).events
     client = context.redis
     last_id = request.headers.get("Last-Event-ID", "").strip()
@@ -99,10 +106,12 @@ async def live(request: web.Request) -> web.StreamResponse:
             for _, entries in found:
                 for entry_id, fields in entries:
                     last_id = entry_id.decode()
-                    value = fields.get(b"window")
-                    if value is None or not _wanted(value, device, metric):
-                        continue
-                    parts.append(b"id: %s\nevent: window\ndata: %s\n\n" % (entry_id, value))
+                    for kind in kinds:
+                        value = fields.get(kind)
+                        if value is not None and _wanted(value, device, metric):
+                            event = (entry_id, EVENT_KINDS[kind], value)
+                            parts.append(b"id: %s\nevent: %s\ndata: %s\n\n" % event)
+                            break
             if not parts and time.monotonic() - sent_at >= KEEP_ALIVE:
                 parts.append(b": keep-alive\n\n")
             if parts:
@@ -157,11 +166,18 @@ ROUTES = list(routes)
 PATHS: dict[str, Any] = {
     "/api/live": {
         "get": {
-            "summary": "Closed windows as Server-Sent Events (event: window), from now on or "
-            "after Last-Event-ID",
+            "summary": "Closed windows (event: window) and alert transitions (event: alert) "
+            "as Server-Sent Events, from now on or after Last-Event-ID",
             "parameters": [
                 {"name": "device", "in": "query", "schema": {"type": "string"}},
                 {"name": "metric", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "events",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^(window|alert)(,(window|alert))*$"},
+                    "description": "The kinds of events wanted, comma-separated (default: "
+                    "window,alert).",
+                },
                 {
                     "name": "Last-Event-ID",
                     "in": "header",
@@ -171,8 +187,9 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": {
-                    "description": "An event stream: id, event: window, data: the closed "
-                    "window's aggregates record",
+                    "description": "An event stream: id, event: window and data: the closed "
+                    "window's aggregates record, or event: alert and data: the transition's "
+                    "alerts record",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **{

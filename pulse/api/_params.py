@@ -110,3 +110,30 @@ def choice(text: str | None, parameter: str, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise ApiError(400, f"{parameter}: must be one of {', '.join(choices)}", parameter)
     return text
+
+
+def site_name(text: str, parameter: str = "site") -> str:
+    """A site of the registry: a name of the reading contract's pattern."""
+    return _name(text, parameter, "site")
+
+
+def severity_name(text: str, parameter: str = "severity") -> str:
+    """A rule's severity: a name of the reading contract's pattern."""
+    return _name(text, parameter, "severity")
+
+
+def flag(text: str | None, parameter: str) -> bool:
+    """``true`` or ``false`` (false when absent)."""
+    return choice(text, parameter, ("false", "true")) == "true"
+
+
+def event_kinds(text: str | None, parameter: str, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of some of ``kinds`` (all of them when absent), in the order of
+    ``kinds``."""
+    if text is None:
+        return kinds
+    asked = text.split(",")
+    if not asked or any(kind not in kinds for kind in asked):
+        wanted = ", ".join(kinds)
+        raise ApiError(400, f"{parameter}: one or more of {wanted}, comma-separated", parameter)
+    return tuple(kind for kind in kinds if kind in asked)

@@ -250,19 +250,21 @@ Item = TypeVar("Item")
 
 
 class RecordSink(Sink, Generic[Item]):
-    """A sink written from the ``aggregates`` topic read back rather than by the flush
-    (agents/aggregates_writer.py: InfluxDB, Redis history): each record is first read into
-    the sink's own item (:meth:`read_record`), then a fetch's items are written together
-    (:meth:`write_records`), under the guarantees of :meth:`Sink.write`. A record that is no
-    aggregates record goes to ``dead_letters`` as ``unreadable``; the rest are written.
+    """A sink written from an output topic read back rather than by the flush
+    (agents/topic_writer.py: InfluxDB and the Redis history from ``aggregates``, the alerts'
+    Redis keys and InfluxDB measurement from ``alerts``): each record is first read into the
+    sink's own item (:meth:`read_record`), then a fetch's items are written together
+    (:meth:`write_records`), under the guarantees of :meth:`Sink.write`. A record the sink
+    cannot read (no record of its topic's contract) goes to ``dead_letters`` as
+    ``unreadable``; the rest are written.
     """
 
     dead_letters: OutputDeadLetters | None = None
 
     @abc.abstractmethod
     def read_record(self, value: bytes | None) -> Item:
-        """The item of one ``aggregates`` record's value; ValueError (saying why) for a value
-        that is not such a record."""
+        """The item of one record's value; ValueError (saying why) for a value that is not a
+        record of the topic's contract."""
 
     @abc.abstractmethod
     async def write_records(self, items: Sequence[Item], keys: Sequence[bytes | None]) -> None:

@@ -8,7 +8,9 @@ version of the flush path, tables/_speedups.c, is held to this module's lines by
 protocol is built directly (the client's ``Point`` objects cost more than the rest of the pipeline).
 The InfluxDB writer (agents/influx_writer.py) makes each line from the window's ``aggregates``
 record (:func:`record_line`, :meth:`InfluxSink.read_record`) and writes them with
-:class:`InfluxSink`.
+:class:`InfluxSink`; the alerts' InfluxDB writer makes one point of each alert transition of
+the ``alerts`` topic (:func:`alert_line`, measurement ``alerts``) and writes them with
+:class:`AlertsInfluxSink`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from influxdb_client.client.write_api import WritePrecision
 from influxdb_client.rest import ApiException
 
 from models.outputs import AGGREGATES, ClosedWindow, RefusedOutput
-from pulse.measurements import WINDOWS, escape_tag
+from pulse.measurements import ALERTS, WINDOWS, escape_tag
 from pulse.settings import REDACTED
 from pulse.sinks._base import FlushBatch, RecordSink
 from pulse.sinks._retry import (
@@ -36,6 +38,7 @@ from pulse.sinks._retry import (
     retry_forever,
 )
 from pulse.sinks._text import aggregate_text
+from pulse.sinks.alerts import AlertRecord, alert_record
 from pulse.sinks.dead_letters import OutputDeadLetters
 from tables import _native
 from tables.aggregators import Summary
@@ -157,6 +160,32 @@ def record_line(value: bytes | None) -> str:
     return _line(metric, device, window, tags, texts, start_ms)
 
 
+def alert_line(record: AlertRecord) -> str:
+    """The line of one alert transition (measurement ``alerts``, pulse/measurements.py):
+    tags rule, device, site (if any), severity, state, metric, window (if any: an absence
+    rule has none); fields value (if any), threshold, silenced, id; time = the transition's
+    end in nanoseconds. Everything comes from the record, so a repeat is the same point."""
+    tags = {
+        "rule": record.rule,
+        "device": record.device,
+        "severity": record.severity,
+        "state": record.state,
+        "metric": record.metric,
+    }
+    if record.site:
+        tags["site"] = record.site
+    if record.window:
+        tags["window"] = record.window
+    fields: dict[str, float | bool | str] = {
+        "threshold": record.threshold,
+        "silenced": record.silenced,
+        "id": record.id,
+    }
+    if record.value is not None:
+        fields["value"] = record.value
+    return ALERTS.line(tags, fields, record.end_us * 1000)
+
+
 def line_protocol_lines(closed: Sequence[ClosedWindow]) -> list[str]:
     """The line of each closed window, in order: ``line_protocol(window)``."""
     return _native.line_protocol_lines(closed, line_protocol)
@@ -183,6 +212,8 @@ class InfluxSink(RecordSink[str]):
     """
 
     name = "influx"
+    precision = WritePrecision.MS
+    """The unit of the lines' timestamps (the windows' points are in milliseconds)."""
 
     def __init__(
         self,
@@ -191,9 +222,9 @@ class InfluxSink(RecordSink[str]):
         org: str,
         bucket: str,
         dead_letters: OutputDeadLetters | None = None,
-        name: str = "influx",
+        name: str | None = None,
     ) -> None:
-        self.name = name
+        self.name = name or type(self).name
         """Its name in /health, /metrics and dead letters: a second sink of the same
         InfluxDB (the pipeline's stats, agents/stats.py) is told apart by it."""
         self.url, self.token, self.org, self.bucket = url, token, org, bucket
@@ -283,7 +314,7 @@ class InfluxSink(RecordSink[str]):
                 bucket=self.bucket,
                 org=self.org,
                 record=body,
-                write_precision=WritePrecision.MS,  # type: ignore[arg-type]
+                write_precision=self.precision,  # type: ignore[arg-type]
             )
         except ApiException as exc:
             # The server's words are its own: never echo the token; a 401 or 403 says
@@ -305,6 +336,22 @@ class InfluxSink(RecordSink[str]):
             f"check that it is valid and may write to bucket {self.bucket!r} of org "
             f"{self.org!r}"
         )
+
+
+class AlertsInfluxSink(InfluxSink):
+    """Alert transitions to InfluxDB, one point each (:func:`alert_line`, nanosecond
+    timestamps), under InfluxSink's guarantees; written by agents/influx_writer.py's
+    AlertsInfluxWriter from the ``alerts`` topic, never by a flush."""
+
+    name = "influx-alerts"
+    precision = WritePrecision.NS
+
+    def read_record(self, value: bytes | None) -> str:
+        """The line of an ``alerts`` record (:func:`pulse.sinks.alerts.alert_record`)."""
+        return alert_line(alert_record(value))
+
+    async def write(self, batch: FlushBatch) -> None:
+        """Nothing: this sink is written from the alerts topic, never by a flush."""
 
 
 def refusal(

@@ -354,8 +354,14 @@ class RedisKeys:
 
     @property
     def events(self) -> str:
-        """The stream of closed windows (pulse/sinks/history.py)."""
+        """The stream of closed windows (pulse/sinks/history.py) and alert transitions
+        (pulse/sinks/alerts.py)."""
         return f"{self.prefix}:events"
+
+    @property
+    def alerts_active(self) -> str:
+        """The hash of the alerts firing now (pulse/sinks/alerts.py)."""
+        return f"{self.prefix}:alerts:active"
 
     @staticmethod
     def versions(key: str) -> str:

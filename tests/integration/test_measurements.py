@@ -34,7 +34,16 @@ from tests.reference import Valid, compute
 
 pytestmark = pytest.mark.integration
 
-SINKS = {"kafka", "redis-latest", "redis", "influx", "influx-stats", "history"}
+SINKS = {
+    "kafka",
+    "redis-latest",
+    "redis",
+    "influx",
+    "influx-stats",
+    "history",
+    "alerts",
+    "influx-alerts",
+}
 
 Latest = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 """(series name, its labels but the name) -> the value of its latest point."""

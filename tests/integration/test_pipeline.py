@@ -56,6 +56,7 @@ def pipeline_env(prefix: str, broker: str, redis_url: str, influx_url: str) -> d
         "PULSE_TOPIC_READINGS": f"{prefix}-readings",
         "PULSE_TOPIC_AGGREGATES": f"{prefix}-aggregates",
         "PULSE_TOPIC_DLQ": f"{prefix}-dlq",
+        "PULSE_TOPIC_ALERTS": f"{prefix}-alerts",
         "PULSE_TOPIC_OUTPUT_DLQ": f"{prefix}-output-dlq",
         "PULSE_REDIS_PREFIX": prefix,
         "PULSE_WINDOWS": "10s,1m",
@@ -384,6 +385,8 @@ def assert_api_and_cli(
         "influx": (influx, 0),
         "history": ("ok", 0),
         "influx-stats": (influx, 0),
+        "alerts": ("ok", 0),
+        "influx-alerts": ("ok", 0),
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -395,6 +398,8 @@ def assert_api_and_cli(
         ("influx", influx),
         ("history", "ok"),
         ("influx-stats", influx),
+        ("alerts", "ok"),
+        ("influx-alerts", "ok"),
     ):
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics

@@ -37,10 +37,13 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor, the history, InfluxDB and stats writers and the HTTP server
-    # start with the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off leaves
-    # the InfluxDB writer out, PULSE_STATS_INTERVAL=0 the stats writer.
+    # The readings processor, the history, InfluxDB, alerts and stats writers and the HTTP
+    # server start with the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off
+    # leaves the InfluxDB writers out (windows and alerts), PULSE_ALERTS_WRITER=off the alerts
+    # writer to Redis, PULSE_STATS_INTERVAL=0 the stats writer.
     assert sorted(type(child).__name__ for child in app._children) == [
+        "AlertsInfluxWriter",
+        "AlertsWriter",
         "HistoryWriter",
         "HttpServer",
         "InfluxWriter",
@@ -50,13 +53,25 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
     assert sorted(type(child).__name__ for child in alone._children) == [
+        "AlertsWriter",
         "HistoryWriter",
         "HttpServer",
         "ReadingsProcessor",
         "StatsWriter",
     ]
+    no_alerts = create_app(Settings.from_env({"PULSE_ALERTS_WRITER": "off"}))
+    assert sorted(type(child).__name__ for child in no_alerts._children) == [
+        "AlertsInfluxWriter",
+        "HistoryWriter",
+        "HttpServer",
+        "InfluxWriter",
+        "ReadingsProcessor",
+        "StatsWriter",
+    ]
     quiet = create_app(Settings.from_env({"PULSE_STATS_INTERVAL": "0"}))
     assert sorted(type(child).__name__ for child in quiet._children) == [
+        "AlertsInfluxWriter",
+        "AlertsWriter",
         "HistoryWriter",
         "HttpServer",
         "InfluxWriter",

@@ -61,6 +61,8 @@ def test_the_worker_builds_its_app_without_the_local_extra() -> None:
     listing = result["help"].split("Commands:")[1].splitlines()
     commands = [line.split()[0] for line in listing if line.strip()]
     assert commands == [
+        "alerts",
+        "alerts-writer",
         "api",
         "config",
         "history",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pulse import dashboards
-from pulse.measurements import MEASUREMENTS, STATS, WINDOWS
+from pulse.measurements import ALERTS, MEASUREMENTS, STATS, WINDOWS
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = {"timeRangeStart", "timeRangeStop", "windowPeriod"}
@@ -54,7 +54,8 @@ def test_the_committed_template_is_what_the_script_generates(tmp_path: Path) -> 
 
 
 def test_resources_follow_the_template_format(template: list[dict[str, Any]]) -> None:
-    # Variables and dashboards only: Pulse defines no alerts yet, so no alerts dashboard.
+    # Variables and dashboards only: the alerts dashboard shows the rules' transitions; the
+    # template defines no InfluxDB checks of its own.
     assert {(r["apiVersion"], r["kind"]) for r in template} == {
         ("influxdata.com/v2alpha1", "Variable"),
         ("influxdata.com/v2alpha1", "Dashboard"),
@@ -69,7 +70,7 @@ def test_resources_follow_the_template_format(template: list[dict[str, Any]]) ->
             assert resource["spec"]["type"] == "query"
             assert resource["spec"]["language"] == "flux"
     titles = [r["spec"]["name"] for r in template if r["kind"] == "Dashboard"]
-    assert titles == ["Pulse: windows", "Pulse: top devices", "Pulse: pipeline"]
+    assert titles == ["Pulse: windows", "Pulse: top devices", "Pulse: pipeline", "Pulse: alerts"]
     for resource in template:
         if resource["kind"] != "Dashboard":
             continue
@@ -100,6 +101,9 @@ def test_resources_follow_the_template_format(template: list[dict[str, Any]]) ->
         "Windows closed per second",
         "Consumer lag",
         "Flush latency",
+        "Alert transitions",
+        "Alerts fired",
+        "Alerts resolved",
     } <= charts
 
 
@@ -122,9 +126,13 @@ def test_queries_read_only_declared_names(template: list[dict[str, Any]]) -> Non
             if column in ("_measurement", "_field", "_value"):
                 continue
             assert column in tags or column in {f for m in declared for f in m.field_names}, column
+        fields_of = {f for m in declared for f in m.field_names}
+        pivoted = "|> pivot(" in text  # the fields become columns of their own
         for group in re.findall(r"columns: \[([^\]]*)\]", text):
             for column in re.findall(r'"([^"]+)"', group):
-                assert column in tags or column in COLUMNS, column
+                assert column in tags or column in COLUMNS or (pivoted and column in fields_of), (
+                    column
+                )
         for variable in re.findall(r"\bv\.([A-Za-z_]+)", text):
             assert variable in variables | BUILTINS, variable
     # Every health measurement and every declared field of each appears in some chart.
@@ -135,6 +143,10 @@ def test_queries_read_only_declared_names(template: list[dict[str, Any]]) -> Non
             assert f'r._field == "{field}"' in charts, field
     for field in ("mean", "min", "max", "p95"):
         assert f'r._field == "{field}"' in charts
+    # The alerts: every field but the id (a text, for the record) in some chart.
+    assert f'r._measurement == "{ALERTS.name}"' in charts
+    for field in ("value", "threshold", "silenced"):
+        assert f'r._field == "{field}"' in charts, field
 
 
 def test_queries_keep_to_the_documented_shapes(template: list[dict[str, Any]]) -> None:
@@ -156,6 +168,8 @@ def test_queries_keep_to_the_documented_shapes(template: list[dict[str, Any]]) -
             "keep",
             "aggregateWindow",
         ): "ratio",
+        ("range", "filter", "filter", "pivot", "group", "sort", "keep"): "alerts",
+        ("range", "filter", "filter", "group", "aggregateWindow"): "count",
     }
     seen = set()
     for resource in template:

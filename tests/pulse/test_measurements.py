@@ -8,9 +8,18 @@ import pytest
 
 from models.outputs import AGGREGATES, ClosedWindow
 from models.reading import DEAD_LETTER_REASONS
-from pulse.measurements import MEASUREMENTS, PULSE_STATS, PULSE_STATS_SINK, WINDOWS
-from pulse.sinks.influx import line_protocol, line_protocol_lines
+from pulse.measurements import (
+    ALERTS,
+    MEASUREMENTS,
+    PULSE_STATS,
+    PULSE_STATS_SINK,
+    WINDOWS,
+    FieldValue,
+)
+from pulse.sinks.alerts import alert_record
+from pulse.sinks.influx import alert_line, line_protocol, line_protocol_lines
 from tables.aggregators import Summary
+from tests.helpers.alerts import absence_alert, window_alert
 
 S = 1_000_000
 
@@ -90,3 +99,41 @@ def test_names_need_no_escaping_and_do_not_collide() -> None:
             assert name.fullmatch(item), item
         assert len(set(measurement.field_names)) == len(measurement.fields)
         assert not set(measurement.field_names) & set(measurement.tag_names)
+
+
+def test_alert_lines_are_the_declared_ones() -> None:
+    firing = window_alert("hot", "dev-1", "t", "5m/1m", 60, 1, "firing", 91.5, site="plant a,1")
+    absence = absence_alert("quiet", "dev-2", "h", "resolved", 25.5, 30, silenced=True)
+    lines = [alert_line(alert_record(t.json())) for t in (firing, absence)]
+    # Spelled out from the transitions: tags sorted and escaped, fields in declared order
+    # (value only where there is one), the id quoted, time = the end in nanoseconds.
+    assert lines == [
+        r"alerts,device=dev-1,metric=t,rule=hot,severity=warning,site=plant\ a\,1,state=firing,"
+        f'window=5m/1m value=91.5,threshold=80.0,silenced=false,id="{firing.id}" '
+        f"{firing.end_us * 1000}",
+        "alerts,device=dev-2,metric=h,rule=quiet,severity=critical,state=resolved "
+        f'threshold=30.0,silenced=true,id="{absence.id}" {absence.end_us * 1000}',
+    ]
+    for line in lines:
+        _, tags, fields, _ = parse(line.replace(r"\ ", "_").replace(r"\,", "_"))
+        assert set(tags) <= set(ALERTS.tag_names)
+        assert {t.name for t in ALERTS.tags if t.always} <= set(tags)
+        assert list(fields) == [f for f in ALERTS.field_names if f in fields]
+    assert ALERTS.precision == "ns"
+
+
+def test_boolean_string_and_optional_fields_keep_to_their_kind() -> None:
+    tags = {name: "x" for name in ("rule", "device", "severity", "state", "metric")}
+    fields: dict[str, FieldValue] = {"threshold": 1, "silenced": False, "id": 'a"b\\c'}
+    assert ALERTS.line(tags, fields, 5) == (
+        "alerts,device=x,metric=x,rule=x,severity=x,state=x "
+        r'threshold=1.0,silenced=false,id="a\"b\\c" 5'
+    )
+    with pytest.raises(ValueError, match="fields"):
+        ALERTS.line(tags, {"value": 1.0, "silenced": True, "id": "i"}, 0)  # no threshold
+    with pytest.raises(ValueError, match="not true or false"):
+        ALERTS.line(tags, {**fields, "silenced": 1}, 0)
+    with pytest.raises(ValueError, match="not text"):
+        ALERTS.line(tags, {**fields, "id": 7}, 0)
+    with pytest.raises(ValueError, match="not a number"):
+        ALERTS.line(tags, {**fields, "threshold": "1"}, 0)

@@ -2,7 +2,9 @@
 // behind a path prefix) and draws with the vendored uPlot. Closed windows of the selected
 // device arrive from /api/live (Server-Sent Events; EventSource reconnects by itself with
 // Last-Event-ID); the device list, the open windows, the top board and the dead letters are
-// read again on timers and when a closed window arrives. A 401 from any request shows the
+// read again on timers and when a closed window arrives. The active alerts are read from
+// /api/alerts and follow the alert events of a second stream (/api/live?events=alert): a
+// firing transition sets its alert, a resolved one removes it. A 401 from any request shows the
 // sign-in form; POST /api/session then sets the cookie that every later request carries.
 // Every number shown keeps the exact value it came with in data-value (the browser test
 // compares both with Redis); the text shows it rounded to three decimals.
@@ -29,6 +31,10 @@
     charts: new Map(), // metric -> {element, plot, data: [starts, mins, means, maxes], ends}
     recent: [], // the selected device's latest closed windows from /api/live, for loadCharts
     live: null,
+    alerts: new Map(), // alert (rule:device:metric:window) -> its firing transition
+    alertsLive: null,
+    alertEvents: null, // alert events received while /api/alerts is read, applied after it
+    alertLoads: 0, // reads of /api/alerts started: only the latest one's answer is shown
     timers: [],
     pending: new Map(), // throttled loaders: name -> timeout id
   };
@@ -148,6 +154,7 @@
   function showSignIn() {
     state.signedIn = false;
     stopLive();
+    stopAlerts();
     for (const timer of state.timers) clearInterval(timer);
     state.timers = [];
     $("app").hidden = true;
@@ -521,6 +528,131 @@
     soon("dead-letters", loadDeadLetters);
   }
 
+  // ---- active alerts -----------------------------------------------------------------------
+
+  function alertKey(alert) {
+    return [alert.rule, alert.device, alert.metric, alert.window || ""].join(":");
+  }
+
+  // Most recent first, as /api/alerts orders them.
+  function alertOrder(a, b) {
+    if (a.end !== b.end) return b.end - a.end;
+    for (const name of ["rule", "device", "metric", "window"]) {
+      const x = a[name] || "";
+      const y = b[name] || "";
+      if (x !== y) return x < y ? -1 : 1;
+    }
+    return 0;
+  }
+
+  async function loadAlerts() {
+    const load = ++state.alertLoads;
+    const all = $("alerts-all").checked;
+    const missed = [];
+    state.alertEvents = missed;
+    let answer;
+    try {
+      answer = await api("alerts" + (all ? "?all=true" : ""));
+    } finally {
+      if (load === state.alertLoads) state.alertEvents = null;
+    }
+    // A later read is under way (a timer, the checkbox, a reconnection): it will show.
+    if (load !== state.alertLoads) return;
+    state.alerts = new Map(answer.alerts.map((alert) => [alertKey(alert), alert]));
+    // Events that came while the answer was on its way: applied again, in order (each one
+    // sets or removes its alert, so one the answer already had changes nothing).
+    for (const alert of missed) applyAlert(alert);
+    renderAlerts();
+  }
+
+  function applyAlert(alert) {
+    const key = alertKey(alert);
+    if (alert.state === "firing" && (!alert.silenced || $("alerts-all").checked)) {
+      state.alerts.set(key, alert);
+    } else {
+      state.alerts.delete(key);
+    }
+  }
+
+  function onAlertEvent(message) {
+    const alert = JSON.parse(message.data);
+    if (state.alertEvents) state.alertEvents.push(alert);
+    applyAlert(alert);
+    renderAlerts();
+  }
+
+  function renderAlerts() {
+    const alerts = [...state.alerts.values()].sort(alertOrder);
+    $("alerts-count").textContent = `(${alerts.length})`;
+    const head = element(
+      "tr",
+      {},
+      element("th", {}, "since"),
+      element("th", { class: "name" }, "severity"),
+      element("th", { class: "name" }, "rule"),
+      element("th", { class: "name" }, "device"),
+      element("th", { class: "name wide-only" }, "metric"),
+      element("th", {}, "value"),
+      element("th", { class: "wide-only" }, "threshold"),
+    );
+    const rows = alerts.map((alert) =>
+      element(
+        "tr",
+        {
+          "data-alert": alertKey(alert),
+          "data-device": alert.device,
+          "data-severity": alert.severity,
+          "data-silenced": String(alert.silenced),
+          "data-end": alert.end,
+          class: alert.silenced ? "silenced" : null,
+          title: alert.silenced ? "silenced" : null,
+        },
+        element("td", {}, formatTime(alert.end)),
+        element("td", { class: "name severity" }, alert.severity),
+        element("td", { class: "name" }, alert.rule),
+        element("td", { class: "name" }, alert.device),
+        element(
+          "td",
+          { class: "name wide-only" },
+          alert.metric,
+          element("span", { class: "span" }, alert.window ? `${alert.aggregate} of ${alert.window}` : "absence"),
+        ),
+        numberCell("value", alert.value),
+        element(
+          "td",
+          { class: "num wide-only", "data-field": "threshold", "data-value": alert.threshold },
+          formatNumber(alert.threshold),
+        ),
+      ),
+    );
+    if (rows.length === 0) rows.push(element("tr", {}, element("td", { colspan: 7 }, "no active alert")));
+    $("alerts").replaceChildren(element("thead", {}, head), element("tbody", {}, ...rows));
+  }
+
+  function startAlerts() {
+    stopAlerts();
+    const source = new EventSource("api/live?" + new URLSearchParams({ events: "alert" }));
+    state.alertsLive = source;
+    source.addEventListener("alert", onAlertEvent);
+    // Events may have been lost (the stream trimmed them) or missed while away: read again.
+    source.addEventListener("reset", () => quietly(loadAlerts()));
+    source.addEventListener("open", () => quietly(loadAlerts()));
+    source.addEventListener("error", () => {
+      if (source !== state.alertsLive || source.readyState !== EventSource.CLOSED) return;
+      setTimeout(() => state.alertsLive === source && state.signedIn && startAlerts(), 5000);
+    });
+  }
+
+  function stopAlerts() {
+    if (state.alertsLive) state.alertsLive.close();
+    state.alertsLive = null;
+  }
+
+  function onAlertClick(event) {
+    const row = event.target.closest("tr[data-device]");
+    if (row) select(row.dataset.device);
+  }
+
   // ---- the top board -----------------------------------------------------------------------
 
   function fillTopSelects() {
@@ -613,11 +745,13 @@
     if (device) select(device);
     quietly(loadTop());
     quietly(loadDeadLetters());
+    startAlerts();
     state.timers = [
       setInterval(() => quietly(loadDevices()), 5000),
       setInterval(() => quietly(loadDevice(false)), 5000),
       setInterval(() => quietly(loadTop()), 10000),
       setInterval(() => quietly(loadDeadLetters()), 10000),
+      setInterval(() => quietly(loadAlerts()), 30000),
     ];
   }
 
@@ -627,6 +761,8 @@
     $("devices").addEventListener("click", onDeviceClick);
     $("devices").addEventListener("keydown", (event) => event.key === "Enter" && onDeviceClick(event));
     $("top").addEventListener("click", onTopClick);
+    $("alerts").addEventListener("click", onAlertClick);
+    $("alerts-all").addEventListener("change", () => quietly(loadAlerts()));
     for (const id of ["top-window", "top-metric", "top-order"]) {
       $(id).addEventListener("change", () => quietly(loadTop()));
     }

@@ -22,6 +22,7 @@ from pulse.local.stack import ServerProcess, create_database, free_port
 from pulse.registry import migrate
 from pulse.registry.store import RegistryStore
 from pulse.settings import Settings
+from tests.helpers.alerts import absence_alert, window_alert
 
 
 async def _fill_registry(settings: Settings) -> None:
@@ -59,6 +60,13 @@ def api_url(
     client = redis.Redis.from_url(redis_url)
     client.hset(f"{prefix}:device:dev-1", mapping={"rpm": 7, "rpm:ts": 1790000000, "rpm:v": "1:1"})
     client.zadd(f"{prefix}:devices", {"dev-1": 1790000000})
+    # Two active alerts (one of an absence rule, one silenced), as the alerts writer keeps them.
+    for transition in (
+        window_alert("hot", "dev-1", "rpm", "10s", 10, 1, "firing", 91.5),
+        absence_alert("quiet", "dev-1", "rpm", "firing", 5, 30, silenced=True),
+    ):
+        field = f"{transition.rule}:dev-1:rpm:{transition.window or ''}"
+        client.hset(f"{prefix}:alerts:active", field, transition.json())
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {
@@ -124,7 +132,7 @@ def test_pulse_api_shows_its_registry_cache_in_metrics_and_health(api_url: str) 
     with urllib.request.urlopen(f"{api_url}/metrics", timeout=5) as response:
         text = response.read().decode()
     # The registry filled by the fixture: four changes, loaded from PostgreSQL at least once.
-    assert "pulse_registry_version 4.0" in text
+    assert "pulse_registry_cache_version 4.0" in text
     misses = [
         line for line in text.splitlines() if line.startswith("pulse_registry_cache_misses_total ")
     ]

@@ -5,9 +5,10 @@ with the wall clock flow through it.
 What a person at the wall screen sees is checked against what Redis holds (read here with
 redis-py) and, for a window that closes while the page is open, against the independent
 reference (tests/reference.py): the numbers, a new closed window arriving without a reload,
-the device search, the sign-in with ``PULSE_API_TOKEN``, and no sideways scrolling on a
-390x844 phone. Screenshots of each step are kept in ``test-artifacts/page/{test}/`` in the
-repository (ignored by git), replaced by each run.
+the device search, the sign-in with ``PULSE_API_TOKEN``, the active alerts following the
+transitions the worker's alerts writer reads from its alerts topic, and no sideways
+scrolling on a 390x844 phone. Screenshots of each step are kept in
+``test-artifacts/page/{test}/`` in the repository (ignored by git), replaced by each run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
+from models.alerts import AlertTransition
 from tests.helpers import kafka
+from tests.helpers.alerts import absence_alert, alert_of, window_alert
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import pipeline_env
 from tests.reference import Expected, Record, Valid, assert_window_fields, compute
@@ -597,4 +600,128 @@ def test_the_page_signs_in_when_the_api_needs_a_token(
     assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
     assert errors == []
     context.close()
+    client.close()
+
+
+ALERT_ROWS = """() => [...document.querySelectorAll("#alerts tbody tr[data-alert]")].map((row) => ({
+  alert: row.dataset.alert, device: row.dataset.device, severity: row.dataset.severity,
+  silenced: row.dataset.silenced === "true", end: Number(row.dataset.end),
+  value: ((v) => v === undefined ? null : Number(v))(
+    row.querySelector("td[data-field=value]").dataset.value),
+  threshold: Number(row.querySelector("td[data-field=threshold]").dataset.value),
+}))"""
+
+
+def alert_rows(client: redis.Redis, prefix: str, silenced: bool) -> list[dict[str, Any]]:
+    """What the alerts table should show, read from Redis's active alerts: each alert's
+    firing transition, silenced ones only when asked, the most recent first."""
+    held: dict[bytes, bytes] = client.hgetall(f"{prefix}:alerts:active")  # type: ignore[assignment]
+    rows = []
+    for field, value in held.items():
+        doc = json.loads(value)
+        if doc["silenced"] and not silenced:
+            continue
+        rows.append(
+            {
+                "alert": field.decode(),
+                "device": doc["device"],
+                "severity": doc["severity"],
+                "silenced": doc["silenced"],
+                "end": doc["end"],
+                "value": doc["value"],
+                "threshold": doc["threshold"],
+            }
+        )
+    return sorted(
+        rows,
+        key=lambda r: (-r["end"], *r["alert"].split(":")),  # end, rule, device, ...
+    )
+
+
+def test_the_page_shows_the_active_alerts_and_follows_their_events(
+    live: Callable[..., tuple[WorkerProcess, LiveProducer, dict[str, str]]],
+    browser: Browser,
+    redis_url: str,
+    topic_prefix: str,
+    artifacts: Path,
+) -> None:
+    worker, _, env = live()
+    devices = devices_of(topic_prefix)
+    topic = env["PULSE_TOPIC_ALERTS"]
+    client = redis.Redis.from_url(redis_url)
+
+    def send(*transitions: AlertTransition) -> None:
+        """Transitions into the worker's alerts topic, as its flush writes them; its alerts
+        writer takes them into Redis."""
+        records: list[tuple[int | None, bytes | None, bytes | None, int | None]] = [
+            (None, t.device.encode(), t.json(), None) for t in transitions
+        ]
+        run_apart(kafka.produce(worker.env["PULSE_BROKER"], topic, records))
+
+    def active() -> set[str]:
+        return {f.decode() for f in client.hkeys(f"{topic_prefix}:alerts:active")}  # type: ignore[union-attr]
+
+    hot = window_alert("hot", devices[0], "temperature", "2s", 2, 1, "firing", 29.5)
+    quiet = absence_alert("quiet", devices[2], "humidity", "firing", 3, 30, site="south")
+    send(hot, quiet)
+    poll(lambda: active() == {alert_of(hot), alert_of(quiet)}, "two alerts in Redis")
+    for device in devices:  # closed windows to chart and rank (else the page meets 404s)
+        wait_for_history(client, topic_prefix, device, 1)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = watch_errors(page)
+    page.goto(f"http://127.0.0.1:{worker.port}/")
+    poll(
+        lambda: page.evaluate(ALERT_ROWS) == alert_rows(client, topic_prefix, False),
+        "the two alerts shown",
+    )
+    assert page.text_content("#alerts-count") == "(2)"
+    page.screenshot(path=artifacts / "1-alerts.png", full_page=True)
+
+    # Transitions arrive over /api/live: shown without a reload, as Redis then holds them.
+    page.evaluate("window.__sameDocument = true")
+    muted = window_alert(
+        "hot", devices[1], "temperature", "2s", 2, 2, "firing", 31.0, silenced=True
+    )
+    cold = window_alert(
+        "cold", devices[3], "humidity", "10s", 10, 1, "firing", -2.25, severity="page"
+    )
+    hot_resolved = window_alert("hot", devices[0], "temperature", "2s", 2, 4, "resolved", 20.0)
+    send(muted, cold, hot_resolved)
+    poll(lambda: active() == {alert_of(t) for t in (quiet, muted, cold)}, "the alerts in Redis")
+    want = alert_rows(client, topic_prefix, False)
+    assert [row["alert"] for row in want] == [alert_of(quiet), alert_of(cold)]  # ends 33, 20 s
+    poll(lambda: page.evaluate(ALERT_ROWS) == want, "the new alert, the resolved one gone")
+    assert page.evaluate("window.__sameDocument") is True
+    page.screenshot(path=artifacts / "2-alert-events.png", full_page=True)
+
+    # Silenced ones on request; a click on an alert selects its device.
+    page.check("#alerts-all")
+    poll(
+        lambda: page.evaluate(ALERT_ROWS) == alert_rows(client, topic_prefix, True),
+        "the silenced alert too",
+    )
+    assert page.text_content("#alerts-count") == "(3)"
+    quiet_resolved = absence_alert("quiet", devices[2], "humidity", "resolved", 40, 30)
+    send(quiet_resolved)
+    poll(
+        lambda: (
+            page.evaluate(ALERT_ROWS) == alert_rows(client, topic_prefix, True)
+            and len(page.evaluate(ALERT_ROWS)) == 2
+        ),
+        "the absence resolved",
+    )
+    page.click(f'#alerts tr[data-alert="{alert_of(cold)}"]')
+    poll(lambda: page.text_content("#device-name") == devices[3], "the alert's device selected")
+    page.screenshot(path=artifacts / "3-silenced-too.png", full_page=True)
+    assert errors == []
+
+    # A phone: the alerts table scrolls inside its box, the page never sideways.
+    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    phone.goto(f"http://127.0.0.1:{worker.port}/")
+    poll(lambda: len(phone.evaluate(ALERT_ROWS)) == 1, "the alert on the phone")
+    phone.screenshot(path=artifacts / "4-phone.png", full_page=True)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.close()
+    page.close()
     client.close()

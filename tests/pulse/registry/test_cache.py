@@ -92,7 +92,7 @@ def test_notify_reaches_every_listener_which_uses_exactly_the_new_version(
             registry = CollectorRegistry(auto_describe=False)
             registry.register(RegistryCollector(first))
             text = generate_latest(registry).decode()
-            assert "pulse_registry_version 1.0" in text
+            assert "pulse_registry_cache_version 1.0" in text
             assert f"pulse_registry_cache_hits_total {float(first.hits)}" in text
             assert f"pulse_registry_cache_misses_total {float(first.misses)}" in text
             assert "pulse_registry_snapshot_age_seconds " in text

@@ -1,16 +1,19 @@
-"""Topic ``aggregates`` read back into one more target, at that target's own pace.
+"""An output topic read back into one more target, at that target's own pace.
 
-The flush writes each closed window to ``aggregates`` durably (acks from every in-sync
-replica) and waits for Kafka and Redis's live keys only. A target that must not slow the
-flush (InfluxDB: agents/influx_writer.py; the Redis history and event stream:
-agents/history_writer.py) is written by an :class:`AggregatesWriter` instead: it reads the
-topic with a consumer group of its own, ``{PULSE_APP_ID}-{suffix}``, reads each record into
-its sink's item (:meth:`RecordSink.read_record`; a record that is no aggregates record goes
-to the output dead-letter topic as ``unreadable``), writes a fetch's items through the sink
+The flush writes each closed window to ``aggregates`` and each alert transition to
+``alerts`` durably (acks from every in-sync replica) and waits for Kafka and Redis's live
+keys only. A target that must not slow the flush is written by a :class:`TopicWriter`
+instead: the InfluxDB writer and the history writer read ``aggregates``
+(:class:`AggregatesWriter`, agents/influx_writer.py, agents/history_writer.py), the alerts
+writers read ``alerts`` (agents/alerts_writer.py). Each reads its topic with a consumer group
+of its own, ``{PULSE_APP_ID}-{suffix}``, reads each record into its sink's item
+(:meth:`RecordSink.read_record`; a record the sink cannot read goes to the output
+dead-letter topic as ``unreadable``), writes a fetch's items through the sink
 (:meth:`RecordSink.write_records`, which waits out a target that is away) and commits the
-group's offsets only then. So a target away for hours delays only itself, its windows wait
+group's offsets only then. So a target away for hours delays only itself, its records wait
 in Kafka (not in memory), and a crash anywhere replays from the last commit: every sink
-written so absorbs a repeat (identical points; history keyed by window start).
+written so absorbs a repeat (identical points; history keyed by window start; alerts fenced
+per alert by its times).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ without leaving its group (a hung process still misses its heartbeats, which sha
 event loop, and loses its partitions after the session timeout)."""
 
 
-class AggregatesWriter(Service, abc.ABC):
-    """Reads ``aggregates`` with group ``{PULSE_APP_ID}-{group_suffix}`` into the sink that
-    :meth:`make_sink` makes; its health joins ``sink_health`` (``/health``, ``/metrics``)."""
+class TopicWriter(Service, abc.ABC):
+    """Reads the topic :meth:`source_topic` names with group
+    ``{PULSE_APP_ID}-{group_suffix}`` into the sink that :meth:`make_sink` makes; its health
+    joins ``sink_health`` (``/health``, ``/metrics``)."""
 
     group_suffix: str
 
@@ -74,6 +78,10 @@ class AggregatesWriter(Service, abc.ABC):
         """Records written (or dead-lettered) and committed so far."""
 
     @abc.abstractmethod
+    def source_topic(self) -> str:
+        """The topic this writer reads (one of the settings' ``topic_*``)."""
+
+    @abc.abstractmethod
     def make_sink(self, dead_letters: OutputDeadLetters) -> RecordSink[Any]:
         """The sink this writer writes (not started yet)."""
 
@@ -92,11 +100,11 @@ class AggregatesWriter(Service, abc.ABC):
         self.sink_health.append(self.sink.health)
         session_ms = int(s.session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
-            s.topic_aggregates,
+            self.source_topic(),
             **client_options(s),
             group_id=self.group_id,
             enable_auto_commit=False,
-            # A new group starts at the topic's beginning: every window the topic still
+            # A new group starts at the topic's beginning: every record the topic still
             # holds reaches the target (at worst again, which it absorbs).
             auto_offset_reset="earliest",
             session_timeout_ms=session_ms,
@@ -167,7 +175,7 @@ class AggregatesWriter(Service, abc.ABC):
                 self.positions[tp.partition] = offset
 
     def lag(self) -> dict[int, int]:
-        """Per partition of the aggregates topic this writer holds and has fetched from,
+        """Per partition of its topic this writer holds and has fetched from,
         records not yet written: the consumer's high watermark as of its last fetch minus the
         offset of the first record not written (for ``/metrics``). While a write waits out
         its target the writer fetches nothing, so the lag shown then stays where it was."""
@@ -196,3 +204,10 @@ class AggregatesWriter(Service, abc.ABC):
                 self.group_suffix,
                 exc,
             )
+
+
+class AggregatesWriter(TopicWriter):
+    """A :class:`TopicWriter` of the ``aggregates`` topic (closed windows)."""
+
+    def source_topic(self) -> str:
+        return self.settings.topic_aggregates
