@@ -23,7 +23,7 @@ from aiokafka.structs import TopicPartition
 from agents.ingest import process_records
 from agents.partitions import PartitionOwner, RebalanceListener
 from models.outputs import DeadLetter
-from pulse.app import pulse_agent, sink_health, worker_metrics
+from pulse.app import pulse_agent, registry_cache, sink_health, worker_metrics
 from pulse.changelog import (
     ChangelogWriter,
     transactional_producer_factory,
@@ -31,6 +31,7 @@ from pulse.changelog import (
 )
 from pulse.kafka_clients import client_options
 from pulse.redis_clients import resp_options
+from pulse.registry.cache import RegistryCache
 from pulse.settings import Settings
 from pulse.sinks._base import SinkHealth
 from pulse.sinks.dead_letters import OutputDeadLetters
@@ -48,13 +49,21 @@ class ReadingsProcessor(PartitionOwner):
     """Consumes ``readings`` in batches and keeps exact event-time windows per partition."""
 
     def __init__(
-        self, settings: Settings, sink_health: list[SinkHealth] | None = None, **kwargs: Any
+        self,
+        settings: Settings,
+        sink_health: list[SinkHealth] | None = None,
+        registry: RegistryCache | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(settings, **kwargs)
         self.producer: AIOKafkaProducer | None = None
         self.sink_health = [] if sink_health is None else sink_health
         """Where the health of this processor's sinks is shown (see pulse.app.sink_health)."""
         self.metrics.processor = self
+        self.registry_cache = registry
+        """The registry alerts are judged by; started and stopped with the processor."""
+        self.registry_source = registry
+        self.registry_required = settings.registry_required == "true"
 
     @property
     def group_id(self) -> str:
@@ -63,6 +72,9 @@ class ReadingsProcessor(PartitionOwner):
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(s)
+        if self.registry_cache is not None:
+            # PostgreSQL away is no error: the cache keeps trying, the health says so.
+            await self.registry_cache.start()
         transactional = await self._changelog_transactions()
         self.producer = AIOKafkaProducer(
             **client_options(s),
@@ -163,6 +175,8 @@ class ReadingsProcessor(PartitionOwner):
             await self.producer.stop()
         for sink in self.sinks:
             await sink.stop()
+        if self.registry_cache is not None:
+            await self.registry_cache.stop()
 
     async def _run(self) -> None:
         consumer = self.consumer
@@ -271,7 +285,12 @@ class ReadingsProcessor(PartitionOwner):
 @pulse_agent
 def register(app: faust.App, settings: Settings) -> None:
     """Add the readings processor to ``app`` (as ``app.pulse_processor``)."""
-    processor = ReadingsProcessor(settings, sink_health(app), metrics=worker_metrics(app))
+    processor = ReadingsProcessor(
+        settings,
+        sink_health(app),
+        registry_cache(app, settings),
+        metrics=worker_metrics(app),
+    )
     app.pulse_processor = processor  # type: ignore[attr-defined]
     # A child of the app, not an @app.service: those start only after Faust's own consumer
     # group has formed, and two group joins in a row would double the start-up time.

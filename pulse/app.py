@@ -66,6 +66,17 @@ def worker_metrics(app: faust.App) -> WorkerMetrics:
     return found
 
 
+def registry_cache(app: faust.App, settings: Settings) -> RegistryCache:
+    """The worker process's one registry cache (PULSE_POSTGRES_URL, through Redis): the
+    readings processor judges alerts by it and starts and stops it; the worker's API, when
+    it serves one, reads the registry from it."""
+    found: RegistryCache | None = getattr(app, "pulse_registry_cache", None)
+    if found is None:
+        found = RegistryCache(settings, RegistryStore(settings), redis_client(settings))
+        app.pulse_registry_cache = found  # type: ignore[attr-defined]
+    return found
+
+
 def discover_agents(packages: Iterable[str] = AGENT_PACKAGES) -> list[AgentRegistration]:
     """Import every module of ``packages`` and return the registrations they made, in the
     order they were made."""
@@ -107,6 +118,7 @@ def create_app(settings: Settings | None = None) -> faust.App:
             lambda: app.pulse_processor,  # type: ignore[attr-defined]
             sink_health(app),
             worker_metrics(app),
+            registry_cache(app, settings),
         )
     )
     for register in discover_agents():
@@ -138,12 +150,15 @@ def worker_http(
     processor_of: Callable[[], ReadingsProgress],
     sinks: Sequence[SinkHealth],
     metrics: WorkerMetrics | None = None,
+    cache: RegistryCache | None = None,
 ) -> HttpServer:
     """The worker's HTTP server on ``PULSE_WEB_PORT``: health and metrics, and the whole API
     with ``PULSE_WORKER_SERVES_API=true``. Ready once the first assignment is recovered; the
     body shows the partitions, their next offsets, the flushes done and each sink's state
     (``sinks``: read at each request, agents add theirs as they start). ``/metrics`` shows
-    what the agents count into ``metrics`` (pulse.metrics) and the sinks' state."""
+    what the agents count into ``metrics`` (pulse.metrics) and the sinks' state; ``cache``:
+    the registry cache the processor judges alerts by (its health under ``registry``, its
+    counts in ``/metrics``; the API's registry routes read it)."""
 
     async def readiness() -> Readiness:
         processor = processor_of()
@@ -155,6 +170,8 @@ def worker_http(
             "flushes": processor.flushes,
             "sinks": {health.name: health.document() for health in sinks},
         }
+        if cache is not None:
+            detail["registry"] = cache.health.document()
         if not processor.ready.is_set():
             return Readiness(False, "partitions not yet assigned and recovered", detail)
         return Readiness(True, "", detail)
@@ -164,9 +181,6 @@ def worker_http(
         registry.register(collector)
     full = settings.worker_serves_api == "true"
     redis = redis_client(settings)
-    # The registry's cache where the worker serves the API (/api/rules...); the worker's own
-    # use of the registry (alerts) comes with it later.
-    cache = RegistryCache(settings, RegistryStore(settings), redis) if full else None
     if cache is not None:
         registry.register(RegistryCollector(cache))
     context = ApiContext(
@@ -175,7 +189,7 @@ def worker_http(
         registry,
         readiness,
         history_store(settings) if full else None,
-        device_registry=cache,
+        device_registry=cache if full else None,
         serves_from_redis=False,
     )
     return HttpServer(create_api(context, full=full), settings.web_port)
