@@ -325,16 +325,18 @@ VARIABLES: tuple[Variable, ...] = (
         "PULSE_REGISTRY_CACHE_TTL",
         "300",
         "Seconds a registry snapshot read from PostgreSQL stays cached in Redis "
-        "(`{PULSE_REDIS_PREFIX}:registry:snapshot`); a change drops it at once (NOTIFY), so "
-        "the TTL only bounds how long a copy outlives a missed notification.",
+        "(`{PULSE_REDIS_PREFIX}:registry:snapshot`, and each version under "
+        "`{PULSE_REDIS_PREFIX}:registry:version:V` for replays); a change drops the newest "
+        "at once (NOTIFY), so the TTL only bounds how long a copy outlives a missed "
+        "notification, and how long a version stays readable while PostgreSQL is away.",
         _integer(1),
     ),
     Variable(
         "PULSE_REGISTRY_REQUIRED",
         "false",
         "Whether the worker dead-letters the readings of devices that are not in the registry "
-        "or are disabled (reason `unknown_device`). Declared for the worker's use; not yet "
-        "honoured.",
+        "or are disabled (reason `unknown_device`), by the registry version each partition "
+        "records in its changelog, so a replay rejects the same readings.",
         _choice("true", "false"),
     ),
     Variable(
