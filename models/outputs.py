@@ -110,6 +110,35 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryDeadLetter:
+    """A Redis stream entry that ``pulse bridge`` did not produce, with why (it is no valid
+    reading): for the readings' dead-letter topic, like a :class:`DeadLetter`, but found in a
+    stream rather than a topic. ``stream`` and ``entry_id`` say which entry (together, a
+    unique id of the dead letter); ``key`` is its device field, if any; ``value`` the JSON
+    form's text or, for the fields form, the entry's fields as a JSON object."""
+
+    reason: str
+    detail: str
+    stream: str
+    entry_id: str
+    key: bytes | None
+    value: bytes | None
+    max_value_bytes: int
+
+    def document(self) -> dict[str, Any]:
+        """The JSON value of the dead-letter record: a :class:`DeadLetter`'s members (its
+        ``topic``, ``partition`` and ``offset`` null: the entry never was a record) and
+        ``stream`` and ``entry_id``."""
+        doc = DeadLetter(
+            self.reason, self.detail, "", -1, -1, self.key, self.value, self.max_value_bytes
+        ).document()
+        doc.update(topic=None, partition=None, offset=None)
+        doc["stream"] = self.stream
+        doc["entry_id"] = self.entry_id
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
 class RefusedOutput:
     """An output its target refused for its content (a line InfluxDB will not take, a record
     Kafka refuses as too large), for the output dead-letter topic.

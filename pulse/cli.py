@@ -1,5 +1,5 @@
-"""The ``pulse`` command: worker, api, produce, state, history, config, the live views
-(top, watch), and the local stack."""
+"""The ``pulse`` command: worker, api, bridge, produce, state, history, config, the live
+views (top, watch), and the local stack."""
 
 from __future__ import annotations
 
@@ -134,6 +134,22 @@ def alerts_writer(loglevel: str) -> None:
     event stream), e.g. beside workers started with PULSE_ALERTS_WRITER=off."""
     _check_redis(_settings())
     _run_writers("alerts_writer", ("AlertsWriter",), loglevel)
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def bridge(loglevel: str) -> None:
+    """Move the readings gateways append to Redis Streams (PULSE_BRIDGE_STREAMS) into the
+    readings topic, exactly once; run several to share the streams."""
+    from mode import Worker
+
+    from pulse.bridge import Bridge, bridge_http
+
+    settings = _settings()
+    _kafka_options(settings)
+    _check_redis(settings)
+    service = Bridge(settings)
+    Worker(service, bridge_http(service), loglevel=loglevel).execute_from_commandline()
 
 
 @main.command()

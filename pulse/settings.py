@@ -226,6 +226,15 @@ def _redis_prefix(text: str) -> str:
     return text
 
 
+def _bridge_streams(text: str) -> str:
+    for part in text.split(","):
+        if text and (not part.strip() or any(c.isspace() or c in "{}" for c in part.strip())):
+            raise ValueError(
+                "must be comma-separated stream names or patterns, without spaces, '{' or '}'"
+            )
+    return ",".join(part.strip() for part in text.split(",")) if text else ""
+
+
 def _windows(text: str) -> tuple[WindowSpec, ...]:
     try:
         return parse_windows(text)
@@ -560,6 +569,39 @@ VARIABLES: tuple[Variable, ...] = (
         _choice("influx", "victoria"),
     ),
     Variable(
+        "PULSE_BRIDGE_STREAMS",
+        "",
+        "The Redis streams `pulse bridge` moves into the readings topic: comma-separated "
+        "names or glob patterns (`*`, `?`, `[...]`; found by SCAN); unset: "
+        "`{PULSE_REDIS_PREFIX}:ingest:*`. Names may not hold `{` or `}` (the bridge's keys "
+        "beside a stream, `{STREAM}:lease` and `{STREAM}:bridge`, share its cluster slot).",
+        _bridge_streams,
+    ),
+    Variable(
+        "PULSE_BRIDGE_LEASE",
+        "10",
+        "Seconds a bridge's lease on a stream lasts unless renewed (every sixth of it): a "
+        "bridge that stops (crash, pause) loses its streams this long after its last renewal, "
+        "and stops producing half this long after it, whatever it is doing then "
+        '(docs/architecture.md, "The Redis Streams bridge").',
+        _number(0.3),
+    ),
+    Variable(
+        "PULSE_BRIDGE_MAX_LAG",
+        "100000",
+        "Entries a stream may hold that are not yet in Kafka before `pulse bridge` reports it "
+        "(its log, `/metrics` `pulse_bridge_streams_over_max_lag`): gateways write faster than "
+        "the bridges move, or no bridge runs.",
+        _integer(1),
+    ),
+    Variable(
+        "PULSE_BRIDGE_PORT",
+        "6068",
+        "Port of `pulse bridge`'s health and metrics (`/health/live`, `/health/ready`, "
+        "`/metrics`).",
+        _integer(1, 65535),
+    ),
+    Variable(
         "PULSE_PARTITIONS",
         "8",
         "Partitions of the topics Pulse creates when they do not "
@@ -731,6 +773,10 @@ class Settings:
     postgres_password: str = field(default="", repr=False)
     """The PostgreSQL password from ``postgres_password_file`` ("" for none: then libpq takes
     the URL's own, or none). Not a variable of its own."""
+    bridge_streams: str = ""
+    bridge_lease: float = 10.0
+    bridge_max_lag: int = 100_000
+    bridge_port: int = 6068
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -776,6 +822,13 @@ class Settings:
     @property
     def changelog_topic(self) -> str:
         return f"{self.app_id}-readings-state"
+
+    @property
+    def bridge_patterns(self) -> list[str]:
+        """The streams ``pulse bridge`` moves (``PULSE_BRIDGE_STREAMS``): names or patterns."""
+        if not self.bridge_streams:
+            return [f"{self.redis_prefix}:ingest:*"]
+        return self.bridge_streams.split(",")
 
     @property
     def grace_us(self) -> int:

@@ -1,0 +1,264 @@
+"""The bridge's Kafka side: a producer whose writes a lease deadline fences, and the read-back.
+
+:class:`FencedProducer` sends one ProduceRequest per leader broker for a round of records
+(one record batch per partition), over aiokafka's client, and checks the fence (the leases'
+deadlines, :meth:`pulse.bridge.service.Bridge`) right before the requests are written to
+the sockets, with no await in between: a bridge paused anywhere (SIGSTOP, a VM stalled, a
+long GC) finds its deadline passed when it resumes and writes nothing more. Only a pause
+in the microseconds between the check and the write of the request escapes the check (see
+docs/architecture.md, "The Redis Streams bridge").
+
+:func:`read_back` reads the readings and dead-letter topics from given offsets up to their
+high watermarks (as fetch responses report them, not ListOffsets, which tansu under-reports)
+and collects, per stream asked for, the entry ids the records' headers carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError, NoError, for_code
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
+
+log = logging.getLogger(__name__)
+
+STREAM_HEADER = "pulse-stream"
+ENTRY_HEADER = "pulse-entry"
+LEASE_HEADER = "pulse-lease"
+"""The headers of every record the bridge produces, in this order: the stream, the entry id
+and the lease token it was produced under."""
+
+BATCH_BYTES = 1_000_000
+"""A partition's record batch in one round, at most (Kafka's default ``message.max.bytes``
+is 1,048,588 per batch; a request may carry one batch per partition)."""
+REQUEST_TIMEOUT_MS = 30_000
+"""How long a broker may take to acknowledge a round (acks from every in-sync replica)."""
+READ_BACK_TIMEOUT = 60.0
+"""Seconds a read-back may take before it is given up (Kafka away) and tried again."""
+
+
+class Fenced(Exception):
+    """The fence said no: a lease's deadline passed (or a lease was lost) before the round
+    went out; nothing of it was written."""
+
+
+class ProduceFailed(Exception):
+    """A round that may be partly written: a broker refused a partition's batch, did not
+    answer, or could not be reached. The streams in it must be read back."""
+
+
+@dataclass
+class PartitionBatch:
+    """One round's records for one topic partition."""
+
+    builder: Any
+    """aiokafka's DefaultRecordBatchBuilder (magic 2, no compression, not idempotent)."""
+    count: int = 0
+
+
+def new_batch() -> PartitionBatch:
+    return PartitionBatch(
+        DefaultRecordBatchBuilder(
+            2,
+            0,
+            is_transactional=0,
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=-1,
+            batch_size=BATCH_BYTES,
+        )
+    )
+
+
+class FencedProducer:
+    """Produces whole rounds: ``send(batches, fence)`` writes every batch, each to its
+    partition's leader, after ``fence()`` said yes, and returns each partition's end offset
+    once every in-sync replica has its batch."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.client = AIOKafkaClient(**options, request_timeout_ms=REQUEST_TIMEOUT_MS)
+        self._partitioner = DefaultPartitioner()
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._counts: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await self.client.bootstrap()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def partitions(self, topic: str) -> int:
+        """The partition count of ``topic`` (waits for its metadata)."""
+        self.client.add_topic(topic)
+        partitions = await self.client._wait_on_metadata(topic)
+        count = len(partitions)
+        if self._counts.get(topic) != count:
+            self._counts[topic] = count
+            self._partition_of = {k: v for k, v in self._partition_of.items() if k[0] != topic}
+        return count
+
+    def partition(self, topic: str, key: bytes) -> int:
+        """Kafka's default partition of ``key`` (murmur2, as every producer of Pulse and
+        Kafka's own clients compute it), remembered per key."""
+        found = self._partition_of.get((topic, key))
+        if found is None:
+            every = list(range(self._counts[topic]))
+            found = self._partitioner(key, every, every)
+            if len(self._partition_of) > 200_000:
+                self._partition_of.clear()
+            self._partition_of[(topic, key)] = found
+        return found
+
+    async def send(
+        self, batches: Mapping[TopicPartition, PartitionBatch], fence: Callable[[], None]
+    ) -> dict[TopicPartition, int]:
+        """Write ``batches`` (each partition's next offset is returned) once ``fence()``
+        returned (it raises :class:`Fenced` to say no). Raises :class:`ProduceFailed` when
+        a batch may not have been written; then any of them may have been."""
+        client = self.client
+        by_node: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
+        counts: dict[TopicPartition, int] = {}
+        for tp, batch in batches.items():
+            leader = client.cluster.leader_for_partition(tp)
+            if leader is None or leader < 0:
+                client.force_metadata_update()
+                raise ProduceFailed(f"no leader known for {tp.topic}[{tp.partition}]")
+            by_node.setdefault(leader, {}).setdefault(tp.topic, []).append(
+                (tp.partition, bytes(batch.builder.build()))
+            )
+            counts[tp] = batch.count
+        connections = {}
+        try:
+            for node in by_node:
+                connections[node] = await client._get_conn(node)
+        except KafkaError as exc:
+            raise ProduceFailed(f"cannot connect: {exc!r}") from exc
+        if any(conn is None for conn in connections.values()):
+            raise ProduceFailed("a broker cannot be reached")
+        # From here to the writes: no await, so the fence holds for what is written.
+        fence()
+        answers = []
+        try:
+            for node, topics in by_node.items():
+                request = ProduceRequest(None, -1, REQUEST_TIMEOUT_MS, list(topics.items()))
+                answers.append(connections[node].send(request))
+        except KafkaError as exc:
+            for answer in answers:
+                answer.close()
+            raise ProduceFailed(f"could not send: {exc!r}") from exc
+        results = await asyncio.gather(*answers, return_exceptions=True)
+        ends: dict[TopicPartition, int] = {}
+        errors = []
+        for result in results:
+            if isinstance(result, BaseException):
+                errors.append(repr(result))
+                continue
+            for topic, partitions in result.topics:
+                for info in partitions:
+                    partition, code, offset = info[0], info[1], info[2]
+                    tp = TopicPartition(topic, partition)
+                    error = for_code(code)
+                    if error is NoError:
+                        ends[tp] = offset + counts[tp]
+                    else:
+                        errors.append(f"{topic}[{partition}]: {error.__name__}")
+                        if getattr(error, "invalid_metadata", False):
+                            client.force_metadata_update()
+        missing = set(batches) - set(ends)
+        if errors or missing:
+            raise ProduceFailed("; ".join(errors) or f"no answer for {sorted(missing)}")
+        return ends
+
+
+async def end_offsets(
+    options: Mapping[str, Any], topics: Iterable[str]
+) -> dict[TopicPartition, int]:
+    """Each partition's end as ListOffsets reports it: a lower bound (tansu under-reports)."""
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = []
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class ReadBack:
+    """What a read-back found: per stream, the entry ids produced since its checkpoint;
+    each partition's high watermark when it was read to the end; records read."""
+
+    found: dict[bytes, set[bytes]]
+    ends: dict[TopicPartition, int]
+    records: int
+
+
+async def read_back(
+    options: Mapping[str, Any],
+    starts: Mapping[TopicPartition, int],
+    streams: Iterable[bytes],
+    timeout: float = READ_BACK_TIMEOUT,
+) -> ReadBack:
+    """Read each partition of ``starts`` from its offset to the high watermark and collect
+    the entry ids of the records whose stream header is one of ``streams``."""
+    wanted = set(streams)
+    found: dict[bytes, set[bytes]] = {stream: set() for stream in wanted}
+    consumer = AIOKafkaConsumer(
+        **options,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=16 << 20,
+    )
+    await consumer.start()
+    records = 0
+    ends: dict[TopicPartition, int] = {}
+    try:
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(ends) < len(starts):
+            if loop.time() > deadline:
+                raise ProduceFailed(
+                    f"read-back: {len(starts) - len(ends)} partitions not read to their end "
+                    f"in {timeout:g} s"
+                )
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp_records in batches.values():
+                records += len(tp_records)
+                for record in tp_records:
+                    headers = record.headers
+                    if len(headers) >= 2 and headers[0][0] == STREAM_HEADER:
+                        ids = found.get(headers[0][1])
+                        if ids is not None:
+                            ids.add(headers[1][1])
+            for tp in starts:
+                if tp in ends:
+                    continue
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    position = await consumer.position(tp)
+                    if position >= highwater:
+                        ends[tp] = position
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    return ReadBack(found, ends, records)
