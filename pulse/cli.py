@@ -212,6 +212,17 @@ def api(loglevel: str) -> None:
     show_default=True,
     help="Event-time seconds between readings when --start-ts is given.",
 )
+@click.option(
+    "--via",
+    type=click.Choice(["kafka", "redis"]),
+    default="kafka",
+    show_default=True,
+    help="Into the readings topic, or appended to Redis streams "
+    "{PULSE_REDIS_PREFIX}:ingest:gw-N for `pulse bridge` to move, as gateways do.",
+)
+@click.option(
+    "--streams", default=4, show_default=True, help="With --via redis: streams to spread over."
+)
 def produce(
     devices: int,
     metrics: str,
@@ -220,6 +231,8 @@ def produce(
     seed: int,
     start_ts: float | None,
     step: float,
+    via: str,
+    streams: int,
 ) -> None:
     """Produce synthetic readings to the readings topic, with a progress bar."""
     from tqdm import tqdm
@@ -229,6 +242,9 @@ def produce(
     from pulse.topics import TopicRefused, ensure_topics
 
     settings = _settings()
+    if via == "redis":
+        _produce_to_streams(settings, devices, metrics, count, rate, seed, start_ts, step, streams)
+        return
     options = _kafka_options(settings)
     # Pulse's topics first, as a worker creates them: a broker that creates a topic on the
     # first write would give the readings topic the producers' clocks as timestamps.
@@ -253,6 +269,55 @@ def produce(
             produce_readings(options, settings.topic_readings, readings, rate, progress)
         )
     click.echo(f"produced {sent} readings to {settings.topic_readings}", err=True)
+
+
+def _produce_to_streams(
+    settings: Settings,
+    devices: int,
+    metrics: str,
+    count: int,
+    rate: float,
+    seed: int,
+    start_ts: float | None,
+    step: float,
+    streams: int,
+) -> None:
+    """``pulse produce --via redis``: the readings appended to Redis streams."""
+    from tqdm import tqdm
+
+    from pulse.producer import SyntheticReadings, produce_to_streams
+    from pulse.redis_clients import redis_client
+
+    _check_redis(settings)
+    readings = SyntheticReadings(
+        devices=devices,
+        metrics=tuple(m for m in metrics.split(",") if m),
+        count=count,
+        seed=seed,
+        start_ts=start_ts,
+        step=step,
+    )
+
+    async def run(bar: Any) -> int:
+        client = redis_client(settings)
+        try:
+            return await produce_to_streams(
+                client,
+                settings.redis_prefix,
+                readings,
+                max(1, streams),
+                rate,
+                lambda sent: bar.update(sent - bar.n),
+            )
+        finally:
+            await client.aclose()
+
+    with tqdm(total=count, unit="readings", file=sys.stderr) as bar:
+        sent = asyncio.run(run(bar))
+    click.echo(
+        f"appended {sent} readings to {settings.redis_prefix}:ingest:gw-* for pulse bridge",
+        err=True,
+    )
 
 
 @main.command()

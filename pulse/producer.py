@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,4 +84,60 @@ async def produce(
             progress(sent)
     finally:
         await producer.stop()
+    return sent
+
+
+def stream_of(prefix: str, device: bytes, streams: int) -> str:
+    """The stream a gateway appends ``device``'s readings to: one of ``streams`` streams
+    ``{prefix}:ingest:gw-{n}``, always the same for a device (its readings keep their order)."""
+    return f"{prefix}:ingest:gw-{zlib.crc32(device) % streams}"
+
+
+def entry_fields(value: bytes) -> dict[str, str]:
+    """A reading's JSON as the fields of a stream entry (the fields form: ``tag.{key}`` for
+    each tag)."""
+    doc = orjson.loads(value)
+    fields = {
+        "device": doc["device"],
+        "metric": doc["metric"],
+        "value": repr(float(doc["value"])),
+        "ts": repr(float(doc["ts"])),
+    }
+    for key, tag in (doc.get("tags") or {}).items():
+        fields[f"tag.{key}"] = tag
+    return fields
+
+
+async def produce_to_streams(
+    client: Any,
+    prefix: str,
+    readings: SyntheticReadings,
+    streams: int = 4,
+    rate: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Append the readings to Redis streams as gateways do for ``pulse bridge`` (``client``:
+    redis-py's asyncio client; ``rate`` per second, 0 = as fast as possible); returns the
+    count."""
+    sent = 0
+    began = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for key, value in readings:
+        pipe.xadd(stream_of(prefix, key, streams), entry_fields(value))
+        queued += 1
+        sent += 1
+        if queued >= 500 or (rate > 0 and queued >= max(1, rate / 100)):
+            await pipe.execute()
+            queued = 0
+            if progress:
+                progress(sent)
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - began)
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+    if queued:
+        await pipe.execute()
+    if progress:
+        progress(sent)
     return sent

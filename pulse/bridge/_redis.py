@@ -30,13 +30,14 @@ CONSUMER = "bridge"
 """The consumer name every bridge reads a stream's group with (the lease says who)."""
 
 ACQUIRE = """
--- KEYS[1] lease, KEYS[2] the stream's hash. ARGV[1] owner, ARGV[2] TTL (ms).
--- The next token and the lease, or nil when someone holds it.
+-- KEYS[1] lease, KEYS[2] the stream's hash, KEYS[3] stream. ARGV[1] owner, ARGV[2] TTL
+-- (ms). The lease with the next token: {token, the stream's length}; nil when someone holds
+-- it.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local token = redis.call('HINCRBY', KEYS[2], 'token', 1)
 redis.call('SET', KEYS[1], token .. ' ' .. ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'owner', ARGV[1])
-return token
+return {token, redis.call('XLEN', KEYS[3])}
 """
 
 RENEW = """

@@ -713,18 +713,20 @@ class Bridge(Service):
                 if len(held) >= share:
                     break
                 sent = time.monotonic()
-                token = await scripts.acquire(
-                    keys=[_redis.lease_key(name), _redis.state_key(name)],
+                answer = await scripts.acquire(
+                    keys=[_redis.lease_key(name), _redis.state_key(name), name],
                     args=[self.owner, self.lease_ms],
                 )
-                if token is None:
+                if answer is None:
                     continue
+                token = int(answer[0])
                 stream = Stream(
                     name,
-                    int(token),
-                    f"{int(token)} {self.owner}",
+                    token,
+                    f"{token} {self.owner}",
                     sent + self.settings.bridge_lease * DEADLINE_SHARE,
                 )
+                self._backlog(stream, int(answer[1]))
                 self.streams[name] = stream
                 held.append(stream)
                 self.counters.acquired += 1
