@@ -146,6 +146,27 @@ def alerts_history_writer(loglevel: str) -> None:
 
 @main.command()
 @click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def notifier(loglevel: str) -> None:
+    """Deliver alert transitions to the registry's webhooks (pulse notify add): the alerts
+    topic with its own consumer group, retries and backoff, an Idempotency-Key per
+    transition, undeliverable ones to the output dead-letter topic. Health and metrics on
+    PULSE_NOTIFIER_PORT."""
+    import importlib
+
+    from mode import Worker
+
+    from pulse.app import AGENT_PACKAGES
+
+    settings = _settings()
+    _kafka_options(settings)
+    _check_redis(settings)
+    # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.notifier")
+    Worker(*module.notifier_services(settings), loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
 def api(loglevel: str) -> None:
     """Serve the HTTP API and the live page on PULSE_API_PORT, reading Redis (and the
     time-series store for older history); run as many as you like behind a load balancer."""
