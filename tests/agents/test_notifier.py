@@ -386,3 +386,53 @@ def test_a_notifier_killed_mid_stream_delivers_every_transition_at_least_once(
             seen.add(r.key)
             firsts.setdefault(doc(r)["device"], []).append(r.body)
     assert firsts == per_device(t.json() for t in transitions)
+
+
+def test_registry_changes_reach_the_notifier_a_removed_webhook_stops_being_tried(
+    broker: str, redis_url: str, registry_url: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    device = f"{p}-a"
+    fire = window_alert("hot", device, "t", "10s", 10, 1, "firing", 91.0)
+    resolve = window_alert("hot", device, "t", "10s", 10, 2, "resolved", 60.0)
+    later = window_alert("hot", device, "t", "10s", 10, 3, "firing", 95.0)
+    topic = f"{p}-alerts"
+    asyncio.run(kafka.create_topics(broker, {topic: 2}))
+    env = env_for(p, broker, redis_url, registry_url, f"{p}app")
+    settings = Settings.from_env({**env, "PULSE_NOTIFIER_MAX_ATTEMPTS": "1000"})
+    closed = free_port()
+
+    with Receiver() as receiver:
+
+        async def run() -> Notifier:
+            (dead,) = await add_webhooks(settings, [(f"http://127.0.0.1:{closed}/", None, None)])
+            notifier = Notifier(settings)
+            await notifier.start()
+            store = RegistryStore(settings)
+            await store.open()
+            try:
+                await kafka.produce(broker, topic, [(0, k, v, None) for k, v in keyed([fire])])
+                await kafka.produce(broker, topic, [(0, k, v, None) for k, v in keyed([resolve])])
+                counts = notifier.webhook_counts
+                await until(lambda: counts().get(dead, {}).get("failed", 0) >= 3, "tries fail")
+                assert notifier.written == 0  # nothing committed while it is tried
+                # Removed: the delivery being tried is given up (and the resolution after it,
+                # if the same fetch holds it; a later fetch matches no webhook), and the
+                # fetches are committed.
+                await store.remove_webhook(dead)
+                await until(lambda: notifier.written == 2, "the fetch is committed")
+                assert counts()[dead]["cancelled"] in (1, 2)
+                assert counts()[dead]["dead_lettered"] == counts()[dead]["delivered"] == 0
+                # Added: the transitions from then on reach it.
+                late, _ = await store.add_webhook(receiver.url("/late"))
+                await until(lambda: notifier.cache.version == 3, "the new webhook is loaded")
+                await kafka.produce(broker, topic, [(0, k, v, None) for k, v in keyed([later])])
+                await until(lambda: notifier.written == 3, "the later one is handled")
+                assert counts()[late]["delivered"] == 1
+            finally:
+                await store.close()
+                await notifier.stop()
+            return notifier
+
+        asyncio.run(run())
+        assert [r.body for r in receiver.received()] == [later.json()]
