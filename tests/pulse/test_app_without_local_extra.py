@@ -62,6 +62,7 @@ def test_the_worker_builds_its_app_without_the_local_extra() -> None:
     commands = [line.split()[0] for line in listing if line.strip()]
     assert commands == [
         "alerts",
+        "alerts-history-writer",
         "alerts-writer",
         "api",
         "bridge",
@@ -70,6 +71,7 @@ def test_the_worker_builds_its_app_without_the_local_extra() -> None:
         "devices",
         "history",
         "influx-writer",
+        "notifier",
         "notify",
         "produce",
         "rules",
