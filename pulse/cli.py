@@ -172,11 +172,12 @@ def bridge(loglevel: str) -> None:
     readings topic, exactly once; run several to share the streams."""
     from mode import Worker
 
-    from pulse.bridge import Bridge, bridge_http
+    from pulse.bridge import Bridge, bridge_http, tune_gc
 
     settings = _settings()
     _kafka_options(settings)
     _check_redis(settings)
+    tune_gc()
     service = Bridge(settings)
     Worker(service, bridge_http(service), loglevel=loglevel).execute_from_commandline()
 

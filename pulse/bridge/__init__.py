@@ -2,6 +2,6 @@
 once (pulse/bridge/service.py; docs/architecture.md, "The Redis Streams bridge")."""
 
 from pulse.bridge.http import bridge_http
-from pulse.bridge.service import Bridge
+from pulse.bridge.service import Bridge, tune_gc
 
-__all__ = ["Bridge", "bridge_http"]
+__all__ = ["Bridge", "bridge_http", "tune_gc"]

@@ -27,7 +27,6 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, NoError, for_code
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.produce import ProduceRequest
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ and the lease token it was produced under."""
 
 BATCH_BYTES = 1_000_000
 """A partition's record batch in one round, at most (Kafka's default ``message.max.bytes``
-is 1,048,588 per batch; a request may carry one batch per partition)."""
+is 1,048,588 per batch; a request may carry one batch per partition): the encoder's limit."""
 REQUEST_TIMEOUT_MS = 30_000
 """How long a broker may take to acknowledge a round (acks from every in-sync replica)."""
 READ_BACK_TIMEOUT = 60.0
@@ -57,29 +56,6 @@ class ProduceFailed(Exception):
     answer, or could not be reached. The streams in it must be read back."""
 
 
-@dataclass
-class PartitionBatch:
-    """One round's records for one topic partition."""
-
-    builder: Any
-    """aiokafka's DefaultRecordBatchBuilder (magic 2, no compression, not idempotent)."""
-    count: int = 0
-
-
-def new_batch() -> PartitionBatch:
-    return PartitionBatch(
-        DefaultRecordBatchBuilder(
-            2,
-            0,
-            is_transactional=0,
-            producer_id=-1,
-            producer_epoch=-1,
-            base_sequence=-1,
-            batch_size=BATCH_BYTES,
-        )
-    )
-
-
 class FencedProducer:
     """Produces whole rounds: ``send(batches, fence)`` writes every batch, each to its
     partition's leader, after ``fence()`` said yes, and returns each partition's end offset
@@ -88,7 +64,7 @@ class FencedProducer:
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.client = AIOKafkaClient(**options, request_timeout_ms=REQUEST_TIMEOUT_MS)
         self._partitioner = DefaultPartitioner()
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._partition_of: dict[str, dict[bytes, int]] = {}
         self._counts: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -104,23 +80,35 @@ class FencedProducer:
         count = len(partitions)
         if self._counts.get(topic) != count:
             self._counts[topic] = count
-            self._partition_of = {k: v for k, v in self._partition_of.items() if k[0] != topic}
+            self._partition_of.pop(topic, None)
         return count
 
     def partition(self, topic: str, key: bytes) -> int:
         """Kafka's default partition of ``key`` (murmur2, as every producer of Pulse and
-        Kafka's own clients compute it), remembered per key."""
-        found = self._partition_of.get((topic, key))
+        Kafka's own clients compute it), remembered per key (:meth:`partitions_of`)."""
+        known = self.partitions_of(topic)
+        found = known.get(key)
         if found is None:
             every = list(range(self._counts[topic]))
             found = self._partitioner(key, every, every)
-            if len(self._partition_of) > 200_000:
-                self._partition_of.clear()
-            self._partition_of[(topic, key)] = found
+            if len(known) > 200_000:
+                known.clear()
+            known[key] = found
         return found
 
+    def partitions_of(self, topic: str) -> dict[bytes, int]:
+        """The partitions of ``topic`` computed so far, by key."""
+        known = self._partition_of.get(topic)
+        if known is None:
+            known = self._partition_of[topic] = {}
+        return known
+
+    def count(self, topic: str) -> int:
+        """The partition count of ``topic`` as :meth:`partitions` last found it."""
+        return self._counts[topic]
+
     async def send(
-        self, batches: Mapping[TopicPartition, PartitionBatch], fence: Callable[[], None]
+        self, batches: Mapping[tuple[str, int], tuple[bytes, int]], fence: Callable[[], None]
     ) -> dict[TopicPartition, int]:
         """Write ``batches`` (each partition's next offset is returned) once ``fence()``
         returned (it raises :class:`Fenced` to say no). Raises :class:`ProduceFailed` when
@@ -128,15 +116,14 @@ class FencedProducer:
         client = self.client
         by_node: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
         counts: dict[TopicPartition, int] = {}
-        for tp, batch in batches.items():
+        for (topic, partition), (batch, count) in batches.items():
+            tp = TopicPartition(topic, partition)
             leader = client.cluster.leader_for_partition(tp)
             if leader is None or leader < 0:
                 client.force_metadata_update()
                 raise ProduceFailed(f"no leader known for {tp.topic}[{tp.partition}]")
-            by_node.setdefault(leader, {}).setdefault(tp.topic, []).append(
-                (tp.partition, bytes(batch.builder.build()))
-            )
-            counts[tp] = batch.count
+            by_node.setdefault(leader, {}).setdefault(topic, []).append((partition, batch))
+            counts[tp] = count
         connections = {}
         try:
             for node in by_node:
@@ -174,7 +161,7 @@ class FencedProducer:
                         errors.append(f"{topic}[{partition}]: {error.__name__}")
                         if getattr(error, "invalid_metadata", False):
                             client.force_metadata_update()
-        missing = set(batches) - set(ends)
+        missing = {TopicPartition(*where) for where in batches} - set(ends)
         if errors or missing:
             raise ProduceFailed("; ".join(errors) or f"no answer for {sorted(missing)}")
         return ends

@@ -20,11 +20,16 @@ the bridge, score: until when, Redis time in ms), by which each takes its share.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import hiredis
 from redis.commands.core import AsyncScript
 
-from pulse.redis_clients import RedisClient
+from pulse.redis_clients import RedisClient, resp_options
+from pulse.settings import Settings, redis_is_cluster
+from pulse.sinks._cluster import ClusterPipeline
+from pulse.sinks._resp import RedisReplyError, RespPipeline, pack
 
 CONSUMER = "bridge"
 """The consumer name every bridge reads a stream's group with (the lease says who)."""
@@ -85,18 +90,11 @@ return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
 
 CHECKPOINT = """
 -- KEYS[1] lease, KEYS[2] the stream's hash, KEYS[3] stream. ARGV[1] the lease's value,
--- ARGV[2] group, ARGV[3] acked id, ARGV[4] offsets (JSON), ARGV[5] the id to trim below
--- ('' for none), ARGV[6..] the ids to acknowledge. The stream's length after the trim, or
--- -1: the lease is not ARGV[1] (nothing written).
+-- ARGV[2] acked id, ARGV[3] offsets (JSON), ARGV[4] the id to trim below ('' for none).
+-- The stream's length after the trim, or -1: the lease is not ARGV[1] (nothing written).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local i = 6
-while i <= #ARGV do
-  local j = math.min(i + 999, #ARGV)
-  redis.call('XACK', KEYS[3], ARGV[2], unpack(ARGV, i, j))
-  i = j + 1
-end
-redis.call('HSET', KEYS[2], 'acked', ARGV[3], 'offsets', ARGV[4])
-if ARGV[5] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5]) end
+redis.call('HSET', KEYS[2], 'acked', ARGV[2], 'offsets', ARGV[3])
+if ARGV[4] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[4]) end
 return redis.call('XLEN', KEYS[3])
 """
 
@@ -147,3 +145,62 @@ def next_id(entry_id: bytes) -> bytes:
 
 def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+READ_CONNECTIONS = 2
+"""Connections the reads go over, each with a share of the streams."""
+
+
+class Wire:
+    """The bridge's bulk commands (reads, checkpoints, XACK), packed by hiredis and sent on
+    connections of their own (pulse/sinks/_resp.py; on a Redis Cluster, its pipeline), their
+    replies parsed by hiredis: redis-py would pack and parse each argument and entry in
+    Python. ``reads`` serve the reader, ``acks`` the checkpoints (a connection serves one
+    caller at a time)."""
+
+    SCRIPTS = (READ, CHECKPOINT)
+
+    def __init__(self, settings: Settings) -> None:
+        self.cluster = redis_is_cluster(settings.redis_url)
+        self._load = [pack("SCRIPT", "LOAD", script) for script in self.SCRIPTS]
+        self.reads = [self._connection(settings) for _ in range(READ_CONNECTIONS)]
+        self.acks = self._connection(settings)
+
+    def _connection(self, settings: Settings) -> RespPipeline | ClusterPipeline:
+        if self.cluster:
+            return ClusterPipeline(settings.redis_url, **resp_options(settings))
+        return RespPipeline(settings.redis_url, on_connect=self._load, **resp_options(settings))
+
+    async def execute(
+        self, connection: RespPipeline | ClusterPipeline, commands: list[bytes]
+    ) -> list[Any]:
+        """The replies of ``commands``; loads the scripts again where Redis lost them."""
+        try:
+            return await connection.execute(commands)
+        except RedisReplyError as exc:
+            if not any(error.startswith("NOSCRIPT") for error in exc.errors):
+                raise
+        if isinstance(connection, ClusterPipeline):
+            for script in self.SCRIPTS:
+                await connection.load_script(script)
+        else:
+            await connection.execute(self._load)
+        return await connection.execute(commands)
+
+    async def close(self) -> None:
+        for connection in (*self.reads, self.acks):
+            await connection.close()
+
+
+READ_SHA = sha(READ)
+CHECKPOINT_SHA = sha(CHECKPOINT)
+MULTI = pack("MULTI")
+EXEC = pack("EXEC")
+
+
+def is_error(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError)

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
 import random
 import socket
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,31 +51,25 @@ from aiokafka.structs import TopicPartition
 from mode import Service
 from redis.exceptions import RedisError, ResponseError
 
-from models.entries import RejectedEntry, entry_order, entry_record, entry_time_ms
+from models.entries import EntryReader, RejectedEntry, entry_order, entry_time_ms
 from models.outputs import EntryDeadLetter
-from pulse.bridge import _kafka, _redis
-from pulse.bridge._kafka import (
-    ENTRY_HEADER,
-    LEASE_HEADER,
-    STREAM_HEADER,
-    Fenced,
-    FencedProducer,
-    PartitionBatch,
-    ProduceFailed,
-    new_batch,
-)
+from pulse.bridge import _kafka, _redis, encoding
+from pulse.bridge._kafka import Fenced, FencedProducer, ProduceFailed
 from pulse.kafka_clients import client_options
 from pulse.redis_clients import RedisClient, redis_client
 from pulse.settings import Settings, redis_is_cluster
 from pulse.sinks._base import SinkHealth
+from pulse.sinks._resp import RedisReplyError, pack
 from pulse.sinks._retry import Backoff
 from pulse.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-ROUND_ENTRIES = 5_000
+ROUND_ENTRIES = 20_000
 """Entries in one round at most (a round is also cut where a partition's batch is full)."""
 READ_COUNT_MIN = 100
+READ_AHEAD = 3
+"""Rounds' worth of entries the reader keeps queued per stream, at most."""
 """Entries a read of one stream asks for at least."""
 IDLE_WAIT_MS = 250
 """How long the bridge blocks waiting for new entries when every stream is drained."""
@@ -104,7 +98,11 @@ class Stream:
     deadline: float
     """Monotonic time after which nothing may be written under this lease."""
     phase: str = CLAIM
-    queue: deque[tuple[bytes, list[bytes]]] = field(default_factory=deque)
+    queue: list[Any] = field(default_factory=list)
+    """Entries read and not yet in a round (``[id, fields]`` each), from :attr:`head` on."""
+    head: int = 0
+    generation: int = 0
+    """Counts the drops of the queue: a read under way when it changes is discarded."""
     skip: set[bytes] = field(default_factory=set)
     """Entries found in Kafka by the last read-back: acknowledged, not produced again."""
     cursor: bytes = b"0-0"
@@ -120,6 +118,15 @@ class Stream:
         self.key = self.name.encode()
         self.token_bytes = str(self.token).encode()
 
+    @property
+    def queued(self) -> int:
+        return len(self.queue) - self.head
+
+    def drop_queue(self) -> None:
+        self.queue = []
+        self.head = 0
+        self.generation += 1
+
 
 @dataclass
 class Part:
@@ -131,15 +138,42 @@ class Part:
 
 @dataclass
 class Round:
-    batches: dict[TopicPartition, PartitionBatch] = field(default_factory=dict)
+    """One round: per partition of the readings and the dead-letter topics, its records
+    encoded (pulse/bridge/encoding.py) and their count and timestamps (``stats``)."""
+
+    readings: list[bytearray]
+    readings_stats: list[int]
+    letters: list[bytearray]
+    letters_stats: list[int]
     parts: dict[Stream, Part] = field(default_factory=dict)
     produced: int = 0
     dead_lettered: int = 0
     skipped: int = 0
 
-    @property
-    def entries(self) -> int:
-        return self.produced + self.dead_lettered + self.skipped
+    @classmethod
+    def empty(cls, readings: int, letters: int) -> Round:
+        return cls(
+            [bytearray() for _ in range(readings)],
+            [0] * (3 * readings),
+            [bytearray() for _ in range(letters)],
+            [0] * (3 * letters),
+        )
+
+    def batches(self, readings: str, letters: str) -> dict[tuple[str, int], tuple[bytes, int]]:
+        """Each partition's record batch and its record count, by (topic, partition)."""
+        out = {}
+        for topic, buffers, stats in (
+            (readings, self.readings, self.readings_stats),
+            (letters, self.letters, self.letters_stats),
+        ):
+            for partition, records in enumerate(buffers):
+                count, first, greatest = stats[3 * partition : 3 * partition + 3]
+                if count:
+                    out[(topic, partition)] = (
+                        encoding.batch(records, count, first, greatest),
+                        count,
+                    )
+        return out
 
 
 @dataclass
@@ -155,6 +189,16 @@ class Counters:
     acquired: int = 0
     lost: int = 0
     released: int = 0
+
+
+def tune_gc() -> None:
+    """The cyclic garbage collector for a bridge process: each read makes two lists per entry,
+    which collections every 700 allocations would scan again and again (as they would the
+    worker's state: pulse.app.tune_gc). What start-up made is frozen, and young collections
+    come every 50,000 allocations. For ``pulse bridge`` (not a library's business)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class Bridge(Service):
@@ -183,12 +227,20 @@ class Bridge(Service):
         self._redis: RedisClient | None = None
         self._waiter: RedisClient | None = None
         self._scripts: _redis.Scripts | None = None
+        self._wire: _redis.Wire | None = None
+        self._entries = EntryReader(settings.max_message_bytes, settings.max_future_us)
         self._producer: FencedProducer | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         self._stopping = False
         self._main: asyncio.Future[None] | None = None
         self._lease_loop: asyncio.Future[None] | None = None
         self._next_discovery = 0.0
+        self._read_lock = asyncio.Lock()
+        """Held by the reader for each read: a claim sets the group's cursor back, which no
+        read may cross."""
+        self._filled = asyncio.Event()
+        self._consumed = asyncio.Event()
+        self._reading: asyncio.Future[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -198,12 +250,14 @@ class Bridge(Service):
         self._redis = redis_client(s)
         self._waiter = redis_client(s)
         self._scripts = _redis.Scripts(self._redis)
+        self._wire = _redis.Wire(s)
         self._producer = FencedProducer(client_options(s))
         await self._producer.start()
         for topic in self.topics:
             await self._producer.partitions(topic)
         self.known_end = await _kafka.end_offsets(client_options(s), self.topics)
         self._lease_loop = self.add_future(self._leases())
+        self._reading = self.add_future(self._reader())
         self._main = self.add_future(self._run())
         self.running.set()
         log.info(
@@ -220,14 +274,18 @@ class Bridge(Service):
         if self._main is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._main), 30)
-        if self._lease_loop is not None:
-            self._lease_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._lease_loop
+        for loop in (self._reading, self._lease_loop):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loop
         with contextlib.suppress(RedisError, OSError):
             await self._release_all()
         if self._producer is not None:
             await self._producer.close()
+        if self._wire is not None:
+            with contextlib.suppress(Exception):
+                await self._wire.close()
         for client in (self._redis, self._waiter):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -237,6 +295,11 @@ class Bridge(Service):
     def scripts(self) -> _redis.Scripts:
         assert self._scripts is not None
         return self._scripts
+
+    @property
+    def wire(self) -> _redis.Wire:
+        assert self._wire is not None
+        return self._wire
 
     @property
     def redis(self) -> RedisClient:
@@ -261,8 +324,9 @@ class Bridge(Service):
                 await self._releases(sent)
                 nxt: Round | None = None
                 if not self._stopping:
-                    await self._fill()
                     nxt = self._build()
+                    if nxt is not None:
+                        self._consumed.set()
                 if in_flight is not None and sent is not None:
                     done = await self._finish(sent, in_flight)
                     in_flight, sent = None, None
@@ -278,8 +342,10 @@ class Bridge(Service):
                     in_flight = asyncio.ensure_future(self._send(nxt))
                 elif self._stopping:
                     break
-                else:
-                    await self._idle()
+                else:  # nothing queued: wait for the reader
+                    self._filled.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._filled.wait(), IDLE_WAIT_MS / 1000)
             except (RedisError, OSError) as exc:
                 self.redis_health.waiting(repr(exc))
                 await asyncio.sleep(backoff.next_wait())
@@ -293,6 +359,32 @@ class Bridge(Service):
         if self._checkpoints is not None:
             await self._checkpoints
 
+    async def _reader(self) -> None:
+        """Keeps the ready streams' queues filled (a round's worth ahead), so that Redis
+        answers while rounds are built and Kafka acknowledges; waits for new entries when
+        every stream is read to its end."""
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                async with self._read_lock:
+                    wanted, read = await self._fill()
+                backoff = Backoff()
+                if read:
+                    self._filled.set()
+                elif wanted:
+                    await self._idle()
+                else:  # every queue full, or nothing held: until a round takes entries
+                    self._consumed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._consumed.wait(), IDLE_WAIT_MS / 1000)
+            except (RedisError, RedisReplyError, OSError, asyncio.IncompleteReadError) as exc:
+                self.redis_health.waiting(repr(exc))
+                await asyncio.sleep(backoff.next_wait())
+            except Exception as exc:
+                log.exception("bridge: stopping on an unexpected error")
+                await self.crash(exc)
+                return
+
     async def _send(self, round_: Round) -> dict[TopicPartition, int]:
         def fence() -> None:
             now = time.monotonic()
@@ -300,7 +392,9 @@ class Bridge(Service):
                 if stream.phase == LOST or now >= stream.deadline:
                     raise Fenced(f"lease of {stream.name} ({stream.phase}) past its deadline")
 
-        return await self.producer.send(round_.batches, fence)
+        settings = self.settings
+        batches = round_.batches(settings.topic_readings, settings.topic_dlq)
+        return await self.producer.send(batches, fence)
 
     async def _finish(
         self, round_: Round, in_flight: asyncio.Task[dict[TopicPartition, int]]
@@ -341,7 +435,7 @@ class Bridge(Service):
         if stream.phase in (READY, RELEASE):
             log.info("bridge: %s to be read back: %s", stream.name, why)
             stream.phase = CLAIM if stream.phase == READY else RELEASE
-        stream.queue.clear()
+        stream.drop_queue()
         stream.skip.clear()
 
     def _offsets(self) -> bytes:
@@ -355,48 +449,56 @@ class Bridge(Service):
     async def _checkpoint(
         self, round_: Round, offsets: bytes, previous: asyncio.Task[None] | None
     ) -> None:
+        """Each stream of a round that Kafka acknowledged: its checkpoint (fenced: the
+        acked entry, the offsets, the trim) and XACK of its entries, in one round trip."""
         if previous is not None:
             await previous
+        parts = []
         for stream, part in round_.parts.items():
             stream.rounds -= 1
-            if not part.ids:
-                continue
-            last = part.ids[-1]
-            backoff = Backoff()
-            while stream.phase != LOST:
-                try:
-                    answer = await self.scripts.checkpoint(
-                        keys=[
-                            _redis.lease_key(stream.name),
-                            _redis.state_key(stream.name),
-                            stream.name,
-                        ],
-                        args=[
-                            stream.value,
-                            self.group,
-                            last,
-                            offsets,
-                            _redis.next_id(last),
-                            *part.ids,
-                        ],
+            if part.ids:
+                parts.append((stream, part))
+        backoff = Backoff()
+        while parts:
+            parts = [(stream, part) for stream, part in parts if stream.phase != LOST]
+            commands = []
+            for stream, part in parts:
+                last = part.ids[-1]
+                commands.append(
+                    pack(
+                        "EVALSHA",
+                        _redis.CHECKPOINT_SHA,
+                        3,
+                        _redis.lease_key(stream.name),
+                        _redis.state_key(stream.name),
+                        stream.name,
+                        stream.value,
+                        last,
+                        offsets,
+                        _redis.next_id(last),
                     )
-                except (RedisError, OSError) as exc:
-                    self.redis_health.waiting(repr(exc))
-                    await asyncio.sleep(backoff.next_wait())
-                    continue
-                self.redis_health.ok()
+                )
+                commands.append(pack("XACK", stream.name, self.group, *part.ids))
+            try:
+                replies = await self.wire.execute(self.wire.acks, commands)
+            except (RedisError, RedisReplyError, OSError, asyncio.IncompleteReadError) as exc:
+                self.redis_health.waiting(repr(exc))
+                await asyncio.sleep(backoff.next_wait())
+                continue
+            self.redis_health.ok()
+            for (stream, part), answer in zip(parts, replies[::2], strict=True):
                 if answer == -1:
                     self._lost(stream, "its checkpoint was refused")
                 else:
-                    stream.acked = last
+                    stream.acked = part.ids[-1]
                     self._backlog(stream, int(answer))
-                break
+            break
 
     def _lost(self, stream: Stream, why: str) -> None:
         if stream.phase != LOST:
             log.warning("bridge: lost the lease of %s (%s)", stream.name, why)
             stream.phase = LOST
-            stream.queue.clear()
+            stream.drop_queue()
             stream.skip.clear()
             self.counters.lost += 1
 
@@ -425,16 +527,17 @@ class Bridge(Service):
             return
         if self._checkpoints is not None:  # the claims read the latest checkpoints
             await self._checkpoints
-        answers = await asyncio.gather(
-            *(
-                self.scripts.claim(
-                    keys=[_redis.lease_key(s.name), _redis.state_key(s.name), s.name],
-                    args=[s.value, self.group],
-                )
-                for s in claiming
-            ),
-            return_exceptions=True,
-        )
+        async with self._read_lock:  # no read under way while the cursors are set back
+            answers = await asyncio.gather(
+                *(
+                    self.scripts.claim(
+                        keys=[_redis.lease_key(s.name), _redis.state_key(s.name), s.name],
+                        args=[s.value, self.group],
+                    )
+                    for s in claiming
+                ),
+                return_exceptions=True,
+            )
         starts: dict[TopicPartition, int] = {}
         scanned: list[tuple[Stream, bytes]] = []
         fresh: list[Stream] = []
@@ -462,7 +565,7 @@ class Bridge(Service):
         for stream in fresh:  # never bridged: nothing of it is in Kafka; say from where
             answer = await self.scripts.checkpoint(
                 keys=[_redis.lease_key(stream.name), _redis.state_key(stream.name), stream.name],
-                args=[stream.value, self.group, stream.acked, self._offsets(), ""],
+                args=[stream.value, stream.acked, self._offsets(), ""],
             )
             if answer == -1:
                 self._lost(stream, "taken before its first checkpoint")
@@ -497,7 +600,7 @@ class Bridge(Service):
     def _ready(self, stream: Stream, acked: bytes, skip: set[bytes]) -> None:
         stream.acked = stream.cursor = acked
         stream.skip = skip
-        stream.queue.clear()
+        stream.drop_queue()
         stream.phase = READY
 
     async def _releases(self, sent: Round | None) -> None:
@@ -531,41 +634,107 @@ class Bridge(Service):
 
     # -- reading ------------------------------------------------------------------------
 
-    async def _fill(self) -> None:
+    async def _fill(self) -> tuple[bool, int]:
+        """Read the ready streams whose queue holds less than :data:`READ_AHEAD` rounds'
+        shares: (whether any did, entries read)."""
+        now = time.monotonic()
         ready = [s for s in self.streams.values() if s.phase == READY]
         if not ready:
-            return
+            return False, 0
         count = max(READ_COUNT_MIN, ROUND_ENTRIES // len(ready))
-        wanting = [s for s in ready if len(s.queue) < count]
+        # A stream past its lease's deadline reads nothing until renewed: a read moves the
+        # group's cursor, which another holder's reads may rely on by then.
+        wanting = [s for s in ready if s.queued < READ_AHEAD * count and now < s.deadline]
         if not wanting:
-            return
+            return False, 0
+        generations = [s.generation for s in wanting]
+        wire = self.wire
+        per_stream = []
+        for s in wanting:
+            if wire.cluster:  # no MULTI on a cluster's pipeline: the read fenced in Lua
+                per_stream.append(
+                    [
+                        pack(
+                            "EVALSHA",
+                            _redis.READ_SHA,
+                            2,
+                            _redis.lease_key(s.name),
+                            s.name,
+                            s.value,
+                            self.group,
+                            _redis.CONSUMER,
+                            count,
+                        )
+                    ]
+                )
+            else:
+                per_stream.append(
+                    [
+                        _redis.MULTI,
+                        pack("XRANGE", s.name, b"(" + s.cursor, "+", "COUNT", 1),
+                        pack(
+                            "XREADGROUP",
+                            "GROUP",
+                            self.group,
+                            _redis.CONSUMER,
+                            "COUNT",
+                            count,
+                            "STREAMS",
+                            s.name,
+                            ">",
+                        ),
+                        _redis.EXEC,
+                    ]
+                )
+        # The streams over the read connections: Redis answers one while this process
+        # parses another's answer.
+        connections = wire.reads[: len(wanting)]
+        shares = [list(range(c, len(wanting), len(connections))) for c in range(len(connections))]
         answers = await asyncio.gather(
             *(
-                self.scripts.read(
-                    keys=[_redis.lease_key(s.name), s.name],
-                    args=[s.value, self.group, _redis.CONSUMER, count],
-                )
-                for s in wanting
-            ),
-            return_exceptions=True,
+                wire.execute(connection, [cmd for i in share for cmd in per_stream[i]])
+                for connection, share in zip(connections, shares, strict=True)
+            )
         )
-        for stream, answer in zip(wanting, answers, strict=True):
-            if isinstance(answer, ResponseError):  # NOGROUP: the stream was deleted
-                log.warning("bridge: cannot read %s: %s", stream.name, answer)
-                self._lost(stream, f"cannot read it: {answer}")
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            if answer == -1:
-                self._lost(stream, "a read was refused")
-                continue
-            if stream.phase != READY or not answer:
-                continue
-            entries = answer[0][1]
-            stream.queue.extend(entries)
-            if entries:
-                stream.cursor = entries[-1][0]
+        replies: list[Any] = [None] * len(wanting)
+        for share, answer in zip(shares, answers, strict=True):
+            size = len(answer) // len(share)
+            for n, i in enumerate(share):
+                replies[i] = answer[size * n + size - 1]
         self.redis_health.ok()
+        read = 0
+        for i, stream in enumerate(wanting):
+            if stream.generation != generations[i] or stream.phase != READY:
+                continue  # its queue was dropped meanwhile (lost, handed over, read back)
+            if wire.cluster:
+                answer = replies[i]
+                if answer == -1:
+                    self._lost(stream, "a read was refused")
+                    continue
+                expected = None
+            else:
+                following, answer = replies[i]
+                if _redis.is_error(answer) or _redis.is_error(following):
+                    log.warning("bridge: cannot read %s: %s", stream.name, answer)
+                    self._lost(stream, f"cannot read it: {answer}")
+                    continue
+                # The first entry after what this bridge read, as the group delivered it:
+                # another did not move the group's cursor since (a bridge that lost the
+                # lease and did not know yet), or entries would be missed.
+                expected = following[0][0] if following else None
+            entries = answer[0][1] if answer else []
+            if not wire.cluster and (entries[0][0] if entries else None) != expected:
+                self._recover(stream, "the group's cursor moved under it")
+                continue
+            if not entries:
+                continue
+            read += len(entries)
+            if stream.head:
+                stream.queue = stream.queue[stream.head :]
+                stream.head = 0
+            stream.queue += entries
+            stream.cursor = entries[-1][0]
+        return True, read
 
     async def _idle(self) -> None:
         """Wait for new entries in the ready streams (or for other work), briefly."""
@@ -582,75 +751,114 @@ class Bridge(Service):
         now = time.monotonic()
         # A stream whose lease is past its deadline waits for its renewal.
         ready = [
-            s for s in self.streams.values() if s.phase == READY and s.queue and now < s.deadline
+            s for s in self.streams.values() if s.phase == READY and s.queued and now < s.deadline
         ]
         if not ready:
             return None
-        s = self.settings
-        round_ = Round()
+        settings = self.settings
         producer = self.producer
-        readings, dlq = s.topic_readings, s.topic_dlq
+        readings, dlq = settings.topic_readings, settings.topic_dlq
+        count = producer.count(readings)
+        round_ = Round.empty(count, producer.count(dlq))
+        partitions = producer.partitions_of(readings)
+        reader = self._entries
+        names, tags = reader.names, reader.tags
+        max_bytes, max_future_us = settings.max_message_bytes, settings.max_future_us
         budget = max(READ_COUNT_MIN, ROUND_ENTRIES // len(ready))
+        encode = encoding.encode_entries
+        buffers, stats = round_.readings, round_.readings_stats
         full = False
         random.shuffle(ready)
         for stream in ready:
-            part = Part()
-            queue = stream.queue
-            headers_stream = (STREAM_HEADER, stream.key)
-            headers_lease = (LEASE_HEADER, stream.token_bytes)
-            taken = 0
-            while queue and taken < budget:
-                entry_id, fields = queue[0]
-                if stream.skip and entry_id in stream.skip:
-                    stream.skip.discard(entry_id)
-                    queue.popleft()
-                    part.ids.append(entry_id)
-                    round_.skipped += 1
-                    taken += 1
-                    continue
-                try:
-                    record = entry_record(entry_id, fields, s.max_message_bytes, s.max_future_us)
-                    topic, key, value, ts = readings, record.key, record.value, record.timestamp_ms
-                    good = True
-                except RejectedEntry as exc:
-                    letter = EntryDeadLetter(
-                        exc.reason,
-                        exc.detail,
-                        stream.name,
-                        entry_id.decode(),
-                        exc.key,
-                        exc.value,
-                        s.max_message_bytes,
-                    )
-                    topic, key, value = dlq, stream.key, orjson.dumps(letter.document())
-                    ts = entry_time_ms(entry_id)
-                    good = False
-                tp = TopicPartition(topic, producer.partition(topic, key))
-                batch = round_.batches.get(tp)
-                if batch is None:
-                    batch = round_.batches[tp] = new_batch()
-                headers = [headers_stream, (ENTRY_HEADER, entry_id), headers_lease]
-                if batch.builder.append(batch.count, ts, key, value, headers) is None:
+            ids: list[bytes] = []
+            queue, index = stream.queue, stream.head
+            end = min(len(queue), index + budget)
+            skip = stream.skip
+            while index < end:
+                if skip:  # after a read-back: one entry at a time, skipping those found
+                    entry_id = queue[index][0]
+                    if entry_id in skip:
+                        skip.discard(entry_id)
+                        ids.append(entry_id)
+                        round_.skipped += 1
+                        index += 1
+                        continue
+                    stop = index + 1
+                else:
+                    stop = end
+                before = len(ids)
+                index, status = encode(
+                    queue,
+                    index,
+                    stop,
+                    names,
+                    tags,
+                    max_bytes,
+                    max_future_us,
+                    partitions,
+                    count,
+                    buffers,
+                    stats,
+                    stream.key,
+                    stream.token_bytes,
+                    _kafka.BATCH_BYTES,
+                    ids,
+                )
+                round_.produced += len(ids) - before
+                if status == encoding.FULL:
                     full = True
                     break
-                batch.count += 1
-                queue.popleft()
-                part.ids.append(entry_id)
-                taken += 1
-                if good:
-                    round_.produced += 1
-                else:
-                    round_.dead_lettered += 1
-            if part.ids:
-                round_.parts[stream] = part
+                if status == encoding.SLOW:
+                    if not self._slow(round_, stream, queue[index], ids):
+                        full = True
+                        break
+                    index += 1
+            stream.head = index
+            if ids:
+                round_.parts[stream] = Part(ids)
                 stream.rounds += 1
             if full:
                 break
         if not round_.parts:
             return None
-        # Entries all skipped: nothing to send, but they are acknowledged like the others.
-        round_.batches = {tp: b for tp, b in round_.batches.items() if b.count}
         return round_
+
+    def _slow(self, round_: Round, stream: Stream, entry: Any, ids: list[bytes]) -> bool:
+        """An entry the encoder leaves to the definition (models.entries.entry_record): its
+        record, or its dead letter, appended to the round; False when its partition is full
+        (nothing appended)."""
+        settings, producer = self.settings, self.producer
+        entry_id, fields = entry
+        headers = (stream.key, entry_id, stream.token_bytes)
+        try:
+            key, value, ts = self._entries.record(entry_id, fields)
+            topic, buffers, stats = settings.topic_readings, round_.readings, round_.readings_stats
+            good = True
+        except RejectedEntry as exc:
+            letter = EntryDeadLetter(
+                exc.reason,
+                exc.detail,
+                stream.name,
+                entry_id.decode(),
+                exc.key,
+                exc.value,
+                settings.max_message_bytes,
+            )
+            key, value = stream.key, orjson.dumps(letter.document())
+            ts = entry_time_ms(entry_id)
+            topic, buffers, stats = settings.topic_dlq, round_.letters, round_.letters_stats
+            good = False
+        partition = producer.partition(topic, key)
+        if not encoding.append_record(
+            buffers, stats, partition, key, value, ts, headers, _kafka.BATCH_BYTES
+        ):
+            return False
+        ids.append(entry_id)
+        if good:
+            round_.produced += 1
+        else:
+            round_.dead_lettered += 1
+        return True
 
     # -- leases -------------------------------------------------------------------------
 
@@ -704,7 +912,7 @@ class Bridge(Service):
             for stream in extra:
                 log.info("bridge: handing %s over (%d bridges)", stream.name, self.members)
                 stream.phase = RELEASE
-                stream.queue.clear()
+                stream.drop_queue()
                 stream.skip.clear()
         elif len(held) < share:
             candidates = [n for n in self.known if n not in self.streams]

@@ -81,7 +81,7 @@ async def abandon(bridge: Bridge) -> None:
     (its leases expire)."""
     for stream in bridge.streams.values():
         stream.deadline = 0.0  # writes nothing more, whatever it is doing
-    for future in (bridge._main, bridge._lease_loop):
+    for future in (bridge._main, bridge._reading, bridge._lease_loop):
         # A cancellation can be lost where a future completes at the same moment (Python
         # 3.11's wait_for): cancel until it is done.
         while future is not None and not future.done():
@@ -245,8 +245,8 @@ def test_a_bridge_past_its_deadline_writes_nothing(
     broker: str, redis_url: str, topic_prefix: str
 ) -> None:
     """A bridge that cannot renew (its renewals stop, as when paused) stops producing half a
-    lease after its last renewal; the next holder takes over; the first, when its checkpoint
-    is refused, knows it lost the streams."""
+    lease after its last renewal; the next holder takes over; the first, when it renews
+    again, knows it lost the streams."""
     env = bridge_env(topic_prefix, broker, redis_url, lease=1.0)
     client = redis.Redis.from_url(redis_url)
     entries = gateway_entries(topic_prefix, streams=2, per_stream=300)
@@ -269,6 +269,8 @@ def test_a_bridge_past_its_deadline_writes_nothing(
         try:
             appended.extend(append(client, entries[400:]))
             await until(lambda: drained(client, topic_prefix, 2), "the streams drained")
+            # Its renewals again (as when a paused process resumes): refused.
+            first._lease_loop = first.add_future(first._leases())
             await until(
                 lambda: all(s.phase == LOST for s in first.streams.values()),
                 "the first bridge to find out",
