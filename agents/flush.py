@@ -445,6 +445,10 @@ class FlushPipeline(Service):
         dead-lettered (PartitionState.use_registry)."""
         self._switching = False
         """The flush prepared last records a new registry version (see _prepare_flush)."""
+        self.registry_switched: dict[int, float] = {}
+        """Per partition, when (epoch seconds) it began to judge by the registry version it
+        uses: the drain that switched to it, or the takeover that recovered it (for
+        ``/metrics``: how long a change takes to be used, bench.registry_delay)."""
 
     @property
     def sinks_idle(self) -> bool:
@@ -565,6 +569,7 @@ class FlushPipeline(Service):
         source = self.registry_source
         wanted = None if source is None else source.current()
         self._switching = False
+        switched: list[int] = []
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
@@ -574,6 +579,7 @@ class FlushPipeline(Service):
             ):
                 switch = wanted
                 self._switching = True
+                switched.append(partition)
             drained = state.drain(self.writer.snapshot_due(partition), spread_us, switch)
             drains.append(drained)
             closed[partition] = len(drained.closed)
@@ -585,6 +591,17 @@ class FlushPipeline(Service):
                 or switch is not None
             ):
                 deltas.append(self.writer.encode(partition, delta))
+        if switched:
+            assert wanted is not None
+            now = time.time()
+            for partition in switched:
+                self.registry_switched[partition] = now
+            log.info(
+                "registry: partitions %s judge alerts by version %d from offsets %s on",
+                switched,
+                wanted.version,
+                [self.states[p].next_offset for p in switched],
+            )
         batch = FlushBatch.of(drains, self._dead_letters)
         self.metrics.count_flush(
             closed, ((letter.partition, letter.reason) for letter in self._dead_letters)

@@ -20,7 +20,7 @@ until ``/metrics`` shows every partition's ``pulse_registry_version`` at that ve
 goes on: a device enabled, a rule's threshold lowered (removed and added again), silences
 added, a device disabled while its alerts fire, an absence rule removed while it fires (it
 resolves at the watermark), absence and window rules added, a rule replaced with another
-comparison, a device moved to another site.
+comparison, a device moved to another site, a rule's thresholds replaced in one version.
 
 The reference, per partition in offset order: each window the worker emitted (read back
 from ``aggregates``, whose content is checked against ``compute``) is judged by the version
@@ -162,6 +162,7 @@ def plan(prefix: str) -> list[list[Change]]:
             AlertRule("warm-hop", temp, "30s/10s", "mean", ">=", 25, 23, 2, plant_a, "info"),
         ),
         change("add_silence", Silence(rule="hot", site="plant-a", until_us=at(420))),
+        change("set_rule", AlertRule("dry", hum, "30s/10s", "p50", "<=", 42, 46, 2)),
     ]
     return [initial, first, second, third]
 
