@@ -456,6 +456,20 @@ class FlushPipeline(Service):
         submitted to it."""
         return all(lane.idle for lane in self._lanes.values() if lane.sink.paces_flushes)
 
+    def registry_pending(self) -> bool:
+        """The registry source holds a version that some partition does not judge by yet:
+        the next flush switches it (see _prepare_flush), so the loop need not wait for the
+        flush interval (a change is used a loop turn after the cache loaded it)."""
+        source = self.registry_source
+        wanted = None if source is None else source.current()
+        if wanted is None:
+            return False
+        version = wanted.version
+        return any(
+            state.registry_version != version or state.registry is None
+            for state in self.states.values()
+        )
+
     def note_fetch(self, began: float, got_records: bool) -> None:
         """Record a fetch that the loop began at ``began`` (monotonic seconds)."""
         if got_records:

@@ -349,7 +349,7 @@ class OneRegistry:
         return self.registry
 
 
-def test_a_registry_switch_is_logged_and_timed_for_the_metrics(
+def test_a_registry_switch_is_wanted_at_once_logged_and_timed_for_the_metrics(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # pulse_registry_switched_seconds: when each partition began to judge by its version
@@ -361,6 +361,7 @@ def test_a_registry_switch_is_logged_and_timed_for_the_metrics(
     source = OneRegistry(Registry(3))
     processor.registry_source = source
     caplog.set_level("INFO", logger="agents.flush")
+    assert processor.registry_pending()  # the loop flushes at once to switch
     before = time.time()
     assert processor._prepare_flush() is not None  # the switch's deltas
     after = time.time()
@@ -370,11 +371,14 @@ def test_a_registry_switch_is_logged_and_timed_for_the_metrics(
     assert "registry: partitions [0, 1] judge alerts by version 3 from offsets [0, 5] on" in (
         caplog.messages
     )
+    assert not processor.registry_pending()
     processor._prepare_flush()  # no new version: no switch
     assert processor.registry_switched == first
     time.sleep(0.01)
     source.registry = Registry(4)
+    assert processor.registry_pending()
     processor._prepare_flush()
+    assert not processor.registry_pending()
     assert all(processor.registry_switched[p] > first[p] for p in (0, 1))
     text = generate_latest(worker_registry(processor.metrics, [])).decode()
     shown = {
