@@ -168,6 +168,13 @@ class PartitionOwner(FlushPipeline):
                     registry = await source.at_version(state.registry_version)
                     state.use_registry(registry, self.registry_required)
                     self.registry_switched[tp.partition] = time.time()
+                    log.info(
+                        "registry: partition %d judges alerts by version %d from offset %d "
+                        "on (recovered)",
+                        tp.partition,
+                        state.registry_version,
+                        state.next_offset,
+                    )
         except Exception:
             # aiokafka would log it and carry on with partitions nobody processes: give them
             # up and let the group assign them again, after a pause.

@@ -35,7 +35,8 @@ version in use lacks or disables is dead-lettered as ``unknown_device`` and move
 Compared: the distinct transitions of the topic by (id, state), each with one content (a
 repeat only identical), equal to the reference's; the active alerts in Redis, the firing
 ones at the end; each transition one ``alert`` event. The second test SIGKILLs the worker
-twice mid-stream (records still arriving, between two rule changes) and restarts it: the
+twice mid-stream (records still arriving, between two rule changes) and once right after it
+switched to a change that resolves a firing absence, and restarts it each time: the
 transitions must still be exactly the reference's.
 """
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import signal
 import threading
@@ -227,8 +229,6 @@ def build(prefix: str, seed: int = 23) -> list[Reading]:
 
 
 def _sin(turns: float) -> float:
-    import math
-
     return math.sin(2 * math.pi * turns)
 
 
@@ -600,12 +600,15 @@ def run_scenario(
     *,
     required: bool,
     kill_in: tuple[int, ...] = (),
+    kill_after: tuple[tuple[int, int], ...] = (),
     pace: float = 0.0,
 ) -> tuple[Run, dict[str, Any]]:
     """Produce the phases with the registry's changes at the quiet points between them;
     SIGKILL the worker in each phase of ``kill_in`` once half of its records are applied
-    (restarted at once, while production goes on); then check the outputs (check_outputs)
-    while the last worker runs (its alerts writer keeps Redis)."""
+    (restarted at once, while production goes on), and right after it switched to the
+    change ``(phase, index)`` of ``kill_after`` (``plan``'s; before or after the flush that
+    emits what the switch resolved, by chance), then awaiting that version again; then check
+    the outputs (check_outputs) while the last worker runs (its alerts writer keeps Redis)."""
     env = scenario_env(prefix, broker, redis_url, registry_url, required)
     topic = env["PULSE_TOPIC_READINGS"]
     readings = build(prefix)
@@ -625,10 +628,15 @@ def run_scenario(
         for phase in range(PHASES):
             if phase:
                 timeline.switches[phase] = []
-                for change in changes[phase]:
+                for index, change in enumerate(changes[phase]):
                     version = registrar.apply(change)
                     wait_version(workers[-1], version)
                     timeline.switches[phase].append(registrar.registry(version))
+                    if (phase, index) in kill_after:
+                        workers[-1].stop(signal.SIGKILL)
+                        kills.append((produced, produced, produced))
+                        workers.append(restart(env, tmp_path, len(workers)))
+                        wait_version(workers[-1], version)
             start = produced
             while produced < len(readings) and readings[produced].phase == phase:
                 ends[readings[produced].partition] = ends.get(readings[produced].partition, 0) + 1
@@ -645,8 +653,7 @@ def run_scenario(
                 done = wait_until(halfway, f"{half} records applied", [worker], poll=0.005)
                 worker.stop(signal.SIGKILL)
                 kills.append((done, len(producer.offsets), produced))
-                workers.append(WorkerProcess(env, tmp_path, f"worker-{len(workers)}").start())
-                workers[-1].wait_ready()
+                workers.append(restart(env, tmp_path, len(workers)))
             producer.wait_sent(produced)
             wait_applied(workers[-1], ends, producer)
         assert produced == len(readings)
@@ -658,6 +665,12 @@ def run_scenario(
         for worker in workers[:-1]:
             worker.stop(signal.SIGKILL)
         assert workers[-1].stop() == 0, workers[-1].log_tail()
+
+
+def restart(env: dict[str, str], tmp_path: Path, number: int) -> WorkerProcess:
+    worker = WorkerProcess(env, tmp_path, f"worker-{number}").start()
+    worker.wait_ready()
+    return worker
 
 
 def check_outputs(broker: str, redis_url: str, run: Run, required: bool) -> dict[str, Any]:
@@ -768,10 +781,13 @@ def test_alerts_are_exact_through_sigkills_between_registry_changes(
         tmp_path,
         required=True,
         kill_in=(1, 2),
+        kill_after=((2, 1),),  # "quiet-hum" removed while it fires for device c
         pace=0.002,
     )
     print(f"kills (applied, produced, phase end): {run.kills}")
-    for applied, _, phase_end in run.kills:
+    mid_stream = [kill for kill in run.kills if kill[0] != kill[1] or kill[1] != kill[2]]
+    assert len(mid_stream) == 2
+    for applied, _, phase_end in mid_stream:
         assert applied < phase_end, "a kill must come while the phase's records arrive"
     assert_the_dataset_exercises_everything(figures, topic_prefix)
     print(f"{len(figures['transitions'])} transitions, {figures['stored']} records of alerts")
