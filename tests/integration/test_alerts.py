@@ -34,7 +34,8 @@ version in use lacks or disables is dead-lettered as ``unknown_device`` and move
 
 Compared: the distinct transitions of the topic by (id, state), each with one content (a
 repeat only identical), equal to the reference's; the active alerts in Redis, the firing
-ones at the end; each transition one ``alert`` event. The second test SIGKILLs the worker
+ones at the end; each transition one ``alert`` event; and one row each in PostgreSQL's
+``alert_history`` (the worker's alerts' history writer). The second test SIGKILLs the worker
 twice mid-stream (records still arriving, between two rule changes) and once right after it
 switched to a change that resolves a firing absence, and restarts it each time: the
 transitions must still be exactly the reference's.
@@ -381,6 +382,10 @@ class Registrar:
         made = self.loop.run_until_complete(getattr(self.store, method)(*args, **kwargs))
         return int(made[1] if isinstance(made, tuple) else made)
 
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        """The alert history's rows, newest first."""
+        return self.loop.run_until_complete(self.store.alert_history(limit))
+
     def registry(self, version: int) -> Registry:
         return self.loop.run_until_complete(self.store.snapshot(version)).registry
 
@@ -576,6 +581,23 @@ def assert_redis(redis_url: str, prefix: str, want: list[dict[str, Any]]) -> Non
     assert distinct_transitions(events, "the events") == wanted_events
 
 
+def assert_history(registrar: Registrar, wanted: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The alerts' history writer's PostgreSQL ``alert_history``: one row per transition,
+    keyed by (id, state), holding its record; waited for (it reads the topic at its own
+    pace)."""
+    deadline = time.monotonic() + 30
+    while True:
+        rows = registrar.history(10 * len(wanted) + 100)
+        found = {(row["id"], row["state"]): row["alert"] for row in rows}
+        if len(found) >= len(wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(rows) == len(found), "a transition twice in the history"
+    assert sorted(found) == sorted(wanted)
+    for key, doc in wanted.items():
+        assert found[key] == doc, key
+
+
 # -- the scenario --------------------------------------------------------------------------
 
 
@@ -658,7 +680,7 @@ def run_scenario(
             wait_applied(workers[-1], ends, producer)
         assert produced == len(readings)
         run = Run(readings, list(producer.offsets), timeline, env, kills)
-        return run, check_outputs(broker, redis_url, run, required)
+        return run, check_outputs(broker, redis_url, registrar, run, required)
     finally:
         producer.close()
         registrar.close()
@@ -673,7 +695,9 @@ def restart(env: dict[str, str], tmp_path: Path, number: int) -> WorkerProcess:
     return worker
 
 
-def check_outputs(broker: str, redis_url: str, run: Run, required: bool) -> dict[str, Any]:
+def check_outputs(
+    broker: str, redis_url: str, registrar: Registrar, run: Run, required: bool
+) -> dict[str, Any]:
     """Every alert output equals the reference; returns figures for the test to check the
     dataset with."""
     env, prefix = run.env, run.env["PULSE_REDIS_PREFIX"]
@@ -712,6 +736,7 @@ def check_outputs(broker: str, redis_url: str, run: Run, required: bool) -> dict
     for key, doc in wanted.items():
         assert found[key] == doc, key
     assert_redis(redis_url, prefix, want)
+    assert_history(registrar, wanted)
     # What-ifs: without hysteresis, or with every ``for`` 1, the window rules' transitions
     # would differ.
     windows = want[: len(want) - len(ref.absences)]
