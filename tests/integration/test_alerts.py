@@ -35,10 +35,13 @@ version in use lacks or disables is dead-lettered as ``unknown_device`` and move
 Compared: the distinct transitions of the topic by (id, state), each with one content (a
 repeat only identical), equal to the reference's; the active alerts in Redis, the firing
 ones at the end; each transition one ``alert`` event; and one row each in PostgreSQL's
-``alert_history`` (the worker's alerts' history writer). The second test SIGKILLs the worker
-twice mid-stream (records still arriving, between two rule changes) and once right after it
-switched to a change that resolves a firing absence, and restarts it each time: the
-transitions must still be exactly the reference's.
+``alert_history`` (the worker's alerts' history writer); and what ``pulse notifier`` (a
+child process) delivered to a webhook of every alert, a real HTTP receiver: each transition
+that is not silenced under its key ``{id}:{state}`` with the transition as its body, and
+nothing else. The second test SIGKILLs the worker twice mid-stream (records still arriving,
+between two rule changes) and once right after it switched to a change that resolves a
+firing absence, and the notifier once mid-stream, restarting each at once: the transitions
+must still be exactly the reference's, and the deliveries too (repeats only identical).
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -62,10 +68,12 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.alerts import AbsenceRule, AlertRule, Device, Registry, Selector, Silence
+from pulse.local.stack import free_port
 from pulse.registry.store import RegistryStore
 from pulse.settings import Settings
 from tests.helpers import kafka
 from tests.helpers.scenarios import assert_dead_letter_set, next_offsets, wait_until
+from tests.helpers.webhooks import Receiver
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import pipeline_env
 from tests.reference import (
@@ -598,6 +606,50 @@ def assert_history(registrar: Registrar, wanted: dict[tuple[str, str], dict[str,
         assert found[key] == doc, key
 
 
+class NotifierProcess:
+    """``pulse notifier`` in a subprocess of its own, its log in ``tmp_path``."""
+
+    def __init__(self, env: dict[str, str], tmp_path: Path, name: str) -> None:
+        self.env = {**os.environ, **env, "PULSE_NOTIFIER_PORT": str(free_port())}
+        self.log = tmp_path / f"{name}.log"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pulse", "notifier", "-l", "info"],
+                cwd=tmp_path, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(30)
+
+
+def assert_delivered(receiver: Receiver, wanted: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """Once the notifier has caught up: the receiver got every transition that is not
+    silenced, each under its key ``{id}:{state}`` with the transition as its body (repeats,
+    after a notifier's crash, identical), and nothing else. Returns the requests."""
+    expected = {f"{i}:{state}": doc for (i, state), doc in wanted.items() if not doc["silenced"]}
+
+    def caught_up() -> bool:
+        return {r.key for r in receiver.received("/all")} >= set(expected)
+
+    deadline = time.monotonic() + 90
+    while not caught_up():
+        assert time.monotonic() < deadline, "the notifier did not deliver every transition"
+        time.sleep(0.1)
+    time.sleep(0.5)  # anything more would be an extra
+    received = receiver.received("/all")
+    bodies: dict[str, Any] = {}
+    for request in received:
+        body = orjson.loads(request.body)
+        assert bodies.setdefault(request.key, body) == body, request.key
+        assert request.headers["Pulse-Alert-Id"] == body["id"]
+    assert set(bodies) == set(expected)
+    for key, doc in expected.items():
+        assert bodies[key] == doc, key
+    return len(received)
+
+
 # -- the scenario --------------------------------------------------------------------------
 
 
@@ -623,22 +675,29 @@ def run_scenario(
     required: bool,
     kill_in: tuple[int, ...] = (),
     kill_after: tuple[tuple[int, int], ...] = (),
+    kill_notifier_in: tuple[int, ...] = (),
     pace: float = 0.0,
 ) -> tuple[Run, dict[str, Any]]:
     """Produce the phases with the registry's changes at the quiet points between them;
     SIGKILL the worker in each phase of ``kill_in`` once half of its records are applied
     (restarted at once, while production goes on), and right after it switched to the
     change ``(phase, index)`` of ``kill_after`` (``plan``'s; before or after the flush that
-    emits what the switch resolved, by chance), then awaiting that version again; then check
-    the outputs (check_outputs) while the last worker runs (its alerts writer keeps Redis)."""
+    emits what the switch resolved, by chance), then awaiting that version again; a
+    ``pulse notifier`` delivers to a webhook of every alert (a real receiver), SIGKILLed
+    and restarted in each phase of ``kill_notifier_in`` as the phase's records arrive; then
+    check the outputs (check_outputs) while the last worker runs (its alerts writer keeps
+    Redis), and the deliveries."""
     env = scenario_env(prefix, broker, redis_url, registry_url, required)
     topic = env["PULSE_TOPIC_READINGS"]
     readings = build(prefix)
     changes = plan(prefix)
     asyncio.run(kafka.create_topics(broker, {topic: PARTITIONS}))
     registrar = Registrar(registry_url)
+    receiver = Receiver().start()
+    changes[0].append(("add_webhook", (receiver.url("/all"),), {}))
     producer = PhasedProducer(broker, topic, readings, pace).start()
     workers = [WorkerProcess(env, tmp_path, "worker-0").start()]
+    notifiers = [NotifierProcess(env, tmp_path, "notifier-0")]
     kills: list[tuple[int, int, int]] = []
     try:
         versions = [registrar.apply(change) for change in changes[0]]
@@ -664,6 +723,15 @@ def run_scenario(
                 ends[readings[produced].partition] = ends.get(readings[produced].partition, 0) + 1
                 produced += 1
             producer.release(produced)
+            if phase in kill_notifier_in:
+                delivered = len(receiver.received())
+
+                def some_delivered(delivered: int = delivered) -> int:
+                    return len(receiver.received()) - delivered
+
+                wait_until(some_delivered, "deliveries in the phase", [workers[-1]], poll=0.01)
+                notifiers[-1].stop(signal.SIGKILL)
+                notifiers.append(NotifierProcess(env, tmp_path, f"notifier-{len(notifiers)}"))
             if phase in kill_in:
                 worker = workers[-1]
                 half = (start + produced) // 2
@@ -680,10 +748,16 @@ def run_scenario(
             wait_applied(workers[-1], ends, producer)
         assert produced == len(readings)
         run = Run(readings, list(producer.offsets), timeline, env, kills)
-        return run, check_outputs(broker, redis_url, registrar, run, required)
+        figures = check_outputs(broker, redis_url, registrar, run, required)
+        figures["deliveries"] = assert_delivered(receiver, figures["wanted"])
+        return run, figures
     finally:
         producer.close()
         registrar.close()
+        for notifier in notifiers[:-1]:
+            notifier.stop(signal.SIGKILL)
+        assert notifiers[-1].stop() == 0, notifiers[-1].log.read_text()[-3000:]
+        receiver.stop()
         for worker in workers[:-1]:
             worker.stop(signal.SIGKILL)
         assert workers[-1].stop() == 0, workers[-1].log_tail()
@@ -742,6 +816,7 @@ def check_outputs(
     windows = want[: len(want) - len(ref.absences)]
     return {
         "transitions": want,
+        "wanted": wanted,
         "pauses": ref.pauses,
         "stored": len(stored),
         "hysteresis matters": windows
@@ -807,9 +882,10 @@ def test_alerts_are_exact_through_sigkills_between_registry_changes(
         required=True,
         kill_in=(1, 2),
         kill_after=((2, 1),),  # "quiet-hum" removed while it fires for device c
+        kill_notifier_in=(2,),
         pace=0.002,
     )
-    print(f"kills (applied, produced, phase end): {run.kills}")
+    print(f"kills (applied, produced, phase end): {run.kills}; {figures['deliveries']} deliveries")
     mid_stream = [kill for kill in run.kills if kill[0] != kill[1] or kill[1] != kill[2]]
     assert len(mid_stream) == 2
     for applied, _, phase_end in mid_stream:
