@@ -320,3 +320,32 @@ def test_bridges_share_the_streams(broker: str, redis_url: str, topic_prefix: st
             await first.stop()
 
     asyncio.run(scenario())
+
+
+def test_on_a_redis_cluster(broker: str, redis_cluster: Any, topic_prefix: str) -> None:
+    """The same on a Redis Cluster: each stream's keys in its slot, reads fenced in Lua."""
+    from tests.helpers.redis_cluster import sync_redis
+
+    env = bridge_env(topic_prefix, broker, redis_cluster.url)
+    client = sync_redis(redis_cluster.url)
+    entries = gateway_entries(topic_prefix, streams=3, per_stream=200)
+    appended: list[tuple[str, str]] = []
+    for entry in entries:
+        entry_id = client.xadd(entry.stream, entry.fields)  # type: ignore[arg-type]
+        appended.append((entry.stream, bytes(entry_id).decode()))  # type: ignore[arg-type]
+
+    def cluster_drained() -> bool:
+        return all(client.xlen(stream_name(topic_prefix, s)) == 0 for s in range(3))
+
+    async def scenario() -> None:
+        bridge = Bridge(settings_of(env))
+        await bridge.start()
+        try:
+            await until(cluster_drained, "the streams drained", 60)
+            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
+            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            assert_exactly_once(appended, readings, letters)
+        finally:
+            await bridge.stop()
+
+    asyncio.run(scenario())
