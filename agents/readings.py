@@ -278,6 +278,7 @@ class ReadingsProcessor(PartitionOwner):
                 record.key,
                 record.value,
                 self.settings.max_message_bytes,
+                record.timestamp,
             )
         )
 

@@ -138,6 +138,25 @@ def alerts_writer(loglevel: str) -> None:
 
 @main.command()
 @click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def indexer(loglevel: str) -> None:
+    """Run the indexer: dead letters, alerts (and the windows of PULSE_SEARCH_WINDOWS) from
+    their topics into OpenSearch (PULSE_SEARCH_URL), with /health and /metrics on
+    PULSE_INDEXER_PORT; run as many as the topics have partitions."""
+    import importlib
+
+    from mode import Worker
+
+    settings = _settings()
+    _kafka_options(settings)
+    from pulse.app import AGENT_PACKAGES
+
+    # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.indexer")
+    Worker(*module.indexer_services(settings), loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
 def api(loglevel: str) -> None:
     """Serve the HTTP API and the live page on PULSE_API_PORT, reading Redis (and the
     time-series store for older history); run as many as you like behind a load balancer."""

@@ -30,7 +30,7 @@ from pulse.settings import VARIABLES, Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {var.name: var.default for var in VARIABLES}
 SERVERS = ("kafka", "redis", "influxdb", "postgres", "opensearch")
-PULSE_SERVICES = ("worker", "api", "producer")
+PULSE_SERVICES = ("worker", "api", "producer", "indexer")
 """The services that run the image of ./Dockerfile."""
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` (and without the colon)."""
@@ -155,6 +155,8 @@ def test_pulse_services_set_only_known_pulse_variables(
         assert services[name]["build"] == services["worker"]["build"], name
     assert services["api"]["command"][:2] == ["pulse", "api"]
     assert services["producer"]["command"][:2] == ["pulse", "produce"]
+    assert services["indexer"]["command"][:2] == ["pulse", "indexer"]
+    assert set(services["indexer"]["depends_on"]) == {"kafka", "opensearch"}
     assert services["producer"]["profiles"] == ["demo"]
     assert all("profiles" not in services[name] for name in (*SERVERS, "worker", "api"))
 
@@ -354,7 +356,7 @@ def test_credentials_come_from_env_and_env_example_holds_each(compose_text: str)
 
 
 def test_workers_scale_and_the_api_is_published_once(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("worker", "producer"):
+    for name in ("worker", "producer", "indexer"):
         assert "ports" not in services[name], name
         assert "container_name" not in services[name], name
     assert not any("container_name" in service for service in services.values())
@@ -376,7 +378,11 @@ def test_every_service_is_health_checked_limited_and_restarted(
         assert service["restart"] in ("unless-stopped", "on-failure"), name
     # Pulse's processes are ready when their /health/ready says so, asked with the python
     # the image has (it has no curl), on the port the process serves.
-    for name, variable in (("worker", "PULSE_WEB_PORT"), ("api", "PULSE_API_PORT")):
+    for name, variable in (
+        ("worker", "PULSE_WEB_PORT"),
+        ("api", "PULSE_API_PORT"),
+        ("indexer", "PULSE_INDEXER_PORT"),
+    ):
         test = services[name]["healthcheck"]["test"]
         port = _environment(services[name])[variable]
         assert test[:3] == ["CMD", "python", "-c"], name
