@@ -139,7 +139,8 @@ def indexer_services(settings: Settings) -> list[Service]:
         serves_from_redis=False,
         checks_redis=False,
     )
-    return [*writers, HttpServer(create_api(context, full=False), settings.indexer_port)]
+    # The server first: /health answers while the writers join their groups.
+    return [HttpServer(create_api(context, full=False), settings.indexer_port), *writers]
 
 
 class _Histograms:

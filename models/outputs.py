@@ -121,9 +121,11 @@ class RefusedOutput:
     """An output its target refused for its content (a line InfluxDB will not take, a record
     Kafka refuses as too large), for the output dead-letter topic.
 
-    ``sink``: which sink (``influx``, ``kafka``); ``target``: where it was going (a topic, a
-    bucket); ``reason``: ``refused`` (the target refused it) or ``unreadable`` (an
-    ``aggregates`` record the InfluxDB writer cannot read); ``answer``: what the target said;
+    ``sink``: which sink (``influx``, ``kafka``, ``alert-history``, ``webhooks``...);
+    ``target``: where it was going (a topic, a bucket, a table, a webhook); ``reason``:
+    ``refused`` (the target refused it), ``unreadable`` (a record of an output topic a writer
+    cannot read) or ``undeliverable`` (a webhook delivery that failed every try);
+    ``answer``: what the target said;
     ``key``: the output's key (the device); ``output``: the output itself as it was sent.
     """
 

@@ -68,6 +68,15 @@ class Webhook:
     rule: str | None = None
     severity: str | None = None
 
+    def matches(self, rule: str, severity: str) -> bool:
+        """Whether an alert of ``rule`` and ``severity`` goes to this webhook: its rule is
+        that rule, or its severity that severity, or it names neither (every alert)."""
+        if self.rule is not None:
+            return self.rule == rule
+        if self.severity is not None:
+            return self.severity == severity
+        return True
+
 
 def registry_of(
     version: int,

@@ -1,5 +1,5 @@
-"""The ``pulse`` command: worker, api, produce, state, history, config, the live views
-(top, watch), and the local stack."""
+"""The ``pulse`` command: worker, api, notifier, produce, state, history, config, the live
+views (top, watch), the registry's commands, and the local stack."""
 
 from __future__ import annotations
 
@@ -134,6 +134,35 @@ def alerts_writer(loglevel: str) -> None:
     event stream), e.g. beside workers started with PULSE_ALERTS_WRITER=off."""
     _check_redis(_settings())
     _run_writers("alerts_writer", ("AlertsWriter",), loglevel)
+
+
+@main.command(name="alerts-history-writer")
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def alerts_history_writer(loglevel: str) -> None:
+    """Run only the alerts' history writer (the alerts topic into PostgreSQL's alert_history),
+    e.g. beside workers started with PULSE_ALERTS_HISTORY=off."""
+    _run_writers("alert_history", ("AlertHistoryWriter",), loglevel)
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def notifier(loglevel: str) -> None:
+    """Deliver alert transitions to the registry's webhooks (pulse notify add): the alerts
+    topic with its own consumer group, retries and backoff, an Idempotency-Key per
+    transition, undeliverable ones to the output dead-letter topic. Health and metrics on
+    PULSE_NOTIFIER_PORT."""
+    import importlib
+
+    from mode import Worker
+
+    from pulse.app import AGENT_PACKAGES
+
+    settings = _settings()
+    _kafka_options(settings)
+    _check_redis(settings)
+    # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.notifier")
+    Worker(*module.notifier_services(settings), loglevel=loglevel).execute_from_commandline()
 
 
 @main.command()

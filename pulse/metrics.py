@@ -333,6 +333,66 @@ def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, int])
     return family
 
 
+class NotifierSource(Protocol):
+    """What the collector reads of ``pulse notifier`` (agents/notifier.py) at a scrape."""
+
+    @property
+    def written(self) -> int:
+        """Records of the alerts topic handled (delivered, dead-lettered or skipped) and
+        committed."""
+
+    @property
+    def silenced(self) -> int:
+        """Silenced transitions read (sent nowhere)."""
+
+    def lag(self) -> dict[int, int]:
+        """Per partition of the alerts topic it has fetched from, records not yet handled."""
+
+    def webhook_counts(self) -> dict[int, dict[str, int]]:
+        """Per webhook id, its deliveries by result: ``delivered``, ``failed`` (failed tries),
+        ``waited`` (answers that asked to wait), ``dead_lettered``, ``cancelled``."""
+
+
+class NotifierCollector(Collector):
+    """``pulse notifier``'s deliveries per webhook, its progress and lag."""
+
+    def __init__(self, notifier: NotifierSource) -> None:
+        self.notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        n = self.notifier
+        deliveries = CounterMetricFamily(
+            "pulse_notifier_deliveries",
+            "Webhook deliveries by result: delivered (2xx), failed (each failed try: "
+            "connection error, timeout, 5xx, 408, a refusal), waited (429, 503 with "
+            "Retry-After: waited out, not failures), dead_lettered (in the output dead-letter "
+            "topic), cancelled (the webhook was removed meanwhile)",
+            labels=["webhook", "result"],
+        )
+        for webhook, counts in sorted(n.webhook_counts().items()):
+            for result, count in counts.items():
+                deliveries.add_metric([str(webhook), result], count)
+        yield deliveries
+        silenced = CounterMetricFamily(
+            "pulse_notifier_silenced", "Silenced transitions read (recorded, sent nowhere)"
+        )
+        silenced.add_metric([], n.silenced)
+        yield silenced
+        written = CounterMetricFamily(
+            "pulse_notifier_written",
+            "Records of the alerts topic the notifier handled and committed",
+        )
+        written.add_metric([], n.written)
+        yield written
+        yield _gauge(
+            "pulse_notifier_lag",
+            "Records of the alerts topic not yet handled by the notifier, per partition it "
+            "has fetched from",
+            "partition",
+            n.lag(),
+        )
+
+
 def api_registry() -> CollectorRegistry:
     """The registry ``pulse api`` serves at ``/metrics``."""
     return CollectorRegistry(auto_describe=False)

@@ -345,7 +345,7 @@ SEARCH_VARIABLES = (
     ),
     Variable(
         "PULSE_INDEXER_PORT",
-        "6068",
+        "6069",
         "Port of `pulse indexer`'s `/health` and `/metrics`.",
         _integer(1, 65535),
     ),
@@ -470,6 +470,58 @@ VARIABLES: tuple[Variable, ...] = (
         "stream; consumer group `{PULSE_APP_ID}-alerts`): `on`, or `off` where it runs alone "
         "(`pulse alerts-writer`).",
         _choice("on", "off"),
+    ),
+    Variable(
+        "PULSE_ALERTS_HISTORY",
+        "on",
+        "Whether `pulse worker` also runs the alerts' history writer, which reads the alerts "
+        "topic back into the registry's PostgreSQL table `alert_history` (one row per "
+        "transition, a replay adds none; consumer group `{PULSE_APP_ID}-alerts-history`): "
+        "`on`, or `off` where it runs alone (`pulse alerts-history-writer`).",
+        _choice("on", "off"),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_PORT",
+        "6068",
+        "Port of `pulse notifier`'s health and metrics (`/health/live`, `/health/ready`, "
+        "`/metrics`).",
+        _integer(1, 65535),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_MAX_ATTEMPTS",
+        "8",
+        "Tries of one webhook delivery that fails (connection error, timeout, HTTP 5xx or "
+        "408) before it goes to the output dead-letter topic with the receiver's answer; "
+        "429, and 503 with `Retry-After`, are waited out and never count.",
+        _integer(1, 1000),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_RETRY_DELAY",
+        "0.5",
+        "Seconds before the second try of a failed webhook delivery; each later wait doubles "
+        "(with jitter: half to all of it), up to `PULSE_NOTIFIER_MAX_RETRY_DELAY`.",
+        _number(0.001, maximum=3600),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_MAX_RETRY_DELAY",
+        "30",
+        "The longest wait between two tries of a webhook delivery (a `Retry-After` is "
+        "honoured up to 300 s instead).",
+        _number(0.001, maximum=3600),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_TIMEOUT",
+        "10",
+        "Seconds a webhook has to answer one delivery (connecting included); longer is a "
+        "failed try.",
+        _number(0.001, maximum=3600),
+    ),
+    Variable(
+        "PULSE_NOTIFIER_CONCURRENCY",
+        "8",
+        "Deliveries in flight at once per webhook, each for another device (one device's "
+        "transitions go to a webhook one after another, in the topic's order).",
+        _integer(1, 1000),
     ),
     Variable(
         "PULSE_STATS_INTERVAL",
@@ -820,6 +872,13 @@ class Settings:
     postgres_password_file: str = ""
     registry_cache_ttl: int = 300
     registry_required: str = "false"
+    alerts_history: str = "on"
+    notifier_port: int = 6068
+    notifier_max_attempts: int = 8
+    notifier_retry_delay: float = 0.5
+    notifier_max_retry_delay: float = 30.0
+    notifier_timeout: float = 10.0
+    notifier_concurrency: int = 8
     postgres_password: str = field(default="", repr=False)
     """The PostgreSQL password from ``postgres_password_file`` ("" for none: then libpq takes
     the URL's own, or none). Not a variable of its own."""
@@ -831,7 +890,7 @@ class Settings:
     search_replicas: int = 1
     search_bulk_bytes: int = 5_000_000
     search_bulk_docs: int = 5_000
-    indexer_port: int = 6068
+    indexer_port: int = 6069
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -30,7 +30,7 @@ from pulse.settings import VARIABLES, Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {var.name: var.default for var in VARIABLES}
 SERVERS = ("kafka", "redis", "influxdb", "postgres", "opensearch")
-PULSE_SERVICES = ("worker", "api", "producer", "indexer")
+PULSE_SERVICES = ("worker", "api", "notifier", "producer", "indexer")
 """The services that run the image of ./Dockerfile."""
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` (and without the colon)."""
@@ -150,15 +150,19 @@ def test_pulse_services_set_only_known_pulse_variables(
         # Every value passes the same checks as at startup; all reach the same servers.
         settings = Settings.from_env(env)
         assert settings.bootstrap_servers == "kafka:19092"
-        for server in ("PULSE_BROKER", "PULSE_REDIS_URL", "PULSE_INFLUX_URL", "PULSE_APP_ID"):
+        servers = ("PULSE_BROKER", "PULSE_REDIS_URL", "PULSE_INFLUX_URL", "PULSE_POSTGRES_URL")
+        for server in (*servers, "PULSE_APP_ID"):
             assert env[server] == worker_env[server], (name, server)
         assert services[name]["build"] == services["worker"]["build"], name
     assert services["api"]["command"][:2] == ["pulse", "api"]
+    # The notifier makes or upgrades the registry's schema, then becomes `pulse notifier`.
+    assert services["notifier"]["command"][:2] == ["sh", "-c"]
+    assert services["notifier"]["command"][2].startswith("pulse db upgrade && exec pulse notifier")
     assert services["producer"]["command"][:2] == ["pulse", "produce"]
     assert services["indexer"]["command"][:2] == ["pulse", "indexer"]
     assert set(services["indexer"]["depends_on"]) == {"kafka", "opensearch"}
     assert services["producer"]["profiles"] == ["demo"]
-    assert all("profiles" not in services[name] for name in (*SERVERS, "worker", "api"))
+    assert all("profiles" not in services[name] for name in (*SERVERS, "worker", "api", "notifier"))
 
 
 def test_worker_broker_is_kafkas_internal_advertised_listener(
@@ -196,6 +200,16 @@ def test_worker_redis_and_influx_point_at_their_services(
     assert influx_url.port == 8086
     assert _container_ports(services["influxdb"]) == {8086}
 
+    # The registry: the postgres service on its default port, as its user and database, with
+    # the password .env gives the server.
+    postgres_url = urlparse(worker_env["PULSE_POSTGRES_URL"])
+    postgres_env = _environment(services["postgres"])
+    assert _service_at(services, str(postgres_url.hostname)) == "postgres"
+    assert postgres_url.port == 5432 and _container_ports(services["postgres"]) == {5432}
+    assert postgres_url.username == postgres_env["POSTGRES_USER"]
+    assert postgres_url.password == postgres_env["POSTGRES_PASSWORD"]
+    assert postgres_url.path == f"/{postgres_env['POSTGRES_DB']}"
+
 
 def test_pulse_services_reach_opensearch_as_the_local_stack_runs_it(
     services: dict[str, dict[str, Any]], worker_env: dict[str, str]
@@ -225,6 +239,10 @@ def test_worker_waits_for_healthy_dependencies(services: dict[str, dict[str, Any
         assert healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
         assert healthcheck["retries"] >= 1, name
     assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    # The notifier needs the registry (its webhooks, and the schema it upgrades) to start.
+    assert services["notifier"]["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in ("kafka", "redis", "postgres")
+    }
 
 
 def test_kafka_kraft_settings_are_coherent(
@@ -356,7 +374,7 @@ def test_credentials_come_from_env_and_env_example_holds_each(compose_text: str)
 
 
 def test_workers_scale_and_the_api_is_published_once(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("worker", "producer", "indexer"):
+    for name in ("worker", "notifier", "producer", "indexer"):
         assert "ports" not in services[name], name
         assert "container_name" not in services[name], name
     assert not any("container_name" in service for service in services.values())
@@ -381,6 +399,7 @@ def test_every_service_is_health_checked_limited_and_restarted(
     for name, variable in (
         ("worker", "PULSE_WEB_PORT"),
         ("api", "PULSE_API_PORT"),
+        ("notifier", "PULSE_NOTIFIER_PORT"),
         ("indexer", "PULSE_INDEXER_PORT"),
     ):
         test = services[name]["healthcheck"]["test"]

@@ -11,8 +11,8 @@ so once a reader has seen version ``v`` no change of a version ``<= v`` can stil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from psycopg import AsyncConnection, IsolationLevel, sql
@@ -35,12 +35,36 @@ from models.registry import (
 from pulse.registry._db import CONNECT_TIMEOUT, connect_kwargs
 from pulse.settings import Settings
 
+if TYPE_CHECKING:
+    from pulse.sinks.alerts import AlertRecord
+
 T = TypeVar("T")
 
 WRITE_LOCK = 0x70756C7365  # "pulse": the advisory lock every registry change holds
 _TABLES = ("devices", "alert_rules", "absence_rules", "silences", "webhooks")
 _KEYS = {"devices": "id", "alert_rules": "name", "absence_rules": "name", "silences": "id",
          "webhooks": "id"}  # fmt: skip
+HISTORY_COLUMNS = (
+    ("id", "text"), ("state", "text"), ("rule", "text"), ("device", "text"), ("site", "text"),
+    ("metric", "text"), ("window", "text"), ("start_us", "bigint"), ("end_us", "bigint"),
+    ("severity", "text"), ("silenced", "boolean"), ("alert", "jsonb"),
+)  # fmt: skip
+"""The columns of ``alert_history`` a transition fills, with their types (``recorded_at`` is
+the inserting transaction's time)."""
+
+
+def _quoted(column: tuple[str, str]) -> str:
+    return f'"{column[0]}"'
+
+
+# One statement per batch: a column of values per array, unnested in order (one round trip
+# whatever the batch's size; duplicates within it are fine for DO NOTHING).
+_RECORD_ALERTS = (
+    f"INSERT INTO alert_history ({', '.join(map(_quoted, HISTORY_COLUMNS))}) "
+    f"SELECT {', '.join(map(_quoted, HISTORY_COLUMNS[:-1]))}, alert::jsonb FROM unnest("
+    + ", ".join(f"%s::{'text' if kind == 'jsonb' else kind}[]" for _, kind in HISTORY_COLUMNS)
+    + f") AS t({', '.join(map(_quoted, HISTORY_COLUMNS))}) ON CONFLICT (id, state) DO NOTHING"
+)
 
 
 class _Keep:
@@ -109,17 +133,6 @@ class RegistryStore:
             finally:
                 await conn.set_read_only(False)
                 await conn.set_isolation_level(None)
-
-    async def alert_history(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest alerts recorded, newest first."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                "SELECT id, rule, device, state, alert FROM alert_history "
-                "ORDER BY recorded_at DESC, id LIMIT %s",
-                (limit,),
-            )
-            return list(await cur.fetchall())
 
     # -- changes: each returns the version it made ---------------------------------------
 
@@ -258,19 +271,21 @@ class RegistryStore:
     async def remove_webhook(self, webhook_id: int) -> int:
         return await self._remove("webhooks", webhook_id, "id", f"webhook {webhook_id}")
 
-    async def record_alert(self, alert: Mapping[str, Any]) -> bool:
-        """Insert one alert transition into the history by its ``id``; False when that id is
-        already there (a replay), so repeats leave one row."""
+    async def record_alerts(self, alerts: Sequence[AlertRecord]) -> int:
+        """:func:`record_alerts` on a connection of the pool."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "INSERT INTO alert_history (id, rule, device, state, alert) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                (
-                    alert["id"], alert["rule"], alert["device"], alert["state"],
-                    orjson.dumps(dict(alert)).decode(),
-                ),
-            )  # fmt: skip
-            return cur.rowcount == 1
+            return await record_alerts(conn, alerts)
+
+    async def alert_history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest alert transitions recorded, newest first (ties by id, firing first)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {', '.join(_quoted(c) for c in HISTORY_COLUMNS[:-1])}, alert "
+                "FROM alert_history ORDER BY recorded_at DESC, id, state LIMIT %s",
+                (limit,),
+            )
+            return list(await cur.fetchall())
 
     # -- the frame of every change -------------------------------------------------------
 
@@ -295,6 +310,29 @@ class RegistryStore:
             await _insert_removal(conn, table, key, version)
 
         return await self._change(f"remove {what}", change)
+
+
+async def record_alerts(conn: AsyncConnection, alerts: Sequence[AlertRecord]) -> int:
+    """Insert alert transitions (records of the ``alerts`` topic, read by
+    :func:`pulse.sinks.alerts.alert_record`) into ``alert_history`` in one statement (one
+    transaction), each by its ``(id, state)``: one already there (a replay, a repeat in the
+    topic or in ``alerts``) inserts nothing. Returns the rows inserted. Raises what
+    PostgreSQL raised: a :class:`psycopg.DataError` for a transition it refuses (a JSON
+    text ``jsonb`` does not take), connection errors while it is away
+    (pulse/sinks/alert_history.py sorts them)."""
+    if not alerts:
+        return 0
+    columns: list[list[Any]] = [[] for _ in HISTORY_COLUMNS]
+    for a in alerts:
+        row = (
+            a.id, a.state, a.rule, a.device, a.site, a.metric, a.window, a.start_us, a.end_us,
+            a.severity, a.silenced, a.json.decode(),
+        )  # fmt: skip
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    async with conn.transaction():
+        cur = await conn.execute(_RECORD_ALERTS, columns)
+        return cur.rowcount
 
 
 async def _current(conn: AsyncConnection, table: str, key: Any) -> dict[str, Any] | None:

@@ -387,6 +387,7 @@ def assert_api_and_cli(
         "influx-stats": (influx, 0),
         "alerts": ("ok", 0),
         "influx-alerts": ("ok", 0),
+        "alert-history": ("ok", 0),
     }
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics") as response:
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -400,6 +401,7 @@ def assert_api_and_cli(
         ("influx-stats", influx),
         ("alerts", "ok"),
         ("influx-alerts", "ok"),
+        ("alert-history", "ok"),
     ):
         assert f'pulse_sink_state{{sink="{name}",state="{state}"}} 1.0' in metrics
         assert f'pulse_output_dead_letters_total{{sink="{name}"}} 0.0' in metrics

@@ -37,11 +37,14 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
 def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     app = create_app(Settings.from_env({}))
     processor = app.pulse_processor  # type: ignore[attr-defined]
-    # The readings processor, the history, InfluxDB, alerts and stats writers and the HTTP
-    # server start with the app, as its children (not @app.service); PULSE_INFLUX_WRITER=off
-    # leaves the InfluxDB writers out (windows and alerts), PULSE_ALERTS_WRITER=off the alerts
-    # writer to Redis, PULSE_STATS_INTERVAL=0 the stats writer.
+    # The readings processor, the history, InfluxDB, alerts, alerts' history and stats
+    # writers and the HTTP server start with the app, as its children (not @app.service);
+    # PULSE_INFLUX_WRITER=off leaves the InfluxDB writers out (windows and alerts),
+    # PULSE_ALERTS_WRITER=off the alerts writer to Redis, PULSE_ALERTS_HISTORY=off the alerts'
+    # history writer to PostgreSQL, PULSE_STATS_INTERVAL=0 the stats writer. The notifier is
+    # a process of its own (pulse notifier), never a child of a worker.
     assert sorted(type(child).__name__ for child in app._children) == [
+        "AlertHistoryWriter",
         "AlertsInfluxWriter",
         "AlertsWriter",
         "HistoryWriter",
@@ -53,6 +56,7 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     assert processor in app._children
     alone = create_app(Settings.from_env({"PULSE_INFLUX_WRITER": "off"}))
     assert sorted(type(child).__name__ for child in alone._children) == [
+        "AlertHistoryWriter",
         "AlertsWriter",
         "HistoryWriter",
         "HttpServer",
@@ -61,6 +65,7 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     ]
     no_alerts = create_app(Settings.from_env({"PULSE_ALERTS_WRITER": "off"}))
     assert sorted(type(child).__name__ for child in no_alerts._children) == [
+        "AlertHistoryWriter",
         "AlertsInfluxWriter",
         "HistoryWriter",
         "HttpServer",
@@ -70,6 +75,7 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
     ]
     quiet = create_app(Settings.from_env({"PULSE_STATS_INTERVAL": "0"}))
     assert sorted(type(child).__name__ for child in quiet._children) == [
+        "AlertHistoryWriter",
         "AlertsInfluxWriter",
         "AlertsWriter",
         "HistoryWriter",
@@ -77,6 +83,8 @@ def test_the_app_discovers_the_agents_and_adds_the_web_views() -> None:
         "InfluxWriter",
         "ReadingsProcessor",
     ]
+    no_history = create_app(Settings.from_env({"PULSE_ALERTS_HISTORY": "off"}))
+    assert "AlertHistoryWriter" not in {type(child).__name__ for child in no_history._children}
     assert list(app.agents) == ["dead-letter-monitor"]
     assert not app.conf.web_enabled  # Pulse's own aiohttp application serves HTTP
 

@@ -1,7 +1,7 @@
 """The registry in a real PostgreSQL (pulse/registry/store.py): every version read back as of
 itself equals an independent reconstruction from the list of changes; nothing is changed in
 place; bad input and unknown entries are errors naming the field; alert history is
-idempotent by id."""
+idempotent by id and state."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -17,6 +18,8 @@ from models.registry import MAX_UNTIL_US, RegistryInputError, RegistrySnapshot, 
 from pulse.registry import migrate
 from pulse.registry.store import KEEP, RegistryNotFound, RegistryStore
 from pulse.settings import Settings
+from pulse.sinks.alerts import alert_record
+from tests.helpers.alerts import absence_alert, window_alert
 
 
 def _settings(url: str) -> Settings:
@@ -231,16 +234,32 @@ def test_bad_changes_name_the_field_and_change_nothing(
     asyncio.run(_with_store(registry_url, run))
 
 
-def test_alert_history_is_idempotent_by_id(registry_url: str) -> None:
-    alert = {"id": "hot:dev-0:10s:1790000000", "rule": "hot", "device": "dev-0", "state": "firing"}
+def test_alert_history_is_idempotent_by_id_and_state(registry_url: str) -> None:
+    # An absence rule's resolution at a reading and its next firing from that reading share
+    # the id (rule, device, window, start): two rows, told apart by the state.
+    resolved = absence_alert("quiet", "dev-0", "t", "resolved", 25, 30)
+    again = absence_alert("quiet", "dev-0", "t", "firing", 25, 30, silenced=True)
+    hot = window_alert("hot", "dev-0", "t", "10s", 10, 1, "firing", 31.5)
+    assert resolved.id == again.id != hot.id
+    records = [alert_record(t.json()) for t in (hot, resolved, again)]
 
     async def run(store: RegistryStore) -> None:
-        assert await store.record_alert({**alert, "value": 31.5}) is True
-        assert await store.record_alert({**alert, "value": 31.5}) is False
-        assert await store.alert_history() == [
-            {**{k: alert[k] for k in ("id", "rule", "device", "state")},
-             "alert": {**alert, "value": 31.5}}
-        ]  # fmt: skip
+        assert await store.record_alerts(records) == 3
+        assert await store.record_alerts([*records, records[0]]) == 0  # a replay: no row
+        assert await store.record_alerts([]) == 0
+        rows = await store.alert_history()
+        assert sorted(rows, key=lambda r: (r["id"], r["state"])) == sorted(
+            (
+                {
+                    "id": t.id, "state": t.state, "rule": t.rule, "device": t.device,
+                    "site": t.site, "metric": t.metric, "window": t.window,
+                    "start_us": t.start_us, "end_us": t.end_us, "severity": t.severity,
+                    "silenced": t.silenced, "alert": orjson.loads(t.json()),
+                }
+                for t in (hot, resolved, again)
+            ),
+            key=lambda r: (r["id"], r["state"]),
+        )  # fmt: skip
 
     asyncio.run(_with_store(registry_url, run))
 

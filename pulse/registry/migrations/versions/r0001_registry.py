@@ -100,15 +100,28 @@ CREATE TABLE webhooks (
     PRIMARY KEY (id, version)
 );
 
--- Not versioned: a record of what happened, written once per alert id.
+-- Not versioned: a record of what happened, one row per alert transition (its id and state:
+-- an absence rule's resolution and its next firing may share an id, the start), written once
+-- (INSERT ... ON CONFLICT DO NOTHING: a replay adds nothing). The columns are the transition's
+-- (models.alerts.AlertTransition.json, times in epoch microseconds); alert is its whole JSON.
 CREATE TABLE alert_history (
-    id text PRIMARY KEY,
+    id text NOT NULL,
+    state text NOT NULL CHECK (state IN ('firing', 'resolved')),
     recorded_at timestamptz NOT NULL DEFAULT now(),
     rule text NOT NULL,
     device text NOT NULL,
-    state text NOT NULL CHECK (state IN ('firing', 'resolved')),
-    alert jsonb NOT NULL
+    site text,
+    metric text NOT NULL,
+    "window" text,  -- null: an absence rule
+    start_us bigint NOT NULL,
+    end_us bigint NOT NULL,
+    severity text NOT NULL,
+    silenced boolean NOT NULL,
+    alert jsonb NOT NULL,
+    PRIMARY KEY (id, state)
 );
+CREATE INDEX alert_history_recorded_at ON alert_history (recorded_at);
+CREATE INDEX alert_history_device_end ON alert_history (device, end_us);
 
 -- Nothing is changed in place: a change is a new row of a new version.
 CREATE FUNCTION registry_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
