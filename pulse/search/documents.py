@@ -36,8 +36,7 @@ import base64
 import math
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -54,10 +53,9 @@ MAX_TIME_MS = 9_223_372_036_854
 """2262-04-11, the latest time Pulse accepts (InfluxDB's)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Document:
+class Document(NamedTuple):
     """One document: its ``kind`` (:data:`KINDS`), ``id``, event ``time`` (epoch ms) and its
-    JSON ``source``."""
+    JSON ``source`` (a tuple: made once per record, it must cost little)."""
 
     kind: str
     id: str

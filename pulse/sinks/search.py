@@ -88,6 +88,7 @@ class SearchSink(RecordSink[Document | None]):
         self.url_shown = settings.shown()["PULSE_SEARCH_URL"]
         self.client: AsyncOpenSearch | None = None
         self._template_put = False
+        self._indices: dict[int, bytes] = {}
         self._expiring: asyncio.Task[None] | None = None
         self.indexed = 0
         """Documents OpenSearch acknowledged so far (a repeat counts again)."""
@@ -146,9 +147,7 @@ class SearchSink(RecordSink[Document | None]):
             if document.day < first_kept:
                 self.expired += 1
                 continue
-            index = indices.index_name(self.prefix, self.kind, document.day)
-            action = orjson.dumps({"index": {"_index": index, "_id": document.id}})
-            items.append((action, document, key))
+            items.append((self.action(document), document, key))
         if not items:
             return
         if not self._template_put:
@@ -165,6 +164,16 @@ class SearchSink(RecordSink[Document | None]):
         if refused:
             assert self.dead_letters is not None, "a refused document, and no dead-letter topic"
             await self.dead_letters.store(refused, self.health)
+
+    def action(self, document: Document) -> bytes:
+        """The bulk action line of ``document``: ``index`` into its daily index, by its id
+        (the index names cached per day)."""
+        index = self._indices.get(document.day)
+        if index is None:
+            index = self._indices[document.day] = indices.index_name(
+                self.prefix, self.kind, document.day
+            ).encode()
+        return b'{"index":{"_index":"%s","_id":%s}}' % (index, orjson.dumps(document.id))
 
     def _chunks(
         self, items: list[tuple[bytes, Document, bytes | None]]
