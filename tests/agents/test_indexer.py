@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from opensearchpy import AsyncOpenSearch
 
 from agents.indexer import AlertsIndexer, DeadLettersIndexer, Indexer
@@ -30,6 +31,8 @@ from pulse.sinks.search import SearchSink
 from tests.helpers import kafka
 from tests.helpers import search as reference
 from tests.helpers.alerts import absence_alert, window_alert
+
+pytestmark = pytest.mark.integration
 
 DAY = MS_PER_DAY
 TODAY = int(time.time() * 1000) // DAY * DAY

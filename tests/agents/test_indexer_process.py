@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from opensearchpy import AsyncOpenSearch
 
@@ -25,6 +26,8 @@ from models.outputs import DeadLetter
 from tests.helpers import kafka
 from tests.helpers import search as reference
 from tests.helpers.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
 
 LETTERS = 20_000
 TRANSITIONS = 2_000

@@ -31,6 +31,8 @@ from pulse.sinks.search import SearchSink
 from tests.helpers.alerts import window_alert
 from tests.helpers.api import serving
 
+pytestmark = pytest.mark.integration
+
 HOUR = 3_600_000
 BASE = (int(time.time() * 1000) // HOUR - 8) * HOUR
 """The first of the six hours of the dataset (epoch ms), eight hours ago."""
