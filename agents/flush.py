@@ -445,12 +445,30 @@ class FlushPipeline(Service):
         dead-lettered (PartitionState.use_registry)."""
         self._switching = False
         """The flush prepared last records a new registry version (see _prepare_flush)."""
+        self.registry_switched: dict[int, float] = {}
+        """Per partition, when (epoch seconds) it began to judge by the registry version it
+        uses: the drain that switched to it, or the takeover that recovered it (for
+        ``/metrics``: how long a change takes to be used, bench.registry_delay)."""
 
     @property
     def sinks_idle(self) -> bool:
         """Every sink that paces flushes (``Sink.paces_flushes``) has written every flush
         submitted to it."""
         return all(lane.idle for lane in self._lanes.values() if lane.sink.paces_flushes)
+
+    def registry_pending(self) -> bool:
+        """The registry source holds a version that some partition does not judge by yet:
+        the next flush switches it (see _prepare_flush), so the loop need not wait for the
+        flush interval (a change is used a loop turn after the cache loaded it)."""
+        source = self.registry_source
+        wanted = None if source is None else source.current()
+        if wanted is None:
+            return False
+        version = wanted.version
+        return any(
+            state.registry_version != version or state.registry is None
+            for state in self.states.values()
+        )
 
     def note_fetch(self, began: float, got_records: bool) -> None:
         """Record a fetch that the loop began at ``began`` (monotonic seconds)."""
@@ -565,6 +583,7 @@ class FlushPipeline(Service):
         source = self.registry_source
         wanted = None if source is None else source.current()
         self._switching = False
+        switched: list[int] = []
         for partition, state in self.states.items():
             if partitions is not None and partition not in partitions:
                 continue
@@ -574,6 +593,7 @@ class FlushPipeline(Service):
             ):
                 switch = wanted
                 self._switching = True
+                switched.append(partition)
             drained = state.drain(self.writer.snapshot_due(partition), spread_us, switch)
             drains.append(drained)
             closed[partition] = len(drained.closed)
@@ -585,6 +605,17 @@ class FlushPipeline(Service):
                 or switch is not None
             ):
                 deltas.append(self.writer.encode(partition, delta))
+        if switched:
+            assert wanted is not None
+            now = time.time()
+            for partition in switched:
+                self.registry_switched[partition] = now
+            log.info(
+                "registry: partitions %s judge alerts by version %d from offsets %s on",
+                switched,
+                wanted.version,
+                [self.states[p].next_offset for p in switched],
+            )
         batch = FlushBatch.of(drains, self._dead_letters)
         self.metrics.count_flush(
             closed, ((letter.partition, letter.reason) for letter in self._dead_letters)

@@ -163,10 +163,18 @@ class PartitionOwner(FlushPipeline):
             # A recovered partition judges by the registry version its changelog recorded,
             # exactly, until its next flush records a newer one (PartitionState.drain).
             source = self.registry_source
-            for state, _ in recovered:
+            for tp, (state, _) in zip(new, recovered, strict=True):
                 if state is not None and state.registry_version and source is not None:
                     registry = await source.at_version(state.registry_version)
                     state.use_registry(registry, self.registry_required)
+                    self.registry_switched[tp.partition] = time.time()
+                    log.info(
+                        "registry: partition %d judges alerts by version %d from offset %d "
+                        "on (recovered)",
+                        tp.partition,
+                        state.registry_version,
+                        state.next_offset,
+                    )
         except Exception:
             # aiokafka would log it and carry on with partitions nobody processes: give them
             # up and let the group assign them again, after a pause.

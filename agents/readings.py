@@ -198,11 +198,14 @@ class ReadingsProcessor(PartitionOwner):
                             self._process(tp, state, records)
                             self.note_records(tp.partition, now)
             since = now - self._last_flush
+            # A registry version loaded that a partition does not use yet: the flush that
+            # switches to it comes now, not after the interval.
+            switch = self.registry_pending()
             if self._catching_up():
                 # A backlog: Redis is behind by the backlog anyway, and a longer flush writes
                 # each key once for all its readings in it (open windows, latest values,
                 # changelog rows), which is most of a flush's cost.
-                if since >= catch_up_interval:
+                if since >= catch_up_interval or switch:
                     async with self._lock:
                         await self._start_flush(spread_closes=False)
                 continue
@@ -211,7 +214,7 @@ class ReadingsProcessor(PartitionOwner):
             # (Kafka, Redis's latest values; not Redis's windows, which catch up with merged
             # batches) have written the previous flushes, which keeps the delay from a
             # reading to its latest value in Redis low when the load allows it.
-            if since >= interval or (idle and since >= interval / 5):
+            if since >= interval or (idle and since >= interval / 5) or switch:
                 async with self._lock:
                     await self._start_flush(spread_closes=True)
 

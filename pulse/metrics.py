@@ -39,6 +39,10 @@ class ReadingsSource(Protocol):
     def flushes(self) -> int:
         """Flushes completed so far."""
 
+    @property
+    def registry_switched(self) -> Mapping[int, float]:
+        """Per partition, when (epoch seconds) it began to judge by its registry version."""
+
     def lag(self) -> dict[int, int]:
         """Per assigned partition, records in the topic not applied yet (the consumer's
         high watermark minus the state's position), for the partitions a fetch has
@@ -190,6 +194,15 @@ class WorkerCollector(Collector):
             "partition",
             {p: s.registry_version for p, s in states.items()},
         )
+        switched = processor.registry_switched if processor is not None else {}
+        yield _gauge(
+            "pulse_registry_switched_seconds",
+            "When (epoch seconds) each assigned partition began to judge alerts by the "
+            "registry version it uses: the flush that switched to it, or the takeover that "
+            "recovered it",
+            "partition",
+            {p: switched[p] for p in states if p in switched},
+        )
         yield _gauge(
             "pulse_alert_entries",
             "Alert state entries (window rules' runs and firing alerts, watched absences) "
@@ -326,7 +339,7 @@ def _counter(name: str, documentation: str, label: str, values: Mapping[Any, int
     return family
 
 
-def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, int]) -> Metric:
+def _gauge(name: str, documentation: str, label: str, values: Mapping[Any, float]) -> Metric:
     family = GaugeMetricFamily(name, documentation, labels=[label])
     for key, value in sorted(values.items()):
         family.add_metric([str(key)], value)

@@ -181,18 +181,23 @@ class RegistryStore:
 
         async def change(conn: AsyncConnection, version: int) -> None:
             await _name_free(conn, rule.name)
-            await conn.execute(
-                'INSERT INTO alert_rules (name, version, metric, "window", aggregate, '
-                "comparison, threshold, clear_threshold, for_count, device, site, "
-                "severity, enabled) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    rule.name, version, rule.metric, rule.window, rule.aggregate,
-                    rule.comparison, rule.threshold, rule.clear_threshold, rule.for_count,
-                    rule.selector.device, rule.selector.site, rule.severity, rule.enabled,
-                ),
-            )  # fmt: skip
+            await _insert_rule(conn, version, rule)
 
         return await self._change(f"add rule {rule.name}", change)
+
+    async def set_rule(self, rule: AlertRule) -> int:
+        """Replace the alert rule named ``rule.name`` with ``rule``, in one version (a
+        threshold changed, say). The workers' runs and firing alerts of the rule carry on
+        from the windows judged before (tables.alerts.judge); a removal and an addition
+        would be two versions, and a window judged by the one between would drop them."""
+        rule = check_rule(rule)
+
+        async def change(conn: AsyncConnection, version: int) -> None:
+            if await _current(conn, "alert_rules", rule.name) is None:
+                raise RegistryNotFound("name", f"no alert rule {rule.name!r} in the registry")
+            await _insert_rule(conn, version, rule)
+
+        return await self._change(f"set rule {rule.name}", change)
 
     async def add_absence_rule(self, rule: AbsenceRule) -> int:
         rule = check_absence_rule(rule)
@@ -360,6 +365,19 @@ async def _insert_device(conn: AsyncConnection, version: int, device: Device) ->
         (
             device.id, version, device.site,
             orjson.dumps(dict(sorted(device.labels.items()))).decode(), device.enabled,
+        ),
+    )  # fmt: skip
+
+
+async def _insert_rule(conn: AsyncConnection, version: int, rule: AlertRule) -> None:
+    await conn.execute(
+        'INSERT INTO alert_rules (name, version, metric, "window", aggregate, comparison, '
+        "threshold, clear_threshold, for_count, device, site, severity, enabled) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            rule.name, version, rule.metric, rule.window, rule.aggregate, rule.comparison,
+            rule.threshold, rule.clear_threshold, rule.for_count, rule.selector.device,
+            rule.selector.site, rule.severity, rule.enabled,
         ),
     )  # fmt: skip
 

@@ -13,13 +13,17 @@ from typing import Any
 import pytest
 import redis
 from aiokafka.structs import TopicPartition
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents import flush
 from agents.readings import ReadingsProcessor
+from models.alerts import Registry
 from models.outputs import DeadLetter
 from models.reading import Reading
 from pulse.changelog import ChangelogWriter, EncodedDelta
 from pulse.local.stack import free_port, start_redis
+from pulse.metrics import worker_registry
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks.redis import RedisSink
@@ -329,3 +333,61 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
 
     lane = asyncio.run(run())
     assert lane.rewrites == 1
+
+
+class OneRegistry:
+    """A RegistrySource holding one registry at a time."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def current(self) -> Registry:
+        return self.registry
+
+    async def at_version(self, version: int) -> Registry:
+        assert version == self.registry.version
+        return self.registry
+
+
+def test_a_registry_switch_is_wanted_at_once_logged_and_timed_for_the_metrics(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pulse_registry_switched_seconds: when each partition began to judge by its version
+    # (bench.registry_delay subtracts a change's commit time from it).
+    processor = ReadingsProcessor(Settings.from_env({}))
+    processor.writer = ChangelogWriter(None, "changelog")
+    for partition in (0, 1):
+        processor.states[partition] = PartitionState(parse_windows("10s"), 0, 5 * partition)
+    source = OneRegistry(Registry(3))
+    processor.registry_source = source
+    caplog.set_level("INFO", logger="agents.flush")
+    assert processor.registry_pending()  # the loop flushes at once to switch
+    before = time.time()
+    assert processor._prepare_flush() is not None  # the switch's deltas
+    after = time.time()
+    assert {p: s.registry_version for p, s in processor.states.items()} == {0: 3, 1: 3}
+    first = dict(processor.registry_switched)
+    assert sorted(first) == [0, 1] and all(before <= t <= after for t in first.values())
+    assert "registry: partitions [0, 1] judge alerts by version 3 from offsets [0, 5] on" in (
+        caplog.messages
+    )
+    assert not processor.registry_pending()
+    processor._prepare_flush()  # no new version: no switch
+    assert processor.registry_switched == first
+    time.sleep(0.01)
+    source.registry = Registry(4)
+    assert processor.registry_pending()
+    processor._prepare_flush()
+    assert not processor.registry_pending()
+    assert all(processor.registry_switched[p] > first[p] for p in (0, 1))
+    text = generate_latest(worker_registry(processor.metrics, [])).decode()
+    shown = {
+        sample.labels["partition"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "pulse_registry_switched_seconds"
+    }
+    assert shown == {str(p): t for p, t in processor.registry_switched.items()}
+    del processor.states[1]  # revoked: no longer shown
+    text = generate_latest(worker_registry(processor.metrics, [])).decode()
+    assert 'pulse_registry_switched_seconds{partition="1"}' not in text

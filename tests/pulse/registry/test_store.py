@@ -101,6 +101,10 @@ def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> N
         plain = AlertRule("cold", "temperature", "10s/5s", "min", "<", -5, None, 2)
         model["rules"]["cold"] = plain
         record(await store.add_rule(plain))
+        # A rule replaced in one version: its threshold changed.
+        colder = AlertRule("cold", "temperature", "10s/5s", "min", "<", -8, -6, 2)
+        model["rules"]["cold"] = colder
+        record(await store.set_rule(colder))
         del model["silences"][silence_id]
         record(await store.remove_silence(silence_id))
         device = Device("dev-2", None, {}, True)
@@ -108,17 +112,17 @@ def test_every_version_reads_back_as_the_changes_made_it(registry_url: str) -> N
         record(await store.add_device(device))
 
         versions = sorted(expected)
-        assert versions == list(range(18))  # one version per change, from one sequence
+        assert versions == list(range(19))  # one version per change, from one sequence
         for version in versions:
             assert await store.snapshot(version) == expected[version], version
         assert await store.snapshot() == expected[versions[-1]]
         assert await store.latest_version() == versions[-1]
-        cold = (await store.snapshot()).registry.rules[0]
+        cold = (await store.snapshot(versions[-4])).registry.rules[0]
         assert (cold.name, cold.clear_threshold, cold.threshold) == ("cold", None, -5.0)
         with pytest.raises(
-            RegistryNotFound, match=r"^version: no registry version 18 \(newest: 17\)"
+            RegistryNotFound, match=r"^version: no registry version 19 \(newest: 18\)"
         ):
-            await store.snapshot(18)
+            await store.snapshot(19)
 
     asyncio.run(_with_store(registry_url, run))
 
@@ -169,6 +173,11 @@ def test_nothing_is_changed_in_place(registry_url: str) -> None:
         (lambda s: s.set_device("dev-0", site="a b"), RegistryInputError, "^site: 'a b' is not"),
         (lambda s: s.remove_device("dev-9"), RegistryNotFound, "^id: no device 'dev-9'"),
         (lambda s: s.remove_rule("nope"), RegistryNotFound, "^name: no rule 'nope'"),
+        (
+            lambda s: s.set_rule(AlertRule("nope", "m", "10s", "mean", ">", 1)),
+            RegistryNotFound,
+            "^name: no alert rule 'nope'",
+        ),
         (lambda s: s.remove_silence(99), RegistryNotFound, "^id: no silence 99"),
         (lambda s: s.remove_webhook(99), RegistryNotFound, "^id: no webhook 99"),
         (
