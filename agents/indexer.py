@@ -24,6 +24,7 @@ its topic's partitions among them. :func:`indexer_services` adds the HTTP server
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from mode import Service
@@ -111,7 +112,7 @@ def indexer_services(settings: Settings) -> list[Service]:
     """The writers and the HTTP server (``/health``, ``/metrics`` on ``PULSE_INDEXER_PORT``)
     of ``pulse indexer``. Ready once every writer has joined its group; ``/health`` shows
     each writer's sink (``ok``, ``waiting`` while OpenSearch is away or pushing back,
-    ``refused_by_target``)."""
+    ``refused_by_target``) and whether OpenSearch answers a ping now."""
     from pulse.search.metrics import IndexerCollector
 
     sinks: list[SinkHealth] = []
@@ -122,6 +123,7 @@ def indexer_services(settings: Settings) -> list[Service]:
         detail = {
             "kinds": [writer.kind for writer in writers],
             "sinks": {health.name: health.document() for health in sinks},
+            "opensearch": await _opensearch_state(writers),
         }
         if not all(writer.consumer is not None for writer in writers):
             return Readiness(False, "the writers have not all joined their groups", detail)
@@ -141,6 +143,24 @@ def indexer_services(settings: Settings) -> list[Service]:
     )
     # The server first: /health answers while the writers join their groups.
     return [HttpServer(create_api(context, full=False), settings.indexer_port), *writers]
+
+
+PING_TIMEOUT = 1.0
+"""Seconds OpenSearch gets to answer a health check's ping."""
+
+
+async def _opensearch_state(writers: list[Indexer]) -> dict[str, Any]:
+    """OpenSearch as ``/health`` shows it (``ok`` or ``unavailable``, asked with a writer's
+    client): not a reason to be unready, as the writers wait for it with their records in
+    Kafka."""
+    sink = next((w.search_sink for w in writers if w.search_sink is not None), None)
+    if sink is None or sink.client is None:
+        return {"state": "unknown", "reason": "not connected yet"}
+    try:
+        answered = await asyncio.wait_for(sink.client.ping(), PING_TIMEOUT)
+    except Exception as exc:
+        return {"state": "unavailable", "reason": type(exc).__name__}
+    return {"state": "ok"} if answered else {"state": "unavailable", "reason": "no answer"}
 
 
 class _Histograms:

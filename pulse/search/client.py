@@ -45,7 +45,8 @@ def search_client(settings: Settings, timeout: float = REQUEST_TIMEOUT) -> Async
     authentication; ``https`` verifies the server's certificate against the system's CAs)."""
     url = urlsplit(settings.search_url)
     https = url.scheme == "https"
-    host: dict[str, Any] = {"host": url.hostname, "port": url.port or (443 if https else 80)}
+    # Without a port: OpenSearch's 9200, or 443 with https (as opensearch-py reads a URL).
+    host: dict[str, Any] = {"host": url.hostname, "port": url.port or (443 if https else 9200)}
     options: dict[str, Any] = {}
     if url.username or url.password:
         options["http_auth"] = (unquote(url.username or ""), unquote(url.password or ""))

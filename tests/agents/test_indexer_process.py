@@ -172,6 +172,7 @@ def test_an_indexer_killed_mid_stream_leaves_the_index_exact(
             "search-alerts": "ok",
         }
         assert "redis" not in health["dependencies"]
+        assert health["opensearch"] == {"state": "ok"}
         metrics = _get(second.port, "/metrics").decode()
         assert 'pulse_indexer_documents_total{kind="dead-letters",outcome="indexed"}' in metrics
         assert 'pulse_sink_state{sink="search-alerts",state="ok"} 1.0' in metrics
