@@ -303,6 +303,13 @@ SEARCH_VARIABLES = (
         mask=_mask_url_password,
     ),
     Variable(
+        "PULSE_SEARCH_CAFILE",
+        "",
+        "PEM file of the CA certificates that verify OpenSearch's certificate (an `https` "
+        "`PULSE_SEARCH_URL`); unset: the system's CAs. Host names are always verified.",
+        _file,
+    ),
+    Variable(
         "PULSE_SEARCH_PREFIX",
         "pulse",
         "Prefix of the indices, aliases and index templates Pulse makes: "
@@ -884,6 +891,7 @@ class Settings:
     the URL's own, or none). Not a variable of its own."""
     search_url: str = field(default="http://127.0.0.1:9200", repr=False)
     """As given: it may hold the password (``shown()`` masks it)."""
+    search_cafile: str = ""
     search_prefix: str = "pulse"
     search_windows: tuple[str, ...] = ()
     search_retention_days: int = 30
@@ -1140,7 +1148,13 @@ def _variable(attr: str) -> str:
 
 
 def _check_search(values: dict[str, Any]) -> None:
-    """``PULSE_SEARCH_WINDOWS`` must name tumbling or hopping windows of ``PULSE_WINDOWS``."""
+    """``PULSE_SEARCH_WINDOWS`` must name tumbling or hopping windows of ``PULSE_WINDOWS``;
+    ``PULSE_SEARCH_CAFILE`` goes with an ``https`` URL."""
+    if values["search_cafile"] and not values["search_url"].startswith("https://"):
+        raise SettingsError(
+            "PULSE_SEARCH_CAFILE is set, but PULSE_SEARCH_URL is not an https:// URL (TLS): "
+            "use one, or unset it"
+        )
     labels = {spec.label for spec in values["windows"] if spec.kind != "sliding"}
     for label in values["search_windows"]:
         if label not in labels:

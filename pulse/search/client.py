@@ -18,6 +18,7 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.serializer import Serializer
 
 from pulse.settings import Settings
+from pulse.tls import TLSFiles, client_context
 
 REQUEST_TIMEOUT = 60.0
 """Seconds a request may take (a bulk request of 5 MB on a busy node takes a few)."""
@@ -41,8 +42,10 @@ class OrjsonSerializer(Serializer):
 
 
 def search_client(settings: Settings, timeout: float = REQUEST_TIMEOUT) -> AsyncOpenSearch:
-    """The async client of ``PULSE_SEARCH_URL`` (its user and password, if any, as HTTP basic
-    authentication; ``https`` verifies the server's certificate against the system's CAs)."""
+    """The async client of ``PULSE_SEARCH_URL``: its user and password, if any, as HTTP basic
+    authentication; with ``https``, the TLS context every Pulse client makes
+    (pulse/tls.py: the certificate and host name verified against ``PULSE_SEARCH_CAFILE``,
+    else the system's CAs)."""
     url = urlsplit(settings.search_url)
     https = url.scheme == "https"
     # Without a port: OpenSearch's 9200, or 443 with https (as opensearch-py reads a URL).
@@ -50,11 +53,14 @@ def search_client(settings: Settings, timeout: float = REQUEST_TIMEOUT) -> Async
     options: dict[str, Any] = {}
     if url.username or url.password:
         options["http_auth"] = (unquote(url.username or ""), unquote(url.password or ""))
+    if https:
+        files = TLSFiles(
+            settings.search_cafile, "", "", "PULSE_SEARCH_CAFILE", "", ""
+        )  # fmt: skip
+        options["ssl_context"] = client_context(files)
     return AsyncOpenSearch(
         hosts=[host],
         use_ssl=https,
-        verify_certs=https,
-        ssl_show_warn=False,
         serializer=OrjsonSerializer(),
         max_retries=0,
         retry_on_timeout=False,
