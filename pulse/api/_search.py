@@ -23,6 +23,7 @@ same answers (:func:`search_answer`, :func:`stats_answer`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ MAX_LIMIT = 500
 MAX_INTERVALS = 500
 MAX_SIZE = 100
 MAX_Q_CHARS = 256
+MAX_TIME_S = 9_223_372_036.0
+"""The latest event time Pulse has (2262-04-11, InfluxDB's last nanosecond)."""
 
 
 class ClientHolder:
@@ -62,6 +65,23 @@ def _kind(text: str) -> str:
     if text not in KINDS:
         raise ApiError(404, f"kind: {text[:40]!r} is not one of {', '.join(KINDS)}", "kind")
     return text
+
+
+_TIME_SCHEMA: Any = _TIME["schema"]
+_TIME_FORMS = [re.compile(form["pattern"]) for form in _TIME_SCHEMA["anyOf"] if "pattern" in form]
+"""The forms of a time the OpenAPI document gives (pulse/api/_history.py's): a time in
+another form is refused, so that the document and the answers agree."""
+
+
+def _time(text: str, parameter: str, now: float) -> float:
+    if not any(form.match(text) for form in _TIME_FORMS):
+        raise ApiError(
+            400,
+            f"{parameter}: {text[:40]!r} is not a time (epoch seconds with at most 6 decimals, "
+            "ISO-8601 to the second or finer, or a duration before now such as 15m, 1h, 2d)",
+            parameter,
+        )
+    return _params.time_bound(text, parameter, now)
 
 
 def _filters(
@@ -86,10 +106,13 @@ def _filters(
     if q is not None and not q.strip():
         q = None
     until_text, since_text = query.get("until"), query.get("since")
-    until = _params.time_bound(until_text, "until", now) if until_text else None
-    since = _params.time_bound(since_text, "since", now) if since_text else None
+    until = _time(until_text, "until", now) if until_text else None
+    since = _time(since_text, "since", now) if since_text else None
     if since is None and since_default is not None:
         since = (until if until is not None else now) - since_default
+    # No event time lies outside the contract's (1970 to 2262): nothing is asked beyond it.
+    since = None if since is None else min(max(since, 0.0), MAX_TIME_S)
+    until = None if until is None else min(max(until, 0.0), MAX_TIME_S)
     return queries.Filters(terms, q, since, until)
 
 

@@ -110,7 +110,8 @@ def cursor_text(sort: list[Any]) -> str:
 
 def cursor_of(text: str) -> list[Any]:
     """The sort values a cursor holds; ValueError for a text that is no cursor."""
-    if re.match(CURSOR_PATTERN, text) is None or "\n" in text:
+    # JSON Schema's ``.`` (ECMAScript's) matches no line terminator: neither does a cursor.
+    if re.match(CURSOR_PATTERN, text) is None or any(c in text for c in "\n\r\u2028\u2029"):
         raise ValueError("not a cursor of this API")
     time, _, doc_id = text.partition(":")
     return [int(time), doc_id]
