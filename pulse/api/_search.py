@@ -173,8 +173,18 @@ async def _ask(client: AsyncOpenSearch, index: str, body: dict[str, Any]) -> Any
     except TransportError as exc:
         status = exc.status_code if isinstance(exc.status_code, int) else None
         if status == 400:
-            raise ApiError(400, f"OpenSearch refused the query: {exc.error}") from None
+            raise ApiError(400, f"OpenSearch refused the query: {_why(exc)}") from None
         raise ApiError(503, f"OpenSearch is unavailable: {exc.status_code} {exc.error}") from None
+
+
+def _why(exc: Any) -> str:
+    """OpenSearch's reason for refusing a query: its first root cause, else its error."""
+    info = exc.info if isinstance(exc.info, dict) else {}
+    error = info.get("error")
+    causes = error.get("root_cause") if isinstance(error, dict) else None
+    if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+        return f"{causes[0].get('type')}: {causes[0].get('reason')}"
+    return str(exc.error)
 
 
 async def search_answer(

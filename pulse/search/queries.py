@@ -99,7 +99,7 @@ def search_body(
     return body
 
 
-CURSOR_PATTERN = r"^[0-9]{1,15}:.{1,512}$"
+CURSOR_PATTERN = r"^[0-9]{1,15}:[^\n\r\u2028\u2029]{1,512}$"
 """A cursor: the last document's time (epoch ms) and id, ``{time}:{id}``."""
 
 
@@ -110,8 +110,7 @@ def cursor_text(sort: list[Any]) -> str:
 
 def cursor_of(text: str) -> list[Any]:
     """The sort values a cursor holds; ValueError for a text that is no cursor."""
-    # JSON Schema's ``.`` (ECMAScript's) matches no line terminator: neither does a cursor.
-    if re.match(CURSOR_PATTERN, text) is None or any(c in text for c in "\n\r\u2028\u2029"):
+    if re.fullmatch(CURSOR_PATTERN, text) is None:  # no line terminator, in either reading
         raise ValueError("not a cursor of this API")
     time, _, doc_id = text.partition(":")
     return [int(time), doc_id]
