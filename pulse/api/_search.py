@@ -161,15 +161,18 @@ def stats_query(kind: str, query: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-async def _ask(client: AsyncOpenSearch, index: str, body: dict[str, Any]) -> Any:
+async def _ask(
+    client: AsyncOpenSearch, index: str, body: dict[str, Any], *, cached: bool = True
+) -> Any:
+    """``body`` asked of ``index`` (no index yet: no documents); ``cached=False`` keeps the
+    answer out of OpenSearch's shard request cache (see :func:`stats_answer`)."""
     from opensearchpy.exceptions import TransportError
 
+    params = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+    if not cached:
+        params["request_cache"] = "false"
     try:
-        return await client.search(
-            index=index,
-            body=body,
-            params={"ignore_unavailable": "true", "allow_no_indices": "true"},
-        )
+        return await client.search(index=index, body=body, params=params)
     except TransportError as exc:
         status = exc.status_code if isinstance(exc.status_code, int) else None
         if status == 400:
@@ -181,9 +184,12 @@ def _why(exc: Any) -> str:
     """OpenSearch's reason for refusing a query: its first root cause, else its error."""
     info = exc.info if isinstance(exc.info, dict) else {}
     error = info.get("error")
-    causes = error.get("root_cause") if isinstance(error, dict) else None
-    if isinstance(causes, list) and causes and isinstance(causes[0], dict):
-        return f"{causes[0].get('type')}: {causes[0].get('reason')}"
+    if not isinstance(error, dict):
+        return str(exc.error)
+    causes = error.get("root_cause")
+    cause = causes[0] if isinstance(causes, list) and causes else error.get("caused_by")
+    if isinstance(cause, dict):
+        return f"{cause.get('type')}: {cause.get('reason')}"
     return str(exc.error)
 
 
@@ -213,7 +219,11 @@ async def stats_answer(
         kind, wanted["filters"], wanted["by"], wanted["interval_s"], wanted["size"],
         wanted["aggregate"],
     )  # fmt: skip
-    response = await _ask(client, alias(settings.search_prefix, kind), body)
+    # Never from the shard request cache: OpenSearch 2.19 cannot read back a cached
+    # aggregation on a flat_object field (``tags.site``): "Unknown NamedWriteable
+    # [org.opensearch.search.DocValueFormat][flat_object]", a 400 for the same query that
+    # was answered the first time. The counts change with every document anyway.
+    response = await _ask(client, alias(settings.search_prefix, kind), body, cached=False)
     return queries.stats_answer(
         kind, wanted["by"], wanted["interval_s"], wanted["filters"], response, wanted["aggregate"]
     )
