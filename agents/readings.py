@@ -281,6 +281,7 @@ class ReadingsProcessor(PartitionOwner):
                 record.key,
                 record.value,
                 self.settings.max_message_bytes,
+                record.timestamp,
             )
         )
 

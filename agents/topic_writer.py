@@ -85,6 +85,11 @@ class TopicWriter(Service, abc.ABC):
     def make_sink(self, dead_letters: OutputDeadLetters) -> RecordSink[Any]:
         """The sink this writer writes (not started yet)."""
 
+    def read(self, sink: RecordSink[Any], record: Any) -> Any:
+        """The sink's item of one consumer record: :meth:`RecordSink.read_record` of its
+        value (a writer that needs more of the record, its timestamp, overrides this)."""
+        return sink.read_record(record.value)
+
     @property
     def group_id(self) -> str:
         return f"{self.settings.app_id}-{self.group_suffix}"
@@ -144,7 +149,7 @@ class TopicWriter(Service, abc.ABC):
             for tp, records in batches.items():
                 for record in records:
                     try:
-                        items.append(sink.read_record(record.value))
+                        items.append(self.read(sink, record))
                     except ValueError as exc:
                         unreadable.append(
                             RefusedOutput(

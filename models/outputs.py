@@ -76,11 +76,16 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     max_value_bytes: int
+    timestamp: int | None = None
+    """The record's Kafka timestamp (epoch ms; on the readings topic Pulse creates, the
+    broker's time of appending it, which a replay reads again): the letter's event time, by
+    which the indexer files it (pulse/search/documents.py). None, or negative: it has none."""
 
     def document(self) -> dict[str, Any]:
         """The JSON value of the dead-letter record.
 
-        The original value is kept as a UTF-8 string when it is valid UTF-8, else in base64
+        ``timestamp`` (after ``offset``) is the record's, when it has one. The original value
+        is kept as a UTF-8 string when it is valid UTF-8, else in base64
         with ``"value_encoding": "base64"``. A ``too_large`` value is cut to the size limit
         (``"value_truncated": true`` and ``"value_size"``) so that the dead letter itself
         cannot exceed the broker's message size.
@@ -91,8 +96,10 @@ class DeadLetter:
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            "key": _text_or_none(self.key),
         }
+        if self.timestamp is not None and self.timestamp >= 0:
+            doc["timestamp"] = self.timestamp
+        doc["key"] = _text_or_none(self.key)
         value = self.value
         if value is not None and len(value) > self.max_value_bytes:
             doc["value_truncated"] = True

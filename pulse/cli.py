@@ -184,6 +184,25 @@ def bridge(loglevel: str) -> None:
 
 @main.command()
 @click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
+def indexer(loglevel: str) -> None:
+    """Run the indexer: dead letters, alerts (and the windows of PULSE_SEARCH_WINDOWS) from
+    their topics into OpenSearch (PULSE_SEARCH_URL), with /health and /metrics on
+    PULSE_INDEXER_PORT; run as many as the topics have partitions."""
+    import importlib
+
+    from mode import Worker
+
+    settings = _settings()
+    _kafka_options(settings)
+    from pulse.app import AGENT_PACKAGES
+
+    # Named, not imported: pulse/ does not import the agents (as pulse.app discovers them).
+    module = importlib.import_module(f"{AGENT_PACKAGES[0]}.indexer")
+    Worker(*module.indexer_services(settings), loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
+@click.option("-l", "--loglevel", default="info", show_default=True, help="Logging level.")
 def api(loglevel: str) -> None:
     """Serve the HTTP API and the live page on PULSE_API_PORT, reading Redis (and the
     time-series store for older history); run as many as you like behind a load balancer."""
@@ -643,6 +662,95 @@ def alerts(
             row.append("yes" if alert["silenced"] else "no")
         table.add_row(*row)
     Console().print(table)
+
+
+_SEARCH_COLUMNS = {
+    "dead-letters": ("reason", "device", "site", "detail"),
+    "alerts": ("state", "severity", "rule", "device", "site", "metric", "window", "value"),
+    "windows": ("window", "device", "metric", "count", "mean", "min", "max"),
+}
+"""What ``pulse search`` shows of each kind's documents, after the time (``--json``: all)."""
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["alerts", "dead-letters", "windows"]))
+@click.option("-q", "--q", "q", default=None, help="Full text (dead letters: detail and value).")
+@click.option("--device", default=None, help="Only this device's documents.")
+@click.option("--site", default=None, help="Only this site's.")
+@click.option("--metric", default=None, help="Only this metric's.")
+@click.option("--reason", default=None, help="Dead letters of this reason.")
+@click.option("--rule", default=None, help="Alerts of this rule.")
+@click.option("--severity", default=None, help="Alerts of this severity.")
+@click.option("--state", default=None, help="Alerts firing or resolved.")
+@click.option("--window", default=None, help="Windows of this label.")
+@click.option("--since", default=None, help="From (epoch seconds, ISO-8601, or 15m, 1h, 2d ago).")
+@click.option("--until", default=None, help="Until (excluded), as --since; default: now.")
+@click.option("--limit", default=None, help="Documents per page (1-500, 50).")
+@click.option("--cursor", default=None, help="The page after the one that printed it.")
+@click.option("--by", default=None, help="Count per interval per this term instead (stats).")
+@click.option("--interval", default=None, help="With --by: the interval (1h).")
+@click.option("--size", default=None, help="With --by: terms per interval (1-100, 10).")
+@click.option("--aggregate", default=None, help="With --by, windows: the aggregate (mean).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def search(kind: str, as_json: bool, **options: str | None) -> None:
+    """Search the indexed alerts, dead letters or windows (OpenSearch, PULSE_SEARCH_URL),
+    newest first, as GET /api/search/KIND answers; with --by, count them per term and
+    interval as GET /api/stats/KIND answers."""
+    from pulse.api._errors import ApiError
+    from pulse.api._search import search_answer, stats_answer
+    from pulse.search.client import search_client
+
+    settings = _settings()
+    query = {name: value for name, value in options.items() if value is not None}
+    answer = stats_answer if "by" in query else search_answer
+
+    async def run() -> dict[str, Any]:
+        client = search_client(settings, timeout=10.0)
+        try:
+            return await answer(settings, client, kind, query)
+        finally:
+            await client.close()
+
+    try:
+        document = asyncio.run(run())
+    except ApiError as exc:
+        if exc.status in (400, 404):
+            raise _BadParameter(exc.message) from None
+        raise click.ClickException(settings.redact(exc.message)) from None
+    if as_json:
+        click.echo(orjson.dumps(document).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    if "by" in query:
+        what = f", mean {document['aggregate']}" if document["aggregate"] else ""
+        table = Table(title=f"{kind} per {document['by']} every {document['interval']} s{what}")
+        for name in ("from (UTC)", "count", "top terms", "others"):
+            table.add_column(name)
+        for interval in document["intervals"]:
+            terms = ", ".join(
+                f"{t['key']}={t['count']}"
+                + ("" if t.get("value") is None else f" ({t['value']:.6g})")
+                for t in interval["terms"]
+            )
+            row = [_iso_utc(interval["start"]), str(interval["count"]), terms or "-"]
+            table.add_row(*row, str(interval["other"]))
+        Console().print(table)
+        return
+    found = document["documents"]
+    exact = "" if document["total_exact"] else " or more"
+    table = Table(title=f"{document['total']}{exact} {kind}, newest first")
+    columns = _SEARCH_COLUMNS[kind]
+    for name in ("time (UTC)", *columns):
+        table.add_column(name)
+    for doc in found:
+        cells = [_iso_utc(doc["time"] / 1000)]
+        cells += ["-" if doc.get(name) is None else str(doc.get(name)) for name in columns]
+        table.add_row(*cells)
+    Console().print(table)
+    if document["cursor"] is not None:
+        click.echo(f"more: --cursor {document['cursor']}")
 
 
 @main.command()

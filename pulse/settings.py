@@ -270,6 +270,104 @@ def _left_out(text: str) -> str:
     return text
 
 
+def _search_url(text: str) -> str:
+    url = urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("must be http[s]://[USER:PASSWORD@]HOST:PORT")
+    if url.path.strip("/") or url.query or url.fragment:
+        raise ValueError("must be http[s]://[USER:PASSWORD@]HOST:PORT, without a path or query")
+    return text
+
+
+def _index_prefix(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", text):
+        raise ValueError(
+            "must be 1-64 characters of a-z 0-9 _ . - (an index name's), starting with a letter "
+            "or digit"
+        )
+    return text
+
+
+def _window_labels(text: str) -> tuple[str, ...]:
+    if not text.strip():
+        return ()
+    labels = tuple(part.strip() for part in text.split(","))
+    for label in labels:
+        spec = _windows(label)[0]
+        if spec.kind == "sliding":
+            raise ValueError(f"{label} is a sliding window: only closed windows are indexed")
+    if len(set(labels)) != len(labels):
+        raise ValueError("names a window twice")
+    return labels
+
+
+SEARCH_VARIABLES = (
+    Variable(
+        "PULSE_SEARCH_URL",
+        "http://127.0.0.1:9200",
+        "OpenSearch (or Elasticsearch 8) that `pulse indexer` writes and the search API reads: "
+        "`http[s]://[USER:PASSWORD@]HOST:PORT` (the password, percent-encoded, is never "
+        "shown).",
+        _search_url,
+        mask=_mask_url_password,
+    ),
+    Variable(
+        "PULSE_SEARCH_CAFILE",
+        "",
+        "PEM file of the CA certificates that verify OpenSearch's certificate (an `https` "
+        "`PULSE_SEARCH_URL`); unset: the system's CAs. Host names are always verified.",
+        _file,
+    ),
+    Variable(
+        "PULSE_SEARCH_PREFIX",
+        "pulse",
+        "Prefix of the indices, aliases and index templates Pulse makes: "
+        "`{PREFIX}-alerts`, `{PREFIX}-dead-letters`, `{PREFIX}-windows`, each an alias of "
+        "daily indices `{PREFIX}-{kind}-YYYY.MM.DD`.",
+        _index_prefix,
+    ),
+    Variable(
+        "PULSE_SEARCH_WINDOWS",
+        "",
+        "Comma-separated labels of the windows of `PULSE_WINDOWS` whose closed windows the "
+        "indexer indexes (e.g. `1m`); unset: none (alerts and dead letters are always indexed).",
+        _window_labels,
+    ),
+    Variable(
+        "PULSE_SEARCH_RETENTION_DAYS",
+        "30",
+        "Days of event time the search indices keep: a daily index older than this is "
+        "deleted whole, and an older document is not indexed; 0 keeps everything.",
+        _integer(0),
+    ),
+    Variable(
+        "PULSE_SEARCH_REPLICAS",
+        "1",
+        "Replicas of each daily index (`number_of_replicas`); one node leaves them "
+        "unassigned (health yellow) until another joins.",
+        _integer(0),
+    ),
+    Variable(
+        "PULSE_SEARCH_BULK_BYTES",
+        "5000000",
+        "Largest body of one bulk request of the indexer, in bytes (a larger document goes alone).",
+        _integer(1024),
+    ),
+    Variable(
+        "PULSE_SEARCH_BULK_DOCS",
+        "5000",
+        "Most documents in one bulk request of the indexer.",
+        _integer(1),
+    ),
+    Variable(
+        "PULSE_INDEXER_PORT",
+        "6070",
+        "Port of `pulse indexer`'s `/health` and `/metrics`.",
+        _integer(1, 65535),
+    ),
+)
+
+
 VARIABLES: tuple[Variable, ...] = (
     Variable("PULSE_BROKER", "kafka://127.0.0.1:9092", "Kafka bootstrap servers.", _broker),
     Variable(
@@ -751,6 +849,7 @@ VARIABLES: tuple[Variable, ...] = (
         "PEM private key (unencrypted) of `PULSE_KAFKA_SSL_CERTFILE`, if not in that file.",
         _file,
     ),
+    *SEARCH_VARIABLES,
 )
 
 
@@ -836,6 +935,16 @@ class Settings:
     bridge_lease: float = 10.0
     bridge_max_lag: int = 100_000
     bridge_port: int = 6069
+    search_url: str = field(default="http://127.0.0.1:9200", repr=False)
+    """As given: it may hold the password (``shown()`` masks it)."""
+    search_cafile: str = ""
+    search_prefix: str = "pulse"
+    search_windows: tuple[str, ...] = ()
+    search_retention_days: int = 30
+    search_replicas: int = 1
+    search_bulk_bytes: int = 5_000_000
+    search_bulk_docs: int = 5_000
+    indexer_port: int = 6070
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -871,6 +980,7 @@ class Settings:
         _check_redis(values)
         _check_postgres(values)
         _check_api(values)
+        _check_search(values)
         return cls(**values)
 
     @property
@@ -909,6 +1019,8 @@ class Settings:
             value = getattr(self, _attr(var))
             if var.name == "PULSE_WINDOWS":
                 value = ",".join(spec.label for spec in value)
+            if var.name == "PULSE_SEARCH_WINDOWS":
+                value = ",".join(value)
             if var.name in _SECRET_FILES and getattr(self, _attr_of(_SECRET_FILES[var.name])):
                 value = ""
             out[var.name] = str(value)
@@ -935,6 +1047,7 @@ class Settings:
         values.append(self.redis_password)
         values.append(self.postgres_password)
         values.append(_url_password(self.postgres_url))
+        values.append(_url_password(self.search_url))
         forms = {form for value in values if value for form in (value, quote(value, safe=""))}
         return sorted(forms, key=len, reverse=True)
 
@@ -1087,6 +1200,23 @@ def _variable(attr: str) -> str:
     return f"PULSE_{attr.upper()}"
 
 
+def _check_search(values: dict[str, Any]) -> None:
+    """``PULSE_SEARCH_WINDOWS`` must name tumbling or hopping windows of ``PULSE_WINDOWS``;
+    ``PULSE_SEARCH_CAFILE`` goes with an ``https`` URL."""
+    if values["search_cafile"] and not values["search_url"].startswith("https://"):
+        raise SettingsError(
+            "PULSE_SEARCH_CAFILE is set, but PULSE_SEARCH_URL is not an https:// URL (TLS): "
+            "use one, or unset it"
+        )
+    labels = {spec.label for spec in values["windows"] if spec.kind != "sliding"}
+    for label in values["search_windows"]:
+        if label not in labels:
+            raise SettingsError(
+                f"PULSE_SEARCH_WINDOWS={','.join(values['search_windows'])!r}: {label} is not "
+                f"a tumbling or hopping window of PULSE_WINDOWS ({', '.join(sorted(labels))})"
+            )
+
+
 def configuration_markdown() -> str:
     """The configuration reference (docs/configuration.md)."""
     lines = [
@@ -1124,6 +1254,12 @@ LOCAL_STACK_VARIABLES = (
         "Kafka, one KRaft node in a JVM, installed once by Maven).",
     ),
     (
+        "PULSE_STACK_SEARCH",
+        "(unset)",
+        "Set (to anything but empty): `pulse stack up` also runs OpenSearch (`--search`): one "
+        "node in a JVM, installed once by Maven.",
+    ),
+    (
         "PULSE_STATE_DIR",
         ".pulse/stack",
         "Where `pulse stack` keeps its servers' data, logs and `stack.json`.",
@@ -1131,8 +1267,8 @@ LOCAL_STACK_VARIABLES = (
     (
         "PULSE_CACHE_DIR",
         "~/.cache/pulse",
-        "Where Apache Kafka's jars are kept once downloaded, shared by every checkout "
-        "(`$XDG_CACHE_HOME/pulse` when that is set).",
+        "Where Apache Kafka's jars and OpenSearch are kept once downloaded, shared by every "
+        "checkout (`$XDG_CACHE_HOME/pulse` when that is set).",
     ),
 )
 """Variables of pulse/local (documented here with the others, parsed there)."""

@@ -18,6 +18,9 @@
   directory, run as the ``postgres`` user when root); ``postgres_url``: a fresh empty database
   of it per test; ``registry_url``: a fresh database with the registry's schema
   (``pulse db upgrade``).
+- ``search_url``: ``"http://127.0.0.1:PORT"`` of OpenSearch (one node, a JVM: started once per
+  session; pulse/local/opensearch.py). Tests keep apart by their own index prefix
+  (``PULSE_SEARCH_PREFIX``, e.g. the ``topic_prefix``).
 - ``topic_prefix``: a fresh short prefix per test for topic and consumer-group names.
 
 The servers live for the whole session. A server that cannot start makes the test ERROR with
@@ -72,6 +75,12 @@ def redis_url(_session_servers: SessionServers) -> str:
 def influx_url(_session_servers: SessionServers) -> str:
     """``http://127.0.0.1:PORT`` of the session's VictoriaMetrics (the InfluxDB stand-in)."""
     return _session_servers.get("influx").url
+
+
+@pytest.fixture(scope="session")
+def search_url(_session_servers: SessionServers) -> str:
+    """``http://127.0.0.1:PORT`` of the session's OpenSearch (security plugin absent)."""
+    return _session_servers.get("search").url
 
 
 @pytest.fixture(scope="session")

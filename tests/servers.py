@@ -18,6 +18,7 @@ from pulse.local.stack import (
     start_broker,
     start_postgres,
     start_redis,
+    start_search,
     start_victoria,
 )
 
@@ -27,6 +28,7 @@ _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "redis": start_redis,
     "influx": start_victoria,
     "postgres": start_postgres,
+    "search": start_search,
 }
 
 
@@ -39,7 +41,7 @@ class SessionServers:
 
     def get(self, name: str) -> ServerProcess:
         """The running server ``name`` ("broker" (tansu), "kafka" (Apache Kafka), "redis",
-        "influx" or "postgres"), started if needed.
+        "influx", "postgres" or "search" (OpenSearch)), started if needed.
 
         A server that died since it was started is an error, not something to restart
         silently: every test after it would otherwise run against a fresh, empty server.

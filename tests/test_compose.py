@@ -24,12 +24,13 @@ import yaml
 
 from pulse import dashboards
 from pulse.local.kafka import KAFKA_VERSION
+from pulse.local.opensearch import OPENSEARCH_VERSION
 from pulse.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {var.name: var.default for var in VARIABLES}
-SERVERS = ("kafka", "redis", "influxdb", "postgres")
-PULSE_SERVICES = ("worker", "api", "notifier", "producer")
+SERVERS = ("kafka", "redis", "influxdb", "postgres", "opensearch")
+PULSE_SERVICES = ("worker", "api", "notifier", "producer", "indexer")
 """The services that run the image of ./Dockerfile."""
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` (and without the colon)."""
@@ -134,6 +135,8 @@ def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any
     assert services["influxdb"]["image"] == "influxdb:2.7"
     assert services["redis"]["image"].split(":")[1].split(".")[0] == "7"
     assert services["postgres"]["image"].split(":")[1].split(".")[0] == "15"
+    # The OpenSearch the tests and the local stack run (pulse/local/opensearch.py).
+    assert services["opensearch"]["image"] == f"opensearchproject/opensearch:{OPENSEARCH_VERSION}"
 
 
 def test_pulse_services_set_only_known_pulse_variables(
@@ -156,6 +159,8 @@ def test_pulse_services_set_only_known_pulse_variables(
     assert services["notifier"]["command"][:2] == ["sh", "-c"]
     assert services["notifier"]["command"][2].startswith("pulse db upgrade && exec pulse notifier")
     assert services["producer"]["command"][:2] == ["pulse", "produce"]
+    assert services["indexer"]["command"][:2] == ["pulse", "indexer"]
+    assert set(services["indexer"]["depends_on"]) == {"kafka", "opensearch"}
     assert services["producer"]["profiles"] == ["demo"]
     assert all("profiles" not in services[name] for name in (*SERVERS, "worker", "api", "notifier"))
 
@@ -204,6 +209,24 @@ def test_worker_redis_and_influx_point_at_their_services(
     assert postgres_url.username == postgres_env["POSTGRES_USER"]
     assert postgres_url.password == postgres_env["POSTGRES_PASSWORD"]
     assert postgres_url.path == f"/{postgres_env['POSTGRES_DB']}"
+
+
+def test_pulse_services_reach_opensearch_as_the_local_stack_runs_it(
+    services: dict[str, dict[str, Any]], worker_env: dict[str, str]
+) -> None:
+    search_url = urlparse(worker_env["PULSE_SEARCH_URL"])
+    assert search_url.scheme == "http"
+    assert _service_at(services, str(search_url.hostname)) == "opensearch"
+    assert search_url.port == 9200
+    assert _container_ports(services["opensearch"]) == {9200}
+    env = _environment(services["opensearch"])
+    # One node, and no security plugin (nor its demo certificates) as in the local stack.
+    assert env["discovery.type"] == "single-node"
+    assert env["DISABLE_SECURITY_PLUGIN"] == "true"
+    assert env["DISABLE_INSTALL_DEMO_CONFIG"] == "true"
+    heap = env["OPENSEARCH_JAVA_OPTS"].split()
+    assert sorted(heap) == ["-Xms512m", "-Xmx512m"]
+    assert "wait_for_status=yellow" in services["opensearch"]["healthcheck"]["test"][1]
 
 
 def test_worker_waits_for_healthy_dependencies(services: dict[str, dict[str, Any]]) -> None:
@@ -351,7 +374,7 @@ def test_credentials_come_from_env_and_env_example_holds_each(compose_text: str)
 
 
 def test_workers_scale_and_the_api_is_published_once(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("worker", "notifier", "producer"):
+    for name in ("worker", "notifier", "producer", "indexer"):
         assert "ports" not in services[name], name
         assert "container_name" not in services[name], name
     assert not any("container_name" in service for service in services.values())
@@ -377,6 +400,7 @@ def test_every_service_is_health_checked_limited_and_restarted(
         ("worker", "PULSE_WEB_PORT"),
         ("api", "PULSE_API_PORT"),
         ("notifier", "PULSE_NOTIFIER_PORT"),
+        ("indexer", "PULSE_INDEXER_PORT"),
     ):
         test = services[name]["healthcheck"]["test"]
         port = _environment(services[name])[variable]
@@ -401,6 +425,7 @@ def test_every_server_keeps_its_data_in_a_volume(
         "redis": "/data",
         "influxdb": "/var/lib/influxdb2",
         "postgres": "/var/lib/postgresql/data",
+        "opensearch": "/usr/share/opensearch/data",
     }
     for name, path in data_dirs.items():
         mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}

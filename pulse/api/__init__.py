@@ -25,6 +25,7 @@ from pulse.api import (
     _live,
     _page,
     _registry,
+    _search,
     _state,
     openapi,
 )
@@ -36,7 +37,9 @@ __all__ = ["ApiContext", "ApiError", "HttpServer", "Readiness", "create_api"]
 
 log = logging.getLogger(__name__)
 
-API_MODULES: tuple[ModuleType, ...] = (_auth, _state, _history, _alerts, _live, _registry, _page)
+API_MODULES: tuple[ModuleType, ...] = (
+    _auth, _state, _history, _alerts, _live, _registry, _search, _page,
+)  # fmt: skip
 """The route modules of the full API and the live page, besides health and metrics (always
 served)."""
 
@@ -60,6 +63,8 @@ def create_api(context: ApiContext, *, full: bool = True) -> web.Application:
         for module in API_MODULES:
             app.add_routes(module.ROUTES)
         app[_live.STREAMS] = set()
+        app[_search.CLIENT] = _search.ClientHolder()
+        app.on_cleanup.append(_search.close_client)
         app.on_shutdown.append(_live.close_streams)
         app.add_routes([openapi.route([_health.PATHS, *(m.PATHS for m in API_MODULES)])])
     return app

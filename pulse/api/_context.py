@@ -46,6 +46,8 @@ class ApiContext:
     serves_from_redis: bool = True
     """Whether the process cannot serve without Redis (``pulse api``): then Redis away makes
     ``/health/ready`` 503. A worker goes on without Redis (it mirrors to it)."""
+    checks_redis: bool = True
+    """Whether ``/health`` lists Redis among the dependencies (``pulse indexer`` uses none)."""
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("pulse_context", ApiContext)

@@ -26,12 +26,13 @@ PING_TIMEOUT = 1.0
 
 
 async def _dependencies(context: ApiContext) -> dict[str, Any]:
-    try:
-        await asyncio.wait_for(context.redis.ping(), PING_TIMEOUT)
-        redis: dict[str, Any] = {"state": "ok"}
-    except Exception as exc:
-        redis = {"state": "unavailable", "reason": type(exc).__name__}
-    found = {"redis": redis}
+    found: dict[str, Any] = {}
+    if context.checks_redis:
+        try:
+            await asyncio.wait_for(context.redis.ping(), PING_TIMEOUT)
+            found["redis"] = {"state": "ok"}
+        except Exception as exc:
+            found["redis"] = {"state": "unavailable", "reason": type(exc).__name__}
     if context.device_registry is not None:
         found["registry"] = context.device_registry.health.document()
     return found
@@ -41,7 +42,8 @@ async def _document(context: ApiContext) -> tuple[bool, dict[str, Any]]:
     readiness = await context.readiness()
     dependencies = await _dependencies(context)
     ready, reason = readiness.ready, readiness.reason
-    if ready and context.serves_from_redis and dependencies["redis"]["state"] != "ok":
+    redis = dependencies.get("redis", {"state": "ok"})
+    if ready and context.serves_from_redis and redis["state"] != "ok":
         ready, reason = False, "Redis is unavailable"
     document = {"ready": ready, "reason": reason, **readiness.detail}
     document["dependencies"] = dependencies

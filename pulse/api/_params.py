@@ -112,6 +112,11 @@ def choice(text: str | None, parameter: str, choices: tuple[str, ...]) -> str:
     return text
 
 
+def term_name(text: str, parameter: str) -> str:
+    """A name of the reading contract's pattern given for ``parameter`` (a search filter)."""
+    return _name(text, parameter, parameter)
+
+
 def site_name(text: str, parameter: str = "site") -> str:
     """A site of the registry: a name of the reading contract's pattern."""
     return _name(text, parameter, "site")

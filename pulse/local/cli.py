@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pulse.local.stack import BROKERS, SERVER_NAMES, LocalStack, StackError
+from pulse.local.stack import BROKERS, LocalStack, StackError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,8 +33,8 @@ def _state_dir_option(command: F) -> F:
 
 @click.group()
 def stack() -> None:
-    """Run a Kafka broker (tansu or Apache Kafka), Redis, VictoriaMetrics and PostgreSQL on
-    loopback."""
+    """Run a Kafka broker (tansu or Apache Kafka), Redis, VictoriaMetrics and PostgreSQL (and
+    OpenSearch with --search) on loopback."""
 
 
 @stack.command()
@@ -43,7 +43,7 @@ def stack() -> None:
     "--free-ports",
     is_flag=True,
     help="Use free ports instead of the defaults (broker 9092, redis 6390, influx 8428, "
-    "postgres 5433).",
+    "postgres 5433, search 9200).",
 )
 @click.option(
     "--broker",
@@ -54,11 +54,18 @@ def stack() -> None:
     help="tansu (embedded, starts at once) or Apache Kafka (installed once with Maven into "
     "the cache, a JVM; env PULSE_STACK_BROKER).",
 )
-def up(state_dir: Path, free_ports: bool, broker: str) -> None:
+@click.option(
+    "--search",
+    is_flag=True,
+    envvar="PULSE_STACK_SEARCH",
+    help="Also run OpenSearch, for the indexer and the search API (installed once with Maven "
+    "into the cache, a JVM; env PULSE_STACK_SEARCH).",
+)
+def up(state_dir: Path, free_ports: bool, broker: str, search: bool) -> None:
     """Start the stack (or reuse a running one) and print its PULSE_* exports."""
     local = LocalStack(state_dir, default_ports=not free_ports)
     try:
-        endpoints = local.up(broker)
+        endpoints = local.up(broker, search=search)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     ready = {server.name: server.ready_seconds for server in local.last_started}
@@ -91,8 +98,7 @@ def down(state_dir: Path) -> None:
 def status(state_dir: Path) -> None:
     """One line per server: name, state, pid, URL. Exits 1 unless all answer."""
     info = LocalStack(state_dir).status()
-    for name in SERVER_NAMES:
-        server = info[name]
+    for name, server in info.items():
         if server["answering"]:
             state = "up"
         elif server["alive"]:

@@ -15,9 +15,11 @@ server that cannot start raises :class:`StackError` carrying the tail of its log
 - postgres: Debian's PostgreSQL (``/usr/lib/postgresql/VERSION/bin``), a cluster made by
   ``initdb`` on first start (superuser ``pulse``, trust authentication on loopback, TCP only),
   run as the ``postgres`` user when we are root (PostgreSQL refuses to run as root).
+- search (on request only): OpenSearch, one node in a JVM, installed once by Maven (see
+  :mod:`pulse.local.opensearch`), without its security plugin.
 
-:class:`LocalStack` runs all four detached for ``pulse stack up``; the test fixtures use the
-``start_*`` functions on free ports.
+:class:`LocalStack` runs all four detached for ``pulse stack up`` (and OpenSearch with
+``--search``); the test fixtures use the ``start_*`` functions on free ports.
 
 The ``start_*`` functions share their keywords: ``port`` (None picks a free one, retried if
 another process takes it first), ``detached`` (own session, not our child: survives us and
@@ -50,14 +52,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pulse.local import kafka
+from pulse.local import kafka, opensearch
 
 LOOPBACK = "127.0.0.1"
 SERVER_NAMES: tuple[str, ...] = ("broker", "redis", "influx", "postgres")
+OPTIONAL_SERVER_NAMES: tuple[str, ...] = ("search",)
+"""Servers the stack runs only when asked for (``pulse stack up --search``)."""
 BROKERS: tuple[str, ...] = ("tansu", "kafka")
 """The kinds of server that can be the stack's broker: tansu (the default) or Apache Kafka."""
 # Pulse's default ports; redis avoids 6379 because a system redis-server usually owns it.
-DEFAULT_PORTS: Mapping[str, int] = {"broker": 9092, "redis": 6390, "influx": 8428, "postgres": 5433}
+DEFAULT_PORTS: Mapping[str, int] = {
+    "broker": 9092, "redis": 6390, "influx": 8428, "postgres": 5433, "search": 9200,
+}  # fmt: skip
 POSTGRES_USER = "pulse"
 """The superuser of the clusters the local stack makes (trust authentication on loopback)."""
 POSTGRES_DATABASE = "pulse"
@@ -65,6 +71,9 @@ POSTGRES_DATABASE = "pulse"
 START_TIMEOUT = 30.0
 KAFKA_START_TIMEOUT = 120.0
 """Apache Kafka's first start on a slow machine: a JVM, and the broker's own start-up."""
+SEARCH_START_TIMEOUT = 180.0
+"""OpenSearch's start on a slow, busy machine: a JVM, its launcher's own JVM before it, and
+the node's start-up (about 12 s on an idle 2-core machine)."""
 STOP_TIMEOUT = 5.0
 _LOG_TAIL_LINES = 40
 # A port picked by free_port() can be taken by someone else before the server binds it.
@@ -106,16 +115,21 @@ class Endpoints:
     redis_url: str
     influx_url: str
     postgres_url: str
+    search_url: str | None = None
+    """OpenSearch, when the stack runs it."""
 
     def env(self) -> dict[str, str]:
         """The ``PULSE_*`` variables that point Pulse at these servers."""
-        return {
+        env = {
             "PULSE_BROKER": self.broker,
             "PULSE_REDIS_URL": self.redis_url,
             "PULSE_INFLUX_URL": self.influx_url,
             "PULSE_HISTORY_STORE": "victoria",
             "PULSE_POSTGRES_URL": self.postgres_url,
         }
+        if self.search_url is not None:
+            env["PULSE_SEARCH_URL"] = self.search_url
+        return env
 
 
 @dataclass(frozen=True)
@@ -272,6 +286,23 @@ def postgres_answers(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def opensearch_answers(port: int, timeout: float = 1.0) -> bool:
+    """Whether OpenSearch on ``127.0.0.1:port`` answers ``GET /_cluster/health`` with a
+    cluster of ours (:data:`pulse.local.opensearch.CLUSTER_NAME`) that is green or yellow (a
+    node still starting answers 503, or red)."""
+    url = f"http://{LOOPBACK}:{port}/_cluster/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            health = json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    return (
+        isinstance(health, dict)
+        and health.get("cluster_name") == opensearch.CLUSTER_NAME
+        and health.get("status") in ("green", "yellow")
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # What each server is: its executable, its command line, its probe and its client URL.
 
@@ -334,6 +365,13 @@ def _kafka_command(
 ) -> list[str]:
     try:
         return kafka.kafka_command(exe, port, work_dir, controller_port, security)
+    except kafka.KafkaNotInstalled as exc:
+        raise ServerNotInstalled(str(exc)) from exc
+
+
+def _opensearch_command(exe: str, port: int, work_dir: Path, transport_port: int) -> list[str]:
+    try:
+        return opensearch.opensearch_command(exe, port, work_dir, transport_port)
     except kafka.KafkaNotInstalled as exc:
         raise ServerNotInstalled(str(exc)) from exc
 
@@ -502,6 +540,10 @@ _KINDS: dict[str, _ServerKind] = {
         "postgres", functools.partial(_postgres_bin, "postgres"), _postgres_command,
         postgres_answers, _postgres_url, stop_timeout=15.0, stop_signal=signal.SIGINT,
     ),
+    "search": _ServerKind(
+        "search", _java_executable, _opensearch_command, opensearch_answers,
+        lambda port: f"http://{LOOPBACK}:{port}", stop_timeout=30.0,
+    ),
 }  # fmt: skip
 
 
@@ -569,8 +611,15 @@ def _pid_runs(pid: int, executable: str | None) -> bool:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return True  # cannot tell; the pid exists
-        return os.path.realpath(exe.removesuffix(" (deleted)")) == os.path.realpath(executable)
+        real = os.path.realpath(exe.removesuffix(" (deleted)"))
+        # A launcher that execs the server (setpriv, unshare) may still be running it.
+        return real == os.path.realpath(executable) or os.path.basename(real) in _LAUNCHERS
     return True
+
+
+_LAUNCHERS = ("setpriv", "unshare")
+"""Programs that change a server's user and then exec it: for a moment after the start its
+pid shows one of them."""
 
 
 # Runs in a short-lived Python: forks the server into a new session and exits. The server is
@@ -981,6 +1030,29 @@ def start_postgres(
     return server
 
 
+def start_search(
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    detached: bool = False,
+    stop_with_parent: bool = False,
+    timeout: float = SEARCH_START_TIMEOUT,
+) -> ServerProcess:
+    """Start one OpenSearch node in ``state_dir/search`` (installed first if needed, see
+    :mod:`pulse.local.opensearch`); returns once its cluster health is green or yellow.
+
+    Raises :class:`ServerNotInstalled` if Java or Maven is missing (run ``scripts/setup``).
+    """
+    return _start(
+        "search",
+        state_dir,
+        port,
+        detached=detached,
+        stop_with_parent=stop_with_parent,
+        timeout=timeout,
+    )
+
+
 def create_database(server: ServerProcess, name: str) -> None:
     """``CREATE DATABASE name`` on ``server`` unless it exists (psql, as a client would)."""
     psql = [_postgres_bin("psql"), "-h", LOOPBACK, "-p", str(server.port), "-U", POSTGRES_USER]
@@ -1006,6 +1078,7 @@ _STARTERS: dict[str, Callable[..., ServerProcess]] = {
     "redis": start_redis,
     "influx": start_victoria,
     "postgres": start_postgres,
+    "search": start_search,
 }
 
 
@@ -1014,7 +1087,8 @@ _STARTERS: dict[str, Callable[..., ServerProcess]] = {
 
 
 class LocalStack:
-    """The four servers run detached from ``state_dir``, recorded in ``state_dir/stack.json``.
+    """The four servers (and OpenSearch when asked for) run detached from ``state_dir``,
+    recorded in ``state_dir/stack.json``.
 
     ``default_ports=True`` prefers Pulse's default ports (broker 9092, redis 6390, influx 8428,
     postgres 5433) and falls back to a free port for any that is taken; ``False`` always uses
@@ -1029,10 +1103,11 @@ class LocalStack:
         self.last_started: list[ServerProcess] = []
         """The servers the last up() started (the others were up already)."""
 
-    def up(self, broker: str = "tansu") -> Endpoints:
+    def up(self, broker: str = "tansu", *, search: bool = False) -> Endpoints:
         """Start whatever is not already running and answering; return the endpoints.
 
-        ``broker`` is the kind of broker (:data:`BROKERS`). A server recorded in
+        ``broker`` is the kind of broker (:data:`BROKERS`); ``search`` adds OpenSearch (one
+        that runs from an earlier ``up`` is kept either way). A server recorded in
         ``stack.json`` that still answers is kept (same pid and port), unless it is a broker
         of another kind; a dead or silent one is stopped and started anew, on its old port
         when that is free. Each server started records its start-to-ready seconds
@@ -1043,8 +1118,9 @@ class LocalStack:
         with self._locked():
             servers = self._load()
             started: list[ServerProcess] = []
+            names = [*SERVER_NAMES, *(OPTIONAL_SERVER_NAMES if search else ())]
             try:
-                for name in SERVER_NAMES:
+                for name in names:
                     current = servers.get(name)
                     wanted = broker if name == "broker" else name
                     if (
@@ -1086,10 +1162,11 @@ class LocalStack:
             self.record_path.unlink(missing_ok=True)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per server: pid, port, url, alive (the process runs) and answering (it responds)."""
+        """Per server: pid, port, url, alive (the process runs) and answering (it responds);
+        an optional server (OpenSearch) only when it is recorded."""
         servers = self._load()
         out: dict[str, dict[str, Any]] = {}
-        for name in SERVER_NAMES:
+        for name in (*SERVER_NAMES, *(n for n in OPTIONAL_SERVER_NAMES if n in servers)):
             server = servers.get(name)
             if server is None:
                 out[name] = {
@@ -1115,7 +1192,7 @@ class LocalStack:
     def endpoints(self) -> Endpoints | None:
         """The recorded endpoints, or None when no stack is recorded."""
         servers = self._load()
-        if set(servers) != set(SERVER_NAMES):
+        if not set(SERVER_NAMES) <= set(servers):
             return None
         return self._endpoints(servers)
 
@@ -1138,6 +1215,7 @@ class LocalStack:
             redis_url=servers["redis"].url,
             influx_url=servers["influx"].url,
             postgres_url=servers["postgres"].url,
+            search_url=servers["search"].url if "search" in servers else None,
         )
 
     def _load(self) -> dict[str, ServerProcess]:
@@ -1149,7 +1227,7 @@ class LocalStack:
             raise StackError(f"unreadable {self.record_path}: {exc}") from exc
         servers = {}
         for name, entry in data.get("servers", {}).items():
-            if name in SERVER_NAMES:
+            if name in SERVER_NAMES or name in OPTIONAL_SERVER_NAMES:
                 servers[name] = ServerProcess(
                     name,
                     Path(entry["work_dir"]),

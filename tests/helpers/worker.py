@@ -16,13 +16,23 @@ from pulse.local.stack import free_port
 
 
 class WorkerProcess:
-    """Starts ``pulse worker`` with the given ``PULSE_*`` environment in ``work_dir``."""
+    """Starts ``pulse worker`` (or another ``command`` of ``pulse`` serving ``/health`` on the
+    port of ``port_variable``) with the given ``PULSE_*`` environment in ``work_dir``."""
 
-    def __init__(self, env: dict[str, str], work_dir: Path, name: str = "worker") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        work_dir: Path,
+        name: str = "worker",
+        *,
+        command: str = "worker",
+        port_variable: str = "PULSE_WEB_PORT",
+    ) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "PULSE_WEB_PORT": str(self.port)}
+        self.env = {**os.environ, **env, port_variable: str(self.port)}
         self.work_dir = work_dir
         self.name = name
+        self.command = command
         self.log_path = work_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -30,7 +40,7 @@ class WorkerProcess:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "worker", "-l", "info"],
+            [sys.executable, "-m", "pulse", self.command, "-l", "info"],
             cwd=self.work_dir,
             env=self.env,
             stdout=log,

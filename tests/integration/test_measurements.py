@@ -43,6 +43,7 @@ SINKS = {
     "history",
     "alerts",
     "influx-alerts",
+    "alert-history",
 }
 
 Latest = dict[tuple[str, tuple[tuple[str, str], ...]], float]

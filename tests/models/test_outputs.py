@@ -79,3 +79,22 @@ def test_utf8_value_cut_inside_a_character_falls_back_to_base64() -> None:
     assert doc["value"] == base64.b64encode(raw[:101]).decode()
     assert doc["value_encoding"] == "base64"
     assert doc["value_size"] == 200
+
+
+def test_dead_letter_carries_its_records_timestamp_after_the_offset() -> None:
+    doc = DeadLetter("late", "why", "readings", 3, 42, b"d", b"{}", 10, 1795315444250).document()
+    assert list(doc) == [
+        "reason",
+        "detail",
+        "topic",
+        "partition",
+        "offset",
+        "timestamp",
+        "key",
+        "value",
+    ]
+    assert doc["timestamp"] == 1795315444250
+    # A record without one (-1: no timestamp) gives a letter without.
+    assert (
+        "timestamp" not in DeadLetter("late", "", "readings", 0, 1, None, None, 10, -1).document()
+    )

@@ -4,8 +4,10 @@
 // Last-Event-ID); the device list, the open windows, the top board and the dead letters are
 // read again on timers and when a closed window arrives. The active alerts are read from
 // /api/alerts and follow the alert events of a second stream (/api/live?events=alert): a
-// firing transition sets its alert, a resolved one removes it. A 401 from any request shows the
-// sign-in form; POST /api/session then sets the cookie that every later request carries.
+// firing transition sets its alert, a resolved one removes it. The search box asks
+// /api/search/{kind} (the indexed dead letters, alerts and windows), a page at a time. A 401
+// from any request shows the sign-in form; POST /api/session then sets the cookie that every
+// later request carries.
 // Every number shown keeps the exact value it came with in data-value (the browser test
 // compares both with Redis); the text shows it rounded to three decimals.
 "use strict";
@@ -35,6 +37,8 @@
     alertsLive: null,
     alertEvents: null, // alert events received while /api/alerts is read, applied after it
     alertLoads: 0, // reads of /api/alerts started: only the latest one's answer is shown
+    searchKind: null, // the kind of the documents the search shows
+    searchCursor: null, // the cursor of their next page (null: none)
     timers: [],
     pending: new Map(), // throttled loaders: name -> timeout id
   };
@@ -728,6 +732,81 @@
     );
   }
 
+  // ---- search (GET /api/search/{kind}: the indexed documents, newest first) -----------------
+
+  // What a row shows of each kind's documents after its time: [field, kind of cell].
+  const SEARCH_COLUMNS = {
+    "dead-letters": [["reason", "name"], ["device", "name"], ["detail", "text"]],
+    alerts: [["state", "name"], ["rule", "name"], ["device", "name"], ["value", "num"]],
+    windows: [["window", "name"], ["device", "name"], ["metric", "name"], ["mean", "num"]],
+  };
+  const SEARCH_LIMIT = 20;
+
+  function searchPath(cursor) {
+    const kind = $("search-kind").value;
+    const query = new URLSearchParams({ limit: String(SEARCH_LIMIT) });
+    const q = $("search-q").value.trim();
+    if (q) query.set("q", q);
+    if ($("search-since").value) query.set("since", $("search-since").value);
+    if (cursor) query.set("cursor", cursor);
+    return `search/${kind}?${query}`;
+  }
+
+  function searchRow(kind, doc) {
+    const cells = SEARCH_COLUMNS[kind].map(([field, cell]) =>
+      cell === "num"
+        ? numberCell(field, doc[field])
+        : element("td", { class: cell, "data-field": field }, doc[field] ?? "–"),
+    );
+    return element("tr", { "data-id": doc.id }, element("td", {}, formatTime(doc.time / 1000)), ...cells);
+  }
+
+  async function runSearch(event) {
+    if (event) event.preventDefault();
+    const kind = $("search-kind").value;
+    state.searchKind = kind;
+    await showSearch(await searchOrSay(searchPath(null)), kind, false);
+  }
+
+  async function moreSearch() {
+    if (!state.searchCursor) return;
+    await showSearch(await searchOrSay(searchPath(state.searchCursor)), state.searchKind, true);
+  }
+
+  // The answer, or null after saying why not (search unavailable, a bad parameter).
+  async function searchOrSay(path) {
+    try {
+      return await api(path);
+    } catch (error) {
+      if (error instanceof Unauthorized) throw error;
+      $("search-note").textContent = `search failed: ${error.message}`;
+      $("search-note").classList.add("error");
+      return null;
+    }
+  }
+
+  async function showSearch(answer, kind, append) {
+    if (answer === null) return;
+    const rows = answer.documents.map((doc) => searchRow(kind, doc));
+    const table = $("search-results");
+    if (append && table.tBodies.length) {
+      table.tBodies[0].append(...rows);
+    } else {
+      const heads = [["time", "name"], ...SEARCH_COLUMNS[kind]];
+      const cells = heads.map(([name, cell]) => element("th", { class: cell === "num" ? "num" : "left" }, name));
+      table.replaceChildren(
+        element("thead", {}, element("tr", {}, ...cells)),
+        element("tbody", {}, ...rows),
+      );
+    }
+    const shown = table.tBodies[0].rows.length;
+    const total = `${answer.total}${answer.total_exact ? "" : " or more"}`;
+    $("search-note").classList.remove("error");
+    $("search-note").textContent = `${total} found, ${shown} shown, newest first`;
+    state.searchCursor = answer.cursor;
+    $("search-more").hidden = !answer.cursor;
+  }
+
   // ---- start -------------------------------------------------------------------------------
 
   async function start() {
@@ -763,6 +842,8 @@
     $("top").addEventListener("click", onTopClick);
     $("alerts").addEventListener("click", onAlertClick);
     $("alerts-all").addEventListener("change", () => quietly(loadAlerts()));
+    $("search-form").addEventListener("submit", (event) => quietly(runSearch(event)));
+    $("search-more").addEventListener("click", () => quietly(moreSearch()));
     for (const id of ["top-window", "top-metric", "top-order"]) {
       $(id).addEventListener("change", () => quietly(loadTop()));
     }

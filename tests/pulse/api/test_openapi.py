@@ -18,10 +18,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from models.alerts import AbsenceRule, AlertRule, Device, Selector
+from models.outputs import DeadLetter
 from pulse.local.stack import ServerProcess, create_database, free_port
 from pulse.registry import migrate
 from pulse.registry.store import RegistryStore
+from pulse.search.documents import alert_document, dead_letter_document, window_document
 from pulse.settings import Settings
+from pulse.sinks.search import SearchSink
 from tests.helpers.alerts import absence_alert, window_alert
 
 
@@ -39,15 +42,40 @@ async def _fill_registry(settings: Settings) -> None:
         await store.close()
 
 
+async def _fill_search(settings: Settings) -> None:
+    """One document of each kind in the search indices, as the indexer writes them."""
+    letter = DeadLetter("late", "window closed", "readings", 0, 7, b"dev-1", b"{}", 100, 1)
+    transition = window_alert("hot", "dev-1", "rpm", "10s", 10, 1, "firing", 91.5)
+    window = (
+        b'{"device":"dev-1","metric":"rpm","window":"10s","start":1790000000,"end":1790000010,'
+        b'"count":1,"sum":7,"min":7,"max":7,"mean":7,"first":7,"last":7,"p50":7,"p95":7,'
+        b'"p99":7,"tags":{"site":"plant-a"}}'
+    )
+    documents = {
+        "dead-letters": dead_letter_document(orjson.dumps(letter.document()), 0),
+        "alerts": alert_document(transition.json()),
+        "windows": window_document(window, {"10s"}),
+    }
+    for kind, document in documents.items():
+        sink = SearchSink(settings, kind)
+        await sink.start()
+        try:
+            await sink.write_records([document], [b"dev-1"])
+        finally:
+            await sink.stop()
+
+
 @pytest.fixture(scope="module")
 def api_url(
     redis_url: str,
     influx_url: str,
+    search_url: str,
     postgres_server: ServerProcess,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """``pulse api`` on a free port, over a Redis holding one device and a registry holding
-    one device, two rules and an absence rule."""
+    """``pulse api`` on a free port, over a Redis holding one device, a registry holding
+    one device, two rules and an absence rule, and search indices holding a document of each
+    kind."""
     import redis
 
     postgres_url = postgres_server.url.rpartition("/")[0] + "/openapi"
@@ -67,6 +95,11 @@ def api_url(
     ):
         field = f"{transition.rule}:dev-1:rpm:{transition.window or ''}"
         client.hset(f"{prefix}:alerts:active", field, transition.json())
+    asyncio.run(_fill_search(Settings.from_env({
+        "PULSE_SEARCH_URL": search_url, "PULSE_SEARCH_PREFIX": prefix,
+        "PULSE_SEARCH_REPLICAS": "0", "PULSE_SEARCH_RETENTION_DAYS": "0",
+        "PULSE_SEARCH_WINDOWS": "10s",
+    })))  # fmt: skip
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {
@@ -78,6 +111,8 @@ def api_url(
         "PULSE_INFLUX_URL": influx_url,
         "PULSE_HISTORY_STORE": "victoria",
         "PULSE_POSTGRES_URL": postgres_url,
+        "PULSE_SEARCH_URL": search_url,
+        "PULSE_SEARCH_PREFIX": prefix,
         "PATH": "/usr/bin:/bin",
     }
     with open(log, "wb") as out:
