@@ -46,10 +46,8 @@ alerts again in order, ending where they were.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,21 +57,15 @@ from redis.crc import key_slot
 
 from models.outputs import AGGREGATES
 from models.reading import NAME_PATTERN
-from pulse.settings import redis_is_cluster
-from pulse.sinks._base import FlushBatch, RecordSink
-from pulse.sinks._cluster import ClusterPipeline
-from pulse.sinks._resp import RespPipeline, pack
-from pulse.sinks._retry import retry_forever
-from pulse.sinks.dead_letters import OutputDeadLetters
-from pulse.sinks.history import EVENTS_MAXLEN
-from pulse.sinks.redis import MAX_RETRY_DELAY, RedisKeys, execute_scripted
+from pulse.sinks._base import FlushBatch
+from pulse.sinks._event_stream import EventStreamSink
+from pulse.sinks._resp import pack
+from pulse.sinks.redis import RedisKeys
 from tables.windows import WindowSpecError, parse_window_spec
 
 TRANSITIONS_PER_CALL = 50
 """Transitions applied per call of :data:`ALERTS_SCRIPT` (a call holds Redis well under a
 millisecond)."""
-CALLS_PER_ROUND_TRIP = 400
-"""Calls pipelined per round trip."""
 ALERT_KEYS = (
     "id", "rule", "device", "site", "labels", "metric", "window", "start", "end",
     "aggregate", "value", "threshold", "state", "severity", "silenced",
@@ -278,44 +270,14 @@ def alert_record(value: bytes | None) -> AlertRecord:
     )
 
 
-class AlertsSink(RecordSink[AlertRecord]):
+class AlertsSink(EventStreamSink[AlertRecord]):
     """Alert transitions to ``P:alerts:active`` and ``P:events`` (see the module doc), through
     one connection of its own; Redis away, refusing or busy is waited out (retry_forever,
     state in :attr:`health`). Written by agents/alerts_writer.py from the ``alerts`` topic."""
 
     name = "alerts"
-
-    def __init__(
-        self,
-        url: str,
-        prefix: str,
-        ttl_seconds: int,
-        *,
-        password: str | None = None,
-        tls: ssl.SSLContext | None = None,
-        dead_letters: OutputDeadLetters | None = None,
-        events_maxlen: int = EVENTS_MAXLEN,
-    ) -> None:
-        self.keys = RedisKeys(prefix)
-        self.ttl = ttl_seconds
-        self.events_maxlen = events_maxlen
-        self.dead_letters = dead_letters
-        self._load_script = pack("SCRIPT", "LOAD", ALERTS_SCRIPT)
-        self.cluster = redis_is_cluster(url)
-        self.connection: RespPipeline | ClusterPipeline = (
-            ClusterPipeline(url, password=password, tls=tls)
-            if self.cluster
-            else RespPipeline(url, on_connect=[self._load_script], password=password, tls=tls)
-        )
-        self.events_added = 0
-        """Transitions applied so far (each added one event)."""
-
-    @property
-    def connections(self) -> int:
-        return self.connection.connections
-
-    async def stop(self) -> None:
-        await self.connection.close()
+    script = ALERTS_SCRIPT
+    event_kind = "alert"
 
     def read_record(self, value: bytes | None) -> AlertRecord:
         return alert_record(value)
@@ -326,42 +288,7 @@ class AlertsSink(RecordSink[AlertRecord]):
     async def write_records(
         self, records: Sequence[AlertRecord], keys: Sequence[bytes | None]
     ) -> None:
-        calls = self.calls(records)
-        for begin in range(0, len(calls), CALLS_PER_ROUND_TRIP):
-            chunk = calls[begin : begin + CALLS_PER_ROUND_TRIP]
-            replies = await retry_forever(
-                "alerts write",
-                lambda chunk=chunk: execute_scripted(  # type: ignore[misc]
-                    self.connection, chunk, self._load_script, ALERTS_SCRIPT
-                ),
-                (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
-                self.health,
-                max_delay=MAX_RETRY_DELAY,
-            )
-            if not self.cluster:
-                self.events_added += sum(replies)
-                continue
-            # A cluster: the stream is in another slot, so the events go after the writes
-            # that decide them; a crash between the two loses those events (the replay
-            # finds the versions held): at most once there, exactly once on one server.
-            events = [json for reply in replies for json in reply]
-            if events:
-                stream = self.keys.events
-                appends = [
-                    pack("XADD", stream, "MAXLEN", "~", self.events_maxlen, "*", "alert", json)
-                    for json in events
-                ]
-                appends.append(pack("EXPIRE", stream, self.ttl))
-                await retry_forever(
-                    "alerts events",
-                    lambda appends=appends: execute_scripted(  # type: ignore[misc]
-                        self.connection, appends, self._load_script, ALERTS_SCRIPT
-                    ),
-                    (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
-                    self.health,
-                    max_delay=MAX_RETRY_DELAY,
-                )
-                self.events_added += len(events)
+        await self.write_calls(self.calls(records))
 
     def calls(self, records: Sequence[AlertRecord]) -> list[bytes]:
         """The packed calls of :data:`ALERTS_SCRIPT` that apply ``records`` in order, at most

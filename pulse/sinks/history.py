@@ -24,7 +24,6 @@ nothing and adds no event, and a window older than the newest ``length`` adds no
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -37,27 +36,19 @@ from redis.crc import key_slot
 
 from models.outputs import AGGREGATES
 from models.reading import NAME_PATTERN
-from pulse.settings import redis_is_cluster
-from pulse.sinks._base import FlushBatch, RecordSink
-from pulse.sinks._cluster import ClusterPipeline
-from pulse.sinks._resp import RespPipeline, pack
-from pulse.sinks._retry import retry_forever
+from pulse.sinks._base import FlushBatch
+from pulse.sinks._event_stream import EVENTS_MAXLEN, EventStreamSink
+from pulse.sinks._resp import pack
 from pulse.sinks.dead_letters import OutputDeadLetters
 from pulse.sinks.kafka import aggregate_records
-from pulse.sinks.redis import MAX_RETRY_DELAY, RedisKeys, execute_scripted
+from pulse.sinks.redis import RedisKeys
 from tables.windows import WindowSpecError, parse_window_spec
 
 log = logging.getLogger(__name__)
 
-EVENTS_MAXLEN = 10_000
-"""About how many entries ``P:events`` keeps (MAXLEN ~: Redis trims whole nodes, so a few
-more): a client that reconnects with ``Last-Event-ID`` gets what it missed while the stream
-still holds it."""
 WINDOWS_PER_CALL = 50
 """Windows written per call of :data:`HISTORY_SCRIPT`: a call keeps Redis busy for well
 under a millisecond, so that readers are not held up behind it."""
-CALLS_PER_ROUND_TRIP = 400
-"""Calls pipelined per round trip (20,000 windows, a writer's fetch)."""
 
 HISTORY_SCRIPT = """\
 -- Pulse's history writes (pulse/sinks/history.py). KEYS[1]: the event stream (on a Redis
@@ -169,12 +160,14 @@ def history_entry(keys: RedisKeys, value: bytes | None) -> HistoryEntry:
     )
 
 
-class HistorySink(RecordSink[HistoryEntry]):
+class HistorySink(EventStreamSink[HistoryEntry]):
     """Closed windows to ``P:history:*`` and ``P:events`` (see the module doc), through one
     connection of its own; Redis away, refusing or busy is waited out (retry_forever, state
     in :attr:`health`). Written by agents/history_writer.py from the ``aggregates`` topic."""
 
     name = "history"
+    script = HISTORY_SCRIPT
+    event_kind = "window"
 
     def __init__(
         self,
@@ -188,27 +181,11 @@ class HistorySink(RecordSink[HistoryEntry]):
         dead_letters: OutputDeadLetters | None = None,
         events_maxlen: int = EVENTS_MAXLEN,
     ) -> None:
-        self.keys = RedisKeys(prefix)
+        super().__init__(
+            url, prefix, ttl_seconds, password=password, tls=tls, dead_letters=dead_letters,
+            events_maxlen=events_maxlen,
+        )  # fmt: skip
         self.length = length
-        self.ttl = ttl_seconds
-        self.events_maxlen = events_maxlen
-        self.dead_letters = dead_letters
-        self._load_script = pack("SCRIPT", "LOAD", HISTORY_SCRIPT)
-        self.cluster = redis_is_cluster(url)
-        self.connection: RespPipeline | ClusterPipeline = (
-            ClusterPipeline(url, password=password, tls=tls)
-            if self.cluster
-            else RespPipeline(url, on_connect=[self._load_script], password=password, tls=tls)
-        )
-        self.events_added = 0
-        """Events added to the stream so far (windows the history write changed)."""
-
-    @property
-    def connections(self) -> int:
-        return self.connection.connections
-
-    async def stop(self) -> None:
-        await self.connection.close()
 
     def read_record(self, value: bytes | None) -> HistoryEntry:
         return history_entry(self.keys, value)
@@ -220,43 +197,7 @@ class HistorySink(RecordSink[HistoryEntry]):
     async def write_records(
         self, entries: Sequence[HistoryEntry], keys: Sequence[bytes | None]
     ) -> None:
-        calls = self.calls(entries)
-        for begin in range(0, len(calls), CALLS_PER_ROUND_TRIP):
-            chunk = calls[begin : begin + CALLS_PER_ROUND_TRIP]
-            replies = await retry_forever(
-                "history write",
-                lambda chunk=chunk: execute_scripted(  # type: ignore[misc]
-                    self.connection, chunk, self._load_script, HISTORY_SCRIPT
-                ),
-                (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
-                self.health,
-                max_delay=MAX_RETRY_DELAY,
-            )
-            if not self.cluster:
-                self.events_added += sum(replies)
-                continue
-            # A cluster: the history keys' slots are not the stream's, so the events go after
-            # the history writes. A crash between the two loses those events (the replay
-            # finds the windows in the history already): at most once, where one server's
-            # single script makes them exactly once.
-            events = [json for reply in replies for json in reply]
-            if events:
-                stream = self.keys.events
-                appends = [
-                    pack("XADD", stream, "MAXLEN", "~", self.events_maxlen, "*", "window", json)
-                    for json in events
-                ]
-                appends.append(pack("EXPIRE", stream, self.ttl))
-                await retry_forever(
-                    "history events",
-                    lambda appends=appends: execute_scripted(  # type: ignore[misc]
-                        self.connection, appends, self._load_script, HISTORY_SCRIPT
-                    ),
-                    (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError),
-                    self.health,
-                    max_delay=MAX_RETRY_DELAY,
-                )
-                self.events_added += len(events)
+        await self.write_calls(self.calls(entries))
 
     def calls(self, entries: Sequence[HistoryEntry]) -> list[bytes]:
         """The packed calls of :data:`HISTORY_SCRIPT` that write ``entries`` in order, at most
