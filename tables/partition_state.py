@@ -734,11 +734,16 @@ class PartitionState:
         """
         self.close_ready(spread_us)
         closed = self._closed
-        if self.registry is not None:
-            self._watch()
-            transitions = self._transitions
-            for window in closed:
-                transitions += judge(self.alerts, self.registry, window)
+        in_use = self.registry
+        if in_use is not None:
+            # Both steps do nothing for a registry without rules of their kind and a table
+            # without entries of that kind: skipped, a required registry costs its lookup.
+            if in_use.absence_rules or self.alerts.absence or self._deadlines:
+                self._watch()
+            if in_use.rules or self.alerts.windows:
+                transitions = self._transitions
+                for window in closed:
+                    transitions += judge(self.alerts, in_use, window)
         if snapshot:
             alert_series, alert_absence = all_rows(self.alerts)
         else:

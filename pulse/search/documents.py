@@ -9,7 +9,8 @@ index and a repeat overwrites itself:
 * ``dead-letters`` (topic ``readings-dlq``, models/outputs.py's ``DeadLetter.document``):
   id ``{topic}:{partition}:{offset}`` of the rejected record, the one the letter carries
   (not its own offset in the dead-letter topic); a letter of a bridge that names a Redis
-  stream and its entry instead (``stream``, ``entry``) has id ``{stream}:{entry}``. Time:
+  stream and its entry instead (``stream``, ``entry_id``: models.outputs.EntryDeadLetter)
+  has id ``{stream}:{entry_id}``. Time:
   the rejected record's Kafka timestamp (``timestamp``, the broker's append time on the
   readings topic Pulse creates). A letter written before the worker recorded it has none:
   the dead-letter record's own timestamp stands in (a worker's replay then writes another,
@@ -127,14 +128,16 @@ def dead_letter_document(value: bytes | None, record_time_ms: int) -> Document:
     reason, detail = letter.get("reason"), letter.get("detail")
     if not _name(reason) or not isinstance(detail, str):
         raise ValueError("not a dead letter: no reason and detail")
-    stream, entry = letter.get("stream"), letter.get("entry")
+    stream, entry = letter.get("stream"), letter.get("entry_id")
     topic, partition, offset = letter.get("topic"), letter.get("partition"), letter.get("offset")
     if isinstance(stream, str) and stream and isinstance(entry, str) and entry:
         doc_id = f"{stream}:{entry}"
     elif _name(topic) and _whole(partition) and _whole(offset):
         doc_id = f"{topic}:{partition}:{offset}"
     else:
-        raise ValueError("not a dead letter: no topic, partition and offset (nor stream and entry)")
+        raise ValueError(
+            "not a dead letter: no topic, partition and offset (nor stream and entry_id)"
+        )
     if len(doc_id.encode()) > 512:
         raise ValueError("not a dead letter: its id would be longer than 512 bytes")
     timestamp = letter.get("timestamp")
@@ -156,7 +159,7 @@ def dead_letter_document(value: bytes | None, record_time_ms: int) -> Document:
         "partition": partition if _whole(partition) else None,
         "offset": offset if _whole(offset) else None,
         "stream": stream if isinstance(stream, str) else None,
-        "entry": entry if isinstance(entry, str) else None,
+        "entry_id": entry if isinstance(entry, str) else None,
         "key": key if isinstance(key, str) else None,
         "device": device,
         "metric": metric,

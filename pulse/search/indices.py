@@ -50,7 +50,7 @@ MAPPINGS: dict[str, dict[str, Any]] = {
         "partition": {"type": "integer"},
         "offset": {"type": "long"},
         "stream": _KEYWORD,
-        "entry": _KEYWORD,
+        "entry_id": _KEYWORD,
         "key": {"type": "keyword", "ignore_above": 256},
         "device": _KEYWORD,
         "metric": _KEYWORD,

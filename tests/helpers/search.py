@@ -51,7 +51,10 @@ def _site(value: Any) -> str | None:
 def dead_letter(prefix: str, value: bytes | None, record_timestamp: int) -> tuple[str, str, dict]:
     """(index, id, source) of a dead-letter record."""
     letter = json.loads(value or b"")
-    doc_id = f"{letter['topic']}:{letter['partition']}:{letter['offset']}"
+    if letter.get("stream"):  # the bridge's letter of a stream entry
+        doc_id = f"{letter['stream']}:{letter['entry_id']}"
+    else:
+        doc_id = f"{letter['topic']}:{letter['partition']}:{letter['offset']}"
     time = letter.get("timestamp", record_timestamp)
     device = metric = site = None
     raw = letter["value"]
@@ -84,8 +87,8 @@ def dead_letter(prefix: str, value: bytes | None, record_timestamp: int) -> tupl
         "topic": letter["topic"],
         "partition": letter["partition"],
         "offset": letter["offset"],
-        "stream": None,
-        "entry": None,
+        "stream": letter.get("stream"),
+        "entry_id": letter.get("entry_id"),
         "key": letter["key"],
         "device": device,
         "metric": metric,

@@ -113,7 +113,6 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
         # Still current once the second worker has made more flushes than the old bound let
         # be in flight (at one per 0.1 s, 6.4 s): windows keep closing into Redis.
         past_bound = time.monotonic() + 7.5
-        down_until = max(down_until, past_bound + 3.0)
         while time.monotonic() < past_bound:
             worker._check_alive()
             producer.check()
@@ -124,7 +123,7 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
             "newer closed windows in Redis past the old in-flight bound, InfluxDB away",
             [worker],
             producer,
-            timeout=down_until - time.monotonic(),
+            timeout=30,  # InfluxDB stays away until then: a loaded machine closes late
             poll=0.2,
         )
         assert sink_state(worker, "influx")["state"] == "waiting"

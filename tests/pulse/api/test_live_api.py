@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -19,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pulse.api import _live
+from pulse.local.stack import start_redis
 from pulse.settings import Settings
 from pulse.sinks.history import HistorySink
 from tests.helpers.api import serving
@@ -67,6 +70,17 @@ async def blocked_readers(client: aioredis.Redis) -> int:
 
 
 @pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of this test alone: it counts the blocked readers, which another
+    test's leftover client on the session server would add to."""
+    server = start_redis(tmp_path, stop_with_parent=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def quick_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     """A keep-alive every half second instead of 15, so the test sees one and a client that
     went is noticed at the next one."""
@@ -75,9 +89,9 @@ def quick_keep_alive(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("quick_keep_alive")
 def test_a_client_gets_the_next_windows_and_resumes_after_its_last_event_id(
-    redis_url: str, topic_prefix: str
+    own_redis_url: str, topic_prefix: str
 ) -> None:
-    p = topic_prefix
+    redis_url, p = own_redis_url, topic_prefix
     a = [closed_window(f"{p}-a", "m", "10s", 10, k, [float(k), 2.5]) for k in range(6)]
     b = [closed_window(f"{p}-b", "m", "10s", 10, k, [-float(k)]) for k in range(3)]
     settings = Settings.from_env({"PULSE_REDIS_URL": redis_url, "PULSE_REDIS_PREFIX": p})

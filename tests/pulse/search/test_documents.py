@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.outputs import DeadLetter
+from models.outputs import DeadLetter, EntryDeadLetter
 from pulse.search import indices
 from pulse.search.documents import (
     Document,
@@ -108,9 +108,16 @@ def test_dead_letter_ids_are_the_rejected_records_position_or_the_streams_entry(
     letter = DeadLetter("late", "why", "readings", 3, 42, b"dev-1", b"{}", 100, 1_795_315_444_250)
     document = dead_letter_document(orjson.dumps(letter.document()), 1)
     assert (document.id, document.time) == ("readings:3:42", 1_795_315_444_250)
-    bridge = {"reason": "invalid_reading", "detail": "x", "stream": "pulse:ingest:gw-1",
-              "entry": "1795315444250-0", "key": None, "value": "{}", "timestamp": 5}  # fmt: skip
-    assert dead_letter_document(orjson.dumps(bridge), 1).id == "pulse:ingest:gw-1:1795315444250-0"
+    # The bridge's letter (of an entry that never was a record): its stream and entry id.
+    bridge = EntryDeadLetter(
+        "invalid_reading", "x", "pulse:ingest:gw-1", "1795315444250-0", None, b"{}", 100
+    )
+    document = dead_letter_document(orjson.dumps(bridge.document()), 1_795_315_444_250)
+    assert (document.id, document.time) == ("pulse:ingest:gw-1:1795315444250-0", 1_795_315_444_250)
+    source = orjson.loads(document.source)
+    assert (source["stream"], source["entry_id"], source["topic"]) == (
+        "pulse:ingest:gw-1", "1795315444250-0", None
+    )  # fmt: skip
     # Without the record's time the letter's own record's stands in.
     old = {**letter.document()}
     del old["timestamp"]
