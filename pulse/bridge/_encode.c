@@ -87,6 +87,50 @@ static int json_number(const char *p, Py_ssize_t n, int *is_integer) {
     return i == n;
 }
 
+/* The double nearest the decimal text p[:n] (JSON's number grammar, already checked), as
+ * Python's float() makes it (PyOS_string_to_double, correctly rounded): directly when the
+ * digits make an integer up to 2**53 and there are at most 22 decimals and no exponent
+ * (Clinger's fast path: an exact integer divided by an exact power of ten, one correctly
+ * rounded operation), else by PyOS_string_to_double (p must end in a NUL, or a character
+ * that is no part of a number). 0 on error (with no exception set). */
+static const double POWERS_OF_TEN[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static int decimal_double(const char *p, Py_ssize_t n, double *out) {
+    Py_ssize_t i = 0;
+    int negative = 0, digits = 0, decimals = 0, fraction = 0;
+    unsigned long long mantissa = 0;
+    if (i < n && p[i] == '-') {
+        negative = 1;
+        i++;
+    }
+    for (; i < n; i++) {
+        char c = p[i];
+        if (c == '.') {
+            fraction = 1;
+        } else if (c >= '0' && c <= '9') {
+            if (++digits > 17) goto slow;
+            mantissa = mantissa * 10 + (unsigned long long)(c - '0');
+            decimals += fraction;
+        } else {
+            goto slow; /* an exponent */
+        }
+    }
+    if (mantissa > (1ULL << 53) || decimals > 22) goto slow;
+    double value = (double)mantissa / POWERS_OF_TEN[decimals];
+    *out = negative ? -value : value;
+    return 1;
+slow:;
+    double parsed = PyOS_string_to_double(p, NULL, NULL);
+    if (parsed == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = parsed;
+    return 1;
+}
+
 /* A zigzag varint into out (at most 10 bytes); returns its size. */
 static int put_varint(unsigned char *out, long long value) {
     unsigned long long z = ((unsigned long long)value << 1) ^ (unsigned long long)(value >> 63);
@@ -227,6 +271,27 @@ static int is(const Text *text, const char *literal, Py_ssize_t size) {
     return text->size == size && memcmp(text->data, literal, (size_t)size) == 0;
 }
 
+/* "{seconds}.{micros:06d}" of t_us (0 or more) into out, NUL-terminated: its size. */
+static int seconds_text(char *out, long long t_us) {
+    char digits[24];
+    int n = 0;
+    long long seconds = t_us / 1000000, micros = t_us % 1000000;
+    do {
+        digits[n++] = (char)('0' + seconds % 10);
+        seconds /= 10;
+    } while (seconds > 0);
+    int size = 0;
+    while (n > 0) out[size++] = digits[--n];
+    out[size++] = '.';
+    for (int i = 5; i >= 0; i--) {
+        out[size + i] = (char)('0' + micros % 10);
+        micros /= 10;
+    }
+    size += 6;
+    out[size] = '\0';
+    return size;
+}
+
 /* What common_record does with one entry: 1 and the record's parts, 0 when it is not of the
  * commonest kind, -1 on error. ts_buffer holds a ts made from the entry's time. */
 typedef struct {
@@ -278,12 +343,24 @@ static int common(PyObject *entry_id, PyObject *fields, PyObject *names, PyObjec
     bytes_of(value, &value_text);
     int is_integer;
     if (!json_number(value_text.data, value_text.size, &is_integer)) return 0;
-    double number = PyOS_string_to_double(value_text.data, NULL, NULL);
-    if (number == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
+    /* -1e290 <= float(value) <= 1e290: certain without parsing it for a number with no
+     * exponent and at most 290 digits before any point (rounding is monotonic). */
+    Py_ssize_t whole = 0;
+    int exponent = 0;
+    for (Py_ssize_t i = 0; i < value_text.size; i++) {
+        char c = value_text.data[i];
+        if (c == 'e' || c == 'E') {
+            exponent = 1;
+            break;
+        }
+        if (c == '.') break;
+        whole++;
     }
-    if (!(number >= -MAX_ABS_VALUE && number <= MAX_ABS_VALUE)) return 0;
+    if (exponent || whole > 290) {
+        double number;
+        if (!decimal_double(value_text.data, value_text.size, &number)) return 0;
+        if (!(number >= -MAX_ABS_VALUE && number <= MAX_ABS_VALUE)) return 0;
+    }
     /* The entry's time: digits, '-', digits. */
     long long timestamp_ms = 0;
     Py_ssize_t dash = 0;
@@ -299,12 +376,9 @@ static int common(PyObject *entry_id, PyObject *fields, PyObject *names, PyObjec
         /* ts_text(t_us) of models.entries: seconds with six decimals, if exact */
         long long t_us = timestamp_ms * 1000;
         if (t_us > MAX_EVENT_TIME_US) return 0;
-        int size = snprintf(ts_buffer, 40, "%lld.%06lld", t_us / 1000000, t_us % 1000000);
-        double back = PyOS_string_to_double(ts_buffer, NULL, NULL);
-        if (back == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
+        int size = seconds_text(ts_buffer, t_us);
+        double back;
+        if (!decimal_double(ts_buffer, size, &back)) return 0;
         if ((long long)nearbyint(back * 1000000.0) != t_us) return 0;
         ts_text.data = ts_buffer;
         ts_text.size = size;
@@ -314,11 +388,8 @@ static int common(PyObject *entry_id, PyObject *fields, PyObject *names, PyObjec
         if (ts_text.size > 40 || !json_number(ts_text.data, ts_text.size, &ts_integer)) return 0;
         long long t_us;
         if (!ts_integer) {
-            double seconds = PyOS_string_to_double(ts_text.data, NULL, NULL);
-            if (seconds == -1.0 && PyErr_Occurred()) {
-                PyErr_Clear();
-                return 0;
-            }
+            double seconds;
+            if (!decimal_double(ts_text.data, ts_text.size, &seconds)) return 0;
             double scaled = seconds * 1000000.0;
             if (!(scaled >= -0.5 && scaled <= (double)MAX_EVENT_TIME_US)) return 0;
             t_us = (long long)nearbyint(scaled); /* Python's round(): half to even */

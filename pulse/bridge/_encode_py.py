@@ -147,27 +147,36 @@ def encode_entries(
 def batch(records: bytes | bytearray, count: int, first_ms: int, max_ms: int) -> bytes:
     """A record batch of ``count`` records: magic 2, no compression, create time, no
     producer id or sequence; the CRC-32C over everything from the attributes on."""
-    header = bytearray(
-        _HEADER.pack(
-            0,  # base offset: the broker assigns it
-            HEADER_SIZE + len(records) - 12,
-            -1,  # partition leader epoch
-            2,  # magic
-            0,  # CRC, below
-            0,  # attributes
-            count - 1,  # last offset delta
-            first_ms,
-            max_ms,
-            -1,  # producer id
-            -1,  # producer epoch
-            -1,  # base sequence
-            count,
-        )
+    buffer = bytearray(HEADER_SIZE) + records
+    seal(buffer, count, first_ms, max_ms)
+    return bytes(buffer)
+
+
+def seal(buffer: bytearray, count: int, first_ms: int, max_ms: int) -> None:
+    """Make ``buffer``, :data:`HEADER_SIZE` bytes left for the header and ``count``
+    records, a record batch (:func:`batch`) in place: its header written, nothing copied.
+    (A round's buffers start with that room: its batches go out without a copy of their
+    own.)"""
+    _HEADER.pack_into(
+        buffer,
+        0,
+        0,  # base offset: the broker assigns it
+        len(buffer) - 12,
+        -1,  # partition leader epoch
+        2,  # magic
+        0,  # CRC, below
+        0,  # attributes
+        count - 1,  # last offset delta
+        first_ms,
+        max_ms,
+        -1,  # producer id
+        -1,  # producer epoch
+        -1,  # base sequence
+        count,
     )
-    header += records
-    crc = calc_crc32c(memoryview(header)[21:])
-    struct.pack_into(">I", header, 17, crc)
-    return bytes(header)
+    with memoryview(buffer) as view:
+        crc = calc_crc32c(view[21:])
+    struct.pack_into(">I", buffer, 17, crc)
 
 
 def murmur2_partition(key: bytes, partition_count: int) -> int:

@@ -151,7 +151,7 @@ def sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
-READ_CONNECTIONS = 2
+READ_CONNECTIONS = 4
 """Connections the reads go over, each with a share of the streams."""
 
 

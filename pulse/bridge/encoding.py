@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pulse.bridge import _encode_py
-from pulse.bridge._encode_py import DONE, FULL, HEADER_SIZE, SLOW, batch
+from pulse.bridge._encode_py import DONE, FULL, HEADER_SIZE, SLOW, batch, seal
 
 __all__ = [
     "DONE",
@@ -21,6 +21,7 @@ __all__ = [
     "append_record",
     "batch",
     "encode_entries",
+    "seal",
 ]
 
 

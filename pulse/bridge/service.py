@@ -139,7 +139,8 @@ class Part:
 @dataclass
 class Round:
     """One round: per partition of the readings and the dead-letter topics, its records
-    encoded (pulse/bridge/encoding.py) and their count and timestamps (``stats``)."""
+    encoded (pulse/bridge/encoding.py) after room for the record batch's header, and their
+    count and timestamps (``stats``)."""
 
     readings: list[bytearray]
     readings_stats: list[int]
@@ -152,15 +153,18 @@ class Round:
 
     @classmethod
     def empty(cls, readings: int, letters: int) -> Round:
+        # The header's room counts against a batch's limit (the encoder adds HEADER_SIZE to
+        # a buffer's length): a batch is at most _kafka.BATCH_BYTES less that.
         return cls(
-            [bytearray() for _ in range(readings)],
+            [bytearray(encoding.HEADER_SIZE) for _ in range(readings)],
             [0] * (3 * readings),
-            [bytearray() for _ in range(letters)],
+            [bytearray(encoding.HEADER_SIZE) for _ in range(letters)],
             [0] * (3 * letters),
         )
 
-    def batches(self, readings: str, letters: str) -> dict[tuple[str, int], tuple[bytes, int]]:
-        """Each partition's record batch and its record count, by (topic, partition)."""
+    def batches(self, readings: str, letters: str) -> dict[tuple[str, int], tuple[bytearray, int]]:
+        """Each partition's record batch (its buffer, sealed in place) and its record count,
+        by (topic, partition)."""
         out = {}
         for topic, buffers, stats in (
             (readings, self.readings, self.readings_stats),
@@ -169,10 +173,8 @@ class Round:
             for partition, records in enumerate(buffers):
                 count, first, greatest = stats[3 * partition : 3 * partition + 3]
                 if count:
-                    out[(topic, partition)] = (
-                        encoding.batch(records, count, first, greatest),
-                        count,
-                    )
+                    encoding.seal(records, count, first, greatest)
+                    out[(topic, partition)] = (records, count)
         return out
 
 
@@ -239,7 +241,9 @@ class Bridge(Service):
         """Held by the reader for each read: a claim sets the group's cursor back, which no
         read may cross."""
         self._filled = asyncio.Event()
+        """Wakes the main loop: entries were read, or a stream was taken (to be claimed)."""
         self._consumed = asyncio.Event()
+        """Wakes the reader: a round took entries, or a stream became ready."""
         self._reading: asyncio.Future[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
@@ -602,6 +606,7 @@ class Bridge(Service):
         stream.skip = skip
         stream.drop_queue()
         stream.phase = READY
+        self._consumed.set()  # the reader reads it now, not after its idle wait
 
     async def _releases(self, sent: Round | None) -> None:
         leaving = [
@@ -938,6 +943,7 @@ class Bridge(Service):
                 self.streams[name] = stream
                 held.append(stream)
                 self.counters.acquired += 1
+                self._filled.set()  # the main loop claims it now, not after its idle wait
                 log.info("bridge: took %s (lease token %d)", name, stream.token)
 
     async def _discover(self) -> list[str]:
