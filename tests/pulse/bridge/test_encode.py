@@ -201,3 +201,81 @@ def test_a_full_partition_stops_the_round() -> None:
         assert 0 < index < 100 and len(ids) == index
         size = len(buffers[_encode_py.murmur2_partition(b"dev-1", PARTITIONS)])
         assert encoding.HEADER_SIZE + size <= 2000
+
+
+# Decimals at the edges of the C encoder's fast path (an integer up to 2**53 over a power of
+# ten up to 1e22) and of its range check by digits (290 before the point): the C encoder
+# must take or leave each entry as the definition does, with the same ts.
+EDGE_DECIMALS = [
+    b"9007199254740992",
+    b"9007199254740993",
+    b"900719925474099.3",
+    b"9007199254740993.5",
+    b"1796323010.059",
+    b"1796323010.0590001",
+    b"1796323010.05900000000000000000001",
+    b"0.0000000000000000000001",
+    b"0.00000000000000000000001",
+    b"-0.0",
+    b"-0.0000004",
+    b"-0.0000006",
+    b"1796323010.0000005",
+    b"1796323010.0000015",
+    b"12345678901234567",
+    b"123456789012345678",
+    b"1796323010.5e0",
+    b"17963230105E-1",
+    b"9" * 290,
+    b"9" * 291,
+    b"9" * 290 + b".9",
+    b"1e290",
+    b"1.0000000000000001e290",
+    b"-1e290",
+]
+
+
+@needs_c
+@pytest.mark.parametrize("text", EDGE_DECIMALS)
+def test_c_reads_edge_decimals_as_python(text: bytes) -> None:
+    base = [b"device", b"dev-1", b"metric", b"temperature"]
+    entries = [
+        [b"%d-0" % NOW_MS, [*base, b"value", text]],
+        [b"%d-1" % NOW_MS, [*base, b"value", b"1", b"ts", text]],
+    ]
+    # no ts: the entry's time, written as seconds with six decimals and read back
+    for ms in (NOW_MS, 1, 9_007_199_254_740, 9_007_199_254_741, 9_223_372_036_854):
+        entries.append([b"%d-0" % ms, [*base, b"value", b"2"]])
+    for one in entries:
+        in_c = encode_all(c_module, [one], learned_reader())
+        in_python = encode_all(_encode_py, [one], learned_reader())
+        assert in_c == in_python
+
+
+def test_a_sealed_buffer_is_the_batch() -> None:
+    reader = learned_reader()
+    fields = [b"device", b"dev-1", b"metric", b"temperature", b"value", b"1.5"]
+    entries = [[b"%d-%d" % (NOW_MS, i), fields] for i in range(10)]
+    buffers, stats, _, _, _ = encode_all(_encode_py, entries, reader)
+    for partition, records in enumerate(buffers):
+        count, first, greatest = stats[3 * partition : 3 * partition + 3]
+        if count:
+            sealed = bytearray(encoding.HEADER_SIZE) + records
+            encoding.seal(sealed, count, first, greatest)
+            assert bytes(sealed) == encoding.batch(records, count, first, greatest)
+            assert DefaultRecordBatch(bytes(sealed)).validate_crc()
+
+
+def test_an_encoded_produce_request_is_aiokafkas() -> None:
+    from aiokafka.protocol.produce import ProduceRequest
+
+    from pulse.bridge._kafka import EncodedProduce
+
+    topics = {"readings": [(0, b"batch-0"), (3, bytearray(b"batch-three"))], "dlq": [(1, b"x")]}
+    listed = [(topic, [(p, bytes(b)) for p, b in batches]) for topic, batches in topics.items()]
+    for version in range(3, 8):
+        versions = {0: (0, version)}
+        ours = EncodedProduce(-1, 30_000, topics).prepare(versions)
+        theirs = ProduceRequest(None, -1, 30_000, listed).prepare(versions)
+        assert ours.API_VERSION == theirs.API_VERSION == version
+        assert ours.encode() == theirs.encode()
+        assert ours.RESPONSE_TYPE is theirs.RESPONSE_TYPE
