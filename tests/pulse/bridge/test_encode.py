@@ -270,7 +270,10 @@ def test_an_encoded_produce_request_is_aiokafkas() -> None:
 
     from pulse.bridge._kafka import EncodedProduce
 
-    topics = {"readings": [(0, b"batch-0"), (3, bytearray(b"batch-three"))], "dlq": [(1, b"x")]}
+    topics: dict[str, list[tuple[int, bytes | bytearray]]] = {
+        "readings": [(0, b"batch-0"), (3, bytearray(b"batch-three"))],
+        "dlq": [(1, b"x")],
+    }
     listed = [(topic, [(p, bytes(b)) for p, b in batches]) for topic, batches in topics.items()]
     for version in range(3, 8):
         versions = {0: (0, version)}
