@@ -68,7 +68,9 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
     topic = env["PULSE_TOPIC_READINGS"]
     entries = build_entries(topic_prefix, 4, PER_DEVICE)
     asyncio.run(kafka.create_topics(broker, {topic: 4}))
-    producer = PacedProducer(broker, topic, entries).start()
+    # A slow trickle, so that readings still come when the second worker has run past the
+    # old bound (the producer is held while no worker runs).
+    producer = PacedProducer(broker, topic, entries, trickle_per_s=20).start()
     worker = WorkerProcess(env, tmp_path, "worker").start()
     client = redis.Redis.from_url(redis_url)
     try:
@@ -106,10 +108,11 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
 
         # Killed during the outage: the windows it closed wait in the aggregates topic, with
         # the InfluxDB writer's offsets not committed past them.
+        producer.hold()
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
-        producer.allow(0.8)
         worker = WorkerProcess(env, tmp_path, "worker-2").start()
         worker.wait_ready()
+        producer.resume()
         # Still current once the second worker has made more flushes than the old bound let
         # be in flight (at one per 0.1 s, 6.4 s): windows keep closing into Redis.
         past_bound = time.monotonic() + 7.5
