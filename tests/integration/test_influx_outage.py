@@ -108,6 +108,9 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
         # the InfluxDB writer's offsets not committed past them.
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
         producer.allow(0.8)
+        # Then a slower trickle, so readings still come after the wait below however long the
+        # second worker takes to start (at 40 a second they could all be in before it).
+        producer.trickle_per_s = 10
         worker = WorkerProcess(env, tmp_path, "worker-2").start()
         worker.wait_ready()
         # Still current once the second worker has made more flushes than the old bound let
@@ -118,6 +121,10 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
             producer.check()
             time.sleep(0.2)
         newest = newest_closed_start(client, topic_prefix)
+        # Readings after that (a tenth of the dataset, some 18 s of event time): their
+        # windows close, into Redis.
+        assert len(producer.stored) < 0.9 * producer.total
+        producer.allow(len(producer.stored) / producer.total + 0.1)
         wait_until(
             lambda: newest_closed_start(client, topic_prefix) > newest,
             "newer closed windows in Redis past the old in-flight bound, InfluxDB away",

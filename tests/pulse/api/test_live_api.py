@@ -66,7 +66,13 @@ async def stream_ids(client: aioredis.Redis, prefix: str) -> list[tuple[str, byt
 
 
 async def blocked_readers(client: aioredis.Redis) -> int:
-    return sum(1 for c in await client.client_list() if c.get("cmd") == "xread")
+    """Connections blocked in XREAD now (flag ``b``): ``cmd`` is only a connection's last
+    command, which an idle pooled connection keeps."""
+    return sum(
+        1
+        for c in await client.client_list()
+        if c.get("cmd") == "xread" and "b" in c.get("flags", "")
+    )
 
 
 @pytest.fixture
