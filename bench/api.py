@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import math
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -41,14 +40,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.dataset import create_topic, device_id, partition_for
-from bench.latency import LatencyResult, WarmUp, percentile, produce_and_poll, wait_ready
+from bench.latency import LatencyResult, WarmUp, percentile, started_load, wait_ready
 from pulse.local.stack import (
     BROKERS,
     ServerProcess,
@@ -216,12 +214,6 @@ async def produce_history(bootstrap: str, topic: str, now: float) -> list[int]:
     return starts[-HISTORY_WINDOWS:]
 
 
-def _produce_and_poll(queue: Any, kwargs: dict[str, Any]) -> None:
-    """bench.latency's producer and probes, in a process of its own (so that producing
-    10,000 readings/s does not delay the requests' sends)."""
-    queue.put(asyncio.run(produce_and_poll(**kwargs)))
-
-
 def wait_api(port: int, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,27 +290,17 @@ def run(args: argparse.Namespace) -> ApiBenchResult:
         processes.append(api)
         wait_api(api_port, api, api_log)
 
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
-        producer = context.Process(
-            target=_produce_and_poll,
-            args=(
-                results,
-                {
-                    "bootstrap": bootstrap,
-                    "topic": topic,
-                    "partitions": PARTITIONS,
-                    "redis_url": redis.url,
-                    "prefix": app_id,
-                    "rate": args.rate,
-                    # Both phases, and a second's margin for the process's start.
-                    "seconds": 2 * args.seconds + 1.0,
-                    "devices": DEVICES,
-                    "warmup": WarmUp(longest=WINDOW_SECONDS, settle=0.0, fixed=args.warmup),
-                },
-            ),
+        producer, results = started_load(
+            bootstrap=bootstrap,
+            topic=topic,
+            partitions=PARTITIONS,
+            redis_url=redis.url,
+            prefix=app_id,
+            rate=args.rate,
+            seconds=2 * args.seconds + 1.0,  # both phases, and a second for the start
+            devices=DEVICES,
+            warmup=WarmUp(longest=WINDOW_SECONDS, settle=0.0, fixed=args.warmup),
         )
-        producer.start()
         time.sleep(args.warmup + 0.5)
         base = f"http://127.0.0.1:{api_port}"
         devices = [device_id(n) for n in range(0, DEVICES, 10)]

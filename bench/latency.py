@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import multiprocessing
 import random
 import signal
 import subprocess
@@ -88,6 +89,21 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
         return None
     rank = max(1, round(q * len(sorted_values) + 0.5 - 1e-9))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def started_load(**kwargs: Any) -> tuple[Any, Any]:
+    """:func:`produce_and_poll` (``kwargs``) started in a forked process of its own, so that
+    producing thousands of readings per second delays nothing the calling process measures;
+    returns the process and the queue its :class:`LatencyResult` arrives on."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    process = context.Process(target=_produce_and_poll_into, args=(results, kwargs))
+    process.start()
+    return process, results
+
+
+def _produce_and_poll_into(queue: Any, kwargs: dict[str, Any]) -> None:
+    queue.put(asyncio.run(produce_and_poll(**kwargs)))
 
 
 async def produce_and_poll(

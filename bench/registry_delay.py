@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import random
 import subprocess
@@ -41,12 +40,11 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.dataset import create_topic, device_id
-from bench.latency import LatencyResult, WarmUp, percentile, produce_and_poll, wait_ready
+from bench.latency import LatencyResult, WarmUp, percentile, started_load, wait_ready
 from models.alerts import AbsenceRule, AlertRule, Device
 from pulse.local.stack import (
     BROKERS,
@@ -159,11 +157,6 @@ async def measure(args: argparse.Namespace, store: RegistryStore, port: int) -> 
     return changes
 
 
-def _produce_and_poll(queue: Any, kwargs: dict[str, Any]) -> None:
-    """bench.latency's producer and probes, in a process of its own."""
-    queue.put(asyncio.run(produce_and_poll(**kwargs)))
-
-
 def run(args: argparse.Namespace) -> DelayResult:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="pulse-bench-registry-"))
     servers: list[ServerProcess] = []
@@ -220,28 +213,19 @@ def run(args: argparse.Namespace) -> DelayResult:
             )  # fmt: skip
         wait_ready([(port, worker, log_path)], PARTITIONS)
 
-        context = multiprocessing.get_context("fork")
-        results = context.Queue()
         # The warm-up, the changes (at most 1.5 s apart plus the delay each) and a margin.
         seconds = args.changes * 2.5 + 5.0
-        producer = context.Process(
-            target=_produce_and_poll,
-            args=(
-                results,
-                {
-                    "bootstrap": bootstrap,
-                    "topic": topic,
-                    "partitions": PARTITIONS,
-                    "redis_url": redis.url,
-                    "prefix": app_id,
-                    "rate": args.rate,
-                    "seconds": seconds,
-                    "devices": args.devices,
-                    "warmup": WarmUp(longest=10, settle=0.0, fixed=args.warmup),
-                },
-            ),
+        producer, results = started_load(
+            bootstrap=bootstrap,
+            topic=topic,
+            partitions=PARTITIONS,
+            redis_url=redis.url,
+            prefix=app_id,
+            rate=args.rate,
+            seconds=seconds,
+            devices=args.devices,
+            warmup=WarmUp(longest=10, settle=0.0, fixed=args.warmup),
         )
-        producer.start()
         time.sleep(args.warmup)
 
         async def changes() -> list[Change]:

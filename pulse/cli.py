@@ -9,7 +9,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -951,6 +951,44 @@ def _echo_json(document: Any) -> None:
     click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
 
 
+def _change(what: str, change: Callable[[Any], Awaitable[int]]) -> None:
+    """One change of the registry (``change(store)``), then ``{what}: registry version N``."""
+    version = _registry(_settings(), change)
+    click.echo(f"{what}: registry version {version}")
+
+
+def _version_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--version", "version", type=int, default=None, help="As of this registry version."
+    )(command)
+
+
+def _listing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A list command's ``--version`` (as of which registry version) and ``--json``."""
+    command = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+    return _version_option(command)
+
+
+def _echo_listing(
+    version: int | None,
+    as_json: bool,
+    plural: str,
+    items: Callable[[Any], Sequence[Any]],
+    document: Callable[[Any], Any],
+    line: Callable[[Any], str],
+) -> None:
+    """The ``items`` of the registry snapshot as of ``version`` (default the newest): JSON
+    ``{"version": N, plural: [document(item)...]}``, or a count line and one line per item."""
+    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
+    listed = items(snapshot)
+    if as_json:
+        _echo_json({"version": snapshot.version, plural: [document(each) for each in listed]})
+        return
+    click.echo(f"registry version {snapshot.version}: {len(listed)} {plural}")
+    for each in listed:
+        click.echo(line(each))
+
+
 @main.group()
 def db() -> None:
     """The registry's PostgreSQL schema (PULSE_POSTGRES_URL)."""
@@ -992,10 +1030,8 @@ def devices_add(device_id: str, site: str | None, labels: tuple[str, ...], disab
     """Register device ID."""
     from models.registry import new_device
 
-    settings = _settings()
     device = _entry(lambda: new_device(device_id, site, _labels(labels), not disabled))
-    version = _registry(settings, lambda store: store.add_device(device))
-    click.echo(f"device {device_id} added: registry version {version}")
+    _change(f"device {device_id} added", lambda store: store.add_device(device))
 
 
 @devices.command("set")
@@ -1012,53 +1048,35 @@ def devices_set(
 
     if site is not None and no_site:
         raise _BadParameter("site: give --site or --no-site, not both")
-    settings = _settings()
     new_site: Any = None if no_site else (site if site is not None else KEEP)
     new_labels = _labels(labels) if labels else None
-    version = _registry(
-        settings,
+    _change(
+        f"device {device_id} changed",
         lambda store: store.set_device(
             device_id, site=new_site, labels=new_labels, enabled=enabled
         ),
     )
-    click.echo(f"device {device_id} changed: registry version {version}")
 
 
 @devices.command("rm")
 @click.argument("device_id", metavar="ID")
 def devices_rm(device_id: str) -> None:
     """Remove device ID (its history stays: earlier versions still hold it)."""
-    version = _registry(_settings(), lambda store: store.remove_device(device_id))
-    click.echo(f"device {device_id} removed: registry version {version}")
-
-
-def _version_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--version", "version", type=int, default=None, help="As of this registry version."
-    )(command)
+    _change(f"device {device_id} removed", lambda store: store.remove_device(device_id))
 
 
 @devices.command("list")
-@_version_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_listing_options
 def devices_list(version: int | None, as_json: bool) -> None:
     """The registered devices (as of --version, default the newest)."""
     from models.registry import device_document
 
-    registry = _registry(_settings(), lambda store: store.snapshot(version)).registry
-    if as_json:
-        _echo_json(
-            {
-                "version": registry.version,
-                "devices": [device_document(d) for d in registry.devices],
-            }
-        )
-        return
-    click.echo(f"registry version {registry.version}: {len(registry.devices)} devices")
-    for device in registry.devices:
+    def line(device: Any) -> str:
         labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items())) or "-"
         state = "enabled" if device.enabled else "disabled"
-        click.echo(f"{device.id:<24} {device.site or '-':<16} {state:<9} {labels}")
+        return f"{device.id:<24} {device.site or '-':<16} {state:<9} {labels}"
+
+    _echo_listing(version, as_json, "devices", lambda s: s.registry.devices, device_document, line)
 
 
 @main.group()
@@ -1102,7 +1120,6 @@ def rules_add(
     from models.registry import new_absence_rule, new_rule
     from pulse.api import _params
 
-    settings = _settings()
     if absent_for is not None:
         for option, given in (("window", window), ("aggregate", aggregate), ("op", comparison),
                               ("threshold", threshold), ("clear", clear_threshold)):  # fmt: skip
@@ -1115,8 +1132,7 @@ def rules_add(
                 enabled=not disabled,
             )
         )  # fmt: skip
-        version = _registry(settings, lambda store: store.add_absence_rule(absence))
-        click.echo(f"absence rule {name} added: registry version {version}")
+        _change(f"absence rule {name} added", lambda store: store.add_absence_rule(absence))
         return
     for option, given in (("window", window), ("aggregate", aggregate), ("op", comparison),
                           ("threshold", threshold)):  # fmt: skip
@@ -1129,16 +1145,14 @@ def rules_add(
             device=device, site=site, severity=severity, enabled=not disabled,
         )
     )  # fmt: skip
-    version = _registry(settings, lambda store: store.add_rule(rule))
-    click.echo(f"rule {name} added: registry version {version}")
+    _change(f"rule {name} added", lambda store: store.add_rule(rule))
 
 
 @rules.command("rm")
 @click.argument("name")
 def rules_rm(name: str) -> None:
     """Remove the alert or absence rule NAME."""
-    version = _registry(_settings(), lambda store: store.remove_rule(name))
-    click.echo(f"rule {name} removed: registry version {version}")
+    _change(f"rule {name} removed", lambda store: store.remove_rule(name))
 
 
 def _scope(selector: Any) -> str:
@@ -1217,35 +1231,27 @@ def silence_add(
 @click.argument("silence_id", metavar="ID", type=int)
 def silence_rm(silence_id: int) -> None:
     """Remove silence ID."""
-    version = _registry(_settings(), lambda store: store.remove_silence(silence_id))
-    click.echo(f"silence {silence_id} removed: registry version {version}")
+    _change(f"silence {silence_id} removed", lambda store: store.remove_silence(silence_id))
 
 
 @silence.command("list")
-@_version_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_listing_options
 def silence_list(version: int | None, as_json: bool) -> None:
     """The silences (as of --version), including those whose time has passed."""
     from models.registry import silence_document
 
-    registry = _registry(_settings(), lambda store: store.snapshot(version)).registry
-    if as_json:
-        _echo_json(
-            {
-                "version": registry.version,
-                "silences": [silence_document(s) for s in registry.silences],
-            }
-        )
-        return
-    click.echo(f"registry version {registry.version}: {len(registry.silences)} silences")
-    for s in registry.silences:
+    def line(s: Any) -> str:
         target = (
             f"device={s.device}" if s.device else f"site={s.site}" if s.site else "every device"
         )
-        click.echo(
+        return (
             f"{s.id:<6} {s.rule or '(every rule)':<20} {target} "
             f"until {_iso_utc(s.until_us / 1_000_000)}"
         )
+
+    _echo_listing(
+        version, as_json, "silences", lambda s: s.registry.silences, silence_document, line
+    )
 
 
 @main.group()
@@ -1271,27 +1277,17 @@ def notify_add(url: str, rule: str | None, severity: str | None) -> None:
 @click.argument("webhook_id", metavar="ID", type=int)
 def notify_rm(webhook_id: int) -> None:
     """Remove webhook ID."""
-    version = _registry(_settings(), lambda store: store.remove_webhook(webhook_id))
-    click.echo(f"webhook {webhook_id} removed: registry version {version}")
+    _change(f"webhook {webhook_id} removed", lambda store: store.remove_webhook(webhook_id))
 
 
 @notify.command("list")
-@_version_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_listing_options
 def notify_list(version: int | None, as_json: bool) -> None:
     """The webhooks (as of --version)."""
     from models.registry import webhook_document
 
-    snapshot = _registry(_settings(), lambda store: store.snapshot(version))
-    if as_json:
-        _echo_json(
-            {
-                "version": snapshot.version,
-                "webhooks": [webhook_document(w) for w in snapshot.webhooks],
-            }
-        )
-        return
-    click.echo(f"registry version {snapshot.version}: {len(snapshot.webhooks)} webhooks")
-    for w in snapshot.webhooks:
+    def line(w: Any) -> str:
         scope = f"rule {w.rule}" if w.rule else f"severity {w.severity}" if w.severity else "all"
-        click.echo(f"{w.id:<6} {w.url} ({scope})")
+        return f"{w.id:<6} {w.url} ({scope})"
+
+    _echo_listing(version, as_json, "webhooks", lambda s: s.webhooks, webhook_document, line)

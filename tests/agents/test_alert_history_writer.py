@@ -31,6 +31,7 @@ from pulse.settings import Settings
 from pulse.sinks.alert_history import AlertHistorySink
 from tests.helpers import kafka
 from tests.helpers.alerts import absence_alert, keyed, window_alert
+from tests.helpers.topic_writers import run_until_written
 
 
 def settings_for(p: str, broker: str, postgres_url: str, app: str) -> Settings:
@@ -105,16 +106,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 async def run_writer(settings: Settings, records: int) -> AlertHistoryWriter:
-    """Run a writer until it has written and committed ``records`` records."""
-    writer = AlertHistoryWriter(settings)
-    await writer.start()
-    try:
-        await until(lambda: writer.written >= records or writer.crashed, "all written")
-        assert not writer.crashed, writer.crash_reason
-        assert writer.written == records
-    finally:
-        await writer.stop()
-    return writer
+    return await run_until_written(AlertHistoryWriter(settings), records)
 
 
 def test_each_transition_is_one_row_whatever_replays(

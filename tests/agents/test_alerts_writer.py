@@ -16,7 +16,6 @@ in another order), change nothing and add no event.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import redis.asyncio as aioredis
@@ -28,6 +27,7 @@ from pulse.settings import Settings
 from pulse.sinks.alerts import AlertsSink, alert_record
 from tests.helpers import kafka
 from tests.helpers.alerts import absence_alert, alert_of, expected_alerts, keyed, window_alert
+from tests.helpers.topic_writers import run_until_written
 
 TTL = 3600
 Events = list[tuple[bytes, dict[bytes, bytes]]]
@@ -82,20 +82,8 @@ def scenario(p: str) -> tuple[list[AlertTransition], list[AlertTransition]]:
     return partition_0, partition_1
 
 
-async def run_writer(settings: Settings, records: int, timeout: float = 30.0) -> AlertsWriter:
-    """Run an alerts writer until it has written and committed ``records`` records."""
-    writer = AlertsWriter(settings)
-    await writer.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while writer.written < records:
-            assert time.monotonic() < deadline, f"wrote {writer.written} of {records} records"
-            assert not writer.crashed, writer.crash_reason
-            await asyncio.sleep(0.1)
-        assert writer.written == records
-    finally:
-        await writer.stop()
-    return writer
+async def run_writer(settings: Settings, records: int) -> AlertsWriter:
+    return await run_until_written(AlertsWriter(settings), records)
 
 
 async def redis_contents(

@@ -13,7 +13,6 @@ no event and change nothing.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import redis.asyncio as aioredis
@@ -23,6 +22,7 @@ from pulse.settings import Settings
 from pulse.sinks.kafka import aggregate_records
 from tests.helpers import kafka
 from tests.helpers.history import closed_window
+from tests.helpers.topic_writers import run_until_written
 
 LENGTH = 5
 TTL = 3600
@@ -71,20 +71,8 @@ def settings_for(prefix: str, broker: str, redis_url: str, app: str) -> Settings
     )
 
 
-async def run_writer(settings: Settings, records: int, timeout: float = 30.0) -> HistoryWriter:
-    """Run a history writer until it has written and committed ``records`` records."""
-    writer = HistoryWriter(settings)
-    await writer.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while writer.written < records:
-            assert time.monotonic() < deadline, f"wrote {writer.written} of {records} records"
-            assert not writer.crashed, writer.crash_reason
-            await asyncio.sleep(0.1)
-        assert writer.written == records
-    finally:
-        await writer.stop()
-    return writer
+async def run_writer(settings: Settings, records: int) -> HistoryWriter:
+    return await run_until_written(HistoryWriter(settings), records)
 
 
 async def redis_contents(

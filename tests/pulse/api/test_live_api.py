@@ -66,12 +66,12 @@ async def stream_ids(client: aioredis.Redis, prefix: str) -> list[tuple[str, byt
 
 
 async def blocked_readers(client: aioredis.Redis) -> int:
-    """Connections blocked in XREAD now (flag ``b``): ``cmd`` is only a connection's last
-    command, which an idle pooled connection keeps."""
+    """Connections blocked in XREAD now (flag ``b``; ``cmd`` alone names a connection's last
+    command, which an idle pooled connection keeps after its XREAD returned)."""
     return sum(
         1
         for c in await client.client_list()
-        if c.get("cmd") == "xread" and "b" in c.get("flags", "")
+        if "b" in c.get("flags", "") and c.get("cmd") == "xread"
     )
 
 

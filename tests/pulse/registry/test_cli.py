@@ -120,6 +120,17 @@ def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None
     ]
 
 
+def _rule(*options: str) -> list[str]:
+    """``pulse rules add r --metric m`` with ``options``."""
+    return ["rules", "add", "r", "--metric", "m", *options]
+
+
+def _mean_rule(op: str, threshold: str, *options: str) -> list[str]:
+    """An alert rule on the 10s window's mean."""
+    return _rule("--window", "10s", "--aggregate", "mean", "--op", op, "--threshold", threshold,
+                 *options)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -129,88 +140,21 @@ def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None
         (["devices", "add", "dev-0"], "Error: id: device 'dev-0' is already registered"),
         (["devices", "set", "dev-0", "--site", "s", "--no-site"], "Error: site: give --site"),
         (
-            [
-                "rules",
-                "add",
-                "r",
-                "--metric",
-                "m",
-                "--window",
-                "10s",
-                "--aggregate",
-                "avg",
-                "--op",
-                ">",
-                "--threshold",
-                "1",
-            ],
+            _rule("--window", "10s", "--aggregate", "avg", "--op", ">", "--threshold", "1"),
             "Error: aggregate: 'avg' is not one of count, sum, min, max, mean, first, last, "
             "p50, p95, p99",
         ),
+        (_mean_rule("=", "1"), "Error: comparison: '=' is not one of >, >=, <, <="),
+        (_mean_rule(">", "hot"), "Error: threshold: 'hot' is not a number"),
         (
-            [
-                "rules",
-                "add",
-                "r",
-                "--metric",
-                "m",
-                "--window",
-                "10s",
-                "--aggregate",
-                "mean",
-                "--op",
-                "=",
-                "--threshold",
-                "1",
-            ],
-            "Error: comparison: '=' is not one of >, >=, <, <=",
-        ),
-        (
-            [
-                "rules",
-                "add",
-                "r",
-                "--metric",
-                "m",
-                "--window",
-                "10s",
-                "--aggregate",
-                "mean",
-                "--op",
-                ">",
-                "--threshold",
-                "hot",
-            ],
-            "Error: threshold: 'hot' is not a number",
-        ),
-        (
-            [
-                "rules",
-                "add",
-                "r",
-                "--metric",
-                "m",
-                "--window",
-                "10s",
-                "--aggregate",
-                "mean",
-                "--op",
-                "<",
-                "--threshold",
-                "5",
-                "--clear",
-                "4",
-            ],
+            _mean_rule("<", "5", "--clear", "4"),
             "Error: clear_threshold: must be at least the threshold (5.0) for comparison '<', "
             "not 4.0",
         ),
-        (["rules", "add", "r", "--metric", "m", "--window", "10s"], "Error: aggregate: an alert"),
+        (_rule("--window", "10s"), "Error: aggregate: an alert"),
+        (_rule("--absent-for", "soon"), "Error: absent-for: 'soon'"),
         (
-            ["rules", "add", "r", "--metric", "m", "--absent-for", "soon"],
-            "Error: absent-for: 'soon'",
-        ),
-        (
-            ["rules", "add", "r", "--metric", "m", "--absent-for", "1m", "--severity", "loud"],
+            _rule("--absent-for", "1m", "--severity", "loud"),
             "Error: severity: 'loud' is not one of info, warning, critical",
         ),
         (["silence", "add", "--device", "dev-0"], "Error: until: give --until or --for"),
@@ -220,23 +164,11 @@ def test_db_upgrade_then_each_command_makes_a_version(postgres_url: str) -> None
             "Error: target: a silence is for a device or a site, not both",
         ),
         (
-            [
-                "rules",
-                "add",
-                "r",
-                "--metric",
-                "m",
-                "--absent-for",
-                "1m",
-                "--device",
-                "d",
-                "--site",
-                "s",
-            ],
+            _rule("--absent-for", "1m", "--device", "d", "--site", "s"),
             "Error: selector: a rule is for a device or a site, not both",
         ),
         (
-            ["rules", "add", "r", "--metric", "m", "--absent-for", "0s"],
+            _rule("--absent-for", "0s"),
             "Error: duration: must be more than 0 and at most a year",
         ),
         (
