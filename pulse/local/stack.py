@@ -71,6 +71,9 @@ POSTGRES_DATABASE = "pulse"
 START_TIMEOUT = 30.0
 KAFKA_START_TIMEOUT = 120.0
 """Apache Kafka's first start on a slow machine: a JVM, and the broker's own start-up."""
+POSTGRES_START_TIMEOUT = 90.0
+"""PostgreSQL's start on a slow, busy machine, beyond START_TIMEOUT as the JVMs' are (its first
+start makes the cluster with ``initdb`` before this counts)."""
 SEARCH_START_TIMEOUT = 180.0
 """OpenSearch's start on a slow, busy machine: a JVM, its launcher's own JVM before it, and
 the node's start-up (about 12 s on an idle 2-core machine)."""
@@ -1010,7 +1013,7 @@ def start_postgres(
     *,
     detached: bool = False,
     stop_with_parent: bool = False,
-    timeout: float = START_TIMEOUT,
+    timeout: float = POSTGRES_START_TIMEOUT,
 ) -> ServerProcess:
     """Start PostgreSQL in ``state_dir/postgres`` (its cluster made by ``initdb`` on first
     start, in :func:`postgres_data_dir`), with the database :data:`POSTGRES_DATABASE`; returns

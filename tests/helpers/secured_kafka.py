@@ -18,10 +18,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pulse.local import kafka
 from pulse.local.stack import LOOPBACK, ServerProcess, StackError, free_port, start_broker
 from tests.helpers.tls import CertificateAuthority, Issued
+from tests.servers import server_of_record, server_record
 
 PLAIN_USER = ("pulse-plain", "plain-Secret-4fd1c2")
 SCRAM_USER = ("pulse", "scram-Secret-9a7e33")
@@ -44,6 +46,29 @@ class SecuredKafka:
 
     def stop(self) -> None:
         self.server.stop()
+
+    def record(self) -> dict[str, Any]:
+        """JSON for the session's other test processes (:meth:`of_record`; tests/servers.py)."""
+        return {
+            "server": server_record(self.server),
+            **{name: getattr(self, name) for name in _URLS},
+            **{name: str(getattr(self, name)) for name in ("ca", "other_ca")},
+            "client": {"cert": str(self.client.cert), "key": str(self.client.key)},
+        }
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any]) -> SecuredKafka:
+        """The broker :meth:`record` recorded, as seen by a process that did not start it."""
+        return cls(
+            server=server_of_record(record["server"]),
+            **{name: record[name] for name in _URLS},
+            ca=Path(record["ca"]),
+            other_ca=Path(record["other_ca"]),
+            client=Issued(Path(record["client"]["cert"]), Path(record["client"]["key"])),
+        )
+
+
+_URLS = ("plaintext", "sasl_plaintext", "sasl_ssl", "mtls")
 
 
 def start_secured_kafka(root: Path) -> SecuredKafka:
@@ -83,6 +108,7 @@ def start_secured_kafka(root: Path) -> SecuredKafka:
         properties=properties,
         scram_users=dict([SCRAM_USER]),
     )
+    # stop_with_parent: a test run killed outright takes it along (see tests/servers.py).
     server = start_broker(root, kind="kafka", stop_with_parent=True, security=security)
     try:
         for name, port in ports.items():

@@ -5,6 +5,7 @@ answer's status, content type and body as the document says."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -84,7 +85,9 @@ def api_url(
     migrate.upgrade(registry_settings)
     asyncio.run(_fill_registry(registry_settings))
 
-    prefix = "openapi"
+    # Its own index names on the OpenSearch all the session's test processes share (this
+    # module's tests may run on both, each with this fixture).
+    prefix = f"openapi{os.getpid()}"
     client = redis.Redis.from_url(redis_url)
     client.hset(f"{prefix}:device:dev-1", mapping={"rpm": 7, "rpm:ts": 1790000000, "rpm:v": "1:1"})
     client.zadd(f"{prefix}:devices", {"dev-1": 1790000000})
