@@ -346,15 +346,15 @@ static int common(PyObject *entry_id, PyObject *fields, PyObject *names, PyObjec
     /* -1e290 <= float(value) <= 1e290: certain without parsing it for a number with no
      * exponent and at most 290 digits before any point (rounding is monotonic). */
     Py_ssize_t whole = 0;
-    int exponent = 0;
+    int exponent = 0, point = 0;
     for (Py_ssize_t i = 0; i < value_text.size; i++) {
         char c = value_text.data[i];
         if (c == 'e' || c == 'E') {
-            exponent = 1;
+            exponent = 1; /* also after a point: 1.5e300 */
             break;
         }
-        if (c == '.') break;
-        whole++;
+        if (c == '.') point = 1;
+        if (!point) whole++;
     }
     if (exponent || whole > 290) {
         double number;
