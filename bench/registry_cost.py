@@ -6,7 +6,7 @@ rules on every series (``--registry alerts``), in pairs with a run without, in a
 order, and prints the median of each pair's ratio. Issue 23's goal: requiring the registry
 costs at most 5 % of the CPU per reading (ratio <= 1.05).
 
-This machine's speed drifts by a quarter within minutes, more than the effect measured, so
+A shared machine's speed drifts within minutes by more than the effect measured, so
 each ratio is also printed with the drift cancelled: each run's CPU divided by its sink
 steps' (``kafka``, ``redis`` and ``influx``: the same windows made into the same outputs
 with or without a registry, so they time the machine, not the registry).
