@@ -131,11 +131,18 @@ async def read_stored(broker: str, topic: str) -> list[StoredEntry]:
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def stored_entries(broker: str, env: dict[str, str]) -> tuple[list[StoredEntry], list[StoredEntry]]:
+async def read_entries(
+    broker: str, env: dict[str, str]
+) -> tuple[list[StoredEntry], list[StoredEntry]]:
     """The bridge's records of the readings topic and of the dead-letter topic."""
-    readings = asyncio.run(read_stored(broker, env["PULSE_TOPIC_READINGS"]))
-    letters = asyncio.run(read_stored(broker, env["PULSE_TOPIC_DLQ"]))
+    readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
+    letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
     return readings, letters
+
+
+def stored_entries(broker: str, env: dict[str, str]) -> tuple[list[StoredEntry], list[StoredEntry]]:
+    """:func:`read_entries` outside an event loop."""
+    return asyncio.run(read_entries(broker, env))
 
 
 def assert_exactly_once(

@@ -27,7 +27,7 @@ from tests.helpers.bridge import (
     append,
     assert_exactly_once,
     bridge_env,
-    read_stored,
+    read_entries,
     reading_fields,
     stream_name,
 )
@@ -113,8 +113,7 @@ def test_every_entry_once_in_stream_order(broker: str, redis_url: str, topic_pre
             await until(lambda: drained(client, topic_prefix, 3), "the streams drained")
             assert {s.phase for s in bridge.streams.values()} == {READY}
             assert bridge.counters.produced + bridge.counters.dead_lettered == len(entries)
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters, invalid)
             settings = bridge.settings
             for record in readings:
@@ -191,8 +190,7 @@ def test_read_back_finds_what_a_dead_bridge_produced(
             assert second.counters.skipped == 400
             assert second.counters.produced + second.counters.dead_lettered == 200
             assert second.counters.read_backs >= 1
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
             assert {r.token for r in readings} == {1, 2}
         finally:
@@ -232,8 +230,7 @@ def test_a_round_that_may_have_failed_is_read_back(
             await until(lambda: drained(client, topic_prefix, 3), "the streams drained", 60)
             assert bridge.counters.failed_rounds > 0
             assert bridge.counters.skipped > 0
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
         finally:
             await bridge.stop()
@@ -275,8 +272,7 @@ def test_a_bridge_past_its_deadline_writes_nothing(
                 lambda: all(s.phase == LOST for s in first.streams.values()),
                 "the first bridge to find out",
             )
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
             assert {r.token for r in readings} == {1, 2}
         finally:
@@ -312,8 +308,7 @@ def test_bridges_share_the_streams(broker: str, redis_url: str, topic_prefix: st
             await until(lambda: held(second) == 4, "the second bridge to take every stream")
             appended.extend(append(client, gateway_entries(topic_prefix, 4, 10, seed=1)))
             await until(lambda: drained(client, topic_prefix, 4), "the streams drained again")
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
         finally:
             await second.stop()
@@ -342,8 +337,7 @@ def test_on_a_redis_cluster(broker: str, redis_cluster: Any, topic_prefix: str) 
         await bridge.start()
         try:
             await until(cluster_drained, "the streams drained", 60)
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
         finally:
             await bridge.stop()

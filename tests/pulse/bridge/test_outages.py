@@ -23,7 +23,7 @@ from tests.helpers.bridge import (
     append,
     assert_exactly_once,
     bridge_env,
-    read_stored,
+    read_entries,
     stream_name,
 )
 from tests.pulse.bridge.test_bridge import drained, gateway_entries, until
@@ -83,8 +83,7 @@ def test_redis_frozen_past_the_leases(
             await until(lambda: drained(client, topic_prefix, 2), "the rest moved", 60)
             await until(lambda: bridge.redis_health.state == "ok", "Redis ok again")
             assert bridge.counters.acquired == 4  # each stream taken again, read back
-            readings = await read_stored(broker, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(broker, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(broker, env)
             assert_exactly_once(appended, readings, letters)
         finally:
             await bridge.stop()
@@ -113,8 +112,7 @@ def test_broker_frozen_mid_stream(
             await asyncio.to_thread(thawed.join)
             appended.extend(append(client, entries[900:]))
             await until(lambda: drained(client, topic_prefix, 3), "the rest moved", 60)
-            readings = await read_stored(own_broker.url, env["PULSE_TOPIC_READINGS"])
-            letters = await read_stored(own_broker.url, env["PULSE_TOPIC_DLQ"])
+            readings, letters = await read_entries(own_broker.url, env)
             assert_exactly_once(appended, readings, letters)
         finally:
             await bridge.stop()
