@@ -717,7 +717,10 @@ class ServerProcess:
             raise ValueError(f"{kind} does not take {type(security).__name__}")
         self.name = name
         self.kind = kind
-        self.work_dir = Path(work_dir)
+        # Absolute: the server runs in its work directory, and its command names paths in it
+        # (redis-server's --dir); a relative one (the default .pulse/stack) would name a
+        # directory inside itself.
+        self.work_dir = Path(work_dir).absolute()
         self.port = port
         self.detached = detached
         self.stop_with_parent = stop_with_parent

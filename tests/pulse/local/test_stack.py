@@ -402,3 +402,17 @@ def test_stop_with_parent_server_dies_when_its_starter_is_killed(tmp_path: Path)
     while _pid_exists(redis_pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _pid_exists(redis_pid) is False
+
+
+def test_a_server_starts_in_a_relative_work_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pulse stack up` without --state-dir uses .pulse/stack, relative to where it runs; the
+    # server runs inside its work directory, so its paths must not be relative to it.
+    monkeypatch.chdir(tmp_path)
+    server = start_redis(Path(".pulse") / "stack")
+    try:
+        assert server.work_dir == tmp_path / ".pulse" / "stack" / "redis"
+        assert redis.Redis(port=server.port).ping() is True
+    finally:
+        server.stop()
