@@ -37,7 +37,7 @@ from models.outputs import DeadLetter, Latest, OpenView
 from pulse.changelog import ChangelogWriter, EncodedDelta
 from pulse.metrics import WorkerMetrics
 from pulse.settings import Settings
-from pulse.sinks._base import FlushBatch, Sink, SinkHealth
+from pulse.sinks._base import FlushBatch, NewestPerKey, Sink, SinkHealth
 from tables.partition_state import Drained, PartitionState
 
 log = logging.getLogger(__name__)
@@ -170,8 +170,8 @@ class MirrorLane:
     While its target answers it is a :class:`SinkLane`: writes in flush order, and a flush
     completes only once this sink wrote it. When a write fails (the sink's health leaves
     ``ok``, or a write has been under way for ``patience``) the lane detaches: every flush
-    waiting on it completes at once, and the batches of later flushes are folded into one
-    pending batch holding the newest entry per key (:meth:`FlushBatch.newest_per_key`), so
+    waiting on it completes at once, and the batches of later flushes are folded into the
+    newest entry per key (:class:`NewestPerKey`, each fold costing only the batch it adds), so
     its memory is bounded by the keys however long the target is away or slow, and Kafka,
     InfluxDB and the changelog go on. Once the sink's retried write goes through, the lane
     writes the pending batch, then attaches again. When a write made a new connection (the
@@ -196,7 +196,7 @@ class MirrorLane:
             tuple[FlushBatch, asyncio.Future[None], Callable[[], Awaitable[None]] | None]
         ] = []
         self._writing: list[asyncio.Future[None]] = []
-        self._pending: FlushBatch | None = None
+        self._pending: NewestPerKey | None = None
         self.detached = False
         """Flushes complete without this sink (its target is away or being rewritten)."""
         self._rewrite_due = False
@@ -244,9 +244,8 @@ class MirrorLane:
 
     def _fold(self, batch: FlushBatch) -> None:
         if self._pending is None:
-            self._pending = FlushBatch.newest_per_key([batch])
-        else:
-            self._pending = FlushBatch.newest_per_key([self._pending, batch])
+            self._pending = NewestPerKey()
+        self._pending.add(batch)
 
     def _health_changed(self, state: str) -> None:
         if state != SinkHealth.OK:
@@ -280,13 +279,13 @@ class MirrorLane:
                 log.warning("%s sink: caught up, flushes wait for it again", self.sink.name)
             gates: list[Callable[[], Awaitable[None]]] = []
             if self.detached or self._rewrite_due:
-                batches = [] if self._pending is None else [self._pending]
+                folded = NewestPerKey() if self._pending is None else self._pending
                 self._pending = None
                 if self._rewrite_due:
                     self._rewrite_due = False
-                    batches.append(self.live_state())
+                    folded.add(self.live_state())
                     self.rewrites += 1
-                batch = FlushBatch.newest_per_key(batches)
+                batch = folded.batch()
             elif self._waiting:
                 taken, self._waiting = self._waiting, []
                 self._writing = [written for _, written, _ in taken]

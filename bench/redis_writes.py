@@ -8,8 +8,8 @@ keys of one kind (``--kind``) in each of these ways:
 * ``K keys/call`` for each K of ``--keys-per-call``: the writes packed K keys per call.
 
 The kinds: ``open`` (the default), open windows' hashes (keys
-``bench:open:10s:dev-00042:temperature``, the 12 fields of a window: ten aggregates, start and
-end); ``device``, devices' hashes (keys ``bench:device:dev-00042``, per metric of
+``bench:open:10s:dev-00042:temperature``: a window's one field, its ten aggregates, start and
+end joined by spaces); ``device``, devices' hashes (keys ``bench:device:dev-00042``, per metric of
 ``--metrics`` its value and ``{metric}:ts``), as the latest values are written.
 
 The fenced writes are made by the sink's own builders (``open_view_writes`` or
@@ -44,7 +44,7 @@ from models.outputs import Latest, OpenView
 from pulse.local.stack import start_redis
 from pulse.sinks._resp import RespPipeline, pack
 from pulse.sinks._text import seconds_text
-from pulse.sinks.redis import FENCE_SCRIPT, WINDOW_FIELDS, fenced_calls
+from pulse.sinks.redis import FENCE_SCRIPT, WINDOW_FIELD, fenced_calls
 from tables import _native
 from tables.aggregators import Summary
 
@@ -110,7 +110,7 @@ def commands(
         if devices:
             writes = _native.latest_writes(devices, DEVICE_PREFIX, ttl_set, now, TTL)
         else:
-            writes = _native.open_view_writes(batch, PREFIX, ttl_set, now, TTL, WINDOW_FIELDS)
+            writes = _native.open_view_writes(batch, PREFIX, ttl_set, now, TTL, WINDOW_FIELD)
         return fenced_calls(writes, TTL, way.keys_per_call)
     out = []
     if devices:
@@ -123,8 +123,8 @@ def commands(
     for view in batch:
         assert isinstance(view, OpenView) and view.text is not None
         values = (*view.text, seconds_text(view.start_us), seconds_text(view.end_us))
-        fields = [item for pair in zip(WINDOW_FIELDS, values, strict=True) for item in pair]
-        out.append(pack("HSET", f"{PREFIX}10s:{view.device}:{view.metric}", *fields))
+        key = f"{PREFIX}10s:{view.device}:{view.metric}"
+        out.append(pack("HSET", key, WINDOW_FIELD, " ".join(values)))
     return out
 
 
@@ -196,11 +196,7 @@ def table(
     median = statistics.median
     per_key = {way: median([cpu for cpu, _ in runs]) for way, runs in results.items()}
     plain, one = (per_key[way] for way in list(results)[:2])
-    what = (
-        f"device writes ({args.metrics} metrics)"
-        if args.kind == "device"
-        else "window writes (12 fields)"
-    )
+    what = f"device writes ({args.metrics} metrics)" if args.kind == "device" else "window writes"
     lines = [
         f"Redis {version}: {args.writes:,} {what} per round, "
         f"{'with' if args.refresh else 'without'} the TTLs, median of {args.rounds} rounds",

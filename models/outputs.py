@@ -15,6 +15,9 @@ from typing import Any, NamedTuple
 AGGREGATES = ("count", "sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
 """The aggregates of every window, in the order every output writes them."""
 
+WINDOW_FIELDS = (*AGGREGATES, "start", "end")
+"""The fields of a window as readers see it (API, history, Redis), in this order."""
+
 AggregateText = tuple[str, ...]
 """The text of each aggregate, in the order of :data:`AGGREGATES`: ``count`` in decimal, the
 others as the shortest text that reads back as the same float, always finite (see

@@ -13,7 +13,7 @@ import orjson
 
 from pulse.redis_clients import RedisClient
 from pulse.settings import Settings
-from pulse.sinks.redis import RedisKeys
+from pulse.sinks.redis import RedisKeys, read_window
 
 
 def _number(raw: Any) -> int | float:
@@ -24,9 +24,10 @@ def _number(raw: Any) -> int | float:
         return float(text)
 
 
-def _numbers(mapping: Any) -> dict[str, int | float]:
-    """A window's hash as numbers, without its version (field ``v``)."""
-    return {_text(key): _number(value) for key, value in mapping.items() if _text(key) != "v"}
+def _numbers(mapping: Any) -> dict[str, int | float] | None:
+    """A window's hash as numbers, without its version (None: no window there)."""
+    window = read_window(mapping)
+    return None if window is None else {name: _number(text) for name, text in window.items()}
 
 
 def _text(raw: Any) -> str:
@@ -68,9 +69,10 @@ async def device_state(client: RedisClient, settings: Settings, device: str) -> 
         "sliding": {},
     }
     for (kind, label, metric), mapping in zip(wanted, results, strict=True):
-        if mapping:
+        window = _numbers(mapping)
+        if window is not None:
             name = label.removeprefix("sliding:")
-            out[kind].setdefault(name, {})[metric] = _numbers(mapping)
+            out[kind].setdefault(name, {})[metric] = window
     return out
 
 

@@ -45,7 +45,7 @@ def open_view_writes(
     ttl_set: dict[str, tuple[int, float]],
     now: float,
     ttl: int,
-    fields: tuple[str, ...],
+    field: str,
     /,
 ) -> list[tuple[bytes, bytes, int]]: ...
 def latest_writes(
@@ -60,7 +60,7 @@ def closed_window_writes(
     closed: Iterable[tuple[Any, ...]],
     closed_prefix: str,
     top_prefix: str,
-    fields: tuple[str, ...],
+    field: str,
     /,
 ) -> list[tuple[bytes, bytes, int]]: ...
 def aggregate_records(

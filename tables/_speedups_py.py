@@ -382,6 +382,17 @@ def _fields(names: tuple[str, ...], values: Iterable[str]) -> list[bytes]:
     return parts
 
 
+def _window_field(field: Any, values: tuple[str, ...]) -> list[bytes]:
+    """``field`` and the window's 12 values (the 10 aggregates' text, start, end) joined by
+    single spaces: the one field a window's hash holds beside its version."""
+    if not isinstance(field, str):
+        raise TypeError("the window's field must be a str")
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError("a window's values are str")
+    return [field.encode(), " ".join(values).encode()]
+
+
 def _version(first: Any, second: Any) -> bytes:
     """The version ``{first}:{second}`` (each as str() writes it), at most 128 bytes."""
     version = f"{first}:{second}".encode()
@@ -439,7 +450,7 @@ def open_view_writes(
     ttl_set: dict[str, tuple[int, float]],
     now: float,
     ttl: int,
-    fields: tuple[str, ...],
+    field: str,
     /,
 ) -> list[Write]:
     """RedisSink's writes of open views, one fenced write (kind ``w``) each, in order. Per
@@ -448,22 +459,23 @@ def open_view_writes(
     * no open window (state None): the key's removal, version ``{start}:inf`` (the view's
       start is the one of the window whose close left the series without one), refresh 1;
       the key leaves ``ttl_set``;
-    * otherwise its hash, version ``{start}:{count}``, with the 10 aggregates' text, start
-      and end (``fields`` names them); refresh is 1 unless ``ttl_set`` holds (start, time)
-      for the key with this window's start and a time at most ttl / 2 before ``now``, and
-      when it is 1 ``ttl_set[key]`` becomes (start, now).
+    * otherwise its hash, version ``{start}:{count}``, with ``field`` = the 10 aggregates'
+      text, start and end joined by single spaces; refresh is 1 unless ``ttl_set`` holds
+      (start, time) for the key with this window's start and a time at most ttl / 2 before
+      ``now``, and when it is 1 ``ttl_set[key]`` becomes (start, now).
     """
     if not isinstance(key_prefix, str) or not isinstance(ttl_set, dict):
         raise TypeError(
             "open_view_writes(views, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
-            "fields: tuple)"
+            "field: str)"
         )
-    if not isinstance(fields, tuple):
-        raise TypeError("fields: a tuple")
+    if not isinstance(field, str):
+        raise TypeError(
+            "open_view_writes(views, key_prefix: str, ttl_set: dict, now: float, ttl: int, "
+            "field: str)"
+        )
     now = _double(now)
     ttl = _long_long(ttl)
-    if len(fields) != 12:
-        raise ValueError("fields: the 10 aggregates, start and end")
     half = ttl / 2
     out: list[Write] = []
     for view in views:
@@ -488,7 +500,7 @@ def open_view_writes(
             or now - _double(known[1]) > half
         )
         version = _version(start, text[0])
-        out.append(_write(key_bytes, b"w", refresh, [version, *_fields(fields, values)]))
+        out.append(_write(key_bytes, b"w", refresh, [version, *_window_field(field, values)]))
         if refresh:
             ttl_set[key] = (start, now)
     return out
@@ -550,24 +562,23 @@ def closed_window_writes(
     closed: Iterable[tuple[Any, ...]],
     closed_prefix: str,
     top_prefix: str,
-    fields: tuple[str, ...],
+    field: str,
     /,
 ) -> list[Write]:
     """RedisSink's writes of closed windows. Of the windows of a series (window, device,
     metric), the one with the latest start; per series, in the order it first comes, with
     key = ``{closed_prefix}{window}:{device}:{metric}``: its fenced hash (kind ``w``,
-    refresh 1), version ``{start}:{count}``, with the aggregates' text, start and end; and
+    refresh 1), version ``{start}:{count}``, with ``field`` = the aggregates' text, start and
+    end joined by single spaces; and
     (version, mean, device) joins the members of ``{top_prefix}{window}:{metric}``. Then per
     top key, in the order it first comes, its fenced members (kind ``z``, refresh 1)."""
     if (
         not isinstance(closed_prefix, str)
         or not isinstance(top_prefix, str)
-        or not isinstance(fields, tuple)
-        or len(fields) != 12
+        or not isinstance(field, str)
     ):
         raise TypeError(
-            "closed_window_writes(closed, closed_prefix: str, top_prefix: str, "
-            "fields: the 10 aggregates, start and end)"
+            "closed_window_writes(closed, closed_prefix: str, top_prefix: str, field: str)"
         )
     newest: dict[tuple[Any, Any, Any], tuple[Any, ...]] = {}
     for window in closed:
@@ -584,7 +595,7 @@ def closed_window_writes(
         text = _text_of(window)
         values = (*text, seconds_text(window[3]), seconds_text(window[4]))
         version = _version(window[3], text[0])
-        out.append(_write(key, b"w", True, [version, *_fields(fields, values)]))
+        out.append(_write(key, b"w", True, [version, *_window_field(field, values)]))
         members = tops.get((window[2], window[1]))
         if members is None:
             members = tops[(window[2], window[1])] = []

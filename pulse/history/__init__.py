@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pulse.history._store import WINDOW_FIELDS, HistoryStore, StoreUnavailable, Window
+from models.outputs import WINDOW_FIELDS
+from pulse.history._store import HistoryStore, StoreUnavailable, Window
 from pulse.history.influx import InfluxStore, flux_query
 from pulse.history.victoria import VictoriaStore
 from pulse.redis_clients import RedisClient

@@ -1,9 +1,9 @@
 """What a reader of the time-series store gives: closed windows of one series in a range.
 
-A window is a dict of :data:`WINDOW_FIELDS` (times in epoch seconds, an integer when whole,
-as the ``aggregates`` records write them). Both readers read what the InfluxDB writer wrote
-(pulse/sinks/influx.py: measurement = metric, tags ``device`` and ``window``, one field per
-aggregate, time = window start in milliseconds).
+A window is a dict of :data:`models.outputs.WINDOW_FIELDS` (times in epoch seconds, an
+integer when whole, as the ``aggregates`` records write them). Both readers read what the
+InfluxDB writer wrote (pulse/sinks/influx.py: measurement = metric, tags ``device`` and
+``window``, one field per aggregate, time = window start in milliseconds).
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from models.outputs import AGGREGATES
-
-WINDOW_FIELDS = (*AGGREGATES, "start", "end")
-"""The fields of a window in a history answer, in this order."""
 
 Window = dict[str, Any]
 

@@ -70,33 +70,11 @@ class FlushBatch:
     @classmethod
     def newest_per_key(cls, batches: Sequence[FlushBatch]) -> FlushBatch:
         """Consecutive batches as one that holds, per key of a target that keeps only the
-        newest state per key (Redis), the newest entry: the last latest value per (device,
-        metric), open and sliding view per (window, device, metric), and the closed window
-        with the latest start per (window, device, metric) (ties: the later). Dead letters
-        and alerts are left out. Its size is bounded by the keys, however many batches it folds."""
-        latest: dict[tuple[str, str], Latest] = {}
-        views: dict[tuple[str, str, str], OpenView] = {}
-        sliding: dict[tuple[str, str, str], OpenView] = {}
-        closed: dict[tuple[str, str, str], ClosedWindow] = {}
+        newest state per key (Redis), the newest entry (see :class:`NewestPerKey`)."""
+        folded = NewestPerKey()
         for batch in batches:
-            for value in batch.latest:
-                latest[(value.device, value.metric)] = value
-            for view in batch.open_views:
-                views[(view.window, view.device, view.metric)] = view
-            for view in batch.sliding:
-                sliding[(view.window, view.device, view.metric)] = view
-            for window in batch.closed:
-                key = (window.window, window.device, window.metric)
-                before = closed.get(key)
-                if before is None or before.start_us <= window.start_us:
-                    closed[key] = window
-        return cls(
-            list(closed.values()),
-            list(views.values()),
-            list(latest.values()),
-            (),
-            list(sliding.values()),
-        )
+            folded.add(batch)
+        return folded.batch()
 
     @property
     def empty(self) -> bool:
@@ -107,6 +85,48 @@ class FlushBatch:
             or self.dead_letters
             or self.sliding
             or self.alerts
+        )
+
+
+class NewestPerKey:
+    """Batches folded one at a time into the newest entry per key of a target that keeps
+    only the newest state per key (Redis): the last latest value per (device, metric), open
+    and sliding view per (window, device, metric), and the closed window with the latest
+    start per (window, device, metric) (ties: the later). Dead letters and alerts are left
+    out. Its size is bounded by the keys however many batches it folds, and adding a batch
+    costs that batch's entries only (a mirroring lane folds every flush while its target is
+    away or slow; refolding what it held each time cost the worker more the longer that
+    lasted)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], Latest] = {}
+        self.views: dict[tuple[str, str, str], OpenView] = {}
+        self.sliding: dict[tuple[str, str, str], OpenView] = {}
+        self.closed: dict[tuple[str, str, str], ClosedWindow] = {}
+
+    def add(self, batch: FlushBatch) -> None:
+        """Fold ``batch``, which comes after every batch folded before."""
+        latest, views, sliding, closed = self.latest, self.views, self.sliding, self.closed
+        for value in batch.latest:
+            latest[(value.device, value.metric)] = value
+        for view in batch.open_views:
+            views[(view.window, view.device, view.metric)] = view
+        for view in batch.sliding:
+            sliding[(view.window, view.device, view.metric)] = view
+        for window in batch.closed:
+            key = (window.window, window.device, window.metric)
+            before = closed.get(key)
+            if before is None or before.start_us <= window.start_us:
+                closed[key] = window
+
+    def batch(self) -> FlushBatch:
+        """What was folded, as one batch."""
+        return FlushBatch(
+            list(self.closed.values()),
+            list(self.views.values()),
+            list(self.latest.values()),
+            (),
+            list(self.sliding.values()),
         )
 
 

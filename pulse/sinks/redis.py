@@ -9,21 +9,25 @@ Key layout (``P`` is ``PULSE_REDIS_PREFIX``; every key gets a TTL of ``PULSE_STA
   GT``: a score only grows, so a late write cannot move a device back); devices last seen
   more than the TTL before the newest event time written are trimmed, about once a minute
   (by event time, so a replay of old readings keeps its devices).
-* ``P:open:{window}:{device}:{metric}`` hash: the newest open window's partial aggregates
-  plus ``start``, ``end`` and its version ``v``; removed when it closes and no newer window is
-  open.
+* ``P:open:{window}:{device}:{metric}`` hash: the newest open window (its partial
+  aggregates) and its version ``v``; removed when it closes and no newer window is open.
 * ``P:closed:{window}:{device}:{metric}`` hash: the most recent closed window, and ``v``.
 * ``P:top:{window}:{metric}`` sorted set: device scored by its latest closed window's mean.
-* ``P:sliding:{size}:{device}:{metric}`` hash: a sliding window's aggregates plus ``start``
-  (exclusive) and ``end`` (inclusive, the key's latest event time), and ``v``; ``{size}`` as
-  written after ``sliding:`` in ``PULSE_WINDOWS``.
+* ``P:sliding:{size}:{device}:{metric}`` hash: a sliding window (``start`` exclusive, ``end``
+  inclusive: the key's latest event time), and ``v``; ``{size}`` as written after
+  ``sliding:`` in ``PULSE_WINDOWS``.
+
+A window's hash holds two fields: ``window``, its :data:`WINDOW_FIELDS` (``count sum min max
+mean first last p50 p95 p99 start end``) as text joined by single spaces, and ``v``. One
+field rather than twelve because an open window is rewritten on nearly every reading of its
+series, and Redis's cost of a fenced write grows with its fields (bench/README.md, issue 19).
 * ``{KEY}:v`` hash (the braces make it a Redis Cluster hash tag: it lives in KEY's slot),
   only where KEY cannot hold its versions: beside a top key, each member's version under the
   device (a member carries no fields); beside an open window's key once it is removed, its
   tombstone under ``v``. Scans of ``P:*`` do not match it.
 
 Readers (pulse/live_state.py) leave the version fields out: ``v`` of a window's hash, and
-``{metric}:v`` of a device's.
+``{metric}:v`` of a device's; :func:`read_window` reads a window's hash.
 
 Fencing. A worker that lost its partitions but does not know it yet (a zombie: paused,
 stalled, cut off) may still write what it drained before. Every write therefore carries the
@@ -91,7 +95,7 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from models.outputs import AGGREGATES, AggregateText
+from models.outputs import WINDOW_FIELDS, AggregateText
 from pulse.settings import redis_is_cluster
 from pulse.sinks._base import FlushBatch, Sink
 from pulse.sinks._cluster import ClusterPipeline
@@ -369,15 +373,30 @@ class RedisKeys:
         return f"{{{key}}}:v"
 
 
-WINDOW_FIELDS = (*AGGREGATES, "start", "end")
-"""The fields of an open, closed or sliding window's hash."""
+WINDOW_FIELD = "window"
+"""The field of an open, closed or sliding window's hash that holds its :data:`WINDOW_FIELDS`
+joined by single spaces (see the module doc)."""
 
 
 def window_hset(key: str, text: AggregateText, start_us: int, end_us: int, version: str) -> Write:
     """The fenced write (tables/_native: window_write) of a window's hash ``key``: ``count ..
     p99 start end`` from the shared aggregate text, at ``version``, with the TTLs set."""
     values = (*text, seconds_text(start_us), seconds_text(end_us))
-    return _native.window_write(key, version, WINDOW_FIELDS, values)
+    return _native.window_write(key, version, (WINDOW_FIELD,), (" ".join(values),))
+
+
+def read_window(stored: dict[Any, Any]) -> dict[str, str] | None:
+    """A window's hash as read from Redis (str or bytes names and values), as ``{field: text}``
+    for :data:`WINDOW_FIELDS`, without its version; None for no window (an absent key, or a
+    tombstone's hash)."""
+    packed = stored.get(WINDOW_FIELD, stored.get(WINDOW_FIELD.encode()))
+    if packed is None:
+        return None
+    text = packed.decode() if isinstance(packed, bytes) else str(packed)
+    values = text.split(" ")
+    if len(values) != len(WINDOW_FIELDS):
+        raise ValueError(f"a window's hash holds {len(values)} values, not {len(WINDOW_FIELDS)}")
+    return dict(zip(WINDOW_FIELDS, values, strict=True))
 
 
 def _bulk(part: bytes) -> bytes:
@@ -642,7 +661,7 @@ class RedisSink(Sink):
         # TTLs when a new window starts at the key, or half a TTL after the last).
         open_views = {(v.window, v.device, v.metric): v for v in batch.open_views}
         out += _native.open_view_writes(
-            open_views.values(), keys.open_prefix, self._open_ttl_set, now, ttl, WINDOW_FIELDS
+            open_views.values(), keys.open_prefix, self._open_ttl_set, now, ttl, WINDOW_FIELD
         )
 
         for view in {(v.window, v.device, v.metric): v for v in batch.sliding}.values():
@@ -655,6 +674,6 @@ class RedisSink(Sink):
         # Closed windows: a merged batch may close several windows of a series, and the one
         # with the latest start is written; each joins its top key.
         out += _native.closed_window_writes(
-            batch.closed, keys.closed_prefix, keys.top_prefix, WINDOW_FIELDS
+            batch.closed, keys.closed_prefix, keys.top_prefix, WINDOW_FIELD
         )
         return out

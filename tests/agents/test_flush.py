@@ -26,7 +26,7 @@ from pulse.local.stack import free_port, start_redis
 from pulse.metrics import worker_registry
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch, Sink
-from pulse.sinks.redis import RedisSink
+from pulse.sinks.redis import RedisSink, read_window
 from tables.partition_state import PartitionState
 from tables.windows import parse_windows
 
@@ -285,7 +285,7 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
         processor._submit_flush(apply("a", 14, 4.0), [])
         await processor._settle(0)  # done at once: folded
         assert lane._pending is not None
-        assert sorted((x.device, x.value) for x in lane._pending.latest) == [
+        assert sorted((x.device, x.value) for x in lane._pending.latest.values()) == [
             ("a", 4.0),
             ("b", 3.0),
         ]
@@ -310,8 +310,8 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
                 d: {k: v for k, v in stored.hgetall(f"m:device:{d}").items() if b":v" not in k}
                 for d in ("a", "b")
             }
-            closed = stored.hgetall("m:closed:10s:a:t")
-            opened = {d: stored.hget(f"m:open:10s:{d}:t", "count") for d in ("a", "b")}
+            closed = read_window(stored.hgetall("m:closed:10s:a:t"))
+            opened = {d: read_window(stored.hgetall(f"m:open:10s:{d}:t")) for d in ("a", "b")}
             top = stored.zrange("m:top:10s:t", 0, -1, withscores=True)
             back.stop()
             assert keys == [
@@ -327,8 +327,12 @@ def test_a_frozen_redis_is_let_go_of_and_rewritten_whole_on_its_return(
                 "a": {b"t": b"4.0", b"t:ts": b"14"},
                 "b": {b"t": b"5.0", b"t:ts": b"15"},
             }
-            assert (closed[b"start"], closed[b"count"], closed[b"sum"]) == (b"0", b"1", b"1.0")
-            assert opened == {"a": b"2", "b": b"2"}
+            assert closed is not None
+            assert (closed["start"], closed["count"], closed["sum"]) == ("0", "1", "1.0")
+            assert {d: window and window["count"] for d, window in opened.items()} == {
+                "a": "2",
+                "b": "2",
+            }
             assert top == [(b"a", 1.0)]
 
     lane = asyncio.run(run())

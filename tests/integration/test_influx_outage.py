@@ -26,6 +26,7 @@ from agents.flush import MAX_FLUSHES_IN_FLIGHT
 from pulse.local.stack import free_port, start_victoria
 from tests.helpers import kafka
 from tests.helpers.influx_proxy import InfluxProxy
+from tests.helpers.redis_windows import window_text
 from tests.helpers.scenarios import (
     PacedProducer,
     assert_outputs_exact,
@@ -51,9 +52,9 @@ OUTAGE_SECONDS = 24.0
 def newest_closed_start(client: redis.Redis, prefix: str) -> float:
     """The latest start of a closed 10s window in Redis (0 if none yet)."""
     starts = [
-        float(start)
+        float(window["start"])
         for key in client.scan_iter(f"{prefix}:closed:10s:*")
-        if (start := client.hget(key, "start")) is not None
+        if (window := window_text(client.hgetall(key))) is not None
     ]
     return max(starts, default=0.0)
 

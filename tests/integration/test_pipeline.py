@@ -25,6 +25,7 @@ import pytest
 
 from tests.helpers import kafka, victoria
 from tests.helpers.redis_cluster import SyncRedis, sync_redis
+from tests.helpers.redis_windows import window_text
 from tests.helpers.worker import WorkerProcess
 from tests.integration import dataset
 from tests.reference import QUANTILE_ACCURACY, Expected, Record, assert_window_fields, compute
@@ -215,12 +216,14 @@ def _hash(client: SyncRedis, key: str) -> dict[bytes, bytes]:
     return cast(dict[bytes, bytes], client.hgetall(key))
 
 
-def _window_hash(client: SyncRedis, key: str, version: str) -> dict[str, float]:
-    """A window's hash as numbers, after checking its version (its field ``v``, which the
-    contract's readers leave out): ``version``."""
+def _window_hash(client: SyncRedis, key: str, version: str) -> dict[str, str]:
+    """A window's fields as stored text, after checking its version (its field ``v``, which
+    the contract's readers leave out): ``version``."""
     stored = _hash(client, key)
-    assert stored.pop(b"v", None) == version.encode(), key
-    return {k.decode(): float(v) for k, v in stored.items()}
+    assert stored.get(b"v") == version.encode(), key
+    text = window_text(stored)
+    assert text is not None, key
+    return text
 
 
 def assert_redis(client: SyncRedis, prefix: str, expected: Expected) -> None:
@@ -249,15 +252,16 @@ def assert_redis(client: SyncRedis, prefix: str, expected: Expected) -> None:
     for (label, device, metric), start in newest.items():
         agg = expected.windows[(device, metric, label, start)]
         key = f"{prefix}:closed:{label}:{device}:{metric}"
-        shown = _window_hash(client, key, f"{start}:{agg['count']}")  # (start, count)
+        text = _window_hash(client, key, f"{start}:{agg['count']}")  # (start, count)
+        shown = {name: float(value) for name, value in text.items()}
         end = start + expected.window_sizes[label]
         fields: dict[str, Any] = {name: agg[name] for name in FIELDS}
         fields["start"] = start // 1_000_000
         fields["end"] = end // 1_000_000
         assert_window_fields(shown, fields, key)
         # Counts are written as integers, the rest so that they round-trip exactly.
-        assert client.hget(key, "count") == str(agg["count"]).encode()
-        assert client.hget(key, "sum") == repr(agg["sum"]).encode()
+        assert text["count"] == str(agg["count"])
+        assert text["sum"] == repr(agg["sum"])
         assert 0 < client.ttl(key) <= STATE_TTL
         tops.setdefault((label, metric), {})[device] = agg["mean"]
     for (label, metric), scores in tops.items():
@@ -278,8 +282,8 @@ def assert_sliding(client: SyncRedis, prefix: str, expected: Expected) -> None:
     assert found == set(wanted)
     for key, fields in wanted.items():
         version = f"{round(fields['end'] * 1_000_000)}:{fields['count']}"  # (end, count)
-        stored = _window_hash(client, key, version)
-        assert_window_fields(stored, fields, key)
+        text = _window_hash(client, key, version)
+        assert_window_fields({name: float(value) for name, value in text.items()}, fields, key)
         assert 0 < client.ttl(key) <= STATE_TTL
 
 

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from models.alerts import AlertTransition
 from tests.helpers import kafka
 from tests.helpers.alerts import absence_alert, alert_of, window_alert
+from tests.helpers.redis_windows import window_text
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import pipeline_env
 from tests.reference import Expected, Record, Valid, assert_window_fields, compute
@@ -265,16 +266,16 @@ def redis_numbers(client: redis.Redis, prefix: str, devices: list[str], device: 
     for metric in METRICS:
         rows[f"{metric}|latest|"] = {"value": latest[device][metric]}
         for label in WINDOWS_US:
-            held = client.hgetall(f"{prefix}:closed:{label}:{device}:{metric}")  # type: ignore[assignment]
+            window = window_text(client.hgetall(f"{prefix}:closed:{label}:{device}:{metric}"))
             rows[f"{metric}|closed|{label}"] = {
-                f: _number(held[f.encode()]) for f in FIELDS if f.encode() in held
+                f: _number(window[f].encode()) for f in FIELDS if window is not None
             }
             assert not client.exists(f"{prefix}:open:{label}:{device}:{metric}")
         for label in SLIDING_US:
             key = f"{prefix}:sliding:{label.removeprefix('sliding:')}:{device}:{metric}"
-            held = client.hgetall(key)  # type: ignore[assignment]
+            window = window_text(client.hgetall(key))
             rows[f"{metric}|sliding|{label.removeprefix('sliding:')}"] = {
-                f: _number(held[f.encode()]) for f in FIELDS if f.encode() in held
+                f: _number(window[f].encode()) for f in FIELDS if window is not None
             }
     ranked: list[tuple[bytes, float]] = client.zrevrange(  # type: ignore[assignment]
         f"{prefix}:top:2s:temperature", 0, 9, withscores=True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from models.outputs import ClosedWindow, DeadLetter, Latest, OpenView
-from pulse.sinks._base import FlushBatch
+from pulse.sinks._base import FlushBatch, NewestPerKey
 
 S = 1_000_000
 
@@ -43,3 +43,29 @@ def test_one_entry_per_key_the_newest_and_no_dead_letters() -> None:
     )
     # Folding again changes nothing: its size is bounded by the keys.
     assert FlushBatch.newest_per_key([folded, folded]) == folded
+
+
+def test_folding_one_batch_at_a_time_keeps_the_same_entries() -> None:
+    # A mirroring lane folds each flush's batch as it comes (NewestPerKey.add).
+    batches = [
+        FlushBatch(
+            closed=[closed("a", 10 * n, n)],
+            open_views=[view("a", 10 * n + 10, n), view(f"d{n % 3}", 0, n)],
+            latest=[Latest(f"d{n % 3}", "t", n * S, float(n), n)],
+        )
+        for n in range(1, 7)
+    ]
+    folded = NewestPerKey()
+    for batch in batches:
+        folded.add(batch)
+    assert folded.batch() == FlushBatch(
+        closed=[closed("a", 60, 6)],
+        open_views=[view("a", 70, 6), view("d1", 0, 4), view("d2", 0, 5), view("d0", 0, 6)],
+        latest=[
+            Latest("d1", "t", 4 * S, 4.0, 4),
+            Latest("d2", "t", 5 * S, 5.0, 5),
+            Latest("d0", "t", 6 * S, 6.0, 6),
+        ],
+        dead_letters=(),
+        sliding=[],
+    )

@@ -13,7 +13,7 @@ import redis
 from models.outputs import Latest
 from pulse.local.redis_cluster import RedisCluster
 from pulse.sinks._base import FlushBatch
-from pulse.sinks.redis import WINDOW_FIELDS, RedisSink, fenced_calls
+from pulse.sinks.redis import WINDOW_FIELD, RedisSink, fenced_calls
 from tables import _native
 from tests.pulse.sinks.test_redis_sink import view_of
 
@@ -33,7 +33,7 @@ def test_calls_for_a_cluster_hold_the_keys_of_one_slot(redis_cluster: RedisClust
     """Every call's keys (each key and its ``{KEY}:v``) are in one slot, as the cluster
     itself computes it, and every write is in exactly one call."""
     views = [view_of(f"dev-{n}", "t", "10s", 0, [1.0]) for n in range(300)]
-    writes = _native.open_view_writes(views, "p:open:", {}, 0.0, 60, WINDOW_FIELDS)
+    writes = _native.open_view_writes(views, "p:open:", {}, 0.0, 60, WINDOW_FIELD)
     writes += _native.latest_writes(
         [Latest(f"dev-{n}", "t", S, 1.0, 1) for n in range(300)], "p:device:", {}, 0.0, 60
     )

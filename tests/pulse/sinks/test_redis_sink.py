@@ -26,9 +26,10 @@ from pulse.sinks._text import seconds_text
 from pulse.sinks.redis import (
     FENCE_SCRIPT,
     FENCE_SHA,
-    WINDOW_FIELDS,
+    WINDOW_FIELD,
     RedisSink,
     fenced_calls,
+    read_window,
     window_hset,
 )
 from tables import _native
@@ -91,16 +92,13 @@ def fenced(key: str, kind: str, refresh: bool, *args: object) -> Write:
 def test_window_hset_packs_like_hiredis() -> None:
     text = ("3", "7.5", "1.0", "4.5", "2.5", "1.0", "4.5", "2.0", "4.49", "-0.0")
     for key in ("p:closed:10s:dev-1:temperature", "pülse:open:1m:dev-1:t"):
-        fields = [
-            item
-            for pair in zip(WINDOW_FIELDS, (*text, "0.001", "10"), strict=True)
-            for item in pair
-        ]
+        # one field: the 10 aggregates, start and end joined by single spaces
+        fields = ["window", "3 7.5 1.0 4.5 2.5 1.0 4.5 2.0 4.49 -0.0 0.001 10"]
         keys = b"$%d\r\n%s\r\n" % (len(key.encode()), key.encode())
         keys += b"$%d\r\n{%s}:v\r\n" % (len(key.encode()) + 4, key.encode())
-        args = packed("w", "1", "25", "10000000:3", *fields)
-        assert args.startswith(b"*28\r\n")
-        assert window_hset(key, text, 1_000, 10_000_000, "10000000:3") == (keys, args[5:], 28)
+        args = packed("w", "1", "3", "10000000:3", *fields)
+        assert args.startswith(b"*6\r\n")
+        assert window_hset(key, text, 1_000, 10_000_000, "10000000:3") == (keys, args[4:], 6)
         assert window_hset(key, text, 1_000, 10_000_000, "10000000:3") == (
             fenced(key, "w", True, "10000000:3", *fields)
         )
@@ -188,9 +186,8 @@ def hset_of(
 ) -> Write:
     """A window's fenced hash write, versioned (start, count)."""
     values = (*text, seconds_text(start_us), seconds_text(end_us))
-    fields = zip(WINDOW_FIELDS, values, strict=True)
     version = f"{start_us}:{text[0]}"
-    return fenced(key, "w", refresh, version, *(item for pair in fields for item in pair))
+    return fenced(key, "w", refresh, version, "window", " ".join(values))
 
 
 def test_open_view_writes() -> None:
@@ -248,7 +245,7 @@ def test_open_view_writes() -> None:
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     for now, views, expected in rounds:
         made = _native.open_view_writes(
-            views, sink.keys.open_prefix, sink._open_ttl_set, now, 60, WINDOW_FIELDS
+            views, sink.keys.open_prefix, sink._open_ttl_set, now, 60, WINDOW_FIELD
         )
         assert made == expected
     assert sink._open_ttl_set == {one: (10_000_000, 132.5), two: (11_500_000, 132.5)}
@@ -339,7 +336,7 @@ def test_closed_window_writes() -> None:
     ]
     sink = RedisSink("redis://127.0.0.1:1", "pülse", ttl_seconds=60)
     made = _native.closed_window_writes(
-        batch, sink.keys.closed_prefix, sink.keys.top_prefix, WINDOW_FIELDS
+        batch, sink.keys.closed_prefix, sink.keys.top_prefix, WINDOW_FIELD
     )
     expected = []
     for window in (kept, other, humidity, huge):
@@ -514,9 +511,11 @@ def test_a_merged_batch_writes_each_key_once_with_its_newest_value(
         b"temp:ts": b"12",
         b"temp:v": b"12000000:2",
     }
-    opened = client.hgetall(f"{topic_prefix}:open:10s:dev-1:temp")
-    assert (opened[b"count"], opened[b"sum"], opened[b"start"]) == (b"1", b"2.0", b"10")
-    assert opened[b"v"] == b"10000000:1"
+    stored = client.hgetall(f"{topic_prefix}:open:10s:dev-1:temp")
+    opened = read_window(stored)
+    assert opened is not None
+    assert (opened["count"], opened["sum"], opened["start"]) == ("1", "2.0", "10")
+    assert stored[b"v"] == b"10000000:1"
 
 
 def args_of(command: bytes) -> list[bytes]:
@@ -630,10 +629,11 @@ def view_of(
 
 
 def window_hash(window: ClosedWindow | OpenView, version: str) -> dict[str, str]:
-    """What a window's hash holds: its aggregates' text, start and end, and its version."""
+    """What a window's hash holds: its aggregates' text, start and end joined by single
+    spaces, and its version."""
     assert window.text is not None
     values = (*window.text, seconds_text(window.start_us), seconds_text(window.end_us))
-    return {**dict(zip(WINDOW_FIELDS, values, strict=True)), "v": version}
+    return {"window": " ".join(values), "v": version}
 
 
 def sliding_of(device: str, metric: str, end: int, values: list[float]) -> OpenView:
@@ -1385,3 +1385,25 @@ def fenced_state(
             beside_ttl = None
         out[name] = (data, versions, key_ttl, beside_ttl)
     return out
+
+
+def test_read_window_reads_the_one_field_and_nothing_else() -> None:
+    stored = {b"window": b"2 3.0 1.0 2.0 1.5 1.0 2.0 1.0 1.0 1.0 20 30", b"v": b"20000000:2"}
+    assert read_window(stored) == {
+        "count": "2",
+        "sum": "3.0",
+        "min": "1.0",
+        "max": "2.0",
+        "mean": "1.5",
+        "first": "1.0",
+        "last": "2.0",
+        "p50": "1.0",
+        "p95": "1.0",
+        "p99": "1.0",
+        "start": "20",
+        "end": "30",
+    }
+    assert read_window({}) is None  # no key
+    assert read_window({b"v": b"20000000:inf"}) is None  # a removal's tombstone hash
+    with pytest.raises(ValueError, match="holds 11 values, not 12"):
+        read_window({"window": "2 3.0 1.0 2.0 1.5 1.0 2.0 1.0 1.0 1.0 20"})
