@@ -48,6 +48,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.dataset import create_topic, device_id, partition_for
+from bench.measure import cpu_spent, process_cpu_seconds, server_pids, servers_cpu_seconds
 from pulse.local.stack import free_port
 from pulse.sinks._resp import RespPipeline, pack
 
@@ -74,6 +75,9 @@ class LatencyResult:
     event time equal to their production time, it lines ``worst_by_second`` up with the
     windows' ends."""
     workers: int = 1
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent in the measured part: the workers, the servers and this
+    process (``runner``): what the two cores were busy with, which the delays depend on."""
     warmup_seconds: float = 0.0
     """Production before the measured part (see WarmUp); its probes are reported apart."""
     warmup_probes: int = 0
@@ -119,9 +123,18 @@ async def produce_and_poll(
     poll_ms: float = 2.0,
     drain_seconds: float = 10.0,
     warmup: WarmUp | None = None,
+    cpu_pids: dict[str, int] | None = None,
 ) -> LatencyResult:
     """Produce for ``warmup`` and then ``seconds`` more; the delays of the probes produced
-    after the warm-up are the result (those before are reported apart)."""
+    after the warm-up are the result (those before are reported apart), with the CPU seconds
+    each process of ``cpu_pids`` (and this one, ``runner``) spent in the measured part."""
+    cpu_pids = cpu_pids or {}
+    cpu_before: dict[str, float] | None = None
+    cpu_after: dict[str, float] = {}
+
+    def cpu_now() -> dict[str, float]:
+        return {**servers_cpu_seconds(cpu_pids), "runner": process_cpu_seconds()}
+
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
     rng = random.Random(7)
@@ -171,7 +184,11 @@ async def produce_and_poll(
         tick = started
         while True:
             now = time.perf_counter()
+            if cpu_before is None and now >= measured_from:
+                cpu_before = cpu_now()
             if now >= end:
+                if cpu_before is not None:
+                    cpu_after = cpu_now()
                 break
             owed = int((now - started) * rate) - produced
             batches: dict[int, Any] = {}
@@ -257,6 +274,7 @@ async def produce_and_poll(
         p99_ms=_round(percentile(delays, 0.99)),
         max_ms=_round(delays[-1] if delays else None),
         worst_by_second=worst_by_second(measured_from, measured_seconds, measured),
+        cpu_seconds=cpu_spent(cpu_before, cpu_after) if cpu_before and cpu_after else {},
         measured_from_epoch=round(started_epoch + warmup_seconds, 3),
         warmup_seconds=round(warmup_seconds, 2),
         warmup_probes=len(produced_at) - len(measured),
@@ -396,9 +414,18 @@ def measure_latency(
                 )  # fmt: skip
             started.append((port, worker, log_path))
         wait_ready(started, partitions)
+        pids = {f"worker-{n}": worker.pid for n, (_, worker, _) in enumerate(started, 1)}
         result = asyncio.run(
             produce_and_poll(
-                bootstrap, topic, partitions, redis_url, prefix, rate, seconds, warmup=warmup
+                bootstrap,
+                topic,
+                partitions,
+                redis_url,
+                prefix,
+                rate,
+                seconds,
+                warmup=warmup,
+                cpu_pids={**server_pids(), **pids},
             )
         )
     finally:

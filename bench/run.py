@@ -316,6 +316,15 @@ def format_extras(
             f"latency ({workers}): worst delay (ms) of the probes of each second, from "
             f":{first:02d} past a minute: {worst}"
         )
+        if latency.cpu_seconds:
+            busy = sum(latency.cpu_seconds.values())
+            cores = os.cpu_count() or 1
+            spent = ", ".join(f"{name} {s:.1f}" for name, s in sorted(latency.cpu_seconds.items()))
+            print(
+                f"latency ({workers}): CPU seconds in the measured part: {spent}; in all "
+                f"{busy:.1f} of the {cores * latency.seconds:.0f} of {cores} cores "
+                f"({busy / cores / latency.seconds:.0%})"
+            )
         if latency.warmup_seconds:
             worst = _milliseconds(latency.warmup_worst_by_second)
             lines.append(
