@@ -4,12 +4,8 @@ and the check that every entry is in Kafka exactly once, in its stream's order."
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,8 +19,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.entries import entry_order
-from pulse.local.stack import free_port
 from tests.helpers import kafka
+from tests.helpers.worker import WorkerProcess
 from tests.reference import Invalid, Valid
 
 
@@ -188,79 +184,20 @@ def backlog(client: redis.Redis, streams: Iterable[str]) -> int:
     return sum(int(client.xlen(s)) for s in streams)
 
 
-class BridgeProcess:
-    """``pulse bridge`` as a child process of the test."""
+class BridgeProcess(WorkerProcess):
+    """``pulse bridge`` as a child process of the test (health and metrics on
+    ``PULSE_BRIDGE_PORT``)."""
 
     def __init__(self, env: dict[str, str], work_dir: Path, name: str = "bridge") -> None:
-        self.port = free_port()
-        self.env = {**os.environ, **env, "PULSE_BRIDGE_PORT": str(self.port)}
-        self.work_dir = work_dir
-        self.name = name
-        self.log_path = work_dir / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> BridgeProcess:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pulse", "bridge", "-l", "info"],
-            cwd=self.work_dir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                return dict(json.loads(r.read()))
-        except OSError:
-            return None
+        super().__init__(env, work_dir, name, command="bridge", port_variable="PULSE_BRIDGE_PORT")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
             return str(r.read().decode())
 
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            health = self.health()
-            if health and health["ready"]:
-                return health
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
-
     def send(self, sig: int) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-                raise AssertionError(f"{self.name} ignored {sig}:\n{self.log_tail()}") from None
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
 
 @dataclass

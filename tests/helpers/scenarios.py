@@ -235,7 +235,7 @@ def wait_until(
         if producer is not None:
             producer.check()
         for worker in workers:
-            worker._check_alive()
+            worker.check_alive()
         result = condition()
         if result:
             return result

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pulse.local.stack import free_port
 
@@ -36,7 +36,7 @@ class WorkerProcess:
         self.log_path = work_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
@@ -59,7 +59,7 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             health = self.health()
             if health and health["ready"]:
                 return health
@@ -70,7 +70,7 @@ class WorkerProcess:
         """Wait until this worker's partitions have applied every record below the ends."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self.check_alive()
             health = self.health() or {}
             offsets = {int(p): o for p, o in health.get("next_offsets", {}).items()}
             if offsets and all(offsets[p] >= end_offsets.get(p, 0) for p in offsets):
@@ -78,7 +78,7 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"{self.name} did not catch up:\n{self.log_tail()}")
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(

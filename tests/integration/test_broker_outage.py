@@ -66,7 +66,7 @@ def test_a_broker_outage_loses_and_repeats_nothing(
         assert not server.alive()
         down_until = time.monotonic() + OUTAGE_SECONDS
         while time.monotonic() < down_until:
-            worker._check_alive()
+            worker.check_alive()
             time.sleep(0.5)
         restarted = start_broker(tmp_path, port=port, kind="kafka", stop_with_parent=True)
         server = restarted

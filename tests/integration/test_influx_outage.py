@@ -118,7 +118,7 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
         # be in flight (at one per 0.1 s, 6.4 s): windows keep closing into Redis.
         past_bound = time.monotonic() + 7.5
         while time.monotonic() < past_bound:
-            worker._check_alive()
+            worker.check_alive()
             producer.check()
             time.sleep(0.2)
         newest = newest_closed_start(client, topic_prefix)
@@ -138,7 +138,7 @@ def test_influx_away_for_long_delays_only_influx_and_loses_nothing(
         worker = WorkerProcess(env, tmp_path, "worker-3").start()
         worker.wait_ready()
         while time.monotonic() < down_until:
-            worker._check_alive()
+            worker.check_alive()
             time.sleep(0.5)
 
         influx = start_victoria(tmp_path, port=port, stop_with_parent=True)

@@ -80,7 +80,7 @@ def test_redis_away_for_long_delays_only_redis_and_is_rewritten_on_return(
         producer.allow(0.7)
         applied, closed = sum(next_offsets(worker).values()), aggregates_count(broker, env)
         while time.monotonic() < frozen_until:
-            worker._check_alive()
+            worker.check_alive()
             producer.check()
             time.sleep(0.5)
         # Still frozen: the worker has applied (or soon applies) all that was produced.

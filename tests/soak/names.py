@@ -221,7 +221,7 @@ def main() -> int:
             try:
                 while not producing.done():
                     await asyncio.sleep(args.every)
-                    worker._check_alive()
+                    worker.check_alive()
                     at = time.monotonic() - began
                     rss = rss_mib(pid)
                     samples.append((at, rss))

@@ -398,7 +398,7 @@ class Soak:
         states: dict[str, str] = {}
         began = time.monotonic()
         while True:
-            self.worker._check_alive()
+            self.worker.check_alive()
             phase = self.phase
             phase.rss.append(rss_mib(self.pid))
             if self.newest_end:
@@ -449,7 +449,7 @@ class Soak:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             assert self.worker is not None
-            self.worker._check_alive()
+            self.worker.check_alive()
             await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
     async def influx_holds(self, keys: set[tuple[str, str, str, int]]) -> bool:
@@ -496,7 +496,7 @@ class Soak:
             if await condition():
                 return time.monotonic() - began
             assert self.worker is not None
-            self.worker._check_alive()
+            self.worker.check_alive()
             await asyncio.sleep(poll)
         return None
 
