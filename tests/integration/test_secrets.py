@@ -113,11 +113,14 @@ def stored_in_guarded_influx(influx_url: str, prefix: str) -> list[bytes]:
     """What the guarded VictoriaMetrics holds for ``prefix``'s devices (read with its
     credentials)."""
     query = urllib.parse.urlencode({"match[]": f'{{device=~"{prefix}-.*"}}', "start": "0"})
-    request = urllib.request.Request(f"{influx_url}/api/v1/export?{query}")
     credentials = base64.b64encode(":".join(INFLUX_BASIC_AUTH).encode()).decode()
-    request.add_header("Authorization", f"Basic {credentials}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return [line for line in response.read().splitlines() if line.strip()]
+    # The flush first (see tests/helpers/victoria.py), then the export.
+    for path in ("/internal/force_flush", f"/api/v1/export?{query}"):
+        request = urllib.request.Request(f"{influx_url}{path}")
+        request.add_header("Authorization", f"Basic {credentials}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+    return [line for line in body.splitlines() if line.strip()]
 
 
 def wait_for_log(worker: WorkerProcess, text: str, timeout: float = 30.0) -> None:

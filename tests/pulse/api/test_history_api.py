@@ -80,7 +80,7 @@ def test_history_from_redis_and_the_store_by_the_api_and_the_cli(
         query = {"window": "10s", "since": str(since), "until": str(until)}
         async with serving(settings, VictoriaStore(influx_url)) as (url, http):
             deadline = time.monotonic() + 30
-            while True:  # VictoriaMetrics shows a new series after up to 10 s
+            while True:  # VictoriaMetrics shows a new series about a second after the write
                 # Each try a range of its own (an empty answer is cached too); the same windows.
                 q = {**query, "since": str(since - (time.monotonic() % 1) / 1e3)}
                 async with http.get(f"{url}{path}", params=q) as response:

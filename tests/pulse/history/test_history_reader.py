@@ -75,7 +75,8 @@ def test_recent_windows_come_from_redis_older_ones_from_the_store_then_the_cache
             assert inside.store_error is None
 
             # From window 2: windows 2-6 from the store (polled: VictoriaMetrics shows a new
-            # series after up to 10 s; an empty answer is cached too, so clear it), 7-10
+            # series about a second after write_to_influx; an empty answer is cached too, so
+            # clear it), 7-10
             # from Redis (until excludes window 11's start).
             since, until = S + 20, S + 110
             key = cache_key(p, device, metric, "10s", since, S + 70)

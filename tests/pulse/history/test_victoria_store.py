@@ -33,7 +33,7 @@ def assert_windows(found: list[Window], want: list[dict[str, float]]) -> None:
 async def read_when_visible(
     store: VictoriaStore, args: tuple[str, str, str, float, float], count: int
 ) -> list[Window]:
-    """Poll: VictoriaMetrics shows a new series only after up to about 10 s."""
+    """Poll: VictoriaMetrics shows a new series about a second after write_to_influx."""
     deadline = time.monotonic() + 30
     while True:
         found = await store.read(*args)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +37,7 @@ from pulse.local.stack import (
     start_victoria,
     victoria_answers,
 )
+from tests.helpers import victoria
 
 pytestmark = pytest.mark.integration
 
@@ -73,12 +71,6 @@ async def _kafka_round_trip(broker: str, topic: str) -> list[tuple[bytes | None,
     finally:
         await consumer.stop()
     return [(record.key, record.value) for records in batches.values() for record in records]
-
-
-def _export(influx_url: str, match: str) -> list[dict]:
-    query = urllib.parse.urlencode({"match[]": match, "start": "0", "nocache": "1"})
-    with urllib.request.urlopen(f"{influx_url}/api/v1/export?{query}", timeout=5) as response:
-        return [json.loads(line) for line in response.read().decode().splitlines() if line]
 
 
 def _pid_exists(pid: int) -> bool:
@@ -144,12 +136,12 @@ def test_local_stack_serves_kafka_redis_influx_and_postgres_and_stops(
             record=f"stack_check,device=d1 mean=21.5 {timestamp_ms}",
             write_precision=WritePrecision.MS,
         )
-    # A new series becomes visible only after up to ~10 s: poll.
+    # A new series becomes visible after about a second (tests/helpers/victoria.py): poll.
     deadline = time.monotonic() + 15
-    exported = _export(endpoints.influx_url, '{__name__="stack_check_mean"}')
+    exported = victoria.export(endpoints.influx_url, '{__name__="stack_check_mean"}')
     while not exported and time.monotonic() < deadline:
         time.sleep(0.25)
-        exported = _export(endpoints.influx_url, '{__name__="stack_check_mean"}')
+        exported = victoria.export(endpoints.influx_url, '{__name__="stack_check_mean"}')
     assert exported == [
         {
             "metric": {"__name__": "stack_check_mean", "device": "d1"},
