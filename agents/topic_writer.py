@@ -105,7 +105,6 @@ class TopicWriter(Service, abc.ABC):
         self.sink_health.append(self.sink.health)
         session_ms = int(s.session_timeout * 1000)
         self.consumer = AIOKafkaConsumer(
-            self.source_topic(),
             **client_options(s),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -120,6 +119,11 @@ class TopicWriter(Service, abc.ABC):
             fetch_max_bytes=16 << 20,
         )
         await self.consumer.start()
+        # Subscribed after the start, which then returns at once: with the topic given to
+        # the constructor, aiokafka's start waits for the group's first assignment (on tansu
+        # a second or two per group, for each writer in turn as the worker starts); the join
+        # now goes on beside the other services' starts, and the first fetch waits for it.
+        self.consumer.subscribe([self.source_topic()])
         self._running = self.add_future(self._run())
 
     async def on_stop(self) -> None:
