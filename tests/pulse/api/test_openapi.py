@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -79,15 +80,16 @@ def api_url(
     kind."""
     import redis
 
-    postgres_url = postgres_server.url.rpartition("/")[0] + "/openapi"
-    create_database(postgres_server, "openapi")
+    # Names of this setup's own: a test process may set this module fixture up more than
+    # once (pytest-xdist's worksteal hands it the module's tests in more than one run), and
+    # the test processes share OpenSearch.
+    prefix = f"openapi{os.getpid()}x{secrets.token_hex(3)}"
+    postgres_url = postgres_server.url.rpartition("/")[0] + f"/{prefix}"
+    create_database(postgres_server, prefix)
     registry_settings = Settings.from_env({"PULSE_POSTGRES_URL": postgres_url})
     migrate.upgrade(registry_settings)
     asyncio.run(_fill_registry(registry_settings))
 
-    # Its own index names on the OpenSearch all the session's test processes share (this
-    # module's tests may run on both, each with this fixture).
-    prefix = f"openapi{os.getpid()}"
     client = redis.Redis.from_url(redis_url)
     client.hset(f"{prefix}:device:dev-1", mapping={"rpm": 7, "rpm:ts": 1790000000, "rpm:v": "1:1"})
     client.zadd(f"{prefix}:devices", {"dev-1": 1790000000})
