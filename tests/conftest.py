@@ -26,7 +26,7 @@
 - ``topic_prefix``: a fresh short prefix per test for topic, consumer-group and index names,
   unique across the session's processes too.
 
-The servers live for the whole session. Under pytest-xdist (scripts/test runs two processes)
+The servers live for the whole session. Under pytest-xdist (scripts/test runs three processes)
 each process starts its own, but for the JVMs (Apache Kafka, the secured Kafka and
 OpenSearch), which the first process that asks starts and every process then shares
 (tests/servers.py): tests using them must keep to their own names (``topic_prefix``) and never
