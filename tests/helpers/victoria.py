@@ -13,20 +13,30 @@ import json
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 
-def force_flush(influx_url: str) -> None:
-    """Make what VictoriaMetrics has accepted searchable now rather than within ~10 s."""
-    with urllib.request.urlopen(f"{influx_url}/internal/force_flush", timeout=10) as response:
-        response.read()
+def _get(url: str, headers: Mapping[str, str] | None) -> bytes:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bytes(response.read())
 
 
-def export(influx_url: str, match: str) -> list[dict[str, Any]]:
-    force_flush(influx_url)
+def force_flush(influx_url: str, headers: Mapping[str, str] | None = None) -> None:
+    """Make what VictoriaMetrics has accepted searchable now rather than within ~10 s
+    (``headers``: its credentials, where it asks for them)."""
+    _get(f"{influx_url}/internal/force_flush", headers)
+
+
+def export(
+    influx_url: str, match: str, headers: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every series that ``match`` selects, with all its samples, after a flush."""
+    force_flush(influx_url, headers)
     query = urllib.parse.urlencode({"match[]": match, "start": "0", "nocache": "1"})
-    with urllib.request.urlopen(f"{influx_url}/api/v1/export?{query}", timeout=10) as response:
-        return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+    body = _get(f"{influx_url}/api/v1/export?{query}", headers)
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
 def points(influx_url: str, match: str) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:

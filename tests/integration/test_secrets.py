@@ -24,10 +24,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from tests.helpers import victoria
 from tests.helpers.secured_redis import INFLUX_BASIC_AUTH, NO_CLIENT_CERTIFICATE, SecuredRedis
 from tests.helpers.worker import WorkerProcess
 from tests.integration.test_pipeline import (
@@ -109,18 +111,12 @@ def get(port: int, path: str) -> tuple[int, str]:
         return error.code, error.read().decode(errors="replace")
 
 
-def stored_in_guarded_influx(influx_url: str, prefix: str) -> list[bytes]:
+def stored_in_guarded_influx(influx_url: str, prefix: str) -> list[dict[str, Any]]:
     """What the guarded VictoriaMetrics holds for ``prefix``'s devices (read with its
     credentials)."""
-    query = urllib.parse.urlencode({"match[]": f'{{device=~"{prefix}-.*"}}', "start": "0"})
     credentials = base64.b64encode(":".join(INFLUX_BASIC_AUTH).encode()).decode()
-    # The flush first (see tests/helpers/victoria.py), then the export.
-    for path in ("/internal/force_flush", f"/api/v1/export?{query}"):
-        request = urllib.request.Request(f"{influx_url}{path}")
-        request.add_header("Authorization", f"Basic {credentials}")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
-    return [line for line in body.splitlines() if line.strip()]
+    headers = {"Authorization": f"Basic {credentials}"}
+    return victoria.export(influx_url, f'{{device=~"{prefix}-.*"}}', headers)
 
 
 def wait_for_log(worker: WorkerProcess, text: str, timeout: float = 30.0) -> None:
