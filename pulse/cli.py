@@ -462,7 +462,8 @@ def history(
             await client.aclose()
 
     try:
-        found = asyncio.run(read())
+        # The API's JSON, read back: the windows from Redis are JSON fragments until then.
+        found = orjson.loads(orjson.dumps(asyncio.run(read())))
     except ApiError as exc:
         raise click.ClickException(exc.message) from None
     except (RedisError, OSError) as exc:

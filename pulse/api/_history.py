@@ -50,7 +50,7 @@ async def history_answer(
 ) -> dict[str, Any]:
     """The answer of ``/api/history`` (and ``pulse history``) to the texts given: each
     checked by pulse/api/_params (:class:`ApiError` naming the bad one), then read
-    (pulse/history)."""
+    (pulse/history; the windows from Redis are JSON fragments for orjson to write)."""
     device = _params.device_name(device, "device")
     metric = _params.metric_name(metric, "metric")
     label = (

@@ -3,11 +3,13 @@
 Keys (``P`` is ``PULSE_REDIS_PREFIX``):
 
 * ``P:history:{window}:{device}:{metric}`` sorted set: the series' last
-  ``PULSE_HISTORY_LENGTH`` closed windows, each member the window's ``aggregates`` record
-  (its JSON as the topic holds it), scored by the window start in epoch seconds; TTL
-  ``PULSE_STATE_TTL``, set again by every write.
+  ``PULSE_HISTORY_LENGTH`` closed windows, each member the window as readers answer it (a
+  JSON object of :data:`WINDOW_FIELDS`, in that order: the ``/api/history`` reader writes
+  the members into its answer without parsing them), scored by the window start in epoch
+  seconds; TTL ``PULSE_STATE_TTL``, set again by every write.
 * ``P:events`` stream, capped at about :data:`EVENTS_MAXLEN` entries (approximate trimming):
-  one entry per closed window that a history write changed, field ``window`` = the JSON.
+  one entry per closed window that a history write changed, field ``window`` = its
+  ``aggregates`` record (the JSON as the topic holds it).
   Readers resume after an entry id (``/api/live``'s ``Last-Event-ID``).
 
 Exactness. The writer (agents/history_writer.py) reads the topic with its own consumer
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import orjson
 from redis.crc import key_slot
 
-from models.outputs import AGGREGATES
+from models.outputs import AGGREGATES, WINDOW_FIELDS
 from models.reading import NAME_PATTERN
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._event_stream import EVENTS_MAXLEN, EventStreamSink
@@ -55,18 +57,19 @@ HISTORY_SCRIPT = """\
 -- Cluster, where it is in another slot, the first history key instead: the caller adds the
 -- events); KEYS[2..]: history sorted sets. ARGV: length, TTL in seconds, the stream's
 -- MAXLEN, "1" when KEYS[1] is the stream, then per window (in order) the index of its key
--- in KEYS, its start (the score), its count and its JSON. A window whose start is
--- held replaces the member only with a higher count; the set keeps the newest `length` by
--- rank; an event is added for each window that the write put in the set (the stream gets
--- the TTL too). Returns the number of events added, or on a cluster the windows' JSON to add.
+-- in KEYS, its start (the score), its count, its member and its event. A window whose
+-- start is held replaces the member only with a higher count; the set keeps the newest
+-- `length` by rank; an event is added for each window that the write put in the set (the
+-- stream gets the TTL too). Returns the number of events added, or on a cluster the events
+-- to add.
 local length, ttl, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local added = 0
 local to_add = {}
 local stream = ARGV[4] == "1" and KEYS[1] or nil
 local written = {}
-for a = 5, #ARGV, 4 do
+for a = 5, #ARGV, 5 do
   local key = KEYS[tonumber(ARGV[a])]
-  local start, count, json = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local start, count, json, event = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
   local held = redis.call("ZRANGEBYSCORE", key, start, start)
   local write = true
   for _, member in ipairs(held) do
@@ -85,9 +88,9 @@ for a = 5, #ARGV, 4 do
     if size > length then redis.call("ZREMRANGEBYRANK", key, 0, size - length - 1) end
     if redis.call("ZSCORE", key, json) then
       if stream then
-        redis.call("XADD", stream, "MAXLEN", "~", maxlen, "*", "window", json)
+        redis.call("XADD", stream, "MAXLEN", "~", maxlen, "*", "window", event)
       else
-        to_add[#to_add + 1] = json
+        to_add[#to_add + 1] = event
       end
       added = added + 1
     end
@@ -111,8 +114,10 @@ class HistoryEntry:
     start: float
     """The window start, epoch seconds (the member's score)."""
     count: int
-    value: bytes
-    """The ``aggregates`` record as the topic holds it: the member and the event."""
+    member: bytes
+    """The window as readers answer it: :data:`WINDOW_FIELDS` as a JSON object."""
+    event: bytes
+    """The ``aggregates`` record as the topic holds it."""
 
 
 def history_entry(keys: RedisKeys, value: bytes | None) -> HistoryEntry:
@@ -156,7 +161,11 @@ def history_entry(keys: RedisKeys, value: bytes | None) -> HistoryEntry:
     if not isinstance(doc["tags"], dict):
         raise ValueError("not an aggregates record: tags is not an object")
     return HistoryEntry(
-        keys.history(window, device, metric), float(doc["start"]), count, value or b""
+        keys.history(window, device, metric),
+        float(doc["start"]),
+        count,
+        orjson.dumps({name: doc[name] for name in WINDOW_FIELDS}),
+        value or b"",
     )
 
 
@@ -221,7 +230,7 @@ class HistorySink(EventStreamSink[HistoryEntry]):
             args: list[bytes | str | int] = []
             for entry in chunk:
                 position = index.setdefault(entry.key, len(index) + 2)
-                args += [position, repr(entry.start), entry.count, entry.value]
+                args += [position, repr(entry.start), entry.count, entry.member, entry.event]
             out.append(
                 pack(
                     "EVALSHA",

@@ -26,6 +26,20 @@ from tests.helpers.topic_writers import run_until_written
 
 LENGTH = 5
 TTL = 3600
+WINDOW_FIELDS = [
+    "count",
+    "sum",
+    "min",
+    "max",
+    "mean",
+    "first",
+    "last",
+    "p50",
+    "p95",
+    "p99",
+    "start",
+    "end",
+]
 
 
 def history_reference(
@@ -130,8 +144,15 @@ def test_the_history_holds_the_newest_windows_once_and_a_replay_changes_nothing(
     assert len(events_0) == len(a) and len(events_1) == 5
 
     found, ttls, events = asyncio.run(redis_contents(redis_url, p))
-    assert found == {
-        f"{p}:history:{label}:{device}:{metric}": [(v, orjson.loads(v)["start"]) for v in values]
+    # Each member is the window as readers answer it: the window's fields in this order.
+    assert {
+        key: [(list(orjson.loads(member).items()), score) for member, score in members]
+        for key, members in found.items()
+    } == {
+        f"{p}:history:{label}:{device}:{metric}": [
+            ([(n, orjson.loads(v)[n]) for n in WINDOW_FIELDS], orjson.loads(v)["start"])
+            for v in values
+        ]
         for (label, device, metric), values in history.items()
     }
     assert all(0 < ttl <= TTL for ttl in ttls.values()), ttls

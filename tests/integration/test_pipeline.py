@@ -291,9 +291,9 @@ def assert_history(
     client: SyncRedis, prefix: str, expected: Expected, timeout: float = 30.0
 ) -> None:
     """The history writer's keys: per series the newest HISTORY_LENGTH windows of the
-    reference, each as its aggregates document, scored by its start, with the TTL; and one
-    event per closed window (every window entered its series' history when it closed, the
-    newest then; no run here repeats one)."""
+    reference, each as its aggregates, start and end, scored by its start, with the TTL; and
+    one event (its aggregates document) per closed window (every window entered its series'
+    history when it closed, the newest then; no run here repeats one)."""
     docs = expected.aggregate_documents()
     wanted: dict[str, list[dict[str, Any]]] = {}
     for window in sorted(docs, key=lambda k: k[3]):
@@ -313,7 +313,10 @@ def assert_history(
         held: list[tuple[bytes, float]] = client.zrange(history_key, 0, -1, withscores=True)  # type: ignore[assignment]
         assert [score for _, score in held] == [w["start"] for w in windows], history_key
         for (member, _), want in zip(held, windows, strict=True):
-            assert_window_fields(orjson.loads(member), want, history_key)
+            # The window as readers answer it: its aggregates, start and end, in that order.
+            window = orjson.loads(member)
+            assert list(window) == [*FIELDS, "start", "end"], history_key
+            assert_window_fields(window, {n: want[n] for n in window}, history_key)
         assert 0 < client.ttl(history_key) <= STATE_TTL
     streamed = [orjson.loads(fields[b"window"]) for _, fields in events]
     by_window = {(d["device"], d["metric"], d["window"], d["start"]): d for d in streamed}

@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -28,12 +29,14 @@ CACHE_TTL = 300
 
 
 def assert_answer(found: History, want: list[tuple[dict[str, Any], str]]) -> None:
-    """The windows, in order, each equal to its document (12 significant digits for one from
-    the store: VictoriaMetrics keeps those) and from the named source."""
-    assert [(w["start"], w["source"]) for w in found.windows] == [
+    """The windows, in order (as orjson writes them: those from Redis are the JSON it holds),
+    each equal to its document (12 significant digits for one from the store: VictoriaMetrics
+    keeps those) and from the named source."""
+    windows = orjson.loads(orjson.dumps(found.windows))
+    assert [(w["start"], w["source"]) for w in windows] == [
         (doc["start"], source) for doc, source in want
     ]
-    for got, (doc, source) in zip(found.windows, want, strict=True):
+    for got, (doc, source) in zip(windows, want, strict=True):
         assert set(got) == {*doc, "source"}
         for name, value in doc.items():
             if source == "redis":
@@ -98,8 +101,8 @@ def test_recent_windows_come_from_redis_older_ones_from_the_store_then_the_cache
             assert_answer(
                 again, [(d, "cache") for d in docs[2:7]] + [(d, "redis") for d in docs[7:11]]
             )
-            assert [dict(w, source=None) for w in again.windows] == [
-                dict(w, source=None) for w in found.windows
+            assert [dict(w, source=None) for w in orjson.loads(orjson.dumps(again.windows))] == [
+                dict(w, source=None) for w in orjson.loads(orjson.dumps(found.windows))
             ]
 
             # The store away (and nothing cached for this range): the Redis part, and why.
