@@ -81,10 +81,10 @@ return {acked, offsets}
 
 READ = """
 -- KEYS[1] lease, KEYS[2] stream. ARGV[1] the lease's value, ARGV[2] group, ARGV[3]
--- consumer, ARGV[4] count. XREADGROUP's answer (nil: no new entry), or -1: the lease is
--- not ARGV[1].
+-- consumer, ARGV[4] count. XREADGROUP's answer (NOACK; nil: no new entry), or -1: the
+-- lease is not ARGV[1].
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'NOACK',
                   'STREAMS', KEYS[2], '>')
 """
 
@@ -156,10 +156,10 @@ READ_CONNECTIONS = 4
 
 
 class Wire:
-    """The bridge's bulk commands (reads, checkpoints, XACK), packed by hiredis and sent on
+    """The bridge's bulk commands (reads, checkpoints), packed by hiredis and sent on
     connections of their own (pulse/sinks/_resp.py; on a Redis Cluster, its pipeline), their
     replies parsed by hiredis: redis-py would pack and parse each argument and entry in
-    Python. ``reads`` serve the reader, ``acks`` the checkpoints (a connection serves one
+    Python. ``reads`` serve the reader, ``checkpoints`` the checkpoints (a connection serves one
     caller at a time)."""
 
     SCRIPTS = (READ, CHECKPOINT)
@@ -168,7 +168,7 @@ class Wire:
         self.cluster = redis_is_cluster(settings.redis_url)
         self._load = [pack("SCRIPT", "LOAD", script) for script in self.SCRIPTS]
         self.reads = [self._connection(settings) for _ in range(READ_CONNECTIONS)]
-        self.acks = self._connection(settings)
+        self.checkpoints = self._connection(settings)
 
     def _connection(self, settings: Settings) -> RespPipeline | ClusterPipeline:
         if self.cluster:
@@ -192,7 +192,7 @@ class Wire:
         return await connection.execute(commands)
 
     async def close(self) -> None:
-        for connection in (*self.reads, self.acks):
+        for connection in (*self.reads, self.checkpoints):
             await connection.close()
 
 

@@ -12,21 +12,22 @@ bridge", says why each step is needed):
    (pulse/bridge/_kafka.py). A lease expires in Redis a whole lease after that renewal was
    sent, so a round written before the deadline is in the topic (in practice within
    milliseconds) long before anyone else can hold the lease.
-2. **Rounds.** Entries are read (XREADGROUP) into per-stream queues; a round takes entries
+2. **Rounds.** Entries are read (XREADGROUP NOACK: the group's cursor, no pending-entries
+   list; progress is ``acked`` below) into per-stream queues; a round takes entries
    of the streams in their order, makes each a record of ``readings`` (or, when it is no
    valid reading, of the dead-letter topic), headers ``pulse-stream``, ``pulse-entry``,
    ``pulse-lease``, one record batch per partition, and writes them in one request per
    broker. One round is in flight at a time (the next is read and built meanwhile), so a
    stream's records keep their order in each partition.
-3. **Checkpoints, XACK, XTRIM.** Once Kafka has acknowledged a round, each of its streams
-   gets a checkpoint (``{S}:bridge``: the last entry of the round, ``acked``, and the
-   partitions' end offsets as known then) with XACK of its entries and XTRIM MINID below
-   them, in one script. So every entry up to ``acked`` is in Kafka, and a record of an entry
-   after ``acked`` can only be at or after the checkpoint's offsets.
+3. **Checkpoints, XTRIM.** Once Kafka has acknowledged a round, each of its streams gets
+   a checkpoint (``{S}:bridge``: the last entry of the round, ``acked``, and the
+   partitions' end offsets as known then) with XTRIM MINID below them, in one script. So
+   every entry up to ``acked`` is in Kafka, and a record of an entry after ``acked`` can
+   only be at or after the checkpoint's offsets.
 4. **Read-back.** Taking a stream over (or after a round that failed, or any doubt), the
    bridge sets the group's cursor back to ``acked``, reads every partition of both topics
    from the checkpoint's offsets to their ends and collects the entry ids of the stream's
-   records there: those entries are already in Kafka and are acknowledged without being
+   records there: those entries are already in Kafka and are checkpointed without being
    produced again; the others are produced.
 """
 
@@ -454,7 +455,7 @@ class Bridge(Service):
         self, round_: Round, offsets: bytes, previous: asyncio.Task[None] | None
     ) -> None:
         """Each stream of a round that Kafka acknowledged: its checkpoint (fenced: the
-        acked entry, the offsets, the trim) and XACK of its entries, in one round trip."""
+        acked entry, the offsets, the trim), in one round trip."""
         if previous is not None:
             await previous
         parts = []
@@ -482,15 +483,14 @@ class Bridge(Service):
                         _redis.next_id(last),
                     )
                 )
-                commands.append(pack("XACK", stream.name, self.group, *part.ids))
             try:
-                replies = await self.wire.execute(self.wire.acks, commands)
+                replies = await self.wire.execute(self.wire.checkpoints, commands)
             except (RedisError, RedisReplyError, OSError, asyncio.IncompleteReadError) as exc:
                 self.redis_health.waiting(repr(exc))
                 await asyncio.sleep(backoff.next_wait())
                 continue
             self.redis_health.ok()
-            for (stream, part), answer in zip(parts, replies[::2], strict=True):
+            for (stream, part), answer in zip(parts, replies, strict=True):
                 if answer == -1:
                     self._lost(stream, "its checkpoint was refused")
                 else:
@@ -684,6 +684,7 @@ class Bridge(Service):
                             _redis.CONSUMER,
                             "COUNT",
                             count,
+                            "NOACK",
                             "STREAMS",
                             s.name,
                             ">",

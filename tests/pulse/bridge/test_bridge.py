@@ -145,6 +145,7 @@ def test_every_entry_once_in_stream_order(broker: str, redis_url: str, topic_pre
                 name = stream_name(topic_prefix, s)
                 last = max((i for st, i in appended if st == name), key=_order)
                 assert client.hget(state_key(name), "acked") == last.encode()
+                # The group is a cursor only (XREADGROUP NOACK): nothing pending in it.
                 assert client.xpending(name, f"{topic_prefix}app-bridge")["pending"] == 0
                 assert bridge.streams[name].backlog == 0
         finally:
