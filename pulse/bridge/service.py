@@ -735,8 +735,10 @@ class Bridge(Service):
             if not entries:
                 continue
             read += len(entries)
-            if stream.head:
-                stream.queue = stream.queue[stream.head :]
+            if stream.head > len(stream.queue) // 2:
+                # Taken entries dropped once they are half the queue: each entry is moved
+                # about once, where dropping them at every read moved a long queue each time.
+                del stream.queue[: stream.head]
                 stream.head = 0
             stream.queue += entries
             stream.cursor = entries[-1][0]
