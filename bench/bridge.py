@@ -17,14 +17,18 @@ streams) while no bridge runs, then:
    ``send_batch``, ``acks=all``, as the bridge asks): the ceiling of producing those records
    from Python, measured the same way.
 
-Prints both, and the bridge's rate as a share of the bare one (the goal: at least half).
-Run it on an idle machine: other work skews both.
+Prints both, and the bridge's rate as a share of the bare one (the goal: at least half, on
+one core). On a machine of two or more CPUs this process (the bridge, then the bare producer)
+runs on the first and the servers on the others (``--no-pin``: wherever the kernel puts
+them), so that neither run shares its core with Redis or the broker. Run it on an idle
+machine: other work skews both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 import tempfile
@@ -90,6 +94,19 @@ def process_cpu(server: ServerProcess) -> float:
         return (int(fields[11]) + int(fields[12])) / ticks
     except OSError:
         return 0.0
+
+
+def pin(servers: list[ServerProcess]) -> str:
+    """This process on its first allowed CPU, every thread of the servers on the others;
+    what was done, in words."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    os.sched_setaffinity(0, {cpus[0]})
+    for server in servers:
+        for task in Path(f"/proc/{server.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), set(cpus[1:]))
+    return f"this process on CPU {cpus[0]}, the servers on {', '.join(map(str, cpus[1:]))}"
 
 
 def fill(redis_url: str, entries: int, devices: int, streams: int) -> None:
@@ -221,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="leave the processes where the kernel puts them"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pulse-bench-bridge-") as tmp:
         root = Path(tmp)
         broker = start_broker(root, kind=args.broker, stop_with_parent=True)
         redis_server = start_redis(root, stop_with_parent=True)
         try:
+            pinned = "not pinned" if args.no_pin else pin([broker, redis_server])
             settings = Settings.from_env(
                 {
                     "PULSE_BROKER": broker.url,
@@ -242,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"appended {args.entries:,} entries ({args.devices:,} devices, {args.streams} "
                 f"streams) in {time.perf_counter() - began:.1f} s; broker {args.broker}, "
-                f"{args.partitions} partitions",
+                f"{args.partitions} partitions; {pinned}",
                 flush=True,
             )
             tune_gc()  # as `pulse bridge` does
