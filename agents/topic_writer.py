@@ -146,6 +146,7 @@ class TopicWriter(Service, abc.ABC):
         while not self.should_stop:
             batches = await consumer.getmany(timeout_ms=500, max_records=RECORDS_PER_WRITE)
             if not batches:
+                await self._note_positions(consumer)
                 continue
             items: list[Any] = []
             keys: list[bytes | None] = []
@@ -183,11 +184,21 @@ class TopicWriter(Service, abc.ABC):
             for tp, offset in offsets.items():
                 self.positions[tp.partition] = offset
 
+    async def _note_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """After a fetch that found nothing: the position of each partition held that no
+        write has placed yet (one whose records were all written before this writer took it),
+        so that :meth:`lag` shows it too."""
+        for tp in consumer.assignment():
+            if tp.partition not in self.positions:
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                    self.positions[tp.partition] = await consumer.position(tp)
+
     def lag(self) -> dict[int, int]:
-        """Per partition of its topic this writer holds and has fetched from,
-        records not yet written: the consumer's high watermark as of its last fetch minus the
-        offset of the first record not written (for ``/metrics``). While a write waits out
-        its target the writer fetches nothing, so the lag shown then stays where it was."""
+        """Per partition of its topic this writer holds and knows the position of (after a
+        write, or a fetch that found nothing), records not yet written: the consumer's high
+        watermark as of its last fetch minus the offset of the first record not written (for
+        ``/metrics``). While a write waits out its target the writer fetches nothing, so the
+        lag shown then stays where it was."""
         consumer = self.consumer
         lags: dict[int, int] = {}
         if consumer is None:
