@@ -22,24 +22,11 @@ from pulse.settings import Settings
 from pulse.sinks.kafka import aggregate_records
 from tests.helpers import kafka
 from tests.helpers.history import closed_window
+from tests.helpers.redis_windows import ORDER as WINDOW_FIELDS
 from tests.helpers.topic_writers import run_until_written
 
 LENGTH = 5
 TTL = 3600
-WINDOW_FIELDS = [
-    "count",
-    "sum",
-    "min",
-    "max",
-    "mean",
-    "first",
-    "last",
-    "p50",
-    "p95",
-    "p99",
-    "start",
-    "end",
-]
 
 
 def history_reference(
@@ -144,7 +131,7 @@ def test_the_history_holds_the_newest_windows_once_and_a_replay_changes_nothing(
     assert len(events_0) == len(a) and len(events_1) == 5
 
     found, ttls, events = asyncio.run(redis_contents(redis_url, p))
-    # Each member is the window as readers answer it: the window's fields in this order.
+    # Each member is the window as readers answer it: its fields in the contract's order.
     assert {
         key: [(list(orjson.loads(member).items()), score) for member, score in members]
         for key, members in found.items()
