@@ -25,6 +25,7 @@ import pytest
 
 from tests.helpers import kafka, victoria
 from tests.helpers.redis_cluster import SyncRedis, sync_redis
+from tests.helpers.redis_windows import ORDER as WINDOW_ORDER
 from tests.helpers.redis_windows import window_text
 from tests.helpers.worker import WorkerProcess
 from tests.integration import dataset
@@ -315,7 +316,7 @@ def assert_history(
         for (member, _), want in zip(held, windows, strict=True):
             # The window as readers answer it: its aggregates, start and end, in that order.
             window = orjson.loads(member)
-            assert list(window) == [*FIELDS, "start", "end"], history_key
+            assert tuple(window) == WINDOW_ORDER, history_key
             assert_window_fields(window, {n: want[n] for n in window}, history_key)
         assert 0 < client.ttl(history_key) <= STATE_TTL
     streamed = [orjson.loads(fields[b"window"]) for _, fields in events]

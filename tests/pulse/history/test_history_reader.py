@@ -28,11 +28,16 @@ LENGTH = 5
 CACHE_TTL = 300
 
 
+def plain(found: History) -> list[dict[str, Any]]:
+    """The windows as orjson writes them (those from Redis are the JSON it holds), read back."""
+    return list(orjson.loads(orjson.dumps(found.windows)))
+
+
 def assert_answer(found: History, want: list[tuple[dict[str, Any], str]]) -> None:
     """The windows, in order (as orjson writes them: those from Redis are the JSON it holds),
     each equal to its document (12 significant digits for one from the store: VictoriaMetrics
     keeps those) and from the named source."""
-    windows = orjson.loads(orjson.dumps(found.windows))
+    windows = plain(found)
     assert [(w["start"], w["source"]) for w in windows] == [
         (doc["start"], source) for doc, source in want
     ]
@@ -101,8 +106,8 @@ def test_recent_windows_come_from_redis_older_ones_from_the_store_then_the_cache
             assert_answer(
                 again, [(d, "cache") for d in docs[2:7]] + [(d, "redis") for d in docs[7:11]]
             )
-            assert [dict(w, source=None) for w in orjson.loads(orjson.dumps(again.windows))] == [
-                dict(w, source=None) for w in orjson.loads(orjson.dumps(found.windows))
+            assert [dict(w, source=None) for w in plain(again)] == [
+                dict(w, source=None) for w in plain(found)
             ]
 
             # The store away (and nothing cached for this range): the Redis part, and why.
