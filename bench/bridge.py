@@ -17,17 +17,18 @@ streams) while no bridge runs, then:
    ``send_batch``, ``acks=all``, as the bridge asks): the ceiling of producing those records
    from Python, measured the same way.
 
-Prints both, and the bridge's rate as a share of the bare one (the goal: at least half, on
-one core). On a machine of two or more CPUs this process (the bridge, then the bare producer)
-runs on the first and the servers on the others (``--no-pin``: wherever the kernel puts
-them), so that neither run shares its core with Redis or the broker. Run it on an idle
-machine: other work skews both.
+Prints both (with the time this process's garbage collector took in each), and the bridge's
+rate as a share of the bare one (the goal: at least half, on one core). On a machine of two
+or more CPUs this process (the bridge, then the bare producer) runs on the first and the
+servers on the others (``--no-pin``: wherever the kernel puts them), so that neither run
+shares its core with Redis or the broker. Run it on an idle machine: other work skews both.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import resource
 import sys
@@ -57,6 +58,7 @@ class Measured:
     cpu_seconds: float
     redis_cpu: float = 0.0
     broker_cpu: float = 0.0
+    gc: GcTime | None = None
 
     @property
     def rate(self) -> float:
@@ -74,11 +76,38 @@ class Measured:
                 f"({self.redis_cpu / self.entries * 1e6:.1f} us/entry), broker "
                 f"{self.broker_cpu:.2f} CPU s"
             )
+        collected = ""
+        if self.gc is not None:
+            collected = f"; its GC {self.gc.seconds:.2f} s in {self.gc.collections} collections"
         return (
             f"{self.label:14s} {self.entries:,} entries in {self.seconds:.2f} s: "
             f"{self.rate:,.0f}/s, {self.cpu_seconds:.2f} CPU s, {self.cpu_us:.1f} us CPU per "
-            f"entry{servers}"
+            f"entry{collected}{servers}"
         )
+
+
+class GcTime:
+    """The time this process's cyclic garbage collector took while it was on (``with``), and
+    its collections: the share of a run's CPU that the GC's thresholds decide."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._began
+            self.collections += 1
+
+    def __enter__(self) -> GcTime:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 def cpu() -> float:
@@ -131,8 +160,9 @@ async def run_bridge(
     began, cpu0 = time.perf_counter(), cpu()
     redis0, broker0 = process_cpu(redis), process_cpu(broker)
     counters = bridge.counters
-    while counters.produced + counters.dead_lettered < entries:
-        await asyncio.sleep(0.005)
+    with GcTime() as collected:
+        while counters.produced + counters.dead_lettered < entries:
+            await asyncio.sleep(0.005)
     seconds, cpu_seconds = time.perf_counter() - began, cpu() - cpu0
     measured = Measured(
         "pulse bridge",
@@ -141,6 +171,7 @@ async def run_bridge(
         cpu_seconds,
         process_cpu(redis) - redis0,
         process_cpu(broker) - broker0,
+        collected,
     )
     await bridge.stop()
     assert counters.dead_lettered == 0, "every synthetic reading is valid"
@@ -194,31 +225,32 @@ async def run_bare(
     count = sum(len(r) for r in records.values())
     began, cpu0 = time.perf_counter(), cpu()
     redis0, broker0 = process_cpu(redis), process_cpu(broker)
-    futures = []
-    for partition, found in records.items():
-        batch = producer.create_batch()
-        for record in found:
-            if (
-                batch.append(
-                    key=record.key,
-                    value=record.value,
-                    timestamp=record.timestamp,
-                    headers=list(record.headers),
-                )
-                is None
-            ):
-                batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(
-                    key=record.key,
-                    value=record.value,
-                    timestamp=record.timestamp,
-                    headers=list(record.headers),
-                )
-        batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*futures)
+    with GcTime() as collected:
+        futures = []
+        for partition, found in records.items():
+            batch = producer.create_batch()
+            for record in found:
+                if (
+                    batch.append(
+                        key=record.key,
+                        value=record.value,
+                        timestamp=record.timestamp,
+                        headers=list(record.headers),
+                    )
+                    is None
+                ):
+                    batch.close()
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(
+                        key=record.key,
+                        value=record.value,
+                        timestamp=record.timestamp,
+                        headers=list(record.headers),
+                    )
+            batch.close()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
     measured = Measured(
         "bare aiokafka",
         count,
@@ -226,6 +258,7 @@ async def run_bare(
         cpu() - cpu0,
         process_cpu(redis) - redis0,
         process_cpu(broker) - broker0,
+        collected,
     )
     await producer.stop()
     return measured

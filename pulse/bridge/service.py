@@ -69,9 +69,9 @@ log = logging.getLogger(__name__)
 ROUND_ENTRIES = 20_000
 """Entries in one round at most (a round is also cut where a partition's batch is full)."""
 READ_COUNT_MIN = 100
+"""Entries a read of one stream asks for at least."""
 READ_AHEAD = 3
 """Rounds' worth of entries the reader keeps queued per stream, at most."""
-"""Entries a read of one stream asks for at least."""
 IDLE_WAIT_MS = 250
 """How long the bridge blocks waiting for new entries when every stream is drained."""
 DEADLINE_SHARE = 0.5
@@ -194,14 +194,23 @@ class Counters:
     released: int = 0
 
 
+GC_YOUNG_THRESHOLD = 500_000
+"""Allocations between two young collections in a bridge process. Above the lists the queued
+entries hold (two per entry; about 160,000 for :data:`READ_AHEAD` rounds of
+:data:`ROUND_ENTRIES` and a read), so entries are mostly encoded and freed before a
+collection would scan them: at 50,000, 25 young collections took 0.36 s of a million
+entries' 2.5 s of CPU (bench/README.md, 2026-12-04 17:50)."""
+
+
 def tune_gc() -> None:
-    """The cyclic garbage collector for a bridge process: each read makes two lists per entry,
-    which collections every 700 allocations would scan again and again (as they would the
-    worker's state: pulse.app.tune_gc). What start-up made is frozen, and young collections
-    come every 50,000 allocations. For ``pulse bridge`` (not a library's business)."""
+    """The cyclic garbage collector for a bridge process: each read makes two lists per entry
+    (hiredis's reply), which collections every 700 allocations would scan again and again (as
+    they would the worker's state: pulse.app.tune_gc). What start-up made is frozen, and young
+    collections come every :data:`GC_YOUNG_THRESHOLD` allocations; cycles (asyncio's tasks and
+    exceptions) are still collected, later. For ``pulse bridge`` (not a library's business)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 class Bridge(Service):
