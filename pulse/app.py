@@ -8,7 +8,6 @@ with a message naming it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import logging
 import pkgutil
@@ -19,6 +18,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from pulse.api import ApiContext, HttpServer, Readiness, create_api
+from pulse.gc_tuning import SERVICE_THRESHOLDS, freeze_startup
 from pulse.history import history_store
 from pulse.kafka_clients import broker_credentials
 from pulse.metrics import RegistryCollector, WorkerMetrics, worker_collectors
@@ -195,24 +195,18 @@ def worker_http(
     return HttpServer(create_api(context, full=full), settings.web_port)
 
 
-GC_THRESHOLDS = (20_000, 20, 100)
-"""The worker's cyclic-GC thresholds (Python 3.11's defaults: 700, 10, 10); see tune_gc."""
-
-
 def tune_gc() -> None:
-    """Set the worker process's cyclic garbage collector for a large, long-lived state.
+    """Set the worker process's cyclic garbage collector for a large, long-lived state
+    (pulse.gc_tuning: start-up frozen, :data:`~pulse.gc_tuning.SERVICE_THRESHOLDS`).
 
     The window state (lists and dicts, millions of objects) is acyclic and freed by reference
     counting, but every full collection walks all of it while the loop waits, and each flush's
-    outputs live long enough to be promoted, which triggers full collections often. So the
-    objects start-up made are frozen and collections are rarer; cycles (asyncio tasks and
-    exceptions) are still collected. tables/_speedups.c creates the state's objects untracked
-    besides (none can be part of a cycle). Measured in bench/README.md (the latency run's
-    GC, and "Window outputs in C, off the garbage collector").
+    outputs live long enough to be promoted, which triggers full collections often.
+    tables/_speedups.c creates the state's objects untracked besides (none can be part of a
+    cycle). Measured in bench/README.md (the latency run's GC, and "Window outputs in C, off
+    the garbage collector").
     """
-    gc.collect()
-    gc.freeze()  # what start-up built lives as long as the process: never scan it again
-    gc.set_threshold(*GC_THRESHOLDS)
+    freeze_startup(SERVICE_THRESHOLDS)
 
 
 def __getattr__(name: str) -> faust.App:

@@ -209,6 +209,7 @@ def api(loglevel: str) -> None:
     from mode import Worker
 
     from pulse.api import ApiContext, HttpServer, Readiness, create_api
+    from pulse.gc_tuning import SERVICE_THRESHOLDS, freeze_startup
     from pulse.history import history_store
     from pulse.metrics import RegistryCollector, api_registry
     from pulse.redis_clients import redis_client
@@ -229,6 +230,7 @@ def api(loglevel: str) -> None:
         settings, redis, metrics, readiness, history_store(settings), device_registry=cache
     )
     server = HttpServer(create_api(context), settings.api_port)
+    freeze_startup(SERVICE_THRESHOLDS)  # no full collection walks what start-up imported
     Worker(server, loglevel=loglevel).execute_from_commandline()
 
 

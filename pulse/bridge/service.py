@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import os
@@ -56,6 +55,7 @@ from models.entries import EntryReader, RejectedEntry, entry_order, entry_time_m
 from models.outputs import EntryDeadLetter
 from pulse.bridge import _kafka, _redis, encoding
 from pulse.bridge._kafka import Fenced, FencedProducer, ProduceFailed
+from pulse.gc_tuning import freeze_startup
 from pulse.kafka_clients import client_options
 from pulse.redis_clients import RedisClient, redis_client
 from pulse.settings import Settings, redis_is_cluster
@@ -207,10 +207,8 @@ def tune_gc() -> None:
     (hiredis's reply), which collections every 700 allocations would scan again and again (as
     they would the worker's state: pulse.app.tune_gc). What start-up made is frozen, and young
     collections come every :data:`GC_YOUNG_THRESHOLD` allocations; cycles (asyncio's tasks and
-    exceptions) are still collected, later. For ``pulse bridge`` (not a library's business)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    exceptions) are still collected, later (pulse.gc_tuning). For ``pulse bridge``."""
+    freeze_startup((GC_YOUNG_THRESHOLD, 20, 100))
 
 
 class Bridge(Service):

@@ -11,7 +11,8 @@ from pathlib import Path
 import faust
 
 from pulse.api import HttpServer
-from pulse.app import GC_THRESHOLDS, create_app
+from pulse.app import create_app
+from pulse.gc_tuning import SERVICE_THRESHOLDS
 from pulse.settings import Settings
 
 PULSE = Path(__file__).resolve().parents[2] / "pulse"
@@ -30,7 +31,7 @@ def test_the_worker_app_tunes_the_cyclic_gc_for_a_large_state() -> None:
         [sys.executable, "-c", SHOW_GC], capture_output=True, text=True, check=True, timeout=60
     )
     after, frozen = json.loads(shown.stdout.splitlines()[-1])
-    assert tuple(after) == GC_THRESHOLDS == (20_000, 20, 100)
+    assert tuple(after) == SERVICE_THRESHOLDS == (20_000, 20, 100)
     assert frozen > 10_000  # the start-up objects (modules, Faust, aiokafka) are frozen
 
 

@@ -1,0 +1,27 @@
+"""The cyclic garbage collector of Pulse's long-running processes (worker, API, bridge).
+
+A full collection walks every object the collector tracks while the event loop waits: in a
+process that imported faust, aiohttp, redis-py and the rest, that is about a hundred
+milliseconds (two of them in each `pulse api` run of `bench.api`, 2026-12-04: answers held up
+that long). What start-up made lives as long as the process, so :func:`freeze_startup`
+collects once and freezes it (never scanned again), then sets the process's thresholds.
+Cycles made later (asyncio's tasks, exceptions) are still collected. Each process's caller
+says which thresholds and why (``pulse.app``, ``pulse.api``, ``pulse.bridge``); not a
+library's business, so only the process's command calls it.
+"""
+
+from __future__ import annotations
+
+import gc
+
+SERVICE_THRESHOLDS = (20_000, 20, 100)
+"""Thresholds for a worker or an API process (Python 3.11's defaults: 700, 10, 10): young
+collections every 20,000 allocations, so that a flush's outputs or a request's objects are
+mostly freed before one scans them, and older ones rarely."""
+
+
+def freeze_startup(thresholds: tuple[int, int, int]) -> None:
+    """Collect, freeze what the process made so far, and set ``thresholds``."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
