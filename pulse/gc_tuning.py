@@ -2,12 +2,12 @@
 
 A full collection walks every object the collector tracks while the event loop waits: in a
 process that imported faust, aiohttp, redis-py and the rest, that is about a hundred
-milliseconds (two of them in each `pulse api` run of `bench.api`, 2026-12-04: answers held up
-that long). What start-up made lives as long as the process, so :func:`freeze_startup`
-collects once and freezes it (never scanned again), then sets the process's thresholds.
-Cycles made later (asyncio's tasks, exceptions) are still collected. Each process's caller
-says which thresholds and why (``pulse.app``, ``pulse.api``, ``pulse.bridge``); not a
-library's business, so only the process's command calls it.
+milliseconds, during which no answer goes out (bench/README.md's log). What start-up made
+lives as long as the process, so :func:`freeze_startup` collects once and freezes it (never
+scanned again), then sets the process's thresholds. Cycles made later (asyncio's tasks,
+exceptions) are still collected. Each process's command says which thresholds and why
+(``pulse.app.tune_gc``, ``pulse api`` in pulse/cli.py, ``pulse.bridge.tune_gc``); not a
+library's business, so only a process's command calls it.
 """
 
 from __future__ import annotations

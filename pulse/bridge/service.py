@@ -198,8 +198,8 @@ GC_YOUNG_THRESHOLD = 500_000
 """Allocations between two young collections in a bridge process. Above the lists the queued
 entries hold (two per entry; about 160,000 for :data:`READ_AHEAD` rounds of
 :data:`ROUND_ENTRIES` and a read), so entries are mostly encoded and freed before a
-collection would scan them: at 50,000, 25 young collections took 0.36 s of a million
-entries' 2.5 s of CPU (bench/README.md, 2026-12-04 17:50)."""
+collection would scan them (at 50,000 they took about a seventh of the bridge's CPU:
+bench/README.md's log)."""
 
 
 def tune_gc() -> None:
