@@ -821,14 +821,16 @@ def _watch(
 ) -> None:
     """Read the devices' state every ``interval`` and ``show`` it, ``refreshes`` times (0:
     until interrupted); Redis away stops it with one message."""
-    from pulse.live_state import device_state, devices_page
+    from pulse.live_state import KnownMetrics, device_state, devices_page
+
+    known = KnownMetrics()
 
     async def snapshot(client: Any) -> dict[str, Any]:
         chosen = names
         if not chosen:
             page, _ = await devices_page(client, settings, "", None, count)
             chosen = [entry["device"] for entry in page]
-        states = [await device_state(client, settings, name) for name in chosen]
+        states = [await device_state(client, settings, name, known) for name in chosen]
         return {"time": time.time(), "devices": states}
 
     async def loop(client: Any) -> None:

@@ -7,6 +7,8 @@ contract's fields only.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -34,33 +36,77 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-async def device_state(client: RedisClient, settings: Settings, device: str) -> dict[str, Any]:
+class KnownMetrics:
+    """The metric names each device's hash held when it was last read, for the devices read
+    lately (at most ``size``; the least recently read are forgotten). A reader that knows a
+    device's metrics reads its windows in the same round trip as its hash: only a guess, what
+    the hash holds decides the answer (:func:`device_state`)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._names: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def get(self, device: str) -> tuple[str, ...]:
+        names = self._names.get(device)
+        if names is None:
+            return ()
+        self._names.move_to_end(device)
+        return names
+
+    def put(self, device: str, names: tuple[str, ...]) -> None:
+        self._names[device] = names
+        self._names.move_to_end(device)
+        if len(self._names) > self.size:
+            self._names.popitem(last=False)
+
+
+def _window_keys(
+    settings: Settings, keys: RedisKeys, device: str, metrics: Iterable[str]
+) -> dict[tuple[str, str, str], str]:
+    """The keys of a device's windows (open and closed per window, or sliding) for
+    ``metrics``, by (kind, window label, metric), in the order of the windows, then metrics."""
+    out = {}
+    for spec in settings.windows:
+        for metric in metrics:
+            if spec.kind == "sliding":
+                out[("sliding", spec.label, metric)] = keys.sliding(spec.label, device, metric)
+            else:
+                out[("open", spec.label, metric)] = keys.open(spec.label, device, metric)
+                out[("closed", spec.label, metric)] = keys.closed(spec.label, device, metric)
+    return out
+
+
+async def device_state(
+    client: RedisClient, settings: Settings, device: str, known: KnownMetrics | None = None
+) -> dict[str, Any]:
     """``{"device", "latest": {metric: {"value", "ts"}}, "open": {...}, "closed": {...},
     "sliding": {...}}``.
 
     ``open`` and ``closed`` map ``window -> metric -> fields``, ``sliding`` maps ``size ->
-    metric -> fields``; windows with no data are left out. Everything comes from one
-    pipelined round trip after reading the device hash.
+    metric -> fields``; windows with no data are left out, and so are the windows of metrics
+    the device hash does not hold. The hash and the windows of the metrics ``known`` names
+    for the device are read in one pipelined round trip; the windows of metrics it did not
+    name, in a second.
     """
     keys = RedisKeys(settings.redis_prefix)
-    latest = _latest(await client.hgetall(keys.device(device)))
-    metrics = sorted(latest)
-    wanted: list[tuple[str, str, str]] = []
-    for spec in settings.windows:
-        for metric in metrics:
-            if spec.kind == "sliding":
-                wanted.append(("sliding", spec.label, metric))
-            else:
-                wanted += [("open", spec.label, metric), ("closed", spec.label, metric)]
+    guessed = _window_keys(settings, keys, device, known.get(device) if known else ())
     pipe = client.pipeline(transaction=False)
-    for kind, label, metric in wanted:
-        if kind == "open":
-            pipe.hgetall(keys.open(label, device, metric))
-        elif kind == "closed":
-            pipe.hgetall(keys.closed(label, device, metric))
-        else:
-            pipe.hgetall(keys.sliding(label, device, metric))
-    results = await pipe.execute() if wanted else []
+    pipe.hgetall(keys.device(device))
+    for key in guessed.values():
+        pipe.hgetall(key)
+    replies = await pipe.execute()
+    latest = _latest(replies[0])
+    metrics = sorted(latest)
+    if known is not None:
+        known.put(device, tuple(metrics))
+    found = dict(zip(guessed, replies[1:], strict=True))
+    wanted = _window_keys(settings, keys, device, metrics)
+    missing = [where for where in wanted if where not in found]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for where in missing:
+            pipe.hgetall(wanted[where])
+        found.update(zip(missing, await pipe.execute(), strict=True))
     out: dict[str, Any] = {
         "device": device,
         "latest": latest,
@@ -68,8 +114,8 @@ async def device_state(client: RedisClient, settings: Settings, device: str) -> 
         "closed": {},
         "sliding": {},
     }
-    for (kind, label, metric), mapping in zip(wanted, results, strict=True):
-        window = _numbers(mapping)
+    for kind, label, metric in wanted:
+        window = _numbers(found[(kind, label, metric)])
         if window is not None:
             name = label.removeprefix("sliding:")
             out[kind].setdefault(name, {})[metric] = window

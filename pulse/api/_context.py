@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from pulse.history import HistoryStore
+from pulse.live_state import KnownMetrics
 from pulse.redis_clients import RedisClient
 from pulse.registry.cache import RegistryCache
 from pulse.settings import Settings
@@ -48,6 +49,9 @@ class ApiContext:
     ``/health/ready`` 503. A worker goes on without Redis (it mirrors to it)."""
     checks_redis: bool = True
     """Whether ``/health`` lists Redis among the dependencies (``pulse indexer`` uses none)."""
+    known_metrics: KnownMetrics = field(default_factory=KnownMetrics)
+    """The metrics of the devices answered lately: ``/api/devices/{device}`` reads a known
+    device's hash and windows in one round trip (pulse/live_state.py)."""
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("pulse_context", ApiContext)

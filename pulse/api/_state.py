@@ -47,7 +47,9 @@ async def devices(request: web.Request) -> web.Response:
 async def device(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
     name = _params.device_name(request.match_info["device"])
-    state = await live_state.device_state(context.redis, context.settings, name)
+    state = await live_state.device_state(
+        context.redis, context.settings, name, context.known_metrics
+    )
     if not state["latest"]:
         raise ApiError(404, f"device {name!r}: no live state (never seen, or expired)", "device")
     return json_response(state)

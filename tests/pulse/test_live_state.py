@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from models.outputs import ClosedWindow, Latest, OpenView
 from pulse.cli import main
-from pulse.live_state import device_state, top_devices
+from pulse.live_state import KnownMetrics, device_state, top_devices
 from pulse.redis_clients import redis_client
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
@@ -162,3 +162,85 @@ def test_readers_show_the_contract_fields_without_versions(
         "  temperature      latest 23.5 at ts 1700000010",
     ]
     assert ":v" not in table.output and " v=" not in table.output
+
+
+def test_a_device_read_with_known_metrics_answers_what_its_hash_holds_now(
+    redis_url: str, topic_prefix: str
+) -> None:
+    # KnownMetrics is a guess of a device's metrics, so that its windows are read in the same
+    # round trip as its hash: a metric added since is still answered (in a second round trip),
+    # one gone is left out, as they are without the guess.
+    settings = Settings.from_env(
+        {"PULSE_REDIS_URL": redis_url, "PULSE_REDIS_PREFIX": topic_prefix, "PULSE_WINDOWS": "10s"}
+    )
+    p, raw = topic_prefix, redis.Redis.from_url(redis_url)
+
+    def write(metric: str, value: int) -> None:
+        raw.hset(
+            f"{p}:device:dev-9",
+            mapping={metric: value, f"{metric}:ts": 1_700_000_005, f"{metric}:v": "1:1"},
+        )
+        text = f"1 {value} {value} {value} {value} {value} {value} {value} {value} {value}"
+        raw.hset(
+            f"{p}:closed:10s:dev-9:{metric}",
+            mapping={"window": f"{text} 1700000000 1700000010", "v": "1:1"},
+        )
+
+    def shown(state: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "latest": {m: v["value"] for m, v in state["latest"].items()},
+            "closed": {m: w["sum"] for m, w in state["closed"].get("10s", {}).items()},
+        }
+
+    async def reads() -> list[tuple[dict[str, Any], int]]:
+        client = redis_client(settings)
+        known = KnownMetrics(size=2)
+        trips = 0
+        pipeline = client.pipeline
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return pipeline(*args, **kwargs)
+
+        client.pipeline = counted  # type: ignore[method-assign]
+        out = []
+        try:
+            for step in ("first", "again", "added", "removed", "alone"):
+                if step == "added":
+                    write("humidity", 40)
+                if step == "removed":
+                    raw.hdel(f"{p}:device:dev-9", "temperature", "temperature:ts", "temperature:v")
+                trips = 0
+                if step == "alone":  # no guess: the other reader's way
+                    state = await device_state(client, settings, "dev-9")
+                else:
+                    state = await device_state(client, settings, "dev-9", known)
+                out.append((shown(state), trips))
+        finally:
+            await client.aclose()
+        return out
+
+    write("temperature", 21)
+    first, again, added, removed, alone = asyncio.run(reads())
+    assert first == ({"latest": {"temperature": 21}, "closed": {"temperature": 21}}, 2)
+    assert again == (first[0], 1)  # known: hash and windows in one round trip
+    assert added == (
+        {
+            "latest": {"humidity": 40, "temperature": 21},
+            "closed": {"humidity": 40, "temperature": 21},
+        },
+        2,
+    )
+    # The temperature's window is still in Redis, but the device no longer has the metric.
+    assert removed == ({"latest": {"humidity": 40}, "closed": {"humidity": 40}}, 1)
+    assert alone == (removed[0], 2)
+
+
+def test_known_metrics_forget_the_least_recently_read_devices() -> None:
+    known = KnownMetrics(size=2)
+    known.put("a", ("t",))
+    known.put("b", ("h",))
+    assert known.get("a") == ("t",)  # a read: b is now the least recent
+    known.put("c", ("t", "h"))
+    assert (known.get("a"), known.get("b"), known.get("c")) == (("t",), (), ("t", "h"))
