@@ -89,7 +89,7 @@ async def device_state(
     name, in a second.
     """
     keys = RedisKeys(settings.redis_prefix)
-    guessed = _window_keys(settings, keys, device, known.get(device) if known else ())
+    guessed = _window_keys(settings, keys, device, known.get(device) if known is not None else ())
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.device(device))
     for key in guessed.values():
