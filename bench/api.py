@@ -19,8 +19,10 @@ pulse api``, each in its own process, and:
    its queue in the figures (no coordinated omission).
 
 Prints JSON: per phase the requests, the statuses and error messages, p50, p99 and max in
-ms; and the freshness (bench.latency.LatencyResult) over both phases. The servers' data and
-the logs stay in the work directory the result names.
+ms, and the same answers as ``pulse api`` timed them itself (its request histogram on
+``/metrics``, scraped before and after the phase: what of the latency is the API's own and
+what the machine's queues); and the freshness (bench.latency.LatencyResult) over both
+phases. The servers' data and the logs stay in the work directory the result names.
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.dataset import create_topic, device_id, partition_for
 from bench.latency import LatencyResult, WarmUp, percentile, started_load, wait_ready
@@ -84,6 +87,12 @@ class PhaseResult:
     """p99 of how late requests were sent after their due time (the driver's own delay)."""
     errors: dict[str, int] = field(default_factory=dict)
     """The ``error`` messages of the answers other than 200, by message."""
+    server_p99_at_most_ms: float | None = None
+    """The API's own p99 as ``pulse api`` measured it (from the handler's start to its
+    return, without the driver's and the kernel's time): the smallest bucket bound of its
+    ``pulse_api_request_seconds`` histogram below which 99 % of the phase's answers fell."""
+    server_within_ms: dict[str, float] = field(default_factory=dict)
+    """The share of the phase's answers whose handler took at most each bucket bound (ms)."""
 
 
 @dataclass
@@ -173,6 +182,49 @@ async def drive(
         ]
         await asyncio.gather(*tasks)
     return phase_result(label, rate, seconds, latencies, statuses, late, errors)
+
+
+def request_buckets(metrics_text: str, route: str) -> dict[float, float]:
+    """The cumulative bucket counts of ``pulse_api_request_seconds`` for the 200 answers of
+    ``route`` in a ``/metrics`` text: ``{upper bound in seconds: count}``."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "pulse_api_request_seconds_bucket"
+                and labels.get("route") == route
+                and labels.get("status") == "200"
+            ):
+                buckets[float(labels["le"])] = sample.value
+    return buckets
+
+
+def server_view(
+    before: dict[float, float], after: dict[float, float], result: PhaseResult
+) -> PhaseResult:
+    """``result`` with the server's own figures of the phase: the difference of the
+    histogram's buckets scraped before and after it (see :class:`PhaseResult`)."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(math.inf, 0.0)
+    if not total:
+        return result
+    within = {
+        f"{bound * 1000:g}": round(count / total, 4)
+        for bound, count in counts.items()
+        if bound != math.inf
+    }
+    p99 = next((bound for bound, count in counts.items() if count >= 0.99 * total), math.inf)
+    return replace(
+        result,
+        server_p99_at_most_ms=None if p99 == math.inf else p99 * 1000,
+        server_within_ms=within,
+    )
+
+
+def scrape_metrics(base_url: str) -> str:
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def _error_of(body: bytes) -> str:
@@ -310,31 +362,25 @@ def run(args: argparse.Namespace) -> ApiBenchResult:
         # This driver's start-up frozen for its garbage collector, as `pulse api`'s is: a full
         # collection of it held up reading the answers by about 70 ms, counted against the API.
         freeze_startup(SERVICE_THRESHOLDS)
-        result.phases.append(
-            asyncio.run(
-                drive(
-                    base,
-                    lambda i: f"/api/devices/{devices[i % len(devices)]}",
-                    args.requests,
-                    args.seconds,
-                    "/api/devices/{device}",
-                )
-            )
-        )
-        result.phases.append(
-            asyncio.run(
-                drive(
-                    base,
-                    lambda i: (
-                        f"/api/history/{history[i % len(history)]}/temperature"
-                        f"?window=10s&since={since}"
-                    ),
-                    args.requests,
-                    args.seconds,
-                    f"/api/history/{{device}}/temperature?window=10s ({HISTORY_WINDOWS} windows)",
-                )
-            )
-        )
+        phases: list[tuple[str, Callable[[int], str], str]] = [
+            (
+                "/api/devices/{device}",
+                lambda i: f"/api/devices/{devices[i % len(devices)]}",
+                "/api/devices/{device}",
+            ),
+            (
+                "/api/history/{device}/{metric}",
+                lambda i: (
+                    f"/api/history/{history[i % len(history)]}/temperature?window=10s&since={since}"
+                ),
+                f"/api/history/{{device}}/temperature?window=10s ({HISTORY_WINDOWS} windows)",
+            ),
+        ]
+        for route, path_of, label in phases:
+            before = request_buckets(scrape_metrics(base), route)
+            phase = asyncio.run(drive(base, path_of, args.requests, args.seconds, label))
+            after = request_buckets(scrape_metrics(base), route)
+            result.phases.append(server_view(before, after, phase))
         result.freshness = results.get(timeout=120)
         producer.join(30)
         return result

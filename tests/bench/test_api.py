@@ -4,9 +4,17 @@ for, and the figures of a phase."""
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
-from bench.api import HISTORY_WINDOWS, due_times, history_starts, phase_result
+from bench.api import (
+    HISTORY_WINDOWS,
+    due_times,
+    history_starts,
+    phase_result,
+    request_buckets,
+    server_view,
+)
 from bench.latency import WarmUp
 
 
@@ -38,3 +46,50 @@ def test_a_phase_reports_percentiles_of_the_answered_requests_only() -> None:
 
 def test_a_fixed_warm_up_ignores_the_windows() -> None:
     assert WarmUp(longest=10.0, settle=0.0, fixed=30.0).seconds_from(1_796_300_007.5) == 30.0
+
+
+def histogram_text(counts: dict[tuple[str, str], float]) -> str:
+    """``pulse_api_request_seconds``'s bucket lines for the device route, as /metrics writes
+    them: ``{(le, status): cumulative count}``."""
+    labels = 'method="GET",route="/api/devices/{device}"'
+    lines = ["# TYPE pulse_api_request_seconds histogram"]
+    for (le, status), count in counts.items():
+        lines.append(
+            f'pulse_api_request_seconds_bucket{{le="{le}",{labels},status="{status}"}} {count}'
+        )
+    return "\n".join(lines) + "\n"
+
+
+METRICS_BEFORE = histogram_text(
+    {
+        ("0.001", "200"): 10.0,
+        ("0.005", "200"): 20.0,
+        ("0.02", "200"): 20.0,
+        ("+Inf", "200"): 20.0,
+        ("0.001", "404"): 7.0,
+        ("+Inf", "404"): 7.0,
+    }
+)
+METRICS_AFTER = histogram_text(
+    {
+        ("0.001", "200"): 110.0,
+        ("0.005", "200"): 218.0,
+        ("0.02", "200"): 219.0,
+        ("+Inf", "200"): 220.0,
+        ("0.001", "404"): 9.0,
+        ("+Inf", "404"): 9.0,
+    }
+)
+
+
+def test_the_servers_own_figures_are_the_histograms_growth_over_the_phase() -> None:
+    route = "/api/devices/{device}"
+    before = request_buckets(METRICS_BEFORE, route)
+    after = request_buckets(METRICS_AFTER, route)
+    assert after == {0.001: 110.0, 0.005: 218.0, 0.02: 219.0, math.inf: 220.0}
+    phase = phase_result(route, 200.0, 1.0, [1.0] * 200, Counter({"200": 200}), [0.0] * 200)
+    result = server_view(before, after, phase)
+    # 200 answers in the phase: 100 within 1 ms, 198 within 5 ms, 199 within 20 ms.
+    assert result.server_within_ms == {"1": 0.5, "5": 0.99, "20": 0.995}
+    assert result.server_p99_at_most_ms == 5.0
+    assert server_view(before, before, phase) == phase  # no answers: nothing to say
