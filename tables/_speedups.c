@@ -1500,6 +1500,225 @@ static PyObject *line_protocol_lines(PyObject *module, PyObject *const *args, Py
     return map_list(args[0], window_output, &lines);
 }
 
+/* -- Reading aggregates records back (aggregates_entry, aggregates_line in
+ * tables/_speedups_py.py): the record's parts, checked as the Python definitions' patterns
+ * check them. */
+
+static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t n);
+
+/* The aggregates of a record in its order, each with the text before its number. */
+static const char *const AGGREGATE_KEYS[10] = {
+    "\"count\":", ",\"sum\":", ",\"min\":", ",\"max\":", ",\"mean\":",
+    ",\"first\":", ",\"last\":", ",\"p50\":", ",\"p95\":", ",\"p99\":"};
+
+/* The length of the JSON number at p (an exponent only when ``exponent``), 0 for none. */
+static Py_ssize_t json_number(const char *p, const char *end, int exponent) {
+    const char *q = p;
+    if (q < end && *q == '-') q++;
+    if (q >= end) return 0;
+    if (*q == '0') {
+        q++;
+    } else if (*q >= '1' && *q <= '9') {
+        while (q < end && *q >= '0' && *q <= '9') q++;
+    } else {
+        return 0;
+    }
+    if (q < end && *q == '.') {
+        const char *digits = ++q;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+        if (q == digits) return 0;
+    }
+    if (exponent && q < end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < end && (*q == '+' || *q == '-')) q++;
+        const char *digits = q;
+        while (q < end && *q >= '0' && *q <= '9') q++;
+        if (q == digits) return 0;
+    }
+    return q - p;
+}
+
+/* The length of a whole number of 1 to 18 digits at p, not starting with 0 (a minus sign
+ * first when ``signed_``); 0 for none. */
+static Py_ssize_t whole_number(const char *p, const char *end, int signed_) {
+    const char *q = p;
+    if (signed_ && q < end && *q == '-') q++;
+    if (q >= end || *q < '1' || *q > '9') return 0;
+    const char *first = q;
+    while (q < end && *q >= '0' && *q <= '9' && q - first < 18) q++;
+    return q - p;
+}
+
+/* Whether the text at *p is ``text``; moves *p past it if so. */
+static int skip_text(const char **p, const char *end, const char *text) {
+    size_t n = strlen(text);
+    if ((size_t)(end - *p) < n || memcmp(*p, text, n) != 0) return 0;
+    *p += n;
+    return 1;
+}
+
+/* A record's parts: where its series text ends (``,"start":``), its start and end, its
+ * count, and its aggregates from ``"count":`` to the end of p99. */
+struct record_parts {
+    const char *start, *end_, *count, *aggregates, *aggregates_end;
+    Py_ssize_t start_n, end_n, count_n;
+    const char *numbers[10];
+    Py_ssize_t number_n[10];
+};
+
+/* Parses the text after the series (at ``,"start":``) to the end of ``value``: 1 when it is
+ * ``,"start":S,"end":E,"count":C,"sum":N,...,"p99":N,"tags":{}}``, else 0. ``line``: the
+ * start a whole number of seconds other than 0 and the numbers with exponents allowed (the
+ * line's form), else the start and end and numbers without exponents (the entry's). */
+static int record_rest(const char *p, const char *end, int line, struct record_parts *out) {
+    if (!skip_text(&p, end, ",\"start\":")) return 0;
+    out->start = p;
+    out->start_n = line ? whole_number(p, end, 1) : json_number(p, end, 0);
+    if (out->start_n == 0) return 0;
+    p += out->start_n;
+    if (!skip_text(&p, end, ",\"end\":")) return 0;
+    out->end_ = p;
+    out->end_n = json_number(p, end, line);
+    if (out->end_n == 0) return 0;
+    p += out->end_n;
+    if (!skip_text(&p, end, ",")) return 0;
+    out->aggregates = p;
+    for (int i = 0; i < 10; i++) {
+        if (!skip_text(&p, end, AGGREGATE_KEYS[i])) return 0;
+        out->numbers[i] = p;
+        out->number_n[i] = i == 0 ? whole_number(p, end, 0) : json_number(p, end, line);
+        if (out->number_n[i] == 0) return 0;
+        p += out->number_n[i];
+    }
+    out->count = out->numbers[0];
+    out->count_n = out->number_n[0];
+    out->aggregates_end = p;
+    return skip_text(&p, end, ",\"tags\":{}}") && p == end;
+}
+
+/* The value of ``series_map``'s entry for the record's text before ``,"start":`` (borrowed),
+ * and where that text ends; NULL for none (and NULL with an exception on error). */
+static PyObject *record_series(PyObject *value, PyObject *series_map, const char **rest) {
+    const char *text = PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    const char *at = NULL;
+    for (const char *p = text; p + 9 <= text + n; p++) {
+        p = memchr(p, ',', (size_t)(text + n - p));
+        if (p == NULL || p + 9 > text + n) break;
+        if (memcmp(p, ",\"start\":", 9) == 0) {
+            at = p;
+            break;
+        }
+    }
+    if (at == NULL) return NULL;
+    PyObject *prefix = PyBytes_FromStringAndSize(text, at - text);
+    if (prefix == NULL) return NULL;
+    PyObject *found = PyDict_GetItemWithError(series_map, prefix);
+    Py_DECREF(prefix);
+    *rest = at;
+    return found == Py_None ? NULL : found; /* as dict.get: None is no entry */
+}
+
+static PyObject *aggregates_entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyType_Check(args[2]) || !PyType_IsSubtype((PyTypeObject *)args[2], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "aggregates_entry(value: bytes, series: dict, entry_type: a tuple "
+                        "subclass of 5 fields)");
+        return NULL;
+    }
+    PyObject *value = args[0];
+    const char *rest = NULL, *end = PyBytes_AS_STRING(value) + PyBytes_GET_SIZE(value);
+    PyObject *key = record_series(value, args[1], &rest);
+    if (key == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    struct record_parts parts;
+    if (!record_rest(rest, end, 0, &parts)) Py_RETURN_NONE;
+    /* {"count":...,"p99":N,"start":S,"end":E} */
+    Py_ssize_t aggregates_n = parts.aggregates_end - parts.aggregates;
+    Py_ssize_t size = 1 + aggregates_n + 9 + parts.start_n + 7 + parts.end_n + 1;
+    PyObject *member = PyBytes_FromStringAndSize(NULL, size);
+    if (member == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(member);
+    *out++ = '{';
+    memcpy(out, parts.aggregates, (size_t)aggregates_n);
+    out += aggregates_n;
+    memcpy(out, ",\"start\":", 9);
+    out += 9;
+    memcpy(out, parts.start, (size_t)parts.start_n);
+    out += parts.start_n;
+    memcpy(out, ",\"end\":", 7);
+    out += 7;
+    memcpy(out, parts.end_, (size_t)parts.end_n);
+    out += parts.end_n;
+    *out = '}';
+    PyObject *start_text = PyBytes_FromStringAndSize(parts.start, parts.start_n);
+    PyObject *start = start_text == NULL ? NULL : PyFloat_FromString(start_text);
+    Py_XDECREF(start_text);
+    long long count = 0;
+    for (Py_ssize_t i = 0; i < parts.count_n; i++) count = count * 10 + (parts.count[i] - '0');
+    PyObject *readings = start == NULL ? NULL : PyLong_FromLongLong(count);
+    if (readings == NULL) {
+        Py_XDECREF(start);
+        Py_DECREF(member);
+        return NULL;
+    }
+    Py_INCREF(key);
+    Py_INCREF(value);
+    PyObject *items[5] = {key, start, readings, member, value};
+    return untracked_tuple((PyTypeObject *)args[2], items, 5);
+}
+
+static PyObject *aggregates_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "aggregates_line(value: bytes, heads: dict)");
+        return NULL;
+    }
+    PyObject *value = args[0];
+    const char *rest = NULL, *end = PyBytes_AS_STRING(value) + PyBytes_GET_SIZE(value);
+    PyObject *head = record_series(value, args[1], &rest);
+    if (head == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    struct record_parts parts;
+    if (!PyUnicode_Check(head) || !PyUnicode_IS_ASCII(head) || !record_rest(rest, end, 1, &parts))
+        Py_RETURN_NONE;
+    /* head, count=Ci, then ,name=N per aggregate, a space, the start and 000 */
+    Py_ssize_t head_n = PyUnicode_GET_LENGTH(head);
+    Py_ssize_t size = head_n + 6 + parts.count_n + 1;
+    for (int i = 1; i < 10; i++) size += (Py_ssize_t)strlen(AGGREGATE_KEYS[i]) - 2 + parts.number_n[i];
+    size += 1 + parts.start_n + 3;
+    PyObject *line = PyUnicode_New(size, 127);
+    if (line == NULL) return NULL;
+    char *out = (char *)PyUnicode_1BYTE_DATA(line);
+    memcpy(out, PyUnicode_1BYTE_DATA(head), (size_t)head_n);
+    out += head_n;
+    memcpy(out, "count=", 6);
+    out += 6;
+    memcpy(out, parts.count, (size_t)parts.count_n);
+    out += parts.count_n;
+    *out++ = 'i';
+    for (int i = 1; i < 10; i++) {
+        /* ,"name": -> ,name= */
+        const char *name = AGGREGATE_KEYS[i] + 2;
+        size_t name_n = strlen(name) - 2;
+        *out++ = ',';
+        memcpy(out, name, name_n);
+        out += name_n;
+        *out++ = '=';
+        memcpy(out, parts.numbers[i], (size_t)parts.number_n[i]);
+        out += parts.number_n[i];
+    }
+    *out++ = ' ';
+    memcpy(out, parts.start, (size_t)parts.start_n);
+    out += parts.start_n;
+    memcpy(out, "000", 3);
+    return line;
+}
+
 /* The RedisSink's writes of closed windows (closed_window_writes in
  * tables/_speedups_py.py). */
 static PyObject *closed_window_writes(PyObject *module, PyObject *const *args,
@@ -2457,6 +2676,12 @@ static PyMethodDef methods[] = {
     {"line_protocol_lines", (PyCFunction)(void (*)(void))line_protocol_lines, METH_FASTCALL,
      "line_protocol_lines($module, closed, line_protocol, /)\n--\n\n"
      "The line-protocol line of each closed window."},
+    {"aggregates_entry", (PyCFunction)(void (*)(void))aggregates_entry, METH_FASTCALL,
+     "aggregates_entry($module, value, series, entry_type, /)\n--\n\n"
+     "The history entry of a compact aggregates record of a known series, or None."},
+    {"aggregates_line", (PyCFunction)(void (*)(void))aggregates_line, METH_FASTCALL,
+     "aggregates_line($module, value, heads, /)\n--\n\n"
+     "The line-protocol line of a compact aggregates record of a known series, or None."},
     {"close_windows", (PyCFunction)(void (*)(void))close_windows, METH_FASTCALL,
      "close_windows($module, keys, end, windows, closed, changed, removed, newest, "
      "views_changed, open_per_key, labels, closed_type, /)\n--\n\n"

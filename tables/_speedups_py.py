@@ -23,8 +23,11 @@ from __future__ import annotations
 import heapq
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from models.outputs import AGGREGATES
 
 # The Summary state's layout (tables/aggregators.py).
 _COUNT, _SUM, _MIN, _MAX, _FIRST_T, _FIRST_V, _LAST_T, _LAST_V, _LAST_TAGS, _SKETCH = range(10)
@@ -637,6 +640,69 @@ def line_protocol_lines(closed: Iterable[Any], line_protocol: Callable[[Any], st
         _check_closed(window)
         out.append(line_protocol(window))
     return out
+
+
+# -- reading aggregates records back ------------------------------------------------------------
+
+_START = b',"start":'
+_PLAIN = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
+"""A JSON number without an exponent (Python's ``repr`` and orjson write those alike)."""
+_NUMBER = _PLAIN + rb"(?:[eE][+-]?[0-9]+)?"
+"""Any JSON number."""
+_COUNT_TEXT = rb"([1-9][0-9]{0,17})"
+_ENTRY_REST = re.compile(
+    rb',"start":(' + _PLAIN + rb'),"end":(' + _PLAIN + rb'),("count":' + _COUNT_TEXT
+    + b"".join(b',"%s":' % name.encode() + _PLAIN for name in AGGREGATES[1:])
+    + rb'),"tags":\{\}\}'
+)  # fmt: skip
+_LINE_REST = re.compile(
+    rb',"start":(-?[1-9][0-9]{0,17}),"end":' + _NUMBER + rb',"count":' + _COUNT_TEXT
+    + b"".join(b',"%s":(' % name.encode() + _NUMBER + b")" for name in AGGREGATES[1:])
+    + rb',"tags":\{\}\}'
+)  # fmt: skip
+
+
+def aggregates_entry(value: bytes, series: dict[bytes, Any], entry_type: type, /) -> Any:
+    """The history entry of an ``aggregates`` record (pulse/sinks/history.py) in the form
+    closed_window_json writes (pulse/sinks/kafka.py: keys in order, no whitespace), with no
+    tags and no number with an exponent, of a series in ``series``: the record's text before
+    ``,"start":`` maps to its history key. ``entry_type(key, float(start), count, member,
+    value)``, the member ``{"count":..,"sum":..,...,"p99":..,"start":..,"end":..}`` cut from
+    the record's text; None for any other value, which the caller parses."""
+    if not isinstance(value, bytes) or not isinstance(series, dict):
+        raise TypeError("aggregates_entry(value: bytes, series: dict, entry_type: type)")
+    if not isinstance(entry_type, type) or not issubclass(entry_type, tuple):
+        raise TypeError("aggregates_entry: entry_type is a tuple subclass of 5 fields")
+    at = value.find(_START)
+    key = series.get(value[:at]) if at >= 0 else None
+    match = None if key is None else _ENTRY_REST.fullmatch(value, at)
+    if match is None:
+        return None
+    start, end, aggregates, count = match.groups()
+    member = b'{%s,"start":%s,"end":%s}' % (aggregates, start, end)
+    make: Any = entry_type  # a NamedTuple's type, called with its fields
+    return make(key, float(start), int(count), member, value)
+
+
+def aggregates_line(value: bytes, heads: dict[bytes, Any], /) -> str | None:
+    """The line-protocol line of an ``aggregates`` record (pulse/sinks/influx.py,
+    record_line) in the form closed_window_json writes, with no tags and a start of a whole
+    number of seconds other than 0, of a series in ``heads``: the record's text before
+    ``,"start":`` maps to the line's head (measurement, tags and a space, ASCII). The head,
+    ``count={count}i,sum={sum},...`` with the numbers' texts as the record has them, a space
+    and the start's text followed by ``000`` (milliseconds); None for any other value."""
+    if not isinstance(value, bytes) or not isinstance(heads, dict):
+        raise TypeError("aggregates_line(value: bytes, heads: dict)")
+    at = value.find(_START)
+    head = heads.get(value[:at]) if at >= 0 else None
+    if not isinstance(head, str) or not head.isascii():
+        return None
+    match = _LINE_REST.fullmatch(value, at)
+    if match is None:
+        return None
+    start, count, *numbers = (part.decode() for part in match.groups())
+    fields = "".join(f",{name}={text}" for name, text in zip(AGGREGATES[1:], numbers, strict=True))
+    return f"{head}count={count}i{fields} {start}000"
 
 
 # -- parsing the common reading -----------------------------------------------------------------

@@ -1,6 +1,8 @@
 """One fuzz input through both twins of the batch parser: the C extension's apply_common
 (tables/_speedups.c: scan_common, scan_float and scan_name, or orjson when the scan is unsure)
-and its Python definition (tables/_speedups_py.py, always orjson). :func:`check` raises
+and its Python definition (tables/_speedups_py.py, always orjson); and each of its records
+through both twins of the aggregates records' readers (aggregates_entry, aggregates_line),
+its series known. :func:`check` raises
 :class:`Disagreement` unless the two return (or raise) the same and leave the same state, and
 :class:`ReferenceLeak` if the C keeps a reference to what it was given.
 
@@ -24,7 +26,7 @@ import importlib.util
 import re
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka.structs import ConsumerRecord
@@ -149,6 +151,38 @@ def run(apply_common: Any, records: list[ConsumerRecord]) -> str:
     return repr((outcomes, position, state))
 
 
+class Entry(NamedTuple):
+    """A history entry's shape (pulse.sinks.history.HistoryEntry)."""
+
+    key: str
+    start: float
+    readings: int
+    member: bytes
+    event: bytes
+
+
+def read_back(module: Any, records: list[ConsumerRecord]) -> str:
+    """Each record's value through one side's aggregates_entry and aggregates_line, its
+    series (the text before ``,"start":``) known to both; the repr of their outcomes."""
+    outcomes: list[Any] = []
+    for record in records:
+        value = record.value
+        if value is None:
+            continue
+        at = value.find(b',"start":')
+        series = {value[:at]: "p:history:10s:d:m"} if at >= 0 else {}
+        heads = {value[:at]: "m,device=d,window=10s "} if at >= 0 else {}
+        for function, args in (
+            (module.aggregates_entry, (value, series, Entry)),
+            (module.aggregates_line, (value, heads)),
+        ):
+            try:
+                outcomes.append(("returned", function(*args)))
+            except Exception as exc:
+                outcomes.append(("raised", type(exc)))
+    return repr(outcomes)
+
+
 def check(c: ModuleType, data: bytes) -> None:
     """Raises :class:`Disagreement` unless C's apply_common and its Python definition return
     the same and leave the same state on the input ``data``, and :class:`ReferenceLeak` if
@@ -158,11 +192,18 @@ def check(c: ModuleType, data: bytes) -> None:
     given += VALID_NAMES.values()
     before = [sys.getrefcount(x) for x in given]
     in_c = run(c.apply_common, records)
+    read_in_c = read_back(c, records)
     after = [sys.getrefcount(x) for x in given]
     if after != before:
         held = [x for x, b, a in zip(given, before, after, strict=True) if a != b]
-        raise ReferenceLeak(f"C's apply_common holds on to {held!r} after {data!r}")
+        raise ReferenceLeak(f"C holds on to {held!r} after {data!r}")
     in_python = run(py.apply_common, records)
+    read_in_python = read_back(py, records)
+    if read_in_c != read_in_python:
+        raise Disagreement(
+            f"C and Python read {data!r} back differently:\n  C:      {read_in_c}\n"
+            f"  Python: {read_in_python}"
+        )
     if in_c != in_python:
         raise Disagreement(
             f"C and Python differ on {data!r}:\n  C:      {in_c}\n  Python: {in_python}"

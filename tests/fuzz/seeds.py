@@ -94,6 +94,20 @@ def seeds() -> list[bytes]:
     # late readings: behind the watermark for one window, then for both
     late = [document([*COMMON, ("ts", t)]) for t in ("1795315444.25", "1795315439.0", "1.0")]
     out.append(fetch(*late))
+    # aggregates records as the history and InfluxDB writers read them back (a fuzz input's
+    # record goes through their readers too, its series known)
+    aggregates = document(
+        [("device", '"d"'), ("metric", '"m"'), ("window", '"10s"'), ("start", "1795315440"),
+         ("end", "1795315450"), ("count", "2"), ("sum", "43.0"), ("min", "21.5"),
+         ("max", "21.5"), ("mean", "21.5"), ("first", "21.5"), ("last", "21.5"),
+         ("p50", "21.5"), ("p95", "21.5"), ("p99", "21.5"), ("tags", "{}")]
+    )  # fmt: skip
+    out += [
+        aggregates,
+        aggregates.replace(b"43.0", b"4.3e1"),
+        aggregates.replace(b"{}", b'{"a":"b"}'),
+    ]
+    out += [aggregates.replace(b"1795315440", b"1795315440.5"), aggregates.replace(b"2,", b"0,", 1)]
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from bench.dataset import DatasetSpec, generate
+from tables import _speedups_py as py
 from tests.fuzz import harness
 from tests.fuzz.seeds import seeds
 
@@ -46,11 +47,25 @@ def test_a_disagreement_is_caught() -> None:
     # no record differs from the definition on a common reading.
     stops_at_once = types.ModuleType("stops_at_once")
     stops_at_once.apply_common = lambda *args: args[1]  # type: ignore[attr-defined]
+    stops_at_once.aggregates_entry = py.aggregates_entry  # type: ignore[attr-defined]
+    stops_at_once.aggregates_line = py.aggregates_line  # type: ignore[attr-defined]
     data = orjson.dumps({"device": "dev-1", "metric": "t", "value": 1.5, "ts": 1795315444.25})
     try:
         harness.check(stops_at_once, data)
     except harness.Disagreement as exc:
         assert "dev-1" in str(exc)
+    else:
+        raise AssertionError("no disagreement")
+    # Likewise a reader of aggregates records that cuts nothing, on one it cuts.
+    cuts_nothing = types.ModuleType("cuts_nothing")
+    cuts_nothing.apply_common = harness.extension().apply_common  # type: ignore[attr-defined]
+    cuts_nothing.aggregates_entry = py.aggregates_entry  # type: ignore[attr-defined]
+    cuts_nothing.aggregates_line = lambda *args: None  # type: ignore[attr-defined]
+    aggregates = [seed for seed in seeds() if seed.startswith(b'{"device":"d","metric":"m"')]
+    try:
+        harness.check(cuts_nothing, aggregates[0])
+    except harness.Disagreement as exc:
+        assert "read" in str(exc) and "m,device=d,window=10s count=2i" in str(exc)
     else:
         raise AssertionError("no disagreement")
 

@@ -30,6 +30,8 @@ from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES
 from pulse.sinks import kafka, redis
 from pulse.sinks._base import FlushBatch
+from pulse.sinks._text import aggregate_text, seconds_text
+from pulse.sinks.history import HistoryEntry
 from pulse.sinks.influx import line_protocol, line_protocol_lines
 from pulse.sinks.kafka import closed_window_json
 from pulse.sinks.redis import WINDOW_FIELD, WINDOW_FIELDS, RedisSink
@@ -609,3 +611,87 @@ def test_a_reading_too_far_ahead_of_its_record_is_left_on_both_sides(
     doc = {**DOCUMENT, "ts": ts}
     for value in (orjson.dumps(doc), orjson.dumps(doc, option=orjson.OPT_INDENT_2)):
         assert applied_alike(b"dev-1", value, 4096, stamp) == ("returned", 1 if taken else 0)
+
+
+# -- reading aggregates records back ------------------------------------------------------------
+
+NUMBER_TEXTS = ["0", "-0", "7", "-7", "0.5", "-0.25", "21.0", "1e5", "1E+5", "2.5e-7", "01", "1."]
+NUMBER_TEXTS += [".5", "1.5e", "-", "", "1_0", "1" * 19, "12345678901234567", "0x10", "inf"]
+
+
+def mutated(value: bytes, how: int, where: int, text: str) -> bytes:
+    """``value`` with one change, or none (``how`` 0): a number replaced by ``text``, the
+    tags filled, a cut, a space or a byte changed at ``where``."""
+    where %= len(value)
+    if how == 1:  # the number after the where-th colon
+        colons = [i for i, b in enumerate(value) if b == ord(":")]
+        at = colons[where % len(colons)] + 1
+        end = at
+        while end < len(value) and value[end] not in b',}"':
+            end += 1
+        return value[:at] + text.encode() + value[end:] if value[at] != ord('"') else value
+    if how == 2:
+        return value.replace(b'"tags":{}', b'"tags":{"site":"a"}')
+    if how == 3:
+        return value[:where]
+    if how == 4:
+        return value[:where] + b" " + value[where:]
+    if how == 5:
+        return value[:where] + bytes([value[where] ^ 0x11]) + value[where + 1 :]
+    return value
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    window=windows_,
+    how=st.integers(0, 5),
+    where=st.integers(0, 10_000),
+    text=st.sampled_from(NUMBER_TEXTS),
+    known=st.sampled_from(["yes", "no", "none", "bytes"]),
+)
+def test_aggregates_records_are_read_alike(
+    window: ClosedWindow, how: int, where: int, text: str, known: str
+) -> None:
+
+    value = mutated(closed_window_json(window), how, where, text)
+    series_text = value[: value.find(b',"start":')] if b',"start":' in value else b"x"
+    entry_of = {"yes": "h:key", "no": "other", "none": None, "bytes": b"h:key"}[known]
+    series: dict[bytes, Any] = {series_text if known != "no" else b"{}": entry_of}
+    heads: dict[bytes, Any] = {
+        series_text if known != "no" else b"{}": (
+            f"{window.metric},device={window.device},window={window.window} "
+            if known == "yes"
+            else entry_of
+        )
+    }
+    entry = same("aggregates_entry", value, series, HistoryEntry)
+    line = same("aggregates_line", value, heads)
+    if how or known != "yes":
+        return
+    # Pulse's own record of a known series: cut when it has no tags and, for the entry, no
+    # number with an exponent; for the line, a start of whole seconds other than 0 and an
+    # ASCII head. What is cut is what parsing the record gives.
+    doc = orjson.loads(value)
+    texts = [*aggregate_text(window), seconds_text(window.start_us), seconds_text(window.end_us)]
+    plain = not any(mark in text for text in texts for mark in "eE")
+    if doc["tags"] or not plain:
+        assert entry == ("returned", None)
+    else:
+        member = orjson.dumps({name: doc[name] for name in WINDOW_FIELDS})
+        expected = HistoryEntry("h:key", float(doc["start"]), doc["count"], member, value)
+        assert entry == ("returned", expected)
+    whole = window.start_us % S == 0 and window.start_us != 0
+    if doc["tags"] or not whole or not heads[series_text].isascii():
+        assert line == ("returned", None)
+    else:
+        assert line == ("returned", line_protocol(window))
+
+
+def test_aggregates_records_of_the_wrong_types_are_refused_alike() -> None:
+    value = closed_window_json(closed_window_list("dev-1")[0])
+    same("aggregates_entry", value.decode(), {}, HistoryEntry)  # TypeError
+    same("aggregates_entry", value, [], HistoryEntry)  # TypeError
+    same("aggregates_entry", value, {}, int)  # TypeError
+    same("aggregates_entry", value, {}, HistoryEntry, 1)  # TypeError
+    same("aggregates_line", bytearray(value), {})  # TypeError
+    same("aggregates_line", value, None)  # TypeError

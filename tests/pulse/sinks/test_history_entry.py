@@ -7,8 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pulse.sinks.history import history_entry
+from pulse.sinks.history import _parsed_entry, history_entry
 from pulse.sinks.redis import RedisKeys
 
 KEYS = RedisKeys("p")
@@ -105,3 +107,52 @@ def test_what_is_no_aggregates_record_is_refused_with_its_reason(value: bytes, r
         history_entry(KEYS, value)
     assert str(refused.value).startswith(reason)
     assert reason.endswith(": ") or str(refused.value) == reason
+
+
+@pytest.mark.parametrize(
+    ("changed", "reason"),
+    [
+        ({"count": 0}, "not an aggregates record: count is not a whole number of at least 1"),
+        ({"count": 2.0}, "not an aggregates record: count is not a whole number of at least 1"),
+        ({"start": "1700000000"}, "not an aggregates record: start is not a number"),
+        ({"p99": None}, "not an aggregates record: p99 is not a number"),
+        ({"mean": True}, "not an aggregates record: mean is not a number"),
+        ({"tags": ["site"]}, "not an aggregates record: tags is not an object"),
+        ({"end": ...}, "not an aggregates record: no end"),
+    ],
+)
+def test_a_known_series_is_cut_only_from_a_whole_record(
+    changed: dict[str, Any], reason: str
+) -> None:
+    # A series read before (with no tags) is cut from its text without parsing; a bad record
+    # of it is still refused with its reason.
+    first = history_entry(KEYS, record(tags={}))
+    assert history_entry(KEYS, record(tags={})) == first
+    with pytest.raises(ValueError) as refused:
+        history_entry(KEYS, record(**{"tags": {}, **changed}))
+    assert str(refused.value) == reason
+
+
+numbers = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(10**6), 10**6),
+    st.floats(-100, 100).map(lambda x: round(x, 2)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    device=st.sampled_from(["d-1", "dev-00042", "D.x_y"]),
+    start=st.integers(-(10**10), 10**10) | st.floats(-1e10, 1e10),
+    count=st.integers(1, 10**18),
+    values=st.lists(numbers, min_size=9, max_size=9),
+)
+def test_a_record_cut_from_its_text_is_the_record_parsed(
+    device: str, start: float, count: int, values: list[float]
+) -> None:
+    names = ("sum", "min", "max", "mean", "first", "last", "p50", "p95", "p99")
+    aggregates = dict(zip(names, values, strict=True))
+    value = record(device=device, start=start, end=start + 10, count=count, tags={}, **aggregates)
+    parsed, _ = _parsed_entry(KEYS, value)
+    assert history_entry(KEYS, value) == parsed  # parsed, and its series remembered
+    assert history_entry(KEYS, value) == parsed  # cut from its text (or parsed: an exponent)

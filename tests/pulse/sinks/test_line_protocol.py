@@ -135,6 +135,9 @@ aligned_windows = st.builds(
 def test_an_aggregates_record_gives_the_line_of_its_window(window: ClosedWindow) -> None:
     line = line_protocol(window)
     assert record_line(closed_window_json(window)) == line
+    # Again, its series read before: with no tags, a start of whole seconds other than 0 and
+    # an ASCII head, cut from its text (tables._native.aggregates_line), the same line.
+    assert record_line(closed_window_json(window)) == line
     # The same record written by another JSON writer (other float texts, e.g. 1e300 for
     # 1e+300): the same point, field by field.
     again = record_line(orjson.dumps(orjson.loads(closed_window_json(window))))
@@ -182,5 +185,6 @@ def test_the_records_of_the_tests_windows_give_their_lines() -> None:
 def test_a_record_that_is_no_aggregates_record_is_refused_with_a_reason(
     value: bytes | None,
 ) -> None:
+    record_line(closed_window_json(closed(None)))  # its series read before: bad is still bad
     with pytest.raises(ValueError, match="not an aggregates record"):
         record_line(value)
