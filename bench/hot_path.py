@@ -7,7 +7,9 @@ the worker runs, in the same order and with the same code, and times each step:
 * ``drain``: ``PartitionState.drain`` (closed windows, open views, changelog delta);
 * ``kafka``, ``redis``, ``influx``: what each sink builds from a flush before any I/O
   (aggregates records, RESP commands packed by hiredis, line-protocol text);
-* ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas.
+* ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas;
+* ``read back``: what the history and InfluxDB writers make of each aggregates record they
+  read back from the topic (``history_entry``, ``record_line``).
 
 With ``--tags`` every reading carries tags, as the contract allows: such a record is not the
 common reading the batch path takes, so each is parsed by ``parse_reading`` and applied by
@@ -46,9 +48,10 @@ from pulse.app import tune_gc
 from pulse.changelog import encode_parts
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
-from pulse.sinks.influx import line_protocol_lines
+from pulse.sinks.history import history_entry
+from pulse.sinks.influx import line_protocol_lines, record_line
 from pulse.sinks.kafka import aggregate_records
-from pulse.sinks.redis import RedisSink
+from pulse.sinks.redis import RedisKeys, RedisSink
 from tables.partition_state import PartitionState
 from tables.windows import WindowSpec, parse_windows
 
@@ -91,6 +94,7 @@ def main() -> None:
             state.use_registry(registry, required=True)
     tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
+    history_keys = RedisKeys("bench")
     times: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     clock = time.process_time
@@ -104,7 +108,7 @@ def main() -> None:
         drained = [state.drain() for state in states.values()]
         t1 = clock()
         batch = FlushBatch.of(drained, [])
-        aggregate_records(batch.closed)
+        records = aggregate_records(batch.closed)
         t2 = clock()
         packed = redis._commands(batch)
         t3 = clock()
@@ -113,11 +117,16 @@ def main() -> None:
         for d in drained:
             encode_parts(d.delta, "bench", 0)
         t5 = clock()
+        for _, value in records:
+            history_entry(history_keys, value)
+            record_line(value)
+        t6 = clock()
         times["drain"] += t1 - t0
         times["kafka"] += t2 - t1
         times["redis"] += t3 - t2
         times["influx"] += t4 - t3
         times["changelog"] += t5 - t4
+        times["read back"] += t6 - t5
         counts["closed"] += len(batch.closed)
         counts["views"] += len(batch.open_views)
         counts["redis commands"] += len(packed)
@@ -166,14 +175,14 @@ def main() -> None:
     total = clock() - started
     n = args.readings
     if args.json:
-        steps = ("process", "drain", "kafka", "redis", "influx", "changelog")
+        steps = ("process", "drain", "kafka", "redis", "influx", "changelog", "read back")
         print(json.dumps({"readings": n, "total": total, **{name: times[name] for name in steps}}))
         return
     print(
         f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views, "
         f"{len(rejected):,} rejected"
     )
-    for name in ("process", "drain", "kafka", "redis", "influx", "changelog"):
+    for name in ("process", "drain", "kafka", "redis", "influx", "changelog", "read back"):
         print(f"  {name:<10} {times[name]:6.2f} s  {times[name] / n * 1e6:6.2f} us/reading")
     print(
         f"  {'total':<10} {total:6.2f} s  {total / n * 1e6:6.2f} us/reading  ({n / total:,.0f}/s)"

@@ -45,6 +45,7 @@ GROUPS = {
         "closed_window_writes",
     ),
     "the Kafka and InfluxDB records": ("aggregate_records", "line_protocol_lines"),
+    "the aggregates records read back": ("aggregates_entry", "aggregates_line"),
 }
 """Functions that share C code or only make sense together."""
 

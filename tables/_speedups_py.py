@@ -662,6 +662,10 @@ _LINE_REST = re.compile(
 )  # fmt: skip
 
 
+_LINE_FIELDS = ("count=%si" + "".join(f",{name}=%s" for name in AGGREGATES[1:]) + " %s000").encode()
+"""A line's fields and time: the aggregates' texts, then the start's text in seconds."""
+
+
 def aggregates_entry(value: bytes, series: dict[bytes, Any], entry_type: type, /) -> Any:
     """The history entry of an ``aggregates`` record (pulse/sinks/history.py) in the form
     closed_window_json writes (pulse/sinks/kafka.py: keys in order, no whitespace), with no
@@ -700,9 +704,8 @@ def aggregates_line(value: bytes, heads: dict[bytes, Any], /) -> str | None:
     match = _LINE_REST.fullmatch(value, at)
     if match is None:
         return None
-    start, count, *numbers = (part.decode() for part in match.groups())
-    fields = "".join(f",{name}={text}" for name, text in zip(AGGREGATES[1:], numbers, strict=True))
-    return f"{head}count={count}i{fields} {start}000"
+    start, *numbers = match.groups()
+    return head + (_LINE_FIELDS % (*numbers, start)).decode()
 
 
 # -- parsing the common reading -----------------------------------------------------------------
