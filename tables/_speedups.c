@@ -1597,8 +1597,10 @@ static int record_rest(const char *p, const char *end, int line, struct record_p
 }
 
 /* The value of ``series_map``'s entry for the record's text before ``,"start":`` (borrowed),
- * and where that text ends; NULL for none (and NULL with an exception on error). */
-static PyObject *record_series(PyObject *value, PyObject *series_map, const char **rest) {
+ * the rest of the record parsed into ``parts`` in ``line``'s form (record_rest); NULL when
+ * the series is unknown or the rest is not that form (and NULL with an exception on error). */
+static PyObject *known_record(PyObject *value, PyObject *series_map, int line,
+                              struct record_parts *parts) {
     const char *text = PyBytes_AS_STRING(value);
     Py_ssize_t n = PyBytes_GET_SIZE(value);
     const char *at = NULL;
@@ -1615,8 +1617,8 @@ static PyObject *record_series(PyObject *value, PyObject *series_map, const char
     if (prefix == NULL) return NULL;
     PyObject *found = PyDict_GetItemWithError(series_map, prefix);
     Py_DECREF(prefix);
-    *rest = at;
-    return found == Py_None ? NULL : found; /* as dict.get: None is no entry */
+    if (found == NULL || found == Py_None) return NULL; /* as dict.get: None is no entry */
+    return record_rest(at, text + n, line, parts) ? found : NULL;
 }
 
 static PyObject *aggregates_entry(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -1628,14 +1630,12 @@ static PyObject *aggregates_entry(PyObject *module, PyObject *const *args, Py_ss
         return NULL;
     }
     PyObject *value = args[0];
-    const char *rest = NULL, *end = PyBytes_AS_STRING(value) + PyBytes_GET_SIZE(value);
-    PyObject *key = record_series(value, args[1], &rest);
+    struct record_parts parts;
+    PyObject *key = known_record(value, args[1], 0, &parts);
     if (key == NULL) {
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NONE;
     }
-    struct record_parts parts;
-    if (!record_rest(rest, end, 0, &parts)) Py_RETURN_NONE;
     /* {"count":...,"p99":N,"start":S,"end":E} */
     Py_ssize_t aggregates_n = parts.aggregates_end - parts.aggregates;
     Py_ssize_t size = 1 + aggregates_n + 9 + parts.start_n + 7 + parts.end_n + 1;
@@ -1676,16 +1676,13 @@ static PyObject *aggregates_line(PyObject *module, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_TypeError, "aggregates_line(value: bytes, heads: dict)");
         return NULL;
     }
-    PyObject *value = args[0];
-    const char *rest = NULL, *end = PyBytes_AS_STRING(value) + PyBytes_GET_SIZE(value);
-    PyObject *head = record_series(value, args[1], &rest);
+    struct record_parts parts;
+    PyObject *head = known_record(args[0], args[1], 1, &parts);
     if (head == NULL) {
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NONE;
     }
-    struct record_parts parts;
-    if (!PyUnicode_Check(head) || !PyUnicode_IS_ASCII(head) || !record_rest(rest, end, 1, &parts))
-        Py_RETURN_NONE;
+    if (!PyUnicode_Check(head) || !PyUnicode_IS_ASCII(head)) Py_RETURN_NONE;
     /* head, count=Ci, then ,name=N per aggregate, a space, the start and 000 */
     Py_ssize_t head_n = PyUnicode_GET_LENGTH(head);
     Py_ssize_t size = head_n + 6 + parts.count_n + 1;
