@@ -164,11 +164,13 @@ def history_entry(keys: RedisKeys, value: bytes | None) -> HistoryEntry:
     the key), start and end finite numbers, count a whole number of at least 1 and the other
     aggregates numbers.
 
-    A record written as closed_window_json writes it, of a series read before, is cut into
+    A record in the shape closed_window_json writes, of a series read before, is cut into
     its entry without parsing (tables._native.aggregates_entry): its member holds the
-    numbers' texts as the record has them, which are the texts parsing and writing them
-    again gives (``repr`` and orjson write a float alike when it needs no exponent; one
-    that does takes the parsing path)."""
+    numbers' texts as the record has them (valid JSON numbers without an exponent; a record
+    with one takes the parsing path). For the records Pulse writes those are the texts that
+    parsing and writing them again gives: ``repr`` and orjson write a float alike when it
+    needs no exponent. Another writer's texts of the same numbers (``21.50``) are kept as
+    they are, the same values."""
     series = _compact_series.get(keys.prefix)
     if series is None:
         series = _compact_series.setdefault(keys.prefix, {})
