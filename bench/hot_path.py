@@ -3,13 +3,16 @@
 Runs the benchmark dataset (bench.dataset) through exactly the pure steps a flush cycle of
 the worker runs, in the same order and with the same code, and times each step:
 
+* ``fetch``: the records of each fetch made from the record batches a broker sends, as the
+  worker's consumer makes them (pulse/kafka_records.py);
 * ``process``: ``agents.ingest.process_records`` (parse and apply each fetched record);
 * ``drain``: ``PartitionState.drain`` (closed windows, open views, changelog delta);
 * ``kafka``, ``redis``, ``influx``: what each sink builds from a flush before any I/O
   (aggregates records, RESP commands packed by hiredis, line-protocol text);
 * ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas;
-* ``read back``: what the history and InfluxDB writers make of each aggregates record they
-  read back from the topic (``history_entry``, ``record_line``).
+* ``read back``: what the history and InfluxDB writers make of the aggregates records they
+  read back from the topic: each writer's records made from their record batches, then
+  ``history_entry`` and ``record_line``.
 
 With ``--tags`` every reading carries tags, as the contract allows: such a record is not the
 common reading the batch path takes, so each is parsed by ``parse_reading`` and applied by
@@ -20,8 +23,9 @@ common reading the batch path takes, so each is parsed by ``parse_reading`` and 
 rule on every series and an absence rule of a minute on every metric (bench.registry_cost
 prints what each costs against none, measured in the same run).
 
-Records (aiokafka ``ConsumerRecord``, as the consumer hands them over) are fed per partition in
-chunks of ``--fetch`` records (like ``getmany``), with a
+Records are fed per partition in chunks of ``--fetch`` records (like ``getmany``; each chunk
+encoded beforehand as uncompressed record batches of at most 16 KiB, the producer's default),
+with a
 drain after every ``--flush-every`` chunks. Nothing is sent: this isolates the Python cost
 that limits the worker, for profiling and for comparing changes. It is not the benchmark of
 the issue (bench.run is); it is the tool to find where the time goes.
@@ -39,13 +43,17 @@ import time
 from collections import defaultdict
 
 import orjson
-from aiokafka.structs import ConsumerRecord
+from aiokafka.consumer.fetcher import READ_UNCOMMITTED
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from agents.ingest import process_records
 from bench.dataset import DatasetSpec, consumer_records
 from models.alerts import AbsenceRule, AlertRule, Device, Registry
 from pulse.app import tune_gc
 from pulse.changelog import encode_parts
+from pulse.kafka_records import BatchPartitionRecords, KafkaRecord
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
 from pulse.sinks.history import history_entry
@@ -57,6 +65,43 @@ from tables.windows import WindowSpec, parse_windows
 
 DEFAULTS = Settings.from_env({})
 """The worker's default settings (grace, largest accepted reading)."""
+
+BATCH_BYTES = 16_384
+"""The largest record batch: aiokafka's producer's default ``max_batch_size``."""
+
+
+def record_batches(records: list[tuple[int, bytes | None, bytes | None, int]]) -> bytes:
+    """``records`` (offset, key, value, timestamp in ms; consecutive offsets) as a broker
+    sends them to a fetch: uncompressed record batches of at most :data:`BATCH_BYTES`."""
+    out = bytearray()
+    builder, base = None, 0
+    for offset, key, value, timestamp in records:
+        if builder is not None and builder.append(
+            offset - base, timestamp=timestamp, key=key, value=value, headers=[]
+        ):
+            continue
+        if builder is not None:  # full: the record starts the next batch
+            out += _finished(builder, base)
+        builder, base = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, BATCH_BYTES), offset
+        builder.append(0, timestamp=timestamp, key=key, value=value, headers=[])
+    if builder is not None:
+        out += _finished(builder, base)
+    return bytes(out)
+
+
+def _finished(builder: DefaultRecordBatchBuilder, base: int) -> bytes:
+    batch = builder.build()
+    batch[0:8] = base.to_bytes(8, "big")  # the base offset, which the broker assigns
+    return bytes(batch)
+
+
+def fetched(data: bytes, topic: str, partition: int, first_offset: int) -> list[KafkaRecord]:
+    """The records a consumer makes of one partition's fetched ``data``."""
+    tp = TopicPartition(topic, partition)
+    records = MemoryRecords(data)
+    return list(
+        BatchPartitionRecords(tp, records, [], first_offset, None, None, True, READ_UNCOMMITTED)
+    )
 
 
 def main() -> None:
@@ -117,33 +162,49 @@ def main() -> None:
         for d in drained:
             encode_parts(d.delta, "bench", 0)
         t5 = clock()
-        for _, value in records:
-            history_entry(history_keys, value)
-            record_line(value)
+        data = record_batches([(i, key, value, 0) for i, (key, value) in enumerate(records)])
         t6 = clock()
+        for record in fetched(data, "aggregates", 0, 0):  # the history writer
+            history_entry(history_keys, record.value)
+        for record in fetched(data, "aggregates", 0, 0):  # the InfluxDB writer
+            record_line(record.value)
+        t7 = clock()
         times["drain"] += t1 - t0
         times["kafka"] += t2 - t1
         times["redis"] += t3 - t2
         times["influx"] += t4 - t3
         times["changelog"] += t5 - t4
-        times["read back"] += t6 - t5
+        times["read back"] += t7 - t6
         counts["closed"] += len(batch.closed)
         counts["views"] += len(batch.open_views)
         counts["redis commands"] += len(packed)
 
+    # Each partition's fetches, as the broker sends them: (first offset, record batches).
+    fetches = {
+        partition: [
+            (begin, record_batches([(r.offset, r.key, r.value, r.timestamp) for r in chunk]))
+            for begin in range(0, len(records), args.fetch)
+            for chunk in [records[begin : begin + args.fetch]]
+        ]
+        for partition, records in by_partition.items()
+    }
+    steps = ("fetch", "process", "drain", "kafka", "redis", "influx", "changelog", "read back")
+
     def run() -> None:
-        position = dict.fromkeys(by_partition, 0)
+        position = dict.fromkeys(fetches, 0)
         chunks = 0
         while True:
             progressed = False
-            for partition, records in by_partition.items():
-                begin = position[partition]
-                chunk = records[begin : begin + args.fetch]
-                if not chunk:
+            for partition, partition_fetches in fetches.items():
+                if position[partition] == len(partition_fetches):
                     continue
+                begin, data = partition_fetches[position[partition]]
                 progressed = True
-                position[partition] = begin + len(chunk)
+                position[partition] += 1
                 state = states[partition]
+                t0 = clock()
+                chunk = fetched(data, "readings", partition, begin)
+                times["fetch"] += clock() - t0
                 t0 = clock()
                 process_records(
                     state,
@@ -175,14 +236,13 @@ def main() -> None:
     total = clock() - started
     n = args.readings
     if args.json:
-        steps = ("process", "drain", "kafka", "redis", "influx", "changelog", "read back")
         print(json.dumps({"readings": n, "total": total, **{name: times[name] for name in steps}}))
         return
     print(
         f"{n:,} readings, {counts['closed']:,} closed windows, {counts['views']:,} views, "
         f"{len(rejected):,} rejected"
     )
-    for name in ("process", "drain", "kafka", "redis", "influx", "changelog", "read back"):
+    for name in steps:
         print(f"  {name:<10} {times[name]:6.2f} s  {times[name] / n * 1e6:6.2f} us/reading")
     print(
         f"  {'total':<10} {total:6.2f} s  {total / n * 1e6:6.2f} us/reading  ({n / total:,.0f}/s)"

@@ -9,6 +9,9 @@
 - :func:`check_connection`: one connection made with those options before the clients start,
   so that a wrong password or CA stops start-up with one message that says so.
 
+Importing this module installs :mod:`pulse.kafka_records`: the consumers of a process that
+makes its Kafka clients here build their records a batch at a time in C.
+
 No message built here holds a secret (:meth:`Settings.redact` scrubs what a server said).
 """
 
@@ -23,10 +26,12 @@ from aiokafka.conn import create_conn
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import CredentialsT
 
-from pulse import tls
+from pulse import kafka_records, tls
 from pulse.settings import Settings
 
 log = logging.getLogger(__name__)
+
+kafka_records.install()
 
 CHECK_TIMEOUT = 15.0
 """Seconds :func:`check_connection` gives each bootstrap server to connect, shake hands and

@@ -41,6 +41,7 @@ from tables._speedups_py import (
     aggregates_line,
     apply_common,
     apply_windows,
+    batch_records,
     close_windows,
     closed_window_writes,
     delta_rows,
@@ -69,6 +70,7 @@ __all__ = [
     "aggregates_line",
     "apply_common",
     "apply_windows",
+    "batch_records",
     "close_windows",
     "closed_window_writes",
     "configure",
@@ -109,6 +111,7 @@ FUNCTIONS = (
     "delta_rows",
     "update_latest",
     "apply_common",
+    "batch_records",
 )
 """The functions the switch chooses (the extension's ``configure`` is not one: it configures
 whichever side is in use)."""

@@ -61,6 +61,7 @@ typedef struct {
     /* Names looked up in a reading's JSON object and on a Kafka record. */
     PyObject *field_device, *field_metric, *field_value, *field_ts, *field_tags;
     PyObject *attr_offset, *attr_key, *attr_value, *attr_timestamp;
+    PyObject *attr_timestamp_type, *attr_checksum, *attr_headers;
     PyObject *small_count_text[SMALL_COUNTS];
     TextSlot *text_cache; /* TEXT_CACHE_SLOTS slots */
 } ModuleState;
@@ -2032,6 +2033,77 @@ static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_
     return out;
 }
 
+/* The size aiokafka gives a record's key or value: -1 for None, else its length. */
+static PyObject *serialized_size(PyObject *data) {
+    if (data == Py_None) return PyLong_FromLong(-1);
+    Py_ssize_t n = PyObject_Length(data);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+/* The consumer records of one record batch from ``first_offset`` on, as a list of
+ * ``record_type`` (a tuple subclass of ConsumerRecord's 11 fields, in its order), untracked
+ * (their items are ints, strs, bytes, None and a tuple of header pairs: no cycle). See
+ * batch_records in tables/_speedups_py.py. */
+static PyObject *batch_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyLong_Check(args[1]) || !PyUnicode_Check(args[2]) ||
+        !PyLong_Check(args[3]) || !PyType_Check(args[4]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[4], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "batch_records(batch, first_offset: int, topic: str, partition: int, "
+                        "record_type: a tuple subclass of 11 fields)");
+        return NULL;
+    }
+    const ModuleState *st = state_of(module);
+    long long first_offset = PyLong_AsLongLong(args[1]);
+    if (first_offset == -1 && PyErr_Occurred()) return NULL;
+    PyObject *topic = args[2], *partition = args[3];
+    PyTypeObject *record_type = (PyTypeObject *)args[4];
+    PyObject *iterator = PyObject_GetIter(args[0]);
+    if (iterator == NULL) return NULL;
+    PyObject *out = PyList_New(0);
+    PyObject *record;
+    while (out != NULL && (record = PyIter_Next(iterator)) != NULL) {
+        PyObject *items[11] = {NULL};
+        items[2] = PyObject_GetAttr(record, st->attr_offset);
+        long long offset = items[2] == NULL ? -1 : PyLong_AsLongLong(items[2]);
+        int failed = offset == -1 && PyErr_Occurred();
+        if (!failed && offset < first_offset) { /* before the fetch position: skipped */
+            Py_DECREF(items[2]);
+            Py_DECREF(record);
+            continue;
+        }
+        if (!failed) {
+            items[3] = PyObject_GetAttr(record, st->attr_timestamp);
+            items[4] = items[3] == NULL ? NULL : PyObject_GetAttr(record, st->attr_timestamp_type);
+            items[5] = items[4] == NULL ? NULL : PyObject_GetAttr(record, st->attr_key);
+            items[6] = items[5] == NULL ? NULL : PyObject_GetAttr(record, st->attr_value);
+            items[7] = items[6] == NULL ? NULL : PyObject_GetAttr(record, st->attr_checksum);
+            items[8] = items[7] == NULL ? NULL : serialized_size(items[5]);
+            items[9] = items[8] == NULL ? NULL : serialized_size(items[6]);
+            PyObject *headers = items[9] == NULL ? NULL : PyObject_GetAttr(record, st->attr_headers);
+            items[10] = headers == NULL ? NULL : PySequence_Tuple(headers);
+            Py_XDECREF(headers);
+            failed = items[10] == NULL;
+        }
+        Py_DECREF(record);
+        if (failed) {
+            for (int i = 2; i < 11; i++) Py_XDECREF(items[i]);
+            Py_CLEAR(out);
+            break;
+        }
+        Py_INCREF(topic);
+        Py_INCREF(partition);
+        items[0] = topic;
+        items[1] = partition;
+        PyObject *made = untracked_tuple(record_type, items, 11);
+        if (made == NULL || PyList_Append(out, made) < 0) Py_CLEAR(out);
+        Py_XDECREF(made);
+    }
+    Py_DECREF(iterator);
+    if (out != NULL && PyErr_Occurred()) Py_CLEAR(out); /* the iteration failed */
+    return out;
+}
+
 /* The spec index of a window or series key, checked against ``labels`` (one label per spec):
  * -1 with an exception set if it is no int or out of range (a corrupt key). */
 static Py_ssize_t spec_index(PyObject *labels, PyObject *index) {
@@ -2693,6 +2765,9 @@ static PyMethodDef methods[] = {
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
      "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
      "The latest value of a (device, metric)."},
+    {"batch_records", (PyCFunction)(void (*)(void))batch_records, METH_FASTCALL,
+     "batch_records($module, batch, first_offset, topic, partition, record_type, /)\n--\n\n"
+     "A record batch's consumer records from an offset on, as a list of record_type."},
     {"apply_common", (PyCFunction)(void (*)(void))apply_common, METH_FASTCALL,
      "apply_common($module, records, begin, max_bytes, max_future_us, valid_names, loads, "
      "specs, grace_us, position, windows, changed, by_end, ends, newest, views_changed, "
@@ -2714,6 +2789,9 @@ static int module_exec(PyObject *module) {
     st->attr_key = PyUnicode_InternFromString("key");
     st->attr_value = PyUnicode_InternFromString("value");
     st->attr_timestamp = PyUnicode_InternFromString("timestamp");
+    st->attr_timestamp_type = PyUnicode_InternFromString("timestamp_type");
+    st->attr_checksum = PyUnicode_InternFromString("checksum");
+    st->attr_headers = PyUnicode_InternFromString("headers");
     st->text_cache = PyMem_Calloc(TEXT_CACHE_SLOTS, sizeof(TextSlot));
     if (st->text_cache == NULL) {
         PyErr_NoMemory();
@@ -2722,7 +2800,8 @@ static int module_exec(PyObject *module) {
     if (st->one == NULL || st->field_device == NULL || st->field_metric == NULL ||
         st->field_value == NULL || st->field_ts == NULL || st->field_tags == NULL ||
         st->attr_offset == NULL || st->attr_key == NULL || st->attr_value == NULL ||
-        st->attr_timestamp == NULL)
+        st->attr_timestamp == NULL || st->attr_timestamp_type == NULL ||
+        st->attr_checksum == NULL || st->attr_headers == NULL)
         return -1;
     PyObject *heapq = PyImport_ImportModule("heapq");
     if (heapq == NULL) return -1;
@@ -2760,6 +2839,9 @@ static void module_free(void *module) {
     Py_CLEAR(st->attr_key);
     Py_CLEAR(st->attr_timestamp);
     Py_CLEAR(st->attr_value);
+    Py_CLEAR(st->attr_timestamp_type);
+    Py_CLEAR(st->attr_checksum);
+    Py_CLEAR(st->attr_headers);
     for (int n = 0; n < SMALL_COUNTS; n++) Py_CLEAR(st->small_count_text[n]);
     if (st->text_cache != NULL) {
         for (Py_ssize_t i = 0; i < TEXT_CACHE_SLOTS; i++) Py_CLEAR(st->text_cache[i].text);

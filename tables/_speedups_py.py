@@ -708,6 +708,49 @@ def aggregates_line(value: bytes, heads: dict[bytes, Any], /) -> str | None:
     return head + (_LINE_FIELDS % (*numbers, start)).decode()
 
 
+# -- the records of a fetch ---------------------------------------------------------------------
+
+
+def _serialized_size(data: Any) -> int:
+    return -1 if data is None else len(data)
+
+
+def batch_records(
+    batch: Iterable[Any], first_offset: int, topic: str, partition: int, record_type: type, /
+) -> list[Any]:
+    """The consumer records of one Kafka record batch (aiokafka's decoded records: ``offset``,
+    ``timestamp``, ``timestamp_type``, ``key``, ``value``, ``checksum``, ``headers``) from
+    ``first_offset`` on, in order, each ``record_type(topic, partition, offset, timestamp,
+    timestamp_type, key, value, checksum, serialized_key_size, serialized_value_size,
+    headers)``: aiokafka's ConsumerRecord fields, the sizes -1 for None, else the length, and
+    the headers as a tuple (pulse/kafka_records.py)."""
+    if (
+        not isinstance(first_offset, int)
+        or not isinstance(topic, str)
+        or not isinstance(partition, int)
+        or not isinstance(record_type, type)
+        or not issubclass(record_type, tuple)
+    ):
+        raise TypeError(
+            "batch_records(batch, first_offset: int, topic: str, partition: int, "
+            "record_type: a tuple subclass of 11 fields)"
+        )
+    _long_long(first_offset)
+    out = []
+    new = tuple.__new__
+    for record in batch:
+        offset = record.offset
+        if _long_long(offset) < first_offset:
+            continue  # before the fetch position
+        timestamp, timestamp_type = record.timestamp, record.timestamp_type
+        key, value, checksum = record.key, record.value, record.checksum
+        key_size, value_size = _serialized_size(key), _serialized_size(value)
+        headers = tuple(record.headers)
+        fields = (topic, partition, offset, timestamp, timestamp_type, key, value, checksum)
+        out.append(new(record_type, (*fields, key_size, value_size, headers)))
+    return out
+
+
 # -- parsing the common reading -----------------------------------------------------------------
 
 

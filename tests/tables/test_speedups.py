@@ -15,6 +15,7 @@ import copy
 import importlib
 import inspect
 import math
+import types
 from collections.abc import Callable, Iterator, KeysView, ValuesView
 from typing import Any
 
@@ -28,6 +29,7 @@ from agents.ingest import process_records
 from models.alerts import AbsenceRule, Device, Registry
 from models.outputs import ClosedWindow, Latest, OpenView
 from models.reading import VALID_NAMES
+from pulse.kafka_records import KafkaRecord
 from pulse.sinks import kafka, redis
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._text import aggregate_text, seconds_text
@@ -695,3 +697,77 @@ def test_aggregates_records_of_the_wrong_types_are_refused_alike() -> None:
     same("aggregates_entry", value, {}, HistoryEntry, 1)  # TypeError
     same("aggregates_line", bytearray(value), {})  # TypeError
     same("aggregates_line", value, None)  # TypeError
+
+
+# -- the records of a fetch -----------------------------------------------------------------------
+
+
+class BatchRecord(types.SimpleNamespace):
+    """A decoded record as aiokafka's batch hands it out (its attributes only)."""
+
+
+batch_record_ = st.builds(
+    BatchRecord,
+    offset=st.integers(0, 2**63 - 1),
+    timestamp=st.integers(-1, 2**63 - 1),
+    timestamp_type=st.sampled_from([0, 1]),
+    key=st.none() | st.binary(max_size=12),
+    value=st.none() | st.binary(max_size=40),
+    checksum=st.none() | st.integers(0, 2**32 - 1),
+    headers=st.lists(st.tuples(st.text(max_size=5), st.binary(max_size=5)), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch=st.lists(batch_record_, max_size=12),
+    first_offset=st.integers(0, 2**63 - 1) | st.integers(0, 20),
+    partition=st.integers(0, 1000),
+)
+def test_batch_records_are_made_alike(
+    batch: list[BatchRecord], first_offset: int, partition: int
+) -> None:
+    outcome_ = same("batch_records", batch, first_offset, "readings", partition, KafkaRecord)
+    # Each record from the first offset on, with aiokafka's ConsumerRecord's fields.
+    expected = [
+        KafkaRecord(
+            "readings",
+            partition,
+            r.offset,
+            r.timestamp,
+            r.timestamp_type,
+            r.key,
+            r.value,
+            r.checksum,
+            -1 if r.key is None else len(r.key),
+            -1 if r.value is None else len(r.value),
+            tuple(r.headers),
+        )
+        for r in batch
+        if r.offset >= first_offset
+    ]
+    assert outcome_ == ("returned", expected)
+    assert all(type(record) is KafkaRecord for record in outcome_[1])
+
+
+def test_bad_batches_and_arguments_are_refused_alike() -> None:
+    good = dict(offset=3, timestamp=1, timestamp_type=0, key=b"k", value=b"v", checksum=None)
+    record = BatchRecord(**good, headers=[])
+    for args in [
+        ([record], "3", "t", 0, KafkaRecord),  # TypeError: the offset
+        ([record], 3, b"t", 0, KafkaRecord),  # TypeError: the topic
+        ([record], 3, "t", 0, dict),  # TypeError: no tuple type
+        ([record], 2**63, "t", 0, KafkaRecord),  # OverflowError
+        (None, 3, "t", 0, KafkaRecord),  # TypeError: not iterable
+        ([record, 1], 0, "t", 0, KafkaRecord),  # AttributeError: no offset
+        ([BatchRecord(**{**good, "offset": 4.0}, headers=[])], 0, "t", 0, KafkaRecord),
+        ([BatchRecord(**{**good, "offset": 2**64}, headers=[])], 0, "t", 0, KafkaRecord),
+        ([BatchRecord(**{**good, "key": 5}, headers=[])], 0, "t", 0, KafkaRecord),
+        ([BatchRecord(**good, headers=None)], 0, "t", 0, KafkaRecord),  # TypeError
+        ([BatchRecord(**good)], 0, "t", 0, KafkaRecord),  # AttributeError: no headers
+    ]:
+        assert same("batch_records", *args)[0] == "raised", args
+    assert same("batch_records", [BatchRecord(**good)], 4, "t", 0, KafkaRecord) == (
+        "returned",
+        [],
+    )  # skipped before the headers are read
