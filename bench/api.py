@@ -18,6 +18,12 @@ pulse api``, each in its own process, and:
    measured from that due time to the end of its body, so a server that falls behind shows
    its queue in the figures (no coordinated omission).
 
+With ``--read-path-first``, ``redis-server`` and ``pulse api`` run under the real-time policy
+``SCHED_RR`` (priority :data:`READ_PATH_PRIORITY`) and this driver just below them
+(:data:`DRIVER_PRIORITY`, its children not): whenever one of them is woken it runs at once,
+before the worker, the broker and VictoriaMetrics, as on a host whose read path has CPUs or
+a priority of its own (docs/operations.md). Needs CAP_SYS_NICE (root).
+
 Prints JSON: per phase the requests, the statuses and error messages, p50, p99 and max in
 ms, and the same answers as ``pulse api`` timed them itself (its request histogram on
 ``/metrics``, scraped before and after the phase: what of the latency is the API's own and
@@ -69,6 +75,10 @@ DEVICES = 10_000
 """Devices of the steady stream (bench.latency's producer); the device requests cycle
 through every tenth of them."""
 PARTITIONS = 8
+READ_PATH_PRIORITY = 20
+"""The ``SCHED_RR`` priority of ``redis-server`` and ``pulse api`` with ``--read-path-first``."""
+DRIVER_PRIORITY = 10
+"""This driver's, below them: its sends never delay their answers."""
 
 
 @dataclass
@@ -304,6 +314,14 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def run_first(pid: int, priority: int) -> None:
+    """Every thread of process ``pid`` under ``SCHED_RR`` at ``priority``; the processes it
+    forks from now on get the normal policy back (``SCHED_RESET_ON_FORK``)."""
+    policy = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+    for task in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setscheduler(int(task), policy, os.sched_param(priority))
+
+
 def run(args: argparse.Namespace) -> ApiBenchResult:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="pulse-bench-api-"))
     servers: list[ServerProcess] = []
@@ -354,11 +372,18 @@ def run(args: argparse.Namespace) -> ApiBenchResult:
             devices=DEVICES,
             warmup=WarmUp(longest=WINDOW_SECONDS, settle=0.0, fixed=args.warmup),
         )
+        note = f"{args.broker}, 1 worker, 1 pulse api, {work_dir}"
+        if args.read_path_first:  # after the load's process is forked: it keeps the normal policy
+            assert redis.pid is not None
+            run_first(redis.pid, READ_PATH_PRIORITY)
+            run_first(api.pid, READ_PATH_PRIORITY)
+            run_first(os.getpid(), DRIVER_PRIORITY)
+            note += ", read path first (SCHED_RR)"
         time.sleep(args.warmup + 0.5)
         base = f"http://127.0.0.1:{api_port}"
         devices = [device_id(n) for n in range(0, DEVICES, 10)]
         history = history_devices()
-        result = ApiBenchResult(note=f"{args.broker}, 1 worker, 1 pulse api, {work_dir}")
+        result = ApiBenchResult(note=note)
         # This driver's start-up frozen for its garbage collector, as `pulse api`'s is: a full
         # collection of it held up reading the answers by about 70 ms, counted against the API.
         freeze_startup(SERVICE_THRESHOLDS)
@@ -398,6 +423,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=float, default=200.0, help="requests per second")
     parser.add_argument("--broker", choices=sorted(BROKERS), default="kafka")
     parser.add_argument("--work-dir", help="where the servers and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--read-path-first",
+        action="store_true",
+        help="redis-server, pulse api and this driver under SCHED_RR (root)",
+    )
     return parser.parse_args(argv)
 
 

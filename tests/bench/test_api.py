@@ -1,10 +1,13 @@
 """The pure parts of bench/api.py: the open-loop schedule, the history it produces and asks
-for, and the figures of a phase."""
+for, and the figures of a phase; and how ``--read-path-first`` sets a process's policy."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 
 from bench.api import (
@@ -13,6 +16,7 @@ from bench.api import (
     history_starts,
     phase_result,
     request_buckets,
+    run_first,
     server_view,
 )
 from bench.latency import WarmUp
@@ -93,3 +97,34 @@ def test_the_servers_own_figures_are_the_histograms_growth_over_the_phase() -> N
     assert result.server_within_ms == {"1": 0.5, "5": 0.99, "20": 0.995}
     assert result.server_p99_at_most_ms == 5.0
     assert server_view(before, before, phase) == phase  # no answers: nothing to say
+
+
+def test_read_path_first_runs_every_thread_real_time_but_not_what_it_forks_later() -> None:
+    # A process with a second thread, which then forks a child and prints both policies.
+    script = (
+        "import os, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    print('child', os.sched_getscheduler(0), flush=True); os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+        "print('parent', os.sched_getscheduler(0), flush=True)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        assert process.stdout.readline() == "ready\n"
+        tasks = sorted(int(task) for task in os.listdir(f"/proc/{process.pid}/task"))
+        assert len(tasks) == 2
+        run_first(process.pid, 7)
+        for task in tasks:
+            assert os.sched_getscheduler(task) == os.SCHED_RR | os.SCHED_RESET_ON_FORK
+            assert os.sched_getparam(task).sched_priority == 7
+        out, _ = process.communicate("go\n", timeout=30)
+    finally:
+        process.kill()
+    policy = os.SCHED_RR | os.SCHED_RESET_ON_FORK
+    assert out.splitlines() == [f"child {os.SCHED_OTHER}", f"parent {policy}"]
