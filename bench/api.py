@@ -56,6 +56,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.dataset import create_topic, device_id, partition_for
 from bench.latency import LatencyResult, WarmUp, percentile, started_load, wait_ready
+from bench.measure import metrics_text
 from pulse.gc_tuning import SERVICE_THRESHOLDS, freeze_startup
 from pulse.local.stack import (
     BROKERS,
@@ -232,11 +233,6 @@ def server_view(
     )
 
 
-def scrape_metrics(base_url: str) -> str:
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
 def _error_of(body: bytes) -> str:
     """The API's error message in ``body`` (its first 100 characters otherwise)."""
     try:
@@ -402,9 +398,9 @@ def run(args: argparse.Namespace) -> ApiBenchResult:
             ),
         ]
         for route, path_of, label in phases:
-            before = request_buckets(scrape_metrics(base), route)
+            before = request_buckets(metrics_text(base), route)
             phase = asyncio.run(drive(base, path_of, args.requests, args.seconds, label))
-            after = request_buckets(scrape_metrics(base), route)
+            after = request_buckets(metrics_text(base), route)
             result.phases.append(server_view(before, after, phase))
         result.freshness = results.get(timeout=120)
         producer.join(30)

@@ -39,7 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.dataset import DatasetSpec
 from bench.influx_standin import closed_windows
-from bench.measure import servers_cpu_seconds
+from bench.measure import metrics_text, servers_cpu_seconds
 from pulse.local.stack import free_port, start_broker, start_search
 from pulse.settings import Settings
 from pulse.sinks.kafka import aggregate_records
@@ -91,8 +91,7 @@ def pure_costs(values: list[bytes], settings: Settings) -> dict[str, float]:
 
 
 def _metric(port: int, name: str, labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = metrics_text(f"http://127.0.0.1:{port}")
     match = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 

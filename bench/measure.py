@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,3 +218,9 @@ def run_measured_subprocess(
     # Linux reports ru_maxrss in KiB.
     result.peak_rss_bytes = usage.ru_maxrss * 1024
     return result
+
+
+def metrics_text(base_url: str) -> str:
+    """The Prometheus text a Pulse process serves at ``{base_url}/metrics``."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as response:
+        return str(response.read().decode())

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.dataset import create_topic, device_id
 from bench.latency import LatencyResult, WarmUp, percentile, started_load, wait_ready
+from bench.measure import metrics_text
 from models.alerts import AbsenceRule, AlertRule, Device
 from pulse.local.stack import (
     BROKERS,
@@ -91,8 +91,7 @@ def scrape(port: int) -> tuple[float, dict[str, dict[str, float]]]:
     """The worker's ``/metrics``: the scrape's time (the middle of the request) and, per
     metric name, its samples by their ``partition`` label ('' without one)."""
     began = time.time()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = metrics_text(f"http://127.0.0.1:{port}")
     at = (began + time.time()) / 2
     samples: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):

@@ -1,15 +1,19 @@
-"""bench.measure and bench.run: the servers' CPU read around a run, and the bound it sets."""
+"""bench.measure and bench.run: the servers' CPU read around a run, the bound it sets, and
+a process's metrics text."""
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from bench.measure import (
     RunResult,
     Stopwatch,
+    metrics_text,
     server_pids,
     server_pids_text,
     servers_cpu_seconds,
@@ -113,3 +117,27 @@ def test_the_bounds_report_names_each_servers_cpu_and_the_ratio_to_the_ceiling()
         "2 cores allow at most 2,941 readings/s for that work (0.0059x the ceiling); the "
         "servers' share alone, at most 100,000/s (0.20x)"
     )
+
+
+def test_metrics_text_is_the_body_a_process_serves_at_metrics() -> None:
+    body = "# TYPE pulse_x counter\npulse_x_total 3.0\n"
+    paths: list[str] = []
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert metrics_text(f"http://127.0.0.1:{server.server_port}") == body
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert paths == ["/metrics"]
