@@ -12,7 +12,8 @@ the worker runs, in the same order and with the same code, and times each step:
 * ``changelog``: ``ChangelogWriter.encode``-equivalent serialisation of the deltas;
 * ``read back``: what the history and InfluxDB writers make of the aggregates records they
   read back from the topic: each writer's records made from their record batches, then
-  ``history_entry`` and ``record_line``.
+  ``history_entry`` and the history script's calls (``HistorySink.calls``), and
+  ``record_line``.
 
 With ``--tags`` every reading carries tags, as the contract allows: such a record is not the
 common reading the batch path takes, so each is parsed by ``parse_reading`` and applied by
@@ -56,7 +57,7 @@ from pulse.changelog import encode_parts
 from pulse.kafka_records import BatchPartitionRecords, KafkaRecord
 from pulse.settings import Settings
 from pulse.sinks._base import FlushBatch
-from pulse.sinks.history import history_entry
+from pulse.sinks.history import HistorySink, history_entry
 from pulse.sinks.influx import line_protocol_lines, record_line
 from pulse.sinks.kafka import aggregate_records
 from pulse.sinks.redis import RedisKeys, RedisSink
@@ -140,6 +141,7 @@ def main() -> None:
     tune_gc()  # as the worker's process does
     redis = RedisSink("redis://127.0.0.1:1", "bench", 3600)
     history_keys = RedisKeys("bench")
+    history = HistorySink("redis://127.0.0.1:1", "bench", DEFAULTS.history_length, 3600)
     times: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     clock = time.process_time
@@ -164,8 +166,11 @@ def main() -> None:
         t5 = clock()
         data = record_batches([(i, key, value, 0) for i, (key, value) in enumerate(records)])
         t6 = clock()
-        for record in fetched(data, "aggregates", 0, 0):  # the history writer
+        entries = [  # the history writer: its entries, and its script calls of them
             history_entry(history_keys, record.value)
+            for record in fetched(data, "aggregates", 0, 0)
+        ]
+        history.calls(entries)
         for record in fetched(data, "aggregates", 0, 0):  # the InfluxDB writer
             record_line(record.value)
         t7 = clock()

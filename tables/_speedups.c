@@ -2033,6 +2033,190 @@ static PyObject *untracked_tuple(PyTypeObject *type, PyObject **items, Py_ssize_
     return out;
 }
 
+/* One piece of a RESP command: a text and its size (pointing into a str's UTF-8, a bytes or
+ * history_calls' number buffer, all alive for the call). */
+typedef struct {
+    const char *text;
+    Py_ssize_t size;
+} Piece;
+
+#define NUMBER_TEXT 40 /* room for any long long, and for repr of any double (short_repr) */
+#define MAX_PER_CALL 100000
+
+/* Appends the decimal text of a long long to *numbers (NUMBER_TEXT bytes each) as a piece. */
+static void number_piece(Piece *piece, char **numbers, long long n) {
+    char *at = *numbers, *d = at;
+    if (n < 0) *d++ = '-';
+    d = put_ull(d, n < 0 ? 0ull - (unsigned long long)n : (unsigned long long)n);
+    piece->text = at;
+    piece->size = d - at;
+    *numbers += NUMBER_TEXT;
+}
+
+/* The RESP array of pieces [0, n). */
+static PyObject *resp_array(const Piece *pieces, Py_ssize_t n) {
+    Py_ssize_t total = 3 + digit_count(n);
+    for (Py_ssize_t i = 0; i < n; i++) total += 5 + digit_count(pieces[i].size) + pieces[i].size;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *at = PyBytes_AS_STRING(out);
+    *at++ = '*';
+    at = put_digits(at, n);
+    *at++ = '\r';
+    *at++ = '\n';
+    for (Py_ssize_t i = 0; i < n; i++) at = put_bulk(at, pieces[i].text, pieces[i].size);
+    return out;
+}
+
+/* The history script's calls of entries (see history_calls in tables/_speedups_py.py): for
+ * each run of per_call entries, the RESP of EVALSHA sha numkeys first-key keys... tail...
+ * then position, repr(start), readings, member, event per entry. */
+static PyObject *history_calls(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !(PyList_Check(args[0]) || PyTuple_Check(args[0])) ||
+        !PyLong_CheckExact(args[1]) || !PyUnicode_CheckExact(args[2]) ||
+        !(args[3] == Py_None || PyUnicode_CheckExact(args[3])) || !PyTuple_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "history_calls(entries: list | tuple, per_call: int, sha: str, "
+                        "first_key: str | None, tail: tuple of ints)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *tail = args[4];
+    int overflow = 0;
+    long long per_call = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (per_call == -1 && PyErr_Occurred()) return NULL;
+    if (overflow || per_call < 1 || per_call > MAX_PER_CALL) {
+        PyErr_SetString(PyExc_ValueError, "history_calls: per_call is from 1 to 100000");
+        return NULL;
+    }
+    Py_ssize_t tail_n = PyTuple_GET_SIZE(tail);
+    long long tail_values[8];
+    if (tail_n > 8) {
+        PyErr_SetString(PyExc_ValueError, "history_calls: at most 8 tail numbers");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < tail_n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tail, i);
+        if (!PyLong_CheckExact(item)) {
+            PyErr_SetString(PyExc_TypeError, "history_calls: the tail holds ints");
+            return NULL;
+        }
+        tail_values[i] = PyLong_AsLongLong(item);
+        if (tail_values[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    Py_ssize_t sha_n, first_n = 0;
+    const char *sha = PyUnicode_AsUTF8AndSize(args[2], &sha_n);
+    if (sha == NULL) return NULL;
+    const char *first = NULL;
+    if (args[3] != Py_None && (first = PyUnicode_AsUTF8AndSize(args[3], &first_n)) == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(entries);
+    PyObject **items = PySequence_Fast_ITEMS(entries);
+    Py_ssize_t most = 4 + tail_n + 6 * per_call;
+    Piece *head = PyMem_New(Piece, most), *rest = PyMem_New(Piece, 5 * per_call);
+    char *number_buffer = PyMem_Malloc((size_t)(3 * per_call + 1 + tail_n) * NUMBER_TEXT);
+    PyObject *index = PyDict_New(), *out = PyList_New(0);
+    if (head == NULL || rest == NULL || number_buffer == NULL || index == NULL || out == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
+    for (Py_ssize_t begin = 0; begin < n; begin += (Py_ssize_t)per_call) {
+        Py_ssize_t end = n - begin > per_call ? begin + (Py_ssize_t)per_call : n;
+        Py_ssize_t head_n = 4, rest_n = 0;
+        char *numbers = number_buffer + NUMBER_TEXT; /* the first slot: numkeys */
+        PyDict_Clear(index);
+        for (Py_ssize_t i = begin; i < end; i++) {
+            PyObject *entry = items[i];
+            if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5 ||
+                !PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 0)) ||
+                !PyFloat_CheckExact(PyTuple_GET_ITEM(entry, 1)) ||
+                !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 2)) ||
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 3)) ||
+                !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 4))) {
+                PyErr_SetString(PyExc_TypeError,
+                                "history_calls: an entry is (key: str, start: float, readings: "
+                                "int, member: bytes, event: bytes)");
+                Py_CLEAR(out);
+                goto done;
+            }
+            PyObject *key = PyTuple_GET_ITEM(entry, 0);
+            Py_ssize_t key_n;
+            const char *key_text = PyUnicode_AsUTF8AndSize(key, &key_n);
+            PyObject *readings_obj = PyTuple_GET_ITEM(entry, 2);
+            long long readings = key_text == NULL ? -1 : PyLong_AsLongLong(readings_obj);
+            if (key_text == NULL || (readings == -1 && PyErr_Occurred())) {
+                Py_CLEAR(out);
+                goto done;
+            }
+            PyObject *position = PyDict_GetItemWithError(index, key);
+            if (position == NULL) {
+                if (PyErr_Occurred()) {
+                    Py_CLEAR(out);
+                    goto done;
+                }
+                position = PyLong_FromSsize_t(PyDict_GET_SIZE(index) + 2);
+                int failed = position == NULL || PyDict_SetItem(index, key, position) < 0;
+                Py_XDECREF(position); /* the dict holds it */
+                if (failed) {
+                    Py_CLEAR(out);
+                    goto done;
+                }
+                head[head_n].text = key_text; /* after the first key, in order of first use */
+                head[head_n++].size = key_n;
+            }
+            if (i == begin && first == NULL) {
+                head[3].text = key_text;
+                head[3].size = key_n;
+            }
+            number_piece(&rest[rest_n++], &numbers, PyLong_AsLongLong(position));
+            double start = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(entry, 1));
+            Py_ssize_t start_n = short_repr(start, numbers); /* repr(start) */
+            if (start_n == 0) {
+                char *text = PyOS_double_to_string(start, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+                if (text == NULL) {
+                    Py_CLEAR(out);
+                    goto done;
+                }
+                start_n = (Py_ssize_t)strlen(text); /* at most 24: "-1.2345678901234567e-308" */
+                memcpy(numbers, text, (size_t)start_n);
+                PyMem_Free(text);
+            }
+            rest[rest_n].text = numbers;
+            rest[rest_n++].size = start_n;
+            numbers += NUMBER_TEXT;
+            number_piece(&rest[rest_n++], &numbers, readings);
+            for (int f = 3; f < 5; f++) {
+                PyObject *data = PyTuple_GET_ITEM(entry, f);
+                rest[rest_n].text = PyBytes_AS_STRING(data);
+                rest[rest_n++].size = PyBytes_GET_SIZE(data);
+            }
+        }
+        head[0].text = "EVALSHA";
+        head[0].size = 7;
+        head[1].text = sha;
+        head[1].size = sha_n;
+        char *numkeys = number_buffer;
+        number_piece(&head[2], &numkeys, (long long)PyDict_GET_SIZE(index) + 1);
+        if (first != NULL) {
+            head[3].text = first;
+            head[3].size = first_n;
+        }
+        for (Py_ssize_t t = 0; t < tail_n; t++)
+            number_piece(&head[head_n++], &numbers, tail_values[t]);
+        memcpy(head + head_n, rest, (size_t)rest_n * sizeof(Piece));
+        PyObject *call = resp_array(head, head_n + rest_n);
+        if (call == NULL || PyList_Append(out, call) < 0) Py_CLEAR(out);
+        Py_XDECREF(call);
+        if (out == NULL) goto done;
+    }
+done:
+    PyMem_Free(head);
+    PyMem_Free(rest);
+    PyMem_Free(number_buffer);
+    Py_XDECREF(index);
+    return out;
+}
+
 /* The size aiokafka gives a record's key or value: -1 for None, else its length. */
 static PyObject *serialized_size(PyObject *data) {
     if (data == Py_None) return PyLong_FromLong(-1);
@@ -2765,6 +2949,9 @@ static PyMethodDef methods[] = {
     {"update_latest", (PyCFunction)(void (*)(void))update_latest, METH_FASTCALL,
      "update_latest($module, latest, changed, device, metric, t_us, value, /)\n--\n\n"
      "The latest value of a (device, metric)."},
+    {"history_calls", (PyCFunction)(void (*)(void))history_calls, METH_FASTCALL,
+     "history_calls($module, entries, per_call, sha, first_key, tail, /)\n--\n\n"
+     "The history script's packed calls of entries, per_call entries each."},
     {"batch_records", (PyCFunction)(void (*)(void))batch_records, METH_FASTCALL,
      "batch_records($module, batch, first_offset, topic, partition, record_type, /)\n--\n\n"
      "A record batch's consumer records from an offset on, as a list of record_type."},

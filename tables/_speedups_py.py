@@ -611,6 +611,81 @@ def closed_window_writes(
     return out
 
 
+def _resp_array(parts: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def history_calls(
+    entries: list[Any] | tuple[Any, ...],
+    per_call: int,
+    sha: str,
+    first_key: str | None,
+    tail: tuple[int, ...],
+    /,
+) -> list[bytes]:
+    """The history script's calls (pulse/sinks/history.py) writing ``entries``, each a
+    ``(key: str, start: float, readings: int, member: bytes, event: bytes)``, in order,
+    ``per_call`` at most per call: each call the RESP of ``EVALSHA sha numkeys first-key
+    key... tail... position start readings member event ...``, where the keys are the calls'
+    distinct entry keys in order of first use, numkeys one more than they are, ``first-key``
+    is ``first_key`` (None: the call's first entry's key), a position is the 1-based index
+    among the keys of the entry's (2 for the first), and ``start`` is ``repr`` of the float,
+    as hiredis.pack_command packs the same arguments."""
+    if (
+        not isinstance(entries, (list, tuple))
+        or type(per_call) is not int
+        or type(sha) is not str
+        or not (first_key is None or type(first_key) is str)
+        or not isinstance(tail, tuple)
+    ):
+        raise TypeError(
+            "history_calls(entries: list | tuple, per_call: int, sha: str, "
+            "first_key: str | None, tail: tuple of ints)"
+        )
+    if not 1 <= per_call <= 100_000:
+        raise ValueError("history_calls: per_call is from 1 to 100000")
+    if len(tail) > 8:
+        raise ValueError("history_calls: at most 8 tail numbers")
+    if any(type(n) is not int for n in tail):
+        raise TypeError("history_calls: the tail holds ints")
+    tail_texts = [b"%d" % _long_long(n) for n in tail]
+    head = [b"EVALSHA", sha.encode()]
+    first = None if first_key is None else first_key.encode()
+    out = []
+    for begin in range(0, len(entries), per_call):
+        index: dict[str, int] = {}
+        keys: list[bytes] = []
+        rest: list[bytes] = []
+        call_first = first
+        for entry in entries[begin : begin + per_call]:
+            if not (
+                isinstance(entry, tuple)
+                and len(entry) == 5
+                and type(entry[0]) is str
+                and type(entry[1]) is float
+                and type(entry[2]) is int
+                and type(entry[3]) is bytes
+                and type(entry[4]) is bytes
+            ):
+                raise TypeError(
+                    "history_calls: an entry is (key: str, start: float, readings: int, "
+                    "member: bytes, event: bytes)"
+                )
+            key, start, readings, member, event = entry
+            key_text = key.encode()
+            readings = _long_long(readings)
+            if key not in index:
+                index[key] = len(index) + 2
+                keys.append(key_text)
+            if call_first is None:
+                call_first = key_text
+            rest += [b"%d" % index[key], repr(start).encode(), b"%d" % readings, member, event]
+        assert call_first is not None
+        numkeys = b"%d" % (len(index) + 1)
+        out.append(_resp_array([*head, numkeys, call_first, *keys, *tail_texts, *rest]))
+    return out
+
+
 # -- the other sinks' records -------------------------------------------------------------------
 
 

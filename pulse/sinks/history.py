@@ -40,7 +40,6 @@ from models.outputs import AGGREGATES, WINDOW_FIELDS
 from models.reading import NAME_PATTERN
 from pulse.sinks._base import FlushBatch
 from pulse.sinks._event_stream import EVENTS_MAXLEN, EventStreamSink
-from pulse.sinks._resp import pack
 from pulse.sinks.dead_letters import OutputDeadLetters
 from pulse.sinks.kafka import aggregate_records
 from pulse.sinks.redis import RedisKeys
@@ -281,26 +280,12 @@ class HistorySink(EventStreamSink[HistoryEntry]):
         return out
 
     def _calls(self, entries: Sequence[HistoryEntry]) -> list[bytes]:
-        out = []
-        for begin in range(0, len(entries), WINDOWS_PER_CALL):
-            chunk = entries[begin : begin + WINDOWS_PER_CALL]
-            index: dict[str, int] = {}
-            args: list[bytes | str | int] = []
-            for entry in chunk:
-                position = index.setdefault(entry.key, len(index) + 2)
-                args += [position, repr(entry.start), entry.readings, entry.member, entry.event]
-            out.append(
-                pack(
-                    "EVALSHA",
-                    HISTORY_SHA,
-                    len(index) + 1,
-                    chunk[0].key if self.cluster else self.keys.events,
-                    *index,
-                    self.length,
-                    self.ttl,
-                    self.events_maxlen,
-                    0 if self.cluster else 1,
-                    *args,
-                )
-            )
-        return out
+        # In C (tables/_native.history_calls): building and packing the calls in Python
+        # cost about 1.2 us per window, a twentieth of the benchmark worker's CPU.
+        return _native.history_calls(
+            entries if isinstance(entries, (list, tuple)) else list(entries),
+            WINDOWS_PER_CALL,
+            HISTORY_SHA,
+            None if self.cluster else self.keys.events,
+            (self.length, self.ttl, self.events_maxlen, 0 if self.cluster else 1),
+        )

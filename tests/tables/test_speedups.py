@@ -16,9 +16,10 @@ import importlib
 import inspect
 import math
 import types
-from collections.abc import Callable, Iterator, KeysView, ValuesView
+from collections.abc import Callable, Iterator, KeysView, Sequence, ValuesView
 from typing import Any
 
+import hiredis
 import orjson
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -771,3 +772,79 @@ def test_bad_batches_and_arguments_are_refused_alike() -> None:
         "returned",
         [],
     )  # skipped before the headers are read
+
+
+# -- the history script's calls -------------------------------------------------------------------
+
+
+def hiredis_calls(
+    entries: Sequence[tuple[Any, ...]],
+    per_call: int,
+    sha: str,
+    first: str | None,
+    tail: tuple[int, ...],
+) -> list[bytes]:
+    """The calls as hiredis packs the script's arguments (pulse/sinks/history.py documents
+    them): the reference both sides must equal."""
+    out = []
+    for begin in range(0, len(entries), per_call):
+        chunk = entries[begin : begin + per_call]
+        keys = list(dict.fromkeys(entry[0] for entry in chunk))
+        args = [
+            item
+            for key, start, readings, member, event in chunk
+            for item in (keys.index(key) + 2, start, readings, member, event)
+        ]
+        head = ("EVALSHA", sha, len(keys) + 1, chunk[0][0] if first is None else first)
+        out.append(hiredis.pack_command((*head, *keys, *tail, *args)))
+    return out
+
+
+history_entry_ = st.builds(
+    HistoryEntry,
+    key=st.sampled_from(["p:history:10s:dev-1:t", "p:history:1m:dév-2:t", "k"]),
+    start=st.floats() | st.integers(0, 2**34).map(float),
+    readings=st.integers(1, 2**63 - 1),
+    member=st.binary(max_size=20),
+    event=st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(history_entry_, max_size=12),
+    per_call=st.integers(1, 5),
+    first=st.none() | st.sampled_from(["p:events", "ü"]),
+    tail=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4).map(tuple),
+)
+def test_history_calls_are_made_alike_and_as_hiredis_packs_them(
+    entries: list[HistoryEntry], per_call: int, first: str | None, tail: tuple[int, ...]
+) -> None:
+    sha = "a" * 40
+    made = same("history_calls", entries, per_call, sha, first, tail)
+    assert made == ("returned", hiredis_calls(entries, per_call, sha, first, tail))
+
+
+def test_bad_history_entries_and_arguments_are_refused_alike() -> None:
+    good = HistoryEntry("k", 1.5, 3, b"m", b"e")
+    for args in [
+        ((good,), 0, "s", None, ()),  # ValueError: per_call
+        ((good,), 2**64, "s", None, ()),  # ValueError
+        ((good,), 1.0, "s", None, ()),  # TypeError
+        ({good}, 1, "s", None, ()),  # TypeError: a set
+        ([good], 1, b"s", None, ()),  # TypeError: the sha
+        ([good], 1, "s", 5, ()),  # TypeError: the first key
+        ([good], 1, "s", None, [1]),  # TypeError: the tail
+        ([good], 1, "s", None, (1.0,)),  # TypeError
+        ([good], 1, "s", None, (2**63,)),  # OverflowError
+        ([good], 1, "s", None, (0,) * 9),  # ValueError
+        ([good], 1, "\ud800", None, ()),  # UnicodeEncodeError
+        ([good, ("k", 1, 3, b"m", b"e")], 1, "s", None, ()),  # TypeError: an int start
+        ([good, ("k", 1.0, True, b"m", b"e")], 1, "s", None, ()),  # TypeError: a bool
+        ([good, ("k", 1.0, 3, "m", b"e")], 1, "s", None, ()),  # TypeError: a str member
+        ([good, ("k", 1.0, 3, b"m")], 1, "s", None, ()),  # TypeError: four fields
+        ([good, ("\ud800", 1.0, 3, b"m", b"e")], 1, "s", None, ()),  # UnicodeEncodeError
+        ([good, ("k", 1.0, 2**63, b"m", b"e")], 1, "s", None, ()),  # OverflowError
+    ]:
+        assert same("history_calls", *args)[0] == "raised", args
+    assert same("history_calls", [], 50, "s", None, (1,)) == ("returned", [])
