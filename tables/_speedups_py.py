@@ -628,9 +628,10 @@ def history_calls(
     ``per_call`` at most per call: each call the RESP of ``EVALSHA sha numkeys first-key
     key... tail... position start readings member event ...``, where the keys are the calls'
     distinct entry keys in order of first use, numkeys one more than they are, ``first-key``
-    is ``first_key`` (None: the call's first entry's key), a position is the 1-based index
-    among the keys of the entry's (2 for the first), and ``start`` is ``repr`` of the float,
-    as hiredis.pack_command packs the same arguments."""
+    is ``first_key`` (None: the call's first entry's key), an entry's position is its key's
+    index in the script's KEYS (1-based after first-key: the call's first distinct key is
+    2), and ``start`` is ``repr`` of the float: the bytes hiredis.pack_command packs of the
+    same arguments."""
     if (
         not isinstance(entries, (list, tuple))
         or type(per_call) is not int
