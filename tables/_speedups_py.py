@@ -612,7 +612,8 @@ def closed_window_writes(
 
 
 def _resp_array(parts: list[bytes]) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    """A RESP array of bulk strings: ``*<n>``, CRLF, then :func:`_bulks` of the parts."""
+    return b"*%d\r\n" % len(parts) + _bulks(parts)
 
 
 def history_calls(
